@@ -1,0 +1,121 @@
+"""sl: stateless replies (Kamailio's sl module).
+
+Runs in: udp receivers, async task workers, ASYNC module timers (wherever a
+route runs).
+
+A stateless reply is built from the request alone (RFC 3261 8.2.6: Vias,
+From, Call-ID and CSeq copied, To-tag added) and sent from the socket the
+request arrived on to the address RFC 3261 18.2.2 / RFC 3581 name. Nothing
+is kept, so a retransmitted request gets the same reply again, including the
+same To-tag (stable_to_tag hashes what is constant across retransmissions).
+
+`send_reply` is stateful when the request has a transaction (ctx.t set by
+tm), as Kamailio's sl module does through the tm API; otherwise it is
+`sl_send_reply`.
+"""
+import platform
+import sys
+
+from asyncd import __version__
+from asyncd.core import log
+from asyncd.core.exports import FuncExport, ModuleExports, P
+from asyncd.core.route_types import (BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE,
+                                     REQUEST_ROUTE)
+from asyncd.sip.build import build_reply, reply_addr, stable_to_tag
+
+MOD = "sl"
+# Kamailio's "Server: kamailio (5.6.3 (x86_64/linux))" shape.
+SERVER = f"asyncd ({__version__} ({platform.machine()}/{sys.platform}))"
+# Kamailio's default text when sl_reply_error has no more specific error (sl_funcs.c, error.c).
+DEFAULT_ERROR = (500, "I'm terribly sorry, server error occurred (1/SL)")
+
+_tm_api = None
+
+
+def _where(ctx):
+    site = ctx.site
+    return str(site.loc) if site is not None and getattr(site, "loc", None) is not None else ""
+
+
+def sl_send_reply(ctx, code, reason, extra_headers=None):
+    """Send a stateless reply to ctx.msg. Returns 1, or -1 (logged) when no reply can be sent."""
+    msg = ctx.msg
+    if code is None or not 100 <= code <= 699:
+        log.err(MOD, f"sl_send_reply(): invalid reply code {code!r}", _where(ctx))
+        return -1
+    if not msg.is_request:
+        log.err(MOD, "sl_send_reply(): cannot reply to a reply", _where(ctx))
+        return -1
+    if msg.method == "ACK":
+        # RFC 3261 17.2.1: an ACK is never answered; Kamailio's sl ignores it the same way.
+        return 1
+    # A 100 never carries a To-tag (RFC 3261 8.2.6.2); others get one unless the request has it.
+    to_tag = stable_to_tag(msg) if code > 100 and not msg.to_tag else None
+    headers = msg.reply_lumps
+    if extra_headers:
+        headers = list(headers) + list(extra_headers)
+    try:
+        data = build_reply(msg, code, reason, to_tag=to_tag, extra_headers=headers, server=SERVER)
+    except Exception as e:  # a header too broken to copy: say so, never raise into the route
+        log.err(MOD, f"sl_send_reply(): cannot build reply: {e}", _where(ctx))
+        return -1
+    if not ctx.proc.send(data, reply_addr(msg), msg.sock):
+        log.err(MOD, f"sl_send_reply(): send to {reply_addr(msg)} failed", _where(ctx))
+        return -1
+    if code >= 200:
+        ctx.replied = True
+    return 1
+
+
+def sl_reply_error(ctx):
+    """Reply with the error the core recorded for this message (ctx.extra['sl_error']) or a 500."""
+    err = (ctx.extra or {}).get("sl_error") or DEFAULT_ERROR
+    return sl_send_reply(ctx, err[0], err[1])
+
+
+def send_reply(ctx, code, reason):
+    """Stateful reply when the request has a transaction, else stateless."""
+    if ctx.t is not None:
+        global _tm_api
+        if _tm_api is None:
+            from asyncd.modules import tm
+            _tm_api = tm.api
+        return _tm_api.t_reply(ctx, code, reason)
+    return sl_send_reply(ctx, code, reason)
+
+
+# -- script wrappers ----------------------------------------------------
+
+def _w_sl_send_reply(ctx, site, code, reason):
+    return sl_send_reply(ctx, code, reason)
+
+
+def _w_sl_reply_error(ctx, site):
+    return sl_reply_error(ctx)
+
+
+def _w_send_reply(ctx, site, code, reason):
+    return send_reply(ctx, code, reason)
+
+
+def _fixup_code(site):
+    """A literal code outside 100..699 is a startup error (Kamailio finds it only at run time)."""
+    arg = site.args[0]
+    if arg.literal:
+        try:
+            code = int(arg.value)
+        except (TypeError, ValueError):
+            site.arg_error(0, f"reply code must be a number, not {arg.value!r}")
+        if not 100 <= code <= 699:
+            site.arg_error(0, f"reply code {code} out of range 100..699")
+
+
+EXPORTS = ModuleExports(
+    name="sl",
+    functions=[
+        FuncExport("sl_send_reply", (P.INT, P.STR), _w_sl_send_reply, REQUEST_ROUTE, _fixup_code),
+        FuncExport("sl_reply_error", (), _w_sl_reply_error, REQUEST_ROUTE),
+        FuncExport("send_reply", (P.INT, P.STR), _w_send_reply,
+                   REQUEST_ROUTE | FAILURE_ROUTE | ONREPLY_ROUTE | BRANCH_ROUTE, _fixup_code),
+    ],
+)
