@@ -1,0 +1,335 @@
+"""The shared-memory arena: one `multiprocessing.shared_memory` segment, a
+static area for fixed structures and a slab allocator for variable-size slots.
+
+Runs in: main process (create before fork, static_alloc, unlink at shutdown),
+every child (alloc/free through the inherited mapping).
+
+Rules that keep it alive across fork (Python 3.11):
+* created once in main, **never attached by name** in a child: the children
+  use the inherited mapping (`arena.buf`).  The segment is unregistered from
+  the resource tracker right after creation, so no tracker can unlink it
+  while in use; `close()`/`unlink()` in main at shutdown removes it.
+* the name is `asyncd_<main pid>_<n>`: `cleanup_stale()` at startup unlinks
+  segments whose main pid is dead (killed runs).
+
+Sizing: `-m MB` (default `DEFAULT_MB` = 64, like Kamailio's default).  A tm
+transaction with its request, last reply and AVPs takes ~2-6 KB, so 64 MB
+holds ~10k live transactions next to a few htables; give `-m 256` or more for
+sustained high rates (50k live transactions need ~300 MB).
+
+Segment layout (all little endian):
+
+    offset            size         what
+    0                 HDR (4096)   header, below
+    HDR               static_size  static area (bump allocated: bucket arrays,
+                                   lock owner words, proc table, counters)
+    pages_off         npages*32    page descriptors, below
+    data_off          npages*PAGE  data pages (PAGE = 64 KiB)
+
+Header:
+    0   8  magic b"ASYNCDSH"
+    8   4  u32 layout version
+    12  4  u32 page size
+    16  8  u64 static area top (next free static byte; main only, before fork)
+    24  4  u32 free-page list head (page number + 1; 0 = empty)
+    28  4  u32 pages in use
+    32  8  u64 failed allocations (counter, best effort)
+    64  4*NCLASS  u32 partial-page list head per size class (page + 1)
+
+Page descriptor (32 bytes):
+    0   1  u8  size class (0xFF = page is free)
+    1   1  u8  -
+    2   2  u16 slots in use
+    4   2  u16 slots carved so far (fresh slots are handed out from here up)
+    6   2  -
+    8   4  u32 free-slot list head (slot byte offset in page + 1; 0 = empty);
+               each free slot holds the next link (u32) in its first bytes
+    12  4  u32 next page in its list (page + 1)
+    16  4  u32 prev page in its list (page + 1)
+
+Allocation: size -> class (slot sizes 32..65536 in steps of 1.5x/2x); one
+robust lock per class protects its partial pages, one lock the free-page list.
+A page whose last slot is freed goes back to the free-page list (unless it is
+the class's only partial page), so memory freed by one size serves another.
+Offsets handed out are absolute byte offsets in the segment (never 0).
+"""
+import os
+import re
+import struct
+from multiprocessing import resource_tracker, shared_memory
+
+from asyncd.core import log
+from shm.locks import LockSet, pid_alive
+
+DEFAULT_MB = 64
+PAGE = 65536
+HDR = 4096
+MAGIC = b"ASYNCDSH"
+VERSION = 1
+PREFIX = "asyncd_"
+_NAME_RE = re.compile(r"^asyncd_(\d+)_\d+$")
+
+SLOT_SIZES = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
+              4096, 6144, 8192, 12288, 16384, 24576, 32768, 49152, 65536)
+NCLASS = len(SLOT_SIZES)
+MAX_ALLOC = PAGE
+FREE_PAGE = 0xFF
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+# cls, -, used, carved, -, free_head, next, prev
+_PD = struct.Struct("<BxHHxxIII")
+_PD_SIZE = 32
+_PD_LINKS = struct.Struct("<II")  # next, prev at +12
+_CLS_HEAD = 64
+_FREE_HEAD = 24
+_INUSE = 28
+_FAILED = 32
+
+# size in 16-byte units -> class
+_CLASS_OF = []
+for _u in range(PAGE // 16 + 1):
+    _CLASS_OF.append(next(c for c, s in enumerate(SLOT_SIZES) if s >= _u * 16))
+_NSLOTS = [PAGE // s for s in SLOT_SIZES]
+
+_counter = [0]
+
+
+class ArenaFull(MemoryError):
+    pass
+
+
+def cleanup_stale(verbose=True):
+    """Unlink /dev/shm segments left by asyncd runs whose main process is dead."""
+    removed = []
+    try:
+        names = os.listdir("/dev/shm")
+    except OSError:
+        return removed
+    for name in names:
+        m = _NAME_RE.match(name)
+        if not m or pid_alive(int(m.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join("/dev/shm", name))
+            removed.append(name)
+        except OSError:
+            pass
+    if removed and verbose:
+        log.notice("shm", f"removed {len(removed)} stale segment(s) of killed runs: {', '.join(removed)}")
+    return removed
+
+
+class ShmArena:
+    """Create with `ShmArena.create(size_bytes)` in main, before fork."""
+
+    def __init__(self, seg, size, static_size):
+        self._seg = seg
+        self.name = seg.name
+        self.size = size
+        self.buf = seg.buf            # memoryview over the whole segment
+        self.lock_fd = seg._fd        # fcntl recovery locks (see locks.py)
+        self.owner_pid = os.getpid()
+        self.static_off = HDR
+        self.static_end = HDR + static_size
+        avail = size - self.static_end
+        self.npages = max(1, avail // (PAGE + _PD_SIZE))
+        self.pages_off = self.static_end
+        self.data_off = (self.pages_off + self.npages * _PD_SIZE + 4095) & ~4095
+        while self.data_off + self.npages * PAGE > size and self.npages > 1:
+            self.npages -= 1
+        buf = self.buf
+        buf[0:8] = MAGIC
+        _U32.pack_into(buf, 8, VERSION)
+        _U32.pack_into(buf, 12, PAGE)
+        _U64.pack_into(buf, 16, self.static_off)
+        # thread every page onto the free-page list
+        for p in range(self.npages):
+            _PD.pack_into(buf, self._pd(p), FREE_PAGE, 0, 0, 0, p + 2 if p + 1 < self.npages else 0, 0)
+        _U32.pack_into(buf, _FREE_HEAD, 1)
+        self._cls_locks = LockSet(self, NCLASS, "arena classes")
+        self._page_lock = LockSet(self, 1, "arena pages")
+        self.closed = False
+
+    @classmethod
+    def create(cls, size_bytes=DEFAULT_MB << 20, static_bytes=None):
+        """static_bytes: room for fixed structures (default: 1/16 of size, >= 1 MiB)."""
+        if static_bytes is None:
+            static_bytes = max(1 << 20, size_bytes // 16)
+        static_bytes = (static_bytes + 4095) & ~4095
+        size = max(size_bytes, HDR + static_bytes + PAGE + 8192)
+        _counter[0] += 1
+        name = f"{PREFIX}{os.getpid()}_{_counter[0]}"
+        seg = shared_memory.SharedMemory(name=name, create=True, size=size)
+        try:
+            # never let a resource tracker unlink a segment other processes use
+            resource_tracker.unregister(seg._name, "shared_memory")
+        except Exception:
+            pass
+        return cls(seg, size, static_bytes)
+
+    # -- static area: fixed structures, main process before fork ----------
+    def static_alloc(self, nbytes, align=8):
+        top = _U64.unpack_from(self.buf, 16)[0]
+        top = (top + align - 1) & ~(align - 1)
+        if top + nbytes > self.static_end:
+            raise ArenaFull(f"shm static area exhausted ({nbytes} bytes wanted); raise -m")
+        _U64.pack_into(self.buf, 16, top + nbytes)
+        self.buf[top:top + nbytes] = bytes(nbytes)
+        return top
+
+    # -- slots ----------------------------------------------------------------
+    def _pd(self, p):
+        return self.pages_off + p * _PD_SIZE
+
+    def alloc(self, size):
+        """Return the offset of a slot of at least `size` bytes, or 0 when full."""
+        if size > MAX_ALLOC or size < 0:
+            log.err("shm", f"alloc of {size} bytes refused (max {MAX_ALLOC})")
+            return 0
+        c = _CLASS_OF[(size + 15) >> 4]
+        locks = self._cls_locks
+        locks.acquire(c)
+        try:
+            buf = self.buf
+            head = _CLS_HEAD + 4 * c
+            p1 = _U32.unpack_from(buf, head)[0]
+            if p1 == 0:
+                p1 = self._new_page(c)
+                if p1 == 0:
+                    n = _U64.unpack_from(buf, _FAILED)[0]
+                    _U64.pack_into(buf, _FAILED, n + 1)
+                    return 0
+            p = p1 - 1
+            pd = self.pages_off + p * _PD_SIZE
+            _cls, used, carved, fh, nxt, _prev = _PD.unpack_from(buf, pd)
+            base = self.data_off + p * PAGE
+            if fh:
+                off = base + fh - 1
+                nfh = _U32.unpack_from(buf, off)[0]
+            else:
+                off = base + carved * SLOT_SIZES[c]
+                carved += 1
+                nfh = 0
+            used += 1
+            full = used == _NSLOTS[c]
+            _PD.pack_into(buf, pd, c, used, carved, nfh, 0 if full else nxt, 0)
+            if full:
+                # unlink from the partial list (it is the head)
+                _U32.pack_into(buf, head, nxt)
+                if nxt:
+                    _U32.pack_into(buf, self._pd(nxt - 1) + 16, 0)
+            return off
+        finally:
+            locks.release(c)
+
+    def _new_page(self, c):
+        """Take a free page for class c and make it the class's partial head (class lock held)."""
+        buf = self.buf
+        self._page_lock.acquire(0)
+        try:
+            p1 = _U32.unpack_from(buf, _FREE_HEAD)[0]
+            if p1 == 0:
+                return 0
+            nxt = _U32.unpack_from(buf, self._pd(p1 - 1) + 12)[0]
+            _U32.pack_into(buf, _FREE_HEAD, nxt)
+            _U32.pack_into(buf, _INUSE, _U32.unpack_from(buf, _INUSE)[0] + 1)
+        finally:
+            self._page_lock.release(0)
+        _PD.pack_into(buf, self._pd(p1 - 1), c, 0, 0, 0, 0, 0)
+        _U32.pack_into(buf, _CLS_HEAD + 4 * c, p1)
+        return p1
+
+    def slot_size(self, off):
+        p = (off - self.data_off) // PAGE
+        return SLOT_SIZES[self.buf[self.pages_off + p * _PD_SIZE]]
+
+    def free(self, off):
+        if off < self.data_off or off >= self.data_off + self.npages * PAGE:
+            log.err("shm", f"free of bad offset {off}")
+            return
+        buf = self.buf
+        p = (off - self.data_off) // PAGE
+        pd = self.pages_off + p * _PD_SIZE
+        c = buf[pd]
+        if c >= NCLASS:
+            log.err("shm", f"free of offset {off} in a free page")
+            return
+        locks = self._cls_locks
+        locks.acquire(c)
+        try:
+            _c, used, carved, fh, nxt, prev = _PD.unpack_from(buf, pd)
+            base = self.data_off + p * PAGE
+            _U32.pack_into(buf, off, fh)
+            was_full = used == _NSLOTS[c]
+            used -= 1
+            head = _CLS_HEAD + 4 * c
+            if was_full:
+                # back onto the partial list, at the head
+                h = _U32.unpack_from(buf, head)[0]
+                _PD.pack_into(buf, pd, c, used, carved, off - base + 1, h, 0)
+                if h:
+                    _U32.pack_into(buf, self._pd(h - 1) + 16, p + 1)
+                _U32.pack_into(buf, head, p + 1)
+                nxt, prev = h, 0
+            else:
+                _PD.pack_into(buf, pd, c, used, carved, off - base + 1, nxt, prev)
+            if used == 0 and (nxt or prev):
+                self._release_page(c, p, nxt, prev)
+        finally:
+            locks.release(c)
+
+    def _release_page(self, c, p, nxt, prev):
+        """Unlink empty page p from class c's partial list, give it back (class lock held)."""
+        buf = self.buf
+        if prev:
+            _U32.pack_into(buf, self._pd(prev - 1) + 12, nxt)
+        else:
+            _U32.pack_into(buf, _CLS_HEAD + 4 * c, nxt)
+        if nxt:
+            _U32.pack_into(buf, self._pd(nxt - 1) + 16, prev)
+        self._page_lock.acquire(0)
+        try:
+            h = _U32.unpack_from(buf, _FREE_HEAD)[0]
+            _PD.pack_into(buf, self._pd(p), FREE_PAGE, 0, 0, 0, h, 0)
+            _U32.pack_into(buf, _FREE_HEAD, p + 1)
+            _U32.pack_into(buf, _INUSE, _U32.unpack_from(buf, _INUSE)[0] - 1)
+        finally:
+            self._page_lock.release(0)
+
+    # -- stats and lifetime ---------------------------------------------------
+    def stats(self):
+        buf = self.buf
+        return {
+            "size": self.size,
+            "pages": self.npages,
+            "pages_used": _U32.unpack_from(buf, _INUSE)[0],
+            "static_used": _U64.unpack_from(buf, 16)[0] - self.static_off,
+            "static_size": self.static_end - self.static_off,
+            "failed_allocs": _U64.unpack_from(buf, _FAILED)[0],
+        }
+
+    def close(self):
+        """Drop the mapping (main at shutdown); children just exit."""
+        if self.closed:
+            return
+        self.closed = True
+        self.buf = None
+        try:
+            self._seg.close()
+        except BufferError:
+            # exported views (struct users) still alive: the OS unmaps at exit
+            pass
+
+    def unlink(self):
+        """Remove the segment name (main process only, at shutdown)."""
+        if os.getpid() != self.owner_pid:
+            return
+        try:
+            os.unlink(os.path.join("/dev/shm", self.name.lstrip("/")))
+        except OSError:
+            pass
+
+    def destroy(self):
+        self.unlink()
+        self.close()
