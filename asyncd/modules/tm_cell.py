@@ -1,0 +1,150 @@
+"""A transaction cell: what tm keeps per transaction, and the handle a process
+holds while it works on one.
+
+Runs in: udp receivers, the tm `timer` process, async task workers, async
+module timers (anywhere a transaction is created, matched or resumed).
+
+The cell lives in shm/tm_table.py as one msgpack list (encode/decode below);
+a process loads it under the slot lock, changes it and writes it back. Field
+order is the wire layout, so only ever append fields.
+"""
+import msgpack
+
+# transaction flags (ours; Kamailio's T_* names in comments, h_table.h)
+F_INVITE = 1 << 0
+F_CANCELED = 1 << 1        # T_CANCELED
+F_FINAL = 1 << 2           # a final reply went upstream (uas.status >= 200)
+F_LOCAL = 1 << 3           # that final was generated here: retransmit until ACK (INVITE)
+F_ACKED = 1 << 4
+F_WAIT = 1 << 5            # in wait state: only retransmission absorbing left
+F_NOISY = 1 << 6           # T_NOISY_CTIMER: a timeout must produce a reply
+F_CONTINUE = 1 << 12       # T_ASYNC_CONTINUE
+F_SUSPENDED = 1 << 15      # T_ASYNC_SUSPENDED
+F_IN_FAILURE = 1 << 16     # a failure route runs now: its relays do not end it
+
+# branch flags
+B_BLIND = 1                # TM_UAC_FLAG_BLIND: a suspension, no request sent
+B_PROV = 2                 # a provisional reply was received
+B_CANCEL = 4               # CANCEL sent (or due once a provisional arrives)
+B_CANCEL_SENT = 8
+
+# branch list fields
+BR_RURI, BR_DST, BR_SOCK, BR_VIA, BR_REQ, BR_STATUS, BR_REPLY, BR_FLAGS, BR_FR = range(9)
+
+
+class Cell:
+    __slots__ = ("flags", "method", "req", "src", "sock", "reply_to", "uas_status",
+                 "uas_reply", "to_tag", "fr_ms", "fr_inv_ms", "on_failure", "on_reply",
+                 "on_branch", "branches", "avps", "xavps", "created", "msg_flags",
+                 "new_uri", "dst_uri", "aliases", "susp_route_type", "lumps", "eol",
+                 "dst", "rpl_retr_ms", "key", "tm_error")
+
+    def __init__(self):
+        self.flags = 0
+        self.method = ""
+        self.req = b""
+        self.src = ("", 0)
+        self.dst = ("", 0)
+        self.sock = 0
+        self.reply_to = ("", 0)
+        self.uas_status = 0
+        self.uas_reply = b""
+        self.to_tag = ""
+        self.fr_ms = 0
+        self.fr_inv_ms = 0
+        self.on_failure = None
+        self.on_reply = None
+        self.on_branch = None
+        self.branches = []
+        self.avps = None
+        self.xavps = None
+        self.created = 0.0
+        self.msg_flags = 0
+        self.new_uri = None
+        self.dst_uri = None
+        self.aliases = []
+        self.susp_route_type = 0
+        self.lumps = None
+        self.eol = 0.0
+        self.rpl_retr_ms = 0
+        self.key = b""
+        self.tm_error = None
+
+    def encode(self):
+        return msgpack.packb([getattr(self, f) for f in Cell.__slots__])
+
+    @staticmethod
+    def decode(raw):
+        c = Cell.__new__(Cell)
+        for f, v in zip(Cell.__slots__, msgpack.unpackb(raw)):
+            setattr(c, f, v)
+        return c
+
+    # ---- derived state -----------------------------------------------------
+    @property
+    def is_invite(self):
+        return self.flags & F_INVITE
+
+    def pending_branches(self, with_blind=True):
+        """Branches without a final status (Kamailio: t->uac[i].last_received < 200)."""
+        return [i for i, b in enumerate(self.branches)
+                if b[BR_STATUS] < 200 and (with_blind or not b[BR_FLAGS] & B_BLIND)]
+
+    def has_pending(self, with_blind=True):
+        for b in self.branches:
+            if b[BR_STATUS] < 200 and (with_blind or not b[BR_FLAGS] & B_BLIND):
+                return True
+        return False
+
+
+class Handle:
+    """ctx.t: which transaction, plus the cell while this process holds its lock.
+
+    Settings a request route makes before anything is sent (t_on_failure,
+    t_set_fr...) are written through at once: another process may act on the
+    transaction at any moment (a CANCEL, a timer), so no stale copy is ever
+    written back.
+    """
+    __slots__ = ("index", "label", "cell", "depth", "out", "timers", "table", "dirty",
+                 "reply_code", "reply_msg", "branch")
+
+    def __init__(self, table, index, label):
+        self.table = table
+        self.index = index
+        self.label = label
+        self.cell = None
+        self.depth = 0
+        self.out = []          # (bytes, addr, sock) to send once the lock is dropped
+        self.timers = []       # timer messages to push once the lock is dropped
+        self.dirty = False
+        self.reply_code = 0    # $T_reply_code in failure / onreply routes
+        self.reply_msg = None  # $T_rpl in failure / onreply routes
+        self.branch = -1
+
+    def acquire(self):
+        """Lock and load the cell (re-entrant). None when the transaction is gone."""
+        lock = self.table.slot_lock(self.index)
+        lock.acquire()
+        if self.depth == 0:
+            raw = self.table.get(self.index, self.label)
+            if raw is None:
+                lock.release()
+                return None
+            self.cell = Cell.decode(raw)
+            self.dirty = False
+        self.depth += 1
+        return self.cell
+
+    def release(self, send=None):
+        """Write back if changed, unlock, and (outermost) flush the outbox."""
+        self.depth -= 1
+        lock = self.table.slot_lock(self.index)
+        if self.depth == 0:
+            if self.dirty and self.cell is not None:
+                self.table.put(self.index, self.label, self.cell.encode())
+            self.cell = None
+            lock.release()
+            if send is not None:
+                send(self)
+        else:
+            lock.release()

@@ -1,0 +1,273 @@
+"""The tm transaction table: fixed slot headers plus size-classed blobs in one
+shared mapping, addressed by (tindex, tlabel) like Kamailio's cell hash.
+
+Runs in: main process (created in tm's mod_init, before fork); udp receivers,
+the tm `timer` process and async workers (lookups, updates, frees).
+
+Why not one Python dict per process: every process must find every
+transaction (spec B §6: a request suspended in a receiver is resumed by an
+async worker; its reply comes back to any receiver; its timers fire in the
+`timer` process). Only bytes live here; tm_cell.py gives them meaning.
+
+tindex is the slot number, tlabel a per-slot generation counter bumped on
+every allocation, so a stale (tindex, tlabel) never reaches a recycled slot.
+Requests are also found by a matching key (RFC 3261 17.2.3 branch key or the
+RFC 2543 fallback key): a chained hash keyed by a 64-bit hash of the key,
+confirmed against the key bytes stored at the head of the blob.
+
+Byte layout (little endian), all in one anonymous MAP_SHARED mapping:
+
+  [0:64)               table header: nslots u32, nbuckets u32, used u32, _
+  slot headers         nslots x 40 bytes:
+      label u32 | used u32 | keyhash i64 | next i32 (bucket chain, -1 end)
+      | cls i32 (-1 none) | chunk i32 | blen u32 | deadline f64 (monotonic)
+  bucket heads         nbuckets x i32 (-1 empty)
+  free slot stack      top i32, then nslots x i32
+  per size class c     top i32, then count_c x i32 free chunk stack,
+                       then count_c x size_c chunk bytes
+  blob                 keylen u16 | key | payload (tm_cell msgpack)
+
+Locks (multiprocessing, created before fork): bucket stripes guard chains,
+slot stripes (re-entrant: a failure route relaying again re-enters its own
+transaction) guard slot contents, one allocator lock guards the free stacks.
+Order: bucket -> slot -> alloc; never the reverse. None is held across I/O by
+this module; tm holds a slot stripe only while updating its cell (and while
+a failure/resumed route runs, as Kamailio holds the reply lock, B §6.3).
+"""
+import struct
+import time
+
+from shm.locks import LockSet
+
+_HDR = struct.Struct("<IIqiQId")          # one slot header, 40 bytes
+_I32 = struct.Struct("<i")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+
+N_BUCKET_LOCKS = 64
+N_SLOT_LOCKS = 512
+
+
+class TableFull(Exception):
+    """No free slot or no shm for the blob: the request gets a 500, never a hang."""
+
+
+def default_nslots(arena):
+    """As many slots as a third of the free static area holds (48 bytes each),
+    a power of two between 1024 and 65536."""
+    free = arena.static_end - _U64top(arena)
+    n = 1024
+    while n < 65536 and (n * 2) * 48 <= free // 3:
+        n *= 2
+    return n
+
+
+def _U64top(arena):
+    return struct.unpack_from("<Q", arena.buf, 16)[0]
+
+
+class TmTable:
+    def __init__(self, arena, nslots=None, nbuckets=None):
+        self.arena = arena
+        self.nslots = nslots = nslots or default_nslots(arena)
+        self.nbuckets = nbuckets or nslots
+        size = 64 + nslots * _HDR.size + self.nbuckets * 4 + 4 + nslots * 4
+        base = arena.static_alloc(size, align=64)
+        self.o_hdr = base
+        self.o_slots = base + 64
+        self.o_buckets = self.o_slots + nslots * _HDR.size
+        self.o_free = self.o_buckets + self.nbuckets * 4
+        self.buf = arena.buf
+        self.bucket_locks = LockSet(arena, N_BUCKET_LOCKS, "tm buckets")
+        self.slot_locks = LockSet(arena, N_SLOT_LOCKS, "tm cells")
+        self.alloc_lock = LockSet(arena, 1, "tm slots")
+        self._format()
+
+    def _format(self):
+        b = self.buf
+        empty = _HDR.pack(0, 0, 0, -1, 0, 0, 0.0)
+        b[self.o_slots:self.o_slots + self.nslots * 40] = empty * self.nslots
+        b[self.o_buckets:self.o_buckets + self.nbuckets * 4] = b"\xff" * (self.nbuckets * 4)
+        # the free stack pops slot 0 first
+        _I32.pack_into(b, self.o_free, self.nslots)
+        struct.pack_into("<%di" % self.nslots, b, self.o_free + 4, *range(self.nslots - 1, -1, -1))
+
+    # ---- slot allocator (alloc_lock held) -----------------------------------
+    def _pop_slot(self):
+        top = _I32.unpack_from(self.buf, self.o_free)[0]
+        if top <= 0:
+            return -1
+        top -= 1
+        _I32.pack_into(self.buf, self.o_free, top)
+        used = _U32.unpack_from(self.buf, self.o_hdr)[0]
+        _U32.pack_into(self.buf, self.o_hdr, used + 1)
+        return _I32.unpack_from(self.buf, self.o_free + 4 + top * 4)[0]
+
+    def _push_slot(self, idx):
+        top = _I32.unpack_from(self.buf, self.o_free)[0]
+        _I32.pack_into(self.buf, self.o_free + 4 + top * 4, idx)
+        _I32.pack_into(self.buf, self.o_free, top + 1)
+        used = _U32.unpack_from(self.buf, self.o_hdr)[0]
+        _U32.pack_into(self.buf, self.o_hdr, used - 1)
+
+    # ---- public API -------------------------------------------------------
+    def lock(self, index):
+        self.slot_locks.acquire(index % N_SLOT_LOCKS)
+
+    def unlock(self, index):
+        self.slot_locks.release(index % N_SLOT_LOCKS)
+
+    @staticmethod
+    def key_hash(key):
+        # hash() of bytes is seeded once in main; every child is forked from it
+        return hash(key) or 1
+
+    def insert(self, key, payload, deadline):
+        """Add a transaction unless one with `key` exists.
+        Returns (created, index, label). Raises TableFull."""
+        kh = hash(key) or 1
+        bucket = kh % self.nbuckets
+        blob = _U16.pack(len(key)) + key + payload
+        bl = self.bucket_locks
+        stripe = bucket % N_BUCKET_LOCKS
+        bl.acquire(stripe)
+        try:
+            found = self._find_locked(bucket, kh, key)
+            if found is not None:
+                return (False,) + found
+            off = self.arena.alloc(len(blob))
+            if not off:
+                raise TableFull("no shm for a %d byte transaction; raise -m" % len(blob))
+            self.alloc_lock.acquire(0)
+            idx = self._pop_slot()
+            self.alloc_lock.release(0)
+            if idx < 0:
+                self.arena.free(off)
+                raise TableFull("transaction table full (%d slots)" % self.nslots)
+            self.buf[off:off + len(blob)] = blob
+            hoff = self.o_slots + idx * 40
+            # the slot is invisible until linked: a stale (index, label) holder
+            # sees the new label, never a half-written header (one memcpy)
+            label = (_U32.unpack_from(self.buf, hoff)[0] + 1) & 0xFFFFFFFF or 1
+            boff = self.o_buckets + bucket * 4
+            head = _I32.unpack_from(self.buf, boff)[0]
+            _HDR.pack_into(self.buf, hoff, label, 1, kh, head, off, len(blob), deadline)
+            _I32.pack_into(self.buf, boff, idx)
+        finally:
+            bl.release(stripe)
+        return True, idx, label
+
+    def _find_locked(self, bucket, kh, key):
+        buf = self.buf
+        idx = _I32.unpack_from(buf, self.o_buckets + bucket * 4)[0]
+        while idx >= 0:
+            label, used, h, nxt, off, blen, _ = _HDR.unpack_from(buf, self.o_slots + idx * 40)
+            if used and h == kh:
+                klen = _U16.unpack_from(buf, off)[0]
+                if buf[off + 2:off + 2 + klen] == key:
+                    return idx, label
+            idx = nxt
+        return None
+
+    def find(self, key):
+        """(index, label) of the transaction matching `key`, or None."""
+        kh = hash(key) or 1
+        bucket = kh % self.nbuckets
+        stripe = bucket % N_BUCKET_LOCKS
+        self.bucket_locks.acquire(stripe)
+        try:
+            return self._find_locked(bucket, kh, key)
+        finally:
+            self.bucket_locks.release(stripe)
+
+    def get(self, index, label):
+        """The payload bytes, or None when (index, label) is gone. Callers that
+        will write back hold lock(index)."""
+        if not 0 <= index < self.nslots:
+            return None
+        lab, used, _, _, off, blen, _ = _HDR.unpack_from(self.buf, self.o_slots + index * 40)
+        if not used or lab != label:
+            return None
+        klen = _U16.unpack_from(self.buf, off)[0]
+        return bytes(self.buf[off + 2 + klen:off + blen])
+
+    def put(self, index, label, payload, deadline=None):
+        """Replace the payload (lock(index) held). False if gone. Raises TableFull."""
+        hoff = self.o_slots + index * 40
+        lab, used, kh, nxt, off, blen, dl = _HDR.unpack_from(self.buf, hoff)
+        if not used or lab != label:
+            return False
+        klen = _U16.unpack_from(self.buf, off)[0]
+        n = 2 + klen + len(payload)
+        cap = self.arena.slot_size(off)
+        if n > cap or n <= cap // 3:
+            noff = self.arena.alloc(n)
+            if not noff:
+                raise TableFull("no shm for a %d byte transaction; raise -m" % n)
+            self.buf[noff:noff + 2 + klen] = self.buf[off:off + 2 + klen]
+            self.arena.free(off)
+            off = noff
+        self.buf[off + 2 + klen:off + n] = payload
+        _HDR.pack_into(self.buf, hoff, lab, 1, kh, nxt, off, n, dl if deadline is None else deadline)
+        return True
+
+    def delete(self, index, label):
+        """Unlink and free. Returns False if (index, label) is already gone.
+        Never called with lock(index) held by the caller (lock order)."""
+        if not 0 <= index < self.nslots:
+            return False
+        buf = self.buf
+        hoff = self.o_slots + index * 40
+        lab, used, kh, _, _, _, _ = _HDR.unpack_from(buf, hoff)
+        if not used or lab != label:
+            return False
+        bucket = kh % self.nbuckets
+        stripe = bucket % N_BUCKET_LOCKS
+        self.bucket_locks.acquire(stripe)
+        self.slot_locks.acquire(index % N_SLOT_LOCKS)
+        try:
+            lab, used, kh, nxt, off, _, _ = _HDR.unpack_from(buf, hoff)
+            if not used or lab != label:
+                return False
+            boff = self.o_buckets + bucket * 4
+            cur = _I32.unpack_from(buf, boff)[0]
+            if cur == index:
+                _I32.pack_into(buf, boff, nxt)
+            else:
+                while cur >= 0:
+                    coff = self.o_slots + cur * 40 + 16
+                    cnext = _I32.unpack_from(buf, coff)[0]
+                    if cnext == index:
+                        _I32.pack_into(buf, coff, nxt)
+                        break
+                    cur = cnext
+            _HDR.pack_into(buf, hoff, lab, 0, 0, -1, 0, 0, 0.0)
+            self.arena.free(off)
+            self.alloc_lock.acquire(0)
+            self._push_slot(index)
+            self.alloc_lock.release(0)
+        finally:
+            self.slot_locks.release(index % N_SLOT_LOCKS)
+            self.bucket_locks.release(stripe)
+        return True
+
+    def count(self):
+        """Transactions (and ACK aliases) currently held."""
+        return _U32.unpack_from(self.buf, self.o_hdr)[0]
+
+    def expired(self, now=None):
+        """(index, label) of every slot whose deadline has passed: the sweep's
+        safety net, so nothing outlives its end of life whatever was lost."""
+        now = time.monotonic() if now is None else now
+        out = []
+        region = self.buf[self.o_slots:self.o_slots + self.nslots * 40]
+        for i, (lab, used, _, _, _, _, dl) in enumerate(_HDR.iter_unpack(region)):
+            if used and dl < now:
+                out.append((i, lab))
+        return out
+
+    def set_deadline(self, index, label, deadline):
+        hoff = self.o_slots + index * 40
+        lab, used = struct.unpack_from("<II", self.buf, hoff)
+        if used and lab == label:
+            struct.pack_into("<d", self.buf, hoff + 32, deadline)
