@@ -1,0 +1,63 @@
+"""The core async task worker loop.
+
+Runs in: `Async Task Worker - <group>` processes (rank PROC_RPC), forked by
+the supervisor from asyncd.core.async_task.core_procs().
+
+Kamailio's `async_task_run` (spec B §4.3): set the current group (for
+`$async(gname)` / `$atkv(gname)`), then forever: optional `usleep` before each
+receive, receive one task, execute it. Here the task arrives on this worker's
+own PULL endpoint (asyncd.ipc.dispatch picked us because we were idle), and
+after executing it we bump our `done` counter so producers see us idle again.
+A task that raises is logged and counted; the loop never dies of it.
+"""
+import time
+
+import zmq
+
+from asyncd import ipc
+from asyncd.core import log
+from asyncd.ipc import codec
+
+POLL_MS = 200       # how often a quiet worker looks at proc.stopping
+
+
+def run(proc, group, widx):
+    from asyncd.core.async_task import HANDLERS
+    proc.async_gname = group.name
+    proc.role = "async_worker"
+    disp = group.disp
+    sock = disp.bind(widx)
+    usleep = group.usleep / 1e6 if group.usleep > 0 else 0.0
+    try:
+        while not proc.stopping:
+            if usleep:
+                time.sleep(usleep)
+            try:
+                if not sock.poll(POLL_MS):
+                    continue
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            except zmq.ZMQError as e:
+                if proc.stopping:
+                    break
+                log.err("core", f"async worker [{group.name}]: receive failed: {e}")
+                continue
+            skipped = False
+            try:
+                item = codec.unpack(frame)
+                handler = HANDLERS.get(item[0]) if item else None
+                if handler is None:
+                    log.err("core", f"async worker [{group.name}]: unknown task kind {item[:1]}")
+                else:
+                    skipped = handler(proc, item) is False
+            except Exception as e:   # a bad task never kills the worker
+                log.err("core", f"async worker [{group.name}]: task failed: {e!r}")
+            finally:
+                disp.mark_done(widx, skipped)
+    finally:
+        try:
+            sock.close(0)
+        except zmq.ZMQError:
+            pass
+        ipc.close_all()
