@@ -1,0 +1,246 @@
+"""Building SIP messages: local replies, forwarded requests and replies, CANCEL/ACK.
+
+Runs in: udp receivers, async task workers, tm timer (retransmissions use
+the bytes built here, never rebuild).
+
+Header values are copied as received (unfolded); unknown headers of a
+forwarded message are copied byte-for-byte, folding included (RFC 4475
+3.1.1.1). Everything returns bytes ready for sendto().
+"""
+import hashlib
+import re
+
+from .hdrs import SipParseError, canon, split_commas
+
+__all__ = ["build_reply", "reply_addr", "stable_to_tag", "build_request_fwd", "via_line",
+           "top_via_received", "strip_top_via", "via_dest", "build_cancel", "build_ack"]
+
+_RPORT_RE = re.compile(r";[ \t]*rport(?=[ \t]*(?:;|\Z))", re.I)
+_TAG_RE = re.compile(r";[ \t]*tag[ \t]*=", re.I)
+
+
+def _enc(parts):
+    return "".join(parts).encode("utf-8", "surrogateescape")
+
+
+def _line(text, name=None):
+    """A full header line from 'Name: value' text or, with name, a bare value."""
+    if name is not None and not text.lower().startswith(name.lower() + ":"):
+        text = "%s: %s" % (name, text)
+    return text if text.endswith("\r\n") else text + "\r\n"
+
+
+def _unbracket(host):
+    return host[1:-1] if host[:1] == "[" else host
+
+
+def top_via_received(msg):
+    """The first Via header line's value, its top via-parm marked as the server
+    transport must on receipt: `received` when sent-by is not the source address
+    (RFC 3261 18.2.1), `rport=<port>` (and received) when rport was asked for
+    (RFC 3581 §4) or force_rport() was called."""
+    line = msg._idx["via"][0]
+    v = msg.via1
+    ip, port = msg.src[0], msg.src[1]
+    rport = v.rport == "" or (msg.force_rport and v.rport is None)
+    if v.received is not None or (not rport and _unbracket(v.host) == ip):
+        return line
+    parts = split_commas(line) if "," in line else [line]
+    text = v.raw
+    if rport:
+        if v.rport == "":
+            text = _RPORT_RE.sub(";rport=%d" % port, text, count=1)
+        else:
+            text += ";rport=%d" % port
+    text += ";received=" + ip
+    parts[0] = text
+    return ",".join(parts)
+
+
+def reply_addr(msg):
+    """Where a reply to msg goes, per RFC 3261 18.2.2 (unreliable transport) and
+    RFC 3581 §4: maddr if present; the source address and port when rport was
+    asked for (or force_rport()); else the source address (what `received`
+    would say) and the sent-by port, 5060 by default."""
+    v = msg.via1
+    if v.maddr:
+        return (_unbracket(v.maddr), v.port or 5060)
+    if v.rport == "" or msg.force_rport:
+        return (msg.src[0], msg.src[1])
+    if v.rport:  # request carried rport=N already (odd but legal): honour it
+        try:
+            return (msg.src[0], int(v.rport))
+        except ValueError:
+            pass
+    return (msg.src[0], v.port or 5060)
+
+
+def via_dest(via):
+    """(host, port) a reply is sent to for this Via (received/rport first), e.g.
+    the second Via when relaying a reply statelessly (RFC 3261 18.2.2)."""
+    host = via.received or _unbracket(via.host)
+    if via.rport:
+        try:
+            return (host, int(via.rport))
+        except ValueError:
+            pass
+    return (host, via.port or 5060)
+
+
+def stable_to_tag(msg):
+    """To-tag that retransmissions of one request get again (RFC 3261 8.2.6.2:
+    same tag for the same request; Kamailio's sl derives it the same way)."""
+    v = msg.via1
+    tx = (v.branch or v.raw) if v is not None else ""
+    key = "%s|%s|%s|%s|%s" % (msg.callid, _from_tag(msg), msg.cseq_num, tx, msg.src[0])
+    return hashlib.md5(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _from_tag(msg):
+    try:
+        return msg.from_tag or ""
+    except SipParseError:
+        return msg.hdr("from") or ""
+
+
+def _has_tag(msg, value):
+    try:
+        return msg.to.tag is not None
+    except SipParseError:
+        return _TAG_RE.search(value.rpartition(">")[2] if ">" in value else value) is not None
+
+
+def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", server="asyncd"):
+    """A reply to request msg (RFC 3261 8.2.6): Vias, From, To (+tag), Call-ID,
+    CSeq copied; Record-Route copied into 1xx/2xx (RFC 3261 12.1.1);
+    msg.reply_lumps and extra_headers appended; Server, Content-Length."""
+    idx = msg._idx
+    out = ["SIP/2.0 %d %s\r\n" % (code, reason)]
+    vias = idx.get("via", ())
+    if vias:
+        out.append("Via: %s\r\n" % (top_via_received(msg) if msg.via1 is not None else vias[0]))
+        for v in vias[1:]:
+            out.append("Via: %s\r\n" % v)
+    f = idx.get("from")
+    if f:
+        out.append("From: %s\r\n" % f[0])
+    t = idx.get("to")
+    if t:
+        t = t[0]
+        if code > 100 and not _has_tag(msg, t):
+            t = "%s;tag=%s" % (t, to_tag or stable_to_tag(msg))
+        out.append("To: %s\r\n" % t)
+    for key in ("call-id", "cseq"):
+        lst = idx.get(key)
+        if lst:
+            out.append("%s: %s\r\n" % ("Call-ID" if key == "call-id" else "CSeq", lst[0]))
+    if 100 < code < 300:
+        for rr in idx.get("record-route", ()):
+            out.append("Record-Route: %s\r\n" % rr)
+    for h in msg.reply_lumps:
+        out.append(_line(h))
+    for h in extra_headers:
+        out.append(_line(h))
+    if server:
+        out.append("Server: %s\r\n" % server)
+    out.append("Content-Length: %d\r\n\r\n" % len(body))
+    return _enc(out) + body
+
+
+def via_line(host, port, branch, transport="UDP", rport=False, params=()):
+    """'Via: SIP/2.0/UDP host:port;branch=...' line for a request we send."""
+    hp = host if port is None else "%s:%d" % (host, port)
+    s = "Via: SIP/2.0/%s %s;branch=%s" % (transport.upper(), hp, branch)
+    if rport:
+        s += ";rport"
+    for p in params:
+        s += ";" + p
+    return s + "\r\n"
+
+
+def _drop_set(msg, drop_hdrs):
+    drop = {canon(n) for n in drop_hdrs}
+    for n in msg.hdr_removes:
+        drop.add(canon(n))
+    return drop
+
+
+def build_request_fwd(msg, ruri, via_line, drop_hdrs=(), add_hdrs=()):
+    """The request as forwarded: new Request-URI, our Via on top, the received
+    headers byte-exact in order (minus msg.hdr_removes and drop_hdrs; the old
+    top Via gets received/rport, RFC 3261 18.2.1), msg.hdr_adds and add_hdrs
+    appended, Content-Length recomputed from msg.body. Max-Forwards untouched."""
+    drop = _drop_set(msg, drop_hdrs)
+    drop.add("content-length")
+    out = ["%s %s SIP/2.0\r\n" % (msg.method, ruri), _line(via_line, "Via")]
+    raw = msg._raw
+    first_via = True
+    for i, (key, name, value) in enumerate(msg._hl):
+        if key in drop:
+            continue
+        if key == "via" and first_via:
+            first_via = False
+            out.append("%s: %s\r\n" % (name, top_via_received(msg)))
+            continue
+        out.append(raw[i + 1] + "\r\n")
+    for h in msg.hdr_adds:
+        out.append(_line(h))
+    for h in add_hdrs:
+        out.append(_line(h))
+    body = msg.body
+    out.append("Content-Length: %d\r\n\r\n" % len(body))
+    return _enc(out) + body
+
+
+def strip_top_via(msg, drop_hdrs=()):
+    """A received reply as relayed upstream: the top via-parm removed (RFC 3261
+    16.7 step 3), everything else byte-exact (plus hdr_adds/hdr_removes)."""
+    drop = _drop_set(msg, drop_hdrs)
+    raw = msg._raw
+    out = [raw[0] + "\r\n"]
+    first_via = True
+    for i, (key, name, value) in enumerate(msg._hl):
+        if key in drop:
+            continue
+        if key == "via" and first_via:
+            first_via = False
+            parts = split_commas(value)
+            if len(parts) > 1:
+                out.append("%s: %s\r\n" % (name, ",".join(parts[1:]).strip()))
+            continue
+        out.append(raw[i + 1] + "\r\n")
+    for h in msg.hdr_adds:
+        out.append(_line(h))
+    out.append("\r\n")
+    return _enc(out) + msg.body
+
+
+def _in_tx_request(req, method, to_value, extra_headers):
+    idx = req._idx
+    out = ["%s %s SIP/2.0\r\n" % (method, req.ruri),
+           "Via: %s\r\n" % req.via1.raw,
+           "From: %s\r\n" % idx["from"][0],
+           "To: %s\r\n" % to_value,
+           "Call-ID: %s\r\n" % idx["call-id"][0],
+           "CSeq: %d %s\r\n" % (req.cseq_num, method)]
+    for r in idx.get("route", ()):
+        out.append("Route: %s\r\n" % r)
+    out.append("Max-Forwards: 70\r\n")
+    for h in extra_headers:
+        out.append(_line(h))
+    out.append("Content-Length: 0\r\n\r\n")
+    return _enc(out)
+
+
+def build_cancel(req, extra_headers=()):
+    """CANCEL for a request as it was sent on a branch (pass parse_msg of the
+    branch's bytes): same Request-URI, Call-ID, From, To, CSeq number, the
+    branch's Via only, its Route set (RFC 3261 9.1)."""
+    return _in_tx_request(req, "CANCEL", req._idx["to"][0], extra_headers)
+
+
+def build_ack(req, reply, extra_headers=()):
+    """ACK for a non-2xx final reply to an INVITE sent on a branch: as the
+    INVITE, but To from the reply (with its tag) (RFC 3261 17.1.1.3)."""
+    to_value = reply if isinstance(reply, str) else reply._idx["to"][0]
+    return _in_tx_request(req, "ACK", to_value, extra_headers)

@@ -1,0 +1,429 @@
+"""SipMsg and parse_msg: one eager pass over a datagram, lazy header parsing.
+
+Runs in: udp receivers (every datagram), async task workers and timers
+(messages rebuilt from shared memory), tm.
+
+What parse_msg checks eagerly (cheap, and needed by every message anyway):
+framing (end of headers, Content-Length: RFC 3261 18.3), the first line
+(strict single SPs, RFC 4475 3.1.2.8-10; version, 505 for another one),
+header-name syntax, duplicated single-value headers (RFC 4475 3.3.8/3.3.9),
+presence of Via/From/To/Call-ID/CSeq (RFC 3261 8.1.1), the CSeq value and
+its method against the request method (RFC 4475 3.1.2.17), and the first Via
+header line (every message needs its top Via). Everything else (From/To,
+Contact, Route, Max-Forwards, R-URI, the other Vias) is parsed on first use
+and raises SipParseError then; `validate()` forces all of it (what a
+sanity check does).
+
+The head is decoded once (UTF-8, surrogateescape: lossless, so forwarded
+headers are byte-exact); framing is computed on the bytes.
+"""
+import itertools
+import re
+import time
+
+from .hdrs import (COMPACT, SINGLE, SipParseError, canon, canon_checked, parse_cseq,
+                   parse_nameaddr, parse_nameaddr_list, parse_via_line)
+from .uri import parse_uri
+
+__all__ = ["SipMsg", "parse_msg", "faked_request"]
+
+_ids = itertools.count(1)
+_FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
+_METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_RURI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"]+\Z")
+_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.I)
+_REQUIRED = ("via", "from", "to", "call-id", "cseq")
+
+
+class SipMsg:
+    """A received (or rebuilt) SIP request or reply; see docs/contracts.md §3."""
+
+    # lazily filled caches (class defaults keep construction cheap)
+    _from = _to = _contacts = _vias = _routes = _rroutes = _puri = _mf = None
+    status = None
+    reason = None
+    method = None
+    ruri = None
+    version = "SIP/2.0"
+    new_uri = None
+    dst_uri = None
+    force_rport = False
+
+    def __init__(self, buf, src, dst, sock, proto):
+        self.buf = buf
+        self.src = src
+        self.dst = dst
+        self.sock = sock
+        self.proto = proto
+        self.id = next(_ids)
+        self.rcv_time = time.time()
+        self.is_request = True
+        self.flags = 0
+        self.hdr_adds = []
+        self.hdr_removes = set()
+        self.reply_lumps = []
+        self._hl = ()
+        self._idx = {}
+        self._raw = ()
+        self._vias1 = None
+        self._cseq = None
+        self._cl = None
+        self.body = b""
+
+    def __repr__(self):
+        return "<SipMsg %s>" % (self._raw[0] if self._raw else "?")
+
+    # -- generic header access -------------------------------------------------
+    def hdr(self, name):
+        lst = self._idx.get(canon(name))
+        return lst[0] if lst else None
+
+    def hdrs(self, name):
+        return list(self._idx.get(canon(name), ()))
+
+    def hdr_count(self, name):
+        return len(self._idx.get(canon(name), ()))
+
+    @property
+    def headers(self):
+        """(name, value) in order, names as written, values unfolded."""
+        return [(n, v) for _, n, v in self._hl]
+
+    @property
+    def first_line(self):
+        return self._raw[0] if self._raw else ""
+
+    @property
+    def raw_headers(self):
+        """(canonical name, raw text as received, folding kept) in order."""
+        raw = self._raw
+        return [(hl[0], raw[i + 1]) for i, hl in enumerate(self._hl)]
+
+    # -- Via ----------------------------------------------------------------------
+    @property
+    def via1(self):
+        return self._vias1[0] if self._vias1 else None
+
+    @property
+    def vias(self):
+        v = self._vias
+        if v is None:
+            v = list(self._vias1 or ())
+            for line in self._idx.get("via", ())[1:]:
+                v.extend(parse_via_line(line))
+            self._vias = v
+        return v
+
+    @property
+    def via2(self):
+        if self._vias1 and len(self._vias1) > 1:
+            return self._vias1[1]
+        v = self.vias
+        return v[1] if len(v) > 1 else None
+
+    # -- the dialog / transaction identifiers --------------------------------------
+    @property
+    def callid(self):
+        lst = self._idx.get("call-id")
+        return lst[0] if lst else None
+
+    @property
+    def cseq_num(self):
+        return self._cseq[0] if self._cseq else None
+
+    @property
+    def cseq_method(self):
+        return self._cseq[1] if self._cseq else None
+
+    @property
+    def from_(self):
+        v = self._from
+        if v is None:
+            lst = self._idx.get("from")
+            if not lst:
+                return None
+            v = self._from = parse_nameaddr(lst[0], "From")
+        return v
+
+    @property
+    def to(self):
+        v = self._to
+        if v is None:
+            lst = self._idx.get("to")
+            if not lst:
+                return None
+            v = self._to = parse_nameaddr(lst[0], "To")
+        return v
+
+    @property
+    def from_tag(self):
+        f = self.from_
+        return f.tag if f is not None else None
+
+    @property
+    def to_tag(self):
+        t = self.to
+        return t.tag if t is not None else None
+
+    # -- other core headers ----------------------------------------------------------
+    @property
+    def max_forwards(self):
+        v = self._mf
+        if v is None:
+            lst = self._idx.get("max-forwards")
+            if not lst:
+                return None
+            s = lst[0]
+            if not (s.isascii() and s.isdigit()) or len(s) > 10:
+                raise SipParseError("Bad Max-Forwards header")
+            v = self._mf = int(s)
+        return v
+
+    @property
+    def contacts(self):
+        v = self._contacts
+        if v is None:
+            v = []
+            for line in self._idx.get("contact", ()):
+                v.extend(parse_nameaddr_list(line, "Contact"))
+            self._contacts = v
+        return v
+
+    @property
+    def contact(self):
+        c = self.contacts
+        return c[0] if c else None
+
+    @property
+    def routes(self):
+        v = self._routes
+        if v is None:
+            v = self._routes = self._nalist("route", "Route")
+        return v
+
+    @property
+    def record_routes(self):
+        v = self._rroutes
+        if v is None:
+            v = self._rroutes = self._nalist("record-route", "Record-Route")
+        return v
+
+    def _nalist(self, key, what):
+        out = []
+        for line in self._idx.get(key, ()):
+            out.extend(parse_nameaddr_list(line, what))
+        return out
+
+    @property
+    def content_length(self):
+        return self._cl
+
+    @property
+    def parsed_ruri(self):
+        v = self._puri
+        if v is None and self.ruri is not None:
+            v = self._puri = parse_uri(self.ruri)
+        return v
+
+    @property
+    def cur_uri(self):
+        return self.new_uri if self.new_uri is not None else self.ruri
+
+    def validate(self):
+        """Parse every core header now (sanity-check style); raises SipParseError."""
+        self.vias
+        self.from_
+        self.to
+        self.contacts
+        self.routes
+        self.record_routes
+        self.max_forwards
+        if self.is_request:
+            self.parsed_ruri
+        return True
+
+
+# -- the eager pass ---------------------------------------------------------------------
+def _split_head(m, buf):
+    """Find the header section; return (lines, body_start, error or None)."""
+    err = None
+    end = buf.find(b"\r\n\r\n")
+    if end >= 0:
+        head = buf[:end].decode("utf-8", "surrogateescape")
+        start = end + 4
+    else:
+        end = buf.find(b"\n\n")
+        if end >= 0:  # bare LF line ends (tolerated, as Kamailio does)
+            head = buf[:end].decode("utf-8", "surrogateescape")
+            head = head.replace("\r\n", "\n").replace("\n", "\r\n")
+            start = end + 2
+        elif buf.endswith(b"\r\n"):
+            # A datagram is one message: its end also ends the header section
+            # (RFC 4475 3.1.2.15's file has no empty line).
+            head = buf[:-2].decode("utf-8", "surrogateescape")
+            start = len(buf)
+        else:
+            head = buf.decode("utf-8", "surrogateescape")
+            head = head[:head.rfind("\r\n")] if "\r\n" in head else head
+            start = len(buf)
+            err = "No end of headers"
+    if "\r\n " in head or "\r\n\t" in head:
+        raw = []
+        for line in head.split("\r\n"):
+            if len(raw) > 1 and line[:1] in (" ", "\t"):
+                raw[-1] += "\r\n" + line
+            else:
+                raw.append(line)
+        lines = [_FOLD_RE.sub(" ", r) if "\r\n" in r else r for r in raw]
+        m._raw = raw
+    else:
+        lines = m._raw = head.split("\r\n")
+    return lines, start, err
+
+
+def _index_headers(m, lines):
+    hl = []
+    idx = {}
+    err = None
+    for j in range(1, len(lines)):
+        line = lines[j]
+        i = line.find(":")
+        if i <= 0:
+            err = err or "Bad header line"
+            hl.append(("", line, ""))
+            continue
+        name = line[:i]
+        if name[-1] in " \t":
+            name = name.rstrip(" \t")
+        try:
+            key = canon_checked(name.lower())
+        except SipParseError as e:
+            err = err or e.reason
+            hl.append(("", line, ""))
+            continue
+        value = line[i + 1:].strip(" \t")
+        hl.append((key, name, value))
+        lst = idx.get(key)
+        if lst is None:
+            idx[key] = [value]
+        else:
+            if key in SINGLE:
+                err = err or "Multiple %s headers" % name
+            lst.append(value)
+    m._hl = hl
+    m._idx = idx
+    return err
+
+
+def _first_line(m, line):
+    if line[:4].upper() == "SIP/":
+        m.is_request = False
+        parts = line.split(" ", 2)
+        if len(parts) < 2 or parts[0].upper() != "SIP/2.0":
+            raise SipParseError("Bad Status-Line")
+        code = parts[1]
+        if len(code) != 3 or not (code.isascii() and code.isdigit()) or code[0] not in "123456":
+            raise SipParseError("Bad status code")
+        m.status = int(code)
+        m.reason = parts[2] if len(parts) > 2 else ""
+        return
+    parts = line.split(" ")
+    if len(parts) > 0 and _METHOD_RE.match(parts[0]):
+        m.method = parts[0]
+    if len(parts) != 3 or m.method is None:
+        raise SipParseError("Bad Request-Line")
+    ruri, ver = parts[1], parts[2]
+    if ver.upper() != "SIP/2.0":
+        if _VERSION_RE.match(ver):
+            raise SipParseError("Version Not Supported", code=505)
+        raise SipParseError("Bad Request-Line")
+    if _RURI_RE.match(ruri) is None:
+        raise SipParseError("Bad Request-URI")
+    # RFC 3261 19.1.1: headers are not allowed in a Request-URI (RFC 4475 3.1.2.11)
+    if ruri[:4].lower() in ("sip:", "sips") and ruri.find("?", ruri.rfind("@") + 1) >= 0:
+        raise SipParseError("Bad Request-URI: headers not allowed")
+    m.ruri = ruri
+
+
+def _checks(m, buf, start):
+    idx = m._idx
+    for key in _REQUIRED:
+        if key not in idx:
+            raise SipParseError("Missing %s header" % key.title().replace("Id", "ID"))
+    m._vias1 = parse_via_line(idx["via"][0])
+    m._cseq = parse_cseq(idx["cseq"][0])
+    if m.is_request and m._cseq[1] != m.method:
+        raise SipParseError("CSeq method does not match request method")
+    cl = idx.get("content-length")
+    blen = len(buf) - start
+    if cl is None:
+        m.body = buf[start:]  # UDP without Content-Length: the rest (RFC 3261 18.3)
+        return
+    v = cl[0]
+    if not (v.isascii() and v.isdigit()) or len(v) > 10:
+        raise SipParseError("Bad Content-Length")
+    n = m._cl = int(v)
+    if n > blen:
+        raise SipParseError("Content-Length mis-match")
+    # octets past Content-Length are discarded (RFC 3261 18.3, RFC 4475 3.1.1.8)
+    m.body = buf[start:start + n] if n != blen else buf[start:]
+
+
+def _can_reply(m):
+    """A 400 can be built: a request (never an ACK) whose top Via parses."""
+    if not m.is_request or m.method == "ACK":
+        return False
+    if m._cseq is None:
+        try:
+            lst = m._idx.get("cseq")
+            m._cseq = parse_cseq(lst[0]) if lst else None
+        except SipParseError:
+            pass
+    if m._cseq is not None and m._cseq[1] == "ACK":
+        return False
+    if not m._vias1:
+        try:
+            lst = m._idx.get("via")
+            if not lst:
+                return False
+            m._vias1 = parse_via_line(lst[0])
+        except SipParseError:
+            return False
+    return True
+
+
+def parse_msg(buf, src=("0.0.0.0", 0), dst=("0.0.0.0", 0), sock=0, proto="udp"):
+    """Parse one datagram. Raises SipParseError (nothing else) on bad input."""
+    m = SipMsg(buf, src, dst, sock, proto)
+    try:
+        if buf[:2] == b"\r\n":  # leading CRLFs are ignored (RFC 3261 7.5)
+            buf = buf.lstrip(b"\r\n")
+            if not buf:
+                raise SipParseError("Empty message")
+        lines, start, err = _split_head(m, buf)
+        herr = _index_headers(m, lines)
+        _first_line(m, lines[0])
+        if err or herr:
+            raise SipParseError(err or herr)
+        _checks(m, buf, start)
+    except SipParseError as e:
+        e.can_reply = _can_reply(m)
+        e.msg = m if e.can_reply else None
+        raise
+    except Exception as e:  # a parser bug must not kill a receiver
+        raise SipParseError("Bad message (%s)" % type(e).__name__) from e
+    return m
+
+
+_FAKED = (b"OPTIONS sip:you@kamailio.org SIP/2.0\r\n"
+          b"Via: SIP/2.0/UDP 127.0.0.1\r\n"
+          b"From: <sip:you@kamailio.org>;tag=123\r\n"
+          b"To: <sip:you@kamailio.org>\r\n"
+          b"Call-ID: 123\r\n"
+          b"CSeq: 1 OPTIONS\r\n"
+          b"Content-Length: 0\r\n\r\n")
+
+
+def faked_request():
+    """The request async data / tkv tasks run on (Kamailio's fmsg.c)."""
+    return parse_msg(_FAKED, src=("127.0.0.1", 5060), dst=("127.0.0.1", 5060))
