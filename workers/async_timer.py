@@ -31,7 +31,7 @@ FINE_WAIT = 0.002   # below this, sleep precisely instead of polling (ms resolut
 RETRY = 0.001
 
 
-def _drain(sock, heap, seq):
+def _drain(sock, heap, seq, disp, idx):
     while True:
         try:
             frame = sock.recv(zmq.NOBLOCK)
@@ -42,6 +42,7 @@ def _drain(sock, heap, seq):
             due = float(item[1])
         except (ValueError, TypeError, IndexError) as e:
             log.err("async", f"timer: dropping malformed item: {e}")
+            disp.mark_done(idx, skipped=True)     # accounted for, not silently lost
             continue
         seq += 1
         heapq.heappush(heap, (due, seq, item))
@@ -74,14 +75,14 @@ def run(proc, disp, idx, on_due):
                     continue
                 if wait < FINE_WAIT:
                     time.sleep(wait)
-                    seq = _drain(sock, heap, seq)
+                    seq = _drain(sock, heap, seq, disp, idx)
                     continue
                 timeout = int(wait * 1000) - 1
             else:
                 timeout = POLL_MS
             try:
                 if sock.poll(max(timeout, 0)):
-                    seq = _drain(sock, heap, seq)
+                    seq = _drain(sock, heap, seq, disp, idx)
             except zmq.ZMQError as e:
                 if proc.stopping:
                     break

@@ -7,7 +7,8 @@ Kamailio's `async_task_run` (spec B §4.3): set the current group (for
 `$async(gname)` / `$atkv(gname)`), then forever: optional `usleep` before each
 receive, receive one task, execute it. Here the task arrives on this worker's
 own PULL endpoint (asyncd.ipc.dispatch picked us because we were idle), and
-after executing it we bump our `done` counter so producers see us idle again.
+after executing it we take the next task of the group's backlog, if any, or
+mark ourselves idle again (asyncd.ipc.dispatch.Dispatcher.finish).
 A task that raises is logged and counted; the loop never dies of it.
 """
 import time
@@ -21,6 +22,20 @@ from asyncd.ipc import codec
 POLL_MS = 200       # how often a quiet worker looks at proc.stopping
 
 
+def _execute(proc, group, frame, handlers):
+    """Run one task; True when it was skipped. A bad task never kills us."""
+    try:
+        item = codec.unpack(frame)
+        handler = handlers.get(item[0]) if item else None
+        if handler is None:
+            log.err("core", f"async worker [{group.name}]: unknown task kind {item[:1]}")
+            return False
+        return handler(proc, item) is False
+    except Exception as e:
+        log.err("core", f"async worker [{group.name}]: task failed: {e!r}")
+        return False
+
+
 def run(proc, group, widx):
     from asyncd.core.async_task import HANDLERS
     proc.async_gname = group.name
@@ -29,32 +44,27 @@ def run(proc, group, widx):
     sock = disp.bind(widx)
     usleep = group.usleep / 1e6 if group.usleep > 0 else 0.0
     try:
+        frame = None
         while not proc.stopping:
-            if usleep:
-                time.sleep(usleep)
-            try:
-                if not sock.poll(POLL_MS):
+            if frame is None:
+                if usleep:
+                    time.sleep(usleep)
+                try:
+                    if not sock.poll(POLL_MS):
+                        continue
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
                     continue
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                continue
-            except zmq.ZMQError as e:
-                if proc.stopping:
-                    break
-                log.err("core", f"async worker [{group.name}]: receive failed: {e}")
-                continue
-            skipped = False
-            try:
-                item = codec.unpack(frame)
-                handler = HANDLERS.get(item[0]) if item else None
-                if handler is None:
-                    log.err("core", f"async worker [{group.name}]: unknown task kind {item[:1]}")
-                else:
-                    skipped = handler(proc, item) is False
-            except Exception as e:   # a bad task never kills the worker
-                log.err("core", f"async worker [{group.name}]: task failed: {e!r}")
-            finally:
-                disp.mark_done(widx, skipped)
+                except zmq.ZMQError as e:
+                    if proc.stopping:
+                        break
+                    log.err("core", f"async worker [{group.name}]: receive failed: {e}")
+                    continue
+            skipped = _execute(proc, group, frame, HANDLERS)
+            # next backlog task (we stay busy) or None (idle again, spec A §7)
+            frame = disp.finish(widx, skipped)
+            if frame is not None and usleep:
+                time.sleep(usleep)
     finally:
         try:
             sock.close(0)

@@ -27,7 +27,7 @@ from asyncd.core.route_types import REQUEST_ROUTE
 from asyncd.ipc import codec
 from asyncd.ipc.dispatch import Dispatcher
 
-QUEUE_PER_WORKER = 1024     # outstanding tasks per worker before a group is "full"
+QUEUE_LEN = 1024            # tasks waiting for a busy group before it is "full"
 BLOCK_WAIT = 1.0            # blocking groups: longest a producer waits for room (s)
 TKV_VALUE_MAX = 1024        # Kamailio's formatting buffer (spec B §5)
 
@@ -48,8 +48,8 @@ class Group:
         self.workers = workers
         self.nonblock = bool(nonblock)
         self.usleep = int(usleep or 0)
-        self.disp = Dispatcher(f"atg{index}", workers, QUEUE_PER_WORKER, self.nonblock,
-                               BLOCK_WAIT, rundir=rundir_fn)
+        self.disp = Dispatcher(f"atg{index}", workers, QUEUE_LEN, self.nonblock,
+                               BLOCK_WAIT, rundir=rundir_fn, ring=QUEUE_LEN)
 
 
 class Framework:

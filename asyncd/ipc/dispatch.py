@@ -5,32 +5,40 @@ consumers (Async Task Worker - <group>, ASYNC MOD TIMER, ASYNC MOD MS TIMER).
 
 Why not plain PUSH/PULL: a PUSH socket deals frames round-robin to its peers'
 pipes, so a task queued behind a 2 s task in worker A waits 2 s although
-worker B is idle. Kamailio avoids that with one shared datagram socket that all
-workers of a group read (spec B §4.3); ZeroMQ has no such shared queue.
+worker B is idle. Kamailio avoids that with one shared datagram socket that
+all workers of a group read (spec B §4.3); ZeroMQ has no shared queue, and a
+ROUTER broker would be an extra process and an extra hop per task.
 
-Design: every consumer binds its own PULL endpoint; a small shared counter
-block (anonymous MAP_SHARED mmap made in main before fork, so no name to leak
-or unlink) holds, per consumer, `assigned` (bumped by producers under one
-fork-inherited lock per dispatcher) and `done` (bumped only by that consumer,
-no lock: a single aligned 8-byte store). outstanding = assigned - done counts
-queued + running items. A producer takes the lock, picks an idle consumer
-(outstanding 0; round-robin among idle ones) or else the least loaded, bumps
-its `assigned`, releases, and PUSHes the frame straight to that consumer.
-No broker process and no extra hop; process titles stay Kamailio's.
+Design ("queue" mode, task groups): every consumer binds its own PULL
+endpoint. A small shared block (anonymous MAP_SHARED mmap made in main before
+fork: no name to leak or unlink) holds per-consumer busy counters and a
+bounded backlog ring of frames, guarded by one fork-inherited lock. A
+producer, under the lock, gives the frame to an idle consumer (marks it busy,
+then PUSHes straight to its endpoint) or, when all are busy, appends it to
+the backlog. A consumer that finishes an item, under the lock, takes the next
+backlog frame itself or marks itself idle. So an item waits only while every
+consumer is busy, exactly as with Kamailio's shared socket; the common path
+is one lock round-trip plus one zmq send. Frames larger than a backlog slot
+(big async_task_data payloads) go to the least busy consumer instead.
 
-Bounds (spec A §7): a consumer with `cap` outstanding items is full; when all
-are full a non-blocking producer gets -1 at once, a blocking one polls for up
-to `block_wait` seconds, then -1. An accepted item is always sent (NOBLOCK on
-a pipe whose HWM is above cap); every consumed item is counted as run or
-skipped, so accepted == run + skipped + outstanding at any quiet moment.
+"spread" mode (timers, ring=0): items are parked in the consumer's own heap,
+so "idle" means nothing; a producer picks the consumer with the fewest
+pending items, bounded by `cap` each.
 
-Counter block layout (int64 slots):
-    0 accepted   1 rejected (full)   2 rr cursor   3 spare
-    4+4i: assigned[i]  5+4i: done[i]  6+4i: run[i]  7+4i: skipped[i]
+Bounds (spec A §7): reserve() claims room first (so a caller can learn "full"
+before suspending a transaction); -1 at once for a non-blocking dispatcher,
+after at most `block_wait` s for a blocking one. Every item sent is counted:
+accepted == run + skipped + pending.
+
+Shared block layout (int64 header, then per-consumer counters, then ring):
+    0 accepted  1 rejected  2 rr cursor  3 reserved  4 ring head  5 ring tail
+    8+4i: assigned[i]  9+4i: done[i]  10+4i: run[i]  11+4i: skipped[i]
+    ring slot k: u32 length + frame bytes, SLOT bytes each
 """
 import mmap
 import multiprocessing
 import os
+import struct
 import time
 
 import zmq
@@ -38,33 +46,89 @@ import zmq
 from asyncd import ipc
 from asyncd.core import log
 
-_HDR = 4
+_HDR = 8
 _PER = 4
-_LOCK_TIMEOUT = 0.5      # a holder that died mid-section must not wedge producers
+_LOCK_TIMEOUT = 0.5      # a holder that died mid-section must not wedge the rest
+SLOT = 1024
+_LEN = struct.Struct("<I")
 
 
 class Dispatcher:
-    """Shared between all processes; create in main before fork."""
+    """Create in main before fork; every process uses the inherited object."""
 
-    def __init__(self, name, consumers, cap, nonblock=False, block_wait=1.0, rundir=None):
-        self.name = name                  # short, used in endpoint file names
+    def __init__(self, name, consumers, cap, nonblock=False, block_wait=1.0, rundir=None,
+                 ring=0):
+        self.name = name                  # short: it names the endpoint files
         self.n = int(consumers)
         self.cap = int(cap)
+        self.ring = int(ring)
         self.nonblock = bool(nonblock)
         self.block_wait = float(block_wait)
-        self.rundir = rundir
-        self._mm = mmap.mmap(-1, 8 * (_HDR + _PER * max(self.n, 1)))
+        self.rundir = rundir              # str, or a callable returning it
+        self._ring_off = 8 * (_HDR + _PER * max(self.n, 1))
+        self._mm = mmap.mmap(-1, self._ring_off + SLOT * self.ring)
         self.c = memoryview(self._mm).cast("q")
         self._lock = multiprocessing.get_context("fork").Lock()
         self._socks = {}
         self._socks_pid = 0
 
-    # ---- producer side -------------------------------------------------
+    def _dir(self):
+        return self.rundir() if callable(self.rundir) else self.rundir
 
     def endpoint(self, i):
-        return ipc.endpoint(self.rundir, f"{self.name}-{i}")
+        return ipc.endpoint(self._dir(), f"{self.name}-{i}")
 
-    def _pick_locked(self):
+    def _acquire(self):
+        return self._lock.acquire(timeout=_LOCK_TIMEOUT)
+
+    # ---- producer side -------------------------------------------------
+
+    def _room_locked(self):
+        c = self.c
+        if self.ring:
+            return c[3] + (c[5] - c[4]) < self.ring
+        pending = sum(c[_HDR + _PER * i] - c[_HDR + _PER * i + 1] for i in range(self.n))
+        return pending + c[3] < self.cap * self.n
+
+    def reserve(self, nonblock=None):
+        """Claim room for one item: returns 0 (ok) or -1 (full, or no consumers)."""
+        if self.n <= 0:
+            return -1
+        nb = self.nonblock if nonblock is None else nonblock
+        deadline = None
+        delay = 0.0002
+        while True:
+            got = self._acquire()
+            try:
+                if self._room_locked():
+                    self.c[3] += 1
+                    return 0
+            finally:
+                if got:
+                    self._lock.release()
+            if nb:
+                break
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.block_wait
+            elif now >= deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 0.005)
+        got = self._acquire()
+        self.c[1] += 1
+        if got:
+            self._lock.release()
+        return -1
+
+    def release(self, ticket=0):
+        """Give back a reservation that will not be sent (e.g. t_suspend failed)."""
+        got = self._acquire()
+        self.c[3] -= 1
+        if got:
+            self._lock.release()
+
+    def _pick_locked(self, idle_only):
         c, n = self.c, self.n
         start = c[2]
         best, best_load = -1, None
@@ -75,62 +139,48 @@ class Dispatcher:
             if load <= 0:
                 best = i
                 break
-            if best_load is None or load < best_load:
+            if not idle_only and (best_load is None or load < best_load):
                 best, best_load = i, load
-        else:
-            if best_load is not None and best_load >= self.cap:
-                return -1
-        c[2] = (best + 1) % n
-        c[_HDR + _PER * best] += 1
-        c[0] += 1
+        if best >= 0:
+            c[2] = (best + 1) % n
+            c[_HDR + _PER * best] += 1
         return best
 
-    def reserve(self, nonblock=None):
-        """Claim room for one item; returns the consumer index or -1 (full / no
-        consumers). Never blocks longer than block_wait."""
-        if self.n <= 0:
+    def send(self, ticket, frame):
+        """Send a reserved item. True, or False (reservation given back, logged)."""
+        c = self.c
+        got = self._acquire()
+        try:
+            c[3] -= 1
+            c[0] += 1
+            fits = self.ring and len(frame) <= SLOT - 4
+            i = self._pick_locked(idle_only=bool(fits))
+            if i < 0:
+                k = (c[5] % self.ring) * SLOT + self._ring_off
+                self._mm[k:k + 4] = _LEN.pack(len(frame))
+                self._mm[k + 4:k + 4 + len(frame)] = frame
+                c[5] += 1
+                return True
+        finally:
+            if got:
+                self._lock.release()
+        try:
+            self._sock(i).send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as e:
+            log.err("core", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
+            got = self._acquire()
+            c[_HDR + _PER * i + 1] += 1     # never arrives: the consumer is not busy with it
+            c[0] -= 1
+            if got:
+                self._lock.release()
+            return False
+
+    def push(self, frame, nonblock=None):
+        """reserve + send: 0, or -1 when full."""
+        if self.reserve(nonblock) < 0:
             return -1
-        nb = self.nonblock if nonblock is None else nonblock
-        deadline = None
-        delay = 0.0002
-        while True:
-            got = self._lock.acquire(timeout=_LOCK_TIMEOUT)
-            try:
-                i = self._pick_locked()
-            finally:
-                if got:
-                    self._lock.release()
-            if i >= 0:
-                return i
-            if nb:
-                break
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + self.block_wait
-            elif now >= deadline:
-                break
-            time.sleep(delay)
-            delay = min(delay * 2, 0.005)
-        self._count_rejected()
-        return -1
-
-    def _count_rejected(self):
-        got = self._lock.acquire(timeout=_LOCK_TIMEOUT)
-        try:
-            self.c[1] += 1
-        finally:
-            if got:
-                self._lock.release()
-
-    def release(self, i):
-        """Give back a reservation that will not be sent (e.g. t_suspend failed)."""
-        got = self._lock.acquire(timeout=_LOCK_TIMEOUT)
-        try:
-            self.c[_HDR + _PER * i] -= 1
-            self.c[0] -= 1
-        finally:
-            if got:
-                self._lock.release()
+        return 0 if self.send(0, frame) else -1
 
     def _sock(self, i):
         pid = os.getpid()
@@ -140,48 +190,53 @@ class Dispatcher:
         s = self._socks.get(i)
         if s is None:
             s = ipc.context().socket(zmq.PUSH)
-            s.setsockopt(zmq.SNDHWM, self.cap + 1024)
+            s.setsockopt(zmq.SNDHWM, 0)        # bounded by our own counters
             s.setsockopt(zmq.LINGER, 1000)
             s.setsockopt(zmq.RECONNECT_IVL, 10)
             s.connect(self.endpoint(i))
             self._socks[i] = s
         return s
 
-    def send(self, i, frame):
-        """Send a reserved item. Returns True, or False (reservation released)."""
-        try:
-            self._sock(i).send(frame, zmq.NOBLOCK)
-            return True
-        except zmq.ZMQError as e:
-            log.err("async", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
-            self.release(i)
-            return False
-
-    def push(self, frame, nonblock=None):
-        """reserve + send; -1 when full, else the consumer index."""
-        i = self.reserve(nonblock)
-        if i < 0:
-            return -1
-        return i if self.send(i, frame) else -1
-
     # ---- consumer side -------------------------------------------------
 
     def bind(self, i):
         """PULL socket for consumer i (call in the consumer process)."""
-        path = ipc.endpoint_path(self.rundir, f"{self.name}-{i}")
+        d = self._dir()
+        path = ipc.endpoint_path(d, f"{self.name}-{i}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
             os.unlink(path)         # stale socket file of an earlier run
         except OSError:
             pass
         s = ipc.context().socket(zmq.PULL)
-        s.setsockopt(zmq.RCVHWM, self.cap + 1024)
+        s.setsockopt(zmq.RCVHWM, 0)
         s.setsockopt(zmq.LINGER, 0)
         s.bind(self.endpoint(i))
         return s
 
+    def finish(self, i, skipped=False):
+        """Queue mode: consumer i finished an item. Returns the next backlog
+        frame (we stay busy with it) or None (we are idle again)."""
+        c = self.c
+        b = _HDR + _PER * i
+        got = self._acquire()
+        try:
+            c[b + (3 if skipped else 2)] += 1
+            if self.ring and c[5] > c[4]:
+                k = (c[4] % self.ring) * SLOT + self._ring_off
+                (ln,) = _LEN.unpack_from(self._mm, k)
+                frame = bytes(self._mm[k + 4:k + 4 + ln])
+                c[4] += 1
+                return frame
+            c[b + 1] += 1
+            return None
+        finally:
+            if got:
+                self._lock.release()
+
     def mark_done(self, i, skipped=False):
-        """The consumer finished one item (run, or skipped because its
-        transaction ended meanwhile)."""
+        """Spread mode: consumer i finished (or skipped) one of its items.
+        Single writer per counter, no lock needed."""
         b = _HDR + _PER * i
         self.c[b + (3 if skipped else 2)] += 1
         self.c[b + 1] += 1
@@ -192,7 +247,7 @@ class Dispatcher:
         if i is not None:
             b = _HDR + _PER * i
             return self.c[b] - self.c[b + 1]
-        return sum(self.outstanding(k) for k in range(self.n))
+        return sum(self.outstanding(k) for k in range(self.n)) + (self.c[5] - self.c[4])
 
     def stats(self):
         run = sum(self.c[_HDR + _PER * i + 2] for i in range(self.n))

@@ -1,0 +1,129 @@
+"""Idle-first dispatch (asyncd.ipc.dispatch) with real forked consumers.
+
+Runs in: the pytest process, plus forked consumer processes.
+"""
+import multiprocessing
+import os
+import tempfile
+import time
+
+import pytest
+import zmq
+
+from asyncd import ipc
+from asyncd.ipc import codec
+from asyncd.ipc.dispatch import Dispatcher
+
+FORK = multiprocessing.get_context("fork")
+
+
+def _consumer(disp, idx, results):
+    sock = disp.bind(idx)
+    try:
+        frame = None
+        while True:
+            if frame is None:
+                if not sock.poll(3000):
+                    return
+                frame = sock.recv()
+            item = codec.unpack(frame)
+            time.sleep(item[1])
+            results.put((item[2], idx, time.monotonic()))
+            frame = disp.finish(idx, skipped=item[0] == "skip")
+    finally:
+        sock.close(0)
+        ipc.close_all()
+
+
+@pytest.fixture
+def rundir():
+    d = tempfile.mkdtemp(prefix="asyncd-t-")
+    yield d
+    for f in os.listdir(d):
+        os.unlink(os.path.join(d, f))
+    os.rmdir(d)
+
+
+def _start(disp, n):
+    q = FORK.Queue()
+    procs = [FORK.Process(target=_consumer, args=(disp, i, q)) for i in range(n)]
+    for p in procs:
+        p.start()
+    return q, procs
+
+
+def test_long_task_does_not_delay_queued_tasks(rundir):
+    disp = Dispatcher("tq", 2, 64, ring=64, rundir=rundir)
+    q, procs = _start(disp, 2)
+    try:
+        time.sleep(0.2)          # consumers bound
+        assert disp.push(codec.pack(["run", 2.0, "long"])) >= 0
+        time.sleep(0.05)         # the long task is running in one worker
+        t0 = time.monotonic()
+        for k in range(20):
+            assert disp.push(codec.pack(["run", 0.001, k])) >= 0
+        done = [q.get(timeout=3) for _ in range(20)]
+        elapsed = max(t for _, _, t in done) - t0
+        assert {k for k, _, _ in done} == set(range(20))
+        assert len({w for _, w, _ in done}) == 1      # all on the idle worker
+        assert elapsed < 0.2, elapsed
+        q.get(timeout=3)                               # the long one finishes too
+        s = disp.stats()
+        assert s["accepted"] == 21 and s["run"] == 21 and s["pending"] == 0
+    finally:
+        for p in procs:
+            p.kill()
+            p.join()
+
+
+def test_full_nonblocking_refuses_at_once(rundir):
+    disp = Dispatcher("tf", 1, 2, ring=2, nonblock=True, rundir=rundir)
+    assert disp.reserve() == 0 and disp.reserve() == 0
+    t0 = time.monotonic()
+    assert disp.reserve() == -1
+    assert time.monotonic() - t0 < 0.01
+    assert disp.stats()["rejected"] == 1
+    disp.release(0)
+    assert disp.reserve() == 0
+
+
+def test_full_blocking_waits_bounded_then_refuses(rundir):
+    disp = Dispatcher("tb", 1, 1, ring=1, nonblock=False, block_wait=0.3, rundir=rundir)
+    assert disp.reserve() == 0
+    t0 = time.monotonic()
+    assert disp.reserve() == -1
+    assert 0.28 <= time.monotonic() - t0 < 0.6
+
+
+def test_blocking_producer_gets_room_when_worker_finishes(rundir):
+    disp = Dispatcher("tw", 1, 1, ring=1, nonblock=False, block_wait=2.0, rundir=rundir)
+    q, procs = _start(disp, 1)
+    try:
+        time.sleep(0.2)
+        assert disp.push(codec.pack(["run", 0.3, "a"])) == 0     # runs
+        assert disp.push(codec.pack(["run", 0.0, "b"])) == 0     # waits in the backlog
+        t0 = time.monotonic()
+        assert disp.push(codec.pack(["run", 0.0, "c"])) == 0     # waits ~0.3 s for room
+        assert 0.2 < time.monotonic() - t0 < 1.0
+        assert [q.get(timeout=3)[0] for _ in range(3)] == ["a", "b", "c"]
+    finally:
+        for p in procs:
+            p.kill()
+            p.join()
+
+
+def test_skipped_items_are_counted(rundir):
+    disp = Dispatcher("ts", 1, 8, ring=8, rundir=rundir)
+    q, procs = _start(disp, 1)
+    try:
+        time.sleep(0.2)
+        disp.push(codec.pack(["skip", 0.0, 1]))
+        disp.push(codec.pack(["run", 0.0, 2]))
+        q.get(timeout=3), q.get(timeout=3)
+        time.sleep(0.05)
+        s = disp.stats()
+        assert s == {"accepted": 2, "rejected": 0, "run": 1, "skipped": 1, "pending": 0}
+    finally:
+        for p in procs:
+            p.kill()
+            p.join()

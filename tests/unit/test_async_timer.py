@@ -1,0 +1,122 @@
+"""Timer heap loop (workers/async_timer.py) with a real forked timer process.
+
+Runs in: the pytest process, plus a forked timer process.
+"""
+import multiprocessing
+import os
+import random
+import signal
+import tempfile
+import time
+
+import pytest
+
+from asyncd.core.context import ProcState
+from asyncd.ipc import codec
+from asyncd.ipc.dispatch import Dispatcher
+from workers import async_timer
+
+FORK = multiprocessing.get_context("fork")
+
+
+def _timer_proc(disp, q, refuse_first):
+    proc = ProcState(role="async_timer")
+    signal.signal(signal.SIGTERM, lambda *a: setattr(proc, "stopping", True))
+    refused = set()
+
+    def on_due(p, item):
+        kind, due, a, b, tag = item
+        if refuse_first and tag not in refused:
+            refused.add(tag)
+            return None          # hand-over failed: the loop must retry
+        q.put((tag, time.monotonic() - due))
+        return kind != "skip"
+
+    async_timer.run(proc, disp, 0, on_due)
+    q.put(("stopped", 0))
+
+
+@pytest.fixture
+def timer():
+    d = tempfile.mkdtemp(prefix="asyncd-tt-")
+    started = []
+
+    def start(refuse_first=False):
+        disp = Dispatcher("tt", 1, 1000, rundir=d)
+        q = FORK.Queue()
+        p = FORK.Process(target=_timer_proc, args=(disp, q, refuse_first))
+        p.start()
+        started.append(p)
+        time.sleep(0.2)
+        return disp, q, p
+
+    yield start
+    for p in started:
+        if p.is_alive():
+            p.kill()
+        p.join()
+    for f in os.listdir(d):
+        os.unlink(os.path.join(d, f))
+    os.rmdir(d)
+
+
+def _push(disp, delay, tag, kind="ar"):
+    assert disp.push(codec.pack([kind, time.monotonic() + delay, 1, 2, tag])) == 0
+
+
+def test_items_resume_on_time_in_due_order(timer):
+    disp, q, _ = timer()
+    rnd = random.Random(7)
+    delays = {k: rnd.uniform(0.02, 0.4) for k in range(60)}
+    for k, dl in delays.items():
+        _push(disp, dl, k)
+    got = [q.get(timeout=3) for _ in delays]
+    late = sorted(x for _, x in got)
+    assert late[0] >= 0.0                       # never early
+    assert late[-1] < 0.003, late[-5:]          # spec A §3: ~1-2 ms
+    order = [k for k, _ in got]
+    assert order == sorted(delays, key=delays.get)
+    st = disp.stats()
+    assert st["run"] == 60 and st["pending"] == 0
+
+
+def test_one_second_item_is_accurate(timer):
+    disp, q, _ = timer()
+    t0 = time.monotonic()
+    _push(disp, 1.0, "one")
+    tag, late = q.get(timeout=3)
+    assert tag == "one" and 0 <= late < 0.003
+    assert 1.0 <= time.monotonic() - t0 < 1.01
+
+
+def test_failed_handover_is_retried_not_lost(timer):
+    disp, q, _ = timer(refuse_first=True)
+    _push(disp, 0.05, "x")
+    tag, late = q.get(timeout=3)
+    assert tag == "x" and 0.0005 <= late < 0.01
+    time.sleep(0.02)
+    assert disp.stats()["run"] == 1
+
+
+def test_skipped_counted_and_stop_on_sigterm(timer):
+    disp, q, p = timer()
+    _push(disp, 0.01, "s", kind="skip")
+    assert q.get(timeout=3)[0] == "s"
+    time.sleep(0.02)
+    assert disp.stats()["skipped"] == 1
+    t0 = time.monotonic()
+    os.kill(p.pid, signal.SIGTERM)
+    assert q.get(timeout=3)[0] == "stopped"
+    p.join(2)
+    assert not p.is_alive() and time.monotonic() - t0 < 1.0
+
+
+def test_malformed_frame_is_dropped(timer):
+    disp, q, _ = timer()
+    disp.push(b"\xc1garbage")
+    disp.push(codec.pack(["ar"]))
+    _push(disp, 0.01, "ok")
+    assert q.get(timeout=3)[0] == "ok"
+    time.sleep(0.02)
+    st = disp.stats()
+    assert st["skipped"] == 2 and st["run"] == 1 and st["pending"] == 0
