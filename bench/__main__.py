@@ -1,0 +1,120 @@
+"""The bench command line: ``python -m bench run SUITE`` and ``python -m bench list``.
+
+Runs in: the bench harness process.
+
+    python -m bench list
+    python -m bench run full --server both            # the full table (about 10-13 min)
+    python -m bench run quick --server asyncd --quick # seconds: the CI smoke run
+
+Each run writes ``results.json`` (machine, Python, commit, Kamailio and
+SIPp versions, every measure), ``results.md`` (the tables, also printed)
+and, when matplotlib is installed, one PNG per case with latency samples,
+into ``--out`` (default ``bench-results/<UTC time>-<suite>``). Traffic goes
+to 127.0.0.1 only; every server and SIPp the run starts, it stops.
+"""
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+from bench import cases as cases_mod
+from bench import plots, report, runner
+from bench.servers import REPO, asyncd_version, kamailio_version
+from bench.sipp import sipp_binary, sipp_version
+from bench.sysstats import machine_info
+
+
+def cmd_list(args) -> int:
+    cases = cases_mod.load_cases()
+    suites = cases_mod.load_suites(cases=cases)
+    print("Suites:")
+    for name, s in suites.items():
+        if name in cases and s["cases"] == [name]:
+            continue
+        extra = f" (missing: {', '.join(s['missing'])})" if s.get("missing") else ""
+        print(f"  {name:<14} {', '.join(s['cases'])}{extra}")
+        if s.get("description"):
+            print(f"  {'':<14} {s['description']}")
+    print("\nCases (each is also a suite of one):")
+    for name, c in cases.items():
+        servers = ", ".join(c.servers)
+        print(f"  {name:<18} {c.title}")
+        print(f"  {'':<18} cfg {c.cfg.name}; servers: {servers}; {c.describe_load()}")
+        if c.note:
+            print(f"  {'':<18} note: {c.note}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    try:
+        selected = cases_mod.resolve_suite(args.suite)
+    except KeyError as e:
+        print(e.args[0], file=sys.stderr)
+        return 2
+    servers = ["asyncd", "kamailio"] if args.server == "both" else [args.server]
+    started = dt.datetime.now(dt.timezone.utc)
+    out = Path(args.out) if args.out else Path("bench-results") / f"{started:%Y%m%dT%H%M%SZ}-{args.suite}"
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    work.mkdir(exist_ok=True)
+    needs_sipp = any(c.sipp for c in selected)
+    if needs_sipp and not sipp_binary():
+        print("note: sipp not found: SIPp clean-rate searches are skipped", file=sys.stderr)
+        for c in selected:
+            c.sipp = None
+    opts = runner.RunOptions(servers=servers, quick=args.quick, workdir=work.resolve(),
+                             budget=runner.Budget(args.budget), step_s=args.step_s)
+    opts.log(f"bench: suite {args.suite} ({len(selected)} cases) on {', '.join(servers)}"
+             f"{' (quick)' if args.quick else ''}; results in {out}")
+    t0 = time.monotonic()
+    results = runner.run_cases(selected, opts)
+    meta = {
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"), "suite": args.suite,
+        "mode": "quick" if args.quick else "full", "servers": servers,
+        "duration_s": round(time.monotonic() - t0, 1), "budget_s": args.budget,
+        "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "machine": machine_info(REPO), "kamailio_version": kamailio_version(),
+        "sipp_version": sipp_version(), "asyncd_version": asyncd_version(),
+    }
+    doc = {"meta": meta,
+           "cases": [{"name": c.name, "title": c.title, "cfg": c.cfg.name, "servers": list(c.servers),
+                      "note": c.note, "mem_mb": c.mem_mb,
+                      "load": c.for_mode(args.quick).describe_load()} for c in selected],
+           "results": report.strip_raw(results), "ratios": report.compute_ratios(results)}
+    pngs = []
+    if not args.no_plots:
+        if plots.available():
+            pngs = plots.make_plots(results, out)
+        else:
+            opts.log("note: matplotlib not installed (pip install 'asyncd[plot]'): no plots")
+    doc["plots"] = [p.name for p in pngs]
+    report.write_json(doc, out / "results.json")
+    md = report.markdown(doc)
+    (out / "results.md").write_text(md)
+    print(md)
+    opts.log(f"bench: done in {meta['duration_s']:.0f} s; wrote {out / 'results.json'}, "
+             f"{out / 'results.md'}" + (f" and {len(pngs)} plots" if pngs else ""))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description="asyncd benchmark harness "
+                                 "(same cfg and load against asyncd and Kamailio)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="list suites and cases")
+    r = sub.add_parser("run", help="run a suite (or a single case)")
+    r.add_argument("suite")
+    r.add_argument("--server", choices=("asyncd", "kamailio", "both"), default="both")
+    r.add_argument("--quick", action="store_true", help="seconds-long steps and few requests (CI)")
+    r.add_argument("--out", help="output directory (default bench-results/<time>-<suite>)")
+    r.add_argument("--budget", type=float, default=900.0,
+                   help="stop starting new steps after this many seconds (default 900)")
+    r.add_argument("--step-s", type=float, default=None, help="override the SIPp step length (s)")
+    r.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    return cmd_list(args) if args.cmd == "list" else cmd_run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

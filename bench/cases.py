@@ -1,0 +1,173 @@
+"""Benchmark cases and suites, loaded from data files in bench/cases/.
+
+Runs in: the bench harness process.
+
+A case is data: a cfg (run unchanged by asyncd and by Kamailio), which
+load to apply, and which servers can run it. Two ways to declare one:
+
+1. ``bench/cases/<name>.toml``::
+
+       title = "stateless sl_send_reply"
+       cfg = "stateless.cfg"
+       servers = ["asyncd", "kamailio"]   # who can run the cfg at all
+       note = "..."                       # shown for a server left out
+       mem_mb = 256                       # -m for both servers
+       [sipp]        # clean-rate search with SIPp
+       scenario = "options_uac.xml"; rates = [...]; step_s = 10; refine = 1
+       uas = "uas.xml"                    # relay cases: a SIPp UAS behind the server
+       [latency]     # built-in sender, fixed rate, per-request latency
+       rate = 1000; count = 3000; nominal_ms = 0; drain_s = 2
+       [throughput]  # async_task_data / tkv: deliveries counted by the cfg
+       rate = 3000; count = 9000; timeout_s = 15
+       [quick]       # overrides for --quick, same shape as above
+       sipp = {rates = [200, 500], step_s = 1}
+
+2. A bare ``bench/cases/<name>.cfg`` with no .toml beside it (e.g. the
+   async engineer's ``async_*.cfg``): the same keys as TOML lines in
+   comments at its top, each prefixed ``# bench:``, for example
+   ``# bench: latency = {rate = 200, count = 400, nominal_ms = 1000}``.
+   With no such lines it gets a latency run at 200/s.
+
+Suites are lists of case names in ``bench/cases/suites.toml``; every case
+name is also a suite of one, and "all" is every case.
+"""
+import copy
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+CASES_DIR = Path(__file__).resolve().parent / "cases"
+SERVERS = ("asyncd", "kamailio")
+
+DEFAULT_SIPP = {"scenario": "options_uac.xml", "rates": [1000, 2000, 5000], "step_s": 10,
+                "refine": 1, "recv_timeout_ms": 4000, "cooldown_s": 1.0, "min_rate_fraction": 0.9,
+                "service": "bench", "uas": None}
+DEFAULT_LATENCY = {"rate": 200, "count": 400, "nominal_ms": 0, "drain_s": 2.0, "user": "bench"}
+DEFAULT_THROUGHPUT = {"rate": 2000, "count": 6000, "timeout_s": 15.0, "user": "bench"}
+DEFAULT_QUICK = {"sipp": {"rates": [200, 400], "step_s": 1, "refine": 0, "cooldown_s": 0.2},
+                 "latency": {"count": 100, "drain_s": 1.5},
+                 "throughput": {"count": 500, "timeout_s": 5.0}}
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+@dataclass
+class Case:
+    name: str
+    title: str
+    cfg: Path
+    servers: tuple
+    note: str = ""
+    mem_mb: int = 256
+    sipp: Optional[dict] = None
+    latency: Optional[dict] = None
+    throughput: Optional[dict] = None
+    quick: dict = field(default_factory=dict)
+    kind: str = "load"          # "timer" when the latency run measures a nominal delay
+
+    def for_mode(self, quick: bool) -> "Case":
+        """The case with its --quick overrides applied (defaults, then its own)."""
+        if not quick:
+            return self
+        c = copy.copy(self)
+        over = deep_merge(DEFAULT_QUICK, self.quick)
+        for part in ("sipp", "latency", "throughput"):
+            cur = getattr(self, part)
+            if cur is not None and part in over:
+                setattr(c, part, deep_merge(cur, over[part]))
+        return c
+
+    def describe_load(self) -> str:
+        bits = []
+        if self.latency:
+            lat = self.latency
+            nominal = f", delay {lat['nominal_ms']} ms" if lat.get("nominal_ms") else ""
+            bits.append(f"sender {lat['rate']}/s x {lat['count']}{nominal}")
+        if self.throughput:
+            bits.append(f"data {self.throughput['rate']}/s x {self.throughput['count']}")
+        if self.sipp:
+            s = self.sipp
+            bits.append(f"SIPp {s['scenario']} steps {s['rates']} x {s['step_s']} s")
+        return "; ".join(bits)
+
+
+def _from_dict(name: str, d: dict, cfg_default: Optional[Path] = None) -> Case:
+    cfg = CASES_DIR / d["cfg"] if "cfg" in d else cfg_default
+    if cfg is None or not cfg.exists():
+        raise ValueError(f"case {name}: cfg {cfg} not found")
+    servers = tuple(d.get("servers", SERVERS))
+    bad = [s for s in servers if s not in SERVERS]
+    if bad:
+        raise ValueError(f"case {name}: unknown servers {bad}")
+    sipp = deep_merge(DEFAULT_SIPP, d["sipp"]) if "sipp" in d else None
+    latency = deep_merge(DEFAULT_LATENCY, d["latency"]) if "latency" in d else None
+    throughput = deep_merge(DEFAULT_THROUGHPUT, d["throughput"]) if "throughput" in d else None
+    if not (sipp or latency or throughput):
+        latency = dict(DEFAULT_LATENCY)
+    kind = "timer" if latency and latency.get("nominal_ms") else "load"
+    return Case(name=name, title=d.get("title", name), cfg=cfg, servers=servers,
+                note=d.get("note", ""), mem_mb=int(d.get("mem_mb", 256)), sipp=sipp,
+                latency=latency, throughput=throughput, quick=d.get("quick", {}), kind=kind)
+
+
+def header_toml(cfg_text: str) -> dict:
+    """TOML from the ``# bench:`` comment lines of a cfg."""
+    lines = []
+    for ln in cfg_text.splitlines():
+        s = ln.strip()
+        if s.startswith("# bench:"):
+            lines.append(s[len("# bench:"):].strip())
+    return tomllib.loads("\n".join(lines)) if lines else {}
+
+
+def load_cases(directory: Path = CASES_DIR) -> dict:
+    cases = {}
+    for p in sorted(directory.glob("*.toml")):
+        if p.name == "suites.toml":
+            continue
+        with open(p, "rb") as f:
+            cases[p.stem] = _from_dict(p.stem, tomllib.load(f))
+    used = {c.cfg.resolve() for c in cases.values()}
+    for p in sorted(directory.glob("*.cfg")):
+        if p.resolve() in used or p.stem in cases:
+            continue
+        d = header_toml(p.read_text(errors="replace"))
+        cases[p.stem] = _from_dict(p.stem, d, cfg_default=p)
+    return cases
+
+
+def load_suites(directory: Path = CASES_DIR, cases: Optional[dict] = None) -> dict:
+    cases = cases if cases is not None else load_cases(directory)
+    suites = {}
+    path = directory / "suites.toml"
+    if path.exists():
+        with open(path, "rb") as f:
+            for name, body in tomllib.load(f).items():
+                suites[name] = {"description": body.get("description", ""),
+                                "cases": list(body.get("cases", []))}
+    suites.setdefault("all", {"description": "every case", "cases": sorted(cases)})
+    for n in cases:
+        suites.setdefault(n, {"description": cases[n].title, "cases": [n]})
+    for name, s in suites.items():
+        missing = [c for c in s["cases"] if c not in cases]
+        if missing:
+            s["missing"] = missing
+    return suites
+
+
+def resolve_suite(name: str, directory: Path = CASES_DIR) -> list:
+    """The Case objects of suite (or case) `name`, in suite order."""
+    cases = load_cases(directory)
+    suites = load_suites(directory, cases)
+    if name not in suites:
+        raise KeyError(f"no suite or case named {name!r} (try: python -m bench list)")
+    return [cases[c] for c in suites[name]["cases"] if c in cases]

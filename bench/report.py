@@ -1,0 +1,178 @@
+"""Results as JSON and as markdown tables, with asyncd/Kamailio ratios.
+
+Runs in: the bench harness process.
+
+Ratios are computed only between results of the same run (same machine,
+same minute, same load), never against figures from another run. A ratio
+> 1 means asyncd's number is larger: better for rates, worse for
+latency, CPU and memory.
+"""
+import json
+from pathlib import Path
+from typing import Optional
+
+from bench.stats import ratio
+
+# (key, label, getter, higher_is_better)
+METRICS = (
+    ("max_clean_rate", "max clean rate /s", lambda r: (r.get("sipp") or {}).get("max_clean_rate"), True),
+    ("latency_p50_ms", "latency p50 ms", lambda r: _lat(r, "p50"), False),
+    ("latency_p99_ms", "latency p99 ms", lambda r: _lat(r, "p99"), False),
+    ("delay_err_p50_ms", "delay error p50 ms", lambda r: _delay(r, "p50"), False),
+    ("delay_err_max_ms", "delay error max ms", lambda r: _delay(r, "max"), False),
+    ("delivered_per_s", "data delivered /s", lambda r: (r.get("throughput") or {}).get("delivered_per_s"), True),
+    ("cpu_ms_per_req", "server CPU ms/req", lambda r: cpu_per_req(r), False),
+    ("pss_max_mb", "PSS MB", lambda r: r.get("pss_max_mb"), False),
+)
+
+
+def _lat(r, p):
+    lat = r.get("latency") or {}
+    if "delay_error_ms" in lat:
+        return None
+    return (lat.get("latency_ms") or {}).get(p)
+
+
+def _delay(r, p):
+    return ((r.get("latency") or {}).get("delay_error_ms") or {}).get(p)
+
+
+def cpu_per_req(r: dict) -> Optional[float]:
+    """Server CPU per request at a fixed load that both servers got alike."""
+    for part in ("latency", "throughput"):
+        v = (r.get(part) or {}).get("server_cpu_ms_per_req")
+        if v is not None:
+            return v
+    best = (r.get("sipp") or {}).get("at_best") or {}
+    return best.get("server_cpu_ms_per_call")
+
+
+def compute_ratios(results: list) -> list:
+    by_case = {}
+    for r in results:
+        by_case.setdefault(r["case"], {})[r["server"]] = r
+    rows = []
+    for case, servers in by_case.items():
+        a, k = servers.get("asyncd"), servers.get("kamailio")
+        if not a or not k or a["status"] != "ok" or k["status"] != "ok":
+            continue
+        row = {"case": case}
+        for key, _, get, _ in METRICS:
+            v = ratio(get(a), get(k))
+            if v is not None:
+                row[key] = v
+        rows.append(row)
+    return rows
+
+
+def strip_raw(results: list) -> list:
+    out = []
+    for r in results:
+        r2 = dict(r)
+        if isinstance(r2.get("latency"), dict):
+            r2["latency"] = {k: v for k, v in r2["latency"].items() if not k.startswith("_")}
+        out.append(r2)
+    return out
+
+
+def write_json(doc: dict, path: Path) -> None:
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def _fmt(v, nd=2):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        return f"{v:.{nd}f}".rstrip("0").rstrip(".") if nd else f"{v:.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _lat_cell(r: dict) -> str:
+    lat = r.get("latency") or {}
+    s = lat.get("delay_error_ms") or lat.get("latency_ms")
+    if not s:
+        return "–"
+    cell = " / ".join(_fmt(s[p], 3) for p in ("min", "p50", "p90", "p99", "max"))
+    if lat.get("unanswered"):
+        cell += f" ({lat['unanswered']} unanswered)"
+    return cell
+
+
+def _rate_cell(r: dict) -> str:
+    s = r.get("sipp")
+    if not s:
+        return "–"
+    if not s.get("steps"):
+        return "not run"
+    best = s.get("max_clean_rate") or 0
+    ceil = s.get("ceiling")
+    cell = _fmt(best) if best else "none clean"
+    if ceil:
+        cell += f" (fails at {_fmt(ceil)})"
+    else:
+        cell += " (all steps clean)"
+    return cell
+
+
+def _thr_cell(r: dict) -> str:
+    t = r.get("throughput")
+    if not t:
+        return "–"
+    if "error" in t:
+        return t["error"]
+    cell = f"{_fmt(t['delivered_per_s'])}/s"
+    if not t.get("complete"):
+        cell += f" (only {t['delivered']}/{t['expected']} delivered)"
+    return cell
+
+
+def _status_cell(r: dict) -> str:
+    if r["status"] == "ok":
+        return "ok" + (" (cut short)" if r.get("cut_short") else "")
+    reason = (r.get("reason") or "").replace("|", "/")
+    return f"{r['status']}: {reason}" if reason else r["status"]
+
+
+def markdown(doc: dict) -> str:
+    meta = doc["meta"]
+    m = meta["machine"]
+    lines = [
+        f"Run {meta['started']} ({meta['mode']} mode, suite `{meta['suite']}`, {meta['duration_s']:.0f} s) "
+        f"on {m['cpu_count']} × {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}; "
+        f"Python {m['python']}; commit `{m['commit']}`; Kamailio {meta.get('kamailio_version') or '–'}; "
+        f"{meta.get('sipp_version') or 'SIPp –'}.",
+        "",
+        "| case | server | status | max clean rate /s | latency or delay error ms (min / p50 / p90 / p99 / max) "
+        "| data delivered | server CPU ms/req | SIPp CPU s | PSS MB | UDP drops |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["results"]:
+        sipp_cpu = ((r.get("sipp") or {}).get("at_best") or {}).get("sipp_cpu_s")
+        drops = _drops(r)
+        lines.append(f"| {r['case']} | {r['server']} | {_status_cell(r)} | {_rate_cell(r)} | {_lat_cell(r)} "
+                     f"| {_thr_cell(r)} | {_fmt(cpu_per_req(r), 3)} | {_fmt(sipp_cpu)} "
+                     f"| {_fmt(r.get('pss_max_mb'), 1)} | {_fmt(drops)} |")
+    if doc.get("ratios"):
+        keys = [(k, label) for k, label, _, _ in METRICS if any(k in row for row in doc["ratios"])]
+        lines += ["", "Ratios asyncd / Kamailio, same run (rates: higher is better for asyncd; "
+                  "latency, delay error, CPU, PSS: lower is better):", "",
+                  "| case | " + " | ".join(label for _, label in keys) + " |",
+                  "|---|" + "---|" * len(keys)]
+        for row in doc["ratios"]:
+            lines.append(f"| {row['case']} | " + " | ".join(_fmt(row.get(k)) for k, _ in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _drops(r: dict) -> Optional[int]:
+    total = None
+    for part in ("latency", "throughput"):
+        d = (r.get(part) or {}).get("udp_drops")
+        if d:
+            total = (total or 0) + d.get("RcvbufErrors", 0)
+    for s in (r.get("sipp") or {}).get("steps", []):
+        total = (total or 0) + (s.get("udp_drops") or {}).get("RcvbufErrors", 0)
+    return total

@@ -1,0 +1,254 @@
+"""Running cases: one server at a time, each phase measured the same way.
+
+Runs in: the bench harness process.
+
+For each (case, server): start the server on the case's cfg, then
+1. latency (built-in sender at a fixed rate: latency or timer delay,
+   server CPU per request at the same load for both servers),
+2. throughput (async_task_data / tkv: everything sent must be delivered,
+   as counted by the cfg with $shtinc),
+3. the clean-rate search (SIPp steps; clean = every call successful, zero
+   failed calls, zero retransmissions, and the target rate reached),
+then stop it by pid. PSS of the tree is sampled after each phase and the
+maximum kept; UDP drops are /proc/net/snmp deltas around each phase.
+
+A server that cannot start on a cfg (e.g. a function it does not have
+yet) is recorded with its log tail, never guessed at. A time budget cuts
+the run short: whatever did not run is marked "skipped (time budget)".
+"""
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from bench import sender, sipp, stats
+from bench.cases import Case
+from bench.servers import Server, ServerStartError, free_udp_port, kamailio_binary
+from bench.sysstats import ProcessTree, read_udp_counters, udp_drops_delta
+
+MB = 1024 * 1024
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.t0 = time.monotonic()
+        self.seconds = seconds
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def exceeded(self) -> bool:
+        return self.elapsed() > self.seconds
+
+
+@dataclass
+class RunOptions:
+    servers: list
+    quick: bool
+    workdir: Path
+    budget: Budget
+    step_s: Optional[float] = None
+    log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+class _Meter:
+    """CPU, UDP drops and PSS around one phase of load."""
+
+    def __init__(self, tree: ProcessTree):
+        self.tree = tree
+
+    def __enter__(self):
+        self.udp0 = read_udp_counters()
+        self.cpu0 = self.tree.cpu_seconds()
+        self.t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        self.cpu = round(self.tree.cpu_seconds() - self.cpu0, 3)
+        self.wall = round(time.monotonic() - self.t0, 3)
+        self.drops = udp_drops_delta(self.udp0, read_udp_counters())
+        self.pss = self.tree.pss_bytes()
+        return False
+
+
+def _drops_total(d: dict) -> int:
+    return d.get("RcvbufErrors", 0) + d.get("SndbufErrors", 0)
+
+
+def run_latency(srv: Server, tree: ProcessTree, cfg: dict) -> dict:
+    with _Meter(tree) as m:
+        res = sender.run(srv.port, cfg["rate"], cfg["count"], user=cfg["user"],
+                         drain_s=cfg["drain_s"] + cfg["nominal_ms"] / 1000.0)
+    lat = res.latencies_us
+    out = {"rate": cfg["rate"], "sent": res.sent, "answered": res.answered,
+           "unanswered": res.unanswered, "non_2xx": res.non_2xx, "duplicates": res.duplicates,
+           "statuses": res.statuses, "achieved_rate": round(res.achieved_rate, 1),
+           "max_send_lag_ms": round(res.max_send_lag_us / 1000, 3),
+           "latency_ms": stats.summarize(lat, scale=1e-3),
+           "server_cpu_s": m.cpu, "server_cpu_ms_per_req": round(m.cpu * 1000 / res.sent, 4) if res.sent else None,
+           "udp_drops": m.drops, "pss_mb": round(m.pss / MB, 1)}
+    nominal = cfg["nominal_ms"]
+    if nominal:
+        out["nominal_ms"] = nominal
+        out["delay_error_ms"] = stats.summarize([v - nominal * 1000 for v in lat], scale=1e-3)
+        out["early"] = sum(1 for v in lat if v < nominal * 1000)
+    out["_raw_ms"] = [v / 1000 for v in lat]
+    return out
+
+
+def run_throughput(srv: Server, tree: ProcessTree, cfg: dict) -> dict:
+    base = sender.read_counter(srv.port)
+    if base is None:
+        return {"error": "the cfg did not answer the counter query (R-URI user 'count')"}
+    with _Meter(tree) as m:
+        t_start = time.monotonic()
+        res = sender.run(srv.port, cfg["rate"], cfg["count"], user=cfg["user"], drain_s=1.0)
+        deliv = sender.wait_delivery(srv.port, base, res.sent, t_start, timeout_s=cfg["timeout_s"])
+    return {"rate": cfg["rate"], "sent": res.sent, "answered": res.answered,
+            "non_2xx": res.non_2xx, "delivered": deliv.delivered, "expected": deliv.expected,
+            "complete": deliv.complete, "seconds": deliv.seconds,
+            "delivered_per_s": round(deliv.rate, 1), "achieved_send_rate": round(res.achieved_rate, 1),
+            "server_cpu_s": m.cpu,
+            "server_cpu_ms_per_req": round(m.cpu * 1000 / res.sent, 4) if res.sent else None,
+            "udp_drops": m.drops, "pss_mb": round(m.pss / MB, 1)}
+
+
+def _sipp_step(srv: Server, tree: ProcessTree, cfg: dict, rate: int, step_s: float,
+               workdir: Path, tag: str) -> stats.StepOutcome:
+    calls = max(1, int(rate * step_s))
+    uac_port = free_udp_port(exclude={srv.port})
+    uas_port = free_udp_port(exclude={srv.port, uac_port}) if cfg.get("uas") else None
+    stat = str(workdir / f"{tag}-{rate}-uac.csv")
+    recv_ms = cfg["recv_timeout_ms"]
+    with _Meter(tree) as m:
+        uas = None
+        if uas_port:
+            uas = sipp.SippProcess(sipp.uas_command(cfg["uas"], uas_port, str(workdir / f"{tag}-{rate}-uas.csv")),
+                                   str(workdir / f"{tag}-{rate}-uas.csv"), str(workdir / f"{tag}-{rate}-uas.log"),
+                                   cwd=str(workdir))
+            time.sleep(0.3)
+            target, rsa = f"127.0.0.1:{uas_port}", f"127.0.0.1:{srv.port}"
+        else:
+            target, rsa = f"127.0.0.1:{srv.port}", None
+        cmd = sipp.uac_command(cfg["scenario"], target, uac_port, rate, calls, stat,
+                               service=cfg["service"], rsa=rsa, recv_timeout_ms=recv_ms,
+                               global_timeout_s=int(step_s + recv_ms / 1000 + 20))
+        uac = sipp.SippProcess(cmd, stat, str(workdir / f"{tag}-{rate}-uac.log"), cwd=str(workdir))
+        run = uac.finish(timeout_s=step_s + recv_ms / 1000 + 30)
+        uas_run = uas.stop() if uas else None
+    t = run.totals
+    retrans = t.retransmissions + (uas_run.totals.retransmissions if uas_run else 0)
+    reasons = []
+    if t.failed:
+        reasons.append(f"{t.failed} failed")
+    if retrans:
+        reasons.append(f"{retrans} retransmissions")
+    if t.successful < calls:
+        reasons.append(f"{t.successful}/{calls} successful")
+    if t.achieved_rate < cfg["min_rate_fraction"] * rate:
+        reasons.append(f"rate {t.achieved_rate:.0f}/s < {cfg['min_rate_fraction']:.0%} of target")
+    if run.timed_out:
+        reasons.append("SIPp timed out")
+    data = {"rate": rate, "calls": calls, "successful": t.successful, "failed": t.failed,
+            "retransmissions": retrans, "uac_retransmissions": t.retransmissions,
+            "uas_retransmissions": uas_run.totals.retransmissions if uas_run else None,
+            "achieved_rate": round(t.achieved_rate, 1), "elapsed_s": t.elapsed_s,
+            "sipp_rc": run.returncode, "sipp_cpu_s": round(run.cpu_s + (uas_run.cpu_s if uas_run else 0), 3),
+            "server_cpu_s": m.cpu,
+            "server_cpu_ms_per_call": round(m.cpu * 1000 / t.successful, 4) if t.successful else None,
+            "udp_drops": m.drops, "pss_mb": round(m.pss / MB, 1), "reasons": reasons}
+    return stats.StepOutcome(rate=rate, clean=not reasons, data=data)
+
+
+def run_sipp(srv: Server, tree: ProcessTree, cfg: dict, opts: RunOptions, tag: str) -> dict:
+    step_s = opts.step_s or cfg["step_s"]
+
+    def probe(rate):
+        out = _sipp_step(srv, tree, cfg, rate, step_s, opts.workdir, tag)
+        d = out.data
+        opts.log(f"    SIPp {rate}/s x {step_s:g}s: {d['successful']} ok, {d['failed']} failed, "
+                 f"{d['retransmissions']} retrans, {d['achieved_rate']}/s "
+                 f"{'clean' if out.clean else 'NOT clean: ' + ', '.join(d['reasons'])}")
+        if srv.proc.poll() is None:
+            time.sleep(cfg["cooldown_s"])
+        return out
+
+    res = stats.search_clean_rate(cfg["rates"], probe, refine=int(cfg["refine"]),
+                                  should_stop=lambda: opts.budget.exceeded() or srv.proc.poll() is not None)
+    return {"scenario": cfg["scenario"], "uas": cfg.get("uas"), "step_s": step_s,
+            "steps": [s.data for s in res.steps], "max_clean_rate": res.max_clean_rate,
+            "max_clean_achieved": res.best.data["achieved_rate"] if res.best else 0,
+            "ceiling": res.ceiling, "at_best": res.best.data if res.best else None,
+            "cut_short": opts.budget.exceeded()}
+
+
+def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
+    out = {"case": case.name, "server": kind, "status": "ok", "reason": ""}
+    if kind not in case.servers:
+        out.update(status="unsupported", reason=case.note or f"the case does not run on {kind}")
+        return out
+    if kind == "kamailio" and not kamailio_binary():
+        out.update(status="not installed", reason="kamailio binary not found")
+        return out
+    if opts.budget.exceeded():
+        out.update(status="skipped", reason="time budget")
+        return out
+    srv = Server(kind=kind, cfg=str(case.cfg), port=free_udp_port(), mem_mb=case.mem_mb,
+                 workdir=opts.workdir)
+    opts.log(f"  {case.name} on {kind} (port {srv.port})")
+    try:
+        srv.start()
+    except ServerStartError as e:
+        out.update(status="start failed", reason=str(e), log_tail=e.log_tail)
+        opts.log(f"    start failed: {e}")
+        return out
+    tree = ProcessTree(srv.pid)
+    out.update(start_s=srv.start_s, processes=tree.count(), pss_idle_mb=round(tree.pss_bytes() / MB, 1))
+    cpu0 = tree.cpu_seconds()
+    pss = []
+    try:
+        for phase, fn in (("latency", run_latency), ("throughput", run_throughput)):
+            cfg = getattr(case, phase)
+            if cfg is None or opts.budget.exceeded() or srv.proc.poll() is not None:
+                continue
+            out[phase] = fn(srv, tree, cfg)
+            pss.append(out[phase].get("pss_mb", 0))
+            _log_phase(opts, phase, out[phase])
+        if case.sipp and not opts.budget.exceeded() and srv.proc.poll() is None:
+            out["sipp"] = run_sipp(srv, tree, case.sipp, opts, f"{case.name}-{kind}")
+            pss += [s["pss_mb"] for s in out["sipp"]["steps"]]
+        out["server_cpu_s"] = round(tree.cpu_seconds() - cpu0, 3)
+    except Exception as e:  # a harness bug must not lose the other cases' results
+        out.update(status="error", reason=f"{type(e).__name__}: {e}")
+    finally:
+        if srv.proc.poll() is not None:
+            out.update(status="crashed", reason=f"{kind} exited with {srv.proc.returncode} during the run",
+                       log_tail=srv.log_tail())
+        out["stop_rc"] = srv.stop()
+    out["pss_max_mb"] = max(pss) if pss else out.get("pss_idle_mb")
+    if opts.budget.exceeded():
+        out["cut_short"] = True
+    return out
+
+
+def _log_phase(opts: RunOptions, phase: str, d: dict) -> None:
+    if "error" in d:
+        opts.log(f"    {phase}: {d['error']}")
+    elif phase == "latency":
+        lat = d.get("delay_error_ms") or d.get("latency_ms") or {}
+        what = "delay error" if "delay_error_ms" in d else "latency"
+        opts.log(f"    latency: {d['answered']}/{d['sent']} answered; {what} ms p50 {lat.get('p50')} "
+                 f"p99 {lat.get('p99')} max {lat.get('max')}; CPU {d['server_cpu_ms_per_req']} ms/req")
+    else:
+        opts.log(f"    throughput: {d['delivered']}/{d['expected']} delivered in {d['seconds']} s "
+                 f"({d['delivered_per_s']}/s)")
+
+
+def run_cases(cases: list, opts: RunOptions) -> list:
+    results = []
+    for case in cases:
+        c = case.for_mode(opts.quick)
+        for kind in opts.servers:
+            results.append(run_case(c, kind, opts))
+    return results
