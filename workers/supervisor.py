@@ -1,0 +1,574 @@
+"""The main process: set everything up before the first fork, fork the
+process roles, then supervise them as `main process - attendant`.
+
+Runs in: main process (and, for the few lines after fork in spawn_role, in
+each child until it enters its role's loop).
+
+Order (spec B §1.1, contracts §4): the cfg is already compiled (cli.py);
+stale shm of killed runs is removed; UDP sockets are bound; the shm arena
+and the process table are created; every module's mod_init runs; then
+receivers (`udp receiver child=<i> sock=<ip>:<port>`, rank 1..) are forked,
+then the core async workers and each module's processes in load order.
+Nothing that owns a thread (ZeroMQ contexts, event loops) exists in this
+process before the forks: children make their own.
+
+Supervision is gunicorn's arbiter shape: signal handlers only queue the
+signal (and wake the loop through signal.set_wakeup_fd); the main loop
+dispatches to handle_<signame>; children are reaped with waitpid(-1,
+WNOHANG) and every exit is classified. A child that cannot boot exits with
+BOOT_ERROR and the server stops; any other unexpected death is logged with
+the child's description and status, and the whole server stops non-zero
+(Kamailio's policy, spec B §1; respawning is future work). SIGTERM/SIGINT:
+children get SIGTERM, then SIGKILL after STOP_GRACE, shm is unlinked, exit 0
+well within 2 s.
+"""
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from functools import partial
+
+from asyncd.core import log
+from asyncd.core import runtime as rt
+from asyncd.core.context import ProcState
+from asyncd.core.exports import PROC_MAIN, ProcSpec
+
+MOD = "core"
+BOOT_ERROR = 3          # child exit code: failed before entering its loop
+EXIT_CHILD_DIED = 1     # supervisor exit code: a child died unexpectedly
+EXIT_BOOT_FAILED = 3    # supervisor exit code: a child failed while booting
+EXIT_STARTUP = 255      # supervisor exit code: setup failed before forking (Kamailio's -1)
+STOP_GRACE = 1.0        # seconds between SIGTERM and SIGKILL for children at shutdown
+RCVBUF = 8 << 20        # per listen socket: bursts must not overflow (RcvbufErrors)
+RUNDIR_PREFIX = "asyncd-run-"
+SIGNAMES = {getattr(signal, n): n for n in dir(signal) if n.startswith("SIG") and not n.startswith("SIG_")}
+
+
+class StartupError(Exception):
+    pass
+
+
+class Child:
+    __slots__ = ("idx", "desc", "rank", "run", "role", "pid", "ready", "sock_index")
+
+    def __init__(self, idx, desc, rank, run, role, sock_index=None):
+        self.idx, self.desc, self.rank, self.run, self.role = idx, desc, rank, run, role
+        self.sock_index = sock_index
+        self.pid = 0
+        self.ready = False
+
+
+def _role_of(desc):
+    if desc.startswith("Async Task Worker"):
+        return "async_worker"
+    if desc.startswith("ASYNC MOD"):
+        return "async_timer"
+    if "timer" in desc:
+        return "timer"
+    return "module"
+
+
+class Supervisor:
+    STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+    SIGNALS = STOP_SIGNALS + (signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+    def __init__(self, script, opts, listen_override=()):
+        self.script = script
+        self.opts = opts
+        self.listen_override = list(listen_override)
+        self.sockets = []          # socket objects, index = msg.sock
+        self.sock_addrs = []       # (proto, ip, port)
+        self.children = {}         # pid -> Child
+        self.plan = []             # every Child, in fork order
+        self.sig_queue = []
+        self.arena = None
+        self.proctable = None
+        self.rundir = None
+        self.wake_r = self.wake_w = -1
+        self.ready_r = self.ready_w = -1
+        self.stopping = False
+        self.exit_code = None
+        self.announced = False
+        self.daemon_fd = -1
+        self.modules_inited = False
+
+    # -- top level ------------------------------------------------------
+    def run(self):
+        try:
+            self.configure_logging()
+            if self.opts.daemonize:
+                self.daemonize()
+            self.install_signals()
+            self.setup()
+        except StartupError as e:
+            rt.crit(MOD, str(e))
+            self.cleanup()
+            return EXIT_STARTUP
+        self.spawn_all()
+        if self.exit_code is None:
+            rt.set_title("main process - attendant")
+            self.main_loop()
+        self.stop_children()
+        self.cleanup()
+        return self.exit_code
+
+    def configure_logging(self):
+        core = self.script.core
+        level = int(core.get("debug", log.L_WARN) or 0) + self.opts.debug_inc
+        to_stderr = bool(self.opts.log_stderr or _truthy(core.get("log_stderror")))
+        fac = core.get("log_facility")
+        facility = None
+        if isinstance(fac, str):
+            import syslog
+            facility = getattr(syslog, fac.upper(), syslog.LOG_DAEMON)
+        log.configure(level=level, to_stderr=to_stderr, rank=0, facility=facility)
+
+    def daemonize(self):
+        """--daemonize: the caller waits until the daemon reports every process up (or failure)."""
+        r, w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            os.close(w)
+            status = os.read(r, 1)
+            os._exit(0 if status == b"1" else EXIT_STARTUP)
+        os.close(r)
+        self.daemon_fd = w
+        os.setsid()
+        os.chdir("/")
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        if not self.opts.log_stderr:
+            os.dup2(null, 2)
+            log.configure(to_stderr=False)
+        os.close(null)
+
+    # -- setup before fork ----------------------------------------------
+    def setup(self):
+        from shm import arena as shm_arena
+        shm_arena.cleanup_stale()
+        self.cleanup_stale_rundirs()
+        self.bind_sockets()
+        size = (self.opts.shm_mb or shm_arena.DEFAULT_MB) << 20
+        try:
+            self.arena = shm_arena.ShmArena.create(size)
+        except (OSError, ValueError) as e:
+            raise StartupError(f"cannot create shared memory of {size >> 20} MB: {e}") from e
+        self.script.shm = self.arena
+        self.rundir = tempfile.mkdtemp(prefix=f"{RUNDIR_PREFIX}{os.getpid()}-")
+        self.script.rundir = self.rundir
+        self.script.sockets = self.sockets
+        self.script.sock_addrs = self.sock_addrs
+        try:
+            self.script.init_modules()
+            self.modules_inited = True
+            self.plan_children()
+        except StartupError:
+            raise
+        except Exception as e:
+            raise StartupError(f"module initialization failed: {e}") from e
+        from workers.proctable import ProcTable
+        self.proctable = ProcTable(self.arena, len(self.plan) + 1)
+        self.proctable.set(0, os.getpid(), PROC_MAIN, "main process - attendant")
+        self.script.proctable = self.proctable
+
+    def listen_addrs(self):
+        addrs = self.listen_override or list(self.script.core.get("listen") or [])
+        out = []
+        for proto, ip, port in addrs:
+            if proto != "udp":
+                rt.warn(MOD, f"only UDP is supported for now: ignoring listen={proto}:{ip}:{port}")
+                continue
+            out.append((proto, ip, int(port or 5060)))
+        if not addrs:
+            # Kamailio listens on every local address when the cfg has no listen line.
+            out = [("udp", ip, 5060) for ip in _local_ipv4()]
+        if not out:
+            raise StartupError("no UDP listen socket configured")
+        return out
+
+    def bind_sockets(self):
+        for proto, ip, port in self.listen_addrs():
+            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                s.bind((ip, port))
+            except OSError as e:
+                s.close()
+                raise StartupError(f"cannot bind udp:{rt.sock_name(ip, port)}: {e.strerror}") from e
+            _grow_rcvbuf(s)
+            self.sockets.append(s)
+            self.sock_addrs.append((proto, ip, port))
+        lines = "\n".join(f"             udp: {rt.sock_name(ip, port)}" for _, ip, port in self.sock_addrs)
+        sys.stdout.write(f"Listening on \n{lines}\nAliases: \n\n")
+        sys.stdout.flush()
+
+    def plan_children(self):
+        """Every process to fork, in Kamailio's order (contracts §4)."""
+        from workers import receiver
+        n = self.opts.children or int(self.script.core.get("children") or 8)
+        rank = 1
+        for si, (_, ip, port) in enumerate(self.sock_addrs):
+            for i in range(n):
+                desc = f"udp receiver child={i} sock={rt.sock_name(ip, port)}"
+                self._add(desc, rank, partial(receiver.run, sock_index=si), "receiver", si)
+                rank += 1
+        for spec in self.module_procs():
+            for _ in range(max(0, spec.count)):
+                self._add(spec.desc, spec.rank, spec.run, _role_of(spec.desc))
+
+    def _add(self, desc, rank, run, role, sock_index=None):
+        self.plan.append(Child(len(self.plan) + 1, desc, rank, run, role, sock_index))
+
+    def module_procs(self):
+        specs = []
+        try:
+            from asyncd.core import async_task
+        except ImportError:
+            async_task = None
+        if async_task is not None and hasattr(async_task, "core_procs"):
+            specs += list(async_task.core_procs(self.script) or [])
+        for mod in self.script.modules:
+            if mod.procs is not None:
+                specs += list(mod.procs(self.script) or [])
+        for s in specs:
+            if not isinstance(s, ProcSpec):
+                raise StartupError(f"bad process spec {s!r}")
+        return specs
+
+    # -- forking ----------------------------------------------------------
+    def install_signals(self):
+        """Queue-only handlers from before setup on: a SIGTERM during startup still cleans up."""
+        self.wake_r, self.wake_w = _pipe_nonblock()
+        for sig in self.SIGNALS:
+            signal.signal(sig, self.queue_signal)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+
+    def spawn_all(self):
+        self.ready_r, self.ready_w = _pipe_nonblock(write_blocking=True)
+        for child in self.plan:
+            if self.sig_queue and any(s in self.STOP_SIGNALS for s in self.sig_queue):
+                break  # told to stop while forking: stop now rather than fork the rest
+            self.spawn_role(child)
+        os.close(self.ready_w)
+        self.ready_w = -1
+
+    def spawn_role(self, child):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            child.pid = pid
+            self.children[pid] = child
+            self.proctable.set(child.idx, pid, child.rank, child.desc)
+            return
+        self._child_main(child)  # never returns
+
+    def _child_main(self, child):
+        code = 0
+        try:
+            proc = self._child_boot(child)
+        except BaseException as e:  # noqa: BLE001 - report anything, then the dedicated code
+            _child_log_exc(f"{child.desc}: failed while booting: {e!r}")
+            os._exit(BOOT_ERROR)
+        try:
+            child.run(proc)
+        except BaseException as e:  # noqa: BLE001
+            if not proc.stopping:
+                _child_log_exc(f"{child.desc}: {e!r}")
+                code = 1
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+    def _child_boot(self, child):
+        signal.set_wakeup_fd(-1)
+        for fd in (self.wake_r, self.wake_w, self.ready_r, self.daemon_fd):
+            if fd >= 0:
+                os.close(fd)
+        proc = ProcState(self.script, child.rank, child.desc, child.role)
+        proc.pid = os.getpid()
+        proc.sockets = self.sockets
+        proc.index = child.idx
+        proc.sock_index = child.sock_index
+
+        def on_term(signum, frame):
+            proc.stopping = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGQUIT, on_term)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # the attendant decides; it SIGTERMs us
+        for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_DFL)
+        rt.set_title(child.desc)
+        log.configure(rank=child.idx)
+        for mod in self.script.modules:
+            if mod.child_init is not None:
+                mod.child_init(proc, child.rank)
+        os.write(self.ready_w, child.idx.to_bytes(4, "little"))
+        os.close(self.ready_w)
+        return proc
+
+    # -- supervision ------------------------------------------------------
+    def queue_signal(self, signum, frame):
+        if len(self.sig_queue) < 16:
+            self.sig_queue.append(signum)
+
+    def main_loop(self):
+        while self.exit_code is None:
+            self.sleep()
+            self.read_ready()
+            self.dispatch_signals()
+            if self.exit_code is None:
+                self.reap_children()
+
+    def sleep(self):
+        try:
+            rd, _, _ = select.select([self.wake_r, self.ready_r], [], [], 1.0)
+        except InterruptedError:
+            return
+        if self.wake_r in rd:
+            try:
+                while os.read(self.wake_r, 512):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+
+    def read_ready(self):
+        if self.ready_r < 0:
+            return
+        try:
+            data = os.read(self.ready_r, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:  # every child closed its end
+            os.close(self.ready_r)
+            self.ready_r = -1
+        by_idx = {c.idx: c for c in self.children.values()}
+        for i in range(0, len(data) - 3, 4):
+            c = by_idx.get(int.from_bytes(data[i:i + 4], "little"))
+            if c is not None:
+                c.ready = True
+        if not self.announced and self.children and all(c.ready for c in self.children.values()) \
+                and len(self.children) == len(self.plan):
+            self.announce_ready()
+
+    def announce_ready(self):
+        self.announced = True
+        rt.notice(MOD, f"asyncd {_version()} started: {len(self.plan) + 1} processes "
+                       f"({len(self.sockets)} listen socket(s))")
+        if self.opts.pid_file:
+            tmp = self.opts.pid_file + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            os.replace(tmp, self.opts.pid_file)
+        if self.daemon_fd >= 0:
+            os.write(self.daemon_fd, b"1")
+            os.close(self.daemon_fd)
+            self.daemon_fd = -1
+
+    def dispatch_signals(self):
+        # stop requests first: a child's exit that follows them is expected
+        queue, self.sig_queue = self.sig_queue, []
+        queue.sort(key=lambda s: s not in self.STOP_SIGNALS)
+        for sig in queue:
+            name = SIGNAMES.get(sig, str(sig))
+            handler = getattr(self, "handle_" + name[3:].lower(), None)
+            if handler is not None:
+                handler()
+            if self.exit_code is not None:
+                return
+
+    def handle_term(self):
+        rt.notice(MOD, "SIGTERM received, shutting down")
+        self.exit_code = 0
+
+    def handle_int(self):
+        rt.notice(MOD, "SIGINT received, shutting down")
+        self.exit_code = 0
+
+    def handle_quit(self):
+        rt.notice(MOD, "SIGQUIT received, shutting down")
+        self.exit_code = 0
+
+    def handle_chld(self):
+        self.reap_children()
+
+    def handle_hup(self):
+        rt.notice(MOD, "SIGHUP ignored (reload is not supported; restart to change the cfg)")
+
+    def handle_usr1(self):
+        for idx, pid, rank, desc in self.proctable.entries():
+            rt.notice(MOD, f"process {idx:3d} pid {pid:7d} rank {rank:3d}: {desc}")
+
+    def reap_children(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            self.proctable.clear_pid(child.idx)
+            if self.stopping or self.exit_code is not None:
+                continue
+            self.child_died(child, status)
+
+    def child_died(self, child, status):
+        how = _describe_status(status)
+        if not child.ready or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == BOOT_ERROR):
+            rt.crit(MOD, f"child process {child.pid} ({child.desc}) failed while booting "
+                         f"({how}); stopping asyncd")
+            self.exit_code = EXIT_BOOT_FAILED
+        else:
+            rt.crit(MOD, f"child process {child.pid} ({child.desc}) {how}; "
+                         f"stopping asyncd (a dead process is not respawned)")
+            self.exit_code = EXIT_CHILD_DIED
+
+    # -- shutdown ---------------------------------------------------------
+    def stop_children(self):
+        self.stopping = True
+        for pid in list(self.children):
+            _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while self.children and time.monotonic() < deadline:
+            self.reap_children()
+            if self.children:
+                time.sleep(0.005)
+        for pid, child in list(self.children.items()):
+            rt.warn(MOD, f"child process {pid} ({child.desc}) did not stop within "
+                         f"{STOP_GRACE}s; killing it")
+            _kill(pid, signal.SIGKILL)
+        for pid in list(self.children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            self.children.pop(pid, None)
+
+    def cleanup(self):
+        if self.modules_inited:
+            for mod in reversed(self.script.modules):
+                if mod.mod_destroy is not None:
+                    try:
+                        mod.mod_destroy(self.script)
+                    except Exception as e:  # noqa: BLE001 - shutdown goes on regardless
+                        rt.err(MOD, f"mod_destroy of {mod.name} failed: {e!r}")
+        if self.arena is not None:
+            self.arena.destroy()
+            self.arena = None
+        if self.rundir:
+            shutil.rmtree(self.rundir, ignore_errors=True)
+            self.rundir = None
+        for s in self.sockets:
+            s.close()
+        if self.opts.pid_file and self.announced:
+            try:
+                os.unlink(self.opts.pid_file)
+            except OSError:
+                pass
+        if self.exit_code is None:
+            self.exit_code = EXIT_STARTUP
+        if self.exit_code == 0:
+            rt.notice(MOD, "all processes stopped, shared memory released")
+
+    def cleanup_stale_rundirs(self):
+        base = tempfile.gettempdir()
+        try:
+            names = os.listdir(base)
+        except OSError:
+            return
+        for name in names:
+            if not name.startswith(RUNDIR_PREFIX):
+                continue
+            pid = name[len(RUNDIR_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+# -- helpers ----------------------------------------------------------------
+
+def _truthy(v):
+    return v in (1, True) or (isinstance(v, str) and v.lower() in ("yes", "on", "true", "1"))
+
+
+def _version():
+    from asyncd import __version__
+    return __version__
+
+
+def _pipe_nonblock(write_blocking=False):
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, write_blocking)
+    return r, w
+
+
+def _grow_rcvbuf(s):
+    """Root may exceed net.core.rmem_max with SO_RCVBUFFORCE; otherwise take what we get."""
+    force = getattr(socket, "SO_RCVBUFFORCE", 33)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, force, RCVBUF)
+    except OSError:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        except OSError:
+            pass
+
+
+def _local_ipv4():
+    try:
+        import psutil
+        return sorted({a.address for addrs in psutil.net_if_addrs().values()
+                       for a in addrs if a.family == socket.AF_INET})
+    except Exception:  # noqa: BLE001
+        return ["127.0.0.1"]
+
+
+def _describe_status(status):
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return f"terminated by signal {sig} ({SIGNAMES.get(sig, '?')})"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"stopped with wait status {status}"
+
+
+def _kill(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _child_log_exc(text):
+    import traceback
+    rt.crit(MOD, text)
+    if log.enabled(log.L_ERR):
+        for line in traceback.format_exc().rstrip().splitlines():
+            log.log(log.L_ERR, MOD, line)
+
+
