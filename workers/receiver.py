@@ -14,14 +14,14 @@ core runs `reply_route` and forwards the reply statelessly to the second
 Via after removing ours, or drops it if the top Via is not ours (RFC 3261
 18.1.2 / 16.7 step 3).
 """
-import re
 import signal
 import socket
-import zlib
+import struct
 
 from asyncd.core import log
 from asyncd.core import runtime as rt
 from asyncd.core.route_types import CORE_ONREPLY_ROUTE, REQUEST_ROUTE
+from asyncd.sip.build import strip_top_via, via_dest
 
 MOD = "core"
 BUFSIZE = 65536
@@ -34,7 +34,11 @@ class _Stop(Exception):
 
 class Receiver:
     def __init__(self, proc, sock_index):
-        from asyncd.sip import SipParseError, parse_msg
+        from asyncd.modules.sl import SERVER
+        from asyncd.sip import SipParseError, build_reply, parse_msg, reply_addr
+        self.server_hdr = SERVER
+        self.build_reply = build_reply
+        self.reply_addr = reply_addr
         self.proc = proc
         self.script = proc.script
         self.sock_index = sock_index
@@ -49,7 +53,7 @@ class Receiver:
         self.ours = _our_addresses(self.script, proc.sockets)
         self.idle = False
         self.n_req = self.n_rpl = self.n_drop = self.n_bad = 0
-        self.table = getattr(self.script, "proctable", None)
+        self.counters = getattr(self.script, "msg_counters", None)
         self.slot = getattr(proc, "index", None)
 
     # -- loop -------------------------------------------------------------
@@ -91,11 +95,8 @@ class Receiver:
             self.flush_counters()
 
     def flush_counters(self):
-        if self.table is not None and self.slot is not None:
-            try:
-                self.table.write_counters(self.slot, self.n_req, self.n_rpl, self.n_drop, self.n_bad)
-            except (TypeError, ValueError, IndexError):
-                pass
+        if self.counters is not None and self.slot is not None:
+            self.counters.write(self.slot, self.n_req, self.n_rpl, self.n_drop, self.n_bad)
 
     # -- one datagram -----------------------------------------------------
     def handle(self, data, src):
@@ -158,21 +159,26 @@ class Receiver:
                 rt.dbg(MOD, f"reply {msg.status} not for us (top Via {v1.host if v1 else None}); dropped")
             return
         v2 = msg.via2
-        data = strip_top_via(msg.buf) if v2 is not None else None
-        if data is None:
+        if v2 is None:  # we were the last hop: nobody to relay to
             self.n_drop += 1
             return
-        if not self.proc.send(data, via_dest(v2), msg.sock):
-            rt.err(MOD, f"cannot forward reply {msg.status} to {via_dest(v2)}")
+        dest = via_dest(v2)
+        if not self.proc.send(strip_top_via(msg), dest, msg.sock):
+            rt.err(MOD, f"cannot forward reply {msg.status} to {dest[0]}:{dest[1]}")
 
     # -- malformed input ----------------------------------------------------
     def malformed(self, data, src, e):
-        reason = getattr(e, "reason", None) or str(e)
-        if getattr(e, "can_reply", False):
-            reply, dest = bad_request_reply(data, src, reason)
-            if reply is not None and self.proc.send(reply, dest, self.sock_index):
-                self.n_bad += 1
-                return
+        """400 (or 505/416, the parser says which) with the parser's reason, when the request's
+        Via/From/To/Call-ID/CSeq allow a reply (RFC 3261 8.2.6); else drop and count."""
+        reason = e.reason or "Bad Request"
+        if e.can_reply and e.msg is not None and e.msg.is_request and e.msg.method != "ACK":
+            try:
+                data = self.build_reply(e.msg, e.code, reason, server=self.server_hdr)
+                if self.proc.send(data, self.reply_addr(e.msg), self.sock_index):
+                    self.n_bad += 1
+                    return
+            except Exception as ex:  # noqa: BLE001 - too broken to answer after all
+                reason = f"{reason}; no reply possible: {ex!r}"
         self.n_drop += 1
         if log.enabled(log.L_DBG):
             rt.dbg(MOD, f"dropped malformed datagram ({len(data)} bytes) from {src[0]}:{src[1]}: {reason}")
@@ -183,28 +189,55 @@ def run(proc, sock_index=0):
     Receiver(proc, sock_index).loop()
 
 
-# -- helpers (also used by tests) ----------------------------------------------
+# -- helpers -------------------------------------------------------------------
+
+class Counters:
+    """Per-process message counters in shm, written only by their own process, summed by main.
+
+    Layout (arena static area): one row of 4 x u64 per process-table slot:
+        0   requests received      8   replies received
+        16  datagrams dropped (malformed and unanswerable, not for us, runts)
+        24  400-class replies sent to malformed requests
+    """
+    NAMES = ("requests", "replies", "dropped", "bad_replied")
+    _ROW = struct.Struct("<4Q")
+
+    def __init__(self, arena, nslots):
+        self.buf = arena.buf
+        self.n = nslots
+        self.off = arena.static_alloc(self._ROW.size * nslots)
+
+    def write(self, slot, *values):
+        if 0 <= slot < self.n:
+            self._ROW.pack_into(self.buf, self.off + slot * self._ROW.size, *values)
+
+    def totals(self):
+        tot = [0, 0, 0, 0]
+        for i in range(self.n):
+            for k, v in enumerate(self._ROW.unpack_from(self.buf, self.off + i * self._ROW.size)):
+                tot[k] += v
+        return dict(zip(self.NAMES, tot))
+
 
 def _our_addresses(script, sockets):
+    """(host, port) pairs a top Via must name for a reply to be ours (Kamailio's check_self)."""
     ours = set()
     for s in sockets:
         ip, port = s.getsockname()[:2]
         ours.add((ip.lower(), port))
         if ip in ("0.0.0.0", "::"):
-            for a in _all_local_ips():
-                ours.add((a, port))
+            ours.update((a, port) for a in _all_local_ips())
     aliases = script.core.get("alias") or []
     if isinstance(aliases, str):
         aliases = [aliases]
     ports = {p for _, p in ours}
     for a in aliases:
-        host, _, port = str(a).rpartition(":") if ":" in str(a) else (str(a), "", "")
-        host = host.split(":", 1)[-1] if host.count(":") == 1 else host  # "udp:host:port"
-        if port.isdigit():
-            ours.add((host.lower(), int(port)))
-        else:
-            for p in ports:
-                ours.add((str(a).lower(), p))
+        host, port = (a[1], a[2]) if isinstance(a, (tuple, list)) else (str(a), None)
+        if isinstance(a, str) and host.count(":") >= 1 and not host.startswith("["):
+            parts = host.split(":")
+            host, port = (parts[-2], parts[-1]) if parts[-1].isdigit() else (parts[-1], None)
+        for p in ([int(port)] if port else ports):
+            ours.add((host.lower(), p))
     return ours
 
 
@@ -215,122 +248,3 @@ def _all_local_ips():
                 if a.family in (socket.AF_INET, socket.AF_INET6)}
     except Exception:  # noqa: BLE001
         return {"127.0.0.1"}
-
-
-def via_dest(via):
-    """Where a response goes for this Via over UDP: received / rport (RFC 3261 18.2.2, RFC 3581 4)."""
-    host = via.received or via.host
-    port = via.rport if isinstance(via.rport, int) and via.rport else (via.port or 5060)
-    if host.startswith("["):
-        host = host[1:-1]
-    return host, port
-
-
-def _header_lines(head):
-    """(start, end, name_lower, value) for each header line of `head` (folded lines joined)."""
-    out = []
-    pos = head.find(b"\r\n")
-    if pos < 0:
-        return out
-    pos += 2
-    n = len(head)
-    while pos < n:
-        eol = head.find(b"\r\n", pos)
-        if eol < 0:
-            eol = n
-        while eol < n and head[eol + 2:eol + 3] in (b" ", b"\t"):
-            nxt = head.find(b"\r\n", eol + 2)
-            eol = n if nxt < 0 else nxt
-        name, colon, value = head[pos:eol].partition(b":")
-        if colon:
-            out.append((pos, eol, name.strip().lower(), value))
-        pos = eol + 2
-    return out
-
-
-def _first_comma(value):
-    """Index of the first comma separating header values (not inside quotes or <>), or -1."""
-    quoted = angle = False
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
-        if c == 0x5C and quoted:      # backslash escape inside quotes
-            i += 2
-            continue
-        if c == 0x22:
-            quoted = not quoted
-        elif not quoted and c == 0x3C:
-            angle = True
-        elif not quoted and c == 0x3E:
-            angle = False
-        elif c == 0x2C and not quoted and not angle:
-            return i
-        i += 1
-    return -1
-
-
-def strip_top_via(buf):
-    """The message without its first Via value (RFC 3261 16.7 step 3), or None if it has none."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    for start, eol, name, value in _header_lines(buf[:end + 2]):
-        if name in (b"via", b"v"):
-            i = _first_comma(value)
-            if i < 0:
-                return buf[:start] + buf[eol + 2:]
-            rest = value[i + 1:].lstrip(b" \t\r\n")
-            return buf[:start] + buf[start:eol].partition(b":")[0] + b": " + rest + buf[eol:]
-    return None
-
-
-_COPY = {b"via": b"Via", b"v": b"Via", b"from": b"From", b"f": b"From", b"to": b"To", b"t": b"To",
-         b"call-id": b"Call-ID", b"i": b"Call-ID", b"cseq": b"CSeq"}
-_VIA_ADDR = re.compile(rb"^\s*SIP\s*/\s*2\.0\s*/\s*UDP\s+([^\s;:,]+|\[[^\]]+\])(?:\s*:\s*(\d+))?(.*)", re.I | re.S)
-_PHRASE_BAD = re.compile(r"[^\x20-\x7e]")
-
-
-def bad_request_reply(data, src, reason):
-    """A 400 for a request we could not parse, built from its raw header lines, and where to send it.
-
-    Only the headers RFC 3261 8.2.6.2 copies are taken, as written. Returns (None, None) when
-    the datagram is not a request we may answer (a reply, an ACK, no usable Via).
-    """
-    end = data.find(b"\r\n\r\n")
-    head = data[:end + 2] if end >= 0 else data
-    first = head.split(b"\r\n", 1)[0]
-    if first.startswith(b"SIP/") or first.split(b" ", 1)[0].upper() == b"ACK" or b" " not in first:
-        return None, None
-    lines = []
-    top_via = None
-    to_line = None
-    for _, _, name, value in _header_lines(head):
-        canon = _COPY.get(name)
-        if canon is None:
-            continue
-        value = value.strip().replace(b"\r\n", b" ")
-        if canon == b"Via" and top_via is None:
-            top_via = value.split(b",", 1)[0]
-        if canon == b"To":
-            to_line = len(lines)
-        lines.append(canon + b": " + value)
-    if top_via is None:
-        return None, None
-    m = _VIA_ADDR.match(top_via)
-    if m is None:
-        return None, None
-    params = m.group(3).lower()
-    port = int(m.group(2)) if m.group(2) else 5060
-    if b";rport" in params.replace(b" ", b""):
-        port = src[1]  # RFC 3581: reply to the source port; RFC 3261 18.2.2: to the source address
-    if to_line is not None and b";tag=" not in lines[to_line].replace(b" ", b"").lower():
-        lines[to_line] += b";tag=" + (b"%08x" % zlib.crc32(data[:end] if end > 0 else data))
-    phrase = _PHRASE_BAD.sub("?", f"Bad Request ({reason})")[:120]
-    from asyncd.modules.sl import SERVER
-    out = [f"SIP/2.0 400 {phrase}".encode()] + lines + [f"Server: {SERVER}".encode(),
-                                                         b"Content-Length: 0", b"", b""]
-    return b"\r\n".join(out), (src[0], port)
-
-
-__all__ = ["run", "Receiver", "strip_top_via", "bad_request_reply", "via_dest"]

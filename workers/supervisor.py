@@ -87,6 +87,7 @@ class Supervisor:
         self.sig_queue = []
         self.arena = None
         self.proctable = None
+        self.counters = None
         self.rundir = None
         self.wake_r = self.wake_w = -1
         self.ready_r = self.ready_w = -1
@@ -108,12 +109,17 @@ class Supervisor:
             rt.crit(MOD, str(e))
             self.cleanup()
             return EXIT_STARTUP
-        self.spawn_all()
-        if self.exit_code is None:
-            rt.set_title("main process - attendant")
-            self.main_loop()
-        self.stop_children()
-        self.cleanup()
+        try:
+            self.spawn_all()
+            if self.exit_code is None:
+                rt.set_title("main process - attendant")
+                self.main_loop()
+        except BaseException as e:  # noqa: BLE001 - a supervisor bug must still stop everything
+            rt.crit(MOD, f"supervisor error, stopping: {e!r}")
+            self.exit_code = EXIT_CHILD_DIED
+        finally:
+            self.stop_children()
+            self.cleanup()
         return self.exit_code
 
     def configure_logging(self):
@@ -173,10 +179,13 @@ class Supervisor:
             raise
         except Exception as e:
             raise StartupError(f"module initialization failed: {e}") from e
-        from workers.proctable import ProcTable
+        from shm.proctable import ProcTable
+        from workers.receiver import Counters
         self.proctable = ProcTable(self.arena, len(self.plan) + 1)
         self.proctable.set(0, os.getpid(), PROC_MAIN, "main process - attendant")
         self.script.proctable = self.proctable
+        self.counters = Counters(self.arena, len(self.plan) + 1)
+        self.script.msg_counters = self.counters
 
     def listen_addrs(self):
         addrs = self.listen_override or list(self.script.core.get("listen") or [])
@@ -332,7 +341,8 @@ class Supervisor:
 
     def sleep(self):
         try:
-            rd, _, _ = select.select([self.wake_r, self.ready_r], [], [], 1.0)
+            fds = [self.wake_r] if self.ready_r < 0 else [self.wake_r, self.ready_r]
+            rd, _, _ = select.select(fds, [], [], 1.0)
         except InterruptedError:
             return
         if self.wake_r in rd:
@@ -406,7 +416,7 @@ class Supervisor:
         rt.notice(MOD, "SIGHUP ignored (reload is not supported; restart to change the cfg)")
 
     def handle_usr1(self):
-        for idx, pid, rank, desc in self.proctable.entries():
+        for idx, pid, rank, desc in self.proctable.rows():
             rt.notice(MOD, f"process {idx:3d} pid {pid:7d} rank {rank:3d}: {desc}")
 
     def reap_children(self):
@@ -422,7 +432,7 @@ class Supervisor:
             child = self.children.pop(pid, None)
             if child is None:
                 continue
-            self.proctable.clear_pid(child.idx)
+            self.proctable.clear(child.idx)
             if self.stopping or self.exit_code is not None:
                 continue
             self.child_died(child, status)
@@ -460,6 +470,12 @@ class Supervisor:
             self.children.pop(pid, None)
 
     def cleanup(self):
+        if self.counters is not None:
+            c = self.counters.totals()
+            rt.notice(MOD, f"received {c['requests']} requests, {c['replies']} replies; "
+                           f"dropped {c['dropped']} datagrams; answered {c['bad_replied']} "
+                           f"malformed requests with an error reply")
+            self.counters = None
         if self.modules_inited:
             for mod in reversed(self.script.modules):
                 if mod.mod_destroy is not None:

@@ -21,7 +21,7 @@ from asyncd.core import log
 from asyncd.core.exports import FuncExport, ModuleExports, P
 from asyncd.core.route_types import (BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE,
                                      REQUEST_ROUTE)
-from asyncd.sip.build import build_reply, reply_addr, stable_to_tag
+from asyncd.sip.build import build_reply, reply_addr
 
 MOD = "sl"
 # Kamailio's "Server: kamailio (5.6.3 (x86_64/linux))" shape.
@@ -49,13 +49,10 @@ def sl_send_reply(ctx, code, reason, extra_headers=None):
     if msg.method == "ACK":
         # RFC 3261 17.2.1: an ACK is never answered; Kamailio's sl ignores it the same way.
         return 1
-    # A 100 never carries a To-tag (RFC 3261 8.2.6.2); others get one unless the request has it.
-    to_tag = stable_to_tag(msg) if code > 100 and not msg.to_tag else None
-    headers = msg.reply_lumps
-    if extra_headers:
-        headers = list(headers) + list(extra_headers)
+    # build_reply adds stable_to_tag(msg) to a To without tag, never to a 100 (RFC 3261 8.2.6.2)
+    headers = extra_headers or ()
     try:
-        data = build_reply(msg, code, reason, to_tag=to_tag, extra_headers=headers, server=SERVER)
+        data = build_reply(msg, code, reason, extra_headers=headers, server=SERVER)
     except Exception as e:  # a header too broken to copy: say so, never raise into the route
         log.err(MOD, f"sl_send_reply(): cannot build reply: {e}", _where(ctx))
         return -1
