@@ -34,6 +34,7 @@ Header:
     24  4  u32 free-page list head (page number + 1; 0 = empty)
     28  4  u32 pages in use
     32  8  u64 failed allocations (counter, best effort)
+    40  8  u64 offset of the process table (proctable.py)
     64  4*NCLASS  u32 partial-page list head per size class (page + 1)
 
 Page descriptor (32 bytes):
@@ -150,6 +151,11 @@ class ShmArena:
         self._cls_locks = LockSet(self, NCLASS, "arena classes")
         self._page_lock = LockSet(self, 1, "arena pages")
         self.closed = False
+        # always-present small stores: $shv and the process table
+        from shm.shv import ShvStore
+        from shm.proctable import ProcTable
+        self.shv = ShvStore(self)
+        self.proctable = ProcTable(self)
 
     @classmethod
     def create(cls, size_bytes=DEFAULT_MB << 20, static_bytes=None):

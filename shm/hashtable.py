@@ -16,7 +16,9 @@ Entry (one arena slot, header + key + value inline; 40-byte header):
     0   8  u64 next entry in the chain (0 = end)
     8   4  u32 label
     12  4  u32 hash (crc32 of the key)
-    16  4  u32 key length
+    16  2  u16 key length
+    18  1  u8  arena size class of this slot (capacity = arena.SLOT_SIZES[cls])
+    19  1  -
     20  4  u32 value length
     24  4  u32 flags   (owner-defined: htable type bits, tm state bits)
     28  4  u32 expires (owner-defined: htable expiry second, 0 = never)
@@ -39,20 +41,37 @@ import struct
 import zlib
 
 from asyncd.core import log
+from shm.arena import SLOT_SIZES, _CLASS_OF, MAX_ALLOC
 from shm.locks import LockSet
 
 _B = struct.Struct("<QII")          # bucket: head, next_label, count
-_E = struct.Struct("<QIIIIIIq")     # entry header
+_E = struct.Struct("<QIIHBxIIIq")   # entry header: next, label, hash, klen, cls, vlen, flags, expires, ival
 _EH = 40
 _NEXT = struct.Struct("<Q")
 _NL = struct.Struct("<QI")          # next, label
 _NLH = struct.Struct("<QII")        # next, label, hash
-_KV = struct.Struct("<II")          # klen, vlen at +16
+_KV = struct.Struct("<HxxI")        # klen, vlen at +16
+_KCV = struct.Struct("<HBxI")       # klen, cls, vlen at +16
 _META = struct.Struct("<IIq")       # flags, expires, ival at +24
 _FLAGS = struct.Struct("<I")
 _IVAL = struct.Struct("<q")
 
 _crc = zlib.crc32
+_U32 = struct.Struct("<I")
+_SPIN = 16            # optimistic read attempts before taking the lock
+_MAXHOP = 100000      # a chain longer than this is a torn read: retry
+_HK = {}              # key length -> Struct(header + key), shared by all tables
+
+
+def hk_struct(klen):
+    st = _HK.get(klen)
+    if st is None:
+        st = _HK[klen] = struct.Struct(f"<QIIHBxIIIq{klen}s")
+    return st
+
+
+class _Torn(Exception):
+    pass
 _hook = None   # tests only: called inside insert's critical section (kill -9 test)
 
 
@@ -85,21 +104,31 @@ class ShmHashTable:
         self.locks = LockSet(arena, self.nstripes, f"{name} buckets", on_recover=self._repair)
         self._lock = self.locks.acquire
         self._unlock = self.locks.release
-        self.full_logged = False
+        self._seqo = [self.locks.seq_off(i) for i in range(self.nstripes)]
 
     # -- helpers ----------------------------------------------------------------
     def index_of(self, key):
         return _crc(key) & self.mask
 
+    _hash = staticmethod(_crc)
+
+    def _set_meta_l(self, off, flags, ival):
+        f0, e0, i0 = _META.unpack_from(self.buf, off + 24)
+        _META.pack_into(self.buf, off + 24, flags, e0, ival)
+
     def _new_entry(self, key, value, label, nxt, h, flags, expires, ival):
         klen = len(key)
-        off = self.arena.alloc(_EH + klen + len(value))
+        need = _EH + klen + len(value)
+        if klen > 0xFFFF or need > MAX_ALLOC:
+            log.err("shm", f"{self.name}: entry of {need} bytes is too large (max {MAX_ALLOC})")
+            return 0
+        off = self.arena.alloc(need)
         if not off:
-            log.err("shm", f"{self.name}: out of shared memory storing {_EH + klen + len(value)} bytes"
-                    f" (raise -m)")
+            log.err("shm", f"{self.name}: out of shared memory storing {need} bytes (raise -m)")
             return 0
         buf = self.buf
-        _E.pack_into(buf, off, nxt, label, h, klen, len(value), flags, expires, ival)
+        _E.pack_into(buf, off, nxt, label, h, klen, _CLASS_OF[(need + 15) >> 4], len(value),
+                     flags, expires, ival)
         o = off + _EH
         buf[o:o + klen] = key
         buf[o + klen:o + klen + len(value)] = value
@@ -111,9 +140,10 @@ class ShmHashTable:
         prev = 0
         off = _NEXT.unpack_from(buf, self.boff + 16 * b)[0]
         klen = len(key)
+        st = hk_struct(klen)
         while off:
-            nxt, _lbl, eh, kl = _E.unpack_from(buf, off)[:4]
-            if eh == h and kl == klen and buf[off + _EH:off + _EH + kl] == key:
+            nxt, _lbl, eh, kl, _c, _vl, _f, _x, _i, k = st.unpack_from(buf, off)
+            if eh == h and kl == klen and k == key:
                 return prev, off
             prev = off
             off = nxt
@@ -134,7 +164,9 @@ class ShmHashTable:
     def _read(self, off):
         """-> (key, value, ival, flags, expires) of the entry at off."""
         buf = self.buf
-        _n, _l, _h, kl, vl, flags, expires, ival = _E.unpack_from(buf, off)
+        _n, _l, _h, kl, _c, vl, flags, expires, ival = _E.unpack_from(buf, off)
+        if vl > MAX_ALLOC:
+            raise _Torn
         o = off + _EH
         return bytes(buf[o:o + kl]), bytes(buf[o + kl:o + kl + vl]), ival, flags, expires
 
@@ -171,12 +203,12 @@ class ShmHashTable:
     def _set_value_l(self, b, prev, off, value):
         """Replace the value of the entry at off; -> new off (may move) or 0 if full."""
         buf = self.buf
-        nxt, label, h, kl, vl, flags, expires, ival = _E.unpack_from(buf, off)
+        nxt, label, h, kl, cls, vl, flags, expires, ival = _E.unpack_from(buf, off)
         need = _EH + kl + len(value)
-        if need <= self.arena.slot_size(off):
+        if need <= SLOT_SIZES[cls]:
             o = off + _EH + kl
             buf[o:o + len(value)] = value
-            _KV.pack_into(buf, off + 16, kl, len(value))
+            _U32.pack_into(buf, off + 20, len(value))
             return off
         key = bytes(buf[off + _EH:off + _EH + kl])
         noff = self._new_entry(key, value, label, nxt, h, flags, expires, ival)
@@ -203,7 +235,34 @@ class ShmHashTable:
         return (b, label) if off else None
 
     def get(self, index, label):
-        """-> (key, value, ival, flags, expires) or None."""
+        """-> (key, value, ival, flags, expires) or None.  Lock-free unless a writer
+        is active on the stripe (seqlock read, see locks.py)."""
+        buf = self.buf
+        so = self._seqo[index & self.smask]
+        bo = self.boff + 16 * index
+        for _ in range(_SPIN):
+            s1 = _U32.unpack_from(buf, so)[0]
+            if s1 & 1:
+                continue
+            try:
+                off = _NEXT.unpack_from(buf, bo)[0]
+                n = 0
+                while off:
+                    nxt, lbl = _NL.unpack_from(buf, off)
+                    if lbl == label:
+                        break
+                    off = nxt
+                    n += 1
+                    if n > _MAXHOP:
+                        raise _Torn
+                r = self._read(off) if off else None
+            except (struct.error, ValueError, IndexError, _Torn):
+                continue
+            if _U32.unpack_from(buf, so)[0] == s1:
+                return r
+        return self._get_locked(index, label)
+
+    def _get_locked(self, index, label):
         s = index & self.smask
         self._lock(s)
         try:
@@ -213,9 +272,42 @@ class ShmHashTable:
             self._unlock(s)
 
     def find(self, key):
-        """First entry with this key -> (index, label, value, ival, flags, expires) or None."""
+        """First entry with this key -> (index, label, value, ival, flags, expires) or None.
+        Lock-free unless a writer is active on the stripe."""
         h = _crc(key)
         b = h & self.mask
+        buf = self.buf
+        so = self._seqo[b & self.smask]
+        bo = self.boff + 16 * b
+        klen = len(key)
+        st = hk_struct(klen)
+        for _ in range(_SPIN):
+            s1 = _U32.unpack_from(buf, so)[0]
+            if s1 & 1:
+                continue
+            try:
+                off = _NEXT.unpack_from(buf, bo)[0]
+                n = 0
+                r = None
+                while off:
+                    nxt, lbl, eh, kl, _c, vl, fl, ex, iv, k = st.unpack_from(buf, off)
+                    if eh == h and kl == klen and k == key:
+                        if vl > MAX_ALLOC:
+                            raise _Torn
+                        o = off + _EH + kl
+                        r = (b, lbl, buf[o:o + vl].tobytes(), iv, fl, ex)
+                        break
+                    off = nxt
+                    n += 1
+                    if n > _MAXHOP:
+                        raise _Torn
+            except (struct.error, ValueError, IndexError, _Torn):
+                continue
+            if _U32.unpack_from(buf, so)[0] == s1:
+                return r
+        return self._find_locked(key, h, b)
+
+    def _find_locked(self, key, h, b):
         s = b & self.smask
         self._lock(s)
         try:

@@ -28,11 +28,17 @@ After a takeover the lock set calls its `on_recover(i)` callback so the
 structure it protects can check itself (the hash table re-walks the chains
 of that stripe; see hashtable.py).
 
-Owner words (one per lock, in the arena's static area):
+Each lock also carries a sequence counter (odd while held): readers that
+do not take the lock (hashtable.py optimistic reads) read it before and
+after and retry if it moved -- a seqlock.  It costs writers one extra read
+per acquire/release and saves readers the whole lock round trip.
+
+Lock words (one per lock, in the arena's static area):
 
     offset  size  field
     0       4     u32 owner pid (0 = free or not yet written)
-    4       4     u32 takeovers (how many times this lock was recovered)
+    4       4     u32 sequence (odd while held; bumped by acquire and release)
+Then n x u32 takeover counters (how many times each lock was recovered).
 """
 import fcntl
 import os
@@ -89,7 +95,8 @@ class LockSet:
         self.name = name
         self.arena = arena
         self.on_recover = on_recover
-        self.off = arena.static_alloc(8 * n)
+        self.off = arena.static_alloc(12 * n)
+        self.toff = self.off + 8 * n
         self._buf = arena.buf
         tag = f"/asyncd-{os.getpid()}-{id(self):x}"
         # unlink=True: the name is removed at once, only the inherited
@@ -102,17 +109,23 @@ class LockSet:
     def acquire(self, i):
         if not self._acq[i](False):
             self._slow_acquire(i)
-        _U32.pack_into(self._buf, self.off + 8 * i, _pid)
+        o = self.off + 8 * i
+        _OWN.pack_into(self._buf, o, _pid, (_U32.unpack_from(self._buf, o + 4)[0] + 1) & 0xFFFFFFFF)
 
     def release(self, i):
-        _U32.pack_into(self._buf, self.off + 8 * i, 0)
+        o = self.off + 8 * i
+        _OWN.pack_into(self._buf, o, 0, (_U32.unpack_from(self._buf, o + 4)[0] + 1) & 0xFFFFFFFF)
         self._rel[i]()
 
     def owner(self, i):
         return _U32.unpack_from(self._buf, self.off + 8 * i)[0]
 
+    def seq_off(self, i):
+        """Offset of lock i's sequence word (for optimistic readers)."""
+        return self.off + 8 * i + 4
+
     def takeovers(self, i):
-        return _OWN.unpack_from(self._buf, self.off + 8 * i)[1]
+        return _U32.unpack_from(self._buf, self.toff + 4 * i)[0]
 
     def _slow_acquire(self, i):
         acq = self._acq[i]
@@ -143,10 +156,13 @@ class LockSet:
         off = self.off + 8 * i
         fcntl.lockf(fd, fcntl.LOCK_EX, 8, off)
         try:
-            owner, count = _OWN.unpack_from(self._buf, off)
+            owner, seq = _OWN.unpack_from(self._buf, off)
             if owner != dead:
                 return False
-            _OWN.pack_into(self._buf, off, _pid, count + 1)
+            # held => odd sequence, whatever moment the dead holder stopped at
+            _OWN.pack_into(self._buf, off, _pid, seq | 1)
+            to = self.toff + 4 * i
+            _U32.pack_into(self._buf, to, _U32.unpack_from(self._buf, to)[0] + 1)
         finally:
             fcntl.lockf(fd, fcntl.LOCK_UN, 8, off)
         self.recoveries += 1
