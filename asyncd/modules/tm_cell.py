@@ -106,7 +106,7 @@ class Handle:
     written back.
     """
     __slots__ = ("index", "label", "cell", "depth", "out", "timers", "table", "dirty",
-                 "reply_code", "reply_msg", "branch")
+                 "reply_code", "reply_msg", "branch", "done")
 
     def __init__(self, table, index, label):
         self.table = table
@@ -120,31 +120,34 @@ class Handle:
         self.reply_code = 0    # $T_reply_code in failure / onreply routes
         self.reply_msg = None  # $T_rpl in failure / onreply routes
         self.branch = -1
+        self.done = False      # relayed, replied or suspended by this process's route
 
     def acquire(self):
-        """Lock and load the cell (re-entrant). None when the transaction is gone."""
-        lock = self.table.slot_lock(self.index)
-        lock.acquire()
-        if self.depth == 0:
-            raw = self.table.get(self.index, self.label)
-            if raw is None:
-                lock.release()
-                return None
-            self.cell = Cell.decode(raw)
-            self.dirty = False
-        self.depth += 1
+        """Lock and load the cell (re-entrant within this handle). None when
+        the transaction is gone."""
+        if self.depth:
+            self.depth += 1
+            return self.cell
+        self.table.lock(self.index)
+        raw = self.table.get(self.index, self.label)
+        if raw is None:
+            self.table.unlock(self.index)
+            return None
+        self.cell = Cell.decode(raw)
+        self.dirty = False
+        self.depth = 1
         return self.cell
 
     def release(self, send=None):
-        """Write back if changed, unlock, and (outermost) flush the outbox."""
+        """Outermost release: write back if changed, unlock, flush the outbox."""
         self.depth -= 1
-        lock = self.table.slot_lock(self.index)
-        if self.depth == 0:
+        if self.depth:
+            return
+        try:
             if self.dirty and self.cell is not None:
                 self.table.put(self.index, self.label, self.cell.encode())
+        finally:
             self.cell = None
-            lock.release()
-            if send is not None:
-                send(self)
-        else:
-            lock.release()
+            self.table.unlock(self.index)
+        if send is not None:
+            send(self)

@@ -1,0 +1,379 @@
+"""tm: stateful transactions kept in shared memory, so a request received by
+one process can be relayed, replied, suspended, timed out or resumed by any
+other (Kamailio's tm module; spec B §6).
+
+Runs in: main (fixups, mod_init: the shm table), udp receivers (matching,
+request/failure/onreply routes), the `timer` process this module forks, async
+task workers and ASYNC MOD TIMER (resumed routes, through `api`).
+
+Split by concern as Kamailio's tm is: tm_lookup (matching, creation),
+tm_fwd (t_relay, CANCEL), tm_reply (replies, failure routes), tm_suspend
+(t_suspend/t_continue), tm_timer (timers), tm_cell (the record), tm_api
+(what async and sl call), shm/tm_table.py (the table).
+"""
+import random
+import re
+
+from asyncd.core import log
+from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, ProcSpec, PvExport, PROC_TIMER
+from asyncd.core.route_types import (REQUEST_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE, BRANCH_ROUTE,
+                                     ANY_ROUTE)
+from asyncd.modules import tm_api as api
+from asyncd.modules import tm_fwd, tm_lookup, tm_reply, tm_timer
+from asyncd.modules.tm_cell import F_CANCELED, F_FINAL, F_SUSPENDED, Cell
+from asyncd.modules.tm_lookup import S, MOD
+
+RF = REQUEST_ROUTE | FAILURE_ROUTE
+RFB = RF | BRANCH_ROUTE
+RFO = RF | ONREPLY_ROUTE
+
+
+# ---- settings made before or after the transaction exists -------------------------
+def _pending(ctx):
+    if ctx.extra is None:
+        ctx.extra = {}
+    return ctx.extra.setdefault("tm", {})
+
+
+def _set(ctx, **kv):
+    """Write through to the transaction, or keep for t_newtran (Kamailio keeps
+    t_on_*/t_set_fr in per-process variables until the transaction exists)."""
+    h = ctx.t
+    if h is None:
+        _pending(ctx).update(kv)
+        return 1
+    cell = h.acquire()
+    if cell is None:
+        return -1
+    try:
+        for k, v in kv.items():
+            setattr(cell, k, v)
+        h.dirty = True
+    finally:
+        h.release(tm_lookup.flush)
+    return 1
+
+
+def w_t_newtran(ctx, site):
+    rc = tm_lookup.t_newtran(ctx)
+    return 1 if rc > 0 else (0 if rc == 0 else -1)
+
+
+def w_t_check_trans(ctx, site):
+    """1 when the request belongs to a transaction; a retransmission is
+    absorbed (last reply re-sent) and ends the script (0). In failure routes
+    (and resumed routes) it is a no-op returning 1 (B §6.3)."""
+    if ctx.route_type & FAILURE_ROUTE or ctx.t is not None:
+        return 1
+    msg = ctx.msg
+    if msg.method == "CANCEL":
+        return 1 if S.table.find(tm_lookup.request_key(msg, "INVITE")) else -1
+    h = tm_lookup.lookup_request(ctx)
+    if h is None:
+        if msg.method == "ACK" and msg.to_tag:
+            k = tm_lookup.ack2xx_key(msg.callid, msg.cseq_num or 0, msg.to_tag)
+            return 1 if S.table.find(k) else -1
+        return -1
+    if msg.method == "ACK":
+        return 0
+    tm_reply.resend_last(ctx.proc, h)
+    return 0
+
+
+def w_t_precheck_trans(ctx, site):
+    if ctx.msg.method in ("ACK", "CANCEL"):
+        return -1
+    return 1 if tm_lookup.lookup_request(ctx) is not None else -1
+
+
+def w_t_relay(ctx, site, host=None, port=None):
+    rc = tm_fwd.t_relay(ctx, host, port)
+    if rc > 0 and ctx.t is not None:
+        ctx.t.done = True
+    return rc
+
+
+def w_t_reply(ctx, site, code, reason):
+    if ctx.t is None:
+        rc = tm_lookup.t_newtran(ctx)
+        if rc <= 0:
+            return rc if rc == 0 else -1
+    rc = api.t_reply(ctx, code, reason)
+    if rc > 0:
+        ctx.t.done = True
+        if code >= 200:
+            ctx.replied = True
+    return rc
+
+
+def w_t_on_failure(ctx, site, route):
+    return _set(ctx, on_failure=str(route))
+
+
+def w_t_on_reply(ctx, site, route):
+    return _set(ctx, on_reply=str(route))
+
+
+def w_t_on_branch(ctx, site, route):
+    return _set(ctx, on_branch=str(route))
+
+
+def w_t_set_fr(ctx, site, fr_inv, fr=0):
+    """t_set_fr(fr_inv_timeout [, fr_timeout]) in ms; 0 leaves a value as it is."""
+    kv = {}
+    if fr_inv:
+        kv["fr_inv_ms"] = int(fr_inv)
+    if fr:
+        kv["fr_ms"] = int(fr)
+    return _set(ctx, **kv) if kv else 1
+
+
+def w_t_is_canceled(ctx, site):
+    c = _cell(ctx)
+    return 1 if c is not None and c.flags & F_CANCELED else -1
+
+
+def w_t_check_status(ctx, site, regex):
+    code = _reply_code(ctx)
+    if code is None:
+        return -1
+    return 1 if regex.search(str(code)) else -1
+
+
+def _cell(ctx):
+    h = ctx.t
+    if h is None:
+        return None
+    if h.cell is not None:
+        return h.cell
+    raw = S.table.get(h.index, h.label)
+    return Cell.decode(raw) if raw is not None else None
+
+
+def _reply_code(ctx):
+    h = ctx.t
+    if h is None:
+        return None
+    if ctx.route_type & (FAILURE_ROUTE | ONREPLY_ROUTE) and h.reply_code:
+        return h.reply_code
+    c = _cell(ctx)
+    return c.uas_status if c is not None else None
+
+
+# ---- pseudo-variables --------------------------------------------------------------
+_T_NAMES = ("id_index", "id_label", "id_index_n", "id_label_n", "reply_code", "reply_reason",
+            "reply_type", "branch_index", "reply_last", "ruid")
+
+
+def _parse_T(inner):
+    if inner not in _T_NAMES:
+        raise ValueError(f"unknown $T name '{inner}'")
+    return inner
+
+
+def _get_T(ctx, spec, index):
+    h = ctx.t
+    if h is None:
+        return None
+    if spec in ("id_index", "id_index_n"):
+        return h.index
+    if spec in ("id_label", "id_label_n"):
+        return h.label
+    if spec in ("reply_code", "reply_last"):
+        return _reply_code(ctx)
+    if spec == "reply_type":
+        return 1 if h.reply_msg is None and ctx.route_type & FAILURE_ROUTE else 0
+    if spec == "branch_index":
+        return max(h.branch, 0)
+    if spec == "reply_reason":
+        m = _reply_msg(ctx)
+        return m.reason if m is not None else None
+    return None
+
+
+def _get_reply_code(ctx, spec, index):
+    return _reply_code(ctx)
+
+
+def _reply_msg(ctx):
+    h = ctx.t
+    if h is None or not h.reply_msg:
+        return None
+    if isinstance(h.reply_msg, (bytes, bytearray, memoryview)):
+        from asyncd.sip import parse_msg
+        try:
+            h.reply_msg = parse_msg(bytes(h.reply_msg))
+        except Exception:
+            return None
+    return h.reply_msg
+
+
+_pv_cache = {}
+
+
+def _inner_pv(text):
+    spec = _pv_cache.get(text)
+    if spec is None:
+        from asyncd.cfg.pvcore import PvTable, parse_pv
+        from asyncd.core.errors import CfgError
+        try:
+            spec = parse_pv(text, None, PvTable(getattr(S.script, "modules", ()) or ()))
+        except (CfgError, AttributeError, ValueError) as e:
+            raise ValueError(str(e))
+        _pv_cache[text] = spec
+    return spec
+
+
+def _parse_inner(inner):
+    if not inner or not inner.startswith("$"):
+        raise ValueError("a pseudo-variable is expected inside")
+    return inner
+
+
+def _get_T_req(ctx, spec, index):
+    c = _cell(ctx)
+    if c is None:
+        return None
+    try:
+        msg = tm_lookup.rebuild_request(c, ctx.proc)
+        sub = S.script.new_ctx(msg, ctx.proc, ctx.route_type)
+        return _inner_pv(spec).get(sub)
+    except Exception as e:
+        log.err(MOD, f"$T_req({spec}): {e!r}")
+        return None
+
+
+def _get_T_rpl(ctx, spec, index):
+    m = _reply_msg(ctx)
+    if m is None:
+        return None
+    try:
+        sub = S.script.new_ctx(m, ctx.proc, ctx.route_type)
+        return _inner_pv(spec).get(sub)
+    except Exception as e:
+        log.err(MOD, f"$T_rpl({spec}): {e!r}")
+        return None
+
+
+# ---- hooks --------------------------------------------------------------------------
+def request_in(ctx):
+    if S.table is None:
+        return False
+    return tm_lookup.request_in(ctx)
+
+
+def reply_in(ctx):
+    if S.table is None:
+        return False
+    return tm_reply.reply_in(ctx)
+
+
+def request_done(ctx):
+    """End of request_route: a transaction nobody relayed, replied or
+    suspended is released to the wait timer (Kamailio t_unref: "script writer
+    didn't release transaction"); AVPs set after the last relay land in T."""
+    h = ctx.t
+    if h is None or h.depth or (h.done and ctx.avps is None):
+        return
+    cell = h.acquire()
+    if cell is None:
+        return
+    try:
+        if ctx.avps is not None:
+            cell.avps = ctx.avps.dumps()
+            h.dirty = True
+        if not cell.flags & (F_FINAL | F_SUSPENDED) and not cell.has_pending():
+            tm_timer.arm_wait(h, cell)
+    finally:
+        h.release(tm_lookup.flush)
+
+
+# ---- lifecycle ----------------------------------------------------------------------
+def mod_init(script):
+    from shm.tm_table import TmTable
+    mp = script.modparams.get("tm", {})
+    S.fr_ms = int(mp.get("fr_timer", 30000))
+    S.fr_inv_ms = int(mp.get("fr_inv_timer", 120000))
+    S.wt_ms = int(mp.get("wt_timer", 5000))
+    S.max_inv_ms = int(mp.get("max_inv_lifetime", 180000))
+    S.max_noninv_ms = int(mp.get("max_noninv_lifetime", 32000))
+    S.auto_inv_100 = int(mp.get("auto_inv_100", 1))
+    S.auto_inv_100_reason = str(mp.get("auto_inv_100_reason", S.auto_inv_100_reason))
+    S.failure_reply_mode = int(mp.get("failure_reply_mode", 3))
+    S.t1 = int(mp.get("retr_timer1", 500))
+    S.t2 = int(mp.get("retr_timer2", 4000))
+    if S.fr_ms <= 0 or S.wt_ms <= 0 or S.t1 <= 0 or S.t2 < S.t1:
+        raise RuntimeError("tm: fr_timer, wt_timer, retr_timer1 must be > 0 and retr_timer2 >= retr_timer1")
+    S.script = script
+    S.secret = random.getrandbits(31)
+    S.table = TmTable(script.shm)
+    S.timer_ep = None
+
+
+def child_init(proc, rank):
+    tm_lookup.set_proc(proc)
+    S.addrs = {}
+    S.push = None
+
+
+def procs(script):
+    def run(proc):
+        proc.role = "timer"
+        tm_timer.run(proc)
+    return [ProcSpec("timer", PROC_TIMER, run, 1)]
+
+
+def _fixup_route(site):
+    a = site.args[0]
+    if a.literal and hasattr(site.script, "has_route") and a.value:
+        kinds = {"t_on_failure": "failure_route_names", "t_on_reply": "onreply_route_names",
+                 "t_on_branch": "branch_route_names"}
+        names = getattr(site.script, kinds.get(site.func, ""), None)
+        if names is not None and a.value not in names:
+            site.arg_error(0, f"{site.func}(): no such route block '{a.value}'")
+
+
+EXPORTS = ModuleExports(
+    name="tm",
+    functions=[
+        FuncExport("t_newtran", (), w_t_newtran, RF),
+        FuncExport("t_check_trans", (), w_t_check_trans, RFB),
+        FuncExport("t_precheck_trans", (), w_t_precheck_trans, REQUEST_ROUTE),
+        FuncExport("t_relay", (), w_t_relay, RF),
+        FuncExport("t_relay", (P.STR, P.INT), w_t_relay, RF),
+        FuncExport("t_relay_to_udp", (), w_t_relay, RF),
+        FuncExport("t_relay_to_udp", (P.STR, P.INT), w_t_relay, RF),
+        FuncExport("t_reply", (P.INT, P.STR), w_t_reply, RF),
+        FuncExport("t_on_failure", (P.ROUTE,), w_t_on_failure, RFB, _fixup_route),
+        FuncExport("t_on_reply", (P.ROUTE,), w_t_on_reply, RFB, _fixup_route),
+        FuncExport("t_on_branch", (P.ROUTE,), w_t_on_branch, RF, _fixup_route),
+        FuncExport("t_set_fr", (P.INT,), w_t_set_fr, RFB),
+        FuncExport("t_set_fr", (P.INT, P.INT), w_t_set_fr, RFB),
+        FuncExport("t_is_canceled", (), w_t_is_canceled, ANY_ROUTE),
+        FuncExport("t_check_status", (P.REGEX,), w_t_check_status, ANY_ROUTE),
+    ],
+    params=[
+        ParamExport("fr_timer", int, 30000),
+        ParamExport("fr_inv_timer", int, 120000),
+        ParamExport("wt_timer", int, 5000),
+        ParamExport("max_inv_lifetime", int, 180000),
+        ParamExport("max_noninv_lifetime", int, 32000),
+        ParamExport("auto_inv_100", int, 1),
+        ParamExport("auto_inv_100_reason", str, "trying -- your call is important to us"),
+        ParamExport("failure_reply_mode", int, 3),
+        ParamExport("retr_timer1", int, 500),
+        ParamExport("retr_timer2", int, 4000),
+    ],
+    pvs=[
+        PvExport("T", _get_T, None, _parse_T, True),
+        PvExport("T_reply_code", _get_reply_code, None, None, False),
+        PvExport("T_req", _get_T_req, None, _parse_inner, True),
+        PvExport("T_rpl", _get_T_rpl, None, _parse_inner, True),
+    ],
+    mod_init=mod_init,
+    child_init=child_init,
+    procs=procs,
+    hooks={"request_in": request_in, "request_done": request_done, "reply_in": reply_in},
+)
+
+__all__ = ["EXPORTS", "api", "re"]

@@ -1,0 +1,69 @@
+"""The tm API other modules bind to (docs/contracts.md §6; Kamailio's
+tm_binds / tmx's t_suspend/t_continue): `from asyncd.modules import tm;
+tm.api.t_newtran(ctx)`.
+
+Runs in: whichever process calls it: udp receivers (t_newtran, t_suspend,
+t_reply, t_relay), async task workers and ASYNC MOD TIMER (t_continue,
+t_cancel_suspend, and whatever the resumed route calls).
+"""
+from asyncd.modules import tm_fwd, tm_lookup, tm_reply, tm_suspend
+
+
+def t_newtran(ctx):
+    """1 created (ctx.t set), 0 retransmission absorbed (last reply re-sent,
+    ctx.t points at the existing transaction), <0 error."""
+    return tm_lookup.t_newtran(ctx)
+
+
+def t_suspend(ctx):
+    """-> (rc, tindex, tlabel). rc 0: suspended (request, AVP/XAVP bytes, flags
+    and lumps stored; the INVITE's 100 went out at t_newtran); 1: the
+    transaction was CANCELed (487 sent, nothing to resume); -1: no transaction;
+    -3: a final reply was already sent (spec B §6.2)."""
+    return tm_suspend.t_suspend(ctx)
+
+
+def t_cancel_suspend(tindex, tlabel):
+    """Undo t_suspend when the resume could not be queued. 1 ok, -1 not found."""
+    return tm_suspend.t_cancel_suspend(tindex, tlabel)
+
+
+def t_continue(proc, tindex, tlabel, runner):
+    """Run runner(ctx) on the suspended transaction, as FAILURE_ROUTE, with the
+    stored request, AVPs and XAVPs; automatic 500 when it neither replied,
+    relayed nor suspended again. Returns 0 ran, 1 skipped (CANCELed or timed
+    out), -1 not found (already ended), -2 not suspended (spec B §6.3)."""
+    return tm_suspend.t_continue(proc, tindex, tlabel, runner)
+
+
+def t_reply(ctx, code, reason):
+    """Stateful reply on ctx.t (created when missing, as Kamailio's t_reply
+    does not: it fails without a transaction, so do we). 1 ok, -1 error."""
+    if ctx.t is None:
+        return -1
+    try:
+        return tm_reply.local_reply(ctx, int(code), str(reason))
+    except Exception as e:
+        from asyncd.core import log
+        log.err("tm", f"t_reply(): {e!r}")
+        return -1
+
+
+def t_relay(ctx, host=None, port=None):
+    """Relay ctx.msg statefully (creates the transaction if needed) to host:port,
+    else $du, else the R-URI. 1 ok, 0 retransmission (absorbed), -1 error."""
+    return tm_fwd.t_relay(ctx, host, port)
+
+
+def t_lookup_ident(tindex, tlabel):
+    """A handle on (tindex, tlabel) or None (Kamailio t_lookup_ident)."""
+    from asyncd.modules.tm_cell import Handle
+    if tm_lookup.S.table is None or tm_lookup.S.table.get(tindex, tlabel) is None:
+        return None
+    return Handle(tm_lookup.S.table, tindex, tlabel)
+
+
+def table_count():
+    """Transactions (and 2xx ACK aliases) held in shm right now."""
+    t = tm_lookup.S.table
+    return t.count() if t is not None else 0

@@ -1,0 +1,210 @@
+"""Forwarding: t_relay (new branches), CANCEL to pending branches, hop-by-hop
+ACK/CANCEL building, stateless ACK forwarding.
+
+Runs in: udp receivers (request_route, failure routes on replies), the tm
+`timer` process (failure routes on timeout), async workers (resumed routes).
+
+Kamailio counterpart: t_fwd.c (t_relay_to, add_uac, e2e_cancel, t_forward_nonack).
+RFC 3261 16.6 (request forwarding), 9.1 (CANCEL), 16.10 (CANCEL processing).
+"""
+import socket
+
+from asyncd.core import log
+from asyncd.core.errors import ScriptExit
+from asyncd.core.route_types import BRANCH_ROUTE
+from asyncd.modules import tm_timer
+from asyncd.modules.tm_cell import (F_FINAL, F_CANCELED, F_INVITE, F_IN_FAILURE, F_CONTINUE,
+                                    B_BLIND, B_PROV, B_CANCEL, B_CANCEL_SENT,
+                                    BR_DST, BR_SOCK, BR_REQ, BR_STATUS, BR_FLAGS, BR_VIA, BR_RURI)
+from asyncd.modules.tm_lookup import (S, MOD, make_branch, t_newtran, flush, now, sock_addr)
+
+_dns = {}
+
+
+def resolve(host, port):
+    """(ip, port) for a host; literal IPs skip the resolver. None on failure."""
+    if host.startswith("["):
+        host = host[1:-1]
+    ip = _dns.get(host)
+    if ip is None:
+        try:
+            socket.inet_pton(socket.AF_INET, host)
+            ip = host
+        except OSError:
+            try:
+                ip = socket.gethostbyname(host)
+            except OSError:
+                return None
+            _dns[host] = ip
+    return (ip, int(port or 5060))
+
+
+def _target(msg, host, port):
+    """(ruri, (ip, port)) where this branch goes: explicit host/port, else $du, else R-URI."""
+    from asyncd.sip import parse_uri
+    ruri = msg.new_uri or msg.ruri
+    if host is not None:
+        return ruri, resolve(str(host), port or 5060)
+    u = parse_uri(msg.dst_uri or ruri)
+    return ruri, resolve(u.host, u.port or 5060)
+
+
+def t_relay(ctx, host=None, port=None):
+    """1 relayed, 0 retransmission absorbed (ends the script), -1 error."""
+    msg = ctx.msg
+    if msg.method == "ACK" and ctx.t is None:
+        return _forward_ack(ctx, host, port)
+    if ctx.t is None:
+        rc = t_newtran(ctx)
+        if rc <= 0:
+            return 0 if rc == 0 else -1
+    try:
+        ruri, dst = _target(msg, host, port)
+    except Exception as e:
+        log.err(MOD, f"t_relay(): bad destination: {e!r}")
+        S.last_error = (478, "Unresolvable destination (478/TM)")
+        return -1
+    if dst is None:
+        log.err(MOD, "t_relay(): cannot resolve the destination")
+        return -1
+    h = ctx.t
+    cell = h.acquire()
+    if cell is None:
+        return -1
+    try:
+        if cell.flags & F_FINAL:
+            log.warn(MOD, "t_relay(): a final reply was already sent")
+            return -1
+        if cell.flags & F_CANCELED and (cell.flags & (F_IN_FAILURE | F_CONTINUE)):
+            return -1                       # Kamailio refuses new branches of a CANCELed T
+        if cell.on_branch:
+            if _run_branch_route(ctx, h, cell) is False:
+                return -1
+        bno = len(cell.branches)
+        vb = make_branch(h.index, h.label, bno)
+        sock = msg.sock or 0
+        ip, p = sock_addr(ctx.proc, sock)
+        from asyncd.sip.build import build_request_fwd, via_line
+        data = build_request_fwd(msg, ruri, via_line(ip, p, vb))
+        fr = min(now() + cell.fr_ms / 1000.0, cell.eol)
+        cell.branches.append([ruri, list(dst), sock, vb, data, 0, b"", 0, fr])
+        cell.msg_flags = ctx.flags
+        if ctx.avps is not None:
+            cell.avps = ctx.avps.dumps()
+        if ctx.xavps is not None:
+            cell.xavps = ctx.xavps.dumps()
+        h.dirty = True
+        h.out.append((data, dst, sock))
+        tm_timer.arm_retr(h, bno, S.t1)
+        tm_timer.arm_fr(h, cell, bno, fr)
+    finally:
+        h.release(flush)
+    ctx.relayed = True
+    h.done = True
+    return 1
+
+
+def _run_branch_route(ctx, h, cell):
+    """branch_route runs once per new branch, before it is sent; drop cancels it."""
+    name = cell.on_branch
+    rt = ctx.route_type
+    ctx.route_type = BRANCH_ROUTE
+    try:
+        S.script.run_branch_route(name, ctx)
+    except ScriptExit as e:
+        if e.drop:
+            return False
+    except Exception as e:
+        log.err(MOD, f"branch_route[{name}] failed: {e!r}")
+    finally:
+        ctx.route_type = rt
+    return True
+
+
+def _forward_ack(ctx, host, port):
+    """ACK for a 2xx is end to end: forwarded statelessly (Kamailio t_relay on
+    an ACK without transaction)."""
+    msg = ctx.msg
+    try:
+        ruri, dst = _target(msg, host, port)
+    except Exception:
+        return -1
+    if dst is None:
+        return -1
+    from asyncd.sip.build import build_request_fwd, via_line
+    v = msg.via1
+    br = "z9hG4bKsl%x" % (hash((S.secret, v.branch if v else msg.callid, msg.cseq_num)) & 0xFFFFFFFF)
+    sock = msg.sock or 0
+    ip, p = sock_addr(ctx.proc, sock)
+    data = build_request_fwd(msg, ruri, via_line(ip, p, br))
+    ctx.proc.send(data, dst, sock)
+    ctx.relayed = True
+    return 1
+
+
+def build_hbh(cell, br, method, to_value=None):
+    """CANCEL or ACK for a branch, from the bytes sent on it (RFC 3261 9.1, 17.1.1.3)."""
+    req = br[BR_REQ]
+    if not req:
+        return None
+    try:
+        from asyncd.sip import parse_msg
+        from asyncd.sip.build import build_ack, build_cancel
+        m = parse_msg(req, ("127.0.0.1", 0), ("127.0.0.1", 0), br[BR_SOCK], "udp")
+        return build_cancel(m) if method == "CANCEL" else build_ack(m, to_value)
+    except Exception as e:
+        log.err(MOD, f"cannot build {method} for branch {br[BR_VIA]}: {e!r}")
+        return None
+
+
+def send_cancel(h, cell, br):
+    if br[BR_FLAGS] & (B_CANCEL_SENT | B_BLIND) or br[BR_STATUS] >= 200:
+        return
+    data = build_hbh(cell, br, "CANCEL")
+    br[BR_FLAGS] |= B_CANCEL | B_CANCEL_SENT
+    h.dirty = True
+    if data:
+        h.out.append((data, tuple(br[BR_DST]), br[BR_SOCK]))
+
+
+def e2e_cancel(ctx, h):
+    """A CANCEL matching an INVITE transaction (RFC 3261 16.10, B §6.5):
+    200 to the CANCEL; CANCEL to ringing branches (the others once they ring);
+    with no live branch (only a suspension), 487 to the INVITE here."""
+    from asyncd.sip.build import build_reply
+    msg = ctx.msg
+    try:
+        ctx.proc.send(build_reply(msg, 200, "canceling"), _reply_addr(msg), msg.sock or 0)
+    except Exception as e:
+        log.err(MOD, f"cannot reply to CANCEL: {e!r}")
+    cell = h.acquire()
+    if cell is None:
+        return
+    try:
+        if cell.flags & F_FINAL or not cell.flags & F_INVITE:
+            return
+        cell.flags |= F_CANCELED
+        h.dirty = True
+        live = False
+        for br in cell.branches:
+            if br[BR_STATUS] >= 200 or br[BR_FLAGS] & B_BLIND:
+                continue
+            live = True
+            if br[BR_FLAGS] & B_PROV:
+                send_cancel(h, cell, br)
+            else:
+                br[BR_FLAGS] |= B_CANCEL           # sent when it rings (RFC 3261 9.1)
+        if not live and not cell.flags & F_CONTINUE:
+            from asyncd.modules.tm_reply import reply_cell
+            reply_cell(h, cell, None, 487, "Request Terminated")
+    finally:
+        h.release(flush)
+
+
+def _reply_addr(msg):
+    from asyncd.sip.build import reply_addr
+    return reply_addr(msg)
+
+
+__all__ = ["t_relay", "e2e_cancel", "send_cancel", "build_hbh", "resolve", "F_INVITE",
+           "BR_RURI"]

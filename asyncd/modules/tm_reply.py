@@ -1,0 +1,333 @@
+"""Replies: local replies (t_reply), replies received on our branches (relay
+upstream, best-reply selection, failure_route), retransmission of the last
+reply, and the end of a transaction's active life (wait state).
+
+Runs in: udp receivers (reply_in, t_reply), the tm `timer` process (fr_timer
+expiry runs failure routes there, as Kamailio's timer does), async workers
+(t_reply from resumed routes).
+
+Kamailio counterpart: t_reply.c (relay_reply, t_should_relay_response,
+run_failure_handlers, t_pick_branch, _reply). RFC 3261 16.7 for the proxy
+response processing, 17.2.1 for INVITE server transactions.
+"""
+import re
+
+from asyncd.core import log
+from asyncd.core.errors import ScriptExit
+from asyncd.core.route_types import FAILURE_ROUTE, TM_ONREPLY_ROUTE
+from asyncd.modules import tm_timer
+from asyncd.modules.tm_cell import (Handle, F_FINAL, F_LOCAL, F_CANCELED, F_SUSPENDED, F_INVITE,
+                                    F_IN_FAILURE, F_CONTINUE, B_PROV, B_CANCEL, B_CANCEL_SENT, B_BLIND,
+                                    BR_STATUS, BR_REPLY, BR_FLAGS, BR_REQ, BR_DST, BR_SOCK, BR_FR)
+from asyncd.modules.tm_lookup import (S, MOD, parse_branch, flush, now, ack2xx_key, rebuild_request,
+                                      hard_deadline)
+
+_VIA_RE = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*", re.I)
+TIMEOUT_REASON = "Request Timeout"
+
+
+def strip_top_via(buf):
+    """The reply without its first Via value (ours), RFC 3261 16.7 step 3."""
+    m = _VIA_RE.search(buf)
+    if m is None:
+        return bytes(buf)
+    vstart = m.end()
+    eol = buf.find(b"\r\n", vstart)
+    while eol >= 0 and buf[eol + 2:eol + 3] in (b" ", b"\t"):
+        eol = buf.find(b"\r\n", eol + 2)
+    if eol < 0:
+        return bytes(buf)
+    comma = buf.find(b",", vstart, eol)
+    if comma < 0:
+        return bytes(buf[:m.start()]) + bytes(buf[eol:])
+    rest = comma + 1
+    while buf[rest:rest + 1] in (b" ", b"\t", b"\r", b"\n"):
+        rest += 1
+    return bytes(buf[:vstart]) + bytes(buf[rest:])
+
+
+def _proc():
+    from asyncd.modules.tm_lookup import current_proc
+    return current_proc()
+
+
+# ---- local replies ------------------------------------------------------------
+def local_reply(ctx, code, reason, extra_headers=()):
+    """t_reply on ctx.t (lock taken here, or re-entered when already held)."""
+    h = ctx.t
+    cell = h.acquire()
+    if cell is None:
+        return -1
+    try:
+        rc = reply_cell(h, cell, ctx.msg, code, reason, extra_headers)
+        if rc > 0:
+            h.done = True
+        return rc
+    finally:
+        h.release(flush)
+
+
+def reply_cell(h, cell, msg, code, reason, extra_headers=()):
+    """Build and queue a local reply on a held cell. 1 ok, -1 refused."""
+    if cell.flags & F_FINAL:
+        log.warn(MOD, f"t_reply(): cannot send {code}: a final reply ({cell.uas_status}) was sent already")
+        return -1
+    from asyncd.sip.build import build_reply, stable_to_tag
+    if msg is None:
+        msg = rebuild_request(cell, _proc())
+    if code > 100 and not cell.to_tag:
+        cell.to_tag = msg.to_tag or stable_to_tag(msg)
+    extra = list(extra_headers) + list(getattr(msg, "reply_lumps", None) or ())
+    data = build_reply(msg, code, reason, to_tag=(cell.to_tag if code > 100 else None),
+                       extra_headers=extra)
+    cell.uas_status = code
+    cell.uas_reply = data
+    h.dirty = True
+    h.out.append((data, tuple(cell.reply_to), cell.sock))
+    if code >= 200:
+        cell.flags |= F_FINAL | F_LOCAL
+        if cell.flags & F_INVITE:
+            if code < 300:
+                cell.aliases.append(list(_add_alias(h, msg, cell)))
+            tm_timer.arm_rpl_retr(h, cell)      # until the ACK (17.2.1)
+        else:
+            tm_timer.arm_wait(h, cell)
+        _cancel_pending(h, cell)
+    return 1
+
+
+def _add_alias(h, msg, cell):
+    import msgpack
+    key = ack2xx_key(msg.callid, msg.cseq_num or 0, cell.to_tag)
+    try:
+        created, i, l = S.table.insert(key, msgpack.packb([h.index, h.label]), hard_deadline(cell))
+    except Exception as e:
+        log.err(MOD, f"cannot index the 2xx for its ACK: {e}")
+        return (-1, 0)
+    return (i, l)
+
+
+def resend_last(proc, h):
+    """A retransmitted request: re-send the last reply, if any (17.2.1/17.2.2)."""
+    raw = S.table.get(h.index, h.label)
+    if raw is None:
+        return
+    from asyncd.modules.tm_cell import Cell
+    cell = Cell.decode(raw)
+    if cell.uas_reply:
+        proc.send(cell.uas_reply, tuple(cell.reply_to), cell.sock)
+
+
+# ---- replies received on our branches ------------------------------------------
+def reply_in(ctx):
+    """Hook: a reply whose top Via is one of our branches."""
+    msg = ctx.msg
+    via = msg.via1
+    ids = parse_branch(via.branch if via is not None else None)
+    if ids is None:
+        return False
+    if msg.cseq_method == "CANCEL":
+        return True                           # the 200 to our CANCEL ends there
+    index, label, bno = ids
+    h = Handle(S.table, index, label)
+    cell = h.acquire()
+    if cell is None:
+        return False                          # gone: core forwards 2xx retransmissions statelessly
+    try:
+        on_reply(ctx.proc, h, cell, bno, msg, msg.status)
+    except Exception as e:
+        log.err(MOD, f"reply processing failed: {e!r}")
+    finally:
+        h.release(flush)
+    return True
+
+
+def on_reply(proc, h, cell, bno, msg, status):
+    """One reply (or a timeout: msg None, status 408) on branch bno, cell held."""
+    if bno >= len(cell.branches):
+        return
+    br = cell.branches[bno]
+    h.dirty = True
+    if br[BR_STATUS] >= 200:
+        # a retransmitted final from downstream
+        if msg is not None and cell.flags & F_INVITE:
+            if 200 <= status < 300:
+                h.out.append((strip_top_via(msg.buf), tuple(cell.reply_to), cell.sock))
+            elif status >= 300:
+                _send_ack(h, cell, br, msg)
+        return
+    if msg is not None and cell.on_reply:
+        _run_onreply(proc, h, cell, msg, status, bno)
+    if status < 200:
+        if not br[BR_FLAGS] & B_PROV:
+            br[BR_FLAGS] |= B_PROV
+            if cell.flags & F_INVITE:
+                tm_timer.arm_fr(h, cell, bno, min(now() + cell.fr_inv_ms / 1000.0, cell.eol))
+            if br[BR_FLAGS] & B_CANCEL and not br[BR_FLAGS] & B_CANCEL_SENT:
+                from asyncd.modules.tm_fwd import send_cancel
+                send_cancel(h, cell, br)
+        if status > 100 and not cell.flags & F_FINAL and msg is not None:
+            data = strip_top_via(msg.buf)
+            cell.uas_status = status
+            cell.uas_reply = data
+            h.out.append((data, tuple(cell.reply_to), cell.sock))
+        return
+    br[BR_STATUS] = status
+    if 200 <= status < 300:
+        br[BR_REQ] = b""
+        if cell.flags & F_INVITE or not cell.flags & F_FINAL:
+            data = strip_top_via(msg.buf)
+            h.out.append((data, tuple(cell.reply_to), cell.sock))
+            if not cell.flags & F_FINAL:
+                cell.uas_status = status
+                cell.uas_reply = data
+                cell.flags |= F_FINAL
+                _cancel_pending(h, cell)     # RFC 3261 16.7 step 10
+                tm_timer.arm_wait(h, cell)
+        return
+    if msg is not None:
+        br[BR_REPLY] = strip_top_via(msg.buf)
+        if cell.flags & F_INVITE:
+            _send_ack(h, cell, br, msg)
+    elif cell.flags & F_INVITE and br[BR_FLAGS] & B_PROV and not br[BR_FLAGS] & B_BLIND:
+        from asyncd.modules.tm_fwd import send_cancel
+        send_cancel(h, cell, br)               # fr_inv_timer hit a ringing branch
+    br[BR_REQ] = b"" if not cell.flags & F_INVITE else br[BR_REQ]
+    if br[BR_FLAGS] & B_BLIND:
+        cell.flags &= ~F_SUSPENDED             # B §6.4: the timeout ends the suspension
+    if not cell.flags & F_FINAL and not cell.has_pending():
+        final_decision(proc, h, cell)
+
+
+def _prio(code):
+    cls = code // 100
+    base = {6: 0, 2: 1000, 3: 2000, 4: 3000, 5: 4000}.get(cls, 9000)
+    if code in (401, 407, 415, 420, 484):
+        return base
+    if code == 503:
+        return base + 99
+    return base + code % 100 + 1
+
+
+def pick_branch(cell):
+    """Kamailio t_pick_branch: 6xx first, then the lowest class; within 4xx the
+    ones a UAC can act on (auth, unsupported) win."""
+    best, bprio = -1, 1 << 30
+    for i, b in enumerate(cell.branches):
+        if b[BR_STATUS] >= 300:
+            p = _prio(b[BR_STATUS])
+            if p < bprio:
+                best, bprio = i, p
+    return best
+
+
+def final_decision(proc, h, cell):
+    """Every branch is final and negative: failure_route, else relay the best."""
+    bi = pick_branch(cell)
+    code = cell.branches[bi][BR_STATUS] if bi >= 0 else 500
+    if cell.flags & F_CANCELED:
+        code = 487 if code == 408 else code
+    if cell.on_failure and not cell.flags & F_IN_FAILURE:
+        route, cell.on_failure = cell.on_failure, None     # one shot, as Kamailio
+        run_failure_route(proc, h, cell, route, code, bi)
+        if cell.flags & F_FINAL or cell.has_pending(with_blind=True):
+            return
+        bi = pick_branch(cell)
+        code = cell.branches[bi][BR_STATUS] if bi >= 0 else 500
+        if cell.flags & F_CANCELED and code == 408:
+            code = 487
+    data = cell.branches[bi][BR_REPLY] if bi >= 0 else b""
+    if data and code == cell.branches[bi][BR_STATUS]:
+        cell.uas_status = code
+        cell.uas_reply = data
+        cell.flags |= F_FINAL
+        h.out.append((data, tuple(cell.reply_to), cell.sock))
+        tm_timer.arm_wait(h, cell)
+    else:
+        reason = {408: TIMEOUT_REASON, 487: "Request Terminated"}.get(
+            code, "I'm terribly sorry, server error occurred (1/TM)")
+        reply_cell(h, cell, None, code, reason)
+
+
+def _fake_ctx(proc, h, cell, route_type):
+    from shm.avp import AvpList, XavpList
+    msg = rebuild_request(cell, proc)
+    ctx = S.script.new_ctx(msg, proc, route_type)
+    ctx.t = h
+    ctx.flags = cell.msg_flags
+    if cell.avps:
+        ctx.avps = AvpList.loads(cell.avps)
+    if cell.xavps:
+        ctx.xavps = XavpList.loads(cell.xavps)
+    return ctx
+
+
+def save_ctx_state(ctx, cell):
+    """AVPs/XAVPs and message flags live on the transaction (B §6.1, §7)."""
+    if ctx.avps is not None:
+        cell.avps = ctx.avps.dumps()
+    if ctx.xavps is not None:
+        cell.xavps = ctx.xavps.dumps()
+    cell.msg_flags = ctx.flags
+
+
+def run_failure_route(proc, h, cell, route, code, bi):
+    try:
+        ctx = _fake_ctx(proc, h, cell, FAILURE_ROUTE)
+    except Exception as e:
+        log.err(MOD, f"failure_route[{route}]: cannot rebuild the request: {e!r}")
+        return
+    h.reply_code = code
+    h.reply_msg = cell.branches[bi][BR_REPLY] if bi >= 0 else None
+    h.branch = bi
+    cell.flags |= F_IN_FAILURE
+    try:
+        S.script.run_failure_route(route, ctx)
+    except ScriptExit:
+        pass
+    except Exception as e:
+        log.err(MOD, f"failure_route[{route}] failed: {e!r}")
+    finally:
+        cell = h.cell
+        cell.flags &= ~F_IN_FAILURE
+        save_ctx_state(ctx, cell)
+        h.dirty = True
+
+
+def _run_onreply(proc, h, cell, msg, status, bno):
+    ctx = S.script.new_ctx(msg, proc, TM_ONREPLY_ROUTE)
+    ctx.t = h
+    h.reply_code = status
+    h.reply_msg = msg.buf
+    h.branch = bno
+    try:
+        S.script.run_onreply_route(cell.on_reply, ctx)
+    except ScriptExit:
+        pass
+    except Exception as e:
+        log.err(MOD, f"onreply_route[{cell.on_reply}] failed: {e!r}")
+
+
+def _send_ack(h, cell, br, msg):
+    """ACK for a non-2xx final, hop by hop (RFC 3261 17.1.1.3)."""
+    from asyncd.modules.tm_fwd import build_hbh
+    data = build_hbh(cell, br, "ACK", msg.hdr("To"))
+    if data:
+        h.out.append((data, tuple(br[BR_DST]), br[BR_SOCK]))
+
+
+def _cancel_pending(h, cell):
+    """A final went upstream: CANCEL the branches still ringing (16.7 step 10)."""
+    if not cell.flags & F_INVITE:
+        return
+    from asyncd.modules.tm_fwd import send_cancel
+    for b in cell.branches:
+        if b[BR_STATUS] < 200 and not b[BR_FLAGS] & B_BLIND:
+            if b[BR_FLAGS] & B_PROV:
+                send_cancel(h, cell, b)
+            else:
+                b[BR_FLAGS] |= B_CANCEL
+
+
+__all__ = ["strip_top_via", "local_reply", "reply_cell", "resend_last", "reply_in",
+           "on_reply", "final_decision", "save_ctx_state", "BR_FR"]

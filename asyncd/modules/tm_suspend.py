@@ -1,0 +1,132 @@
+"""Suspending a transaction in one process and continuing it in another
+(spec B §6.2-6.6; Kamailio t_suspend.c).
+
+Runs in: udp receivers (t_suspend from request/failure routes), async task
+workers and ASYNC MOD TIMER (t_continue), any process (t_cancel_suspend).
+
+A suspension is a *blind branch*: no request is sent, but its final response
+timer runs with the transaction's fr_timer (never fr_inv_timer, B §6.4), so a
+transaction nobody continues still ends with its failure_route or a 408. The
+resumed route runs as FAILURE_ROUTE under the transaction's lock, as Kamailio
+holds the reply lock for the whole resumed route (B §6.3 step 4).
+"""
+from asyncd.core import log
+from asyncd.core.errors import ScriptExit
+from asyncd.core.route_types import FAILURE_ROUTE
+from asyncd.modules import tm_timer
+from asyncd.modules.tm_cell import (Handle, F_CANCELED, F_FINAL, F_SUSPENDED, F_CONTINUE,
+                                    F_NOISY, F_WAIT, B_BLIND, BR_STATUS, BR_FLAGS)
+from asyncd.modules.tm_lookup import S, MOD, flush, now
+
+AUTO_500 = "I'm terribly sorry, server error occurred (1/TM)"
+
+
+def t_suspend(ctx):
+    """(rc, tindex, tlabel): rc 0 suspended, 1 CANCELed meanwhile (not
+    suspended; the 487 is out), -1 no transaction, -3 already replied."""
+    h = ctx.t
+    if h is None:
+        return -1, 0, 0
+    cell = h.acquire()
+    if cell is None:
+        return -1, 0, 0
+    try:
+        if cell.flags & F_CANCELED:
+            return 1, h.index, h.label
+        if cell.flags & F_FINAL:
+            return -3, h.index, h.label
+        msg = ctx.msg
+        if not cell.branches:
+            # lumps are saved once, before the first branch (B §6.2 step 3)
+            cell.lumps = [list(msg.hdr_adds or ()), sorted(msg.hdr_removes or ()),
+                          list(msg.reply_lumps or ())]
+        cell.msg_flags = ctx.flags
+        if ctx.avps is not None:
+            cell.avps = ctx.avps.dumps()
+        if ctx.xavps is not None:
+            cell.xavps = ctx.xavps.dumps()
+        bno = len(cell.branches)
+        fr = min(now() + cell.fr_ms / 1000.0, cell.eol)
+        cell.branches.append(["", ["", 0], cell.sock, "", b"", 0, b"", B_BLIND, fr])
+        cell.flags = (cell.flags | F_SUSPENDED | F_NOISY) & ~F_CONTINUE
+        cell.susp_route_type = ctx.route_type
+        h.dirty = True
+        tm_timer.arm_fr(h, cell, bno, fr)
+        h.done = True
+        return 0, h.index, h.label
+    finally:
+        h.release(flush)
+
+
+def _blind(cell):
+    for i in range(len(cell.branches) - 1, -1, -1):
+        if cell.branches[i][BR_FLAGS] & B_BLIND:
+            return i
+    return -1
+
+
+def t_cancel_suspend(tindex, tlabel):
+    """Undo a suspend whose resume could not be queued (PR #3629): the blind
+    branch is final, the flag cleared. The caller still owns the request."""
+    h = Handle(S.table, tindex, tlabel)
+    cell = h.acquire()
+    if cell is None:
+        return -1
+    try:
+        b = _blind(cell)
+        if b >= 0 and cell.branches[b][BR_STATUS] < 200:
+            cell.branches[b][BR_STATUS] = 500
+        cell.flags &= ~F_SUSPENDED
+        h.dirty = True
+        return 1
+    finally:
+        h.release(flush)
+
+
+def t_continue(proc, tindex, tlabel, runner):
+    """Run runner(ctx) on the suspended transaction (B §6.3). Returns 0 when it
+    ran, 1 when skipped (CANCELed, timed out), -1 not found, -2 not suspended."""
+    h = Handle(S.table, tindex, tlabel)
+    cell = h.acquire()
+    if cell is None:
+        log.warn(MOD, f"t_continue(): active transaction not found ({tindex}:{tlabel})")
+        return -1
+    ctx = None
+    try:
+        if cell.flags & F_WAIT and not cell.flags & F_SUSPENDED:
+            log.warn(MOD, f"t_continue(): active transaction not found ({tindex}:{tlabel})")
+            return -1
+        if not cell.flags & F_SUSPENDED:
+            log.warn(MOD, f"t_continue(): transaction is not suspended ({tindex}:{tlabel})")
+            return -2
+        h.dirty = True
+        if cell.flags & F_CANCELED:
+            cell.flags &= ~F_SUSPENDED
+            return 1
+        cell.flags = (cell.flags | F_CONTINUE) & ~F_SUSPENDED
+        b = _blind(cell)
+        if b < 0 or cell.branches[b][BR_STATUS] >= 200:
+            return 1
+        cell.branches[b][BR_STATUS] = 500          # never pending again (step 5)
+        from asyncd.modules.tm_reply import _fake_ctx, save_ctx_state, reply_cell
+        try:
+            ctx = _fake_ctx(proc, h, cell, FAILURE_ROUTE)
+        except Exception as e:
+            log.err(MOD, f"t_continue(): cannot rebuild the request: {e!r}")
+            reply_cell(h, cell, None, 500, AUTO_500)
+            return 0
+        try:
+            runner(ctx)
+        except ScriptExit:
+            pass
+        except Exception as e:
+            log.err(MOD, f"t_continue(): resumed route failed: {e!r}")
+        cell = h.cell
+        save_ctx_state(ctx, cell)
+        if not cell.flags & F_FINAL and not cell.has_pending():
+            err = getattr(S, "last_error", None)
+            reply_cell(h, cell, ctx.msg, 500, AUTO_500)   # step 9
+        cell.flags &= ~F_CONTINUE
+        return 0
+    finally:
+        h.release(flush)

@@ -1,0 +1,210 @@
+"""tm timers: request retransmissions (RFC 3261 Timers A/E), final response
+timers (B/F: fr_timer, fr_inv_timer), local final reply retransmissions until
+the ACK (G/H), the wait timer that frees a transaction, and the table sweep.
+
+Runs in: the tm `timer` process (the heap and every handler); any process
+(arming: one small msgpack frame over ZeroMQ PUSH per locked section).
+
+Entries are [kind, tindex, tlabel, arg, due, interval]; `due` is absolute on
+the monotonic clock (shared by all processes), so queueing delay never shifts
+a timer. Cancel is by marking: a handler re-reads the cell and does nothing
+when the state moved on (a branch got its reply, the fr deadline on the
+branch is no longer the one this entry was armed for, the ACK came).
+Kamailio runs these in `timer`/`slow timer` (B §1.2); the sweep is our
+safety net: a slot whose hard deadline passed is freed whatever was lost.
+"""
+import heapq
+import os
+import time
+
+import msgpack
+
+from asyncd.core import log
+from asyncd.modules.tm_cell import (Cell, Handle, F_FINAL, F_LOCAL, F_ACKED, F_INVITE, F_WAIT,
+                                    B_PROV, BR_STATUS, BR_REQ, BR_FR, BR_FLAGS, BR_DST, BR_SOCK)
+
+K_RETR, K_FR, K_RPL, K_WAIT = 1, 2, 3, 4
+SWEEP_EVERY = 1.0
+
+
+def _S():
+    from asyncd.modules.tm_lookup import S
+    return S
+
+
+# ---- arming (any process, lock held: entries leave when it is dropped) -------
+def arm_retr(h, bno, interval_ms):
+    h.timers.append([K_RETR, h.index, h.label, bno, time.monotonic() + interval_ms / 1000.0,
+                     interval_ms])
+
+
+def arm_fr(h, cell, bno, deadline):
+    cell.branches[bno][BR_FR] = deadline
+    h.dirty = True
+    h.timers.append([K_FR, h.index, h.label, bno, deadline, 0])
+
+
+def arm_rpl_retr(h, cell):
+    S = _S()
+    h.timers.append([K_RPL, h.index, h.label, int(time.monotonic() * 1000),
+                     time.monotonic() + S.t1 / 1000.0, S.t1])
+
+
+def arm_wait(h, cell):
+    if cell.flags & F_WAIT:
+        return
+    cell.flags |= F_WAIT
+    h.dirty = True
+    h.timers.append([K_WAIT, h.index, h.label, 0, time.monotonic() + _S().wt_ms / 1000.0, 0])
+
+
+_local = {"heap": None}
+
+
+def push_many(entries):
+    """Hand entries to the timer process (directly when we are it)."""
+    heap = _local["heap"]
+    if heap is not None:
+        for e in entries:
+            heapq.heappush(heap, (e[4], id(e), e))
+        return
+    S = _S()
+    pid = os.getpid()
+    if S.push is None or S.push_pid != pid:
+        import zmq
+        from asyncd import ipc
+        sock = ipc.context().socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 500)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        from asyncd.modules.tm_lookup import timer_endpoint
+        sock.connect(timer_endpoint())
+        S.push, S.push_pid = sock, pid
+    try:
+        S.push.send(msgpack.packb(entries), copy=False)
+    except Exception as e:
+        log.err("tm", f"cannot arm tm timers: {e!r}")
+
+
+# ---- the timer process ---------------------------------------------------------
+def run(proc):
+    import zmq
+    from asyncd import ipc
+    from asyncd.modules.tm_lookup import set_proc
+    S = _S()
+    set_proc(proc)
+    pull = ipc.context(proc).socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 0)
+    from asyncd.modules.tm_lookup import timer_endpoint
+    pull.bind(timer_endpoint())
+    heap = _local["heap"] = []
+    next_sweep = time.monotonic() + SWEEP_EVERY
+    try:
+        while not proc.stopping:
+            t = time.monotonic()
+            wait = 0.2 if not heap else max(0.0, min(0.2, heap[0][0] - t))
+            if pull.poll(int(wait * 1000 + 0.999)):
+                while True:
+                    try:
+                        frame = pull.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        for e in msgpack.unpackb(frame):
+                            heapq.heappush(heap, (e[4], id(e), e))
+                    except Exception as e:
+                        log.err("tm", f"bad timer frame: {e!r}")
+            t = time.monotonic()
+            while heap and heap[0][0] <= t + 0.0002:
+                _, _, e = heapq.heappop(heap)
+                try:
+                    fire(proc, e)
+                except Exception as ex:
+                    log.err("tm", f"timer {e[0]} failed: {ex!r}")
+            if t >= next_sweep:
+                next_sweep = t + SWEEP_EVERY
+                sweep()
+    finally:
+        pull.close(0)
+        _local["heap"] = None
+
+
+def fire(proc, e):
+    kind, index, label, arg, due, interval = e
+    if kind == K_WAIT:
+        free(index, label)
+        return
+    from asyncd.modules.tm_lookup import flush
+    h = Handle(_S().table, index, label)
+    cell = h.acquire()
+    if cell is None:
+        return
+    try:
+        if kind == K_RETR:
+            _retr_request(h, cell, arg, interval)
+        elif kind == K_FR:
+            br = cell.branches[arg] if arg < len(cell.branches) else None
+            if br is not None and br[BR_STATUS] < 200 and abs(br[BR_FR] - due) < 1e-6:
+                from asyncd.modules.tm_reply import on_reply
+                on_reply(proc, h, cell, arg, None, 408)
+        elif kind == K_RPL:
+            _retr_reply(h, cell, arg, interval)
+    finally:
+        h.release(flush)
+
+
+def _retr_request(h, cell, bno, interval):
+    """Timer A (INVITE: doubling, stops at the first reply) / E (non-INVITE:
+    doubling up to T2, T2 after a provisional), RFC 3261 17.1.1.2, 17.1.2.2."""
+    S = _S()
+    br = cell.branches[bno] if bno < len(cell.branches) else None
+    if br is None or br[BR_STATUS] >= 200 or not br[BR_REQ] or cell.flags & F_FINAL:
+        return
+    if cell.flags & F_INVITE:
+        if br[BR_FLAGS] & B_PROV:
+            return
+        nxt = interval * 2
+    else:
+        nxt = S.t2 if br[BR_FLAGS] & B_PROV else min(interval * 2, S.t2)
+    h.out.append((br[BR_REQ], tuple(br[BR_DST]), br[BR_SOCK]))
+    arm_retr(h, bno, nxt)
+
+
+def _retr_reply(h, cell, started_ms, interval):
+    """Timer G until the ACK, given up after 64*T1 (Timer H), RFC 3261 17.2.1."""
+    S = _S()
+    if not cell.flags & F_FINAL or cell.flags & F_ACKED or not cell.flags & F_LOCAL:
+        return
+    if time.monotonic() * 1000 - started_ms >= 64 * S.t1:
+        arm_wait(h, cell)
+        return
+    h.out.append((cell.uas_reply, tuple(cell.reply_to), cell.sock))
+    nxt = min(interval * 2, S.t2)
+    h.timers.append([K_RPL, h.index, h.label, started_ms, time.monotonic() + nxt / 1000.0, nxt])
+
+
+def free(index, label):
+    """End of the wait state: the transaction and its ACK aliases go."""
+    S = _S()
+    raw = S.table.get(index, label)
+    if raw is None:
+        return
+    try:
+        cell = Cell.decode(raw)
+        for a in cell.aliases:
+            if a and a[0] >= 0:
+                S.table.delete(a[0], a[1])
+    except Exception as e:
+        log.err("tm", f"freeing {index}:{label}: {e!r}")
+    S.table.delete(index, label)
+
+
+def sweep():
+    S = _S()
+    for index, label in S.table.expired():
+        log.warn("tm", f"transaction {index}:{label} outlived its end of life: freed by the sweep")
+        free(index, label)
+        S.table.delete(index, label)
+
+
+__all__ = ["arm_retr", "arm_fr", "arm_rpl_retr", "arm_wait", "push_many", "run", "fire",
+           "free", "sweep", "BR_DST", "B_PROV"]
