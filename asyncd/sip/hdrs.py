@@ -165,7 +165,43 @@ _VIA_RE = re.compile(
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?:\s*:\s*([0-9]{1,5}))?\s*(?:;(.*))?\Z", re.S)
 
 
+# the common, compact form: SIP/2.0/UDP host[:port];p[=v]... (no LWS, no quotes)
+_VIA_FAST_RE = re.compile(
+    r"SIP/2\.0/([A-Za-z]+) (\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?::([0-9]{1,5}))?"
+    r"((?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*)\Z")
+
+
+def _via_fast(s):
+    m = _VIA_FAST_RE.match(s)
+    if m is None:
+        return None
+    transport, host, port, rest = m.groups()
+    v = Via()
+    v.raw = s
+    v.protocol = "SIP/2.0"
+    v.transport = transport.upper()
+    v.host = host
+    if port is not None:
+        port = int(port)
+        if port > 65535:
+            return None
+    v.port = port
+    params = v.params = {}
+    if rest:
+        for p in rest[1:].split(";"):
+            name, _, val = p.partition("=")
+            params[name.lower()] = val
+    v.branch = params.get("branch")
+    v.rport = params.get("rport")
+    v.received = params.get("received")
+    v.maddr = params.get("maddr")
+    return v
+
+
 def parse_via(s):
+    v = _via_fast(s)
+    if v is not None:
+        return v
     m = _VIA_RE.match(s)
     if m is None:
         raise SipParseError("Bad Via header")
@@ -192,7 +228,9 @@ def parse_via(s):
 
 def parse_via_line(value):
     """All via-parms of one Via header line; an empty element is an error."""
-    return [parse_via(p) for p in split_commas(value)]
+    if "," not in value:
+        return [parse_via(value)]
+    return [parse_via(p.strip(" \t")) for p in split_commas(value)]
 
 
 class NameAddr:

@@ -21,7 +21,7 @@ import itertools
 import re
 import time
 
-from .hdrs import (COMPACT, SINGLE, SipParseError, canon, canon_checked, parse_cseq,
+from .hdrs import (SINGLE, SipParseError, canon, canon_checked, parse_cseq,
                    parse_nameaddr, parse_nameaddr_list, parse_via_line)
 from .uri import parse_uri
 
@@ -29,9 +29,12 @@ __all__ = ["SipMsg", "parse_msg", "faked_request"]
 
 _ids = itertools.count(1)
 _FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
+_FOLDED_RE = re.compile(r"\n[ \t]")
 _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _RURI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"]+\Z")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.I)
+# the whole well-formed Request-Line in one match (the common case)
+_REQLINE_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) ([A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"]+) SIP/2\.0\Z")
 _REQUIRED = ("via", "from", "to", "call-id", "cseq")
 
 
@@ -87,7 +90,7 @@ class SipMsg:
     @property
     def headers(self):
         """(name, value) in order, names as written, values unfolded."""
-        return [(n, v) for _, n, v in self._hl]
+        return [(n.rstrip(" \t"), v) for _, n, v in self._hl]
 
     @property
     def first_line(self):
@@ -267,7 +270,7 @@ def _split_head(m, buf):
             head = head[:head.rfind("\r\n")] if "\r\n" in head else head
             start = len(buf)
             err = "No end of headers"
-    if "\r\n " in head or "\r\n\t" in head:
+    if _FOLDED_RE.search(head) is not None:
         raw = []
         for line in head.split("\r\n"):
             if len(raw) > 1 and line[:1] in (" ", "\t"):
@@ -281,34 +284,43 @@ def _split_head(m, buf):
     return lines, start, err
 
 
+_names = {}  # header name as written -> canonical key (validated once per process)
+
+
+def _name_key(name):
+    key = _names.get(name)
+    if key is None:
+        n = name.rstrip(" \t")
+        if not n:
+            raise SipParseError("Bad header line")
+        key = canon_checked(n.lower())
+        if len(_names) < 4096:  # arbitrary names from the wire must not grow it forever
+            _names[name] = key
+    return key
+
+
 def _index_headers(m, lines):
     hl = []
     idx = {}
     err = None
     for j in range(1, len(lines)):
-        line = lines[j]
-        i = line.find(":")
-        if i <= 0:
-            err = err or "Bad header line"
-            hl.append(("", line, ""))
-            continue
-        name = line[:i]
-        if name[-1] in " \t":
-            name = name.rstrip(" \t")
+        name, colon, value = lines[j].partition(":")
         try:
-            key = canon_checked(name.lower())
+            if not colon:
+                raise SipParseError("Bad header line")
+            key = _name_key(name)
         except SipParseError as e:
             err = err or e.reason
-            hl.append(("", line, ""))
+            hl.append(("", lines[j], ""))
             continue
-        value = line[i + 1:].strip(" \t")
+        value = value.strip(" \t")
         hl.append((key, name, value))
         lst = idx.get(key)
         if lst is None:
             idx[key] = [value]
         else:
             if key in SINGLE:
-                err = err or "Multiple %s headers" % name
+                err = err or "Multiple %s headers" % name.rstrip(" \t")
             lst.append(value)
     m._hl = hl
     m._idx = idx
@@ -327,6 +339,20 @@ def _first_line(m, line):
         m.status = int(code)
         m.reason = parts[2] if len(parts) > 2 else ""
         return
+    rl = _REQLINE_RE.match(line)
+    if rl is not None:
+        m.method, ruri = rl.groups()
+    else:
+        ruri = _bad_request_line(m, line)
+    # RFC 3261 19.1.1: headers are not allowed in a Request-URI (RFC 4475 3.1.2.11)
+    if "?" in ruri and ruri[:4].lower() in ("sip:", "sips") \
+            and ruri.find("?", ruri.rfind("@") + 1) >= 0:
+        raise SipParseError("Bad Request-URI: headers not allowed")
+    m.ruri = ruri
+
+
+def _bad_request_line(m, line):
+    """Slow path: say what is wrong with the Request-Line (or accept sip/2.0 in lowercase)."""
     parts = line.split(" ")
     if len(parts) > 0 and _METHOD_RE.match(parts[0]):
         m.method = parts[0]
@@ -339,10 +365,7 @@ def _first_line(m, line):
         raise SipParseError("Bad Request-Line")
     if _RURI_RE.match(ruri) is None:
         raise SipParseError("Bad Request-URI")
-    # RFC 3261 19.1.1: headers are not allowed in a Request-URI (RFC 4475 3.1.2.11)
-    if ruri[:4].lower() in ("sip:", "sips") and ruri.find("?", ruri.rfind("@") + 1) >= 0:
-        raise SipParseError("Bad Request-URI: headers not allowed")
-    m.ruri = ruri
+    return ruri
 
 
 def _checks(m, buf, start):
