@@ -218,7 +218,9 @@ def faked_msg():
     Fresh per task: Kamailio reuses one static message, leaking e.g. $ru
     changes to the next task of the worker (spec B §2.6); we do not."""
     from asyncd.sip import faked_request
-    return faked_request()
+    msg = faked_request()
+    msg.faked = True
+    return msg
 
 
 def _exec_tkv(proc, item):

@@ -59,8 +59,12 @@ _tm_api = None
 def _tm():
     global _tm_api
     if _tm_api is None:
-        from asyncd.modules import tm
-        _tm_api = tm.api
+        try:
+            from asyncd.modules import tm
+            _tm_api = tm.api
+        except (ImportError, AttributeError):
+            from asyncd.modules import tm_api
+            _tm_api = tm_api
     return _tm_api
 
 
@@ -253,8 +257,22 @@ def _route_ok(ctx, site, name):
     return True
 
 
+_FAKED_BUF = None
+
+
 def _is_faked(msg):
-    return bool(getattr(msg, "faked", False))
+    """The core faked request (event routes, data/tkv tasks): B §2.0, GH #1727."""
+    global _FAKED_BUF
+    if getattr(msg, "faked", False):
+        return True
+    if _FAKED_BUF is None:
+        try:
+            from asyncd.sip import msg as sipmsg
+            _FAKED_BUF = sipmsg._FAKED
+        except (ImportError, AttributeError):
+            _FAKED_BUF = b""
+    buf = getattr(msg, "buf", None)
+    return buf is _FAKED_BUF or buf == _FAKED_BUF
 
 
 def _suspend(ctx, site, disp, kind, target, due=None):
