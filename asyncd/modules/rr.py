@@ -1,0 +1,139 @@
+"""rr: Record-Route insertion and loose routing (Kamailio's rr module,
+RFC 3261 16.4, 16.6 step 4, 16.12).
+
+Runs in: udp receivers, async task workers (any process running a request
+route).
+
+record_route() adds `Record-Route: <sip:IP:PORT;lr;ftag=...>` for the socket
+the request came in on. loose_route() consumes a top Route that is ours and
+routes by the next one ($du), or by a foreign top Route directly; it also
+undoes a strict router's R-URI rewrite (16.4). Returns 1 when the request was
+routed by Route headers, -1 when there were none (an initial request).
+"""
+from asyncd.core import log
+from asyncd.core.exports import FuncExport, ModuleExports, P
+from asyncd.core.route_types import REQUEST_ROUTE, FAILURE_ROUTE, BRANCH_ROUTE
+
+MOD = "rr"
+
+
+def _our_addrs(ctx):
+    """(host, port) pairs that mean us: our sockets and the cfg aliases."""
+    proc = ctx.proc
+    cache = proc.extra.get("rr_ours") if proc.extra is not None else None
+    if cache is not None:
+        return cache
+    ours = set()
+    for s in proc.sockets:
+        try:
+            ip, port = s.getsockname()[:2]
+        except OSError:
+            continue
+        ours.add((ip, port))
+        if ip == "127.0.0.1":
+            ours.add(("localhost", port))
+    script = proc.script
+    aliases = (getattr(script, "core", None) or {}).get("alias") or []
+    if isinstance(aliases, str):
+        aliases = [aliases]
+    ports = {p for _, p in ours} or {5060}
+    for a in aliases:
+        host, port = (a[1], a[2]) if isinstance(a, (tuple, list)) else (str(a), None)
+        for p in ([int(port)] if port else ports):
+            ours.add((str(host).lower(), p))
+    proc.extra["rr_ours"] = ours
+    return ours
+
+
+def is_myself(ctx, uri):
+    """The URI names one of our addresses (Kamailio check_self)."""
+    from asyncd.sip import parse_uri
+    try:
+        u = parse_uri(uri) if isinstance(uri, str) else uri
+    except Exception:
+        return False
+    host = (u.host or "").lower().strip("[]")
+    return (host, u.port or 5060) in _our_addrs(ctx)
+
+
+def record_route(ctx, params=None):
+    msg = ctx.msg
+    ip, port = msg.dst[0], msg.dst[1]
+    uri = "sip:%s:%d;lr" % (ip, port)
+    try:
+        ft = msg.from_tag
+    except Exception:
+        ft = None
+    if ft:
+        uri += ";ftag=" + ft
+    if params:
+        uri += params if params.startswith(";") else ";" + params
+    msg.hdr_adds.append("Record-Route: <%s>\r\n" % uri)
+    return 1
+
+
+def _uri_of(value):
+    v = value.strip()
+    if "<" in v:
+        return v[v.index("<") + 1:v.index(">", v.index("<"))]
+    return v.split(";", 1)[0]
+
+
+def loose_route(ctx):
+    msg = ctx.msg
+    from asyncd.sip import parse_uri
+    from asyncd.sip.hdrs import split_commas
+    routes = []
+    for line in msg.hdrs("route"):
+        routes.extend(r.strip() for r in split_commas(line) if r.strip())
+    if not routes:
+        return -1
+    changed = False
+    first = _uri_of(routes[0])
+    if is_myself(ctx, first):
+        routes.pop(0)
+        changed = True
+        if not routes:
+            msg.hdr_removes.add("route")
+            return 1            # last hop of the route set: route by the R-URI
+        first = _uri_of(routes[0])
+    try:
+        pu = parse_uri(first)
+    except Exception:
+        log.err(MOD, f"loose_route(): bad Route URI '{first}'")
+        return -1
+    if "lr" in (pu.params or {}):
+        msg.dst_uri = first
+    else:
+        # next hop is a strict router: it gets the R-URI, ours goes last (16.6 step 6)
+        routes.pop(0)
+        routes.append("<%s>" % msg.cur_uri)
+        msg.new_uri = first
+        changed = True
+    if changed:
+        msg.hdr_removes.add("route")
+        for r in routes:
+            msg.hdr_adds.append("Route: %s\r\n" % r)
+    return 1
+
+
+def _w_record_route(ctx, site, params=None):
+    return record_route(ctx, params)
+
+
+def _w_loose_route(ctx, site):
+    try:
+        return loose_route(ctx)
+    except Exception as e:
+        log.err(MOD, f"loose_route(): {e!r}")
+        return -1
+
+
+EXPORTS = ModuleExports(
+    name="rr",
+    functions=[
+        FuncExport("record_route", (), _w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
+        FuncExport("record_route", (P.STR,), _w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
+        FuncExport("loose_route", (), _w_loose_route, REQUEST_ROUTE),
+    ],
+)

@@ -1,0 +1,66 @@
+"""tmx: t_suspend() and t_continue(tindex, tlabel, rtname) for scripts
+(Kamailio's tmx module, spec B §6.2-6.3); $T(...) lives in tm.py.
+
+Runs in: udp receivers (t_suspend, and t_continue called from another
+request's route), async task workers and timer-driven event routes
+(t_continue).
+
+The usual pattern: suspend, keep `$T(id_index)`/`$T(id_label)` somewhere
+shared ($sht, $shv), exit; later any process calls t_continue with them and
+route[rtname] runs as a failure route with the stored request and AVPs.
+"""
+from asyncd.core import log
+from asyncd.core.exports import FuncExport, ModuleExports, P
+from asyncd.core.route_types import REQUEST_ROUTE, FAILURE_ROUTE, ANY_ROUTE
+from asyncd.modules import tm_api, tm_lookup
+
+MOD = "tmx"
+
+
+def w_t_suspend(ctx, site):
+    if ctx.t is None:
+        rc = tm_api.t_newtran(ctx)
+        if rc < 0:
+            log.err(MOD, "t_suspend(): cannot create the transaction")
+            return -1
+        if rc == 0:
+            return 0            # a retransmission, absorbed: end the script
+    rc, tindex, tlabel = tm_api.t_suspend(ctx)
+    if rc < 0:
+        log.err(MOD, f"t_suspend(): failed to suspend request processing ({rc})")
+        return -1
+    return 1
+
+
+def w_t_continue(ctx, site, tindex, tlabel, rtname):
+    if tindex is None or tlabel is None:
+        log.err(MOD, "t_continue(): transaction index and label must be numbers")
+        return -1
+    script = tm_lookup.S.script
+    name = str(rtname)
+    if hasattr(script, "has_route") and not script.has_route(name):
+        log.err(MOD, f"t_continue(): no route[{name}]")
+        return -1
+    rc = tm_api.t_continue(ctx.proc, int(tindex), int(tlabel),
+                           lambda c: script.run_route(name, c))
+    if rc < 0:
+        log.err(MOD, f"t_continue(): resuming the processing of transaction [{tindex}:{tlabel}] failed")
+        return -1
+    return 1
+
+
+def _fixup_continue(site):
+    a = site.args[2]
+    script = site.script
+    if a.literal and hasattr(script, "has_route") and not script.has_route(str(a.value)):
+        site.arg_error(2, f"t_continue(): no route[{a.value}] block")
+
+
+EXPORTS = ModuleExports(
+    name="tmx",
+    functions=[
+        FuncExport("t_suspend", (), w_t_suspend, REQUEST_ROUTE | FAILURE_ROUTE),
+        FuncExport("t_continue", (P.INT, P.INT, P.ROUTE), w_t_continue, ANY_ROUTE, _fixup_continue),
+    ],
+    depends=("tm",),
+)
