@@ -158,6 +158,7 @@ class Supervisor:
     # -- setup before fork ----------------------------------------------
     def setup(self):
         from shm import arena as shm_arena
+        _no_resource_tracker()
         shm_arena.cleanup_stale()
         self.cleanup_stale_rundirs()
         self.bind_sockets()
@@ -516,6 +517,21 @@ class Supervisor:
 
 
 # -- helpers ----------------------------------------------------------------
+
+def _no_resource_tracker():
+    """multiprocessing's resource tracker would be forked by main on the first shared_memory call
+    (a stray child next to the roles, and one that may unlink segments still in use). The
+    supervisor owns the segment's lifetime (unlink at exit, cleanup_stale at start), so main
+    never starts it."""
+    from multiprocessing import resource_tracker
+
+    def _noop(*_a, **_k):
+        return None
+
+    resource_tracker.register = _noop
+    resource_tracker.unregister = _noop
+    resource_tracker.ensure_running = _noop
+
 
 def _truthy(v):
     return v in (1, True) or (isinstance(v, str) and v.lower() in ("yes", "on", "true", "1"))

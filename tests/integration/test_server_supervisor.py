@@ -1,0 +1,141 @@
+"""Supervisor policies that no shipped module can trigger on demand: a child that fails
+while booting, a module process that ignores SIGTERM, fork order of module processes.
+
+Runs in: the pytest process; the supervisor runs in a subprocess on a stand-in Script
+(the real Supervisor, receivers and shm; only the compiled cfg is replaced by a tiny
+object with the contract's Script API, docs/contracts.md §2).
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+
+from tests.helpers import REPO_ROOT, SipClient, free_udp_port
+
+STANDIN = textwrap.dedent("""
+    import os, sys, time
+    from asyncd.core.context import RunCtx
+    from asyncd.core.exports import ModuleExports, ProcSpec, PROC_TIMER
+    from asyncd.modules import sl
+    from workers.supervisor import Supervisor
+    from asyncd.cli import build_parser
+
+    MODE = os.environ["STANDIN_MODE"]
+
+    def child_init(proc, rank):
+        if MODE == "bootfail" and rank == 2:
+            raise RuntimeError("cannot open the database")
+
+    def stubborn(proc):
+        # ignores SIGTERM's request: the supervisor must SIGKILL it in time
+        while True:
+            time.sleep(0.05)
+
+    def polite(proc):
+        while not proc.stopping:
+            time.sleep(0.02)
+
+    def procs(script):
+        if MODE == "stubborn":
+            return [ProcSpec("stubborn timer", PROC_TIMER, stubborn)]
+        return [ProcSpec("slow timer", PROC_TIMER, polite), ProcSpec("timer", PROC_TIMER, polite, 2)]
+
+    mod = ModuleExports(name="standin", child_init=child_init, procs=procs)
+
+    class Script:
+        def __init__(self, port):
+            self.core = {"listen": [("udp", "127.0.0.1", port)], "children": 2, "debug": 1}
+            self.modules = [sl.EXPORTS, mod]
+        def init_modules(self):
+            pass
+        def new_ctx(self, msg, proc, route_type=1):
+            return RunCtx(msg, proc, route_type)
+        def run_request_route(self, ctx):
+            return sl.sl_send_reply(ctx, 200, "standin")
+
+    port = int(sys.argv[1])
+    sys.exit(Supervisor(Script(port), build_parser().parse_args(sys.argv[2:])).run())
+""")
+
+
+def start(tmp_path, mode):
+    port = free_udp_port()
+    prog = tmp_path / "standin.py"
+    prog.write_text(STANDIN)
+    pidf = tmp_path / "pid"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), STANDIN_MODE=mode)
+    logf = open(tmp_path / "log", "wb")
+    p = subprocess.Popen([sys.executable, str(prog), str(port), "-E", "-P", str(pidf)],
+                         stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return p, port, pidf
+
+
+def kill_group(p):
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait(5)
+
+
+def test_child_failing_at_boot_stops_server_with_clear_message(tmp_path):
+    p, port, pidf = start(tmp_path, "bootfail")
+    try:
+        rc = p.wait(10)
+    finally:
+        kill_group(p)
+    log = (tmp_path / "log").read_text()
+    assert rc == 3, log
+    assert "udp receiver child=1 sock=127.0.0.1:%d: failed while booting" % port in log
+    assert "cannot open the database" in log
+    assert "failed while booting" in log and "stopping asyncd" in log
+    assert not pidf.exists()
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"asyncd_{p.pid}_")]
+
+
+def test_module_processes_forked_after_receivers_and_killed_if_stubborn(tmp_path):
+    p, port, pidf = start(tmp_path, "stubborn")
+    try:
+        end = time.monotonic() + 10
+        while not pidf.exists() and time.monotonic() < end:
+            time.sleep(0.02)
+        assert pidf.exists(), (tmp_path / "log").read_text()
+        kids = psutil.Process(p.pid).children()
+        titles = [" ".join(k.cmdline()).strip() for k in sorted(kids, key=lambda k: k.pid)]
+        assert titles == [f"asyncd: udp receiver child=0 sock=127.0.0.1:{port}",
+                          f"asyncd: udp receiver child=1 sock=127.0.0.1:{port}",
+                          "asyncd: stubborn timer"]
+        with SipClient(("127.0.0.1", port)) as c:
+            assert c.final("OPTIONS").reason == "standin"
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(5)
+        assert rc == 0 and time.monotonic() - t0 < 2.0
+        assert "did not stop within" in (tmp_path / "log").read_text()
+        for k in kids:
+            assert not psutil.pid_exists(k.pid) or k.status() == psutil.STATUS_ZOMBIE
+    finally:
+        kill_group(p)
+
+
+def test_module_proc_order_and_ranks(tmp_path):
+    p, port, pidf = start(tmp_path, "polite")
+    try:
+        end = time.monotonic() + 10
+        while not pidf.exists() and time.monotonic() < end:
+            time.sleep(0.02)
+        kids = sorted(psutil.Process(p.pid).children(), key=lambda k: k.pid)
+        assert [" ".join(k.cmdline()).strip() for k in kids][2:] == ["asyncd: slow timer", "asyncd: timer",
+                                                             "asyncd: timer"]
+        os.kill(p.pid, signal.SIGUSR1)
+        time.sleep(0.3)
+        log = (tmp_path / "log").read_text()
+        assert f"pid {kids[2].pid:7d} rank  -1: slow timer" in log
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(5) == 0
+    finally:
+        kill_group(p)
