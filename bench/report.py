@@ -144,7 +144,7 @@ def markdown(doc: dict) -> str:
         f"Run {meta['started']} ({meta['mode']} mode, suite `{meta['suite']}`, {meta['duration_s']:.0f} s) "
         f"on {m['cpu_count']} × {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}; "
         f"Python {m['python']}; commit `{m['commit']}`; Kamailio {meta.get('kamailio_version') or '–'}; "
-        f"{meta.get('sipp_version') or 'SIPp –'}.",
+        f"{(meta.get('sipp_version') or 'SIPp –').rstrip('.')}.",
         "",
         "| case | server | status | max clean rate /s | latency or delay error ms (min / p50 / p90 / p99 / max) "
         "| data delivered | server CPU ms/req | SIPp CPU s | PSS MB | UDP drops |",

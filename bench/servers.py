@@ -54,7 +54,7 @@ def kamailio_version() -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     first = out.splitlines()[0] if out else ""
-    return first.replace("version:", "").strip() or None
+    return first.replace("version:", "").replace("kamailio", "").strip() or None
 
 
 def asyncd_version() -> Optional[str]:

@@ -1,0 +1,60 @@
+"""The bench harness end to end, in --quick mode (seconds), so it never rots.
+
+Runs `python -m bench run quick --quick` as a user would: against asyncd
+(the CI case), and against Kamailio when it is installed. Skips cleanly,
+with the reason, when SIPp is missing.
+"""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("sipp") is None,
+                                reason="sipp not installed (Debian package sip-tester)")
+
+
+def run_quick(server, out):
+    r = subprocess.run([sys.executable, "-m", "bench", "run", "quick", "--server", server, "--quick",
+                        "--out", str(out), "--no-plots", "--budget", "90"],
+                       cwd=str(REPO), capture_output=True, text=True, timeout=150)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert (out / "results.md").read_text().strip() == r.stdout.strip()
+    return doc, r
+
+
+def check_stateless(doc, server, stderr):
+    meta = doc["meta"]
+    assert meta["mode"] == "quick" and meta["servers"] == [server]
+    assert meta["machine"]["python"] and meta["machine"]["commit"]
+    assert meta["sipp_version"].startswith("SIPp")
+    [res] = [r for r in doc["results"] if r["case"] == "stateless"]
+    assert res["status"] == "ok", (res.get("reason"), res.get("log_tail"), stderr[-2000:])
+    lat = res["latency"]
+    assert lat["sent"] == 250 and lat["answered"] == lat["sent"] and lat["non_2xx"] == 0
+    assert 0 < lat["latency_ms"]["p50"] < 50
+    sipp = res["sipp"]
+    assert [s["rate"] for s in sipp["steps"]] == [300, 600]
+    assert sipp["max_clean_rate"] == 600, sipp["steps"]
+    for step in sipp["steps"]:
+        assert step["failed"] == 0 and step["retransmissions"] == 0 and step["sipp_cpu_s"] > 0
+    assert res["pss_max_mb"] > 0 and res["processes"] >= 2
+    assert res["stop_rc"] is not None
+
+
+def test_quick_run_against_asyncd(tmp_path):
+    doc, r = run_quick("asyncd", tmp_path)
+    check_stateless(doc, "asyncd", r.stderr)
+
+
+@pytest.mark.skipif(shutil.which("kamailio") is None and not Path("/usr/sbin/kamailio").exists(),
+                    reason="kamailio not installed")
+def test_quick_run_against_kamailio(tmp_path):
+    doc, r = run_quick("kamailio", tmp_path)
+    check_stateless(doc, "kamailio", r.stderr)
+    assert doc["meta"]["kamailio_version"].startswith("5.")

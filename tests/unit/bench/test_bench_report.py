@@ -1,0 +1,75 @@
+"""Tables, JSON and same-run ratios (bench/report.py)."""
+import json
+
+from bench import report
+
+
+def _res(case, server, rate=None, p50=None, delay=None, pss=10.0, cpu=0.05, status="ok", thr=None):
+    r = {"case": case, "server": server, "status": status, "reason": "", "pss_max_mb": pss}
+    if rate is not None:
+        r["sipp"] = {"steps": [{"rate": rate, "udp_drops": {"RcvbufErrors": 1}}], "max_clean_rate": rate,
+                     "ceiling": rate * 2, "at_best": {"sipp_cpu_s": 1.5, "server_cpu_ms_per_call": cpu}}
+    if p50 is not None or delay is not None:
+        lat = {"server_cpu_ms_per_req": cpu, "unanswered": 0, "_raw_ms": [1.0, 2.0],
+               "udp_drops": {"RcvbufErrors": 2}}
+        if delay is not None:
+            lat["nominal_ms"] = 100
+            lat["delay_error_ms"] = {"min": 0.1, "p50": delay, "p90": delay, "p99": delay, "max": delay * 2}
+        else:
+            lat["latency_ms"] = {"min": 0.1, "p50": p50, "p90": p50, "p99": p50 * 2, "max": p50 * 3}
+        r["latency"] = lat
+    if thr is not None:
+        r["throughput"] = {"delivered_per_s": thr, "complete": True, "delivered": 10, "expected": 10,
+                           "server_cpu_ms_per_req": cpu}
+    return r
+
+
+RESULTS = [
+    _res("stateless", "asyncd", rate=6000, p50=0.2, pss=40.0, cpu=0.1),
+    _res("stateless", "kamailio", rate=15000, p50=0.1, pss=8.0, cpu=0.05),
+    _res("sleep", "asyncd", delay=1.0),
+    _res("sleep", "kamailio", delay=5.0),
+    _res("tkv", "asyncd", thr=3000.0),
+    {"case": "tkv", "server": "kamailio", "status": "unsupported", "reason": "no tkv in 5.6"},
+    {"case": "data", "server": "asyncd", "status": "start failed", "reason": "exited | 255"},
+    _res("data", "kamailio", thr=4000.0),
+]
+
+
+def test_ratios_are_asyncd_over_kamailio_and_only_when_both_ran():
+    rows = {r["case"]: r for r in report.compute_ratios(RESULTS)}
+    assert set(rows) == {"stateless", "sleep"}
+    st = rows["stateless"]
+    assert st["max_clean_rate"] == 0.4 and st["latency_p50_ms"] == 2.0
+    assert st["pss_max_mb"] == 5.0 and st["cpu_ms_per_req"] == 2.0
+    assert rows["sleep"]["delay_err_p50_ms"] == 0.2 and "latency_p50_ms" not in rows["sleep"]
+
+
+def test_markdown_has_every_result_and_the_ratio_table():
+    doc = {"meta": {"started": "t", "mode": "full", "suite": "s", "duration_s": 1.0,
+                    "machine": {"cpu_count": 2, "cpu_model": "cpu", "memory_gib": 1, "kernel": "k",
+                                "python": "3.11", "commit": "abc"},
+                    "kamailio_version": "5.6.3", "sipp_version": "SIPp v3.6.1"},
+           "results": report.strip_raw(RESULTS), "ratios": report.compute_ratios(RESULTS)}
+    md = report.markdown(doc)
+    lines = md.splitlines()
+    rows = [ln for ln in lines if ln.startswith("| ") and not ln.startswith("| case")]
+    assert len(rows) == len(RESULTS) + 2            # results + ratio rows
+    assert "6,000 (fails at 12,000)" in md
+    assert "unsupported: no tkv in 5.6" in md
+    assert "start failed: exited / 255" in md       # a '|' in a reason must not break the table
+    assert "3,000/s" in md
+    ratio_hdr = next(ln for ln in lines if ln.startswith("| case | max clean"))
+    assert "delay error p50 ms" in ratio_hdr
+    stateless = [ln for ln in lines if ln.startswith("| stateless | asyncd")][0]
+    assert stateless.count("|") == 11
+    assert "| 3 |" in stateless                      # UDP drops: 2 (latency) + 1 (SIPp step)
+
+
+def test_raw_samples_stay_out_of_the_json(tmp_path):
+    doc = {"results": report.strip_raw(RESULTS)}
+    report.write_json(doc, tmp_path / "r.json")
+    text = (tmp_path / "r.json").read_text()
+    assert "_raw_ms" not in text
+    assert json.loads(text)["results"][0]["latency"]["latency_ms"]["p50"] == 0.2
+    assert "_raw_ms" in RESULTS[0]["latency"]       # the plots still have them
