@@ -1,0 +1,345 @@
+"""tm's transaction logic over real UDP sockets, in one process: a proxy
+loop (parse, tm hooks, a Python "route"), a UAC socket and UAS sockets, and
+the tm timer heap pumped by the test. The routes stand in for compiled cfg
+routes so the state machine is tested without the rest of the server; the
+full server is exercised by test_tm_sipp.py.
+"""
+import socket
+import time
+
+import pytest
+
+from asyncd.core.context import ProcState, RunCtx
+from asyncd.core.errors import ScriptExit
+from asyncd.core.route_types import FAILURE_ROUTE, REQUEST_ROUTE
+from asyncd.modules import tm, tm_api, tm_timer, tmx
+from asyncd.modules.tm_lookup import S
+from tests.helpers.sipclient import Reply, build_request
+
+
+class FakeScript:
+    def __init__(self, arena, routes, params=None):
+        self.shm = arena
+        self.routes = routes
+        self.modparams = {"tm": dict(params or {})}
+        self.modules = [tm.EXPORTS]
+        self.rundir = None
+        self.core = {}
+
+    def new_ctx(self, msg, proc, route_type=REQUEST_ROUTE):
+        return RunCtx(msg, proc, route_type)
+
+    def _run(self, name, ctx):
+        try:
+            return self.routes[name](ctx)
+        except ScriptExit:
+            return 0
+
+    def run_failure_route(self, name, ctx):
+        return self._run(name, ctx)
+
+    def run_route(self, name, ctx, route_type=None):
+        return self._run(name, ctx)
+
+    run_onreply_route = run_branch_route = run_failure_route
+
+    def has_route(self, name):
+        return name in self.routes
+
+
+def _udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    return s
+
+
+class Net:
+    """Proxy + UAC + UAS sockets and a pump that moves everything along."""
+
+    def __init__(self, routes, params=None, nuas=1):
+        from shm.arena import ShmArena
+        self.arena = ShmArena.create(16 << 20)
+        self.script = FakeScript(self.arena, routes, params)
+        tm.mod_init(self.script)
+        self.psock = _udp()
+        self.proc = ProcState(self.script, rank=1, desc="test", role="receiver")
+        self.proc.sockets = [self.psock]
+        tm.child_init(self.proc, 1)
+        self.heap = tm_timer._local["heap"] = []
+        self.paddr = self.psock.getsockname()
+        self.uac = _udp()
+        self.uas = [_udp() for _ in range(nuas)]
+        self.got = {}            # socket -> list of Reply
+
+    def close(self):
+        tm_timer._local["heap"] = None
+        for s in [self.psock, self.uac] + self.uas:
+            s.close()
+        self.arena.destroy()
+
+    def proxy_step(self):
+        from asyncd.sip import parse_msg
+        moved = False
+        while True:
+            try:
+                data, src = self.psock.recvfrom(65536)
+            except BlockingIOError:
+                break
+            moved = True
+            msg = parse_msg(data, src, self.paddr, 0, "udp")
+            if msg.is_request:
+                ctx = self.script.new_ctx(msg, self.proc)
+                if not tm.request_in(ctx):
+                    try:
+                        self.script.routes["request"](ctx)
+                    except ScriptExit:
+                        pass
+                    tm.request_done(ctx)
+            else:
+                ctx = self.script.new_ctx(msg, self.proc, 128)
+                assert tm.reply_in(ctx), "reply not taken by tm"
+        t = time.monotonic()
+        while self.heap and self.heap[0][0] <= t:
+            import heapq
+            _, _, e = heapq.heappop(self.heap)
+            tm_timer.fire(self.proc, e)
+            moved = True
+        return moved
+
+    def drain(self, sock):
+        out = self.got.setdefault(sock, [])
+        while True:
+            try:
+                data, src = sock.recvfrom(65536)
+            except BlockingIOError:
+                return out
+            out.append(Reply(data, src, time.monotonic()))
+
+    def run(self, secs, until=None):
+        end = time.monotonic() + secs
+        while time.monotonic() < end:
+            self.proxy_step()
+            for s in [self.uac] + self.uas:
+                self.drain(s)
+            if until is not None and until():
+                return True
+            time.sleep(0.001)
+        return False
+
+    def send(self, sock, data, addr=None):
+        sock.sendto(data, addr or self.paddr)
+
+    def uas_reply(self, req, code, reason, to_tag="uas1", idx=0):
+        """A reply as a UAS builds it from a received request (Reply object)."""
+        lines = [f"SIP/2.0 {code} {reason}"]
+        for v in req.hdrs("via"):
+            lines.append("Via: " + v)
+        lines.append("From: " + req.hdr("from"))
+        to = req.hdr("to")
+        lines.append("To: " + (to if (code == 100 or ";tag=" in to) else to + ";tag=" + to_tag))
+        lines += ["Call-ID: " + req.hdr("call-id"), "CSeq: " + req.hdr("cseq"), "Content-Length: 0"]
+        self.uas[idx].sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), req.src)
+
+
+def uas_addr(net, i=0):
+    return net.uas[i].getsockname()
+
+
+@pytest.fixture
+def net_factory():
+    made = []
+
+    def make(routes, params=None, nuas=1):
+        n = Net(routes, params, nuas)
+        made.append(n)
+        return n
+    yield make
+    for n in made:
+        n.close()
+
+
+def _relay_to(i):
+    def route(ctx):
+        host, port = ctx.proc._uas[i]
+        return tm_api.t_relay(ctx, host, port)
+    return route
+
+
+def _reqs(net, sock, method):
+    return [r for r in net.got.get(sock, []) if not r.is_reply and r.method == method]
+
+
+def _rpls(net, sock, status=None):
+    return [r for r in net.got.get(sock, []) if r.is_reply and (status is None or r.status == status)]
+
+
+def test_invite_relay_100_180_200_and_wait_frees(net_factory):
+    net = net_factory({"request": _relay_to(0)}, {"wt_timer": 200})
+    net.proc._uas = [uas_addr(net)]
+    data, br, cid = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname())
+    net.send(net.uac, data)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "INVITE"))
+    assert _rpls(net, net.uac, 100), "auto 100 Trying"
+    inv = _reqs(net, net.uas[0], "INVITE")[0]
+    assert inv.hdrs("via")[0].startswith("SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKtm" % net.paddr[1])
+    net.uas_reply(inv, 180, "Ringing")
+    net.uas_reply(inv, 200, "OK")
+    assert net.run(1, lambda: _rpls(net, net.uac, 200))
+    r180 = _rpls(net, net.uac, 180)[0]
+    assert len(r180.hdrs("via")) == 1 and br in r180.hdrs("via")[0]
+    assert tm_api.table_count() == 1
+    assert net.run(1, lambda: tm_api.table_count() == 0), "wait timer frees the transaction"
+
+
+def test_retransmission_absorbed_one_final(net_factory):
+    net = net_factory({"request": _relay_to(0)}, {"wt_timer": 300})
+    net.proc._uas = [uas_addr(net)]
+    data, br, cid = build_request("OPTIONS", "sip:bob@127.0.0.1", net.uac.getsockname())
+    net.send(net.uac, data)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "OPTIONS"))
+    for _ in range(3):
+        net.send(net.uac, data)
+    net.run(0.1)
+    assert not _rpls(net, net.uac), "non-INVITE without a reply yet: nothing re-sent"
+    assert len(_reqs(net, net.uas[0], "OPTIONS")) == 1, "retransmissions never reach the route"
+    net.uas_reply(_reqs(net, net.uas[0], "OPTIONS")[0], 200, "OK")
+    net.run(0.1)
+    net.send(net.uac, data)
+    net.run(0.1)
+    finals = _rpls(net, net.uac, 200)
+    assert len(finals) == 2 and finals[0].raw == finals[1].raw, "the final is re-sent on retransmission"
+
+
+def test_request_retransmitted_timer_e_then_408(net_factory):
+    net = net_factory({"request": lambda ctx: (tm.w_t_set_fr(ctx, None, 0, 1200),
+                                               tm_api.t_relay(ctx, *ctx.proc._uas[0]))[1]},
+                      {"retr_timer1": 100, "retr_timer2": 400})
+    net.proc._uas = [uas_addr(net)]
+    data, br, cid = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(), body="hi")
+    t0 = time.monotonic()
+    net.send(net.uac, data)
+    assert net.run(2, lambda: _rpls(net, net.uac, 408))
+    took = time.monotonic() - t0
+    assert 1.15 < took < 1.4, took
+    n = len(_reqs(net, net.uas[0], "MESSAGE"))
+    assert 4 <= n <= 6, n    # 0, .1, .3, .7, 1.1 (E doubles up to T2)
+
+
+def test_486_failure_route_relays_to_second_uas(net_factory):
+    def request(ctx):
+        tm.w_t_on_failure(ctx, None, "FAIL")
+        return tm_api.t_relay(ctx, *ctx.proc._uas[0])
+
+    def fail(ctx):
+        assert ctx.route_type == FAILURE_ROUTE
+        assert tm.w_t_check_status(ctx, None, __import__("re").compile("486")) == 1
+        ctx.proc._seen_code = tm._get_reply_code(ctx, None, None)
+        return tm_api.t_relay(ctx, *ctx.proc._uas[1])
+    net = net_factory({"request": request, "FAIL": fail}, nuas=2)
+    net.proc._uas = [uas_addr(net, 0), uas_addr(net, 1)]
+    data, br, cid = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname())
+    net.send(net.uac, data)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "INVITE"))
+    net.uas_reply(_reqs(net, net.uas[0], "INVITE")[0], 486, "Busy Here", idx=0)
+    assert net.run(1, lambda: _reqs(net, net.uas[1], "INVITE"))
+    assert net.proc._seen_code == 486
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "ACK")), "hop-by-hop ACK to the 486"
+    net.uas_reply(_reqs(net, net.uas[1], "INVITE")[0], 200, "OK", to_tag="second", idx=1)
+    assert net.run(1, lambda: _rpls(net, net.uac, 200))
+    assert not _rpls(net, net.uac, 486)
+    assert _rpls(net, net.uac, 200)[0].to_tag == "second"
+
+
+def test_cancel_after_180_gives_487(net_factory):
+    net = net_factory({"request": _relay_to(0)})
+    net.proc._uas = [uas_addr(net)]
+    data, br, cid = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname())
+    net.send(net.uac, data)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "INVITE"))
+    inv = _reqs(net, net.uas[0], "INVITE")[0]
+    net.uas_reply(inv, 180, "Ringing")
+    assert net.run(1, lambda: _rpls(net, net.uac, 180))
+    cancel, _, _ = build_request("CANCEL", "sip:bob@127.0.0.1", net.uac.getsockname(), branch=br, callid=cid,
+                                 from_tag=None)
+    # a CANCEL must carry the INVITE's From tag too: rebuild from the INVITE bytes
+    cancel = data.replace(b"INVITE sip:", b"CANCEL sip:", 1).replace(b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL")
+    net.send(net.uac, cancel)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "CANCEL"))
+    assert [r for r in _rpls(net, net.uac, 200) if "CANCEL" in r.hdr("cseq")]
+    net.uas_reply(inv, 487, "Request Terminated")
+    assert net.run(1, lambda: _rpls(net, net.uac, 487))
+
+
+def test_suspend_continue_avps_and_auto_500(net_factory):
+    from shm.avp import AvpList
+    state = {}
+
+    def request(ctx):
+        if ctx.msg.method == "MESSAGE":
+            ctx.avps = AvpList()
+            ctx.avps.add("who", "alice")
+            tm_api.t_newtran(ctx)
+            rc, i, l = tm_api.t_suspend(ctx)
+            state["id"] = (i, l)
+            return 0
+
+    net = net_factory({"request": request}, {"wt_timer": 200})
+    data, br, cid = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(), body="x")
+    net.send(net.uac, data)
+    assert net.run(1, lambda: "id" in state)
+    net.send(net.uac, data)        # retransmission while suspended: absorbed, nothing sent
+    net.run(0.05)
+    assert not _rpls(net, net.uac)
+    seen = {}
+
+    def resumed(ctx):
+        seen["rt"] = ctx.route_type
+        seen["ruri"] = ctx.msg.ruri
+        seen["who"] = ctx.avps.get("who")
+
+    assert tm_api.t_continue(net.proc, *state["id"], resumed) == 0
+    assert seen == {"rt": FAILURE_ROUTE, "ruri": "sip:bob@127.0.0.1", "who": "alice"}
+    assert net.run(1, lambda: _rpls(net, net.uac, 500))
+    assert _rpls(net, net.uac, 500)[0].reason == "I'm terribly sorry, server error occurred (1/TM)"
+    assert tm_api.t_continue(net.proc, *state["id"], resumed) < 0, "a second continue is refused"
+
+
+def test_suspend_timeout_408_then_continue_skipped(net_factory):
+    state = {}
+
+    def request(ctx):
+        tm.w_t_set_fr(ctx, None, 0, 300)
+        tm_api.t_newtran(ctx)
+        state["id"] = tm_api.t_suspend(ctx)[1:]
+        return 0
+    net = net_factory({"request": request})
+    data, br, cid = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname())
+    t0 = time.monotonic()
+    net.send(net.uac, data)
+    assert net.run(1, lambda: _rpls(net, net.uac, 408))
+    assert 0.28 < time.monotonic() - t0 < 0.45
+    ran = []
+    assert tm_api.t_continue(net.proc, *state["id"], ran.append) != 0
+    assert not ran
+
+
+def test_cancel_while_suspended_487_and_skip(net_factory):
+    state = {}
+
+    def request(ctx):
+        tm_api.t_newtran(ctx)
+        state["id"] = tm_api.t_suspend(ctx)[1:]
+        return 0
+    net = net_factory({"request": request})
+    data, br, cid = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname())
+    net.send(net.uac, data)
+    assert net.run(1, lambda: "id" in state and _rpls(net, net.uac, 100))
+    net.send(net.uac, data)        # INVITE retransmission: the 100 again
+    assert net.run(1, lambda: len(_rpls(net, net.uac, 100)) == 2)
+    cancel = data.replace(b"INVITE sip:", b"CANCEL sip:", 1).replace(b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL")
+    net.send(net.uac, cancel)
+    assert net.run(1, lambda: _rpls(net, net.uac, 487))
+    ran = []
+    assert tm_api.t_continue(net.proc, *state["id"], ran.append) == 1
+    assert not ran
