@@ -151,11 +151,9 @@ class ShmArena:
         self._cls_locks = LockSet(self, NCLASS, "arena classes")
         self._page_lock = LockSet(self, 1, "arena pages")
         self.closed = False
-        # always-present small stores: $shv and the process table
+        # $shv is always there: the pv module has no mod_init of ours to create it
         from shm.shv import ShvStore
-        from shm.proctable import ProcTable
         self.shv = ShvStore(self)
-        self.proctable = ProcTable(self)
 
     @classmethod
     def create(cls, size_bytes=DEFAULT_MB << 20, static_bytes=None):

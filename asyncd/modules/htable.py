@@ -1,0 +1,335 @@
+"""The htable module: shared hash tables for the cfg ($sht and friends).
+
+Runs in: main process (modparams, tables created in mod_init before fork),
+udp receivers and async workers ($sht reads/writes, sht_* functions), the
+"HTable Timer" process (autoexpire).
+
+Kamailio: src/modules/htable (htable.c exports, ht_var.c pseudo-variables,
+ht_api.c semantics).  Storage and its semantics are in shm/htable.py.
+Differences, on purpose:
+- expired entries are reclaimed by a wheel that only touches entries that
+  come due (Kamailio scans every slot each timer_interval); reads never see
+  an expired entry in either.  Tables with autoexpire get one extra process,
+  "HTable Timer" (Kamailio's name when timer_procs > 0), ticking every second.
+- `size` keeps Kamailio's meaning (2^size slots) but a table never gets
+  fewer than 1024 buckets: chains are walked in Python, so long chains cost.
+- using a table no `modparam("htable", "htable", ...)` defines logs an
+  error (once per table) and reads $null (Kamailio: silently $null).
+- no database loading, DMQ replication or event_route[htable:expired:*].
+"""
+import re
+import time
+
+from asyncd.core import log
+from asyncd.core.errors import CfgError
+from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, ProcSpec, PvExport, PROC_TIMER
+
+MOD = "htable"
+_tables = {}        # name -> shm.htable.HTable, made in mod_init (main, before fork)
+_missing_logged = set()
+_fmt_table = None
+
+
+# -- table spec: "name=>size=8;autoexpire=300;initval=0;updateexpire=1" ----------------
+_SPEC_KEYS = {"size", "autoexpire", "initval", "updateexpire", "dbtable", "cols", "dbmode",
+              "dmqreplicate", "coldelim", "colnull", "reloadat"}
+
+
+def parse_table_spec(spec):
+    """-> (name, dict of params); ValueError on anything Kamailio would refuse."""
+    name, sep, rest = str(spec).partition("=>")
+    name = name.strip()
+    if not sep or not name:
+        raise ValueError(f"invalid htable definition {spec!r} (expected name=>attr=value;...)")
+    out = {"size": 4, "autoexpire": 0, "initval": None, "updateexpire": 1}
+    for part in rest.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        k, eq, v = part.partition("=")
+        k = k.strip()
+        if not eq or k not in _SPEC_KEYS:
+            raise ValueError(f"invalid htable parameter {part!r} in {spec!r}")
+        v = v.strip()
+        if k in ("size", "autoexpire", "updateexpire", "initval", "dbmode", "dmqreplicate", "reloadat"):
+            try:
+                out[k] = int(v)
+            except ValueError:
+                raise ValueError(f"htable {name}: {k} must be an integer, not {v!r}") from None
+        else:
+            out[k] = v
+    if out["size"] < 1:
+        out["size"] = 2
+    if out["size"] > 31:
+        out["size"] = 31
+    return name, out
+
+
+# -- key formats: "$sht(t=>caller-$fU)" ------------------------------------------------
+def _key_getter(text):
+    """A literal key -> its str; a key with pseudo-variables -> parsed pieces."""
+    global _fmt_table
+    if "$" not in text:
+        return text
+    from asyncd.cfg.pvcore import PvTable, parse_format
+    from asyncd.cfg.fixups import Loc
+    if _fmt_table is None:
+        _fmt_table = PvTable()
+    return parse_format(text, Loc("<htable key>", 0, 0), _fmt_table)
+
+
+def _key(ctx, k):
+    if type(k) is str:
+        return k
+    from asyncd.cfg.pvcore import fmt
+    return fmt(ctx, k)
+
+
+def _parse_ht(inner):
+    """`table=>key` -> (table, key or pieces); as pv_parse_ht_name."""
+    if inner is None:
+        raise ValueError("missing table=>key")
+    name, sep, key = inner.partition("=>")
+    name = name.strip()
+    if not sep or not name:
+        raise ValueError(f"expected table=>key, got {inner!r}")
+    return name, _key_getter(key)
+
+
+def _table(name):
+    ht = _tables.get(name)
+    if ht is None and name not in _missing_logged:
+        _missing_logged.add(name)
+        log.err(MOD, f"htable {name!r} does not exist: define it with "
+                f"modparam(\"htable\", \"htable\", \"{name}=>size=8\") (and loadmodule \"htable.so\")")
+    return ht
+
+
+# -- pseudo-variables ---------------------------------------------------------------------
+def _sht_get(ctx, spec, idx):
+    ht = _tables.get(spec[0]) or _table(spec[0])
+    if ht is None:
+        return None
+    k = spec[1]
+    return ht.get(k if type(k) is str else _key(ctx, k))
+
+
+def _sht_set(ctx, spec, idx, value):
+    ht = _tables.get(spec[0]) or _table(spec[0])
+    if ht is None:
+        return False
+    k = spec[1]
+    return ht.set(k if type(k) is str else _key(ctx, k), value)
+
+
+def _shtex_get(ctx, spec, idx):
+    ht = _table(spec[0])
+    return None if ht is None else ht.get_expire(_key(ctx, spec[1]))
+
+
+def _shtex_set(ctx, spec, idx, value):
+    ht = _table(spec[0])
+    if ht is None:
+        return False
+    # a non-int value means 0 (pv_set_ht_cell_expire)
+    n = value if type(value) is int else 0
+    return ht.set_expire(_key(ctx, spec[1]), n)
+
+
+def _add(delta):
+    def get(ctx, spec, idx):
+        ht = _tables.get(spec[0]) or _table(spec[0])
+        if ht is None:
+            return None
+        k = spec[1]
+        return ht.incr(k if type(k) is str else _key(ctx, k), delta)
+    return get
+
+
+def _count(by_value):
+    def get(ctx, spec, idx):
+        ht = _table(spec[0])
+        if ht is None:
+            return None
+        return ht.count_match(_key(ctx, spec[1]), by_value)
+    return get
+
+
+# -- functions --------------------------------------------------------------------------------
+def _split_ht_re(arg):
+    name, sep, rx = str(arg).partition("=>")
+    return name.strip(), rx if sep else None
+
+
+def _fix_ht_re(site):
+    a = site.args[0] if site.args else None
+    if a is not None and a.literal:
+        name, rx = _split_ht_re(a.value)
+        if rx is None:
+            site.arg_error(0, f"expected 'table=>regexp', got {a.value!r}")
+        try:
+            site.data["re"] = re.compile(rx, re.I)
+        except re.error as e:
+            site.arg_error(0, f"bad regular expression {rx!r}: {e}")
+
+
+def _rm_re(by_value):
+    def impl(ctx, site, arg):
+        name, rx = _split_ht_re(arg)
+        ht = _table(name)
+        if ht is None or rx is None:
+            return -1
+        cre = site.data.get("re") if site is not None and site.data else None
+        if cre is None:
+            try:
+                cre = re.compile(rx, re.I)
+            except re.error:
+                log.err(MOD, f"bad regular expression {rx!r}")
+                return -1
+        ht.remove_match(cre, by_value)
+        return 1
+    return impl
+
+
+_OPS = {"re": None, "sw": "startswith", "ew": "endswith", "in": "__contains__"}
+
+
+def _rm_op(by_value):
+    def impl(ctx, site, name, op, val):
+        ht = _table(name)
+        if ht is None or op not in _OPS:
+            if op not in _OPS:
+                log.err(MOD, f"unsupported operator {op!r} (re, sw, ew, in)")
+            return -1
+        if op == "re":
+            try:
+                rx = re.compile(val, re.I)
+            except re.error:
+                return -1
+        else:
+            rx = re.compile({"sw": "^", "ew": "", "in": ""}[op] + re.escape(val) + ("$" if op == "ew" else ""))
+        ht.remove_match(rx, by_value)
+        return 1
+    return impl
+
+
+def _sht_rm(ctx, site, name, key):
+    ht = _table(name)
+    if ht is None:
+        return -1
+    ht.delete(key)
+    return 1
+
+
+def _sht_reset(ctx, site, name):
+    ht = _table(name)
+    if ht is None:
+        return -1
+    ht.reset()
+    return 1
+
+
+def _lock_fn(lock):
+    def impl(ctx, site, arg):
+        name, sep, key = str(arg).partition("=>")
+        ht = _table(name.strip())
+        if ht is None or not sep:
+            return -1
+        if lock:
+            ht.lock_key(key)
+        else:
+            ht.unlock_key(key)
+        return 1
+    return impl
+
+
+def _fix_lock(site):
+    a = site.args[0] if site.args else None
+    if a is not None and a.literal:
+        name, sep, _k = str(a.value).partition("=>")
+        if not sep:
+            site.arg_error(0, f"expected 'table=>key', got {a.value!r}")
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+def mod_init(script):
+    from shm.htable import HTable
+    arena = script.shm
+    if arena is None:
+        raise RuntimeError("htable: shared memory is not initialised")
+    _tables.clear()
+    for spec in (script.modparams.get(MOD, {}).get("htable") or []):
+        try:
+            name, p = parse_table_spec(spec)
+        except ValueError as e:
+            raise CfgError(f"htable: {e}") from None
+        if name in _tables:
+            raise CfgError(f"htable: table {name!r} defined twice")
+        _tables[name] = HTable(arena, name, p["size"], p["autoexpire"], p["initval"],
+                               p["updateexpire"])
+    _missing_logged.clear()
+
+
+def _timer_run(proc):
+    """HTable Timer: once a second, reclaim entries whose expiry second is over."""
+    tables = [t for t in _tables.values() if t.autoexpire]
+    while not proc.stopping:
+        for t in tables:
+            try:
+                t.expire_tick()
+            except Exception as e:      # never let one bad tick kill the process
+                log.err(MOD, f"expiry of htable {t.name} failed: {e!r}")
+        nxt = int(time.monotonic()) + 1
+        while not proc.stopping:
+            left = nxt - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, 0.2))
+
+
+def procs(script):
+    if any(t.autoexpire for t in _tables.values()):
+        return [ProcSpec("HTable Timer", PROC_TIMER, _timer_run, 1)]
+    return []
+
+
+def mod_destroy(script):
+    _tables.clear()
+
+
+def _pv(name, get, set_=None):
+    return PvExport(name, get, set_, _parse_ht, True)
+
+
+EXPORTS = ModuleExports(
+    name=MOD,
+    functions=[
+        FuncExport("sht_rm", (P.STR, P.STR), _sht_rm),
+        FuncExport("sht_rm_name_re", (P.STR,), _rm_re(False), fixup=_fix_ht_re),
+        FuncExport("sht_rm_value_re", (P.STR,), _rm_re(True), fixup=_fix_ht_re),
+        FuncExport("sht_rm_name", (P.STR, P.STR, P.STR), _rm_op(False)),
+        FuncExport("sht_rm_value", (P.STR, P.STR, P.STR), _rm_op(True)),
+        FuncExport("sht_reset", (P.STR,), _sht_reset),
+        FuncExport("sht_lock", (P.STR,), _lock_fn(True), fixup=_fix_lock),
+        FuncExport("sht_unlock", (P.STR,), _lock_fn(False), fixup=_fix_lock),
+    ],
+    params=[
+        ParamExport("htable", str, None, multi=True),
+        ParamExport("timer_interval", int, 20),
+        ParamExport("timer_procs", int, 0),
+        ParamExport("db_url", str, ""),
+        ParamExport("enable_dmq", int, 0),
+        ParamExport("event_callback", str, ""),
+    ],
+    pvs=[
+        _pv("sht", _sht_get, _sht_set),
+        _pv("shtex", _shtex_get, _shtex_set),
+        _pv("shtinc", _add(1)),
+        _pv("shtdec", _add(-1)),
+        _pv("shtcn", _count(False)),
+        _pv("shtcv", _count(True)),
+    ],
+    mod_init=mod_init,
+    procs=procs,
+    mod_destroy=mod_destroy,
+)

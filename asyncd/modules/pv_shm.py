@@ -1,0 +1,213 @@
+"""Shared and transaction-carried pseudo-variables of the pv module:
+$shv, $avp, $xavp, $xavu, $xavi, and the "shvset" modparam.
+
+Runs in: main process (parsing, mod_init applies shvset before fork), every
+process running routes (get/set).
+
+asyncd/modules/pv.py merges FUNCTIONS, PARAMS, PVS, mod_init and child_init
+from here into the "pv" module's exports.
+
+- $shv(name): shared by all processes (shm/shv.py), as Kamailio's
+  src/modules/pv/pv_shv.c; an unset one reads 0; `$null` resets it to 0.
+- $avp(name), $(avp(name)[n]), $(avp(name)[*]): per-message stack
+  (shm/avp.py AvpList on ctx.avps, created on first write); tm carries it
+  with the transaction (spec B §6.1, §7).  Names `s:x` = `x`, `i:5` is an
+  int name, `$avp($var(n))` takes its name at run time.
+- $xavp(root[n]=>field[m]), $xavu(root=>field), $xavi(...): ctx.xavps
+  (XavpList), same lifetime as AVPs; semantics in shm/avp.py.
+"""
+import re
+
+from asyncd.core import log
+from asyncd.core.errors import CfgError
+from asyncd.core.exports import ParamExport, PvExport
+
+_shv_store = None
+_fmt_table = None
+
+
+def _pieces(text):
+    global _fmt_table
+    from asyncd.cfg.pvcore import PvTable, parse_format
+    from asyncd.cfg.fixups import Loc
+    if _fmt_table is None:
+        _fmt_table = PvTable()
+    return parse_format(text, Loc("<pv name>", 0, 0), _fmt_table)
+
+
+def _eval(ctx, pieces):
+    from asyncd.cfg.pvcore import fmt
+    return fmt(ctx, pieces)
+
+
+# -- $shv -----------------------------------------------------------------------------------
+def _shv():
+    return _shv_store
+
+
+def _shv_parse(inner):
+    name = (inner or "").strip()
+    if not name:
+        raise ValueError("empty $shv name")
+    return name
+
+
+def _shv_get(ctx, name, idx):
+    st = _shv_store or _attach(ctx)
+    return st.get(name) if st is not None else 0
+
+
+def _shv_set(ctx, name, idx, value):
+    st = _shv_store or _attach(ctx)
+    if st is None:
+        log.err("pv", f"$shv({name}): shared memory is not initialised")
+        return False
+    return st.set(name, value)
+
+
+def _attach(ctx):
+    """$shv used before mod_init ran (e.g. a test building its own script)."""
+    global _shv_store
+    try:
+        _shv_store = ctx.proc.script.shm.shv
+    except AttributeError:
+        return None
+    return _shv_store
+
+
+# -- $avp ------------------------------------------------------------------------------------
+def _avp_parse(inner):
+    name = (inner or "").strip()
+    if not name:
+        raise ValueError("empty $avp name")
+    if name.startswith("$"):
+        return ("d", _pieces(name))
+    from shm.avp import _n
+    return ("s", _n(name))
+
+
+def _avp_name(ctx, spec):
+    if spec[0] == "s":
+        return spec[1]
+    from shm.avp import _n
+    return _n(_eval(ctx, spec[1]))
+
+
+def _avp_get(ctx, spec, idx):
+    avps = ctx.avps
+    if avps is None:
+        return None
+    return avps.get(spec[1] if spec[0] == "s" else _avp_name(ctx, spec), idx)
+
+
+def _avp_set(ctx, spec, idx, value):
+    avps = ctx.avps
+    if avps is None:
+        if value is None:
+            return True
+        from shm.avp import AvpList
+        avps = ctx.avps = AvpList()
+    name = spec[1] if spec[0] == "s" else _avp_name(ctx, spec)
+    if not avps.set(name, idx, value):
+        log.err("pv", f"$avp({name})[{idx}]: no such value to replace")
+        return False
+    return True
+
+
+# -- $xavp / $xavu / $xavi ----------------------------------------------------------------
+_XNAME = r"[^\[\]=>\s]+"
+_XIDX = r"\[\s*([^\]]+?)\s*\]"
+_XRE = re.compile(rf"^\s*({_XNAME})\s*(?:{_XIDX})?\s*(?:=>\s*({_XNAME})\s*(?:{_XIDX})?)?\s*$")
+
+
+def _xidx(text):
+    if text is None:
+        return None
+    if text == "*":
+        return "*"
+    if text.startswith("$"):
+        return ("d", _pieces(text))
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"bad index [{text}]") from None
+
+
+def _xparse(kind):
+    def parse(inner):
+        m = _XRE.match(inner or "")
+        if not m:
+            raise ValueError(f"expected root[index]=>field[index], got {inner!r}")
+        root, ri, field, fi = m.groups()
+        if kind == "xavu" and (ri is not None or fi is not None):
+            raise ValueError("$xavu takes no indexes")
+        return (kind, root, _xidx(ri), field, _xidx(fi))
+    return parse
+
+
+def _ridx(ctx, i):
+    if type(i) is tuple:
+        v = _eval(ctx, i[1])
+        try:
+            return int(v)
+        except ValueError:
+            return None
+    return i
+
+
+def _xget(ctx, spec, idx):
+    x = ctx.xavps
+    if x is None:
+        return None
+    kind, root, ri, field, fi = spec
+    return x.get(kind, root, _ridx(ctx, ri), field, _ridx(ctx, fi))
+
+
+def _xset(ctx, spec, idx, value):
+    x = ctx.xavps
+    if x is None:
+        if value is None:
+            return True
+        from shm.avp import XavpList
+        x = ctx.xavps = XavpList()
+    kind, root, ri, field, fi = spec
+    if not x.set(kind, root, _ridx(ctx, ri), field, _ridx(ctx, fi), value):
+        log.err("pv", f"${kind}({root}[{ri}]=>{field}): no such item to set")
+        return False
+    return True
+
+
+# -- lifecycle -----------------------------------------------------------------------------------
+def mod_init(script):
+    """Apply modparam("pv", "shvset", "name=i:1" | "name=s:text") before fork."""
+    global _shv_store
+    from shm.shv import parse_shvset
+    arena = getattr(script, "shm", None)
+    if arena is None:
+        return
+    _shv_store = arena.shv
+    sets = (getattr(script, "modparams", {}) or {}).get("pv", {}).get("shvset") or []
+    if isinstance(sets, str):
+        sets = [sets]
+    for spec in sets:
+        try:
+            name, value = parse_shvset(spec)
+        except ValueError as e:
+            raise CfgError(f"pv: {e}") from None
+        if not _shv_store.set(name, value):
+            raise RuntimeError("pv: no shared memory for shvset values")
+
+
+def child_init(proc, rank):
+    return 0
+
+
+FUNCTIONS = []
+PARAMS = [ParamExport("shvset", str, None, multi=True)]
+PVS = [
+    PvExport("shv", _shv_get, _shv_set, _shv_parse, True),
+    PvExport("avp", _avp_get, _avp_set, _avp_parse, True),
+    PvExport("xavp", _xget, _xset, _xparse("xavp"), True),
+    PvExport("xavu", _xget, _xset, _xparse("xavu"), True),
+    PvExport("xavi", _xget, _xset, _xparse("xavi"), True),
+]
