@@ -1,0 +1,324 @@
+"""The pv module: message pseudo-variables ($ru, $fU, $hdr(...), $var(...) ...).
+
+Runs in: main process (parsing), every process running routes (get/set).
+
+Kamailio: src/modules/pv/pv_core.c, pv_svar.c. Private values only here;
+the shared ones ($avp, $xavp, $xavu, $xavi, $shv and the `shvset` modparam)
+live in asyncd/modules/pv_shm.py and are merged into this module's exports.
+Replies and missing headers read as $null, as in Kamailio.
+"""
+import os
+import time
+
+from asyncd.core.exports import ModuleExports, PvExport
+
+_parse_uri = None
+
+
+def _puri(s):
+    global _parse_uri
+    if _parse_uri is None:
+        try:
+            from asyncd.sip import parse_uri as p
+        except ImportError:
+            from asyncd.sip.uri import parse_uri as p
+        _parse_uri = p
+    try:
+        return _parse_uri(s)
+    except Exception:
+        return None
+
+
+def _cur_uri_parsed(msg):
+    if msg.new_uri is None:
+        try:
+            return msg.parsed_ruri
+        except Exception:
+            return None
+    return _puri(msg.new_uri)
+
+
+# -- $var: per-process script variables (pv_svar.c) ------------------------------
+def _var_get(ctx, name, idx):
+    # an unset $var reads as 0 (Kamailio initialises script vars to int 0)
+    return ctx.proc.vars.get(name, 0)
+
+
+def _var_set(ctx, name, idx, value):
+    if value is None:
+        ctx.proc.vars[name] = 0
+    else:
+        ctx.proc.vars[name] = value
+
+
+def _var_parse(inner):
+    if not inner or not inner.strip():
+        raise ValueError("empty variable name")
+    return inner.strip()
+
+
+# -- request URI -----------------------------------------------------------------
+def _ru(ctx, s, i):
+    m = ctx.msg
+    return m.cur_uri if m.is_request else None
+
+
+def _ru_set(ctx, s, i, v):
+    ctx.msg.new_uri = None if v is None else str(v)
+
+
+def _uri_attr(attr, empty=None):
+    def get(ctx, s, i):
+        m = ctx.msg
+        if not m.is_request:
+            return None
+        u = _cur_uri_parsed(m)
+        if u is None:
+            return None
+        v = getattr(u, attr)
+        if attr == "port":
+            return v if v is not None else 5060
+        return v if v is not None else empty
+    return get
+
+
+def _uri_attr_set(attr):
+    def set_(ctx, s, i, v):
+        m = ctx.msg
+        u = _cur_uri_parsed(m)
+        if u is None:
+            raise ValueError("R-URI cannot be parsed")
+        cls = type(u)
+        nu = cls(u.scheme, u.user, u.password, u.host, u.port, dict(u.params), dict(u.headers))
+        if attr == "port":
+            v = None if v in (None, "", 0) else int(v)
+        elif attr == "user":
+            v = None if v in (None, "") else str(v)
+        else:
+            v = str(v)
+        setattr(nu, attr, v)
+        m.new_uri = nu.build()
+    return set_
+
+
+# -- From / To --------------------------------------------------------------------
+def _na(which, attr):
+    def get(ctx, s, i):
+        na = getattr(ctx.msg, which)
+        if na is None:
+            return None
+        if attr == "uri":
+            return na.uri
+        if attr == "display":
+            return na.display or ""
+        if attr == "tag":
+            return na.tag
+        u = _puri(na.uri)
+        if u is None:
+            return None
+        return getattr(u, attr)
+    return get
+
+
+# -- simple message facts ---------------------------------------------------------
+def _rm(ctx, s, i):
+    m = ctx.msg
+    return m.method if m.is_request else m.cseq_method
+
+
+def _rs(ctx, s, i):
+    m = ctx.msg
+    return None if m.is_request else m.status
+
+
+def _rr(ctx, s, i):
+    m = ctx.msg
+    return None if m.is_request else m.reason
+
+
+def _hdr_first(name):
+    def get(ctx, s, i):
+        return ctx.msg.hdr(name)
+    return get
+
+
+def _du(ctx, s, i):
+    return ctx.msg.dst_uri
+
+
+def _du_set(ctx, s, i, v):
+    ctx.msg.dst_uri = None if v in (None, "") else str(v)
+
+
+def _mb(ctx, s, i):
+    return ctx.msg.buf.decode("utf-8", "replace")
+
+
+def _rb(ctx, s, i):
+    return ctx.msg.body.decode("utf-8", "replace")
+
+
+def _rc(ctx, s, i):
+    return ctx.retcode
+
+
+def _tv(ctx, s, i):
+    now = time.time()
+    if s == "s":
+        return int(now)
+    if s == "u":
+        return int((now % 1) * 1000000)
+    if s == "sn":
+        return int(time.time())
+    if s == "un":
+        return int((time.time() % 1) * 1000000)
+    return "%d.%06d" % (int(now), int((now % 1) * 1000000))
+
+
+def _tv_parse(inner):
+    if inner not in ("s", "u", "sn", "un", "Sn", "Sm"):
+        raise ValueError(f"unknown $TV key '{inner}'")
+    return inner
+
+
+# -- $hdr(name), $hdrc(name) ------------------------------------------------------
+def _hdr_parse(inner):
+    if not inner or not inner.strip() or any(c in inner for c in " :\t"):
+        raise ValueError(f"bad header name '{inner}'")
+    return inner.strip()
+
+
+def _hdr(ctx, name, idx):
+    m = ctx.msg
+    if idx is None or idx == 0:
+        return m.hdr(name)
+    vals = m.hdrs(name)
+    if idx == "*":
+        return ",".join(vals) if vals else None
+    try:
+        return vals[idx]
+    except (IndexError, TypeError):
+        return None
+
+
+def _hdrc(ctx, name, idx):
+    return ctx.msg.hdr_count(name)
+
+
+def _flag_get(ctx, s, i):
+    return ctx.flags
+
+
+def _flag_set(ctx, s, i, v):
+    ctx.flags = int(v or 0)
+    ctx.msg.flags = ctx.flags
+
+
+def _src(n):
+    return lambda ctx, s, i: ctx.msg.src[n]
+
+
+def _dst(n):
+    return lambda ctx, s, i: ctx.msg.dst[n]
+
+
+def _const(f):
+    return lambda ctx, s, i: f(ctx)
+
+
+PVS = [
+    PvExport("var", _var_get, _var_set, _var_parse, True),
+    PvExport("ru", _ru, _ru_set, None, False),
+    PvExport("rU", _uri_attr("user"), _uri_attr_set("user"), None, False),
+    PvExport("rd", _uri_attr("host"), _uri_attr_set("host"), None, False),
+    PvExport("rp", _uri_attr("port"), _uri_attr_set("port"), None, False),
+    PvExport("rz", _uri_attr("scheme"), None, None, False),
+    PvExport("rm", _rm, None, None, False),
+    PvExport("rs", _rs, None, None, False),
+    PvExport("rr", _rr, None, None, False),
+    PvExport("fu", _na("from_", "uri"), None, None, False),
+    PvExport("fU", _na("from_", "user"), None, None, False),
+    PvExport("fd", _na("from_", "host"), None, None, False),
+    PvExport("fn", _na("from_", "display"), None, None, False),
+    PvExport("ft", _na("from_", "tag"), None, None, False),
+    PvExport("tu", _na("to", "uri"), None, None, False),
+    PvExport("tU", _na("to", "user"), None, None, False),
+    PvExport("td", _na("to", "host"), None, None, False),
+    PvExport("tn", _na("to", "display"), None, None, False),
+    PvExport("tt", _na("to", "tag"), None, None, False),
+    PvExport("ci", _const(lambda c: c.msg.callid), None, None, False),
+    PvExport("cs", _const(lambda c: c.msg.cseq_num), None, None, False),
+    PvExport("si", _src(0), None, None, False),
+    PvExport("sp", _src(1), None, None, False),
+    PvExport("Ri", _dst(0), None, None, False),
+    PvExport("Rp", _dst(1), None, None, False),
+    PvExport("pr", _const(lambda c: c.msg.proto), None, None, False),
+    PvExport("proto", _const(lambda c: c.msg.proto), None, None, False),
+    PvExport("ua", _hdr_first("User-Agent"), None, None, False),
+    PvExport("du", _du, _du_set, None, False),
+    PvExport("mb", _mb, None, None, False),
+    PvExport("ml", _const(lambda c: len(c.msg.buf)), None, None, False),
+    PvExport("rb", _rb, None, None, False),
+    PvExport("bs", _const(lambda c: len(c.msg.body)), None, None, False),
+    PvExport("cl", _const(lambda c: c.msg.content_length), None, None, False),
+    PvExport("ct", _hdr_first("Contact"), None, None, False),
+    PvExport("cT", _hdr_first("Content-Type"), None, None, False),
+    PvExport("mi", _const(lambda c: c.msg.id), None, None, False),
+    PvExport("pp", _const(lambda c: os.getpid()), None, None, False),
+    PvExport("Ts", _const(lambda c: int(time.time())), None, None, False),
+    PvExport("Tf", _const(lambda c: time.strftime("%a %b %d %H:%M:%S %Y")), None, None, False),
+    PvExport("TV", _tv, None, _tv_parse, True),
+    PvExport("rc", _rc, None, None, False),
+    PvExport("retcode", _rc, None, None, False),
+    PvExport("hdr", _hdr, None, _hdr_parse, True),
+    PvExport("hdrc", _hdrc, None, _hdr_parse, True),
+    PvExport("mf", _flag_get, _flag_set, None, False),
+    PvExport("mF", _const(lambda c: "%x" % c.flags), None, None, False),
+]
+FUNCTIONS = []
+PARAMS = []
+
+try:        # shared pvs ($avp, $xavp, $shv ...) come from the shm part
+    from asyncd.modules import pv_shm as _pv_shm
+except ImportError:
+    _pv_shm = None
+if _pv_shm is not None:
+    PVS.extend(getattr(_pv_shm, "PVS", ()))
+    FUNCTIONS.extend(getattr(_pv_shm, "FUNCTIONS", ()))
+    PARAMS.extend(getattr(_pv_shm, "PARAMS", ()))
+
+if not any(p.name == "avp" for p in PVS):
+    # Without the shm part, $avp lives in a private per-message dict: enough
+    # to run scripts in-process (tests, benchmarks), not to survive a suspend.
+    def _avp_get(ctx, name, idx):
+        vals = (ctx.extra or {}).get("avp", {}).get(name)
+        if not vals:
+            return None
+        if idx is None:
+            return vals[0]
+        if idx == "*":
+            return vals[0]
+        try:
+            return vals[idx]
+        except IndexError:
+            return None
+
+    def _avp_set(ctx, name, idx, value):
+        if ctx.extra is None:
+            ctx.extra = {}
+        store = ctx.extra.setdefault("avp", {})
+        if value is None:
+            store.pop(name, None)
+        else:
+            store.setdefault(name, []).insert(0, value)
+
+    PVS.append(PvExport("avp", _avp_get, _avp_set, _var_parse, True))
+
+EXPORTS = ModuleExports(
+    name="pv",
+    functions=FUNCTIONS,
+    params=PARAMS,
+    pvs=PVS,
+    mod_init=getattr(_pv_shm, "mod_init", None) if _pv_shm else None,
+    child_init=getattr(_pv_shm, "child_init", None) if _pv_shm else None,
+)

@@ -1,0 +1,61 @@
+"""The siputils module: has_totag, is_request, is_reply (and a few cheap helpers).
+
+Runs in: every process running routes.
+
+Kamailio: src/modules/siputils/checks.c, siputils.c.
+"""
+from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport
+from asyncd.core.route_types import ANY_ROUTE
+
+
+def has_totag(ctx, site):
+    try:
+        return 1 if ctx.msg.to_tag else -1
+    except Exception:       # unparsable To: no tag as far as the script knows
+        return -1
+
+
+def is_request(ctx, site):
+    return 1 if ctx.msg.is_request else -1
+
+
+def is_reply(ctx, site):
+    return -1 if ctx.msg.is_request else 1
+
+
+def is_user(ctx, site, user):
+    m = ctx.msg
+    try:
+        from asyncd.modules.pv import _puri
+        u = _puri(m.from_.uri)
+    except Exception:
+        return -1
+    return 1 if u is not None and u.user == user else -1
+
+
+def uri_param(ctx, site, name):
+    from asyncd.modules.pv import _cur_uri_parsed
+    u = _cur_uri_parsed(ctx.msg)
+    return 1 if u is not None and name.lower() in u.params else -1
+
+
+def uri_param2(ctx, site, name, value):
+    from asyncd.modules.pv import _cur_uri_parsed
+    u = _cur_uri_parsed(ctx.msg)
+    return 1 if u is not None and u.params.get(name.lower()) == value else -1
+
+
+EXPORTS = ModuleExports(
+    name="siputils",
+    functions=[
+        FuncExport("has_totag", (), has_totag, ANY_ROUTE),
+        FuncExport("is_request", (), is_request, ANY_ROUTE),
+        FuncExport("is_reply", (), is_reply, ANY_ROUTE),
+        FuncExport("is_user", (P.STR,), is_user, ANY_ROUTE),
+        FuncExport("uri_param", (P.STR,), uri_param, ANY_ROUTE),
+        FuncExport("uri_param", (P.STR, P.STR), uri_param2, ANY_ROUTE),
+    ],
+    params=[ParamExport("options_accept", str, "*/*"),
+            ParamExport("options_support", str, ""),
+            ParamExport("rpid_prefix", str, ""), ParamExport("rpid_suffix", str, "")],
+)
