@@ -241,6 +241,10 @@ def build_cancel(req, extra_headers=()):
 
 def build_ack(req, reply, extra_headers=()):
     """ACK for a non-2xx final reply to an INVITE sent on a branch: as the
-    INVITE, but To from the reply (with its tag) (RFC 3261 17.1.1.3)."""
-    to_value = reply if isinstance(reply, str) else reply._idx["to"][0]
+    INVITE, but To from the reply (with its tag) (RFC 3261 17.1.1.3). `reply`
+    is the reply SipMsg or its To value (str); None keeps the request's To."""
+    if reply is None:
+        to_value = req._idx["to"][0]
+    else:
+        to_value = reply if isinstance(reply, str) else reply._idx["to"][0]
     return _in_tx_request(req, "ACK", to_value, extra_headers)
