@@ -1,0 +1,266 @@
+"""Run-time edge cases of the ASYNC module (spec A §1-2, §6-7; B §2): values
+from variables that are out of range or unknown give -1, an error naming the
+cfg file:line, and no suspended transaction; faked messages are refused; full
+queues say so; return values; `$async`/`$atkv` outside their tasks.
+
+Runs in: the pytest process, against one real server (routes chosen by R-URI
+user) plus one with modparam return=1.
+"""
+import re
+import time
+
+import pytest
+
+from tests.integration.test_async_support import PRE, cfg, line_of, resumed_by
+
+BODY = """request_route {
+""" + PRE + """    $var(v) = $hdr(X-V);
+    if ($rU == "sleep") { route(SLEEP); }
+    if ($rU == "mssleep") { route(MSSLEEP); }
+    if ($rU == "route") { route(ROUTE); }
+    if ($rU == "msroute") { route(MSROUTE); }
+    if ($rU == "group") { route(GROUP); }
+    if ($rU == "task") { route(TASK); }
+    if ($rU == "data") { route(DATA); }
+    if ($rU == "tkv") { route(TKV); }
+    if ($rU == "pvs") { route(PVS); }
+    if ($rU == "full") { route(FULL); }
+    if ($rU == "blfull") { route(BLFULL); }
+    exit;
+}
+route[SLEEP] {
+    async_sleep("$var(v)");
+    send_reply("200", "after rc=$rc");
+    exit;
+}
+route[MSSLEEP] {
+    async_ms_sleep("$var(v)");
+    send_reply("200", "after rc=$rc");
+    exit;
+}
+route[ROUTE] {
+    async_route("$var(v)", "1");
+    send_reply("200", "after rc=$rc");
+    exit;
+}
+route[MSROUTE] {
+    async_ms_route("R", "$var(v)");
+    send_reply("200", "after rc=$rc");
+    exit;
+}
+route[GROUP] {
+    async_task_group_route("R", "$var(v)");
+    send_reply("200", "after rc=$rc");
+    exit;
+}
+route[TASK] {
+    async_task_route("$var(v)");
+    send_reply("200", "after rc=$rc");
+    exit;
+}
+route[DATA] {
+    async_task_data("FAKED", "$var(v)");
+    send_reply("200", "data rc=$rc");
+    exit;
+}
+route[TKV] {
+    async_tkv_emit("7", "k", "$var(v)");
+    send_reply("200", "tkv rc=$rc");
+    exit;
+}
+route[PVS] {
+    async_task_route("PVR");
+}
+route[PVR] {
+    send_reply("200", "D=$async(data) G=$async(gname) T=$atkv(type) K=$atkv(key)");
+    exit;
+}
+route[R] {
+    xinfo("RES $rU pid=$pp\\n");
+    send_reply("200", "resumed");
+    exit;
+}
+route[FAKED] {
+    async_route("R", "1");
+    xinfo("FAKED rc=$rc data=$async(data) pvs=$atkv(type)\\n");
+    exit;
+}
+route[FULL] {
+    $var(ok) = 0;
+    $var(fail) = 0;
+    $var(i) = 0;
+    async_task_group_data("SLOW", "nb", "2");
+    while ($var(i) < 1100) {
+        if (async_task_group_data("SLOW", "nb", "0")) {
+            $var(ok) = $var(ok) + 1;
+        } else {
+            $var(fail) = $var(fail) + 1;
+        }
+        $var(i) = $var(i) + 1;
+    }
+    async_task_group_route("R", "nb");
+    send_reply("503", "full ok=$var(ok) fail=$var(fail) rc=$rc");
+    exit;
+}
+route[BLFULL] {
+    $var(i) = 0;
+    async_task_group_data("SLOW", "bl", "2");
+    while ($var(i) < 1024) {
+        async_task_group_data("SLOW", "bl", "0");
+        $var(i) = $var(i) + 1;
+    }
+    async_task_group_data("SLOW", "bl", "0");
+    send_reply("503", "blocked rc=$rc");
+    exit;
+}
+route[SLOW] {
+    if ($async(data) != "0") {
+        sleep("$async(data)");
+    }
+    exit;
+}
+event_route[core:tkv] {
+    xinfo("TKV $atkv(type) $atkv(key) len=$(atkv(val){s.len})\\n");
+}
+"""
+
+CORE = ('async_workers=1\nasync_workers_group="name=nb;workers=1;nonblock=1"\n'
+        'async_workers_group="name=bl;workers=1;nonblock=0"\n'
+        'async_workers_group="name=tkv;workers=1"')
+TEXT = cfg(BODY, core=CORE, params='modparam("async", "ms_timer", 10)\n', children=2)
+
+
+@pytest.fixture(scope="module")
+def srv():
+    from tests.helpers import run_server
+    with run_server(TEXT, stop_timeout=8.0) as s:
+        yield s
+
+
+@pytest.fixture
+def client(srv, sip_client):
+    return sip_client(srv.addr)
+
+
+def _ask(client, srv, user, value, timeout=2.0):
+    rs = client.request("OPTIONS", f"sip:{user}@127.0.0.1:{srv.port}", timeout=timeout,
+                        headers=(f"X-V: {value}",))
+    fin = [r for r in rs if r.status and r.status >= 200]
+    assert fin, f"no final reply for {user}/{value}; log:\n{srv.log()[-3000:]}"
+    return fin[0], rs
+
+
+def _no_more(client, wait=0.4):
+    late = client.collect(wait)
+    assert not late, late
+
+
+def _err_logged(srv, route_needle, text):
+    line = line_of(TEXT, route_needle)
+    srv.wait_log(rf"ERROR: <async> \[[^\]]*test\.cfg:{line}\]: .*{re.escape(text)}")
+
+
+@pytest.mark.parametrize("user,value,needle", [
+    ("sleep", "0", 'async_sleep("$var(v)")'),
+    ("sleep", "-1", 'async_sleep("$var(v)")'),
+    ("sleep", "abc", 'async_sleep("$var(v)")'),
+    ("sleep", "101", 'async_sleep("$var(v)")'),
+    ("mssleep", "30001", 'async_ms_sleep("$var(v)")'),
+    ("mssleep", "", 'async_ms_sleep("$var(v)")'),
+    ("msroute", "0", 'async_ms_route("R", "$var(v)")'),
+])
+def test_bad_delay_from_variable(srv, client, user, value, needle):
+    fin, rs = _ask(client, srv, user, value)
+    assert fin.status == 200 and fin.reason == "after rc=-1"
+    assert fin.elapsed < 0.1
+    _err_logged(srv, needle, "invalid")
+    _no_more(client)                  # nothing suspended: no 408/500 later
+
+
+def test_numeric_string_from_variable_is_accepted(srv, client):
+    fin, rs = _ask(client, srv, "mssleep", "250")
+    assert fin.reason == "after rc=1" and 0.25 <= fin.elapsed < 0.26
+
+
+def test_unknown_route_from_variable(srv, client):
+    fin, _ = _ask(client, srv, "route", "NOPE")
+    assert fin.reason == "after rc=-1"
+    _err_logged(srv, 'async_route("$var(v)", "1")', "route block not found [NOPE]")
+    _no_more(client)
+
+
+def test_route_name_too_long_from_variable(srv, client):
+    fin, _ = _ask(client, srv, "task", "R" * 63)
+    assert fin.reason == "after rc=-1"
+    _err_logged(srv, 'async_task_route("$var(v)")', "callback name is too long")
+
+
+def test_unknown_group_from_variable_is_an_error_not_a_hang(srv, client):
+    fin, _ = _ask(client, srv, "group", "nogroup")
+    assert fin.reason == "after rc=-1"
+    _err_logged(srv, 'async_task_group_route("R", "$var(v)")', "[nogroup] not found")
+    _no_more(client)
+
+
+def test_empty_group_means_default(srv, client):
+    fin, _ = _ask(client, srv, "group", "")
+    assert fin.reason == "resumed"
+    assert resumed_by(srv, "group") == "asyncd: Async Task Worker - default"
+
+
+def test_data_task_returns_1_and_suspending_on_faked_message_is_refused(srv, client):
+    fin, _ = _ask(client, srv, "data", "payload-1")
+    assert fin.reason == "data rc=1"
+    srv.wait_log(r"FAKED rc=-1 data=payload-1 pvs=<null>")
+    srv.wait_log(r"invalid usage for faked message")
+
+
+def test_tkv_value_limits(srv, client):
+    fin, _ = _ask(client, srv, "tkv", "v" * 10)
+    assert fin.reason == "tkv rc=1"
+    srv.wait_log(r"TKV 7 k len=10\b")
+    fin, _ = _ask(client, srv, "tkv", "v" * 1024)
+    assert fin.reason == "tkv rc=1"
+    srv.wait_log(r"TKV 7 k len=1024\b")       # 1023 chars + NUL, as Kamailio (B §5)
+    fin, _ = _ask(client, srv, "tkv", "v" * 1025)
+    assert fin.reason == "tkv rc=-1"
+
+
+def test_async_pvs_in_a_resumed_task_route(srv, client):
+    fin, _ = _ask(client, srv, "pvs", "x")
+    assert fin.reason == "D=<null> G=default T=<null> K=<null>"
+
+
+def test_full_nonblocking_group_returns_minus_one_at_once(srv, client):
+    t0 = time.monotonic()
+    fin, _ = _ask(client, srv, "full", "x", timeout=3.0)
+    # one task running, 1024 queued: the rest and the suspending call are refused
+    assert fin.status == 503 and fin.reason == "full ok=1024 fail=76 rc=-1", fin.reason
+    assert time.monotonic() - t0 < 1.0
+    _err_logged(srv, 'async_task_group_route("R", "nb")', "queue is full")
+    _no_more(client)
+
+
+def test_full_blocking_group_waits_bounded_then_minus_one(srv, client):
+    fin, _ = _ask(client, srv, "blfull", "x", timeout=4.0)
+    assert fin.status == 503 and fin.reason == "blocked rc=-1"
+    assert 1.0 <= fin.elapsed < 1.6
+
+
+RET_TEXT = cfg("request_route {\n" + PRE + """    async_task_route("R2");
+    xinfo("AFTER rc=$rc\\n");
+    exit;
+}
+route[R2] {
+    send_reply("200", "resumed");
+    exit;
+}
+""", params='modparam("async", "return", 1)\n')
+
+
+def test_return_modparam_lets_the_script_continue(run_server, sip_client):
+    with run_server(RET_TEXT) as s:
+        c = sip_client(s.addr)
+        fin = c.final("OPTIONS", f"sip:ret@127.0.0.1:{s.port}")
+        assert fin is not None and fin.reason == "resumed"
+        s.wait_log(r"AFTER rc=1")
