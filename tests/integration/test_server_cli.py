@@ -3,6 +3,7 @@
 Runs in: the pytest process; servers are subprocesses on free loopback ports.
 """
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -64,12 +65,28 @@ def test_listen_override_children_and_defines(run_server, sip_client):
         assert sip_client(srv.addr).final("OPTIONS").reason == "plain"
 
 
-def test_embedded_default_cfg_answers_keepalive(run_server, sip_client):
+def test_embedded_default_cfg_shows_the_async_module(run_server, sip_client):
     with run_server(None) as srv:
+        titles = srv.titles()
+        assert titles[0] == "asyncd: main process - attendant"
+        assert sorted(titles[1:]) == sorted(receiver_titles(srv.port, 2) + [
+            "asyncd: Async Task Worker - default", "asyncd: Async Task Worker - default",
+            "asyncd: Async Task Worker - tkv", "asyncd: timer", "asyncd: ASYNC MOD TIMER"])
         c = sip_client(srv.addr)
+        # keepalive: stateless, straight from the receiver
         r = c.final("OPTIONS", ruri=f"sip:127.0.0.1:{srv.port}")
         assert r is not None and r.status == 200 and r.reason == "Keepalive"
-        assert srv.titles()[0] == "asyncd: main process - attendant"
+        # any other request: suspended, answered by an async task worker, tkv event logged
+        _, _, callid = c.send("MESSAGE", body="hello")
+        r = c.recv(3)
+        assert r is not None and r.status == 200 and r.hdr("call-id") == callid
+        m = srv.wait_log(r"\d+\((\d+)\) INFO: <script> \[[^]]*default.cfg:\d+\]: resumed MESSAGE from tester "
+                         r"\(call-id %s\)" % re.escape(callid))
+        worker = psutil.Process(int(m.group(1)))
+        assert " ".join(worker.cmdline()).strip() == "asyncd: Async Task Worker - default"
+        m = srv.wait_log(r"\d+\((\d+)\) INFO: <script> .*tkv event: type=1 key=MESSAGE val=from=tester "
+                         r"to=test call-id=%s" % re.escape(callid))
+        assert " ".join(psutil.Process(int(m.group(1))).cmdline()).strip() == "asyncd: Async Task Worker - tkv"
 
 
 def test_stale_shm_of_killed_run_is_removed(run_server):
