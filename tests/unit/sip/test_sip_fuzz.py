@@ -1,0 +1,92 @@
+"""Property tests: parse_msg raises nothing but SipParseError, whatever the bytes.
+
+parse_msg wraps an unexpected exception into SipParseError("Bad message (<type>)")
+so that a receiver survives a parser bug; these tests treat that wrapper as a
+failure, so a bug shows up here instead of being hidden. Lazy accessors are
+exercised too: they may raise SipParseError only.
+"""
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from asyncd.sip import (SipParseError, build_reply, build_request_fwd, parse_msg, reply_addr,
+                        strip_top_via, via_line)
+
+CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "rfc4475"
+MESSAGES = [p.read_bytes() for p in sorted(CORPUS.glob("*.dat"))]
+assert len(MESSAGES) == 50
+
+LAZY = ("via1", "via2", "vias", "callid", "cseq_num", "cseq_method", "from_", "to", "from_tag",
+        "to_tag", "max_forwards", "contact", "contacts", "routes", "record_routes",
+        "content_length", "parsed_ruri", "headers", "raw_headers", "body")
+
+
+def exercise(buf):
+    """Parse and touch everything; only SipParseError may come out."""
+    try:
+        m = parse_msg(buf, src=("192.0.2.1", 5060))
+    except SipParseError as e:
+        assert not e.reason.startswith("Bad message ("), repr(e.__cause__)
+        assert isinstance(e.reason, str) and "\n" not in e.reason
+        if e.can_reply:  # what the receiver then does must work
+            build_reply(e.msg, e.code, e.reason)
+            reply_addr(e.msg)
+        return None
+    for name in LAZY:
+        try:
+            getattr(m, name)
+        except SipParseError:
+            pass
+    m.hdr("via")
+    m.hdrs("contact")
+    if m.is_request and m.method != "ACK":
+        build_reply(m, 200, "OK")
+        reply_addr(m)
+        build_request_fwd(m, m.ruri, via_line("127.0.0.1", 5060, "z9hG4bKf"))
+    elif not m.is_request:
+        strip_top_via(m)
+    return m
+
+
+def test_every_truncation_of_every_corpus_message():
+    """Replayed in pieces: each prefix of each message (a datagram cut short)."""
+    for buf in MESSAGES:
+        step = 1 if len(buf) < 1200 else 7
+        for n in range(0, len(buf), step):
+            exercise(buf[:n])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes(buf):
+    exercise(buf)
+
+
+_pieces = st.sampled_from([b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b";", b",", b"<", b">", b'"',
+                           b"\\", b"@", b"%", b"=", b"[", b"]", b"\x00", b"\xff", b"\r\n ",
+                           b"Via: ", b"v:", b"CSeq: ", b"l: ", b"Content-Length: -1", b"SIP/2.0",
+                           b";rport", b";branch=", b"sip:", b"\r\n\r\n", b"9999999999999"])
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(MESSAGES), st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 12), _pieces),
+                                           max_size=6))
+def test_mutated_corpus_messages(buf, edits):
+    """Splice SIP-significant bytes into real messages (deletions and insertions)."""
+    b = bytearray(buf)
+    for pos, cut, piece in edits:
+        pos %= len(b) + 1
+        b[pos:pos + cut] = piece
+    exercise(bytes(b))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x2fff), max_size=80))
+def test_any_header_value(value):
+    """Any text as the value of each core header of a good request."""
+    base = ("OPTIONS sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+            "From: <sip:b@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: c\r\n"
+            "CSeq: 1 OPTIONS\r\nContact: <sip:b@h>\r\nRoute: <sip:r;lr>\r\nMax-Forwards: 70\r\n\r\n")
+    for hdr in ("Via", "From", "To", "Call-ID", "CSeq", "Contact", "Route", "Max-Forwards"):
+        lines = [(hdr + ": " + value) if ln.startswith(hdr + ":") else ln for ln in base.split("\r\n")]
+        exercise("\r\n".join(lines).encode("utf-8", "surrogatepass"))
