@@ -272,8 +272,8 @@ def _modparam(script, mod, param, value, loc, vloc):
     want = p.type
     ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
     if not ok:
-        tname = "integer" if want is int else "string"
-        raise vloc.error(f"modparam(\"{mod}\", \"{param}\"): value must be a {tname}, got {value!r}")
+        tname = "an integer" if want is int else "a string"
+        raise vloc.error(f"modparam(\"{mod}\", \"{param}\"): value must be {tname}, got {value!r}")
     if p.multi:
         script.modparams[mod][param].append(value)
     else:

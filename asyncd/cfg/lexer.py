@@ -32,7 +32,7 @@ _PAIRS = {"(": ")", "[": "]", "{": "}"}
 
 
 class Token:
-    __slots__ = ("kind", "value", "file", "line", "col")
+    __slots__ = ("kind", "value", "file", "line", "col", "eline", "ecol")
 
     def __init__(self, kind, value, file, line, col):
         self.kind = kind
@@ -40,6 +40,8 @@ class Token:
         self.file = file
         self.line = line
         self.col = col
+        self.eline = line
+        self.ecol = col
 
     def is_op(self, text):
         return self.kind == OP and self.value == text
@@ -76,6 +78,11 @@ class Lexer:
         self.line_start = at + 1
 
     def next_token(self):
+        tok = self._next()
+        tok.eline, tok.ecol = self.line, self.col
+        return tok
+
+    def _next(self):
         text = self.text
         n = len(text)
         while True:
@@ -258,8 +265,7 @@ class Lexer:
                 q = e
             q += 1
         if stack:
-            self.pos = p
-            self.error(f"malformed pseudo-variable: unbalanced '{text[p]}'")
+            self.error(f"malformed pseudo-variable: unbalanced '{text[p]}'", col=self.col)
         return q
 
 

@@ -324,8 +324,9 @@ class Parser:
             self.advance()
             return
         prev = self.toks[self.i - 1] if self.i else t
-        # Kamailio reports a missing ';' where the next token starts
-        self.error(f"syntax error: missing ';' after {_describe(prev)}, found {_describe(t)}")
+        # point right after the statement, where the ';' belongs
+        raise CfgError(f"syntax error: missing ';' after {_describe(prev)}, found {_describe(t)}",
+                       prev.file, prev.eline, prev.ecol)
 
     def assignment(self):
         t = self.advance()

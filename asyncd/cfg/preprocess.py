@@ -36,12 +36,9 @@ class Preprocessor:
     # -- entry points ------------------------------------------------------
     def run_text(self, text, file):
         self.files.append(file)
-        self._process(Lexer(text, file), os.path.dirname(os.path.abspath(file))
-                      if not file.startswith("<") else os.getcwd(), 0)
-        eof_file = file
-        last = self.out[-1] if self.out else None
-        self.out.append(Token(EOF, None, eof_file, last.line if last else 1,
-                              (last.col + 1) if last else 1))
+        eof = self._process(Lexer(text, file), os.path.dirname(os.path.abspath(file))
+                            if not file.startswith("<") else os.getcwd(), 0)
+        self.out.append(eof)
         return self.out
 
     # -- main loop -----------------------------------------------------------
@@ -55,7 +52,7 @@ class Preprocessor:
                 if conds:
                     t = conds[-1][3]
                     raise CfgError("missing #!endif for this #!if", t.file, t.line, t.col)
-                return
+                return tok
             if kind == DIR:
                 active = self._directive(tok, lx, conds, active, basedir, depth)
                 continue
