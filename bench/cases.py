@@ -17,8 +17,8 @@ load to apply, and which servers can run it. Two ways to declare one:
        uas = "uas.xml"                    # relay cases: a SIPp UAS behind the server
        [latency]     # built-in sender, fixed rate, per-request latency
        rate = 1000; count = 3000; nominal_ms = 0; drain_s = 2
-       [throughput]  # async_task_data / tkv: deliveries counted by the cfg
-       rate = 3000; count = 9000; timeout_s = 15
+       [throughput]  # async_task_data / tkv: deliveries counted by the cfg, stepped
+       rates = [2000, 4000, 8000]; step_s = 3; timeout_s = 5   # like the SIPp search
        [quick]       # overrides for --quick, same shape as above
        sipp = {rates = [200, 500], step_s = 1}
 
@@ -44,10 +44,11 @@ DEFAULT_SIPP = {"scenario": "options_uac.xml", "rates": [1000, 2000, 5000], "ste
                 "refine": 1, "recv_timeout_ms": 4000, "cooldown_s": 1.0, "min_rate_fraction": 0.9,
                 "service": "bench", "uas": None}
 DEFAULT_LATENCY = {"rate": 200, "count": 400, "nominal_ms": 0, "drain_s": 2.0, "user": "bench"}
-DEFAULT_THROUGHPUT = {"rate": 2000, "count": 6000, "timeout_s": 15.0, "user": "bench"}
+DEFAULT_THROUGHPUT = {"rates": [1000, 2000, 4000], "step_s": 3.0, "refine": 0, "timeout_s": 5.0,
+                      "user": "bench"}
 DEFAULT_QUICK = {"sipp": {"rates": [200, 400], "step_s": 1, "refine": 0, "cooldown_s": 0.2},
                  "latency": {"count": 100, "drain_s": 1.5},
-                 "throughput": {"count": 500, "timeout_s": 5.0}}
+                 "throughput": {"rates": [500, 1000], "step_s": 0.5, "timeout_s": 3.0}}
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -93,7 +94,8 @@ class Case:
             nominal = f", delay {lat['nominal_ms']} ms" if lat.get("nominal_ms") else ""
             bits.append(f"sender {lat['rate']}/s x {lat['count']}{nominal}")
         if self.throughput:
-            bits.append(f"data {self.throughput['rate']}/s x {self.throughput['count']}")
+            t = self.throughput
+            bits.append(f"data steps {t['rates']} x {t['step_s']} s")
         if self.sipp:
             s = self.sipp
             bits.append(f"SIPp {s['scenario']} steps {s['rates']} x {s['step_s']} s")

@@ -25,6 +25,7 @@ def make_plots(results: list, out_dir: Path) -> list:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (for the log axis labels)
 
     by_case = {}
     for r in results:
@@ -53,6 +54,9 @@ def make_plots(results: list, out_dir: Path) -> list:
                 n = len(s)
                 ax.plot(s, [(i + 1) / n for i in range(n)], label=server, color=COLORS.get(server))
             ax.set_xscale("log")
+            fmt = matplotlib.ticker.FormatStrFormatter("%g")
+            ax.xaxis.set_major_formatter(fmt)
+            ax.xaxis.set_minor_formatter(fmt)
             ax.set_xlabel("latency (ms, log scale)")
             ax.set_ylabel("fraction of requests")
             ax.set_title(f"{case}: latency CDF")

@@ -18,9 +18,10 @@ METRICS = (
     ("max_clean_rate", "max clean rate /s", lambda r: (r.get("sipp") or {}).get("max_clean_rate"), True),
     ("latency_p50_ms", "latency p50 ms", lambda r: _lat(r, "p50"), False),
     ("latency_p99_ms", "latency p99 ms", lambda r: _lat(r, "p99"), False),
-    ("delay_err_p50_ms", "delay error p50 ms", lambda r: _delay(r, "p50"), False),
-    ("delay_err_max_ms", "delay error max ms", lambda r: _delay(r, "max"), False),
-    ("delivered_per_s", "data delivered /s", lambda r: (r.get("throughput") or {}).get("delivered_per_s"), True),
+    ("abs_delay_err_p50_ms", "|delay error| p50 ms", lambda r: _delay(r, "p50"), False),
+    ("abs_delay_err_max_ms", "|delay error| max ms", lambda r: _delay(r, "max"), False),
+    ("data_clean_rate", "max clean data rate /s", lambda r: (r.get("throughput") or {}).get("max_clean_rate"),
+     True),
     ("cpu_ms_per_req", "server CPU ms/req", lambda r: cpu_per_req(r), False),
     ("pss_max_mb", "PSS MB", lambda r: r.get("pss_max_mb"), False),
 )
@@ -34,7 +35,8 @@ def _lat(r, p):
 
 
 def _delay(r, p):
-    return ((r.get("latency") or {}).get("delay_error_ms") or {}).get(p)
+    """Absolute error: Kamailio's seconds timer resumes early as well as late."""
+    return ((r.get("latency") or {}).get("abs_delay_error_ms") or {}).get(p)
 
 
 def cpu_per_req(r: dict) -> Optional[float]:
@@ -124,9 +126,16 @@ def _thr_cell(r: dict) -> str:
         return "–"
     if "error" in t:
         return t["error"]
-    cell = f"{_fmt(t['delivered_per_s'])}/s"
-    if not t.get("complete"):
-        cell += f" (only {t['delivered']}/{t['expected']} delivered)"
+    if not t.get("steps"):
+        return "not run"
+    best = t.get("max_clean_rate") or 0
+    cell = f"{_fmt(best)}/s all delivered" if best else "none clean"
+    ceil = t.get("ceiling")
+    if ceil:
+        failing = next((s for s in t["steps"] if s["rate"] == ceil), {})
+        cell += f" (fails at {_fmt(ceil)}: {', '.join(failing.get('reasons', []))})"
+    else:
+        cell += " (all steps clean)"
     return cell
 
 

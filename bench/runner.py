@@ -76,7 +76,7 @@ def _drops_total(d: dict) -> int:
     return d.get("RcvbufErrors", 0) + d.get("SndbufErrors", 0)
 
 
-def run_latency(srv: Server, tree: ProcessTree, cfg: dict) -> dict:
+def run_latency(srv: Server, tree: ProcessTree, cfg: dict, opts: "RunOptions") -> dict:
     with _Meter(tree) as m:
         res = sender.run(srv.port, cfg["rate"], cfg["count"], user=cfg["user"],
                          drain_s=cfg["drain_s"] + cfg["nominal_ms"] / 1000.0)
@@ -92,26 +92,60 @@ def run_latency(srv: Server, tree: ProcessTree, cfg: dict) -> dict:
     if nominal:
         out["nominal_ms"] = nominal
         out["delay_error_ms"] = stats.summarize([v - nominal * 1000 for v in lat], scale=1e-3)
+        out["abs_delay_error_ms"] = stats.summarize([abs(v - nominal * 1000) for v in lat], scale=1e-3)
         out["early"] = sum(1 for v in lat if v < nominal * 1000)
     out["_raw_ms"] = [v / 1000 for v in lat]
     return out
 
 
-def run_throughput(srv: Server, tree: ProcessTree, cfg: dict) -> dict:
-    base = sender.read_counter(srv.port)
-    if base is None:
+def run_throughput(srv: Server, tree: ProcessTree, cfg: dict, opts: "RunOptions") -> dict:
+    """Step the data rate; a step is clean when every request was answered and every
+    datum delivered (the cfg's $shtinc counter) within timeout_s of the last send."""
+    if sender.read_counter(srv.port) is None:
         return {"error": "the cfg did not answer the counter query (R-URI user 'count')"}
-    with _Meter(tree) as m:
-        t_start = time.monotonic()
-        res = sender.run(srv.port, cfg["rate"], cfg["count"], user=cfg["user"], drain_s=1.0)
-        deliv = sender.wait_delivery(srv.port, base, res.sent, t_start, timeout_s=cfg["timeout_s"])
-    return {"rate": cfg["rate"], "sent": res.sent, "answered": res.answered,
-            "non_2xx": res.non_2xx, "delivered": deliv.delivered, "expected": deliv.expected,
-            "complete": deliv.complete, "seconds": deliv.seconds,
-            "delivered_per_s": round(deliv.rate, 1), "achieved_send_rate": round(res.achieved_rate, 1),
-            "server_cpu_s": m.cpu,
-            "server_cpu_ms_per_req": round(m.cpu * 1000 / res.sent, 4) if res.sent else None,
-            "udp_drops": m.drops, "pss_mb": round(m.pss / MB, 1)}
+
+    def probe(rate):
+        base = sender.read_counter(srv.port) or 0
+        with _Meter(tree) as m:
+            t_start = time.monotonic()
+            res = sender.run(srv.port, rate, max(1, int(rate * cfg["step_s"])), user=cfg["user"],
+                             drain_s=1.0)
+            deliv = sender.wait_delivery(srv.port, base, res.sent, t_start, timeout_s=cfg["timeout_s"])
+        reasons = []
+        if not deliv.complete:
+            reasons.append(f"{deliv.delivered}/{deliv.expected} delivered")
+        if res.unanswered:
+            reasons.append(f"{res.unanswered} unanswered")
+        if res.achieved_rate < 0.9 * rate:
+            reasons.append(f"sender reached only {res.achieved_rate:.0f}/s")
+        d = {"rate": rate, "sent": res.sent, "answered": res.answered, "non_2xx": res.non_2xx,
+             "delivered": deliv.delivered, "expected": deliv.expected, "complete": deliv.complete,
+             "seconds": deliv.seconds, "delivered_per_s": round(deliv.rate, 1),
+             "achieved_send_rate": round(res.achieved_rate, 1), "server_cpu_s": m.cpu,
+             "server_cpu_ms_per_req": round(m.cpu * 1000 / res.sent, 4) if res.sent else None,
+             "udp_drops": m.drops, "pss_mb": round(m.pss / MB, 1), "reasons": reasons}
+        opts.log(f"    data {rate}/s x {cfg['step_s']:g}s: {d['delivered']}/{d['expected']} delivered in "
+                 f"{d['seconds']} s ({d['delivered_per_s']}/s) "
+                 f"{'clean' if not reasons else 'NOT clean: ' + ', '.join(reasons)}")
+        return stats.StepOutcome(rate=rate, clean=not reasons, data=d)
+
+    res = stats.search_clean_rate(cfg["rates"], probe, refine=int(cfg.get("refine", 0)), quantum=500,
+                                  should_stop=lambda: opts.budget.exceeded() or srv.proc.poll() is not None)
+    best = res.best.data if res.best else None
+    return {"steps": [s.data for s in res.steps], "max_clean_rate": res.max_clean_rate,
+            "ceiling": res.ceiling, "at_best": best,
+            "delivered_per_s": best["delivered_per_s"] if best else 0,
+            "server_cpu_ms_per_req": best["server_cpu_ms_per_req"] if best else None,
+            "udp_drops": _sum_drops(s.data["udp_drops"] for s in res.steps),
+            "pss_mb": max((s.data["pss_mb"] for s in res.steps), default=0)}
+
+
+def _sum_drops(items) -> dict:
+    total = {}
+    for d in items:
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + v
+    return total
 
 
 def _sipp_step(srv: Server, tree: ProcessTree, cfg: dict, rate: int, step_s: float,
@@ -212,9 +246,10 @@ def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
             cfg = getattr(case, phase)
             if cfg is None or opts.budget.exceeded() or srv.proc.poll() is not None:
                 continue
-            out[phase] = fn(srv, tree, cfg)
+            out[phase] = fn(srv, tree, cfg, opts)
             pss.append(out[phase].get("pss_mb", 0))
-            _log_phase(opts, phase, out[phase])
+            if phase == "latency" or "error" in out[phase]:
+                _log_phase(opts, phase, out[phase])
         if case.sipp and not opts.budget.exceeded() and srv.proc.poll() is None:
             out["sipp"] = run_sipp(srv, tree, case.sipp, opts, f"{case.name}-{kind}")
             pss += [s["pss_mb"] for s in out["sipp"]["steps"]]
@@ -240,9 +275,6 @@ def _log_phase(opts: RunOptions, phase: str, d: dict) -> None:
         what = "delay error" if "delay_error_ms" in d else "latency"
         opts.log(f"    latency: {d['answered']}/{d['sent']} answered; {what} ms p50 {lat.get('p50')} "
                  f"p99 {lat.get('p99')} max {lat.get('max')}; CPU {d['server_cpu_ms_per_req']} ms/req")
-    else:
-        opts.log(f"    throughput: {d['delivered']}/{d['expected']} delivered in {d['seconds']} s "
-                 f"({d['delivered_per_s']}/s)")
 
 
 def run_cases(cases: list, opts: RunOptions) -> list:

@@ -15,11 +15,13 @@ def _res(case, server, rate=None, p50=None, delay=None, pss=10.0, cpu=0.05, stat
         if delay is not None:
             lat["nominal_ms"] = 100
             lat["delay_error_ms"] = {"min": 0.1, "p50": delay, "p90": delay, "p99": delay, "max": delay * 2}
+            lat["abs_delay_error_ms"] = {k: abs(v) for k, v in lat["delay_error_ms"].items()}
         else:
             lat["latency_ms"] = {"min": 0.1, "p50": p50, "p90": p50, "p99": p50 * 2, "max": p50 * 3}
         r["latency"] = lat
     if thr is not None:
-        r["throughput"] = {"delivered_per_s": thr, "complete": True, "delivered": 10, "expected": 10,
+        r["throughput"] = {"steps": [{"rate": thr, "reasons": []}, {"rate": thr * 2, "reasons": ["5/10 delivered"]}],
+                           "max_clean_rate": thr, "ceiling": thr * 2, "delivered_per_s": thr * 0.99,
                            "server_cpu_ms_per_req": cpu}
     return r
 
@@ -28,7 +30,7 @@ RESULTS = [
     _res("stateless", "asyncd", rate=6000, p50=0.2, pss=40.0, cpu=0.1),
     _res("stateless", "kamailio", rate=15000, p50=0.1, pss=8.0, cpu=0.05),
     _res("sleep", "asyncd", delay=1.0),
-    _res("sleep", "kamailio", delay=5.0),
+    _res("sleep", "kamailio", delay=-5.0),      # Kamailio's seconds timer resumes early
     _res("tkv", "asyncd", thr=3000.0),
     {"case": "tkv", "server": "kamailio", "status": "unsupported", "reason": "no tkv in 5.6"},
     {"case": "data", "server": "asyncd", "status": "start failed", "reason": "exited | 255"},
@@ -42,7 +44,8 @@ def test_ratios_are_asyncd_over_kamailio_and_only_when_both_ran():
     st = rows["stateless"]
     assert st["max_clean_rate"] == 0.4 and st["latency_p50_ms"] == 2.0
     assert st["pss_max_mb"] == 5.0 and st["cpu_ms_per_req"] == 2.0
-    assert rows["sleep"]["delay_err_p50_ms"] == 0.2 and "latency_p50_ms" not in rows["sleep"]
+    assert rows["sleep"]["abs_delay_err_p50_ms"] == 0.2 and "latency_p50_ms" not in rows["sleep"]
+    assert rows["sleep"]["abs_delay_err_max_ms"] == 0.2
 
 
 def test_markdown_has_every_result_and_the_ratio_table():
@@ -58,9 +61,9 @@ def test_markdown_has_every_result_and_the_ratio_table():
     assert "6,000 (fails at 12,000)" in md
     assert "unsupported: no tkv in 5.6" in md
     assert "start failed: exited / 255" in md       # a '|' in a reason must not break the table
-    assert "3,000/s" in md
+    assert "3,000/s all delivered (fails at 6,000: 5/10 delivered)" in md
     ratio_hdr = next(ln for ln in lines if ln.startswith("| case | max clean"))
-    assert "delay error p50 ms" in ratio_hdr
+    assert "|delay error| p50 ms" in ratio_hdr
     stateless = [ln for ln in lines if ln.startswith("| stateless | asyncd")][0]
     assert stateless.count("|") == 11
     assert "| 3 |" in stateless                      # UDP drops: 2 (latency) + 1 (SIPp step)
