@@ -310,6 +310,12 @@ def mod_init(script):
     S.timer_ep = None
 
 
+def mod_destroy(script):
+    """Say what is left: after the wait timer a quiet server holds nothing."""
+    if S.table is not None:
+        log.notice(MOD, f"transaction table: {S.table.count()} entries at exit")
+
+
 def child_init(proc, rank):
     tm_lookup.set_proc(proc)
     S.addrs = {}
@@ -328,9 +334,10 @@ def _fixup_route(site):
     if a.literal and hasattr(site.script, "has_route") and a.value:
         kinds = {"t_on_failure": "failure_route_names", "t_on_reply": "onreply_route_names",
                  "t_on_branch": "branch_route_names"}
-        names = getattr(site.script, kinds.get(site.func, ""), None)
+        fname = getattr(site.func, "name", site.func)
+        names = getattr(site.script, kinds.get(fname, ""), None)
         if names is not None and a.value not in names:
-            site.arg_error(0, f"{site.func}(): no such route block '{a.value}'")
+            site.arg_error(0, f"{fname}(): no such route block '{a.value}'")
 
 
 EXPORTS = ModuleExports(
@@ -372,6 +379,7 @@ EXPORTS = ModuleExports(
     ],
     mod_init=mod_init,
     child_init=child_init,
+    mod_destroy=mod_destroy,
     procs=procs,
     hooks={"request_in": request_in, "request_done": request_done, "reply_in": reply_in},
 )

@@ -172,6 +172,9 @@ def on_reply(proc, h, cell, bno, msg, status):
             cell.uas_reply = data
             h.out.append((data, tuple(cell.reply_to), cell.sock))
         return
+    if msg is None and cell.flags & F_INVITE and br[BR_FLAGS] & B_PROV and not br[BR_FLAGS] & B_BLIND:
+        from asyncd.modules.tm_fwd import send_cancel
+        send_cancel(h, cell, br)               # fr_inv_timer hit a ringing branch
     br[BR_STATUS] = status
     if 200 <= status < 300:
         br[BR_REQ] = b""
@@ -189,9 +192,6 @@ def on_reply(proc, h, cell, bno, msg, status):
         br[BR_REPLY] = strip_top_via(msg.buf)
         if cell.flags & F_INVITE:
             _send_ack(h, cell, br, msg)
-    elif cell.flags & F_INVITE and br[BR_FLAGS] & B_PROV and not br[BR_FLAGS] & B_BLIND:
-        from asyncd.modules.tm_fwd import send_cancel
-        send_cancel(h, cell, br)               # fr_inv_timer hit a ringing branch
     br[BR_REQ] = b"" if not cell.flags & F_INVITE else br[BR_REQ]
     if br[BR_FLAGS] & B_BLIND:
         cell.flags &= ~F_SUSPENDED             # B §6.4: the timeout ends the suspension
