@@ -271,12 +271,13 @@ def _split_head(m, buf):
             start = len(buf)
             err = "No end of headers"
     if _FOLDED_RE.search(head) is not None:
-        raw = []
+        groups = []  # a header line and its continuation lines
         for line in head.split("\r\n"):
-            if len(raw) > 1 and line[:1] in (" ", "\t"):
-                raw[-1] += "\r\n" + line
+            if len(groups) > 1 and line[:1] in (" ", "\t"):
+                groups[-1].append(line)
             else:
-                raw.append(line)
+                groups.append([line])
+        raw = ["\r\n".join(g) if len(g) > 1 else g[0] for g in groups]
         lines = [_FOLD_RE.sub(" ", r) if "\r\n" in r else r for r in raw]
         m._raw = raw
     else:

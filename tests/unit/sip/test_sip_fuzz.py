@@ -90,3 +90,29 @@ def test_any_header_value(value):
     for hdr in ("Via", "From", "To", "Call-ID", "CSeq", "Contact", "Route", "Max-Forwards"):
         lines = [(hdr + ": " + value) if ln.startswith(hdr + ":") else ln for ln in base.split("\r\n")]
         exercise("\r\n".join(lines).encode("utf-8", "surrogatepass"))
+
+
+def _worst(n):
+    """Inputs that made earlier versions backtrack or concatenate quadratically."""
+    def req(via="SIP/2.0/UDP h", frm="<sip:b@x>;tag=1", contact="<sip:c@d>"):
+        return ("OPTIONS sip:a@example.com SIP/2.0\r\nVia: " + via + "\r\nFrom: " + frm +
+                "\r\nTo: <sip:a@example.com>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContact: " +
+                contact + "\r\n\r\n").encode()
+    return [req(via="SIP/2.0/UDP " + "a" * n + "!"), req(via="SIP/2.0/UDP h" + ";a" * (n // 2) + ";"),
+            req(contact="<sip:c@d>" + "\r\n x" * (n // 4)), req(frm="a " * (n // 2) + "( <sip:b@x>"),
+            req(contact=",".join(['"x" <sip:a@b>'] * (n // 14)))]
+
+
+def test_cost_is_linear_in_size():
+    import time
+
+    def cost(buf):
+        runs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            exercise(buf)
+            runs.append(time.perf_counter() - t)
+        return min(runs)
+    for small, big in zip(_worst(4000), _worst(64000)):  # 16x the bytes
+        cs, cb = cost(small), cost(big)
+        assert cb < 64 * cs + 0.002, (big[:60], cs, cb)  # quadratic would be ~256x
