@@ -295,7 +295,7 @@ def _name_key(name):
         if not n:
             raise SipParseError("Bad header line")
         key = canon_checked(n.lower())
-        if len(_names) < 4096:  # arbitrary names from the wire must not grow it forever
+        if len(_names) < 4096 and len(name) <= 64:  # the wire must not grow it forever
             _names[name] = key
     return key
 
@@ -395,7 +395,7 @@ def _checks(m, buf, start):
 
 def _can_reply(m):
     """A 400 can be built: a request (never an ACK) whose top Via parses."""
-    if not m.is_request or m.method == "ACK":
+    if not m.is_request or m.method is None or m.method == "ACK":
         return False
     if m._cseq is None:
         try:
