@@ -163,6 +163,7 @@ def framework():
 def core_procs(script):
     """ProcSpecs of the core async workers, `Async Task Worker - <group>` with
     rank PROC_RPC, groups in list order (spec B §1.1 step 6)."""
+    warm_imports()
     return init(script).procs()
 
 
@@ -221,6 +222,13 @@ def faked_msg():
     msg = faked_request()
     msg.faked = True
     return msg
+
+
+def warm_imports():
+    """Import what workers need before fork, so no task pays for it."""
+    import asyncd.sip  # noqa: F401
+    import workers.task_worker  # noqa: F401
+    import workers.async_timer  # noqa: F401
 
 
 def _exec_tkv(proc, item):

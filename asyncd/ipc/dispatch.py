@@ -197,6 +197,11 @@ class Dispatcher:
             self._socks[i] = s
         return s
 
+    def connect_all(self):
+        """Open the PUSH sockets to every consumer now (call after fork)."""
+        for i in range(self.n):
+            self._sock(i)
+
     # ---- consumer side -------------------------------------------------
 
     def bind(self, i):

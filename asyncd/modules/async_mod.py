@@ -486,8 +486,24 @@ def mod_init(script):
         _st.secs = Dispatcher("ast", _st.workers, SEC_QUEUE, True, rundir=fw.rundir)
         if _st.ms_timer > 0:
             _st.ms = Dispatcher("ams", 1, MS_QUEUE, True, rundir=fw.rundir)
+    if _st.mode == 0:
+        _tm()                   # import before fork, not on the first request
+    async_task.warm_imports()
     if _st.ms_timer <= 0:
         log.info(MOD, "ms timer disabled (ms_timer=0): async_ms_sleep()/async_ms_route() unavailable")
+
+
+def child_init(proc, rank):
+    """Connect this process's PUSH sockets now, not on the first request: the
+    first resume would otherwise pay the ipc connect (a few ms, spec A §3).
+    Any child may produce (receivers, and workers/timers running routes that
+    suspend again or queue data tasks)."""
+    disps = [d for d in (_st.secs, _st.ms) if d is not None]
+    fw = async_task.framework()
+    if fw is not None:
+        disps += [g.disp for g in fw.groups]
+    for d in disps:
+        d.connect_all()
 
 
 def procs(script):
@@ -579,6 +595,7 @@ EXPORTS = ModuleExports(
         PvExport("atkv", get_atkv, None, parse_atkv, True),
     ],
     mod_init=mod_init,
+    child_init=child_init,
     mod_destroy=mod_destroy,
     procs=procs,
 )
