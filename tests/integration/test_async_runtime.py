@@ -124,7 +124,7 @@ event_route[core:tkv] {
 }
 """
 
-CORE = ('async_workers=1\nasync_workers_group="name=nb;workers=1;nonblock=1"\n'
+CORE = ('max_while_loops=5000\nasync_workers=1\nasync_workers_group="name=nb;workers=1;nonblock=1"\n'
         'async_workers_group="name=bl;workers=1;nonblock=0"\n'
         'async_workers_group="name=tkv;workers=1"')
 TEXT = cfg(BODY, core=CORE, params='modparam("async", "ms_timer", 10)\n', children=2)
