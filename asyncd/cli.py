@@ -69,29 +69,6 @@ def parse_defines(items):
     return out
 
 
-def parse_listen(text, default_port=5060):
-    """`[proto:]addr[:port]` (IPv6 in brackets) -> (proto, addr, port)."""
-    proto = "udp"
-    rest = text.strip()
-    head, sep, tail = rest.partition(":")
-    if sep and head.lower() in ("udp", "tcp", "tls", "sctp", "ws", "wss"):
-        proto, rest = head.lower(), tail
-    if rest.startswith("["):
-        addr, _, after = rest[1:].partition("]")
-        port = after[1:] if after.startswith(":") else ""
-    elif rest.count(":") == 1:
-        addr, _, port = rest.partition(":")
-    else:
-        addr, port = rest, ""
-    if not addr:
-        raise ValueError(f"bad listen address {text!r}")
-    try:
-        port = int(port) if port else default_port
-    except ValueError:
-        raise ValueError(f"bad port in listen address {text!r}") from None
-    return proto, addr, port
-
-
 def compile_script(opts, defines):
     """Compile the cfg; returns the Script or raises CfgError."""
     from asyncd.cfg.compiler import compile_cfg
@@ -108,11 +85,13 @@ def main(argv=None):
         return 0
     from asyncd.core import log
     from asyncd.core.errors import CfgError
+    from asyncd.cfg.fixups import Loc
+    from asyncd.core.params import parse_listen
     log.configure(to_stderr=True)
     try:
-        listen = [parse_listen(x) for x in opts.listen]
-    except ValueError as e:
-        sys.stderr.write(f"ERROR: -l: {e}\n")
+        listen = [parse_listen(x, Loc("-l", 0, 0)) for x in opts.listen]
+    except CfgError as e:
+        sys.stderr.write(f"ERROR: -l: {e.message}\n")
         return EXIT_CFG_ERROR
     defines = parse_defines(opts.defines)
     try:

@@ -14,6 +14,7 @@ core runs `reply_route` and forwards the reply statelessly to the second
 Via after removing ours, or drops it if the top Via is not ours (RFC 3261
 18.1.2 / 16.7 step 3).
 """
+import re
 import signal
 import socket
 import struct
@@ -153,7 +154,7 @@ class Receiver:
     # -- stateless reply forwarding (RFC 3261 18.1.2, 16.7) ------------------
     def forward_reply(self, msg):
         v1 = msg.via1
-        if v1 is None or (v1.host.lower(), v1.port or 5060) not in self.ours:
+        if v1 is None or (v1.host.strip("[]").lower(), v1.port or 5060) not in self.ours:
             self.n_drop += 1
             if log.enabled(log.L_DBG):
                 rt.dbg(MOD, f"reply {msg.status} not for us (top Via {v1.host if v1 else None}); dropped")
@@ -219,6 +220,9 @@ class Counters:
         return dict(zip(self.NAMES, tot))
 
 
+_ALIAS = re.compile(r"^(?:(?:udp|tcp|tls|sctp|wss?):)?(\[[^\]]+\]|[^:]+)(?::(\d+))?$", re.I)
+
+
 def _our_addresses(script, sockets):
     """(host, port) pairs a top Via must name for a reply to be ours (Kamailio's check_self)."""
     ours = set()
@@ -227,17 +231,13 @@ def _our_addresses(script, sockets):
         ours.add((ip.lower(), port))
         if ip in ("0.0.0.0", "::"):
             ours.update((a, port) for a in _all_local_ips())
-    aliases = script.core.get("alias") or []
-    if isinstance(aliases, str):
-        aliases = [aliases]
     ports = {p for _, p in ours}
-    for a in aliases:
-        host, port = (a[1], a[2]) if isinstance(a, (tuple, list)) else (str(a), None)
-        if isinstance(a, str) and host.count(":") >= 1 and not host.startswith("["):
-            parts = host.split(":")
-            host, port = (parts[-2], parts[-1]) if parts[-1].isdigit() else (parts[-1], None)
-        for p in ([int(port)] if port else ports):
-            ours.add((host.lower(), p))
+    for a in script.core.get("alias") or ():
+        # alias=[proto:]host[:port]; without a port it matches any of ours (Kamailio's port 0)
+        m = _ALIAS.match(str(a).strip())
+        if m:
+            host = m.group(1).strip("[]").lower()
+            ours.update((host, p) for p in ([int(m.group(2))] if m.group(2) else ports))
     return ours
 
 
