@@ -71,6 +71,7 @@ class CodeGen:
         self.sites = []
         self.indent = 0
         self.cur_loc = None
+        self.hoisted = {}               # id(Call node) -> temp holding its result
 
     # -- emit helpers ----------------------------------------------------------
     def w(self, text, loc=None):
@@ -148,6 +149,7 @@ class CodeGen:
         elif t is N.Assign:
             self.gen_assign(st, fn)
         elif t is N.If:
+            self.hoist_leftmost_call(st.cond, fn)
             self.w(f"if {self.cond(st.cond, fn)}:", st.loc)
             self.indent += 1
             self.gen_body(st.then, fn)
@@ -185,6 +187,24 @@ class CodeGen:
         else:
             self.gen_stmts([st], fn)
 
+    def hoist_leftmost_call(self, e, fn):
+        """The operand a condition always evaluates first, when it is a module
+        function call, becomes a plain statement before the `if` (inline
+        try/except instead of the _call helper); short-circuiting is
+        unaffected since nothing is evaluated before it."""
+        while True:
+            t = type(e)
+            if t is N.UnOp and e.op == "!":
+                e = e.operand
+            elif t is N.BinOp:
+                e = e.left
+            else:
+                break
+        if type(e) is N.Call:
+            fe = self._peek_func(e)
+            if fe is not None and not fe.continuation:
+                self.hoisted[id(e)] = self.gen_call_stmt(e, fn, None)
+
     def gen_while(self, st, fn):
         n = self.tmp(fn)
         lim = self.bind(st.loc, "L")
@@ -211,7 +231,11 @@ class CodeGen:
                 default = k
                 continue
             self.cur_loc = case.loc
-            test = f"_eq({sv}, {case.value!r})"
+            if (ty in ("str", "str?") and isinstance(case.value, str)) or \
+                    (ty == "int" and isinstance(case.value, int)):
+                test = f"{sv} == {case.value!r}"
+            else:
+                test = f"_eq({sv}, {case.value!r})"
             self.w(f"{'if' if first else 'elif'} {test}:", case.loc)
             self.w(f"    {m} = {k}")
             first = False
@@ -313,6 +337,7 @@ class CodeGen:
         self.w(f"if {r} == 0:")
         self.w("    raise _SE()")
         self.w(f"ctx.retcode = {r}")
+        return r
 
     def call_expr(self, call, fn):
         site, fe, argv = self.make_site(call, fn, None)
@@ -487,6 +512,9 @@ class CodeGen:
             spec = self.pv(e)
             return self.pv_get(spec), self.pv_type(spec)
         if t is N.Call:
+            h = self.hoisted.pop(id(e), None)
+            if h is not None:
+                return h, "int"
             return self.call_expr(e, fn), "int"
         if t is N.RouteCall:
             return self.route_call_expr(e, fn), "int"

@@ -38,10 +38,9 @@ def _substr(v, off, ln):
 
 def _uri_part(attr):
     def f(v):
-        from asyncd.sip import parse_uri
-        try:
-            u = parse_uri(_to_str(v))
-        except Exception:
+        from asyncd.modules.pv import _puri
+        u = _puri(_to_str(v))
+        if u is None:
             return None
         x = getattr(u, attr, None)
         if attr == "port":

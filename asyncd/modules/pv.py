@@ -15,7 +15,17 @@ from asyncd.core.exports import ModuleExports, PvExport
 _parse_uri = None
 
 
+_uri_cache = {}
+_URI_CACHE_MAX = 2048
+
+
 def _puri(s):
+    """Parsed URI or None. Cached by text: the same From/To/R-URI strings come
+    back message after message, and parsed URIs are never mutated (setters
+    build a new one)."""
+    u = _uri_cache.get(s)
+    if u is not None:
+        return u
     global _parse_uri
     if _parse_uri is None:
         try:
@@ -24,9 +34,13 @@ def _puri(s):
             from asyncd.sip.uri import parse_uri as p
         _parse_uri = p
     try:
-        return _parse_uri(s)
+        u = _parse_uri(s)
     except Exception:
         return None
+    if len(_uri_cache) >= _URI_CACHE_MAX:
+        _uri_cache.clear()
+    _uri_cache[s] = u
+    return u
 
 
 def _cur_uri_parsed(msg):
