@@ -508,6 +508,8 @@ class CodeGen:
         if t is N.Const:
             v = e.value
             return repr(v), ("int" if isinstance(v, int) else "str" if isinstance(v, str) else None)
+        if t is N.Myself:
+            raise e.loc.error("'myself' can only be compared with == or !=")
         if t is N.Pv:
             spec = self.pv(e)
             return self.pv_get(spec), self.pv_type(spec)
@@ -556,6 +558,13 @@ class CodeGen:
                 return f"({self.cond(e.left, fn)} and {self.cond(e.right, fn)})"
             if op == "||":
                 return f"({self.cond(e.left, fn)} or {self.cond(e.right, fn)})"
+            if op in ("==", "!=") and (type(e.left) is N.Myself or type(e.right) is N.Myself):
+                other = e.right if type(e.left) is N.Myself else e.left
+                if type(other) is N.Myself:
+                    raise e.loc.error("myself compared with myself")
+                v, _ = self.val(other, fn)
+                is_uri = type(other) is N.Pv and other.text in ("$ru", "$fu", "$tu", "$du")
+                return f"({'not ' if op == '!=' else ''}_myself({v}, {is_uri!r}))"
             if op in ("==", "!="):
                 a, ta = self.val(e.left, fn)
                 b, tb = self.val(e.right, fn)

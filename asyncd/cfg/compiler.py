@@ -59,6 +59,7 @@ class Script:
         self._funcs = {}
         self._req = None
         self._named = {}
+        self._self_hosts = None
 
     # -- lookups -----------------------------------------------------------------
     def has_route(self, name):
@@ -75,6 +76,39 @@ class Script:
             if m.name == name:
                 return m
         return None
+
+    def is_myself(self, v, is_uri=False):
+        """Kamailio's check_self(): a listen address or an alias (host, port)."""
+        if v is None:
+            return False
+        port = None
+        if is_uri:
+            from asyncd.modules.pv import _puri
+            u = _puri(str(v))
+            if u is None:
+                return False
+            host, port = u.host or "", u.port
+        else:
+            host = str(v)
+        host = host.strip("[]").lower()
+        if self._self_hosts is None:
+            hosts, ports = set(), set()
+            for _proto, ip, p in self.core.get("listen", ()):
+                hosts.add(ip.strip("[]").lower())
+                ports.add(p)
+            for a in self.core.get("alias", ()):
+                h, _, p = str(a).rpartition(":") if ":" in str(a) else (str(a), "", "")
+                hosts.add(h.strip("[]").lower())
+                if p.isdigit():
+                    ports.add(int(p))
+            if not self.core.get("listen"):
+                hosts.update(("127.0.0.1", "localhost"))
+                ports.add(5060)
+            self._self_hosts = (hosts, ports)
+        hosts, ports = self._self_hosts
+        if host not in hosts:
+            return False
+        return port is None and 5060 in ports or port in ports or not is_uri
 
     def new_ctx(self, msg, proc, route_type=REQUEST_ROUTE):
         return RunCtx(msg, proc, route_type)
@@ -216,7 +250,10 @@ class Script:
             log.err("core", f"runaway while: more than {script.core.get('max_while_loops', 100)} "
                     "loops", where=loc.where)
 
-        ns.update(_ferr=_ferr, _call=_call, _rcall=_rcall, _rdyn=_rdyn, _runaway=_runaway)
+        def _myself(v, is_uri):
+            return script.is_myself(v, is_uri)
+
+        ns.update(_myself=_myself, _ferr=_ferr, _call=_call, _rcall=_rcall, _rdyn=_rdyn, _runaway=_runaway)
         return ns
 
 

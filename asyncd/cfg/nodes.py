@@ -58,3 +58,4 @@ BinOp = _node("BinOp", ("op", "left", "right"), Expr)
 UnOp = _node("UnOp", ("op", "operand"), Expr)
 Call = _node("Call", ("name", "args"), Expr)                 # module/core function
 RouteCall = _node("RouteCall", ("target",), Expr)            # target: str or Expr
+Myself = _node("Myself", (), Expr)                           # `myself` in `uri == myself`

@@ -25,6 +25,11 @@ BINARY = {
     "+": 9, "-": 9, "*": 10, "/": 10, "%": 10,
 }
 UNARY_FUNCS = ("strlen", "strempty", "defined")
+BOOL_WORDS = {"yes": 1, "true": 1, "on": 1, "enable": 1, "no": 0, "false": 0, "off": 0, "disable": 0}
+# core message keywords of cfg.y, as the pseudo-variables they read
+CORE_VALUES = {"uri": "$ru", "from_uri": "$fu", "to_uri": "$tu", "src_ip": "$si", "dst_ip": "$Ri",
+               "src_port": "$sp", "dst_port": "$Rp", "method": "$rm", "status": "$rs",
+               "proto": "$pr", "snd_ip": "$Ri", "snd_port": "$Rp", "rcv_ip": "$Ri", "rcv_port": "$Rp"}
 KEYWORDS = ("if", "else", "switch", "case", "default", "while", "return", "exit",
             "drop", "break", "route")
 
@@ -144,6 +149,9 @@ class Parser:
         if t.is_op("-") and self.peek().kind == INT:
             self.advance()
             return -self.advance().value
+        if t.kind == ID and t.value.lower() in BOOL_WORDS:      # cfg.lex: yes/no are numbers
+            self.advance()
+            return BOOL_WORDS[t.value.lower()]
         self.error(f"syntax error: expected a string or a number, found {_describe(t)}")
 
     def global_param(self):
@@ -433,6 +441,12 @@ class Parser:
                         target = "" if target.value is None else str(target.value)
                 self.expect_op(")", "to close route(")
                 return N.RouteCall(target, loc=loc)
+            if t.value in CORE_VALUES and not self.peek().is_op("("):
+                self.advance()
+                return N.Pv(CORE_VALUES[t.value], loc=loc)
+            if t.value == "myself" and not self.peek().is_op("("):
+                self.advance()
+                return N.Myself(loc=loc)
             if self.peek().is_op("("):
                 if t.value in KEYWORDS:
                     self.error(f"syntax error: '{t.value}' cannot be used here")
@@ -455,5 +469,18 @@ class Parser:
         self.error(f"syntax error: unexpected {_describe(t)} in expression")
 
 
+def _join_strings(tokens):
+    """Adjacent quoted strings are one string, as in cfg.y (`"a" "b"`)."""
+    out = []
+    for t in tokens:
+        if t.kind == STR and out and out[-1].kind == STR:
+            prev = out[-1]
+            out[-1] = type(t)(STR, prev.value + t.value, prev.file, prev.line, prev.col)
+            out[-1].eline, out[-1].ecol = t.eline, t.ecol
+        else:
+            out.append(t)
+    return out
+
+
 def parse_tokens(tokens):
-    return Parser(tokens).parse()
+    return Parser(_join_strings(tokens)).parse()
