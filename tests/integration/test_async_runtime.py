@@ -26,6 +26,12 @@ BODY = """request_route {
     if ($rU == "pvs") { route(PVS); }
     if ($rU == "full") { route(FULL); }
     if ($rU == "blfull") { route(BLFULL); }
+    if ($rU == "replied") { route(REPLIED); }
+    if ($rU == "cont") {
+        async_ms_sleep("20");
+        xinfo("A-cont\n");
+    }
+    xinfo("B-cont\n");
     exit;
 }
 route[SLEEP] {
@@ -111,6 +117,13 @@ route[BLFULL] {
     }
     async_task_group_data("SLOW", "bl", "0");
     send_reply("503", "blocked rc=$rc");
+    exit;
+}
+route[REPLIED] {
+    t_newtran();
+    t_reply("202", "first");
+    async_task_route("R");
+    xinfo("REPLIED rc=$rc\n");
     exit;
 }
 route[SLOW] {
@@ -264,3 +277,21 @@ def test_return_modparam_lets_the_script_continue(run_server, sip_client):
         fin = c.final("OPTIONS", f"sip:ret@127.0.0.1:{s.port}")
         assert fin is not None and fin.reason == "resumed"
         s.wait_log(r"AFTER rc=1")
+
+
+def test_suspend_after_final_reply_returns_minus_one(srv, client):
+    fin, _ = _ask(client, srv, "replied", "x")
+    assert fin.status == 202
+    srv.wait_log(r"REPLIED rc=-1")
+    _err_logged(srv, 'async_task_route("R");', "failed to suspend")
+    _no_more(client)
+
+
+def test_sleep_continues_only_with_the_rest_of_its_block(srv, client):
+    # B §2.3: `if (c) { async_sleep(); a } b` -> after resume only "a" runs; it
+    # neither replies nor relays, so tm's automatic 500 ends the transaction
+    fin, _ = _ask(client, srv, "cont", "x")
+    assert fin.status == 500 and 0.02 <= fin.elapsed < 0.2
+    srv.wait_log(r"A-cont")
+    time.sleep(0.1)
+    assert "B-cont" not in srv.log()
