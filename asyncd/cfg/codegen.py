@@ -18,6 +18,7 @@ switch/while; while loops stop after max_while_loops iterations.
 """
 import re
 
+from asyncd.core import log
 from asyncd.core.errors import CfgError, ScriptExit
 from asyncd.core.exports import P
 from asyncd.core.route_types import BLOCK_KINDS
@@ -327,6 +328,24 @@ class CodeGen:
         f = self.bind(fe.impl, "F")
         r = self.tmp(fn)
         loc = call.loc
+        level = site.data.get("log_level")
+        if isinstance(level, int):
+            # a log call whose level is off costs one comparison, no formatting
+            # (xlog checks the level before evaluating its format, too)
+            self.w(f"if _LOG.level < {level!r}:", loc)
+            self.w(f"    {r} = 1")
+            self.w("else:")
+            self.indent += 1
+            self._call_block(r, s, f, argv, loc)
+            self.indent -= 1
+        else:
+            self._call_block(r, s, f, argv, loc)
+        self.w(f"if {r} == 0:")
+        self.w("    raise _SE()")
+        self.w(f"ctx.retcode = {r}")
+        return r
+
+    def _call_block(self, r, s, f, argv, loc):
         self.w("try:", loc)
         self.w(f"    ctx.site = {s}")
         self.w(f"    {r} = {f}(ctx, {s}{''.join(', ' + a for a in argv)})")
@@ -334,10 +353,6 @@ class CodeGen:
         self.w("    raise")
         self.w("except Exception as e:")
         self.w(f"    {r} = _ferr(ctx, {s}, e)")
-        self.w(f"if {r} == 0:")
-        self.w("    raise _SE()")
-        self.w(f"ctx.retcode = {r}")
-        return r
 
     def call_expr(self, call, fn):
         site, fe, argv = self.make_site(call, fn, None)
@@ -629,7 +644,7 @@ def _var_set():
 def runtime_namespace():
     """Helpers every generated module sees (bound once, looked up as globals)."""
     return {
-        "_SE": ScriptExit, "_ONCE": (1,),
+        "_SE": ScriptExit, "_ONCE": (1,), "_LOG": log.state,
         "_tostr": pvcore.to_str, "_toint": pvcore.to_int, "_truth": pvcore.truth,
         "_add": pvcore.add, "_arith": pvcore.arith, "_eq": pvcore.eq, "_cmp": pvcore.cmp,
         "_match": pvcore.match, "_regex": pvcore.regex,

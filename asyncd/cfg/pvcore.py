@@ -99,6 +99,8 @@ def _err(loc, msg):
 
 def parse_pv(text, loc, table):
     """Raw `$...` text -> PvSpec (CfgError when malformed or unknown)."""
+    if loc is None:
+        loc = Loc("<pv>", 0, 0)
     if not text.startswith("$") or len(text) < 2:
         raise _err(loc, f"malformed pseudo-variable '{text}'")
     trans = []
@@ -152,7 +154,9 @@ def parse_pv(text, loc, table):
     if exp.parse is not None:
         try:
             spec = exp.parse(inner)
-        except (ValueError, TypeError, KeyError) as e:
+        except CfgError as e:       # a nested format inside the name ($sht(t=>$foo))
+            raise _err(loc, f"malformed pseudo-variable '{text}': {e.message}")
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise _err(loc, f"malformed pseudo-variable '{text}': {e}")
     return PvSpec(text, name, exp, spec, index, index_pv,
                   chain(trans) if trans else None, loc)
@@ -195,9 +199,13 @@ def _split_trans(body, text, loc):
     return body, []
 
 
-def parse_format(text, loc, table):
+def parse_format(text, loc, table=None):
     """A string with embedded variables -> list of str / PvSpec pieces.
     `$` not followed by a name or '(' stays literal."""
+    if loc is None:
+        loc = Loc("<format>", 0, 0)
+    if table is None:
+        table = PvTable()
     pieces = []
     buf = []
     i = 0

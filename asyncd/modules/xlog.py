@@ -30,6 +30,14 @@ def _level_fixup(site):
             except ValueError:
                 site.arg_error(0, f"{site.name}(): unknown log level {a.value!r} "
                                   f"(one of {', '.join(LEVELS)})")
+        # the compiler skips the call (and the formatting) when the level is off
+        site.data["log_level"] = _level(str(a.value))
+
+
+def _fixed_fixup(level):
+    def fixup(site):
+        site.data["log_level"] = level
+    return fixup
 
 
 def _level(s):
@@ -64,17 +72,17 @@ def _fixed(level):
 EXPORTS = ModuleExports(
     name="xlog",
     functions=[
-        FuncExport("xlog", (P.STR,), xlog1),
+        FuncExport("xlog", (P.STR,), xlog1, fixup=_fixed_fixup(log.L_ERR)),
         FuncExport("xlog", (P.STR, P.STR), xlog2, fixup=_level_fixup),
         FuncExport("xlog", (P.STR, P.STR, P.STR), xlog3),
-        FuncExport("xinfo", (P.STR,), _fixed(log.L_INFO)),
-        FuncExport("xnotice", (P.STR,), _fixed(log.L_NOTICE)),
-        FuncExport("xwarn", (P.STR,), _fixed(log.L_WARN)),
-        FuncExport("xerr", (P.STR,), _fixed(log.L_ERR)),
-        FuncExport("xdbg", (P.STR,), _fixed(log.L_DBG)),
-        FuncExport("xalert", (P.STR,), _fixed(log.L_ALERT)),
-        FuncExport("xcrit", (P.STR,), _fixed(log.L_CRIT)),
-        FuncExport("xbug", (P.STR,), _fixed(log.L_BUG)),
+        FuncExport("xinfo", (P.STR,), _fixed(log.L_INFO), fixup=_fixed_fixup(log.L_INFO)),
+        FuncExport("xnotice", (P.STR,), _fixed(log.L_NOTICE), fixup=_fixed_fixup(log.L_NOTICE)),
+        FuncExport("xwarn", (P.STR,), _fixed(log.L_WARN), fixup=_fixed_fixup(log.L_WARN)),
+        FuncExport("xerr", (P.STR,), _fixed(log.L_ERR), fixup=_fixed_fixup(log.L_ERR)),
+        FuncExport("xdbg", (P.STR,), _fixed(log.L_DBG), fixup=_fixed_fixup(log.L_DBG)),
+        FuncExport("xalert", (P.STR,), _fixed(log.L_ALERT), fixup=_fixed_fixup(log.L_ALERT)),
+        FuncExport("xcrit", (P.STR,), _fixed(log.L_CRIT), fixup=_fixed_fixup(log.L_CRIT)),
+        FuncExport("xbug", (P.STR,), _fixed(log.L_BUG), fixup=_fixed_fixup(log.L_BUG)),
     ],
     params=[
         ParamExport("buf_size", int, 4096),

@@ -410,3 +410,26 @@ route[B] { exit; }
     src = dump_source(s)
     assert "def " in src and "'test.cfg'" in src
     assert [m.name for m in s.modules][:3] == ["sl", "pv", "xlog"]
+
+
+def test_disabled_log_level_skips_formatting(runner, logs):
+    from asyncd.core import log
+    r = runner("""
+request_route {
+    xdbg("debug $var(n)\\n");
+    xlog("L_DBG", "debug2 $var(n)\\n");
+    $var(rc) = $rc;
+    xwarn("warn $var(n)\\n");
+}
+""")
+    log.state.level = log.L_WARN
+    calls = []
+    from asyncd.cfg import pvcore
+    r.run()
+    assert r.vars["rc"] == 1                      # a skipped log call still "returns" 1
+    text = "\n".join(logs.lines)
+    assert "debug" not in text and "warn 0" in text
+    log.state.level = log.L_DBG
+    r.run()
+    text = "\n".join(logs.lines)
+    assert "debug 0" in text and "debug2 0" in text
