@@ -35,7 +35,7 @@ _RURI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"]+\Z")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.I)
 # the whole well-formed Request-Line in one match (the common case)
 _REQLINE_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) ([A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"]+) SIP/2\.0\Z")
-_REQUIRED = ("via", "from", "to", "call-id", "cseq")
+_REQUIRED = (("via", "Via"), ("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
 
 
 class SipMsg:
@@ -371,9 +371,9 @@ def _bad_request_line(m, line):
 
 def _checks(m, buf, start):
     idx = m._idx
-    for key in _REQUIRED:
+    for key, name in _REQUIRED:
         if key not in idx:
-            raise SipParseError("Missing %s header" % key.title().replace("Id", "ID"))
+            raise SipParseError("Missing %s header" % name)
     m._vias1 = parse_via_line(idx["via"][0])
     m._cseq = parse_cseq(idx["cseq"][0])
     if m.is_request and m._cseq[1] != m.method:
