@@ -203,7 +203,7 @@ def run_server(cfg_text=None, defines=None, args=(), port=None, host="127.0.0.1"
             with contextlib.suppress(ServerFailed):
                 srv.stop(timeout=stop_timeout)
         leftovers = _reap_group(srv)
-        new_shm = _new_shm(shm_before)
+        new_shm = _new_shm(shm_before, srv.pid)
         if check_clean:
             assert not leftovers, f"processes left in the server's group: {leftovers}"
             assert not new_shm, f"shared memory left behind in {SHM_DIR}: {sorted(new_shm)}"
@@ -254,13 +254,18 @@ def _mapped_shm():
     return names
 
 
-def _new_shm(before):
-    """Segments that appeared during the run and that no live process maps: ours, leaked."""
+def _new_shm(before, pid):
+    """Segments the server leaked: its arena (`asyncd_<main pid>_<n>`), or any other segment
+    that appeared during the run and that no live process maps. Other `asyncd_*` names
+    belong to other processes (tests of the shm layer may run beside us on this machine)."""
+    mine = f"asyncd_{pid}_"
     end = time.monotonic() + 1.0
     while True:
         new = _shm_entries() - before
-        if new:
-            new -= _mapped_shm()
-        if not new or time.monotonic() > end:
-            return new
+        leaked = {n for n in new if n.startswith(mine)}
+        others = {n for n in new if not n.startswith("asyncd_")}
+        if others:
+            others -= _mapped_shm()
+        if not (leaked or others) or time.monotonic() > end:
+            return leaked | others
         time.sleep(0.05)

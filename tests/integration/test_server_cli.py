@@ -87,6 +87,9 @@ def test_embedded_default_cfg_shows_the_async_module(run_server, sip_client):
         m = srv.wait_log(r"\d+\((\d+)\) INFO: <script> .*tkv event: type=1 key=MESSAGE val=from=tester "
                          r"to=test call-id=%s" % re.escape(callid))
         assert " ".join(psutil.Process(int(m.group(1))).cmdline()).strip() == "asyncd: Async Task Worker - tkv"
+        # no ZeroMQ context or other thread in the attendant, even with every role running
+        assert psutil.Process(srv.pid).num_threads() == 1
+        assert srv.stop() == 0 and srv.stop_elapsed < 2.0
 
 
 def test_stale_shm_of_killed_run_is_removed(run_server):
