@@ -27,6 +27,7 @@ BODY = """request_route {
     if ($rU == "full") { route(FULL); }
     if ($rU == "blfull") { route(BLFULL); }
     if ($rU == "replied") { route(REPLIED); }
+    if ($rU == "usleep") { route(USLEEP); }
     if ($rU == "cont") {
         async_ms_sleep("20");
         xinfo("A-cont\n");
@@ -119,6 +120,18 @@ route[BLFULL] {
     send_reply("503", "blocked rc=$rc");
     exit;
 }
+route[USLEEP] {
+    $var(i) = 0;
+    while ($var(i) < 5) {
+        async_task_group_data("TICK", "us", "$var(i)");
+        $var(i) = $var(i) + 1;
+    }
+    send_reply("200", "ticking");
+    exit;
+}
+route[TICK] {
+    xinfo("TICK $async(data) $async(gname)\n");
+}
 route[REPLIED] {
     t_newtran();
     t_reply("202", "first");
@@ -139,7 +152,8 @@ event_route[core:tkv] {
 
 CORE = ('max_while_loops=5000\nasync_workers=1\nasync_workers_group="name=nb;workers=1;nonblock=1"\n'
         'async_workers_group="name=bl;workers=1;nonblock=0"\n'
-        'async_workers_group="name=tkv;workers=1"')
+        'async_workers_group="name=tkv;workers=1"\n'
+        'async_workers_group="name=us;workers=1;usleep=100000"')
 TEXT = cfg(BODY, core=CORE, params='modparam("async", "ms_timer", 10)\n', children=2)
 
 
@@ -295,3 +309,15 @@ def test_sleep_continues_only_with_the_rest_of_its_block(srv, client):
     srv.wait_log(r"A-cont")
     time.sleep(0.1)
     assert "B-cont" not in srv.log()
+
+
+def test_group_usleep_throttles_each_worker(srv, client):
+    # B §4.3: the worker sleeps `usleep` µs before each receive: 5 tasks >= 0.4 s apart
+    fin, _ = _ask(client, srv, "usleep", "x")
+    assert fin.reason == "ticking"
+    t0 = time.monotonic()
+    srv.wait_log(r"TICK 0 us")
+    first = time.monotonic() - t0
+    srv.wait_log(r"TICK 4 us", timeout=3.0)
+    spread = time.monotonic() - t0 - first
+    assert 0.38 <= spread < 1.0, (first, spread)
