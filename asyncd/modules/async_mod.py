@@ -126,7 +126,7 @@ def _fix_route(site, i):
     if len(name) > CBNAME_MAX:
         site.arg_error(i, f"{site.func.name}(): route name [{name}] too long "
                           f"(max {CBNAME_MAX} characters)")
-    if not site.script.has_route(name):
+    if name != "0" and not site.script.has_route(name):
         site.arg_error(i, f"{site.func.name}(): route [{name}] is not defined "
                           f"(no route[{name}] block)")
 
@@ -251,7 +251,8 @@ def _route_ok(ctx, site, name):
     if len(name) > CBNAME_MAX:
         _err(site, f"callback name is too long [{name}]")
         return False
-    if not ctx.proc.script.has_route(name):
+    if name != "0" and not ctx.proc.script.has_route(name):
+        # "0" is the main request_route, as Kamailio's route_lookup (B §2.1)
         _err(site, f"route block not found [{name}]")
         return False
     return True

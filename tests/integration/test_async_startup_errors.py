@@ -36,7 +36,7 @@ def test_valid_calls_compile(compile_cfg_text):
     for call in ('async_route("R", "100")', 'async_route("R", 1)', 'async_ms_route("R", "30000")',
                  'async_task_route("R")', 'async_task_group_route("R", "")',
                  'async_task_data("R", "d $fU")', 'async_route("$var(r)", "$var(s)")',
-                 'async_ms_sleep("$var(d)")'):
+                 'async_ms_sleep("$var(d)")', 'async_route("0", "1")'):
         _compile(compile_cfg_text, _req(call))
 
 
@@ -48,6 +48,7 @@ def test_valid_calls_compile(compile_cfg_text):
     ('async_ms_sleep("30001")', ("out of range", "1..30000")),
     ('async_ms_route("R", "0")', ("out of range",)),
     ('async_ms_sleep("2.5")', ("not an integer",)),
+    ('async_sleep("1$var(x)")', ("integer or a single variable",)),
 ])
 def test_bad_literal_delay(compile_cfg_text, call, words):
     _fails(compile_cfg_text, _req(call), call.split("(")[0] + "(", *words)
