@@ -15,7 +15,8 @@ from .hdrs import SipParseError, canon, split_commas
 __all__ = ["build_reply", "reply_addr", "stable_to_tag", "build_request_fwd", "via_line",
            "top_via_received", "strip_top_via", "via_dest", "build_cancel", "build_ack"]
 
-_RPORT_RE = re.compile(r";[ \t]*rport(?=[ \t]*(?:;|\Z))", re.I)
+_RPORT_RE = re.compile(r";[ \t]*rport(?:[ \t]*=[ \t]*[^;,\s]*)?(?=[ \t]*(?:;|\Z))", re.I)
+_RECEIVED_RE = re.compile(r";[ \t]*received[ \t]*=[ \t]*[^;,\s]*", re.I)
 _TAG_RE = re.compile(r";[ \t]*tag[ \t]*=", re.I)
 
 
@@ -36,42 +37,42 @@ def _unbracket(host):
 
 def top_via_received(msg):
     """The first Via header line's value, its top via-parm marked as the server
-    transport must on receipt: `received` when sent-by is not the source address
-    (RFC 3261 18.2.1), `rport=<port>` (and received) when rport was asked for
-    (RFC 3581 §4) or force_rport() was called."""
+    transport must on receipt: `received=<source address>` when sent-by is not
+    the source address (RFC 3261 18.2.1), `rport=<source port>` (and received)
+    when rport was asked for (RFC 3581 §4) or force_rport() was called. A
+    received/rport value the request brought is overwritten, never trusted (a
+    forged one would steer the replies we relay)."""
     line = msg._idx["via"][0]
     v = msg.via1
     ip, port = msg.src[0], msg.src[1]
-    rport = v.rport == "" or (msg.force_rport and v.rport is None)
-    if v.received is not None or (not rport and _unbracket(v.host) == ip):
+    rport = v.rport is not None or msg.force_rport
+    if not rport and v.received is None and _unbracket(v.host) == ip:
+        return line
+    text = v.raw
+    if v.rport is not None:
+        text = _RPORT_RE.sub(";rport=%d" % port, text, count=1)
+    elif rport:
+        text += ";rport=%d" % port
+    if v.received is not None:
+        text = _RECEIVED_RE.sub(";received=" + ip, text, count=1)
+    else:
+        text += ";received=" + ip
+    if text == v.raw:
         return line
     parts = split_commas(line) if "," in line else [line]
-    text = v.raw
-    if rport:
-        if v.rport == "":
-            text = _RPORT_RE.sub(";rport=%d" % port, text, count=1)
-        else:
-            text += ";rport=%d" % port
-    text += ";received=" + ip
     parts[0] = text
     return ",".join(parts)
 
 
 def reply_addr(msg):
-    """Where a reply to msg goes, per RFC 3261 18.2.2 (unreliable transport) and
-    RFC 3581 §4: maddr if present; the source address and port when rport was
-    asked for (or force_rport()); else the source address (what `received`
-    would say) and the sent-by port, 5060 by default."""
+    """Where a reply to msg goes (RFC 3261 18.2.2 unreliable transport, RFC 3581 §4):
+    the source address (what `received` says), and the source port when the top
+    Via has rport (any value) or force_rport() was called, else the sent-by
+    port or 5060. maddr is not honoured: as in Kamailio (update_sock_struct_from_ip),
+    replies never go to an address the request merely names (reflection)."""
     v = msg.via1
-    if v.maddr:
-        return (_unbracket(v.maddr), v.port or 5060)
-    if v.rport == "" or msg.force_rport:
+    if v.rport is not None or msg.force_rport:
         return (msg.src[0], msg.src[1])
-    if v.rport:  # request carried rport=N already (odd but legal): honour it
-        try:
-            return (msg.src[0], int(v.rport))
-        except ValueError:
-            pass
     return (msg.src[0], v.port or 5060)
 
 

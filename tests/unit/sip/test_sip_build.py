@@ -59,8 +59,16 @@ def test_stable_to_tag():
      "SIP/2.0/UDP 10.0.0.1:5070;rport=6000;branch=z9hG4bK1;received=192.0.2.9"),
     ("SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bK1;rport", ("192.0.2.9", 6000), ("192.0.2.9", 6000),
      "SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bK1;rport=6000;received=192.0.2.9"),
+    # maddr is ignored (as Kamailio): no reflection to an address the request names
     ("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;maddr=224.0.1.75", ("192.0.2.9", 6000),
-     ("224.0.1.75", 5060), "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;maddr=224.0.1.75;received=192.0.2.9"),
+     ("192.0.2.9", 5060), "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;maddr=224.0.1.75;received=192.0.2.9"),
+    ("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;rport=7777", ("192.0.2.9", 6000), ("192.0.2.9", 6000),
+     "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;rport=6000;received=192.0.2.9"),
+    # a forged received is overwritten with the real source
+    ("SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK1;received=203.0.113.66", ("192.0.2.9", 5060),
+     ("192.0.2.9", 5060), "SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK1;received=192.0.2.9"),
+    ("SIP/2.0/UDP h;received = 203.0.113.66 ;rport= 1;branch=z9hG4bK1", ("192.0.2.9", 5062),
+     ("192.0.2.9", 5062), "SIP/2.0/UDP h;received=192.0.2.9 ;rport=5062;branch=z9hG4bK1"),
     ("SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bK1", ("2001:db8::9", 5070), ("2001:db8::9", 5070),
      "SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bK1"),
 ])
