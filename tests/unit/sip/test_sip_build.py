@@ -137,7 +137,8 @@ def test_strip_top_via_for_relay():
     relayed = parse_msg(out)
     assert [v.branch for v in relayed.vias] == ["z9hG4bK0"]
     assert relayed.to_tag == r.to_tag and relayed.status == 180
-    multi = parse_msg(b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP p;branch=z9hG4bK1 , SIP/2.0/UDP a;branch=z9hG4bK2\r\n"
+    multi = parse_msg(b"SIP/2.0 200 OK\r\n"
+                      b"v: SIP/2.0/UDP p;branch=z9hG4bK1 , SIP/2.0/UDP a;branch=z9hG4bK2\r\n"
                       b"f: <sip:a@x>;tag=1\r\nt: <sip:b@x>;tag=2\r\ni: c\r\nCSeq: 1 BYE\r\nl: 3\r\n\r\nabc")
     relayed = parse_msg(strip_top_via(multi))
     assert [v.branch for v in relayed.vias] == ["z9hG4bK2"] and relayed.body == b"abc"

@@ -74,7 +74,8 @@ def test_header_access_case_and_compact_forms():
 
 def test_folded_lines_and_lws_everywhere():
     buf = ("INVITE sip:b@example.com SIP/2.0\r\n"
-           "Via: SIP/2.0/UDP\r\n  h1.example.com;\r\n\tbranch=z9hG4bKa , SIP / 2.0 / TCP [2001:db8::9]:5070\r\n"
+           "Via: SIP/2.0/UDP\r\n  h1.example.com;\r\n\tbranch=z9hG4bKa ,"
+           " SIP / 2.0 / TCP [2001:db8::9]:5070\r\n"
            " ;branch=z9hG4bKb;received=2001:db8::10;rport=5071\r\n"
            "To :\r\n <sip:b@example.com>\r\nFrom: \"A\" <sip:a@example.com>\r\n ;tag=x\r\n"
            "Call-ID: c\r\nCSeq: 7\r\n INVITE\r\nX-Long: one\r\n two\r\n\r\n").encode()
