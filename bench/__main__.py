@@ -14,6 +14,7 @@ to 127.0.0.1 only; every server and SIPp the run starts, it stops.
 """
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
@@ -68,11 +69,13 @@ def cmd_run(args) -> int:
     opts.log(f"bench: suite {args.suite} ({len(selected)} cases) on {', '.join(servers)}"
              f"{' (quick)' if args.quick else ''}; results in {out}")
     t0 = time.monotonic()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     results = runner.run_cases(selected, opts)
     meta = {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"), "suite": args.suite,
         "mode": "quick" if args.quick else "full", "servers": servers,
         "duration_s": round(time.monotonic() - t0, 1), "budget_s": args.budget,
+        "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "command": "python -m bench " + " ".join(sys.argv[1:]),
         "machine": machine_info(REPO), "kamailio_version": kamailio_version(),
         "sipp_version": sipp_version(), "asyncd_version": asyncd_version(),

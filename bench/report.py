@@ -156,7 +156,7 @@ def markdown(doc: dict) -> str:
         f"{(meta.get('sipp_version') or 'SIPp –').rstrip('.')}.",
         "",
         "| case | server | status | max clean rate /s | latency or delay error ms (min / p50 / p90 / p99 / max) "
-        "| data delivered | server CPU ms/req | SIPp CPU s | PSS MB | UDP drops |",
+        "| async data | server CPU ms/req | SIPp CPU s (best step) | PSS MB (max) | kernel UDP drops (whole case) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["results"]:

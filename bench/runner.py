@@ -176,6 +176,8 @@ def _sipp_step(srv: Server, tree: ProcessTree, cfg: dict, rate: int, step_s: flo
     reasons = []
     if t.failed:
         reasons.append(f"{t.failed} failed")
+    if uas_run and uas_run.totals.failed:
+        reasons.append(f"{uas_run.totals.failed} failed at the UAS")
     if retrans:
         reasons.append(f"{retrans} retransmissions")
     if t.successful < calls:
@@ -187,6 +189,7 @@ def _sipp_step(srv: Server, tree: ProcessTree, cfg: dict, rate: int, step_s: flo
     data = {"rate": rate, "calls": calls, "successful": t.successful, "failed": t.failed,
             "retransmissions": retrans, "uac_retransmissions": t.retransmissions,
             "uas_retransmissions": uas_run.totals.retransmissions if uas_run else None,
+            "uas_failed": uas_run.totals.failed if uas_run else None,
             "achieved_rate": round(t.achieved_rate, 1), "elapsed_s": t.elapsed_s,
             "sipp_rc": run.returncode, "sipp_cpu_s": round(run.cpu_s + (uas_run.cpu_s if uas_run else 0), 3),
             "server_cpu_s": m.cpu,
