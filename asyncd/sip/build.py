@@ -116,6 +116,8 @@ def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", serv
     CSeq copied; Record-Route copied into 1xx/2xx (RFC 3261 12.1.1);
     msg.reply_lumps and extra_headers appended; Server, Content-Length."""
     idx = msg._idx
+    if isinstance(body, str):
+        body = body.encode("utf-8", "surrogateescape")
     out = ["SIP/2.0 %d %s\r\n" % (code, reason)]
     vias = idx.get("via", ())
     if vias:
@@ -189,6 +191,8 @@ def build_request_fwd(msg, ruri, via_line, drop_hdrs=(), add_hdrs=()):
     for h in add_hdrs:
         out.append(_line(h))
     body = msg.body
+    if isinstance(body, str):  # a module may have set a str body
+        body = body.encode("utf-8", "surrogateescape")
     out.append("Content-Length: %d\r\n\r\n" % len(body))
     return _enc(out) + body
 

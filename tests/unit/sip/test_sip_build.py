@@ -165,3 +165,12 @@ def test_via_line():
     assert via_line("192.0.2.1", 5060, "z9hG4bK1") == "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1\r\n"
     assert via_line("h", None, "z9hG4bK1", transport="tcp", rport=True, params=("i=1",)) == \
         "Via: SIP/2.0/TCP h;branch=z9hG4bK1;rport;i=1\r\n"
+
+
+def test_str_bodies_are_encoded():
+    m = make()
+    r = parse_msg(build_reply(m, 200, "OK", body="h\u00e9"))
+    assert r.body == "h\u00e9".encode() and r.content_length == 3
+    m.body = "v=1"
+    f = parse_msg(build_request_fwd(m, m.ruri, via_line("h", 5060, "z9hG4bK9")))
+    assert f.body == b"v=1" and f.content_length == 3
