@@ -86,7 +86,10 @@ class Dispatcher:
     def _room_locked(self):
         c = self.c
         if self.ring:
-            return c[3] + (c[5] - c[4]) < self.ring
+            # backlog + reservations + oversize frames parked in busy workers' pipes
+            extra = sum(max(0, c[_HDR + _PER * i] - c[_HDR + _PER * i + 1] - 1)
+                        for i in range(self.n))
+            return c[3] + (c[5] - c[4]) + extra < self.ring
         pending = sum(c[_HDR + _PER * i] - c[_HDR + _PER * i + 1] for i in range(self.n))
         return pending + c[3] < self.cap * self.n
 

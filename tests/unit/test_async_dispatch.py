@@ -127,3 +127,12 @@ def test_skipped_items_are_counted(rundir):
         for p in procs:
             p.kill()
             p.join()
+
+
+def test_oversize_frames_bypass_the_ring_but_stay_bounded(rundir):
+    disp = Dispatcher("to", 1, 3, ring=3, nonblock=True, rundir=rundir)
+    big = codec.pack(["run", 0.0, "x" * 2000])
+    # one to the (idle) worker, then three parked in its pipe (the ring's size), then full
+    assert [disp.push(big) for _ in range(5)] == [0, 0, 0, 0, -1]
+    s = disp.stats()
+    assert s["accepted"] == 4 and s["rejected"] == 1 and s["pending"] == 4
