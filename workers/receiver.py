@@ -16,7 +16,6 @@ Via after removing ours, or drops it if the top Via is not ours (RFC 3261
 """
 import re
 import signal
-import socket
 import struct
 
 from asyncd.core import log
@@ -230,7 +229,7 @@ def _our_addresses(script, sockets):
         ip, port = s.getsockname()[:2]
         ours.add((ip.lower(), port))
         if ip in ("0.0.0.0", "::"):
-            ours.update((a, port) for a in _all_local_ips())
+            ours.update((a.lower(), port) for a in rt.local_ips())
     ports = {p for _, p in ours}
     for a in script.core.get("alias") or ():
         # alias=[proto:]host[:port]; without a port it matches any of ours (Kamailio's port 0)
@@ -240,11 +239,3 @@ def _our_addresses(script, sockets):
             ours.update((host, p) for p in ([int(m.group(2))] if m.group(2) else ports))
     return ours
 
-
-def _all_local_ips():
-    try:
-        import psutil
-        return {a.address.lower() for addrs in psutil.net_if_addrs().values() for a in addrs
-                if a.family in (socket.AF_INET, socket.AF_INET6)}
-    except Exception:  # noqa: BLE001
-        return {"127.0.0.1"}

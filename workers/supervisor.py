@@ -36,6 +36,7 @@ from asyncd.core import log
 from asyncd.core import runtime as rt
 from asyncd.core.context import ProcState
 from asyncd.core.exports import PROC_MAIN, ProcSpec
+from shm.locks import pid_alive
 
 MOD = "core"
 BOOT_ERROR = 3          # child exit code: failed before entering its loop
@@ -198,7 +199,7 @@ class Supervisor:
             out.append((proto, ip, int(port or 5060)))
         if not addrs:
             # Kamailio listens on every local address when the cfg has no listen line.
-            out = [("udp", ip, 5060) for ip in _local_ipv4()]
+            out = [("udp", ip, 5060) for ip in rt.local_ips(socket.AF_INET)]
         if not out:
             raise StartupError("no UDP listen socket configured")
         return out
@@ -512,7 +513,7 @@ class Supervisor:
             if not name.startswith(RUNDIR_PREFIX):
                 continue
             pid = name[len(RUNDIR_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
 
@@ -561,15 +562,6 @@ def _grow_rcvbuf(s):
             pass
 
 
-def _local_ipv4():
-    try:
-        import psutil
-        return sorted({a.address for addrs in psutil.net_if_addrs().values()
-                       for a in addrs if a.family == socket.AF_INET})
-    except Exception:  # noqa: BLE001
-        return ["127.0.0.1"]
-
-
 def _describe_status(status):
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -584,16 +576,6 @@ def _kill(pid, sig):
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _child_log_exc(text):

@@ -9,6 +9,7 @@ Only for control-path logging (startup, supervision, errors): the
 per-message path calls log.* directly behind a level check.
 """
 import os
+import socket
 import sys
 
 from asyncd.core import log
@@ -69,3 +70,13 @@ def set_title(desc):
 def sock_name(ip, port):
     """ip:port as Kamailio prints socket names (IPv6 in brackets)."""
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def local_ips(family=None):
+    """Addresses of this host's interfaces (all families, or one), sorted; loopback at worst."""
+    try:
+        import psutil
+        return sorted({a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                       if a.family in ((family,) if family else (socket.AF_INET, socket.AF_INET6))})
+    except Exception:  # noqa: BLE001 - no psutil or no permission: loopback still works
+        return ["127.0.0.1"]
