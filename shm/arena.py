@@ -80,6 +80,9 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 # cls, -, used, carved, -, free_head, next, prev
 _PD = struct.Struct("<BxHHxxIII")
+# the same without the class byte: written at +2 while slots of the page are
+# live, so the class byte that free() reads before locking never flickers
+_PDR = struct.Struct("<HHxxIII")
 _PD_SIZE = 32
 _PD_LINKS = struct.Struct("<II")  # next, prev at +12
 _CLS_HEAD = 64
@@ -129,6 +132,10 @@ class ShmArena:
         self.name = seg.name
         self.size = size
         self.buf = seg.buf            # memoryview over the whole segment
+        # native-order word views for plain aligned stores (no transient zeros,
+        # unlike struct.pack_into which zero-fills first); little endian hosts
+        self.words = self.buf.cast("I")
+        self.qwords = self.buf.cast("Q")
         self.lock_fd = seg._fd        # fcntl recovery locks (see locks.py)
         self.owner_pid = os.getpid()
         self.static_off = HDR
@@ -217,7 +224,7 @@ class ShmArena:
                 nfh = 0
             used += 1
             full = used == _NSLOTS[c]
-            _PD.pack_into(buf, pd, c, used, carved, nfh, 0 if full else nxt, 0)
+            _PDR.pack_into(buf, pd + 2, used, carved, nfh, 0 if full else nxt, 0)
             if full:
                 # unlink from the partial list (it is the head)
                 _U32.pack_into(buf, head, nxt)
@@ -234,15 +241,49 @@ class ShmArena:
         try:
             p1 = _U32.unpack_from(buf, _FREE_HEAD)[0]
             if p1 == 0:
-                return 0
+                p1 = self._steal_empty_page(c)
+                if p1 == 0:
+                    return 0
+                return self._adopt(c, p1)
             nxt = _U32.unpack_from(buf, self._pd(p1 - 1) + 12)[0]
             _U32.pack_into(buf, _FREE_HEAD, nxt)
             _U32.pack_into(buf, _INUSE, _U32.unpack_from(buf, _INUSE)[0] + 1)
         finally:
             self._page_lock.release(0)
+        return self._adopt(c, p1)
+
+    def _adopt(self, c, p1):
+        buf = self.buf
         _PD.pack_into(buf, self._pd(p1 - 1), c, 0, 0, 0, 0, 0)
         _U32.pack_into(buf, _CLS_HEAD + 4 * c, p1)
         return p1
+
+    def _steal_empty_page(self, c):
+        """No free page left: take an empty page another class keeps cached
+        (free() keeps a class's last partial page even when empty).  Other class
+        locks are only tried, never waited for: no lock-order deadlock."""
+        buf = self.buf
+        locks = self._cls_locks
+        for k in range(NCLASS):
+            if k == c or not locks.try_acquire(k):
+                continue
+            try:
+                p1 = _U32.unpack_from(buf, _CLS_HEAD + 4 * k)[0]
+                while p1:
+                    pd = self._pd(p1 - 1)
+                    _k, used, _cv, _fh, nxt, prev = _PD.unpack_from(buf, pd)
+                    if used == 0:
+                        if prev:
+                            _U32.pack_into(buf, self._pd(prev - 1) + 12, nxt)
+                        else:
+                            _U32.pack_into(buf, _CLS_HEAD + 4 * k, nxt)
+                        if nxt:
+                            _U32.pack_into(buf, self._pd(nxt - 1) + 16, prev)
+                        return p1
+                    p1 = nxt
+            finally:
+                locks.release(k)
+        return 0
 
     def slot_size(self, off):
         p = (off - self.data_off) // PAGE
@@ -255,12 +296,16 @@ class ShmArena:
         buf = self.buf
         p = (off - self.data_off) // PAGE
         pd = self.pages_off + p * _PD_SIZE
-        c = buf[pd]
-        if c >= NCLASS:
-            log.err("shm", f"free of offset {off} in a free page")
-            return
         locks = self._cls_locks
-        locks.acquire(c)
+        while True:
+            c = buf[pd]
+            if c >= NCLASS:
+                log.err("shm", f"free of offset {off} in a free page")
+                return
+            locks.acquire(c)
+            if buf[pd] == c:
+                break
+            locks.release(c)
         try:
             _c, used, carved, fh, nxt, prev = _PD.unpack_from(buf, pd)
             base = self.data_off + p * PAGE
@@ -271,13 +316,13 @@ class ShmArena:
             if was_full:
                 # back onto the partial list, at the head
                 h = _U32.unpack_from(buf, head)[0]
-                _PD.pack_into(buf, pd, c, used, carved, off - base + 1, h, 0)
+                _PDR.pack_into(buf, pd + 2, used, carved, off - base + 1, h, 0)
                 if h:
                     _U32.pack_into(buf, self._pd(h - 1) + 16, p + 1)
                 _U32.pack_into(buf, head, p + 1)
                 nxt, prev = h, 0
             else:
-                _PD.pack_into(buf, pd, c, used, carved, off - base + 1, nxt, prev)
+                _PDR.pack_into(buf, pd + 2, used, carved, off - base + 1, nxt, prev)
             if used == 0 and (nxt or prev):
                 self._release_page(c, p, nxt, prev)
         finally:
@@ -318,6 +363,11 @@ class ShmArena:
         if self.closed:
             return
         self.closed = True
+        for v in (self.words, self.qwords):
+            try:
+                v.release()
+            except Exception:
+                pass
         self.buf = None
         try:
             self._seg.close()

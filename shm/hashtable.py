@@ -104,7 +104,8 @@ class ShmHashTable:
         self.locks = LockSet(arena, self.nstripes, f"{name} buckets", on_recover=self._repair)
         self._lock = self.locks.acquire
         self._unlock = self.locks.release
-        self._seqo = [self.locks.seq_off(i) for i in range(self.nstripes)]
+        self._seqo = [self.locks.seq_off(i) >> 2 for i in range(self.nstripes)]   # word index
+        self._words = arena.words
 
     # -- helpers ----------------------------------------------------------------
     def index_of(self, key):
@@ -238,10 +239,11 @@ class ShmHashTable:
         """-> (key, value, ival, flags, expires) or None.  Lock-free unless a writer
         is active on the stripe (seqlock read, see locks.py)."""
         buf = self.buf
+        W = self._words
         so = self._seqo[index & self.smask]
         bo = self.boff + 16 * index
         for _ in range(_SPIN):
-            s1 = _U32.unpack_from(buf, so)[0]
+            s1 = W[so]
             if s1 & 1:
                 continue
             try:
@@ -258,7 +260,7 @@ class ShmHashTable:
                 r = self._read(off) if off else None
             except (struct.error, ValueError, IndexError, _Torn):
                 continue
-            if _U32.unpack_from(buf, so)[0] == s1:
+            if W[so] == s1:
                 return r
         return self._get_locked(index, label)
 
@@ -277,12 +279,13 @@ class ShmHashTable:
         h = _crc(key)
         b = h & self.mask
         buf = self.buf
+        W = self._words
         so = self._seqo[b & self.smask]
         bo = self.boff + 16 * b
         klen = len(key)
         st = hk_struct(klen)
         for _ in range(_SPIN):
-            s1 = _U32.unpack_from(buf, so)[0]
+            s1 = W[so]
             if s1 & 1:
                 continue
             try:
@@ -303,7 +306,7 @@ class ShmHashTable:
                         raise _Torn
             except (struct.error, ValueError, IndexError, _Torn):
                 continue
-            if _U32.unpack_from(buf, so)[0] == s1:
+            if W[so] == s1:
                 return r
         return self._find_locked(key, h, b)
 

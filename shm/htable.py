@@ -38,7 +38,7 @@ import struct
 import time
 
 from asyncd.core import log
-from shm.hashtable import ShmHashTable, _EH, _E, _NEXT, _KV, _U32, _SPIN, _MAXHOP, _Torn, hk_struct
+from shm.hashtable import ShmHashTable, _EH, _E, _NEXT, _KV, _SPIN, _MAXHOP, _Torn, hk_struct
 from shm.arena import MAX_ALLOC, SLOT_SIZES
 from shm.locks import LockSet
 
@@ -105,6 +105,7 @@ class HTable:
         self._lock = t.locks.acquire
         self._unlock = t.locks.release
         self._seqo = t._seqo
+        self._words = arena.words
         # sht_lock/sht_unlock: separate robust locks so a script holding one never
         # blocks the internal bucket locks (Kamailio uses recursive slot locks)
         self.ulocks = LockSet(arena, 16, f"htable {name} sht_lock")
@@ -141,10 +142,11 @@ class HTable:
         kb, h, st, klen = c
         b = h & self._mask
         buf = self.buf
+        W = self._words
         so = self._seqo[b & self._smask]
         bo = self._boff + 16 * b
         for _ in range(_SPIN):
-            s1 = _U32.unpack_from(buf, so)[0]
+            s1 = W[so]
             if s1 & 1:
                 continue
             try:
@@ -170,7 +172,7 @@ class HTable:
                         raise _Torn
             except (struct.error, ValueError, IndexError, _Torn):
                 continue
-            if _U32.unpack_from(buf, so)[0] == s1:
+            if W[so] == s1:
                 if r is None:
                     return self.initval
                 return _dec(r) if type(r) is bytes else r
@@ -218,7 +220,7 @@ class HTable:
             if off:
                 kl, cls, _vl, fl, ex = _KCVFE.unpack_from(buf, off + 16)
                 if self.exp_ticks and (self.updateexpire or (ex and ex <= now_ticks())):
-                    ex = now_ticks() + self.exp_ticks
+                    ex = now_ticks() + 1 + self.exp_ticks
                 if not vb and not fl & F_STR:
                     _MFI.pack_into(buf, off + 24, flags, ex, iv)
                 elif _EH + kl + len(vb) <= SLOT_SIZES[cls]:
@@ -231,7 +233,7 @@ class HTable:
                         return self._full(key)
                     _MFI.pack_into(buf, off + 24, flags, ex, iv)
             else:
-                ex = now_ticks() + self.exp_ticks if self.exp_ticks else 0
+                ex = now_ticks() + 1 + self.exp_ticks if self.exp_ticks else 0
                 off, label = t._link_l(b, kb, vb, h, flags, ex, iv)
                 if not off:
                     return self._full(key)
@@ -277,18 +279,18 @@ class HTable:
                     if self.initval is None:
                         return None
                     fl, iv = 0, self.initval
-                    ex = now_ticks() + self.exp_ticks
+                    ex = now_ticks() + 1 + self.exp_ticks
                 elif fl & F_STR:
                     return None
                 elif self.exp_ticks and self.updateexpire:
-                    ex = now_ticks() + self.exp_ticks
+                    ex = now_ticks() + 1 + self.exp_ticks
                 iv += delta
                 _MFI.pack_into(buf, off + 24, fl, ex, iv)
                 return iv
             if self.initval is None:
                 return None
             iv = self.initval + delta
-            ex = now_ticks() + self.exp_ticks if self.exp_ticks else 0
+            ex = now_ticks() + 1 + self.exp_ticks if self.exp_ticks else 0
             off, label = self.t._link_l(b, kb, b"", h, 0, ex, iv)
             if not off:
                 self._full(key)
@@ -311,14 +313,14 @@ class HTable:
         if r is None or not r[5]:
             return 0
         left = r[5] - now_ticks()
-        return max(0, (left + TICKS - 1) // TICKS)
+        return max(0, (left + TICKS // 2) // TICKS)
 
     def set_expire(self, key, seconds):
         """$shtex write: expire `seconds` from now (0 = never); autoexpire tables only."""
         if not self.exp_ticks:
             return True
         kb = _enc(str(key))
-        ex = now_ticks() + seconds * TICKS if seconds > 0 else 0
+        ex = now_ticks() + 1 + seconds * TICKS if seconds > 0 else 0
         r = self.t.find(kb)
         if r is None:
             return True

@@ -42,7 +42,6 @@ Then n x u32 takeover counters (how many times each lock was recovered).
 """
 import fcntl
 import os
-import struct
 import time
 from _multiprocessing import SemLock
 
@@ -51,8 +50,6 @@ from asyncd.core import log
 SLICE = 0.05
 ZERO_OWNER_GRACE = 2.0
 _SEMAPHORE = 1
-_U32 = struct.Struct("<I")
-_OWN = struct.Struct("<II")
 
 _pid = os.getpid()
 
@@ -98,6 +95,10 @@ class LockSet:
         self.off = arena.static_alloc(12 * n)
         self.toff = self.off + 8 * n
         self._buf = arena.buf
+        # plain 4-byte stores through a cast view: struct.pack_into zero-fills its
+        # target before writing, which lock-free readers could see as a torn word
+        self._w = arena.words
+        self._k = self.off >> 2
         tag = f"/asyncd-{os.getpid()}-{id(self):x}"
         # unlink=True: the name is removed at once, only the inherited
         # handles keep the semaphores alive (no resource tracker, no leftovers)
@@ -109,23 +110,37 @@ class LockSet:
     def acquire(self, i):
         if not self._acq[i](False):
             self._slow_acquire(i)
-        o = self.off + 8 * i
-        _OWN.pack_into(self._buf, o, _pid, (_U32.unpack_from(self._buf, o + 4)[0] + 1) & 0xFFFFFFFF)
+        w = self._w
+        k = self._k + 2 * i
+        w[k] = _pid
+        w[k + 1] = (w[k + 1] + 1) & 0xFFFFFFFF
+
+    def try_acquire(self, i):
+        """Non-blocking acquire (for out-of-order lock grabs that must not deadlock)."""
+        if not self._acq[i](False):
+            return False
+        w = self._w
+        k = self._k + 2 * i
+        w[k] = _pid
+        w[k + 1] = (w[k + 1] + 1) & 0xFFFFFFFF
+        return True
 
     def release(self, i):
-        o = self.off + 8 * i
-        _OWN.pack_into(self._buf, o, 0, (_U32.unpack_from(self._buf, o + 4)[0] + 1) & 0xFFFFFFFF)
+        w = self._w
+        k = self._k + 2 * i
+        w[k + 1] = (w[k + 1] + 1) & 0xFFFFFFFF
+        w[k] = 0
         self._rel[i]()
 
     def owner(self, i):
-        return _U32.unpack_from(self._buf, self.off + 8 * i)[0]
+        return self._w[self._k + 2 * i]
 
     def seq_off(self, i):
         """Offset of lock i's sequence word (for optimistic readers)."""
         return self.off + 8 * i + 4
 
     def takeovers(self, i):
-        return _U32.unpack_from(self._buf, self.toff + 4 * i)[0]
+        return self._w[self.toff // 4 + i]
 
     def _slow_acquire(self, i):
         acq = self._acq[i]
@@ -156,13 +171,14 @@ class LockSet:
         off = self.off + 8 * i
         fcntl.lockf(fd, fcntl.LOCK_EX, 8, off)
         try:
-            owner, seq = _OWN.unpack_from(self._buf, off)
-            if owner != dead:
+            w = self._w
+            k = off >> 2
+            if w[k] != dead:
                 return False
+            w[k] = _pid
             # held => odd sequence, whatever moment the dead holder stopped at
-            _OWN.pack_into(self._buf, off, _pid, seq | 1)
-            to = self.toff + 4 * i
-            _U32.pack_into(self._buf, to, _U32.unpack_from(self._buf, to)[0] + 1)
+            w[k + 1] |= 1
+            w[self.toff // 4 + i] += 1
         finally:
             fcntl.lockf(fd, fcntl.LOCK_UN, 8, off)
         self.recoveries += 1
