@@ -321,3 +321,26 @@ def test_group_usleep_throttles_each_worker(srv, client):
     srv.wait_log(r"TICK 4 us", timeout=3.0)
     spread = time.monotonic() - t0 - first
     assert 0.38 <= spread < 1.0, (first, spread)
+
+
+TKV_TEXT = cfg("request_route {\n" + PRE + """    async_tkv_emit("$var(t)", "$rU", "from=$fU");
+    sl_send_reply("200", "rc=$rc");
+    exit;
+}
+event_route[my:ev] {
+    xinfo("EV $atkv(type)|$atkv(key)|$atkv(val)|$atkv(gname) pid=$pp\\n");
+}
+""", core='async_workers=1\nasync_workers_group="name=ev;workers=1"\n'
+          'async_tkv_gname="ev"\nasync_tkv_evcb="my:ev"')
+
+
+def test_tkv_core_parameters_route_events_to_their_group(run_server, sip_client):
+    with run_server(TKV_TEXT) as s:
+        c = sip_client(s.addr)
+        fin = c.final("OPTIONS", f"sip:k1@127.0.0.1:{s.port}")
+        # $var(t) is unset in this receiver -> 0, an integer: accepted
+        assert fin is not None and fin.reason == "rc=1"
+        m = s.wait_log(r"EV 0\|k1\|from=tester\|ev pid=(\d+)")
+        from tests.integration.test_async_support import title_of
+        assert title_of(s, m.group(1)) == "asyncd: Async Task Worker - ev"
+        assert "tkv: using" not in s.log()       # no defaults applied when configured
