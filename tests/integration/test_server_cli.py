@@ -60,9 +60,20 @@ def test_listen_override_children_and_defines(run_server, sip_client):
         assert sorted(titles[1:]) == receiver_titles(other, 3)
         r = sip_client(("127.0.0.1", other)).final("OPTIONS")
         assert r.status == 200 and r.reason == "hi"
+        assert os.path.getsize(f"/dev/shm/asyncd_{srv.pid}_1") == 16 << 20  # -m 16
         assert sip_client(srv.addr).final("OPTIONS", timeout=0.3) is None
     with run_server(cfg) as srv:
         assert sip_client(srv.addr).final("OPTIONS").reason == "plain"
+
+
+def test_cfg_debug_level_and_d_flag(run_server):
+    quiet = SL_CFG.replace("debug=1", "debug=0")
+    with run_server(quiet) as srv:
+        assert " NOTICE: " not in srv.log()
+    assert " NOTICE: " not in srv.log()
+    with run_server(quiet, args=["-d"]) as srv:
+        srv.wait_log(r" 0\(%d\) NOTICE: <core> \[workers/supervisor\.py:\d+\]: announce_ready\(\): "
+                     r"asyncd \S+ started: 3 processes" % srv.pid)
 
 
 def test_embedded_default_cfg_shows_the_async_module(run_server, sip_client):
