@@ -104,6 +104,17 @@ _TABLE = {
     "s.select": (2, 2, lambda a: lambda v: _select(_to_str(v), _int_arg(a[0]), a[1])),
     "s.md5": (0, 0, lambda a: _md5),
     "s.numeric": (0, 0, lambda a: lambda v: "".join(c for c in _to_str(v) if c.isdigit())),
+    "s.before": (1, 1, lambda a: lambda v: _to_str(v).split(a[0], 1)[0]),
+    "s.after": (1, 1, lambda a: lambda v: _to_str(v).partition(a[0])[2]),
+    "s.rbefore": (1, 1, lambda a: lambda v: _to_str(v).rsplit(a[0], 1)[0]),
+    "s.rafter": (1, 1, lambda a: lambda v: _to_str(v).rpartition(a[0])[2]),
+    "s.replace": (2, 2, lambda a: lambda v: _to_str(v).replace(a[0], a[1])),
+    "s.unquote": (0, 0, lambda a: _unquote),
+    "s.encode.base64": (0, 0, lambda a: lambda v: _b64(v, True)),
+    "s.decode.base64": (0, 0, lambda a: lambda v: _b64(v, False)),
+    "s.encode.hexa": (0, 0, lambda a: lambda v: _to_str(v).encode().hex()),
+    "s.decode.hexa": (0, 0, lambda a: lambda v: bytes.fromhex(_to_str(v)).decode("utf-8", "replace")),
+    "s.sha256": (0, 0, lambda a: lambda v: __import__("hashlib").sha256(_to_str(v).encode()).hexdigest()),
     "uri.user": (0, 0, lambda a: _uri_part("user")),
     "uri.host": (0, 0, lambda a: _uri_part("host")),
     "uri.domain": (0, 0, lambda a: _uri_part("host")),
@@ -119,6 +130,20 @@ _TABLE = {
     "nameaddr.uri": (0, 0, lambda a: _nameaddr("uri")),
     "nameaddr.name": (0, 0, lambda a: _nameaddr("name")),
 }
+
+
+def _unquote(v):
+    s = _to_str(v)
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'":
+        return s[1:-1]
+    return s
+
+
+def _b64(v, enc):
+    import base64
+    if enc:
+        return base64.b64encode(_to_str(v).encode()).decode()
+    return base64.b64decode(_to_str(v).encode()).decode("utf-8", "replace")
 
 
 def _select(s, i, sep):
@@ -146,6 +171,11 @@ def _int_arg(a):
     return a
 
 
+# which arguments are integers
+_INT_ARGS = {"s.substr": (0, 1), "s.strip": (0,), "s.striptail": (0,), "s.select": (0,),
+             "param.valueat": (0,)}
+
+
 def parse_transformation(text, loc):
     """`s.substr,1,2` (without braces) -> f(value) (null in, null out)."""
     parts = _split_args(text)
@@ -160,16 +190,10 @@ def parse_transformation(text, loc):
         raise CfgError(f"transformation {{{name}}} takes {want} argument(s), got {len(args)}",
                        loc.file, loc.line, loc.col)
     conv = []
-    for a in args:
+    for k, a in enumerate(args):
         if len(a) >= 2 and a[0] == a[-1] and a[0] in "\"'":
             a = a[1:-1]
-        elif name.startswith("s.") and name != "s.select" or name == "param.valueat" and not conv:
-            try:
-                a = int(a, 0)
-            except ValueError:
-                raise CfgError(f"transformation {{{name}}}: '{a}' is not an integer",
-                               loc.file, loc.line, loc.col)
-        elif name == "s.select" and not conv:
+        elif k in _INT_ARGS.get(name, ()):
             try:
                 a = int(a, 0)
             except ValueError:

@@ -44,12 +44,8 @@ def _puri(s):
 
 
 def _cur_uri_parsed(msg):
-    if msg.new_uri is None:
-        try:
-            return msg.parsed_ruri
-        except Exception:
-            return None
-    return _puri(msg.new_uri)
+    u = msg.new_uri
+    return _puri(msg.ruri if u is None else u)
 
 
 # -- $var: per-process script variables (pv_svar.c) ------------------------------
@@ -294,7 +290,9 @@ PARAMS = []
 
 try:        # shared pvs ($avp, $xavp, $shv ...) come from the shm part
     from asyncd.modules import pv_shm as _pv_shm
-except ImportError:
+except Exception as _e:     # a broken pv_shm must not take the private pvs down with it
+    from asyncd.core import log as _log
+    _log.err("pv", f"cannot load the shared pseudo-variables (pv_shm): {_e!r}")
     _pv_shm = None
 if _pv_shm is not None:
     PVS.extend(getattr(_pv_shm, "PVS", ()))
