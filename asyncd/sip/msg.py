@@ -18,6 +18,7 @@ The head is decoded once (UTF-8, surrogateescape: lossless, so forwarded
 headers are byte-exact); framing is computed on the bytes.
 """
 import itertools
+from itertools import islice
 import re
 import time
 
@@ -304,18 +305,22 @@ def _index_headers(m, lines):
     hl = []
     idx = {}
     err = None
-    for j in range(1, len(lines)):
-        name, colon, value = lines[j].partition(":")
-        try:
-            if not colon:
-                raise SipParseError("Bad header line")
-            key = _name_key(name)
-        except SipParseError as e:
-            err = err or e.reason
-            hl.append(("", lines[j], ""))
-            continue
+    names = _names
+    append = hl.append
+    for line in islice(lines, 1, None):
+        name, colon, value = line.partition(":")
+        key = names.get(name) if colon else None
+        if key is None:
+            try:
+                if not colon:
+                    raise SipParseError("Bad header line")
+                key = _name_key(name)
+            except SipParseError as e:
+                err = err or e.reason
+                append(("", line, ""))
+                continue
         value = value.strip(" \t")
-        hl.append((key, name, value))
+        append((key, name, value))
         lst = idx.get(key)
         if lst is None:
             idx[key] = [value]
