@@ -15,10 +15,10 @@ and raises SipParseError then; `validate()` forces all of it (what a
 sanity check does).
 
 The head is decoded once (UTF-8, surrogateescape: lossless, so forwarded
-headers are byte-exact); framing is computed on the bytes.
+headers are byte-exact); framing is computed on the bytes, for datagrams (a
+stream transport would need Content-Length and a different framer).
 """
 import itertools
-from itertools import islice
 import re
 import time
 
@@ -307,7 +307,7 @@ def _index_headers(m, lines):
     err = None
     names = _names
     append = hl.append
-    for line in islice(lines, 1, None):
+    for line in itertools.islice(lines, 1, None):
         name, colon, value = line.partition(":")
         key = names.get(name) if colon else None
         if key is None:
