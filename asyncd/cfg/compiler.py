@@ -398,10 +398,15 @@ def _finish(script, gen):
     if script._req is not None:
         script._named.setdefault("0", script._req)
     script.continuations = {cid: ns[pyname] for cid, pyname in gen.conts.items()}
-    if script.core.get("ignored"):
-        tcp = [n for n in script.core["ignored"] if n.startswith(("tcp_", "tls_", "sctp_"))]
-        if tcp:
-            log.info("core", "TCP/TLS/SCTP parameters accepted and ignored: asyncd serves UDP only")
+    c = script.core
+    tcp = [n for n in c.get("ignored", ()) if n.startswith(("tcp_", "tls_", "sctp_"))]
+    wants = c.get("enable_tls") or c.get("enable_sctp") or \
+        any(p != "udp" for p, _h, _port in c.get("listen", ()))
+    if wants or (tcp and not c.get("disable_tcp")):
+        log.warn("core", "asyncd serves UDP only: TCP/TLS/SCTP sockets and parameters "
+                 f"are accepted and ignored ({', '.join(tcp) or 'listen/enable_*'})")
+    elif tcp:
+        log.info("core", "TCP/TLS parameters accepted and ignored (UDP only, disable_tcp=yes)")
 
 
 def dump_source(script):

@@ -433,3 +433,34 @@ request_route {
     r.run()
     text = "\n".join(logs.lines)
     assert "debug 0" in text and "debug2 0" in text
+
+
+class _FakeSock:
+    def __init__(self):
+        self.sent = []
+
+    def sendto(self, data, addr):
+        self.sent.append((data, addr))
+        return len(data)
+
+
+def test_reply_requested_with_append_to_reply(runner):
+    r = runner("""
+request_route {
+    if (is_method("INVITE")) {
+        append_to_reply("X-Why: because $fU\\r\\n");
+        sl_send_reply("403", "Forbidden for $fU");
+        exit;
+    }
+    $var(not_here) = 1;
+}
+""")
+    sock = _FakeSock()
+    r.proc.sockets = [sock]
+    ctx, rc = r.run()
+    assert rc == 0 and ctx.replied and "not_here" not in r.vars
+    (data, addr), = sock.sent
+    assert addr == ("10.0.0.1", 5060)
+    assert data.startswith(b"SIP/2.0 403 Forbidden for alice\r\n")
+    assert b"Call-ID: a84b4c76e66710@pc33.atlanta.com" in data
+    assert b"X-Why: because alice\r\n" in data
