@@ -1,5 +1,5 @@
 """Shared and transaction-carried pseudo-variables of the pv module:
-$shv, $avp, $xavp, $xavu, $xavi, and the "shvset" modparam.
+$shv, $avp, $xavp, $xavu, $xavi, and the "shvset" / "varset" modparams.
 
 Runs in: main process (parsing, mod_init applies shvset before fork), every
 process running routes (get/set).
@@ -9,6 +9,8 @@ from here into the "pv" module's exports.
 
 - $shv(name): shared by all processes (shm/shv.py), as Kamailio's
   src/modules/pv/pv_shv.c; an unset one reads 0; `$null` resets it to 0.
+- modparam("pv", "varset", "name=i:1" | "name=s:text"): initial $var values,
+  applied to each process's private vars in child_init (pv_svar.c).
 - $avp(name), $(avp(name)[n]), $(avp(name)[*]): per-message stack
   (shm/avp.py AvpList on ctx.avps, created on first write); tm carries it
   with the transaction (spec B §6.1, §7).  Names `s:x` = `x`, `i:5` is an
@@ -24,6 +26,7 @@ from asyncd.core.exports import ParamExport, PvExport
 
 _shv_store = None
 _fmt_table = None
+_varset = []        # (name, value) from modparam varset, applied per process
 
 
 def _pieces(text):
@@ -178,17 +181,27 @@ def _xset(ctx, spec, idx, value):
 
 
 # -- lifecycle -----------------------------------------------------------------------------------
+def _param_list(script, name):
+    v = (getattr(script, "modparams", {}) or {}).get("pv", {}).get(name) or []
+    return [v] if isinstance(v, str) else list(v)
+
+
 def mod_init(script):
-    """Apply modparam("pv", "shvset", "name=i:1" | "name=s:text") before fork."""
+    """Apply modparam("pv", "shvset", "name=i:1" | "name=s:text") before fork and
+    parse "varset" (same syntax) for child_init."""
     global _shv_store
     from shm.shv import parse_shvset
+    _varset.clear()
+    for spec in _param_list(script, "varset"):
+        try:
+            _varset.append(parse_shvset(spec))
+        except ValueError as e:
+            raise CfgError(f"pv: {e}".replace("shvset", "varset")) from None
     arena = getattr(script, "shm", None)
     if arena is None:
         return
     _shv_store = arena.shv
-    sets = (getattr(script, "modparams", {}) or {}).get("pv", {}).get("shvset") or []
-    if isinstance(sets, str):
-        sets = [sets]
+    sets = _param_list(script, "shvset")
     for spec in sets:
         try:
             name, value = parse_shvset(spec)
@@ -199,11 +212,14 @@ def mod_init(script):
 
 
 def child_init(proc, rank):
+    for name, value in _varset:
+        proc.vars[name] = value
     return 0
 
 
 FUNCTIONS = []
-PARAMS = [ParamExport("shvset", str, None, multi=True)]
+PARAMS = [ParamExport("shvset", str, None, multi=True),
+          ParamExport("varset", str, None, multi=True)]
 PVS = [
     PvExport("shv", _shv_get, _shv_set, _shv_parse, True),
     PvExport("avp", _avp_get, _avp_set, _avp_parse, True),

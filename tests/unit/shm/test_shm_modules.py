@@ -221,3 +221,30 @@ def test_proctable_readable_from_outside_without_unlinking(arena):
     assert "udp receiver child=0" in out.stdout, out.stderr
     assert os.path.exists("/dev/shm/" + arena.name)
     assert read_segment(arena.name)[1][1] == 4242
+
+
+def test_varset_initialises_each_process_vars():
+    from asyncd.cfg.compiler import compile_cfg
+    from asyncd.modules import pv_shm
+    s = compile_cfg(text='loadmodule "pv.so"\nmodparam("pv", "varset", "a=i:5")\n'
+                         'modparam("pv", "varset", "b=s:text")\nrequest_route { exit; }')
+    s.shm = ShmArena.create(4 << 20)
+    try:
+        s.init_modules()
+        proc = ProcState(script=s, rank=1)
+        pv_shm.child_init(proc, 1)
+        assert proc.vars == {"a": 5, "b": "text"}
+    finally:
+        s.shm.destroy()
+
+
+def test_bad_shvset_is_a_startup_error():
+    from asyncd.cfg.compiler import compile_cfg
+    s = compile_cfg(text='loadmodule "pv.so"\nmodparam("pv", "shvset", "a=x:5")\n'
+                         'request_route { exit; }')
+    s.shm = ShmArena.create(4 << 20)
+    try:
+        with pytest.raises(CfgError):
+            s.init_modules()
+    finally:
+        s.shm.destroy()
