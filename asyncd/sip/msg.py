@@ -423,6 +423,8 @@ def _can_reply(m):
 
 def parse_msg(buf, src=("0.0.0.0", 0), dst=("0.0.0.0", 0), sock=0, proto="udp"):
     """Parse one datagram. Raises SipParseError (nothing else) on bad input."""
+    if type(buf) is not bytes:  # bytearray / memoryview from a recv_into loop
+        buf = bytes(buf)
     m = SipMsg(buf, src, dst, sock, proto)
     try:
         if buf[:2] == b"\r\n":  # leading CRLFs are ignored (RFC 3261 7.5)

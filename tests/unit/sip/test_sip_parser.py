@@ -50,6 +50,12 @@ def test_typical_invite():
     assert m.id != parse_msg(INVITE.encode()).id
 
 
+def test_buffer_types():
+    for buf in (bytearray(INVITE.encode()), memoryview(INVITE.encode())):
+        m = parse_msg(buf)
+        assert type(m.buf) is bytes and m.body == b"v=0\n" and m.callid
+
+
 def test_header_access_case_and_compact_forms():
     buf = ("OPTIONS sip:x@example.com SIP/2.0\r\n"
            "v: SIP/2.0/UDP a.example.com;branch=z9hG4bK1\r\n"
