@@ -278,7 +278,9 @@ class CodeGen:
         setter = self.bind(spec.export.set, "SET")
         if spec.index_pv is None:
             k = self.bind(spec.spec)
-            self.w(f"{setter}(ctx, {k}, {spec.index!r}, {v})", st.loc)
+            # `:=` replaces every value of a multi-value pv ($avp): index [*]
+            idx = "*" if st.op == ":=" and spec.index is None else spec.index
+            self.w(f"{setter}(ctx, {k}, {idx!r}, {v})", st.loc)
         else:
             p = self.bind(spec, "P")
             self.w(f"{p}.set(ctx, {v})", st.loc)

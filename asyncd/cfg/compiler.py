@@ -384,7 +384,16 @@ def _finish(script, gen):
     script.linemap = gen.locs
     script.sites = gen.sites
     script.code_filename = f"<asyncd-cfg-{next(_serial)}>"
-    code = compile(script.source, script.code_filename, "exec")
+    try:
+        code = compile(script.source, script.code_filename, "exec")
+    except (SyntaxError, RecursionError, MemoryError, ValueError) as e:
+        # Python's own limits (e.g. 20 statically nested loops/try blocks)
+        ln = (getattr(e, "lineno", None) or 1) - 1
+        loc = script.linemap[ln] if 0 <= ln < len(script.linemap) and script.linemap[ln] else None
+        msg = f"cfg too deeply nested to compile ({getattr(e, 'msg', e)})"
+        if loc is None:
+            raise CfgError(msg, script.filename, 0, 0)
+        raise loc.error(msg)
     # tracebacks through generated code show its lines (each names its cfg line)
     linecache.cache[script.code_filename] = (len(script.source), None,
                                              script.source.splitlines(True), script.code_filename)

@@ -46,3 +46,14 @@ def test_parser_alone_only_cfg_errors(text):
         parse_tokens(preprocess(text, "p.cfg"))
     except CfgError:
         pass
+
+
+def test_nesting_beyond_python_limits_is_a_cfg_error():
+    import pytest
+    text = ('loadmodule "xlog.so"\nrequest_route {\n' + "while (1) {\n" * 25 + 'xlog("x");\n'
+            + "}\n" * 25 + "}\n")
+    with pytest.raises(CfgError) as ei:
+        compile_cfg(text=text, filename="n.cfg")
+    assert ei.value.file == "n.cfg" and ei.value.line > 2
+    with pytest.raises(CfgError):
+        compile_cfg(text="request_route {" + "(" * 5000 + "}", filename="n.cfg")

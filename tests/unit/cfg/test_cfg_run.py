@@ -464,3 +464,23 @@ request_route {
     assert data.startswith(b"SIP/2.0 403 Forbidden for alice\r\n")
     assert b"Call-ID: a84b4c76e66710@pc33.atlanta.com" in data
     assert b"X-Why: because alice\r\n" in data
+
+
+def test_avp_stack_assign_and_replace(runner):
+    r = runner("""
+request_route {
+    $avp(a) = 1;
+    $avp(a) = 2;
+    $var(top) = $avp(a);
+    $var(n1) = $(avp(a)[1]);
+    $avp(a) := 9;
+    $var(after) = $avp(a);
+    $var(gone) = $(avp(a)[1]);
+    $avp(a) = $null;
+    if ($avp(a) == $null) { $var(null) = 1; }
+}
+""")
+    r.run()
+    v = r.vars
+    assert (v["top"], v["n1"], v["after"], v["null"]) == (2, 1, 9, 1)
+    assert v["gone"] == 0          # $null stored into $var reads 0
