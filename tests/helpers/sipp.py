@@ -67,7 +67,9 @@ def run_sipp(target, scenario=None, builtin=None, calls=1, rate=10, service=None
     cmd = [exe, f"{target[0]}:{target[1]}", "-i", "127.0.0.1", "-p", str(local_port or free_udp_port()),
            "-m", str(calls), "-r", str(rate), "-rp", str(rate_period_ms), "-nostdin",
            "-trace_stat", "-stf", stat, "-fd", "1", "-trace_err", "-error_file", errf,
-           "-timeout", f"{int(timeout)}s", "-timeout_error"]
+           "-timeout", f"{int(timeout)}s", "-timeout_error",
+           # SIPp's default 208 KB socket buffer overflows on reply bursts (TESTING-NOTES.md)
+           "-buff_size", str(8 << 20)]
     if max_outstanding:
         cmd += ["-l", str(max_outstanding)]
     if builtin:
