@@ -62,7 +62,11 @@ def now_ticks():
 
 
 def _enc(v):
-    return v.encode("utf-8", "surrogateescape")
+    try:
+        return v.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # a lone surrogate that surrogateescape cannot map: keep it, never raise
+        return v.encode("utf-8", "surrogatepass")
 
 
 _KC = {}        # per-process cache: key -> (bytes, crc32, header+key Struct, len)

@@ -24,6 +24,10 @@ top:
   died there (locks are never held across I/O or script execution, so no
   live holder keeps one that long).
 
+Sequence readers rely on x86's store order (stores are seen in program
+order, loads are not reordered with loads); a port to a weakly ordered CPU
+needs fences around the sequence reads and writes.
+
 After a takeover the lock set calls its `on_recover(i)` callback so the
 structure it protects can check itself (the hash table re-walks the chains
 of that stripe; see hashtable.py).
