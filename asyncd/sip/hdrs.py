@@ -200,8 +200,10 @@ def _via_fast(s):
 
 def parse_via(s):
     v = _via_fast(s)
-    if v is not None:
-        return v
+    return v if v is not None else _via_full(s)
+
+
+def _via_full(s):
     m = _VIA_RE.match(s)
     if m is None:
         raise SipParseError("Bad Via header")
@@ -262,7 +264,32 @@ def _quoted_end(s, i):
 _DISPLAY_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~]+)*\Z")
 
 
+_T = r"[A-Za-z0-9\-.!%*_+`'~]"
+# the common shape: [display] <uri> [;param[=value]]... (no quoted param values)
+_NA_FAST_RE = re.compile(
+    r'(?:("(?:[^"\\]|\\.)*+")|(%s++(?:[ \t]++%s++)*+))?[ \t]*+<([^\s<>]++)>'
+    r'((?:[ \t]*+;[ \t]*+%s++(?:[ \t]*+=[ \t]*+[^;"\s]++)?)*+)[ \t]*+\Z' % (_T, _T, _T), re.S)
+
+
 def parse_nameaddr(s, what="header"):
+    m = _NA_FAST_RE.match(s)
+    if m is None or ":" not in m.group(3):
+        return _parse_nameaddr(s, what)
+    quoted, tokens, uri, tail = m.groups()
+    na = NameAddr()
+    na.raw = s
+    na.display = quoted or tokens or ""
+    na.uri = uri
+    params = na.params = {}
+    if tail:
+        for p in tail.split(";")[1:]:
+            name, _, val = p.partition("=")
+            params[name.strip(" \t").lower()] = val.strip(" \t")
+    na.tag = params.get("tag")
+    return na
+
+
+def _parse_nameaddr(s, what):
     s = s.strip()
     na = NameAddr()
     na.raw = s

@@ -116,3 +116,35 @@ def test_cost_is_linear_in_size():
     for small, big in zip(_worst(4000), _worst(64000)):  # 16x the bytes
         cs, cb = cost(small), cost(big)
         assert cb < 64 * cs + 0.002, (big[:60], cs, cb)  # quadratic would be ~256x
+
+
+_na_text = st.lists(st.sampled_from(['"', "\\", "<", ">", ";", "=", " ", "\t", ":", "@", "sip", "tag",
+                                     "Bob", "a", "1", "x.y", ",", "*", "%", "\x0b", "\u00e9"]),
+                    max_size=25).map("".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(_na_text, st.builds(lambda d, u, p: d + "<sip:" + u + ">" + p, _na_text, _na_text,
+                                     _na_text)))
+def test_name_addr_fast_path_agrees_with_full_parser(text):
+    """The regex fast path for name-addr is only a shortcut: same result as the full parser."""
+    from asyncd.sip import hdrs
+    m = hdrs._NA_FAST_RE.match(text)
+    if m is None or ":" not in m.group(3):
+        return
+    fast = hdrs.parse_nameaddr(text, "To")
+    full = hdrs._parse_nameaddr(text, "To")
+    assert (fast.display, fast.uri, fast.params, fast.tag) == (full.display, full.uri, full.params, full.tag)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(["SIP", "/", "2.0", "UDP", "TCP", " ", ";", "=", ":", "5060", "h.example",
+                                 "[2001:db8::1]", "branch", "z9hG4bK", "rport", "received", "1.2.3.4",
+                                 "\t", '"', "x"]), max_size=20).map("".join))
+def test_via_fast_path_agrees_with_full_parser(text):
+    from asyncd.sip import hdrs
+    fast = hdrs._via_fast(text)
+    if fast is None:
+        return
+    full = hdrs._via_full(text)
+    assert [getattr(fast, a) for a in hdrs.Via.__slots__] == [getattr(full, a) for a in hdrs.Via.__slots__]
