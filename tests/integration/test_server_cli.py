@@ -4,10 +4,12 @@ Runs in: the pytest process; servers are subprocesses on free loopback ports.
 """
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -110,12 +112,19 @@ def test_stale_shm_of_killed_run_is_removed(run_server):
     stale = f"/dev/shm/asyncd_{dead}_1"
     with open(stale, "wb") as f:
         f.write(b"\0" * 4096)
+    rundir = os.path.join(tempfile.gettempdir(), f"asyncd-run-{dead}-x1y2z3")
+    os.makedirs(os.path.join(rundir, "sub"), exist_ok=True)
     try:
-        with run_server(SL_CFG):
+        with run_server(SL_CFG) as srv:
             assert not os.path.exists(stale)
+            assert not os.path.exists(rundir)
+            live = [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"asyncd-run-{srv.pid}-")]
+            assert len(live) == 1
+        assert not os.path.exists(os.path.join(tempfile.gettempdir(), live[0]))
     finally:
         if os.path.exists(stale):
             os.unlink(stale)
+        shutil.rmtree(rundir, ignore_errors=True)
 
 
 def test_bind_failure_is_a_clear_startup_error(tmp_path):
