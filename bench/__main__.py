@@ -9,7 +9,7 @@ Runs in: the bench harness process.
 Each run writes ``results.json`` (machine, Python, commit, Kamailio and
 SIPp versions, every measure), ``results.md`` (the tables, also printed)
 and, when matplotlib is installed, one PNG per case with latency samples,
-into ``--out`` (default ``bench-results/<UTC time>-<suite>``). Traffic goes
+into ``--out`` (default ``bench/results/<UTC time>-<suite>``, git-ignored). Traffic goes
 to 127.0.0.1 only; every server and SIPp the run starts, it stops.
 """
 import argparse
@@ -55,7 +55,7 @@ def cmd_run(args) -> int:
         return 2
     servers = ["asyncd", "kamailio"] if args.server == "both" else [args.server]
     started = dt.datetime.now(dt.timezone.utc)
-    out = Path(args.out) if args.out else Path("bench-results") / f"{started:%Y%m%dT%H%M%SZ}-{args.suite}"
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"{started:%Y%m%dT%H%M%SZ}-{args.suite}"
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     work.mkdir(exist_ok=True)
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     r.add_argument("suite")
     r.add_argument("--server", choices=("asyncd", "kamailio", "both"), default="both")
     r.add_argument("--quick", action="store_true", help="seconds-long steps and few requests (CI)")
-    r.add_argument("--out", help="output directory (default bench-results/<time>-<suite>)")
+    r.add_argument("--out", help="output directory (default bench/results/<time>-<suite>)")
     r.add_argument("--budget", type=float, default=900.0,
                    help="stop starting new steps after this many seconds (default 900)")
     r.add_argument("--step-s", type=float, default=None, help="override the SIPp step length (s)")

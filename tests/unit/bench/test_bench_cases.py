@@ -81,3 +81,11 @@ def test_unknown_suite_and_bad_case(tmp_path):
         cm.load_cases(tmp_path)
     assert [c.name for c in cm.resolve_suite("timers")] == ["route_1s", "sleep_1s", "ms_route_250",
                                                             "ms_sleep_100"]
+
+
+def test_cli_list_and_unknown_suite(capsys):
+    from bench.__main__ import main
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "full" in out and "tkv_emit" in out and "asyncd only" in out
+    assert main(["run", "no-such-suite", "--server", "asyncd"]) == 2
