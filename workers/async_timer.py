@@ -12,6 +12,11 @@ compare), and sleeps exactly until the earliest one (spec A §3): it polls its
 PULL socket with a timeout that ends ~1 ms before the due time, then sleeps
 the remainder with nanosecond resolution. A wall-clock step changes nothing.
 
+Items arrive through the dispatcher's shared mailbox (asyncd.ipc.dispatch.
+TimerDispatcher); the PULL socket only carries wake-ups (empty frames) for
+items due before our published wake time, and frames the mailbox could not
+hold.
+
 Items are `[kind, due, tindex, tlabel, target]`. on_due(proc, item) returns
 True (ran), False (skipped: transaction gone) or None (could not hand it on
 now, e.g. the default task group is full: retry in RETRY s, delay instead of
@@ -31,64 +36,80 @@ FINE_WAIT = 0.002   # below this, sleep precisely instead of polling (ms resolut
 RETRY = 0.001
 
 
-def _drain(sock, heap, seq, disp, idx):
-    while True:
-        try:
-            frame = sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            return seq
+class _Heap:
+    def __init__(self, disp, idx):
+        self.disp, self.idx = disp, idx
+        self.h = []
+        self.seq = 0
+
+    def add(self, frame):
+        if not frame:
+            return                  # a wake-up
         try:
             item = codec.unpack(frame)
             due = float(item[1])
         except (ValueError, TypeError, IndexError) as e:
             log.err("async", f"timer: dropping malformed item: {e}")
-            disp.mark_done(idx, skipped=True)     # accounted for, not silently lost
-            continue
-        seq += 1
-        heapq.heappush(heap, (due, seq, item))
+            self.disp.mark_done(self.idx, skipped=True)   # accounted for, not silently lost
+            return
+        self.seq += 1
+        heapq.heappush(self.h, (due, self.seq, item))
+
+    def drain(self, sock):
+        for frame in self.disp.take(self.idx):
+            self.add(frame)
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.add(frame)
+
+
+def _fire(proc, heap, on_due):
+    mono = time.monotonic
+    h, disp, idx = heap.h, heap.disp, heap.idx
+    now = mono()
+    while h and h[0][0] <= now:
+        due, s, item = heapq.heappop(h)
+        try:
+            r = on_due(proc, item)
+        except Exception as e:    # a failing resume never kills the timer
+            log.err("async", f"timer: resume failed: {e!r}")
+            r = True
+        if r is None:
+            heapq.heappush(h, (now + RETRY, s, item))
+            return
+        disp.mark_done(idx, r is False)
+        now = mono()
 
 
 def run(proc, disp, idx, on_due):
     """Loop until proc.stopping: receive items, resume them when due."""
     sock = disp.bind(idx)
-    heap = []
-    seq = 0
+    heap = _Heap(disp, idx)
     mono = time.monotonic
     try:
         while not proc.stopping:
-            now = mono()
-            while heap and heap[0][0] <= now:
-                due, s, item = heapq.heappop(heap)
-                try:
-                    r = on_due(proc, item)
-                except Exception as e:    # a failing resume never kills the timer
-                    log.err("async", f"timer: resume failed: {e!r}")
-                    r = True
-                if r is None:
-                    heapq.heappush(heap, (now + RETRY, s, item))
-                    break
-                disp.mark_done(idx, r is False)
-                now = mono()
-            if heap:
-                wait = heap[0][0] - mono()
-                if wait <= 0:
-                    continue
-                if wait < FINE_WAIT:
-                    time.sleep(wait)
-                    seq = _drain(sock, heap, seq, disp, idx)
-                    continue
-                timeout = int(wait * 1000) - 1
-            else:
-                timeout = POLL_MS
+            heap.drain(sock)
+            _fire(proc, heap, on_due)
+            wake = heap.h[0][0] if heap.h else mono() + POLL_MS / 1000.0
+            if disp.publish(idx, wake):
+                continue            # frames arrived while we were busy
+            wait = wake - mono()
+            if wait <= 0:
+                continue
+            if wait < FINE_WAIT:
+                time.sleep(wait)
+                continue
             try:
-                if sock.poll(max(timeout, 0)):
-                    seq = _drain(sock, heap, seq, disp, idx)
+                sock.poll(int(wait * 1000) - 1 if heap.h else POLL_MS)
             except zmq.ZMQError as e:
                 if proc.stopping:
                     break
                 log.err("async", f"timer: poll failed: {e}")
-        if heap:
-            log.warn("async", f"timer: stopping with {len(heap)} pending item(s)")
+        if heap.h:
+            log.warn("async", f"timer: stopping with {len(heap.h)} pending item(s)")
     finally:
         try:
             sock.close(0)

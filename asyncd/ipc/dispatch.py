@@ -51,6 +51,7 @@ _PER = 4
 _LOCK_TIMEOUT = 0.5      # a holder that died mid-section must not wedge the rest
 SLOT = 1024
 _LEN = struct.Struct("<I")
+_WAKE = struct.Struct("<d")
 
 
 class Dispatcher:
@@ -262,3 +263,103 @@ class Dispatcher:
         skipped = sum(self.c[_HDR + _PER * i + 3] for i in range(self.n))
         return {"accepted": self.c[0], "rejected": self.c[1], "run": run,
                 "skipped": skipped, "pending": self.outstanding()}
+
+
+class TimerDispatcher(Dispatcher):
+    """Spread mode for timer processes, with a shared mailbox per consumer so
+    producers rarely touch ZeroMQ.
+
+    A timer sleeps until its earliest due item; an item due later than that
+    needs no wake-up at all, only to be seen before it is due. So a producer
+    writes the frame into the consumer's mailbox ring and sends a zmq wake-up
+    (an empty frame) only when the item is due before the consumer's published
+    next wake time. With a steady delay (async_sleep(1) at any rate) new items
+    are always due after the heap head: no zmq send on the request path. The
+    consumer drains the mailbox, then publishes its next wake time under the
+    lock and re-checks the mailbox, so no item can slip between the two.
+
+    Mailbox layout per consumer i (second mmap): int64 head, tail, float64
+    next_wake, spare; then `mailbox` slots of MB_SLOT bytes (u32 len + frame).
+    A frame too big for a slot, or a full mailbox, goes over zmq as before.
+    """
+
+    MB_SLOT = 128
+
+    def __init__(self, name, consumers, cap, mailbox=4096, **kw):
+        super().__init__(name, consumers, cap, nonblock=True, **kw)
+        self.mbn = int(mailbox)
+        self._mbh = 32 * max(self.n, 1)
+        self._mb = mmap.mmap(-1, self._mbh + max(self.n, 1) * self.mbn * self.MB_SLOT)
+        self.m = memoryview(self._mb).cast("q")
+
+    def _slot(self, i, k):
+        return self._mbh + (i * self.mbn + k % self.mbn) * self.MB_SLOT
+
+    def send(self, ticket, frame, due=None):
+        c, m = self.c, self.m
+        out = frame
+        got = self._acquire()
+        try:
+            c[3] -= 1
+            c[0] += 1
+            i = self._pick_locked(idle_only=False)
+            b = 4 * i
+            if len(frame) <= self.MB_SLOT - 4 and m[b + 1] - m[b] < self.mbn:
+                k = self._slot(i, m[b + 1])
+                self._mb[k:k + 4] = _LEN.pack(len(frame))
+                self._mb[k + 4:k + 4 + len(frame)] = frame
+                m[b + 1] += 1
+                (wake,) = _WAKE.unpack_from(self._mb, 32 * i + 16)
+                out = b"" if due is None or due < wake else None
+        finally:
+            if got:
+                self._lock.release()
+        if out is None:
+            return True
+        try:
+            self._sock(i).send(out, zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as e:
+            if not out:
+                return True         # the frame is in the mailbox; it will be seen late
+            log.err("core", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
+            got = self._acquire()
+            c[_HDR + _PER * i + 1] += 1
+            c[0] -= 1
+            if got:
+                self._lock.release()
+            return False
+
+    def push(self, frame, nonblock=None, due=None):
+        if self.reserve(nonblock) < 0:
+            return -1
+        return 0 if self.send(0, frame, due) else -1
+
+    def take(self, i):
+        """Consumer i: the frames waiting in its mailbox (oldest first)."""
+        m, b = self.m, 4 * i
+        if m[b + 1] == m[b]:
+            return ()
+        got = self._acquire()
+        try:
+            out = []
+            for k in range(m[b], m[b + 1]):
+                s = self._slot(i, k)
+                (ln,) = _LEN.unpack_from(self._mb, s)
+                out.append(bytes(self._mb[s + 4:s + 4 + ln]))
+            m[b] = m[b + 1]
+            return out
+        finally:
+            if got:
+                self._lock.release()
+
+    def publish(self, i, wake):
+        """Consumer i will sleep until `wake` (monotonic). True when frames
+        arrived meanwhile (drain again instead of sleeping)."""
+        got = self._acquire()
+        try:
+            _WAKE.pack_into(self._mb, 32 * i + 16, wake)
+            return self.m[4 * i + 1] != self.m[4 * i]
+        finally:
+            if got:
+                self._lock.release()

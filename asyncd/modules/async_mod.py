@@ -26,7 +26,7 @@ from asyncd.core.exports import (FuncExport, ModuleExports, P, ParamExport, PROC
                                  ProcSpec, PvExport)
 from asyncd.core.route_types import ANY_ROUTE, FAILURE_ROUTE, REQUEST_ROUTE
 from asyncd.ipc import codec
-from asyncd.ipc.dispatch import Dispatcher
+from asyncd.ipc.dispatch import TimerDispatcher
 
 MOD = "async"
 SEC_RANGE = (1, 100)           # spec A §1 (Kamailio's code: 1..99)
@@ -306,7 +306,9 @@ def _suspend(ctx, site, disp, kind, target, due=None):
         if rc == 1:
             return _st.ret      # CANCELled meanwhile: 487 sent, nothing to resume
         item = [kind, tindex, tlabel, target] if due is None else [kind, due, tindex, tlabel, target]
-        if not disp.send(i, codec.pack(item)):
+        frame = codec.pack(item)
+        # timers: the due time lets the producer skip the wake-up (TimerDispatcher)
+        if not (disp.send(i, frame) if due is None else disp.send(i, frame, due)):
             i = -1              # send() released the reservation
             tm.t_cancel_suspend(tindex, tlabel)
             _err(site, "cannot queue the resume - transaction not suspended")
@@ -484,9 +486,9 @@ def mod_init(script):
                            "(or set modparam(\"async\", \"mode\", 1))")
     _st.secs = _st.ms = None
     if _st.workers > 0:
-        _st.secs = Dispatcher("ast", _st.workers, SEC_QUEUE, True, rundir=fw.rundir)
+        _st.secs = TimerDispatcher("ast", _st.workers, SEC_QUEUE, rundir=fw.rundir)
         if _st.ms_timer > 0:
-            _st.ms = Dispatcher("ams", 1, MS_QUEUE, True, rundir=fw.rundir)
+            _st.ms = TimerDispatcher("ams", 1, MS_QUEUE, rundir=fw.rundir)
     if _st.mode == 0:
         _tm()                   # import before fork, not on the first request
     async_task.warm_imports()

@@ -13,7 +13,7 @@ import pytest
 
 from asyncd.core.context import ProcState
 from asyncd.ipc import codec
-from asyncd.ipc.dispatch import Dispatcher
+from asyncd.ipc.dispatch import TimerDispatcher
 from workers import async_timer
 
 FORK = multiprocessing.get_context("fork")
@@ -41,8 +41,8 @@ def timer():
     d = tempfile.mkdtemp(prefix="asyncd-tt-")
     started = []
 
-    def start(refuse_first=False):
-        disp = Dispatcher("tt", 1, 1000, rundir=d)
+    def start(refuse_first=False, mailbox=4096):
+        disp = TimerDispatcher("tt", 1, 1000, mailbox=mailbox, rundir=d)
         q = FORK.Queue()
         p = FORK.Process(target=_timer_proc, args=(disp, q, refuse_first))
         p.start()
@@ -61,7 +61,8 @@ def timer():
 
 
 def _push(disp, delay, tag, kind="ar"):
-    assert disp.push(codec.pack([kind, time.monotonic() + delay, 1, 2, tag])) == 0
+    due = time.monotonic() + delay
+    assert disp.push(codec.pack([kind, due, 1, 2, tag]), due=due) == 0
 
 
 def test_items_resume_on_time_in_due_order(timer):
@@ -124,3 +125,22 @@ def test_malformed_frame_is_dropped(timer):
     time.sleep(0.02)
     st = disp.stats()
     assert st["skipped"] == 2 and st["run"] == 1 and st["pending"] == 0
+
+
+def test_mailbox_overflow_goes_over_zmq(timer):
+    disp, q, _ = timer(mailbox=4)
+    for k in range(12):
+        _push(disp, 0.05 + k * 0.001, k)
+    got = [q.get(timeout=3)[0] for _ in range(12)]
+    assert sorted(got) == list(range(12))
+
+
+def test_later_items_need_no_wakeup_but_earlier_ones_do(timer):
+    disp, q, _ = timer()
+    _push(disp, 0.3, "late")
+    time.sleep(0.05)                     # the timer now sleeps until "late"
+    _push(disp, 0.5, "later")            # mailbox only: seen at the next wake
+    _push(disp, 0.05, "early")           # due before the published wake: woken
+    got = [q.get(timeout=3) for _ in range(3)]
+    assert [g[0] for g in got] == ["early", "late", "later"]
+    assert all(0 <= g[1] < 0.02 for g in got), got
