@@ -97,6 +97,7 @@ class Supervisor:
         self.announced = False
         self.daemon_fd = -1
         self.modules_inited = False
+        self.main_pid = os.getpid()
 
     # -- top level ------------------------------------------------------
     def run(self):
@@ -146,6 +147,7 @@ class Supervisor:
             os._exit(0 if status == b"1" else EXIT_STARTUP)
         os.close(r)
         self.daemon_fd = w
+        self.main_pid = os.getpid()
         os.setsid()
         os.chdir("/")
         null = os.open(os.devnull, os.O_RDWR)
@@ -319,6 +321,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # the attendant decides; it SIGTERMs us
         for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
+        _die_with_parent(self.main_pid)
         rt.set_title(child.desc)
         log.configure(rank=child.idx)
         for mod in self.script.modules:
@@ -518,6 +521,28 @@ class Supervisor:
 
 
 # -- helpers ----------------------------------------------------------------
+
+def _libc():
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
+
+
+_LIBC = _libc()  # loaded in main, inherited by every child
+
+
+def _die_with_parent(main_pid):
+    """A child gets SIGTERM when the attendant dies, even by SIGKILL (Linux PR_SET_PDEATHSIG),
+    so no orphaned receiver keeps a port after its supervisor is gone."""
+    try:
+        _LIBC.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except AttributeError:
+        return
+    if os.getppid() != main_pid:  # the attendant died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
 
 def _no_resource_tracker():
     """multiprocessing's resource tracker would be forked by main on the first shared_memory call

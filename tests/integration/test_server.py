@@ -218,3 +218,19 @@ def test_replies_forwarded_statelessly_per_second_via(run_server, sip_client):
         c.send_raw(reply.replace(f"Via: SIP/2.0/UDP 127.0.0.1:{upstream.local[1]};branch=z9hG4bKup;"
                                  f"rport={upstream.local[1]}\r\n", ""))
         assert upstream.recv(0.3) is None and c.recv(0.1) is None
+
+
+def test_kill9_of_the_attendant_takes_the_children_down(run_server):
+    with run_server(SL_CFG, check_clean=False) as srv:
+        kids = srv.processes()[1:]
+        os.kill(srv.pid, signal.SIGKILL)
+        srv.wait(5)
+        end = time.monotonic() + 2.0
+        while [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]:
+            assert time.monotonic() < end, "receivers outlived their attendant"
+            time.sleep(0.02)
+    # its segment stays behind (nobody left to unlink it): the next start removes it
+    left = [n for n in os.listdir("/dev/shm") if n.startswith(f"asyncd_{srv.pid}_")]
+    assert left
+    with run_server(SL_CFG):
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"asyncd_{srv.pid}_")]
