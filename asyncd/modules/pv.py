@@ -114,7 +114,10 @@ def _uri_attr_set(attr):
 # -- From / To --------------------------------------------------------------------
 def _na(which, attr):
     def get(ctx, s, i):
-        na = getattr(ctx.msg, which)
+        try:
+            na = getattr(ctx.msg, which)
+        except Exception:       # unparsable From/To reads as $null, as Kamailio's pv_get_*
+            return None
         if na is None:
             return None
         if attr == "uri":

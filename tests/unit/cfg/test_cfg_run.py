@@ -484,3 +484,11 @@ request_route {
     v = r.vars
     assert (v["top"], v["n1"], v["after"], v["null"]) == (2, 1, 9, 1)
     assert v["gone"] == 0          # $null stored into $var reads 0
+
+
+def test_unparsable_from_reads_null(runner):
+    msg = make_msg(INVITE.replace('From: "Alice A" <sip:alice@atlanta.com>;tag=1928301774',
+                                  'From: "broken <<<'))
+    r = runner('request_route { if ($fU == $null) { $var(n) = 1; } $var(after) = 1; }')
+    r.run(msg)
+    assert r.vars == {"n": 1, "after": 1}
