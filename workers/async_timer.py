@@ -28,7 +28,7 @@ import time
 import zmq
 
 from asyncd import ipc
-from asyncd.core import log
+from asyncd.core import runtime as rt
 from asyncd.ipc import codec
 
 POLL_MS = 200
@@ -49,7 +49,7 @@ class _Heap:
             item = codec.unpack(frame)
             due = float(item[1])
         except (ValueError, TypeError, IndexError) as e:
-            log.err("async", f"timer: dropping malformed item: {e}")
+            rt.err("async", f"timer: dropping malformed item: {e}")
             self.disp.mark_done(self.idx, skipped=True)   # accounted for, not silently lost
             return
         self.seq += 1
@@ -75,7 +75,7 @@ def _fire(proc, heap, on_due):
         try:
             r = on_due(proc, item)
         except Exception as e:    # a failing resume never kills the timer
-            log.err("async", f"timer: resume failed: {e!r}")
+            rt.err("async", f"timer: resume failed: {e!r}")
             r = True
         if r is None:
             heapq.heappush(h, (now + RETRY, s, item))
@@ -107,9 +107,9 @@ def run(proc, disp, idx, on_due):
             except zmq.ZMQError as e:
                 if proc.stopping:
                     break
-                log.err("async", f"timer: poll failed: {e}")
+                rt.err("async", f"timer: poll failed: {e}")
         if heap.h:
-            log.warn("async", f"timer: stopping with {len(heap.h)} pending item(s)")
+            rt.warn("async", f"timer: stopping with {len(heap.h)} pending item(s)")
     finally:
         try:
             sock.close(0)

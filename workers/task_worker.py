@@ -16,7 +16,7 @@ import time
 import zmq
 
 from asyncd import ipc
-from asyncd.core import log
+from asyncd.core import runtime as rt
 from asyncd.ipc import codec
 
 POLL_MS = 200       # how often a quiet worker looks at proc.stopping
@@ -28,11 +28,11 @@ def _execute(proc, group, frame, handlers):
         item = codec.unpack(frame)
         handler = handlers.get(item[0]) if item else None
         if handler is None:
-            log.err("core", f"async worker [{group.name}]: unknown task kind {item[:1]}")
+            rt.err("core", f"async worker [{group.name}]: unknown task kind {item[:1]}")
             return False
         return handler(proc, item) is False
     except Exception as e:
-        log.err("core", f"async worker [{group.name}]: task failed: {e!r}")
+        rt.err("core", f"async worker [{group.name}]: task failed: {e!r}")
         return False
 
 
@@ -58,7 +58,7 @@ def run(proc, group, widx):
                 except zmq.ZMQError as e:
                     if proc.stopping:
                         break
-                    log.err("core", f"async worker [{group.name}]: receive failed: {e}")
+                    rt.err("core", f"async worker [{group.name}]: receive failed: {e}")
                     continue
             skipped = _execute(proc, group, frame, HANDLERS)
             # next backlog task (we stay busy) or None (idle again, spec A §7)

@@ -21,7 +21,7 @@ import os
 import tempfile
 from functools import partial
 
-from asyncd.core import log
+from asyncd.core import runtime as rt
 from asyncd.core.exports import PROC_RPC, ProcSpec
 from asyncd.core.route_types import REQUEST_ROUTE
 from asyncd.ipc import codec
@@ -106,13 +106,13 @@ class Framework:
             return None, None
         grp = self.by_name.get(gname)
         if grp is None:
-            log.warn("core", f"tkv: async_tkv_gname group [{gname}] not found - tkv disabled")
+            rt.warn("core", f"tkv: async_tkv_gname group [{gname}] not found - tkv disabled")
             return None, None
         if evcb not in events:
-            log.warn("core", f"tkv: event_route[{evcb}] not found - tkv disabled")
+            rt.warn("core", f"tkv: event_route[{evcb}] not found - tkv disabled")
             return None, None
         if defaulted:
-            log.info("core", "tkv: using " + " and ".join(defaulted)
+            rt.info("core", "tkv: using " + " and ".join(defaulted)
                      + " (core parameters not set, spec A §4)")
         return grp, evcb
 
@@ -179,10 +179,10 @@ def task_push(group, payload, nonblock=None):
     fw = _fw
     grp = fw.group(group) if fw is not None else None
     if grp is None:
-        log.err("core", f"async task group [{group or 'default'}] not found or has no workers")
+        rt.err("core", f"async task group [{group or 'default'}] not found or has no workers")
         return -1
     if grp.disp.push(codec.pack(payload), nonblock) < 0:
-        log.err("core", f"async task group [{grp.name}] queue is full")
+        rt.err("core", f"async task group [{grp.name}] queue is full")
         return -1
     return 0
 
@@ -197,19 +197,19 @@ def tkv_emit(ttype, key, value):
     """Emit a type-key-value event to the tkv group. 0 ok, -1 otherwise."""
     fw = _fw
     if fw is None or fw.tkv_group is None:
-        log.dbg("core", "tkv: not configured")
+        rt.dbg("core", "tkv: not configured")
         return -1
     value = "" if value is None else str(value)
     n = len(value.encode())
     if n > TKV_VALUE_MAX:
-        log.err("core", f"tkv: value too long ({n} > {TKV_VALUE_MAX})")
+        rt.err("core", f"tkv: value too long ({n} > {TKV_VALUE_MAX})")
         return -1
     if n == TKV_VALUE_MAX:
         # Kamailio's snprintf buffer keeps 1023 chars and counts the NUL (B §5)
         value = value.encode()[:TKV_VALUE_MAX - 1].decode(errors="ignore") + "\0"
     frame = codec.pack([K_TKV, int(ttype), str(key), value, fw.tkv_route])
     if fw.tkv_group.disp.push(frame) < 0:
-        log.err("core", f"tkv: group [{fw.tkv_group.name}] queue is full")
+        rt.err("core", f"tkv: group [{fw.tkv_group.name}] queue is full")
         return -1
     return 0
 

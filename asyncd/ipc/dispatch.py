@@ -44,7 +44,7 @@ import time
 import zmq
 
 from asyncd import ipc
-from asyncd.core import log
+from asyncd.core import runtime as rt
 
 _HDR = 8
 _PER = 4
@@ -172,7 +172,7 @@ class Dispatcher:
             self._sock(i).send(frame, zmq.NOBLOCK)
             return True
         except zmq.ZMQError as e:
-            log.err("core", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
+            rt.err("core", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
             got = self._acquire()
             c[_HDR + _PER * i + 1] += 1     # never arrives: the consumer is not busy with it
             c[0] -= 1
@@ -322,7 +322,7 @@ class TimerDispatcher(Dispatcher):
         except zmq.ZMQError as e:
             if not out:
                 return True         # the frame is in the mailbox; it will be seen late
-            log.err("core", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
+            rt.err("core", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
             got = self._acquire()
             c[_HDR + _PER * i + 1] += 1
             c[0] -= 1

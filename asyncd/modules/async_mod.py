@@ -22,6 +22,7 @@ import time
 from functools import partial
 
 from asyncd.core import async_task, log
+from asyncd.core import runtime as rt
 from asyncd.core.exports import (FuncExport, ModuleExports, P, ParamExport, PROC_TIMER,
                                  ProcSpec, PvExport)
 from asyncd.core.route_types import ANY_ROUTE, FAILURE_ROUTE, REQUEST_ROUTE
@@ -493,7 +494,7 @@ def mod_init(script):
         _tm()                   # import before fork, not on the first request
     async_task.warm_imports()
     if _st.ms_timer <= 0:
-        log.info(MOD, "ms timer disabled (ms_timer=0): async_ms_sleep()/async_ms_route() unavailable")
+        rt.info(MOD, "ms timer disabled (ms_timer=0): async_ms_sleep()/async_ms_route() unavailable")
 
 
 def child_init(proc, rank):
@@ -523,11 +524,11 @@ def mod_destroy(script):
     """Account for every accepted item (spec A §7): accepted = run + skipped + pending."""
     for name, disp in (("seconds timer", _st.secs), ("ms timer", _st.ms)):
         if disp is not None:
-            log.info(MOD, f"{name}: " + _fmt(disp.stats()))
+            rt.info(MOD, f"{name}: " + _fmt(disp.stats()))
     fw = async_task.framework()
     if fw is not None:
         for g in fw.groups:
-            log.info(MOD, f"task group [{g.name}]: " + _fmt(g.disp.stats()))
+            rt.info(MOD, f"task group [{g.name}]: " + _fmt(g.disp.stats()))
         fw.cleanup()
 
 

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from tests.helpers import REPO_ROOT, SipClient, run_server
+from tests.helpers import REPO_ROOT, run_server
 from tests.helpers.server import _wait_ready
 
 MODS = ("tm", "tmx", "sl", "pv", "xlog", "textops", "siputils", "cfgutils", "htable", "async")

@@ -8,7 +8,6 @@ import tempfile
 import time
 
 import pytest
-import zmq
 
 from asyncd import ipc
 from asyncd.ipc import codec
