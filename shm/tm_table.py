@@ -123,11 +123,12 @@ class TmTable:
         return hash(key) or 1
 
     def insert(self, key, payload, deadline):
-        """Add a transaction unless one with `key` exists.
+        """Add a transaction unless one with `key` exists. `payload` is bytes,
+        or a callable(index, label) -> bytes when the record must name its own
+        slot (tm's Via branch); it runs under the bucket lock, so keep it short.
         Returns (created, index, label). Raises TableFull."""
         kh = hash(key) or 1
         bucket = kh % self.nbuckets
-        blob = _U16.pack(len(key)) + key + payload
         bl = self.bucket_locks
         stripe = bucket % N_BUCKET_LOCKS
         bl.acquire(stripe)
@@ -135,20 +136,28 @@ class TmTable:
             found = self._find_locked(bucket, kh, key)
             if found is not None:
                 return (False,) + found
-            off = self.arena.alloc(len(blob))
-            if not off:
-                raise TableFull("no shm for a %d byte transaction; raise -m" % len(blob))
             self.alloc_lock.acquire(0)
             idx = self._pop_slot()
             self.alloc_lock.release(0)
             if idx < 0:
-                self.arena.free(off)
                 raise TableFull("transaction table full (%d slots)" % self.nslots)
-            self.buf[off:off + len(blob)] = blob
             hoff = self.o_slots + idx * 40
+            label = (_U32.unpack_from(self.buf, hoff)[0] + 1) & 0xFFFFFFFF or 1
+            try:
+                if callable(payload):
+                    payload = payload(idx, label)
+                blob = _U16.pack(len(key)) + key + payload
+                off = self.arena.alloc(len(blob))
+                if not off:
+                    raise TableFull("no shm for a %d byte transaction; raise -m" % len(blob))
+            except BaseException:
+                self.alloc_lock.acquire(0)
+                self._push_slot(idx)
+                self.alloc_lock.release(0)
+                raise
+            self.buf[off:off + len(blob)] = blob
             # the slot is invisible until linked: a stale (index, label) holder
             # sees the new label, never a half-written header (one memcpy)
-            label = (_U32.unpack_from(self.buf, hoff)[0] + 1) & 0xFFFFFFFF or 1
             boff = self.o_buckets + bucket * 4
             head = _I32.unpack_from(self.buf, boff)[0]
             _HDR.pack_into(self.buf, hoff, label, 1, kh, head, off, len(blob), deadline)

@@ -70,15 +70,13 @@ class Cell:
         self.key = b""
         self.tm_error = None
 
+    # encode/decode are generated below: one tuple pack/unpack, no setattr loop
     def encode(self):
-        return msgpack.packb([getattr(self, f) for f in Cell.__slots__])
+        raise NotImplementedError
 
     @staticmethod
     def decode(raw):
-        c = Cell.__new__(Cell)
-        for f, v in zip(Cell.__slots__, msgpack.unpackb(raw)):
-            setattr(c, f, v)
-        return c
+        raise NotImplementedError
 
     # ---- derived state -----------------------------------------------------
     @property
@@ -95,6 +93,20 @@ class Cell:
             if b[BR_STATUS] < 200 and (with_blind or not b[BR_FLAGS] & B_BLIND):
                 return True
         return False
+
+
+def _gen_codec():
+    fields = ", ".join("c.%s" % f for f in Cell.__slots__)
+    src = ("def encode(c, _p=msgpack.packb):\n    return _p([%s])\n"
+           "def decode(raw, _u=msgpack.unpackb, _new=Cell.__new__, _C=Cell):\n"
+           "    c = _new(_C)\n    %s, = _u(raw)\n    return c\n") % (fields, fields)
+    ns = {"msgpack": msgpack, "Cell": Cell}
+    exec(compile(src, "<tm_cell codec>", "exec"), ns)
+    Cell.encode = ns["encode"]
+    Cell.decode = staticmethod(ns["decode"])
+
+
+_gen_codec()
 
 
 class Handle:

@@ -54,19 +54,21 @@ def t_relay(ctx, host=None, port=None):
     msg = ctx.msg
     if msg.method == "ACK" and ctx.t is None:
         return _forward_ack(ctx, host, port)
-    if ctx.t is None:
-        rc = t_newtran(ctx)
-        if rc <= 0:
-            return 0 if rc == 0 else -1
     try:
         ruri, dst = _target(msg, host, port)
     except Exception as e:
         log.err(MOD, f"t_relay(): bad destination: {e!r}")
-        S.last_error = (478, "Unresolvable destination (478/TM)")
         return -1
     if dst is None:
         log.err(MOD, "t_relay(): cannot resolve the destination")
         return -1
+    if ctx.t is None:
+        pend = ctx.extra.get("tm") if ctx.extra else None
+        if not (pend and pend.get("on_branch")):
+            return _relay_new(ctx, ruri, dst)
+        rc = t_newtran(ctx)
+        if rc <= 0:
+            return 0 if rc == 0 else -1
     h = ctx.t
     cell = h.acquire()
     if cell is None:
@@ -99,6 +101,62 @@ def t_relay(ctx, host=None, port=None):
         tm_timer.arm_fr(h, cell, bno, fr)
     finally:
         h.release(flush)
+    ctx.relayed = True
+    h.done = True
+    return 1
+
+
+def _relay_new(ctx, ruri, dst):
+    """The common case, t_relay() with no transaction yet: the cell is stored
+    once, already holding its first branch (one table insert, no re-read)."""
+    from asyncd.sip.build import build_request_fwd, via_line, build_reply
+    from shm.tm_table import TableFull
+    from asyncd.modules.tm_lookup import new_cell, hard_deadline, request_key
+    from asyncd.modules.tm_cell import Handle
+    msg = ctx.msg
+    try:
+        key = getattr(msg, "_tmkey", None) or request_key(msg)
+        cell = new_cell(ctx)
+    except Exception as e:
+        log.err(MOD, f"t_relay(): cannot create transaction: {e!r}")
+        return -1
+    cell.key = key
+    sock = msg.sock or 0
+    ip, p = sock_addr(ctx.proc, sock)
+    out = []
+    if cell.flags & F_INVITE and S.auto_inv_100:
+        cell.uas_status = 100
+        cell.uas_reply = build_reply(msg, 100, S.auto_inv_100_reason)
+        out.append((cell.uas_reply, tuple(cell.reply_to), cell.sock))
+    if ctx.avps is not None:
+        cell.avps = ctx.avps.dumps()
+    if ctx.xavps is not None:
+        cell.xavps = ctx.xavps.dumps()
+    fr = min(now() + cell.fr_ms / 1000.0, cell.eol)
+    made = []
+
+    def make(index, label):
+        vb = make_branch(index, label, 0)
+        data = build_request_fwd(msg, ruri, via_line(ip, p, vb))
+        cell.branches.append([ruri, list(dst), sock, vb, data, 0, b"", 0, fr])
+        made.append(data)
+        return cell.encode()
+    try:
+        created, index, label = S.table.insert(key, make, hard_deadline(cell))
+    except TableFull as e:
+        log.err(MOD, f"t_relay(): {e}")
+        return -1
+    h = ctx.t = Handle(S.table, index, label)
+    if not created:
+        from asyncd.modules.tm_reply import resend_last
+        resend_last(ctx.proc, h)
+        return 0
+    send = ctx.proc.send
+    for data, addr, s in out:
+        send(data, addr, s)
+    send(made[0], dst, sock)
+    tm_timer.push_many([[tm_timer.K_RETR, index, label, 0, now() + S.t1 / 1000.0, S.t1],
+                        [tm_timer.K_FR, index, label, 0, fr, 0]])
     ctx.relayed = True
     h.done = True
     return 1

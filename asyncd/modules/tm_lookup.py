@@ -167,7 +167,7 @@ def t_newtran(ctx):
     if msg.method == "ACK":
         return -1                         # Kamailio: no transaction for ACK
     try:
-        key = request_key(msg)
+        key = getattr(msg, "_tmkey", None) or request_key(msg)
         cell = new_cell(ctx)
         cell.key = key
         from shm.tm_table import TableFull
@@ -211,7 +211,8 @@ def request_in(ctx):
             from asyncd.modules import tm_fwd
             tm_fwd.e2e_cancel(ctx, Handle(S.table, *found))
             return True
-        found = S.table.find(request_key(msg))
+        key = msg._tmkey = request_key(msg)
+        found = S.table.find(key)
         if found:
             h = Handle(S.table, *found)
             if m == "ACK":
