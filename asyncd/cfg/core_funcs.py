@@ -42,6 +42,33 @@ def isflagset(ctx, site, n):
     return 1 if ctx.flags & (1 << n) else -1
 
 
+def _bflags(ctx):
+    if ctx.extra is None:
+        ctx.extra = {}
+    return ctx.extra.get("bflags", 0)
+
+
+def setbflag(ctx, site, n):
+    """Branch flags of the R-URI branch (branch 0); private, as Kamailio's (B §7)."""
+    if n is None or not 0 <= n <= MAX_FLAG:
+        return -1
+    ctx.extra["bflags"] = _bflags(ctx) | (1 << n)
+    return 1
+
+
+def resetbflag(ctx, site, n):
+    if n is None or not 0 <= n <= MAX_FLAG:
+        return -1
+    ctx.extra["bflags"] = _bflags(ctx) & ~(1 << n)
+    return 1
+
+
+def isbflagset(ctx, site, n):
+    if n is None or not 0 <= n <= MAX_FLAG:
+        return -1
+    return 1 if _bflags(ctx) & (1 << n) else -1
+
+
 def force_rport(ctx, site):
     ctx.msg.force_rport = True
     return 1
@@ -138,7 +165,11 @@ EXPORTS = ModuleExports(
         FuncExport("setflag", (P.INT,), setflag, fixup=_flag_fixup),
         FuncExport("resetflag", (P.INT,), resetflag, fixup=_flag_fixup),
         FuncExport("isflagset", (P.INT,), isflagset, fixup=_flag_fixup),
+        FuncExport("setbflag", (P.INT,), setbflag, fixup=_flag_fixup),
+        FuncExport("resetbflag", (P.INT,), resetbflag, fixup=_flag_fixup),
+        FuncExport("isbflagset", (P.INT,), isbflagset, fixup=_flag_fixup),
         FuncExport("force_rport", (), force_rport),
+        FuncExport("add_local_rport", (), true_),
         FuncExport("add_rport", (), force_rport),
         FuncExport("strip", (P.INT,), strip),
         FuncExport("strip_tail", (P.INT,), strip_tail),

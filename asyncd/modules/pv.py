@@ -239,6 +239,23 @@ def _const(f):
     return lambda ctx, s, i: f(ctx)
 
 
+def _orig_uri_attr(attr):
+    def get(ctx, s, i):
+        m = ctx.msg
+        if not m.is_request:
+            return None
+        u = _puri(m.ruri)
+        if u is None:
+            return None
+        v = getattr(u, attr)
+        return (v if v is not None else 5060) if attr == "port" else v
+    return get
+
+
+def _af(ctx, s, i):
+    return "ipv6" if ":" in (ctx.msg.src[0] or "") else "ipv4"
+
+
 PVS = [
     PvExport("var", _var_get, _var_set, _var_parse, True),
     PvExport("ru", _ru, _ru_set, None, False),
@@ -286,6 +303,13 @@ PVS = [
     PvExport("hdr", _hdr, None, _hdr_parse, True),
     PvExport("hdrc", _hdrc, None, _hdr_parse, True),
     PvExport("mf", _flag_get, _flag_set, None, False),
+    PvExport("mt", _const(lambda c: 1 if c.msg.is_request else 2), None, None, False),
+    PvExport("ou", _const(lambda c: c.msg.ruri if c.msg.is_request else None), None, None, False),
+    PvExport("oU", _orig_uri_attr("user"), None, None, False),
+    PvExport("od", _orig_uri_attr("host"), None, None, False),
+    PvExport("op", _orig_uri_attr("port"), None, None, False),
+    PvExport("rv", _const(lambda c: c.msg.version), None, None, False),
+    PvExport("af", _af, None, None, False),
     PvExport("mF", _const(lambda c: "%x" % c.flags), None, None, False),
 ]
 FUNCTIONS = []

@@ -492,3 +492,21 @@ def test_unparsable_from_reads_null(runner):
     r = runner('request_route { if ($fU == $null) { $var(n) = 1; } $var(after) = 1; }')
     r.run(msg)
     assert r.vars == {"n": 1, "after": 1}
+
+
+def test_branch_flags_and_more_pvs(runner):
+    r = runner("""
+#!define FLB_NATB 6
+request_route {
+    setbflag(FLB_NATB);
+    if (isbflagset(FLB_NATB)) { $var(b) = 1; }
+    resetbflag(FLB_NATB);
+    if (isbflagset(FLB_NATB)) { $var(c) = 1; }
+    $rU = "x";
+    $var(mt) = $mt; $var(oU) = $oU; $var(rU) = $rU; $var(op) = $op; $var(af) = $af;
+}
+""")
+    r.run()
+    v = r.vars
+    assert v["b"] == 1 and "c" not in v
+    assert (v["mt"], v["oU"], v["rU"], v["op"], v["af"]) == (1, "bob", "x", 5080, "ipv4")
