@@ -13,6 +13,19 @@ the same stripe locks and the seqlock readers see writers constantly.
 Memory: PSS of the arena's /dev/shm mapping (from /proc/self/smaps) before
 and after inserting N entries with 10-byte keys and 100-byte values, per
 entry, and the same minus the 110 payload bytes (the overhead).
+
+Figures on the 2-core dev box (Python 3.11.7, commit 5553731, best of 3;
+raw, including ~75 ns of clock calls), targets: median get/set < 2 us,
+PSS overhead per 100-byte entry < 256 B:
+
+    op           1 proc median   p99     4 procs median   p99
+    get ($sht)        1.17 us   3.0 us        1.19 us    2.1 us   lock-free (seqlock)
+    get, locked       1.71 us   2.4 us        1.74 us    4.5 us
+    set (str 100 B)   1.82 us   4.0 us        1.82 us    3.9 us
+    set (int)         1.49 us   2.7 us        1.49 us    4.0 us
+    inc ($shtinc)     1.40 us   2.4 us        1.49 us    3.8 us   4 procs on one key
+    memory: 213 B PSS per entry (10 B key + 100 B value) = 103 B overhead,
+            bucket array (2^17 buckets) included.
 """
 import argparse
 import json

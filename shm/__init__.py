@@ -15,6 +15,8 @@ Arena (`shm.arena`)
     arena.free(off)
     arena.slot_size(off)                     # real capacity of the slot
     arena.buf                                # memoryview over the segment (struct.*_from/_into)
+    arena.words / arena.qwords               # u32 / u64 cast views: plain stores, no zero-fill
+    arena.shv                                # the $shv store (always there)
     arena.stats()                            # pages used, failed allocs, ...
     arena.destroy()                          # main at shutdown: unlink + close
 
@@ -24,14 +26,18 @@ Locks (`shm.locks`)
 -------------------
     ls = LockSet(arena, n, name, on_recover=None)   # main, before fork
     ls.acquire(i); ...; ls.release(i)               # robust: dead holders are taken over
-Never hold one across I/O or script execution.
+    ls.try_acquire(i) -> bool ; ls.owner(i) ; ls.seq_off(i) (odd while held)
+Not re-entrant.  Never hold one across I/O or script execution.
+Beware: struct.pack_into zero-fills its target before writing, so data read
+without the lock must be validated with the stripe's sequence word (see
+ShmHashTable.get) or written with single stores through arena.words.
 
 Hash table (`shm.hashtable`) -- tm's transaction table builds on this
 ---------------------------------------------------------------------
     t = ShmHashTable(arena, nbuckets, nstripes=None, name="tm")   # main, before fork
     t.insert(key, value=b"", ival=0, flags=0, expires=0) -> (index, label) | None(full)
-    t.get(index, label)       -> (key, value, ival, flags, expires) | None
-    t.find(key)               -> (index, label, value, ival, flags, expires) | None
+    t.get(index, label)       -> (key, value, ival, flags, expires) | None   (lock-free read)
+    t.find(key)               -> (index, label, value, ival, flags, expires) | None (lock-free)
     t.update(index, label, value=None, ival=None, flags=None, expires=None) -> bool
     t.change_flags(index, label, set_mask, clear_mask, require, forbid) -> old | -1 | None
     t.add_ival(index, label, delta) -> new ival | None
@@ -47,11 +53,14 @@ inserts, so a stale (index, label) simply is not found.
 htable store (`shm.htable`) -- $sht, used by asyncd/modules/htable.py
 ----------------------------------------------------------------------
     ht = HTable(arena, name, size_exp, autoexpire=0, initval=None, updateexpire=1)
-    ht.get(key) -> int | str | None ; ht.set(key, v) -> bool ; ht.delete(key)
+    ht.get(key) -> int | str | None (lock-free) ; ht.set(key, v) -> bool ; ht.delete(key)
     ht.incr(key, delta) -> int | None ; ht.get_expire / set_expire
+    ht.count_match(spec, by_value) ; ht.remove_match(regex, by_value) ; ht.reset()
+    ht.lock_key(key) / unlock_key(key)   # sht_lock: recursive per process
     ht.expire_tick(now)        # from the htable timer: drops due entries (no full scan)
 
-Shared variables (`shm.shv`): ShvStore(arena).get(name) / .set(name, v) -> bool
+Shared variables (`shm.shv`): arena.shv.get(name) / .set(name, v) -> bool
+(an HTable with initval 0: unset reads 0).
 
 AVP lists (`shm.avp`): AvpList / XavpList, per-message private objects with
 `dumps() -> bytes` (msgpack) and `AvpList.loads(b)`; tm stores the bytes with
