@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.helpers import SipClient
-from tests.integration.test_async_support import PRE, cfg, resumed_by
+from tests.integration.test_async_support import PRE, Uas, cfg, resumed_by
 
 BODY = """request_route {
 """ + PRE + """    if ($rU == "nothing") { async_task_route("NOTHING"); }
@@ -28,6 +28,19 @@ BODY = """request_route {
     if ($rU == "route1") { async_route("R", "1"); }
     if ($rU == "msroute") { async_ms_route("R", "100"); }
     if ($rU == "vars") { route(VARS); }
+    if ($rU == "fail") {
+        t_on_failure("F");
+        t_relay();
+    }
+    exit;
+}
+failure_route[F] {
+    xinfo("FAILED $T_reply_code\\n");
+    async_ms_route("FROMF", "50");
+}
+route[FROMF] {
+    xinfo("RES fail pid=$pp\\n");
+    send_reply("200", "resumed from failure");
     exit;
 }
 route[NOTHING] {
@@ -247,3 +260,17 @@ def test_timer_accuracy(srv):
         assert xs[-1] <= nominal + 0.05, xs
     print(f"async_sleep(1) median {statistics.median(s1):.4f} max {s1[-1]:.4f}; "
           f"async_ms_sleep(100) median {statistics.median(m100):.4f} max {m100[-1]:.4f}")
+
+
+def test_suspend_from_failure_route(srv, sip_client):
+    # B §2.0: the suspending functions are allowed in FAILURE_ROUTE too
+    uas = Uas(code=486)
+    try:
+        c = sip_client(srv.addr)
+        fin = c.final("OPTIONS", uas.uri("fail"), timeout=2.0)
+        assert fin is not None and fin.status == 200 and fin.reason == "resumed from failure"
+        assert fin.elapsed >= 0.05
+        srv.wait_log(r"FAILED 486")
+        assert resumed_by(srv, "fail") == "asyncd: Async Task Worker - default"
+    finally:
+        uas.close()
