@@ -343,3 +343,21 @@ def test_cancel_while_suspended_487_and_skip(net_factory):
     ran = []
     assert tm_api.t_continue(net.proc, *state["id"], ran.append) == 1
     assert not ran
+
+
+def test_local_2xx_to_invite_retransmitted_until_ack(net_factory):
+    net = net_factory({"request": lambda ctx: (tm_api.t_newtran(ctx), tm_api.t_reply(ctx, 200, "OK"))[1]},
+                      {"retr_timer1": 100, "retr_timer2": 400, "wt_timer": 200})
+    data, br, cid = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname(), from_tag="ft2xx")
+    net.send(net.uac, data)
+    assert net.run(1, lambda: len(_rpls(net, net.uac, 200)) >= 3)    # 0, .1, .3 s
+    ok = _rpls(net, net.uac, 200)
+    assert all(r.raw == ok[0].raw for r in ok)
+    ack, _, _ = build_request("ACK", "sip:bob@127.0.0.1", net.uac.getsockname(), callid=cid,
+                              from_tag="ft2xx", to_tag=ok[0].to_tag)     # new branch: ACK to a 2xx
+    net.send(net.uac, ack.replace(b"CSeq: 1 INVITE", b"CSeq: 1 ACK"))
+    net.run(0.05)
+    n = len(_rpls(net, net.uac, 200))
+    net.run(0.9)
+    assert len(_rpls(net, net.uac, 200)) == n, "the ACK stops the 2xx retransmissions"
+    assert tm_api.table_count() == 0, "transaction and its ACK alias freed after the wait"

@@ -62,7 +62,7 @@ request_route {
 }
 
 route[RESUME] {
-    t_reply("200", "resumed $avp(who) $xavp(x=>k) in $pp from $shv(pid)");
+    t_reply("200", "resumed $avp(who) $xavp(x=>k) in $pp from $shv(pid) $T_req($rU) $T(id_index)");
 }
 """
 
@@ -90,6 +90,8 @@ def test_continue_in_other_process_sees_avps_and_xavps():
         words = got[0].reason.split()
         assert words[:3] == ["resumed", "tester", "xv"], got[0].reason
         assert words[4] != words[6], "t_continue ran in the other receiver"
+        assert words[7] == "bob", "$T_req() reads the stored request"
+        assert words[8].isdigit()
         # a retransmission after the final gets the same final again, the route does not run
         a.send_raw(data)
         again = _finals(a.collect(timeout=0.5))
