@@ -155,10 +155,20 @@ class CodeGen:
             self.indent += 1
             self.gen_body(st.then, fn)
             self.indent -= 1
-            if st.orelse is not None:
+            o = st.orelse
+            # `else if` chains become elif: long chains must not nest (Python
+            # allows 100 indentation levels); their conditions are not hoisted
+            while type(o) is N.If:
+                self.cur_loc = o.loc
+                self.w(f"elif {self.cond(o.cond, fn)}:", o.loc)
+                self.indent += 1
+                self.gen_body(o.then, fn)
+                self.indent -= 1
+                o = o.orelse
+            if o is not None:
                 self.w("else:", st.loc)
                 self.indent += 1
-                self.gen_body(st.orelse, fn)
+                self.gen_body(o, fn)
                 self.indent -= 1
         elif t is N.Block:
             self.gen_stmts(st.stmts, fn)

@@ -510,3 +510,11 @@ request_route {
     v = r.vars
     assert v["b"] == 1 and "c" not in v
     assert (v["mt"], v["oU"], v["rU"], v["op"], v["af"]) == (1, "bob", "x", 5080, "ipv4")
+
+
+def test_long_else_if_chain(runner):
+    chain = "".join(f'else if ($var(k) == {i}) {{ $var(r) = "v{i}"; }}\n' for i in range(1, 150))
+    r = runner('request_route {\n$var(k) = 149;\nif ($var(k) == 0) { $var(r) = "v0"; }\n'
+               + chain + 'else { $var(r) = "none"; }\n}\n')
+    r.run()
+    assert r.vars["r"] == "v149"
