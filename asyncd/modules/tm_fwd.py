@@ -16,7 +16,13 @@ from asyncd.modules import tm_timer
 from asyncd.modules.tm_cell import (F_FINAL, F_CANCELED, F_INVITE, F_IN_FAILURE, F_CONTINUE,
                                     B_BLIND, B_PROV, B_CANCEL, B_CANCEL_SENT,
                                     BR_DST, BR_SOCK, BR_REQ, BR_STATUS, BR_FLAGS, BR_VIA, BR_RURI)
-from asyncd.modules.tm_lookup import (S, MOD, make_branch, t_newtran, flush, now, sock_addr)
+from asyncd.modules.tm_cell import Handle
+from asyncd.modules.tm_lookup import (S, MOD, make_branch, t_newtran, flush, now, sock_addr, new_cell,
+                                      hard_deadline, request_key)
+from asyncd.sip import parse_msg, parse_uri
+from asyncd.sip.build import (build_ack, build_cancel, build_reply, build_request_fwd, reply_addr,
+                              via_line)
+from shm.tm_table import TableFull
 
 _dns = {}
 
@@ -41,7 +47,6 @@ def resolve(host, port):
 
 def _target(msg, host, port):
     """(ruri, (ip, port)) where this branch goes: explicit host/port, else $du, else R-URI."""
-    from asyncd.sip import parse_uri
     ruri = msg.new_uri or msg.ruri
     if host is not None:
         return ruri, resolve(str(host), port or 5060)
@@ -86,7 +91,6 @@ def t_relay(ctx, host=None, port=None):
         vb = make_branch(h.index, h.label, bno)
         sock = msg.sock or 0
         ip, p = sock_addr(ctx.proc, sock)
-        from asyncd.sip.build import build_request_fwd, via_line
         data = build_request_fwd(msg, ruri, via_line(ip, p, vb))
         fr = min(now() + cell.fr_ms / 1000.0, cell.eol)
         cell.branches.append([ruri, list(dst), sock, vb, data, 0, b"", 0, fr])
@@ -109,10 +113,6 @@ def t_relay(ctx, host=None, port=None):
 def _relay_new(ctx, ruri, dst):
     """The common case, t_relay() with no transaction yet: the cell is stored
     once, already holding its first branch (one table insert, no re-read)."""
-    from asyncd.sip.build import build_request_fwd, via_line, build_reply
-    from shm.tm_table import TableFull
-    from asyncd.modules.tm_lookup import new_cell, hard_deadline, request_key
-    from asyncd.modules.tm_cell import Handle
     msg = ctx.msg
     try:
         key = getattr(msg, "_tmkey", None) or request_key(msg)
@@ -189,7 +189,6 @@ def _forward_ack(ctx, host, port):
         return -1
     if dst is None:
         return -1
-    from asyncd.sip.build import build_request_fwd, via_line
     v = msg.via1
     br = "z9hG4bKsl%x" % (hash((S.secret, v.branch if v else msg.callid, msg.cseq_num)) & 0xFFFFFFFF)
     sock = msg.sock or 0
@@ -206,8 +205,6 @@ def build_hbh(cell, br, method, to_value=None):
     if not req:
         return None
     try:
-        from asyncd.sip import parse_msg
-        from asyncd.sip.build import build_ack, build_cancel
         m = parse_msg(req, ("127.0.0.1", 0), ("127.0.0.1", 0), br[BR_SOCK], "udp")
         return build_cancel(m) if method == "CANCEL" else build_ack(m, to_value)
     except Exception as e:
@@ -229,7 +226,6 @@ def e2e_cancel(ctx, h):
     """A CANCEL matching an INVITE transaction (RFC 3261 16.10, B §6.5):
     200 to the CANCEL; CANCEL to ringing branches (the others once they ring);
     with no live branch (only a suspension), 487 to the INVITE here."""
-    from asyncd.sip.build import build_reply
     msg = ctx.msg
     try:
         ctx.proc.send(build_reply(msg, 200, "canceling"), _reply_addr(msg), msg.sock or 0)
@@ -259,9 +255,7 @@ def e2e_cancel(ctx, h):
         h.release(flush)
 
 
-def _reply_addr(msg):
-    from asyncd.sip.build import reply_addr
-    return reply_addr(msg)
+_reply_addr = reply_addr
 
 
 __all__ = ["t_relay", "e2e_cancel", "send_cancel", "build_hbh", "resolve", "F_INVITE",

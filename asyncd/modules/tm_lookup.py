@@ -107,10 +107,7 @@ def sock_addr(proc, sock):
     return a
 
 
-def reply_addr(msg):
-    """Where replies go: RFC 3261 18.2.2 with RFC 3581 rport."""
-    from asyncd.sip.build import reply_addr as ra
-    return ra(msg)
+from asyncd.sip.build import reply_addr  # noqa: E402  (RFC 3261 18.2.2 + RFC 3581)
 
 
 def timer_endpoint():

@@ -16,11 +16,12 @@ from asyncd.core import log
 from asyncd.core.errors import ScriptExit
 from asyncd.core.route_types import FAILURE_ROUTE, TM_ONREPLY_ROUTE
 from asyncd.modules import tm_timer
-from asyncd.modules.tm_cell import (Handle, F_FINAL, F_LOCAL, F_CANCELED, F_SUSPENDED, F_INVITE,
+from asyncd.modules.tm_cell import (Cell, Handle, F_FINAL, F_LOCAL, F_CANCELED, F_SUSPENDED, F_INVITE,
                                     F_IN_FAILURE, F_CONTINUE, B_PROV, B_CANCEL, B_CANCEL_SENT, B_BLIND,
                                     BR_STATUS, BR_REPLY, BR_FLAGS, BR_REQ, BR_DST, BR_SOCK, BR_FR)
 from asyncd.modules.tm_lookup import (S, MOD, parse_branch, flush, now, ack2xx_key, rebuild_request,
-                                      hard_deadline)
+                                      hard_deadline, current_proc)
+from asyncd.sip.build import build_reply, stable_to_tag
 
 _VIA_RE = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*", re.I)
 TIMEOUT_REASON = "Request Timeout"
@@ -47,7 +48,6 @@ def strip_top_via(buf):
 
 
 def _proc():
-    from asyncd.modules.tm_lookup import current_proc
     return current_proc()
 
 
@@ -72,7 +72,6 @@ def reply_cell(h, cell, msg, code, reason, extra_headers=()):
     if cell.flags & F_FINAL:
         log.warn(MOD, f"t_reply(): cannot send {code}: a final reply ({cell.uas_status}) was sent already")
         return -1
-    from asyncd.sip.build import build_reply, stable_to_tag
     if msg is None:
         msg = rebuild_request(cell, _proc())
     if code > 100 and not cell.to_tag:
@@ -112,7 +111,6 @@ def resend_last(proc, h):
     raw = S.table.get(h.index, h.label)
     if raw is None:
         return
-    from asyncd.modules.tm_cell import Cell
     cell = Cell.decode(raw)
     if cell.uas_reply:
         proc.send(cell.uas_reply, tuple(cell.reply_to), cell.sock)

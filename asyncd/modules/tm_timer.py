@@ -27,9 +27,11 @@ K_RETR, K_FR, K_RPL, K_WAIT = 1, 2, 3, 4
 SWEEP_EVERY = 1.0
 
 
+from asyncd.modules.tm_lookup import S as _STATE, flush, set_proc, timer_endpoint
+
+
 def _S():
-    from asyncd.modules.tm_lookup import S
-    return S
+    return _STATE
 
 
 # ---- arming (any process, lock held: entries leave when it is dropped) -------
@@ -76,7 +78,6 @@ def push_many(entries):
         sock = ipc.context().socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 500)
         sock.setsockopt(zmq.SNDHWM, 0)
-        from asyncd.modules.tm_lookup import timer_endpoint
         sock.connect(timer_endpoint())
         S.push, S.push_pid = sock, pid
     try:
@@ -89,12 +90,10 @@ def push_many(entries):
 def run(proc):
     import zmq
     from asyncd import ipc
-    from asyncd.modules.tm_lookup import set_proc
     S = _S()
     set_proc(proc)
     pull = ipc.context(proc).socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 0)
-    from asyncd.modules.tm_lookup import timer_endpoint
     pull.bind(timer_endpoint())
     heap = _local["heap"] = []
     next_sweep = time.monotonic() + SWEEP_EVERY
@@ -133,8 +132,10 @@ def fire(proc, e):
     if kind == K_WAIT:
         free(index, label)
         return
-    from asyncd.modules.tm_lookup import flush
-    h = Handle(_S().table, index, label)
+    table = _STATE.table
+    if table.get(index, label) is None:
+        return                                  # freed: nothing to cancel (the common case)
+    h = Handle(table, index, label)
     cell = h.acquire()
     if cell is None:
         return
