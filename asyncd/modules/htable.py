@@ -15,6 +15,8 @@ Differences, on purpose:
   fewer than 1024 buckets: chains are walked in Python, so long chains cost.
 - using a table no `modparam("htable", "htable", ...)` defines logs an
   error (once per table) and reads $null (Kamailio: silently $null).
+- sht_iterator_* walk a snapshot taken at sht_iterator_start: no lock is
+  held while the script runs between sht_iterator_next calls.
 - no database loading, DMQ replication or event_route[htable:expired:*].
 """
 import re
@@ -251,6 +253,77 @@ def _fix_lock(site):
             site.arg_error(0, f"expected 'table=>key', got {a.value!r}")
 
 
+def _setx(is_int):
+    """sht_setxi / sht_setxs(htname, itname, itval, exval): set with its own expiry."""
+    def impl(ctx, site, name, key, val, exval):
+        ht = _table(name)
+        if ht is None:
+            return -1
+        if is_int:
+            try:
+                val = int(val)
+            except (TypeError, ValueError):
+                log.err(MOD, f"sht_setxi: {val!r} is not an integer")
+                return -1
+        if not ht.set(key, val):
+            return -1
+        if exval:
+            ht.set_expire(key, int(exval))
+        return 1
+    return impl
+
+
+# -- iterators: a per-process snapshot, so no lock is held while the script runs
+#    (Kamailio keeps the slot locked between sht_iterator_next calls) ------------------------
+_iters = {}     # iterator name -> [table, items, position]
+
+
+def _it_start(ctx, site, iname, name):
+    ht = _table(name)
+    if ht is None:
+        return -1
+    if iname not in _iters and len(_iters) >= 4:
+        log.err(MOD, "no iterator available - max number is 4")
+        return -1
+    _iters[iname] = [ht, ht.items(), -1]
+    return 1
+
+
+def _it_next(ctx, site, iname):
+    it = _iters.get(iname)
+    if it is None:
+        return -1
+    it[2] += 1
+    return 1 if it[2] < len(it[1]) else -1
+
+
+def _it_end(ctx, site, iname):
+    return 1 if _iters.pop(iname, None) is not None else -1
+
+
+def _it_rm(ctx, site, iname):
+    it = _iters.get(iname)
+    if it is None or not 0 <= it[2] < len(it[1]):
+        return -1
+    it[0].delete(it[1][it[2]][0])
+    return 1
+
+
+def _it_cur(i):
+    def get(ctx, iname, idx):
+        it = _iters.get(iname)
+        if it is None or not 0 <= it[2] < len(it[1]):
+            return None
+        return it[1][it[2]][i]
+    return get
+
+
+def _it_parse(inner):
+    if not inner or not inner.strip():
+        raise ValueError("missing iterator name")
+    return inner.strip()
+
+
 # -- lifecycle --------------------------------------------------------------------------------
 def mod_init(script):
     from shm.htable import HTable
@@ -310,6 +383,12 @@ EXPORTS = ModuleExports(
         FuncExport("sht_rm_name", (P.STR, P.STR, P.STR), _rm_op(False)),
         FuncExport("sht_rm_value", (P.STR, P.STR, P.STR), _rm_op(True)),
         FuncExport("sht_reset", (P.STR,), _sht_reset),
+        FuncExport("sht_setxi", (P.STR, P.STR, P.INT, P.INT), _setx(True)),
+        FuncExport("sht_setxs", (P.STR, P.STR, P.STR, P.INT), _setx(False)),
+        FuncExport("sht_iterator_start", (P.STR, P.STR), _it_start),
+        FuncExport("sht_iterator_next", (P.STR,), _it_next),
+        FuncExport("sht_iterator_end", (P.STR,), _it_end),
+        FuncExport("sht_iterator_rm", (P.STR,), _it_rm),
         FuncExport("sht_lock", (P.STR,), _lock_fn(True), fixup=_fix_lock),
         FuncExport("sht_unlock", (P.STR,), _lock_fn(False), fixup=_fix_lock),
     ],
@@ -328,6 +407,8 @@ EXPORTS = ModuleExports(
         _pv("shtdec", _add(-1)),
         _pv("shtcn", _count(False)),
         _pv("shtcv", _count(True)),
+        PvExport("shtitkey", _it_cur(0), None, _it_parse, True),
+        PvExport("shtitval", _it_cur(1), None, _it_parse, True),
     ],
     mod_init=mod_init,
     procs=procs,

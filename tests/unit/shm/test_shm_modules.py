@@ -248,3 +248,28 @@ def test_bad_shvset_is_a_startup_error():
             s.init_modules()
     finally:
         s.shm.destroy()
+
+
+def test_iterator_and_setx(script_factory):
+    s = script_factory(r'''
+request_route {
+    $sht(s=>a) = 1; $sht(s=>b) = "two";
+    $var(keys) = "";
+    $var(sum) = 0;
+    sht_iterator_start("i1", "s");
+    while (sht_iterator_next("i1")) {
+        $var(keys) = $var(keys) + $shtitkey(i1) + ",";
+        if ($shtitkey(i1) == "a") { sht_iterator_rm("i1"); }
+    }
+    sht_iterator_end("i1");
+    sht_setxi("a", "x", "5", "10");
+    sht_setxs("a", "y", "text", "0");
+    $var(x) = $sht(a=>x);
+    $var(xe) = $shtex(a=>x);
+    $var(y) = $sht(a=>y);
+    exit;
+}''')
+    ctx, proc = _run(s)
+    assert sorted(proc.vars["keys"].strip(",").split(",")) == ["a", "b"]
+    assert htable_mod._tables["s"].get("a") is None and htable_mod._tables["s"].get("b") == "two"
+    assert proc.vars["x"] == 5 and proc.vars["xe"] == 10 and proc.vars["y"] == "text"
