@@ -11,7 +11,7 @@ from asyncd.cfg.parser import parse_tokens
 from asyncd.cfg.preprocess import preprocess
 from asyncd.core.context import ProcState
 
-from conftest import make_msg
+from cfg_helpers import make_msg
 
 GOOD = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "cfg", "good")
 CASES = sorted(glob.glob(os.path.join(GOOD, "*.cfg")))

@@ -2,7 +2,7 @@
 variables, headers, return codes, exit semantics, continuations."""
 import pytest
 
-from conftest import make_msg, INVITE
+from cfg_helpers import make_msg, INVITE
 
 
 def test_message_pvs(runner):
