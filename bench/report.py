@@ -153,7 +153,8 @@ def markdown(doc: dict) -> str:
         f"Run {meta['started']} ({meta['mode']} mode, suite `{meta['suite']}`, {meta['duration_s']:.0f} s) "
         f"on {m['cpu_count']} × {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}; "
         f"Python {m['python']}; commit `{m['commit']}`; Kamailio {meta.get('kamailio_version') or '–'}; "
-        f"{(meta.get('sipp_version') or 'SIPp –').rstrip('.')}.",
+        f"{(meta.get('sipp_version') or 'SIPp –').rstrip('.')}. Load average (1/5/15 min) "
+        f"before {_loads(meta.get('loadavg_before'))}, after {_loads(meta.get('loadavg_after'))}.",
         "",
         "| case | server | status | max clean rate /s | latency or delay error ms (min / p50 / p90 / p99 / max) "
         "| async data | server CPU ms/req | SIPp CPU s (best step) | PSS MB (max) | kernel UDP drops (whole case) |",
@@ -174,6 +175,10 @@ def markdown(doc: dict) -> str:
         for row in doc["ratios"]:
             lines.append(f"| {row['case']} | " + " | ".join(_fmt(row.get(k)) for k, _ in keys) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _loads(v) -> str:
+    return "/".join(f"{x:g}" for x in v) if v else "–"
 
 
 def _drops(r: dict) -> Optional[int]:

@@ -51,3 +51,19 @@ def test_a_cfg_the_server_refuses_is_reported_with_its_log(tmp_path):
 def test_versions():
     assert "5." in servers.kamailio_version()
     assert shutil.which("kamailio") or servers.kamailio_binary() == "/usr/sbin/kamailio"
+
+
+def test_a_cfg_that_answers_late_is_still_seen_ready(tmp_path):
+    # sleep_1s.cfg without its "ping" shortcut: every probe is suspended for ~1 s
+    text = (CASES_DIR / "sleep_1s.cfg").read_text()
+    start = text.index('    if ($rU == "ping")')
+    end = text.index("}", start) + 2
+    cfg = tmp_path / "late.cfg"
+    cfg.write_text(text[:start] + text[end:])
+    assert '"ping"' not in cfg.read_text()
+    srv = servers.Server("kamailio", str(cfg), servers.free_udp_port(), 64, tmp_path)
+    srv.start(timeout_s=20)
+    try:
+        assert servers.query(srv.port, "x", timeout=0.2) is None     # too late for one probe
+    finally:
+        srv.stop()
