@@ -54,16 +54,19 @@ def test_versions():
 
 
 def test_a_cfg_that_answers_late_is_still_seen_ready(tmp_path):
-    # sleep_1s.cfg without its "ping" shortcut: every probe is suspended for ~1 s
-    text = (CASES_DIR / "sleep_1s.cfg").read_text()
+    # ms_sleep_100.cfg without its "ping" shortcut and with 500 ms: every probe is
+    # answered 0.5 s late, later than the 0.3 s between probes
+    text = (CASES_DIR / "ms_sleep_100.cfg").read_text().replace('async_ms_sleep("100")', 'async_ms_sleep("500")')
     start = text.index('    if ($rU == "ping")')
     end = text.index("}", start) + 2
     cfg = tmp_path / "late.cfg"
     cfg.write_text(text[:start] + text[end:])
-    assert '"ping"' not in cfg.read_text()
+    assert '"ping"' not in cfg.read_text() and '"500"' in cfg.read_text()
     srv = servers.Server("kamailio", str(cfg), servers.free_udp_port(), 64, tmp_path)
     srv.start(timeout_s=20)
     try:
+        assert srv.start_s >= 0.5
         assert servers.query(srv.port, "x", timeout=0.2) is None     # too late for one probe
+        assert servers.query(srv.port, "x", timeout=1.0).startswith(b"SIP/2.0 200")
     finally:
         srv.stop()
