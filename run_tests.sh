@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Install what the test suite needs, then run all of it:
-#   - SIPp (Debian package sip-tester) when `sipp` is missing (apt-get, as root or via sudo);
+#   - SIPp (Debian package sip-tester) when `sipp` is missing (apt-get, as root or via sudo), and
+#     Kamailio (Debian package kamailio, best effort: the side-by-side tests skip without it);
 #   - asyncd itself in editable mode with its `test` extra (pytest, pytest-timeout, hypothesis);
 #   - pytest over tests/ (extra arguments are passed to pytest, e.g. ./run_tests.sh -x -k server).
 set -euo pipefail
 cd "$(dirname "$0")"
 
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if ! command -v sipp >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y sip-tester
+fi
+if ! command -v kamailio >/dev/null 2>&1 && [ ! -x /usr/sbin/kamailio ]; then
+    { $SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y kamailio; } \
+        || echo "run_tests.sh: kamailio not installed; its comparison tests will be skipped"
 fi
 
 PY="${PYTHON:-python3}"
