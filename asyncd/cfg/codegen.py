@@ -487,7 +487,7 @@ class CodeGen:
         if kind == P.REGEX:
             if info.literal:
                 try:
-                    rx = re.compile(str(info.value))
+                    rx = re.compile(str(info.value), pvcore.FUNC_RE_FLAGS)
                 except re.error as e:
                     site.arg_error(i, f"{name}(): bad regular expression {info.value!r}: {e}")
                 return self.bind(rx, "RX")
@@ -605,7 +605,7 @@ class CodeGen:
                 a, _ = self.val(e.left, fn)
                 if isinstance(e.right, N.Const) and isinstance(e.right.value, str):
                     try:
-                        rx = re.compile(e.right.value)
+                        rx = re.compile(e.right.value, pvcore.MATCH_RE_FLAGS)
                     except re.error as ex:
                         raise e.right.loc.error(f"bad regular expression {e.right.value!r}: {ex}")
                     b = self.bind(rx, "RX")

@@ -17,6 +17,10 @@ from asyncd.cfg.lexer import Lexer
 from asyncd.cfg.transformations import parse_transformation, chain
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Kamailio compiles `=~` patterns with REG_EXTENDED|REG_NOSUB|REG_ICASE (rvalue.c)
+# and regex function parameters with REG_EXTENDED|REG_ICASE|REG_NEWLINE (mod_fix.c)
+MATCH_RE_FLAGS = re.I
+FUNC_RE_FLAGS = re.I | re.M
 
 
 class PvSpec:
@@ -345,7 +349,7 @@ def match(a, b):
     rx = b if isinstance(b, re.Pattern) else _re_cache.get(b)
     if rx is None:
         try:
-            rx = re.compile(str(b))
+            rx = re.compile(str(b), MATCH_RE_FLAGS)
         except re.error:
             return False
         if len(_re_cache) < 1024:
@@ -357,7 +361,7 @@ def regex(v):
     """A runtime P.REGEX argument built from variables."""
     rx = _re_cache.get(v)
     if rx is None:
-        rx = re.compile(to_str(v))
+        rx = re.compile(to_str(v), FUNC_RE_FLAGS)
         if len(_re_cache) < 1024:
             _re_cache[v] = rx
     return rx

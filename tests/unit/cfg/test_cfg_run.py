@@ -518,3 +518,17 @@ def test_long_else_if_chain(runner):
                + chain + 'else { $var(r) = "none"; }\n}\n')
     r.run()
     assert r.vars["r"] == "v149"
+
+
+def test_regex_matching_is_case_insensitive_like_kamailio(runner):
+    r = runner("""
+request_route {
+    if ($ua =~ "^TESTER/") { $var(a) = 1; }
+    $var(p) = "^invite SIP:BOB";
+    if ($mb =~ $var(p)) { $var(b) = 1; }
+    if (search("^user-agent: TESTER")) { $var(c) = 1; }
+    if ($ua !~ "tester") { $var(d) = 1; }
+}
+""")
+    r.run()
+    assert r.vars == {"a": 1, "p": "^invite SIP:BOB", "b": 1, "c": 1}
