@@ -360,8 +360,10 @@ class HTable:
         finally:
             wl.release(ls)
 
-    def expire_tick(self, now=None):
-        """Reclaim entries whose expiry second has fully passed. -> entries removed."""
+    def expire_tick(self, now=None, expired=None):
+        """Reclaim entries whose expiry second has fully passed. -> entries removed.
+        expired: a list to append the removed (key, value) pairs to (for
+        event_route[htable:expired:NAME]); None when nobody wants them."""
         if not self.exp_ticks:
             return 0
         now = now_ticks() if now is None else now
@@ -372,11 +374,11 @@ class HTable:
         first = max(last + 1, cur - WHEEL)
         removed = 0
         for sec in range(first, cur):
-            removed += self._expire_slot(sec % WHEEL, now)
+            removed += self._expire_slot(sec % WHEEL, now, expired)
         self._last_sec = cur - 1
         return removed
 
-    def _expire_slot(self, slot, now):
+    def _expire_slot(self, slot, now, expired=None):
         ls = slot % WLOCKS
         ho = self.woff + 8 * slot
         buf = self.buf
@@ -398,6 +400,9 @@ class HTable:
                 if off:
                     ex = _EXP.unpack_from(buf, off + 28)[0]
                     if ex and ex <= now:
+                        if expired is not None:
+                            kb, vb, iv, fl, _e = t._read(off)
+                            expired.append((_dec(kb), _dec(vb) if fl & F_STR else iv))
                         t._unlink_l(b, prev, off)
                         removed += 1
                     elif ex:

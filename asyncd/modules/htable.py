@@ -17,7 +17,10 @@ Differences, on purpose:
   error (once per table) and reads $null (Kamailio: silently $null).
 - sht_iterator_* walk a snapshot taken at sht_iterator_start: no lock is
   held while the script runs between sht_iterator_next calls.
-- no database loading, DMQ replication or event_route[htable:expired:*].
+- event_route[htable:expired:NAME] runs in the HTable Timer process after
+  the entry is gone and no lock is held ($shtrecord(key), $shtrecord(value));
+  Kamailio runs it with the slot locked.
+- no database loading or DMQ replication.
 """
 import re
 import time
@@ -343,15 +346,54 @@ def mod_init(script):
     _missing_logged.clear()
 
 
+_record = [None]    # (key, value) of the expired entry while its event route runs
+
+
+def _shtrecord(ctx, which, idx):
+    r = _record[0]
+    if r is None:
+        return None
+    return r[0] if which == "key" else r[1]
+
+
+def _shtrecord_parse(inner):
+    w = (inner or "").strip()
+    if w not in ("key", "value"):
+        raise ValueError("expected $shtrecord(key) or $shtrecord(value)")
+    return w
+
+
+def _run_expired(proc, name, items):
+    script = proc.script
+    route = f"htable:expired:{name}"
+    if script is None or route not in getattr(script, "event_routes", ()):
+        return
+    from asyncd.sip import faked_request
+    for item in items:
+        _record[0] = item
+        try:
+            ctx = script.new_ctx(faked_request(), proc)
+            script.run_event_route(route, ctx)
+        except Exception as e:      # a bad route never stops expiry
+            log.err(MOD, f"event_route[{route}] failed: {e!r}")
+        finally:
+            _record[0] = None
+
+
 def _timer_run(proc):
     """HTable Timer: once a second, reclaim entries whose expiry second is over."""
     tables = [t for t in _tables.values() if t.autoexpire]
+    script = proc.script
+    routes = getattr(script, "event_routes", ()) if script is not None else ()
     while not proc.stopping:
         for t in tables:
+            want = [] if f"htable:expired:{t.name}" in routes else None
             try:
-                t.expire_tick()
+                t.expire_tick(expired=want)
             except Exception as e:      # never let one bad tick kill the process
                 log.err(MOD, f"expiry of htable {t.name} failed: {e!r}")
+            if want:
+                _run_expired(proc, t.name, want)
         nxt = int(time.monotonic()) + 1
         while not proc.stopping:
             left = nxt - time.monotonic()
@@ -407,6 +449,7 @@ EXPORTS = ModuleExports(
         _pv("shtdec", _add(-1)),
         _pv("shtcn", _count(False)),
         _pv("shtcv", _count(True)),
+        PvExport("shtrecord", _shtrecord, None, _shtrecord_parse, True),
         PvExport("shtitkey", _it_cur(0), None, _it_parse, True),
         PvExport("shtitval", _it_cur(1), None, _it_parse, True),
     ],

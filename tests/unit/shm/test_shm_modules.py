@@ -173,7 +173,9 @@ request_route {
 
 
 def test_htable_timer_process_reclaims_expired(script_factory):
-    s = script_factory('request_route { $sht(a=>k) = 1; exit; }')
+    s = script_factory('request_route { $sht(a=>k) = 1; exit; }\n'
+                       'event_route[htable:expired:a] {\n'
+                       '    $sht(s=>expired-$shtrecord(key)) = $shtrecord(value);\n}\n')
     specs = htable_mod.procs(s)
     assert [p.desc for p in specs] == ["HTable Timer"]
     _run(s)
@@ -190,6 +192,10 @@ def test_htable_timer_process_reclaims_expired(script_factory):
     while ht.count() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert ht.count() == 0
+    deadline = time.monotonic() + 2
+    while htable_mod._tables["s"].get("expired-k") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert htable_mod._tables["s"].get("expired-k") == 1     # the event route ran
     t0 = time.monotonic()
     os.kill(pid, signal.SIGTERM)
     assert wait_all([pid], 3)[pid] == 0
