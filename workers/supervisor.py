@@ -98,6 +98,8 @@ class Supervisor:
         self.daemon_fd = -1
         self.modules_inited = False
         self.main_pid = os.getpid()
+        if opts.pid_file:  # --daemonize changes directory to /
+            opts.pid_file = os.path.abspath(opts.pid_file)
 
     # -- top level ------------------------------------------------------
     def run(self):

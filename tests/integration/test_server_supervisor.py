@@ -44,7 +44,16 @@ STANDIN = textwrap.dedent("""
             return [ProcSpec("stubborn timer", PROC_TIMER, stubborn)]
         return [ProcSpec("slow timer", PROC_TIMER, polite), ProcSpec("timer", PROC_TIMER, polite, 2)]
 
-    mod = ModuleExports(name="standin", child_init=child_init, procs=procs)
+    def request_in(ctx):
+        if MODE == "hookraise" and ctx.msg.method == "MESSAGE":
+            raise KeyError("broken hook")
+        return False
+
+    def reply_in(ctx):
+        raise ValueError("broken reply hook")
+
+    hooks = {"request_in": request_in, "reply_in": reply_in} if MODE == "hookraise" else {}
+    mod = ModuleExports(name="standin", child_init=child_init, procs=procs, hooks=hooks)
 
     class Script:
         def __init__(self, port):
@@ -135,6 +144,32 @@ def test_module_proc_order_and_ranks(tmp_path):
         time.sleep(0.3)
         log = (tmp_path / "log").read_text()
         assert f"pid {kids[2].pid:7d} rank  -1: slow timer" in log
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(5) == 0
+    finally:
+        kill_group(p)
+
+
+def test_a_raising_module_hook_never_stops_a_receiver(tmp_path):
+    p, port, pidf = start(tmp_path, "hookraise")
+    try:
+        end = time.monotonic() + 10
+        while not pidf.exists() and time.monotonic() < end:
+            time.sleep(0.02)
+        kids = sorted(k.pid for k in psutil.Process(p.pid).children())
+        with SipClient(("127.0.0.1", port)) as c:
+            for _ in range(20):
+                c.send("MESSAGE", body="x")
+                c.send_raw(f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK1\r\n"
+                           f"From: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: r1\r\nCSeq: 1 MESSAGE\r\n"
+                           f"Content-Length: 0\r\n\r\n")
+            assert c.recv(0.3) is None
+            for _ in range(5):
+                assert c.final("OPTIONS").reason == "standin"
+        assert sorted(k.pid for k in psutil.Process(p.pid).children()) == kids
+        log = (tmp_path / "log").read_text()
+        assert "error processing a message from 127.0.0.1" in log and "broken hook" in log
+        assert "broken reply hook" in log
         p.send_signal(signal.SIGTERM)
         assert p.wait(5) == 0
     finally:
