@@ -2,8 +2,9 @@
 
 Runs in: main process (creation in mod_init, before fork), every child.
 
-Built for two users: the htable module (`$sht`, see shm/htable.py) and tm's
-transaction table.  Entries are identified like Kamailio's transactions by
+Used by the htable store ($sht, $shv: shm/htable.py) and shaped for a
+transaction table (tm chose a slot table of its own, shm/tm_table.py).
+Entries are identified like Kamailio's transactions by
 (index, label): index = bucket number, label = a per-bucket counter taken at
 insert time, so a stale (index, label) never matches a newer entry.
 
@@ -21,7 +22,7 @@ Entry (one arena slot, header + key + value inline; 40-byte header):
     19  1  -
     20  4  u32 value length
     24  4  u32 flags   (owner-defined: htable type bits, tm state bits)
-    28  4  u32 expires (owner-defined: htable expiry second, 0 = never)
+    28  4  u32 expires (owner-defined: htable expiry in 1/16 s ticks, 0 = never)
     32  8  i64 ival    (owner-defined: htable int value, tm counters)
     40  .  key bytes, then value bytes
 
@@ -49,9 +50,7 @@ _E = struct.Struct("<QIIHBxIIIq")   # entry header: next, label, hash, klen, cls
 _EH = 40
 _NEXT = struct.Struct("<Q")
 _NL = struct.Struct("<QI")          # next, label
-_NLH = struct.Struct("<QII")        # next, label, hash
 _KV = struct.Struct("<HxxI")        # klen, vlen at +16
-_KCV = struct.Struct("<HBxI")       # klen, cls, vlen at +16
 _META = struct.Struct("<IIq")       # flags, expires, ival at +24
 _FLAGS = struct.Struct("<I")
 _IVAL = struct.Struct("<q")
@@ -71,7 +70,9 @@ def hk_struct(klen):
 
 
 class _Torn(Exception):
-    pass
+    """An optimistic read saw a half-written structure: retry or take the lock."""
+
+
 _hook = None   # tests only: called inside insert's critical section (kill -9 test)
 
 
@@ -114,7 +115,7 @@ class ShmHashTable:
     _hash = staticmethod(_crc)
 
     def _set_meta_l(self, off, flags, ival):
-        f0, e0, i0 = _META.unpack_from(self.buf, off + 24)
+        e0 = _META.unpack_from(self.buf, off + 24)[1]
         _META.pack_into(self.buf, off + 24, flags, e0, ival)
 
     def _new_entry(self, key, value, label, nxt, h, flags, expires, ival):
