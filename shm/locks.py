@@ -149,6 +149,7 @@ class LockSet:
     def _slow_acquire(self, i):
         acq = self._acq[i]
         zero_since = None
+        said = False
         while True:
             if acq(True, SLICE):
                 return
@@ -162,9 +163,10 @@ class LockSet:
                     continue
             else:
                 zero_since = None
-                if owner == _pid:
-                    # a recursive take would deadlock silently: say so loudly
-                    log.err("shm", f"{self.name}: lock {i} already held by this process")
+                if owner == _pid and not said:
+                    # a recursive take would deadlock silently: say so loudly, once
+                    said = True
+                    log.err("shm", f"{self.name}: lock {i} already held by this process (deadlock)")
                 if pid_alive(owner):
                     continue
             if self._take_over(i, owner):
