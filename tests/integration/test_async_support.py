@@ -149,6 +149,11 @@ def test_process_titles_follow_kamailio():
         assert titles.count("ASYNC MOD TIMER") == 2
         assert titles.count("ASYNC MOD MS TIMER") == 1
         assert titles.index("ASYNC MOD TIMER") > titles.index("Async Task Worker - g1")
+        # no ZeroMQ context (it starts an I/O thread) in the main process: contexts are
+        # made after fork, per process (contracts §7)
+        assert srv.processes()[0].num_threads() == 1
+        for p in srv.processes()[1:]:
+            assert p.num_threads() >= 2        # each child made its own context
 
 
 def test_no_timer_processes_without_workers_or_ms_timer():
