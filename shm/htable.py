@@ -43,6 +43,7 @@ from shm.arena import MAX_ALLOC, SLOT_SIZES
 from shm.locks import LockSet
 
 TICKS = 16
+MAX_EXPIRE = 3 * 365 * 86400   # u32 ticks hold ~8.5 years of CLOCK_MONOTONIC (uptime + expiry)
 WHEEL = 256
 WLOCKS = 8
 MIN_BUCKETS = 1024   # Kamailio's default size=4 (16 slots) is far too few for chained Python walks
@@ -55,6 +56,14 @@ _EXP = struct.Struct("<I")
 _TK = struct.Struct("<QIII")
 _crc = __import__("zlib").crc32
 _mono = time.monotonic
+
+
+_I64 = 1 << 63
+
+
+def _wrap(n):
+    """Two's complement 64-bit, as Kamailio's long arithmetic."""
+    return ((n + _I64) % (1 << 64)) - _I64
 
 
 def now_ticks():
@@ -98,7 +107,7 @@ class HTable:
         self.size = size
         self.arena = arena
         self.autoexpire = autoexpire
-        self.exp_ticks = autoexpire * TICKS
+        self.exp_ticks = min(autoexpire, MAX_EXPIRE) * TICKS
         self.initval = initval
         self.updateexpire = updateexpire
         self.t = t = ShmHashTable(arena, nb, nstripes or min(nb, 64), f"htable {name}")
@@ -216,6 +225,8 @@ class HTable:
         kb, h = c[0], c[1]
         if type(value) is int:
             flags, vb, iv = 0, b"", value
+            if not -_I64 <= iv < _I64:
+                iv = _wrap(iv)
         else:
             flags, vb, iv = F_STR, _enc(value if type(value) is str else str(value)), 0
         b = h & self._mask
@@ -294,11 +305,13 @@ class HTable:
                 elif self.exp_ticks and self.updateexpire:
                     ex = now_ticks() + 1 + self.exp_ticks
                 iv += delta
+                if not -_I64 <= iv < _I64:
+                    iv = _wrap(iv)
                 _MFI.pack_into(buf, off + 24, fl, ex, iv)
                 return iv
             if self.initval is None:
                 return None
-            iv = self.initval + delta
+            iv = _wrap(self.initval + delta)
             ex = now_ticks() + 1 + self.exp_ticks if self.exp_ticks else 0
             off, label = self.t._link_l(b, kb, b"", h, 0, ex, iv)
             if not off:
@@ -329,6 +342,7 @@ class HTable:
         if not self.exp_ticks:
             return True
         kb = _enc(str(key))
+        seconds = min(seconds, MAX_EXPIRE)       # keep it inside the u32 tick field
         ex = now_ticks() + 1 + seconds * TICKS if seconds > 0 else 0
         r = self.t.find(kb)
         if r is None:

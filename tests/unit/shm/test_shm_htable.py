@@ -7,6 +7,7 @@ import signal
 import time
 
 import msgpack
+from hypothesis import given, settings, strategies as st
 
 from shm.arena import ShmArena
 from shm.htable import HTable, now_ticks, TICKS
@@ -269,3 +270,53 @@ def test_kill9_holding_a_bucket_lock_others_carry_on(arena):
     assert ht.get("victim") is None          # the half-done insert never became visible
     assert sorted(k for k, _v in ht.items()) == ["c0", "c1", "c2"]
     assert ht.count() == 3
+
+
+_ARENA = []
+
+
+def _shared_table():
+    if not _ARENA:
+        a = ShmArena.create(8 << 20)
+        _ARENA.append((a, HTable(a, "prop", 2)))
+    return _ARENA[0][1]
+
+
+def teardown_module(module):
+    for a, _t in _ARENA:
+        a.destroy()
+
+
+_keys = st.sampled_from(["a", "b", "c", "ü", "", "k" * 300])
+_values = st.one_of(st.none(), st.integers(min_value=-2**63, max_value=2**63 - 1),
+                    st.just(2**63 - 1),
+                    st.text(max_size=40), st.text(min_size=1500, max_size=1600))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["set", "get", "incr", "del"]), _keys, _values),
+                max_size=60))
+def test_behaves_like_a_dict(ops):
+    ht = _shared_table()
+    ht.reset()
+    model = {}
+    for op, k, v in ops:
+        if op == "set":
+            assert ht.set(k, v)
+            if v is None:
+                model.pop(k, None)
+            else:
+                model[k] = v
+        elif op == "del":
+            ht.delete(k)
+            model.pop(k, None)
+        elif op == "incr":
+            cur = model.get(k)
+            want = None
+            if type(cur) is int:
+                want = cur + 1 if cur + 1 < 2**63 else -2**63      # wraps like a C long
+            assert ht.incr(k, 1) == want
+            if want is not None:
+                model[k] = want
+        assert ht.get(k) == model.get(k)
+    assert dict(ht.items()) == model
