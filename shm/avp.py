@@ -25,6 +25,16 @@ import msgpack
 _ALL = "*"
 
 
+_I64 = 1 << 63
+
+
+def _fit(v):
+    """Ints are 64-bit in Kamailio (and in msgpack): wrap, never fail dumps()."""
+    if type(v) is int and not -_I64 <= v < _I64:
+        return ((v + _I64) % (1 << 64)) - _I64
+    return v
+
+
 def _pos(index):
     """Script index (0 newest, -1 oldest) -> position in a newest-last list."""
     return -1 - index if index >= 0 else -index - 1
@@ -78,6 +88,7 @@ class AvpList:
         the nth (False if there is none), "append" -> add as the oldest."""
         key = _n(name)
         vals = self.d.get(key)
+        value = _fit(value)
         if value is None:
             if not vals:
                 return True
@@ -187,6 +198,7 @@ class XavpList:
         item holding f; `$xavp(r[n]=>f) = v` adds f (on top) in existing item n;
         `$xavp(r[n]=>f[m]) = v` replaces; `$null` removes (root item n or [*] all,
         field value m or [*] all of that field).  -> False when the target item is missing."""
+        value = _fit(value)
         if kind == "xavu":
             return self._set_xavu(root, field, value)
         if kind == "xavi":
