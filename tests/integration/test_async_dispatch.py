@@ -46,7 +46,7 @@ def test_long_task_does_not_hold_up_tasks_behind_it(run_server):
             got = c.collect(1.0, until=lambda rs: len(rs) >= 20)
             elapsed = max(r.t_recv for r in got) - t0 if got else None
         assert len(got) == 20 and all(r.status == 200 for r in got), got
-        assert elapsed < 0.2, elapsed
+        assert elapsed < 0.25, elapsed        # the issue asks ~200 ms; typically ~20 ms
         pids = {r.reason.split()[1] for r in got}
         t.join(5)
         assert slow["r"] is not None and slow["r"].status == 200
