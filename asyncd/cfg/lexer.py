@@ -26,6 +26,11 @@ _TOKEN_RE = re.compile(
     r"|(?P<id>[A-Za-z_][A-Za-z0-9_]*)"
     r"|(?P<ipv6>\[[0-9a-fA-F.]*:[0-9a-fA-F:.]*\])"
     r"|(?P<op>" + "|".join(re.escape(o) for o in _OPS) + r")")
+# `!!` starts a directive only before a directive name (cfg.lex PREP_START rules);
+# elsewhere it is two `!` operators
+_BANG_DIR_RE = re.compile(r"!!(define|trydef|redefine|undef|ifdef|ifndef|else|endif|subst|substdef|"
+                          r"substdefs|include_file|import_file|defenv|defenvs|trydefenv|"
+                          r"KAMAILIO|SER|ALL|MAXCOMPAT|OPENSER)\b")
 _PV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "'": "'", "0": "\0"}
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
@@ -97,11 +102,13 @@ class Lexer:
             if c in " \t\r\f\v":
                 self.pos = pos + 1
                 continue
-            if c == "#" or (c == "!" and text.startswith("!!", pos)):
-                if text.startswith("#!", pos) or text.startswith("!!", pos):
+            if c == "#":
+                if text.startswith("#!", pos):
                     return self._directive()
                 self._skip_line()
                 continue
+            if c == "!" and text.startswith("!!", pos) and _BANG_DIR_RE.match(text, pos):
+                return self._directive()
             if c == "/" and text.startswith("//", pos):
                 self._skip_line()
                 continue
@@ -178,7 +185,7 @@ class Lexer:
                 end = len(text)
             seg = text[self.pos:end]
             stripped = seg.lstrip(" \t")
-            if stripped.startswith("#!") or stripped.startswith("!!"):
+            if stripped.startswith("#!") or _BANG_DIR_RE.match(stripped):
                 self.pos += len(seg) - len(stripped)
                 return self._directive()
             self.pos = end

@@ -57,3 +57,60 @@ def test_nesting_beyond_python_limits_is_a_cfg_error():
     assert ei.value.file == "n.cfg" and ei.value.line > 2
     with pytest.raises(CfgError):
         compile_cfg(text="request_route {" + "(" * 5000 + "}", filename="n.cfg")
+
+
+# -- generated valid programs: they compile, and running them never raises -----------
+def _exprs(with_route):
+    leaves = ["1", "0", "-3", "0x10", '"abc"', '""', "$var(a)", "$var(b)", "$rm", "$rU",
+              "$null", "$(fU{s.len})", "$hdr(X-Multi)[1]", "$avp(x)", "$cs",
+              'is_method("INVITE")', "has_totag()"] + (["route(SUB)"] if with_route else [])
+    return st.recursive(
+        st.sampled_from(leaves),
+        lambda inner: st.one_of(
+            st.tuples(inner, st.sampled_from(["+", "-", "*", "==", "!=", "<", ">=", "&&", "||",
+                                              "|", "&", "=~", "%", "/"]), inner)
+            .map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+            inner.map(lambda e: f"!{e}"),
+            inner.map(lambda e: f"strlen({e})")),
+        max_leaves=6)
+
+
+def _stmts(with_route):
+    ex = _exprs(with_route)
+    simple = [ex.map(lambda e: f"$var(a) = {e};"), ex.map(lambda e: f"$avp(x) = {e};"),
+              st.just('xlog("L_DBG", "a=$var(a) ru=$ru\\n");'),
+              st.just('append_hf("X-A: $var(a)\\r\\n");'),
+              st.just("break;"), st.just("$var(b) = $var(b) + 1;")]
+    if with_route:
+        simple.append(st.just("route(SUB);"))
+    return st.recursive(
+        st.one_of(*simple),
+        lambda inner: st.one_of(
+            st.tuples(ex, st.lists(inner, max_size=3), st.lists(inner, max_size=2))
+            .map(lambda t: f"if ({t[0]}) {{ {' '.join(t[1])} }} else {{ {' '.join(t[2])} }}"),
+            st.tuples(ex, st.lists(inner, max_size=3))
+            .map(lambda t: f"while ({t[0]}) {{ {' '.join(t[1])} }}"),
+            st.tuples(ex, st.lists(inner, max_size=2), st.lists(inner, max_size=2))
+            .map(lambda t: f"switch ({t[0]}) {{ case 1: {' '.join(t[1])} case \"abc\": "
+                           f"{' '.join(t[2])} default: $var(b) = 2; }}")),
+        max_leaves=8)
+
+
+MAIN_STMTS, SUB_STMTS = _stmts(True), _stmts(False)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(MAIN_STMTS, max_size=6), st.lists(SUB_STMTS, max_size=3))
+def test_generated_programs_compile_and_run(main, sub):
+    from cfg_helpers import Runner, make_msg
+    from asyncd.core import log
+    text = ("request_route {\n" + "\n".join(main) + "\n}\n"
+            "route[SUB] {\n" + "\n".join(sub) + "\nreturn 1;\n}\n")
+    r = Runner(text)
+    old = log.state.level
+    log.state.level = -10      # silence: runtime errors are logged, never raised
+    try:
+        ctx, rc = r.run(make_msg())
+    finally:
+        log.state.level = old
+    assert isinstance(rc, int)
