@@ -23,6 +23,7 @@ now, e.g. the default task group is full: retry in RETRY s, delay instead of
 drop, the author's own rationale for the ms timer, GH #2006).
 """
 import heapq
+import gc
 import time
 
 import zmq
@@ -88,6 +89,7 @@ def run(proc, disp, idx, on_due):
     """Loop until proc.stopping: receive items, resume them when due."""
     sock = disp.bind(idx)
     heap = _Heap(disp, idx)
+    gc.freeze()     # what we inherited from main is never garbage: keep it out of GC scans
     mono = time.monotonic
     try:
         while not proc.stopping:

@@ -11,6 +11,7 @@ after executing it we take the next task of the group's backlog, if any, or
 mark ourselves idle again (asyncd.ipc.dispatch.Dispatcher.finish).
 A task that raises is logged and counted; the loop never dies of it.
 """
+import gc
 import time
 
 import zmq
@@ -39,6 +40,7 @@ def _execute(proc, group, frame, handlers):
 def run(proc, group, widx):
     from asyncd.core.async_task import HANDLERS
     proc.async_gname = group.name
+    gc.freeze()     # what we inherited from main is never garbage: keep it out of GC scans
     proc.role = "async_worker"
     disp = group.disp
     sock = disp.bind(widx)
