@@ -28,3 +28,20 @@ def test_broken_cfg_reports_location(path):
     # one line, `file:line:col: message`
     s = str(e)
     assert "\n" not in s and s.startswith(f"{e.file}:{e.line}:{e.col}: ")
+
+
+ALL = CASES + sorted(glob.glob(os.path.join(CORPUS, "good", "*.cfg")))
+
+
+@pytest.mark.parametrize("path", ALL, ids=[os.path.basename(p)[:-4] for p in ALL])
+def test_every_prefix_only_cfg_errors(path):
+    """Replayed in pieces: every truncation of a corpus cfg compiles or fails
+    with a CfgError, never with another exception."""
+    with open(path) as f:
+        text = f.read()
+    cuts = sorted(set(range(0, len(text), max(len(text) // 40, 1))) | {len(text)})
+    for n in cuts:
+        try:
+            compile_cfg(text=text[:n], filename=os.path.basename(path))
+        except CfgError:
+            pass
