@@ -61,6 +61,15 @@ def _var_set(ctx, name, idx, value):
         ctx.proc.vars[name] = value
 
 
+def _vn_get(ctx, name, idx):
+    return ctx.proc.extra.get("vn", {}).get(name)
+
+
+def _vn_set(ctx, name, idx, value):
+    # $vn(x) may hold $null (pv_svar.c: script var with null init)
+    ctx.proc.extra.setdefault("vn", {})[name] = value
+
+
 def _var_parse(inner):
     if not inner or not inner.strip():
         raise ValueError("empty variable name")
@@ -258,6 +267,8 @@ def _af(ctx, s, i):
 
 PVS = [
     PvExport("var", _var_get, _var_set, _var_parse, True),
+    PvExport("vz", _var_get, _var_set, _var_parse, True),
+    PvExport("vn", _vn_get, _vn_set, _var_parse, True),
     PvExport("ru", _ru, _ru_set, None, False),
     PvExport("rU", _uri_attr("user"), _uri_attr_set("user"), None, False),
     PvExport("rd", _uri_attr("host"), _uri_attr_set("host"), None, False),

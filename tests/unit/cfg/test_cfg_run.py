@@ -532,3 +532,19 @@ request_route {
 """)
     r.run()
     assert r.vars == {"a": 1, "p": "^invite SIP:BOB", "b": 1, "c": 1}
+
+
+def test_vz_shares_var_and_vn_holds_null(runner):
+    r = runner("""
+request_route {
+    $vz(a) = 5;
+    $var(b) = $var(a);
+    if ($vn(x) == $null) { $var(n1) = 1; }
+    $vn(x) = "v";
+    $var(c) = $vn(x);
+    $vn(x) = $null;
+    if ($vn(x) == $null) { $var(n2) = 1; }
+}
+""")
+    r.run()
+    assert (r.vars["b"], r.vars["n1"], r.vars["c"], r.vars["n2"]) == (5, 1, "v", 1)
