@@ -1,5 +1,8 @@
 """AVP/XAVP lists: Kamailio stack semantics and the msgpack round trip tm
-uses to carry them across a suspend (spec B §6.1, §7)."""
+uses to carry them across a suspend (spec B §6.1, §7).
+
+Runs in: the pytest process.
+"""
 from hypothesis import given, strategies as st
 
 from shm.avp import AvpList, XavpList

@@ -1,5 +1,8 @@
 """ShmHashTable: the (index, label) API tm builds on, value moves, full
-arena, and consistency after a process is killed inside a bucket lock."""
+arena, and consistency after a process is killed inside a bucket lock.
+
+Runs in: the pytest process and the processes it forks.
+"""
 import os
 import signal
 import time

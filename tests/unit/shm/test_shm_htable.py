@@ -1,5 +1,8 @@
 """htable store ($sht): Kamailio value semantics, atomic increments from many
-processes, a 10 s mixed workload checked against a model, autoexpire."""
+processes, a 10 s mixed workload checked against a model, autoexpire.
+
+Runs in: the pytest process and the processes it forks.
+"""
 import os
 import random
 import re

@@ -1,5 +1,8 @@
 """Robust striped locks: mutual exclusion across forked processes, and
-recovery when a holder is killed with SIGKILL."""
+recovery when a holder is killed with SIGKILL.
+
+Runs in: the pytest process and the processes it forks.
+"""
 import os
 import signal
 import struct

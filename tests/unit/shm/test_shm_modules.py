@@ -1,5 +1,8 @@
 """The script side: htable module ($sht & co, sht_* functions, HTable Timer)
-and pv_shm ($shv + shvset, $avp, $xavp) through the real cfg compiler."""
+and pv_shm ($shv + shvset, $avp, $xavp) through the real cfg compiler.
+
+Runs in: the pytest process and the processes it forks.
+"""
 import os
 import signal
 import subprocess
