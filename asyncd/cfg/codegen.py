@@ -73,6 +73,7 @@ class CodeGen:
         self.indent = 0
         self.cur_loc = None
         self.hoisted = {}               # id(Call node) -> temp holding its result
+        self.cont_by_node = {}          # id(first statement of a rest-of-block) -> continuation id
 
     # -- emit helpers ----------------------------------------------------------
     def w(self, text, loc=None):
@@ -133,9 +134,15 @@ class CodeGen:
                 if fe is not None and fe.continuation:
                     rest = stmts[i + 1:]
                     if rest:
-                        cid = len(self.conts) + 1
-                        self.conts[cid] = f"C{cid}"
-                        self.pending.append((cid, fn.kind, fn.name, rest, rest[0].loc))
+                        # the rest of a block is identified by its first statement:
+                        # the same call compiled inline and inside an enclosing
+                        # continuation shares one id (no 2^n blow-up with n sleeps)
+                        cid = self.cont_by_node.get(id(rest[0]))
+                        if cid is None:
+                            cid = len(self.conts) + 1
+                            self.cont_by_node[id(rest[0])] = cid
+                            self.conts[cid] = f"C{cid}"
+                            self.pending.append((cid, fn.kind, fn.name, rest, rest[0].loc))
             self.gen_stmt(st, fn, cid)
 
     def gen_stmt(self, st, fn, cid=None):
