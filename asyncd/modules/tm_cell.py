@@ -27,6 +27,7 @@ B_BLIND = 1                # TM_UAC_FLAG_BLIND: a suspension, no request sent
 B_PROV = 2                 # a provisional reply was received
 B_CANCEL = 4               # CANCEL sent (or due once a provisional arrives)
 B_CANCEL_SENT = 8
+B_DISCARD = 16             # left out of best-reply selection (failure_reply_mode)
 
 # branch list fields
 BR_RURI, BR_DST, BR_SOCK, BR_VIA, BR_REQ, BR_STATUS, BR_REPLY, BR_FLAGS, BR_FR = range(9)

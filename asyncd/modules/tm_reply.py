@@ -17,7 +17,7 @@ from asyncd.core.errors import ScriptExit
 from asyncd.core.route_types import FAILURE_ROUTE, TM_ONREPLY_ROUTE
 from asyncd.modules import tm_timer
 from asyncd.modules.tm_cell import (Cell, Handle, F_FINAL, F_LOCAL, F_CANCELED, F_SUSPENDED, F_INVITE,
-                                    F_IN_FAILURE, F_CONTINUE, B_PROV, B_CANCEL, B_CANCEL_SENT, B_BLIND,
+                                    F_IN_FAILURE, F_CONTINUE, B_PROV, B_DISCARD, B_CANCEL, B_CANCEL_SENT, B_BLIND,
                                     BR_STATUS, BR_REPLY, BR_FLAGS, BR_REQ, BR_DST, BR_SOCK, BR_FR)
 from asyncd.modules.tm_lookup import (S, MOD, parse_branch, flush, now, ack2xx_key, rebuild_request,
                                       hard_deadline, current_proc)
@@ -212,7 +212,7 @@ def pick_branch(cell):
     ones a UAC can act on (auth, unsupported) win."""
     best, bprio = -1, 1 << 30
     for i, b in enumerate(cell.branches):
-        if b[BR_STATUS] >= 300:
+        if b[BR_STATUS] >= 300 and not b[BR_FLAGS] & B_DISCARD:
             p = _prio(b[BR_STATUS])
             if p < bprio:
                 best, bprio = i, p
@@ -227,7 +227,13 @@ def final_decision(proc, h, cell):
         code = 487 if code == 408 else code
     if cell.on_failure and not cell.flags & F_IN_FAILURE:
         route, cell.on_failure = cell.on_failure, None     # one shot, as Kamailio
+        nb = len(cell.branches)
         run_failure_route(proc, h, cell, route, code, bi)
+        if len(cell.branches) > nb and S.failure_reply_mode:
+            # modparam failure_reply_mode 1-3: the replies that led here no longer
+            # compete with the new branches' (0 keeps them all)
+            for b in cell.branches[:nb]:
+                b[BR_FLAGS] |= B_DISCARD
         if cell.flags & F_FINAL or cell.has_pending(with_blind=True):
             return
         bi = pick_branch(cell)

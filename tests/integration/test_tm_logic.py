@@ -361,3 +361,21 @@ def test_local_2xx_to_invite_retransmitted_until_ack(net_factory):
     net.run(0.9)
     assert len(_rpls(net, net.uac, 200)) == n, "the ACK stops the 2xx retransmissions"
     assert tm_api.table_count() == 0, "transaction and its ACK alias freed after the wait"
+
+
+@pytest.mark.parametrize("mode,expect", [(3, 486), (0, 404)])
+def test_failure_reply_mode(net_factory, mode, expect):
+    def request(ctx):
+        tm.w_t_on_failure(ctx, None, "FAIL")
+        return tm_api.t_relay(ctx, *ctx.proc._uas[0])
+    net = net_factory({"request": request, "FAIL": lambda ctx: tm_api.t_relay(ctx, *ctx.proc._uas[1])},
+                      {"failure_reply_mode": mode}, nuas=2)
+    net.proc._uas = [uas_addr(net, 0), uas_addr(net, 1)]
+    data, br, cid = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname())
+    net.send(net.uac, data)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "INVITE"))
+    net.uas_reply(_reqs(net, net.uas[0], "INVITE")[0], 404, "Not Here", idx=0)
+    assert net.run(1, lambda: _reqs(net, net.uas[1], "INVITE"))
+    net.uas_reply(_reqs(net, net.uas[1], "INVITE")[0], 486, "Busy Here", idx=1)
+    assert net.run(1, lambda: _rpls(net, net.uac) and _rpls(net, net.uac)[-1].status >= 300)
+    assert [r.status for r in _rpls(net, net.uac) if r.status >= 200] == [expect]
