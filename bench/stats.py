@@ -83,7 +83,8 @@ def round_rate(r: float, quantum: int) -> int:
 
 def search_clean_rate(rates: Sequence[int], probe: Callable[[int], StepOutcome],
                       refine: int = 0, quantum: int = 100,
-                      should_stop: Callable[[], bool] = lambda: False) -> SearchResult:
+                      should_stop: Callable[[], bool] = lambda: False,
+                      retry_if: Callable[[StepOutcome], bool] = lambda out: False) -> SearchResult:
     """Step up through rates until one is not clean, then bisect `refine` times.
 
     A failed step ends the ladder: a higher rate would only fail harder, and
@@ -92,16 +93,28 @@ def search_clean_rate(rates: Sequence[int], probe: Callable[[int], StepOutcome],
     rate and the lowest failing one, rounded to `quantum`, and stops when the
     midpoint is no longer strictly between them. `should_stop` lets the
     caller cut the search short (time budget); steps already run still count.
+    A step that failed only marginally (`retry_if`, e.g. a handful of
+    retransmissions on a machine shared with other work) is run once more,
+    and the repeat decides; both runs are kept in `steps`.
     """
     ladder = sorted(set(int(r) for r in rates if r > 0))
     steps = []
+
+    def run(rate):
+        out = probe(rate)
+        if not out.clean and retry_if(out) and not should_stop():
+            steps.append(out)
+            out = probe(rate)
+            out.data["repeat_of_marginal_failure"] = True
+        steps.append(out)
+        return out
+
     best = None
     ceiling = None
     for r in ladder:
         if should_stop():
             break
-        out = probe(r)
-        steps.append(out)
+        out = run(r)
         if out.clean:
             best = out
         else:
@@ -114,8 +127,7 @@ def search_clean_rate(rates: Sequence[int], probe: Callable[[int], StepOutcome],
         mid = round_rate((lo + ceiling) / 2, quantum)
         if not lo < mid < ceiling:
             break
-        out = probe(mid)
-        steps.append(out)
+        out = run(mid)
         if out.clean:
             best, lo = out, mid
         else:

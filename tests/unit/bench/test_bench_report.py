@@ -76,3 +76,16 @@ def test_raw_samples_stay_out_of_the_json(tmp_path):
     assert "_raw_ms" not in text
     assert json.loads(text)["results"][0]["latency"]["latency_ms"]["p50"] == 0.2
     assert "_raw_ms" in RESULTS[0]["latency"]       # the plots still have them
+
+
+def test_marginal_failure_rule():
+    from bench.runner import marginal_failure
+    from bench.stats import StepOutcome
+    base = {"rate": 1000, "calls": 10000, "successful": 10000, "failed": 0, "retransmissions": 3,
+            "achieved_rate": 995.0, "uas_failed": None}
+    assert marginal_failure(StepOutcome(1000, False, dict(base)))
+    assert not marginal_failure(StepOutcome(1000, False, dict(base, retransmissions=11)))
+    assert not marginal_failure(StepOutcome(1000, False, dict(base, failed=1)))
+    assert not marginal_failure(StepOutcome(1000, False, dict(base, uas_failed=2)))
+    assert not marginal_failure(StepOutcome(1000, False, dict(base, successful=9990)))
+    assert not marginal_failure(StepOutcome(1000, False, dict(base, achieved_rate=700.0)))

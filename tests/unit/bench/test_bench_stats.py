@@ -115,3 +115,22 @@ def test_ratio():
     assert stats.ratio(3, 2) == 1.5
     assert stats.ratio(1, 0) is None
     assert stats.ratio(None, 2) is None
+
+
+def test_a_marginal_failure_is_repeated_once_and_the_repeat_decides():
+    calls = []
+    flaky = {2000: [False, True], 5000: [False, False]}     # first try, repeat
+
+    def probe(rate):
+        calls.append(rate)
+        seq = flaky.get(rate)
+        clean = seq.pop(0) if seq else rate < 5000
+        return StepOutcome(rate=rate, clean=clean, data={"rate": rate, "marginal": True})
+    res = search_clean_rate([1000, 2000, 5000], probe, retry_if=lambda o: o.data["marginal"])
+    assert calls == [1000, 2000, 2000, 5000, 5000]
+    assert res.max_clean_rate == 2000 and res.ceiling == 5000
+    assert res.best.data["repeat_of_marginal_failure"] is True
+    assert [s.clean for s in res.steps] == [True, False, True, False, False]
+    calls.clear()
+    res = search_clean_rate([1000, 5000], _threshold_probe(1000, calls), retry_if=lambda o: False)
+    assert calls == [1000, 5000]                            # no repeat unless asked
