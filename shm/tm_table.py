@@ -19,13 +19,19 @@ Byte layout (little endian), all in one anonymous MAP_SHARED mapping:
 
   [0:64)               table header: nslots u32, nbuckets u32, used u32, _
   slot headers         nslots x 40 bytes:
-      label u32 | used u32 | keyhash i64 | next i32 (bucket chain, -1 end)
-      | cls i32 (-1 none) | chunk i32 | blen u32 | deadline f64 (monotonic)
+      0 label u32 | 4 used u32 | 8 keyhash i64 | 16 blob offset u64
+      | 24 next i32 (bucket chain, -1 end) | 28 blen u32 | 32 deadline f64 (monotonic)
   bucket heads         nbuckets x i32 (-1 empty)
   free slot stack      top i32, then nslots x i32
-  per size class c     top i32, then count_c x i32 free chunk stack,
-                       then count_c x size_c chunk bytes
-  blob                 keylen u16 | key | payload (tm_cell msgpack)
+  blob (arena slot)    keylen u16 | key | payload (tm_cell msgpack)
+
+Lock-free readers (get() from any process, the sweep) never see a torn
+header: a live slot's offset, length and deadline change only through
+single aligned stores (struct.pack_into zero-fills before writing, see the
+shm notes in docs/contracts.md), and get() re-reads the header after copying
+the blob and retries when it moved. Chains are matched on the 64-bit key
+hash alone (SipHash, seeded per run), so a lookup never reads a blob that a
+concurrent put() may be freeing.
 
 Locks (multiprocessing, created before fork): bucket stripes guard chains,
 slot stripes (re-entrant: a failure route relaying again re-enters its own
@@ -39,7 +45,7 @@ import time
 
 from shm.locks import LockSet
 
-_HDR = struct.Struct("<IIqiQId")          # one slot header, 40 bytes
+_HDR = struct.Struct("<IIqQiId")          # one slot header, 40 bytes
 _I32 = struct.Struct("<i")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -78,6 +84,9 @@ class TmTable:
         self.o_buckets = self.o_slots + nslots * _HDR.size
         self.o_free = self.o_buckets + self.nbuckets * 4
         self.buf = arena.buf
+        self.w32 = arena.words
+        self.w64 = arena.qwords
+        self.f64 = arena.buf.cast("d")
         self.bucket_locks = LockSet(arena, N_BUCKET_LOCKS, "tm buckets")
         self.slot_locks = LockSet(arena, N_SLOT_LOCKS, "tm cells")
         self.alloc_lock = LockSet(arena, 1, "tm slots")
@@ -85,7 +94,7 @@ class TmTable:
 
     def _format(self):
         b = self.buf
-        empty = _HDR.pack(0, 0, 0, -1, 0, 0, 0.0)
+        empty = _HDR.pack(0, 0, 0, 0, -1, 0, 0.0)
         b[self.o_slots:self.o_slots + self.nslots * 40] = empty * self.nslots
         b[self.o_buckets:self.o_buckets + self.nbuckets * 4] = b"\xff" * (self.nbuckets * 4)
         # the free stack pops slot 0 first
@@ -160,7 +169,7 @@ class TmTable:
             # sees the new label, never a half-written header (one memcpy)
             boff = self.o_buckets + bucket * 4
             head = _I32.unpack_from(self.buf, boff)[0]
-            _HDR.pack_into(self.buf, hoff, label, 1, kh, head, off, len(blob), deadline)
+            _HDR.pack_into(self.buf, hoff, label, 1, kh, off, head, len(blob), deadline)
             _I32.pack_into(self.buf, boff, idx)
         finally:
             bl.release(stripe)
@@ -170,11 +179,9 @@ class TmTable:
         buf = self.buf
         idx = _I32.unpack_from(buf, self.o_buckets + bucket * 4)[0]
         while idx >= 0:
-            label, used, h, nxt, off, blen, _ = _HDR.unpack_from(buf, self.o_slots + idx * 40)
+            label, used, h, _, nxt, _, _ = _HDR.unpack_from(buf, self.o_slots + idx * 40)
             if used and h == kh:
-                klen = _U16.unpack_from(buf, off)[0]
-                if buf[off + 2:off + 2 + klen] == key:
-                    return idx, label
+                return idx, label
             idx = nxt
         return None
 
@@ -194,30 +201,46 @@ class TmTable:
         will write back hold lock(index)."""
         if not 0 <= index < self.nslots:
             return None
-        lab, used, _, _, off, blen, _ = _HDR.unpack_from(self.buf, self.o_slots + index * 40)
-        if not used or lab != label:
-            return None
-        klen = _U16.unpack_from(self.buf, off)[0]
-        return bytes(self.buf[off + 2 + klen:off + blen])
+        hoff = self.o_slots + index * 40
+        buf = self.buf
+        for _ in range(8):
+            lab, used, _, off, _, blen, _ = _HDR.unpack_from(buf, hoff)
+            if not used or lab != label:
+                return None
+            try:
+                klen = _U16.unpack_from(buf, off)[0]
+                data = bytes(buf[off + 2 + klen:off + blen])
+            except (ValueError, struct.error):
+                data = None
+            lab2, used2, _, off2, _, blen2, _ = _HDR.unpack_from(buf, hoff)
+            if (lab2, used2, off2, blen2) == (lab, used, off, blen) and data is not None:
+                return data
+        return None
 
     def put(self, index, label, payload, deadline=None):
         """Replace the payload (lock(index) held). False if gone. Raises TableFull."""
         hoff = self.o_slots + index * 40
-        lab, used, kh, nxt, off, blen, dl = _HDR.unpack_from(self.buf, hoff)
+        lab, used, kh, off, nxt, blen, dl = _HDR.unpack_from(self.buf, hoff)
         if not used or lab != label:
             return False
         klen = _U16.unpack_from(self.buf, off)[0]
         n = 2 + klen + len(payload)
         cap = self.arena.slot_size(off)
+        old = 0
         if n > cap or n <= cap // 3:
             noff = self.arena.alloc(n)
             if not noff:
                 raise TableFull("no shm for a %d byte transaction; raise -m" % n)
             self.buf[noff:noff + 2 + klen] = self.buf[off:off + 2 + klen]
-            self.arena.free(off)
-            off = noff
+            old, off = off, noff
         self.buf[off + 2 + klen:off + n] = payload
-        _HDR.pack_into(self.buf, hoff, lab, 1, kh, nxt, off, n, dl if deadline is None else deadline)
+        # single aligned stores, never a zero-filling pack over a live header
+        self.w64[(hoff + 16) >> 3] = off
+        self.w32[(hoff + 28) >> 2] = n
+        if deadline is not None:
+            self.f64[(hoff + 32) >> 3] = deadline
+        if old:
+            self.arena.free(old)
         return True
 
     def delete(self, index, label):
@@ -235,7 +258,7 @@ class TmTable:
         self.bucket_locks.acquire(stripe)
         self.slot_locks.acquire(index % N_SLOT_LOCKS)
         try:
-            lab, used, kh, nxt, off, _, _ = _HDR.unpack_from(buf, hoff)
+            lab, used, kh, off, nxt, _, _ = _HDR.unpack_from(buf, hoff)
             if not used or lab != label:
                 return False
             boff = self.o_buckets + bucket * 4
@@ -244,13 +267,14 @@ class TmTable:
                 _I32.pack_into(buf, boff, nxt)
             else:
                 while cur >= 0:
-                    coff = self.o_slots + cur * 40 + 16
+                    coff = self.o_slots + cur * 40 + 24
                     cnext = _I32.unpack_from(buf, coff)[0]
                     if cnext == index:
                         _I32.pack_into(buf, coff, nxt)
                         break
                     cur = cnext
-            _HDR.pack_into(buf, hoff, lab, 0, 0, -1, 0, 0, 0.0)
+            self.w32[(hoff + 4) >> 2] = 0          # used = 0 first: lock-free readers stop here
+            _HDR.pack_into(buf, hoff, lab, 0, 0, 0, -1, 0, 0.0)
             self.arena.free(off)
             self.alloc_lock.acquire(0)
             self._push_slot(index)
@@ -275,8 +299,11 @@ class TmTable:
                 out.append((i, lab))
         return out
 
-    def set_deadline(self, index, label, deadline):
-        hoff = self.o_slots + index * 40
-        lab, used = struct.unpack_from("<II", self.buf, hoff)
-        if used and lab == label:
-            struct.pack_into("<d", self.buf, hoff + 32, deadline)
+    def still_expired(self, index, label, now):
+        """Re-check a sweep candidate under its lock (the sweep read lock-free)."""
+        self.lock(index)
+        try:
+            lab, used, _, _, _, _, dl = _HDR.unpack_from(self.buf, self.o_slots + index * 40)
+            return bool(used) and lab == label and dl < now
+        finally:
+            self.unlock(index)

@@ -190,10 +190,11 @@ def free(index, label):
     if raw is None:
         return
     try:
-        cell = Cell.decode(raw)
-        for a in cell.aliases:
-            if a and a[0] >= 0:
-                S.table.delete(a[0], a[1])
+        obj = msgpack.unpackb(raw)
+        if len(obj) == len(Cell.__slots__):      # not an ACK alias ([index, label])
+            for a in Cell.decode(raw).aliases:
+                if a and a[0] >= 0:
+                    S.table.delete(a[0], a[1])
     except Exception as e:
         log.err("tm", f"freeing {index}:{label}: {e!r}")
     S.table.delete(index, label)
@@ -201,10 +202,12 @@ def free(index, label):
 
 def sweep():
     S = _S()
-    for index, label in S.table.expired():
-        log.warn("tm", f"transaction {index}:{label} outlived its end of life: freed by the sweep")
-        free(index, label)
-        S.table.delete(index, label)
+    now = time.monotonic()
+    for index, label in S.table.expired(now):
+        if S.table.still_expired(index, label, now):
+            log.warn("tm", f"transaction {index}:{label} outlived its end of life: freed by the sweep")
+            free(index, label)
+            S.table.delete(index, label)
 
 
 __all__ = ["arm_retr", "arm_fr", "arm_rpl_retr", "arm_wait", "push_many", "run", "fire",
