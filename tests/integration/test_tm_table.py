@@ -1,0 +1,99 @@
+"""The shm transaction table on its own: addressing, matching, resizing blobs,
+freeing, and several forked processes hammering it at once.
+
+Runs in: the pytest process and the children it forks (real shared memory).
+"""
+import os
+import random
+
+import pytest
+
+from shm.arena import ShmArena
+from shm.tm_table import TableFull, TmTable
+
+
+@pytest.fixture
+def table():
+    arena = ShmArena.create(16 << 20)
+    t = TmTable(arena, nslots=2048)
+    yield t
+    arena.destroy()
+
+
+def test_insert_find_get_put_delete(table):
+    created, i, l = table.insert(b"k1", b"one", 1e18)
+    assert created and table.find(b"k1") == (i, l) and table.get(i, l) == b"one"
+    assert table.insert(b"k1", b"two", 1e18) == (False, i, l), "same key: the existing one"
+    table.lock(i)
+    assert table.put(i, l, b"x" * 5000)                # grows into a larger arena slot
+    assert table.put(i, l, b"small")                   # and shrinks back
+    table.unlock(i)
+    assert table.get(i, l) == b"small"
+    assert table.get(i, l + 1) is None, "a stale label never reads a recycled slot"
+    assert table.count() == 1 and table.delete(i, l) and table.count() == 0
+    assert table.get(i, l) is None and table.find(b"k1") is None and not table.delete(i, l)
+    created, i2, l2 = table.insert(b"k2", b"again", 1e18)
+    assert (i2, l2) != (i, l)
+
+
+def test_payload_callable_names_its_slot(table):
+    created, i, l = table.insert(b"k", lambda index, label: b"%d.%d" % (index, label), 1e18)
+    assert table.get(i, l) == b"%d.%d" % (i, l)
+
+
+def test_full_table_raises_and_recovers(table):
+    ids = [table.insert(b"k%d" % n, b"v", 1e18) for n in range(table.nslots)]
+    with pytest.raises(TableFull):
+        table.insert(b"one too many", b"v", 1e18)
+    for _, i, l in ids:
+        table.delete(i, l)
+    assert table.count() == 0
+    assert table.insert(b"fits again", b"v", 1e18)[0]
+
+
+def test_expired_and_still_expired(table):
+    _, i, l = table.insert(b"old", b"v", 10.0)
+    _, j, m = table.insert(b"new", b"v", 1e18)
+    assert table.expired(100.0) == [(i, l)]
+    assert table.still_expired(i, l, 100.0) and not table.still_expired(j, m, 100.0)
+
+
+def _worker(table, seed, n):
+    rnd = random.Random(seed)
+    mine = {}
+    for k in range(n):
+        key = b"w%d-%d" % (seed, k)
+        created, i, l = table.insert(key, b"%d" % k, 1e18)
+        assert created
+        mine[key] = (i, l, k)
+        if rnd.random() < 0.5 and mine:
+            dk = rnd.choice(list(mine))
+            di, dl, dv = mine.pop(dk)
+            table.lock(di)
+            assert table.get(di, dl) == b"%d" % dv
+            table.put(di, dl, b"%d" % dv * rnd.randint(1, 300))
+            table.unlock(di)
+            assert table.delete(di, dl)
+        for key2, (i2, l2, v2) in list(mine.items())[-3:]:
+            assert table.find(key2) == (i2, l2)
+    for key, (i, l, v) in mine.items():
+        assert table.delete(i, l)
+
+
+def test_concurrent_processes_keep_the_table_consistent(table):
+    pids = []
+    for seed in range(3):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _worker(table, seed, 400)
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        pids.append(pid)
+    codes = [os.waitpid(p, 0)[1] for p in pids]
+    assert codes == [0, 0, 0]
+    assert table.count() == 0
