@@ -523,7 +523,7 @@ class CodeGen:
         k = self.bind(spec.spec)
         code = f"{g}(ctx, {k}, {spec.index!r})"
         if spec.trans is not None:
-            code = f"{self.bind(spec.trans, 'T')}({code})"
+            code = f"{self.bind(spec.trans, 'T')}({code}, ctx)"
         return code
 
     def pv_type(self, spec):

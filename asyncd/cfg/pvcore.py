@@ -54,7 +54,7 @@ class PvSpec:
 
     def get(self, ctx):
         v = self.getter(ctx, self.spec, self._idx(ctx))
-        return v if self.trans is None else self.trans(v)
+        return v if self.trans is None else self.trans(v, ctx)
 
     def set(self, ctx, value):
         if self.export.set is None:
@@ -114,7 +114,7 @@ def parse_pv(text, loc, table):
         body = text[2:-1]
         core, trs = _split_trans(body, text, loc)
         for t in trs:
-            trans.append(parse_transformation(t, loc))
+            trans.append(parse_transformation(t, loc, table))
     else:
         core = text[1:]
     m = _NAME_RE.match(core)

@@ -176,8 +176,9 @@ _INT_ARGS = {"s.substr": (0, 1), "s.strip": (0,), "s.striptail": (0,), "s.select
              "param.valueat": (0,)}
 
 
-def parse_transformation(text, loc):
-    """`s.substr,1,2` (without braces) -> f(value) (null in, null out)."""
+def parse_transformation(text, loc, table=None):
+    """`s.substr,1,2` (without braces) -> f(value, ctx) (null in, null out).
+    Arguments may be pseudo-variables (`{s.substr,0,$var(n)}`), read at run time."""
     parts = _split_args(text)
     name = parts[0].strip()
     args = [p.strip() for p in parts[1:]]
@@ -190,27 +191,56 @@ def parse_transformation(text, loc):
         raise CfgError(f"transformation {{{name}}} takes {want} argument(s), got {len(args)}",
                        loc.file, loc.line, loc.col)
     conv = []
+    dynamic = False
+    int_args = _INT_ARGS.get(name, ())
     for k, a in enumerate(args):
         if len(a) >= 2 and a[0] == a[-1] and a[0] in "\"'":
             a = a[1:-1]
-        elif k in _INT_ARGS.get(name, ()):
+        elif a.startswith("$") and len(a) > 1 and table is not None:
+            from asyncd.cfg.pvcore import parse_pv
+            a = _DynArg(parse_pv(a, loc, table), k in int_args)
+            dynamic = True
+        elif k in int_args:
             try:
                 a = int(a, 0)
             except ValueError:
                 raise CfgError(f"transformation {{{name}}}: '{a}' is not an integer",
                                loc.file, loc.line, loc.col)
         conv.append(a)
-    fn = build(conv)
+    if dynamic:
+        def tr(v, ctx):
+            if v is None:
+                return None
+            try:
+                return build([x.value(ctx) if type(x) is _DynArg else x for x in conv])(v)
+            except (ValueError, TypeError, AttributeError, IndexError):
+                return None
+    else:
+        fn = build(conv)
 
-    def tr(v):
-        if v is None:
-            return None
-        try:
-            return fn(v)
-        except (ValueError, TypeError, AttributeError):
-            return None
+        def tr(v, ctx):
+            if v is None:
+                return None
+            try:
+                return fn(v)
+            except (ValueError, TypeError, AttributeError, IndexError):
+                return None
     tr.__name__ = "tr_" + name.replace(".", "_")
     return tr
+
+
+class _DynArg:
+    __slots__ = ("spec", "as_int")
+
+    def __init__(self, spec, as_int):
+        self.spec = spec
+        self.as_int = as_int
+
+    def value(self, ctx):
+        v = self.spec.get(ctx)
+        if self.as_int:
+            return int(v) if v is not None else 0
+        return "" if v is None else str(v)
 
 
 def _split_args(text):
@@ -237,8 +267,8 @@ def chain(trs):
     if len(trs) == 1:
         return trs[0]
 
-    def run(v):
+    def run(v, ctx):
         for t in trs:
-            v = t(v)
+            v = t(v, ctx)
         return v
     return run

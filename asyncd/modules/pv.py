@@ -204,13 +204,30 @@ def _tv_parse(inner):
 
 
 # -- $hdr(name), $hdrc(name) ------------------------------------------------------
+class _DynName:
+    """A header name given by variables: `$hdr($var(h))`."""
+    __slots__ = ("pieces",)
+
+    def __init__(self, text):
+        from asyncd.cfg.pvcore import parse_format
+        self.pieces = parse_format(text, None)
+
+    def __call__(self, ctx):
+        from asyncd.cfg.pvcore import fmt
+        return fmt(ctx, self.pieces).strip()
+
+
 def _hdr_parse(inner):
+    if inner and "$" in inner:
+        return _DynName(inner.strip())
     if not inner or not inner.strip() or any(c in inner for c in " :\t"):
         raise ValueError(f"bad header name '{inner}'")
     return inner.strip()
 
 
 def _hdr(ctx, name, idx):
+    if type(name) is _DynName:
+        name = name(ctx)
     m = ctx.msg
     if idx is None or idx == 0:
         return m.hdr(name)
@@ -224,6 +241,8 @@ def _hdr(ctx, name, idx):
 
 
 def _hdrc(ctx, name, idx):
+    if type(name) is _DynName:
+        name = name(ctx)
     return ctx.msg.hdr_count(name)
 
 

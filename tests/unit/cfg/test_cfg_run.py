@@ -555,3 +555,30 @@ def test_many_sleeps_in_one_block_stay_linear(runner):
     body = "".join(f"async_sleep(1); $var(s{i}) = 1;\n" for i in range(25))
     r = runner('loadmodule "tm.so"\nloadmodule "async.so"\nrequest_route {\n' + body + "}\n")
     assert len(r.script.continuations) == 25
+
+
+def test_transformation_arguments_from_variables(runner):
+    r = runner("""
+request_route {
+    $var(n) = 3;
+    $var(k) = "b";
+    $var(p) = "a=1;b=two";
+    $var(sub) = $(ci{s.substr,0,$var(n)});
+    $var(pv) = $(var(p){param.value,$var(k)});
+    $var(tail) = $(fU{s.strip,$var(n)});
+}
+""")
+    r.run()
+    assert (r.vars["sub"], r.vars["pv"], r.vars["tail"]) == ("a84", "two", "ce")
+
+
+def test_header_name_from_variable(runner):
+    r = runner("""
+request_route {
+    $var(h) = "X-Multi";
+    $var(v) = $hdr($var(h));
+    $var(c) = $hdrc($var(h));
+}
+""")
+    r.run()
+    assert (r.vars["v"], r.vars["c"]) == ("one", 2)
