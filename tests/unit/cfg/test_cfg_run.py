@@ -220,18 +220,28 @@ def test_return_in_request_route(runner):
 
 
 def test_function_returning_zero_ends_script(runner):
-    # maxfwd returns -1 (false) for Max-Forwards: 0; a 0 from any function ends the script
+    # rand_get_prob() returns the probability: 0 after rand_set_prob(0)
     msg = make_msg(INVITE.replace("Max-Forwards: 70", "Max-Forwards: 0"))
     r = runner("""
 request_route {
     if (!mf_process_maxfwd_header("10")) { $var(too_many) = 1; }
-    route(Z);
+    rand_set_prob(0);
+    if (rand_event()) { $var(ev) = 1; }
+    rand_get_prob();
     $var(after_zero) = 1;
 }
-route[Z] { rand_set_prob(0); if (rand_event()) { $var(ev) = 1; } cfgutils_zero(); }
-""".replace("cfgutils_zero();", "sleep(0);"))
+""")
     ctx, rc = r.run(msg)
-    assert r.vars.get("too_many") == 1 and "ev" not in r.vars and r.vars.get("after_zero") == 1
+    assert r.vars == {"too_many": 1} and rc == 0
+    r2 = runner("""
+request_route {
+    rand_set_prob(0);
+    if (rand_get_prob() || 1) { $var(in_if) = 1; }
+    $var(after) = 1;
+}
+""")
+    ctx, rc = r2.run()
+    assert r2.vars == {} and rc == 0      # also in a condition, 0 ends the script
 
 
 def test_maxfwd_and_header_ops(runner):
