@@ -181,10 +181,14 @@ class Supervisor:
             self.script.init_modules()
             self.modules_inited = True
             self.plan_children()
+            self.make_tables()
         except StartupError:
             raise
-        except Exception as e:
+        except Exception as e:  # CfgError/RuntimeError from mod_init (contracts §1), ArenaFull
             raise StartupError(f"module initialization failed: {e}") from e
+
+    def make_tables(self):
+        """Process table and message counters, sized to the plan, in the arena's static area."""
         from shm.proctable import ProcTable
         from workers.receiver import Counters
         self.proctable = ProcTable(self.arena, len(self.plan) + 1)
