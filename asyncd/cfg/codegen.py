@@ -336,10 +336,23 @@ class CodeGen:
                 raise
             except Exception as e:
                 raise call.loc.error(f"{call.name}(): fixup failed: {e}")
+        else:
+            self.check_route_args(site)
         self.sites.append(site)
         argv = [self.arg_code(kind, a, info, site, i, fn)
                 for i, (kind, a, info) in enumerate(zip(fe.params, call.args, args))]
         return site, fe, argv
+
+    def check_route_args(self, site):
+        """P.ROUTE literals of functions without their own fixup must name a
+        route block of some kind (exports.P: checked at startup)."""
+        sc = self.script
+        known = sc.route_names | sc.failure_route_names | sc.onreply_route_names | \
+            sc.branch_route_names | sc.event_routes
+        for i, (kind, a) in enumerate(zip(site.func.params, site.args)):
+            if kind == P.ROUTE and a.literal and a.value not in (None, "") \
+                    and str(a.value) not in known:
+                site.arg_error(i, f"{site.func.name}(): no route block named [{a.value}]")
 
     def gen_call_stmt(self, call, fn, cid):
         site, fe, argv = self.make_site(call, fn, cid)

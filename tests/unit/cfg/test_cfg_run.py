@@ -592,3 +592,16 @@ request_route {
 """)
     r.run()
     assert (r.vars["v"], r.vars["c"]) == ("one", 2)
+
+
+def test_route_literal_checked_for_functions_without_fixup(runner, monkeypatch):
+    import pytest
+    from asyncd.core.errors import CfgError
+    from asyncd.core.exports import FuncExport, P
+    from asyncd.modules import cfgutils
+    fe = FuncExport("zz_route_user", (P.ROUTE,), lambda ctx, site, r: 1)
+    monkeypatch.setattr(cfgutils.EXPORTS, "functions", cfgutils.EXPORTS.functions + [fe])
+    runner('request_route { zz_route_user("F"); }\nfailure_route[F] { exit; }\n')
+    with pytest.raises(CfgError) as ei:
+        runner('request_route {\n    zz_route_user("NOPE");\n}\n')
+    assert "no route block named [NOPE]" in ei.value.message and ei.value.col == 19
