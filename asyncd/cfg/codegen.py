@@ -72,13 +72,20 @@ class CodeGen:
         self.sites = []
         self.indent = 0
         self.cur_loc = None
+        self.fn_file = None
         self.hoisted = {}               # id(Call node) -> temp holding its result
         self.cont_by_node = {}          # id(first statement of a rest-of-block) -> continuation id
 
     # -- emit helpers ----------------------------------------------------------
     def w(self, text, loc=None):
         loc = loc or self.cur_loc
-        self.lines.append("    " * self.indent + text + ("  " + _q(loc) if loc else ""))
+        if loc is None:
+            note = ""
+        elif loc.file == self.fn_file and not text.startswith("def "):
+            note = f"  # line {loc.line}"
+        else:
+            note = "  " + _q(loc)
+        self.lines.append("    " * self.indent + text + note)
         self.locs.append(loc)
 
     def name(self, prefix):
@@ -113,6 +120,11 @@ class CodeGen:
     def gen_function(self, pyname, kind, name, stmts, loc):
         fn = _Fn(kind, name)
         self.cur_loc = loc
+        self.fn_file = loc.file if loc else None
+        title = block_title(kind, name) if pyname.startswith("R") else \
+            f"continuation in {block_title(kind, name)}"
+        self.lines.append(f"# {title!r}")
+        self.locs.append(loc)
         self.w(f"def {pyname}(ctx):", loc)
         self.indent += 1
         self.gen_stmts(stmts, fn)
