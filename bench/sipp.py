@@ -156,7 +156,7 @@ def uac_command(scenario: str, target: str, local_port: int, rate: int, calls: i
            "-i", "127.0.0.1", "-p", str(local_port), "-m", str(calls), "-r", str(rate),
            "-rp", "1000", "-nostdin", "-trace_stat", "-stf", stat_file, "-fd", "1",
            "-recv_timeout", str(recv_timeout_ms), "-timeout", f"{global_timeout_s}s",
-           "-timeout_error", "-buff_size", str(buff_size),
+           "-timeout_error", "-buff_size", str(buff_size), "-trace_err",
            # Keep the scheduler busy enough for >10k calls/s on one core.
            "-max_recv_loops", "10000", "-max_sched_loops", "10000"]
     if limit:
@@ -170,7 +170,7 @@ def uas_command(scenario: str, local_port: int, stat_file: str,
                 buff_size: int = DEFAULT_BUFF) -> list:
     return [sipp_binary() or "sipp", "-sf", str(SCENARIO_DIR / scenario),
             "-i", "127.0.0.1", "-p", str(local_port), "-nostdin", "-trace_stat",
-            "-stf", stat_file, "-fd", "1", "-buff_size", str(buff_size),
+            "-stf", stat_file, "-fd", "1", "-buff_size", str(buff_size), "-trace_err",
             "-max_recv_loops", "10000", "-max_sched_loops", "10000"]
 
 
