@@ -24,7 +24,7 @@ from asyncd.core.exports import P
 from asyncd.core.route_types import BLOCK_KINDS
 from asyncd.cfg import nodes as N
 from asyncd.cfg import pvcore
-from asyncd.cfg.fixups import ArgInfo, CallSite, Loc
+from asyncd.cfg.fixups import ArgInfo, CallSite
 from asyncd.cfg.pvcore import PvSpec, parse_format, parse_pv
 
 # pv classes whose value is always a str or None: `==` with a string literal

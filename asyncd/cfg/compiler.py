@@ -11,9 +11,6 @@ module mod_init runs later and separately (`init_modules()`), so
 `asyncd -c` checks a cfg, fixups included, without starting anything.
 """
 import linecache
-import os
-import sys
-import traceback
 from itertools import count
 
 from asyncd.core import log, params
@@ -24,7 +21,6 @@ from asyncd.core.route_types import (BRANCH_ROUTE, CORE_ONREPLY_ROUTE, EVENT_ROU
                                      ONSEND_ROUTE, REQUEST_ROUTE, TM_ONREPLY_ROUTE)
 from asyncd.cfg import core_funcs, nodes as N
 from asyncd.cfg.codegen import CodeGen, runtime_namespace
-from asyncd.cfg.fixups import Loc
 from asyncd.cfg.parser import parse_tokens
 from asyncd.cfg.preprocess import preprocess
 from asyncd.cfg.pvcore import PvTable

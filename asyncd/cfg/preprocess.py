@@ -13,7 +13,7 @@ import os
 import re
 
 from asyncd.core.errors import CfgError
-from asyncd.cfg.lexer import Lexer, Token, ID, STR, DIR, EOF
+from asyncd.cfg.lexer import Lexer, ID, STR, DIR, EOF
 
 # what Kamailio 5.6.3 predefines (src/core/ppcfg.c, main.c), plus our own name
 PREDEFINED = {"KAMAILIO": None, "KAMAILIO_5": None, "KAMAILIO_5_6": None,

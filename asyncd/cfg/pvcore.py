@@ -8,7 +8,6 @@ value helpers called from generated code).
 Kamailio: src/core/pvapi.c (pv_parse_spec, pv_parse_format),
 src/core/rvalue.c (types of `+`, comparisons: the left operand decides).
 """
-import importlib
 import re
 
 from asyncd.core.errors import CfgError

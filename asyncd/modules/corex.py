@@ -6,7 +6,7 @@ Runs in: main process (loading only).
 
 Kamailio: src/modules/corex/corex_mod.c.
 """
-from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport
+from asyncd.core.exports import FuncExport, ModuleExports, ParamExport
 from asyncd.core.route_types import ANY_ROUTE
 
 

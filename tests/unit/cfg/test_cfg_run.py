@@ -316,7 +316,6 @@ request_route {
 
     def boom(ctx, site):
         raise RuntimeError("boom")
-    site = [s for s in r.script.sites if s.func.name == "has_body"][0]
     # the generated code calls the impl bound at compile time: swap it in the namespace
     for fn in r.script.routes.values():
         for k, val in fn.__globals__.items():
@@ -434,8 +433,6 @@ request_route {
 }
 """)
     log.state.level = log.L_WARN
-    calls = []
-    from asyncd.cfg import pvcore
     r.run()
     assert r.vars["rc"] == 1                      # a skipped log call still "returns" 1
     text = "\n".join(logs.lines)
