@@ -37,7 +37,8 @@ def load_module(name):
     if sname in _cache:
         return _cache[sname]
     pyname = ALIASES.get(sname, sname)
-    if not pyname.isidentifier() or pyname.startswith("_") or pyname in _REVERSE.values() and sname != _REVERSE.get(pyname):
+    # python file names of aliased modules (async_mod) are not script names
+    if not pyname.isidentifier() or pyname.startswith("_") or sname in _REVERSE:
         raise UnknownModule(sname)
     try:
         mod = importlib.import_module(f"asyncd.modules.{pyname}")

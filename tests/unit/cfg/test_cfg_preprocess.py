@@ -129,7 +129,8 @@ def test_async_group_errors(value, msg):
 def test_modparams_defaults_types_and_multi():
     s = compile_cfg(text='loadmodule "/usr/lib/kamailio/modules/maxfwd.so"\nloadmodule "xlog"\n'
                          'modparam("maxfwd", "max_limit", 20)\n'
-                         'modparam("xlog", "log_colors", "L_ERR=cr")\nmodparam("xlog", "log_colors", "L_WARN=cy")\n')
+                         'modparam("xlog", "log_colors", "L_ERR=cr")\n'
+                         'modparam("xlog", "log_colors", "L_WARN=cy")\n')
     assert s.modparams["maxfwd"] == {"max_limit": 20}
     assert s.modparams["xlog"]["log_colors"] == ["L_ERR=cr", "L_WARN=cy"]
     assert s.modparams["xlog"]["prefix"] == "<script>: "
