@@ -35,36 +35,58 @@ def make_plots(results: list, out_dir: Path) -> list:
     written = []
     for case, entries in by_case.items():
         timer = any("nominal_ms" in lat for _, lat, _ in entries)
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
         if timer:
-            nominal = entries[0][1]["nominal_ms"]
-            lo = min(min(raw) for _, _, raw in entries)
-            hi = max(max(raw) for _, _, raw in entries)
-            bins = 60
-            for server, _, raw in entries:
-                ax.hist(raw, bins=bins, range=(lo, hi), alpha=0.6, label=server,
-                        color=COLORS.get(server))
-            ax.axvline(nominal, color="black", linestyle="--", linewidth=1, label=f"asked {nominal} ms")
-            ax.set_xlabel("resume delay (ms) = reply time after the request")
-            ax.set_ylabel("requests")
-            ax.set_title(f"{case}: delay histogram")
+            fig = _timer_figure(plt, case, entries)
         else:
+            fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
             for server, _, raw in entries:
-                s = sorted(raw)
-                n = len(s)
-                ax.plot(s, [(i + 1) / n for i in range(n)], label=server, color=COLORS.get(server))
-            ax.set_xscale("log")
-            fmt = matplotlib.ticker.FormatStrFormatter("%g")
-            ax.xaxis.set_major_formatter(fmt)
-            ax.xaxis.set_minor_formatter(fmt)
+                _cdf(ax, sorted(raw), server)
+            _log_x(ax, matplotlib)
             ax.set_xlabel("latency (ms, log scale)")
             ax.set_ylabel("fraction of requests")
             ax.set_title(f"{case}: latency CDF")
-            ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+            ax.legend()
         fig.tight_layout()
         path = out_dir / f"{case}.png"
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _cdf(ax, s, server):
+    n = len(s)
+    ax.plot(s, [(i + 1) / n for i in range(n)], label=server, color=COLORS.get(server))
+
+
+def _log_x(ax, matplotlib):
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _timer_figure(plt, case, entries):
+    """Left: when the replies came (histogram, both servers, the asked delay marked).
+    Right: CDF of |delay error| on a log axis, where 1 ms and 500 ms both show."""
+    import matplotlib
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    nominal = entries[0][1]["nominal_ms"]
+    lo = min(min(raw) for _, _, raw in entries)
+    hi = max(max(raw) for _, _, raw in entries)
+    for server, _, raw in entries:
+        left.hist(raw, bins=80, range=(lo, hi), alpha=0.6, label=server, color=COLORS.get(server))
+        err = sorted(max(abs(v - nominal), 0.001) for v in raw)
+        _cdf(right, err, server)
+    left.axvline(nominal, color="black", linestyle="--", linewidth=1, label=f"asked {nominal} ms")
+    left.set_xlabel("reply time after the request (ms)")
+    left.set_yscale("log")
+    left.set_ylabel("requests (log scale)")
+    left.set_title(f"{case}: when the route resumed")
+    left.legend()
+    _log_x(right, matplotlib)
+    right.set_xlabel("|delay error| (ms, log scale)")
+    right.set_ylabel("fraction of requests")
+    right.set_title(f"{case}: |resume time - asked delay|")
+    right.legend()
+    return fig
