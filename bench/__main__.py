@@ -38,12 +38,13 @@ def cmd_list(args) -> int:
         if s.get("description"):
             print(f"  {'':<14} {s['description']}")
     print("\nCases (each is also a suite of one):")
+    w = max(len(n) for n in cases) + 1
     for name, c in cases.items():
         servers = ", ".join(c.servers)
-        print(f"  {name:<18} {c.title}")
-        print(f"  {'':<18} cfg {c.cfg.name}; servers: {servers}; {c.describe_load()}")
+        print(f"  {name:<{w}} {c.title}")
+        print(f"  {'':<{w}} cfg {c.cfg.name}; servers: {servers}; {c.describe_load()}")
         if c.note:
-            print(f"  {'':<18} note: {c.note}")
+            print(f"  {'':<{w}} note: {c.note}")
     return 0
 
 
