@@ -56,7 +56,8 @@ def cmd_run(args) -> int:
         return 2
     servers = ["asyncd", "kamailio"] if args.server == "both" else [args.server]
     started = dt.datetime.now(dt.timezone.utc)
-    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"{started:%Y%m%dT%H%M%SZ}-{args.suite}"
+    stamp = f"{started:%Y%m%dT%H%M%SZ}-{args.suite}"
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     work.mkdir(exist_ok=True)

@@ -158,7 +158,8 @@ def markdown(doc: dict) -> str:
         f"{(meta.get('sipp_version') or 'SIPp –').rstrip('.')}. Load average (1/5/15 min) "
         f"before {_loads(meta.get('loadavg_before'))}, after {_loads(meta.get('loadavg_after'))}.",
         "",
-        "| case | server | status | max clean rate /s | latency or delay error ms (min / p50 / p90 / p99 / max) "
+        "| case | server | status | max clean rate /s "
+        "| latency or delay error ms (min / p50 / p90 / p99 / max) "
         "| async data | server CPU ms/req | SIPp CPU s (best step) | PSS MB (max) "
         "| kernel UDP drops (latency run + best steps) |",
         "|---|---|---|---|---|---|---|---|---|---|",

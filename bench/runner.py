@@ -82,7 +82,8 @@ def run_latency(srv: Server, tree: ProcessTree, cfg: dict, opts: "RunOptions") -
            "statuses": res.statuses, "achieved_rate": round(res.achieved_rate, 1),
            "max_send_lag_ms": round(res.max_send_lag_us / 1000, 3),
            "latency_ms": stats.summarize(lat, scale=1e-3),
-           "server_cpu_s": m.cpu, "server_cpu_ms_per_req": round(m.cpu * 1000 / res.sent, 4) if res.sent else None,
+           "server_cpu_s": m.cpu,
+           "server_cpu_ms_per_req": round(m.cpu * 1000 / res.sent, 4) if res.sent else None,
            "udp_drops": m.drops, "pss_mb": round(m.pss / MB, 1)}
     nominal = cfg["nominal_ms"]
     if nominal:
@@ -154,9 +155,9 @@ def _sipp_step(srv: Server, tree: ProcessTree, cfg: dict, rate: int, step_s: flo
     with _Meter(tree) as m:
         uas = None
         if uas_port:
-            uas = sipp.SippProcess(sipp.uas_command(cfg["uas"], uas_port, str(workdir / f"{tag}-{rate}-uas.csv")),
-                                   str(workdir / f"{tag}-{rate}-uas.csv"), str(workdir / f"{tag}-{rate}-uas.log"),
-                                   cwd=str(workdir))
+            uas_stat = str(workdir / f"{tag}-{rate}-uas.csv")
+            uas = sipp.SippProcess(sipp.uas_command(cfg["uas"], uas_port, uas_stat), uas_stat,
+                                   str(workdir / f"{tag}-{rate}-uas.log"), cwd=str(workdir))
             time.sleep(0.3)
             target, rsa = f"127.0.0.1:{uas_port}", f"127.0.0.1:{srv.port}"
         else:

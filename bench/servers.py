@@ -59,8 +59,9 @@ def kamailio_version() -> Optional[str]:
 
 def asyncd_version() -> Optional[str]:
     try:
-        out = subprocess.run([sys.executable, "-c", "import asyncd; print(getattr(asyncd, '__version__', ''))"],
-                             capture_output=True, text=True, timeout=30, cwd=str(REPO))
+        code = "import asyncd; print(getattr(asyncd, '__version__', ''))"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                             cwd=str(REPO))
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

@@ -6,7 +6,8 @@ from bench import plots
 
 def test_without_matplotlib_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.setattr(plots, "available", lambda: False)
-    assert plots.make_plots([{"case": "c", "server": "asyncd", "latency": {"_raw_ms": [1.0]}}], tmp_path) == []
+    results = [{"case": "c", "server": "asyncd", "latency": {"_raw_ms": [1.0]}}]
+    assert plots.make_plots(results, tmp_path) == []
     assert list(tmp_path.iterdir()) == []
 
 
@@ -15,7 +16,8 @@ def test_one_png_per_case_with_samples(tmp_path):
     results = [
         {"case": "lat", "server": "asyncd", "latency": {"_raw_ms": [0.1, 0.2, 0.3, 5.0]}},
         {"case": "lat", "server": "kamailio", "latency": {"_raw_ms": [0.05, 0.1, 0.2]}},
-        {"case": "timer", "server": "asyncd", "latency": {"nominal_ms": 100, "_raw_ms": [100.5, 101.0, 102.0]}},
+        {"case": "timer", "server": "asyncd",
+         "latency": {"nominal_ms": 100, "_raw_ms": [100.5, 101.0, 102.0]}},
         {"case": "timer", "server": "kamailio", "latency": {"nominal_ms": 100, "_raw_ms": [100.2, 109.0]}},
         {"case": "nolat", "server": "asyncd", "status": "start failed"},
     ]

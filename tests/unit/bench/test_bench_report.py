@@ -23,7 +23,8 @@ def _res(case, server, rate=None, p50=None, delay=None, pss=10.0, cpu=0.05, stat
             lat["latency_ms"] = {"min": 0.1, "p50": p50, "p90": p50, "p99": p50 * 2, "max": p50 * 3}
         r["latency"] = lat
     if thr is not None:
-        r["throughput"] = {"steps": [{"rate": thr, "reasons": []}, {"rate": thr * 2, "reasons": ["5/10 delivered"]}],
+        r["throughput"] = {"steps": [{"rate": thr, "reasons": []},
+                                     {"rate": thr * 2, "reasons": ["5/10 delivered"]}],
                            "max_clean_rate": thr, "ceiling": thr * 2, "delivered_per_s": thr * 0.99,
                            "server_cpu_ms_per_req": cpu}
     return r

@@ -25,7 +25,8 @@ class FakeServer:
         self.t.start()
 
     def reply(self, req, code):
-        via = [ln for ln in req.split(b"\r\n") if ln.startswith((b"Via:", b"Call-ID:", b"From:", b"To:", b"CSeq:"))]
+        keep = (b"Via:", b"Call-ID:", b"From:", b"To:", b"CSeq:")
+        via = [ln for ln in req.split(b"\r\n") if ln.startswith(keep)]
         return b"SIP/2.0 " + code + b"\r\n" + b"\r\n".join(via) + b"\r\nContent-Length: 0\r\n\r\n"
 
     def loop(self):

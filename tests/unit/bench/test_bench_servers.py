@@ -56,7 +56,8 @@ def test_versions():
 def test_a_cfg_that_answers_late_is_still_seen_ready(tmp_path):
     # ms_sleep_100.cfg without its "ping" shortcut and with 500 ms: every probe is
     # answered 0.5 s late, later than the 0.3 s between probes
-    text = (CASES_DIR / "ms_sleep_100.cfg").read_text().replace('async_ms_sleep("100")', 'async_ms_sleep("500")')
+    text = (CASES_DIR / "ms_sleep_100.cfg").read_text()
+    text = text.replace('async_ms_sleep("100")', 'async_ms_sleep("500")')
     start = text.index('    if ($rU == "ping")')
     end = text.index("}", start) + 2
     cfg = tmp_path / "late.cfg"
