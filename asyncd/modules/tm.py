@@ -95,9 +95,9 @@ def w_t_relay(ctx, site, host=None, port=None):
 
 def w_t_reply(ctx, site, code, reason):
     if ctx.t is None:
-        rc = tm_lookup.t_newtran(ctx)
-        if rc <= 0:
-            return rc if rc == 0 else -1
+        # as Kamailio: no T-state, no stateful reply (t_newtran() first)
+        log.err(MOD, "t_reply(): cannot send a t_reply to a message for which no T-state has been established")
+        return -1
     rc = api.t_reply(ctx, code, reason)
     if rc > 0:
         ctx.t.done = True
@@ -273,14 +273,21 @@ def request_done(ctx):
     suspended is released to the wait timer (Kamailio t_unref: "script writer
     didn't release transaction"); AVPs set after the last relay land in T."""
     h = ctx.t
-    if h is None or h.depth or (h.done and ctx.avps is None):
+    if h is None or h.depth:
         return
+    cur = (ctx.avps.dumps() if ctx.avps is not None else None,
+           ctx.xavps.dumps() if ctx.xavps is not None else None)
+    if h.done and (cur == h.saved or cur == (None, None)):
+        return          # never clobber what a resumed route may be changing meanwhile
     cell = h.acquire()
     if cell is None:
         return
     try:
-        if ctx.avps is not None:
-            cell.avps = ctx.avps.dumps()
+        if cur != h.saved:
+            if cur[0] is not None:
+                cell.avps = cur[0]
+            if cur[1] is not None:
+                cell.xavps = cur[1]
             h.dirty = True
         if not cell.flags & (F_FINAL | F_SUSPENDED) and not cell.has_pending():
             tm_timer.arm_wait(h, cell)

@@ -119,7 +119,7 @@ class Handle:
     written back.
     """
     __slots__ = ("index", "label", "cell", "depth", "out", "timers", "table", "dirty",
-                 "reply_code", "reply_msg", "branch", "done")
+                 "reply_code", "reply_msg", "branch", "done", "saved")
 
     def __init__(self, table, index, label):
         self.table = table
@@ -134,6 +134,7 @@ class Handle:
         self.reply_msg = None  # $T_rpl in failure / onreply routes
         self.branch = -1
         self.done = False      # relayed, replied or suspended by this process's route
+        self.saved = None      # (avps, xavps) bytes last written to the cell by this route
 
     def acquire(self):
         """Lock and load the cell (re-entrant within this handle). None when

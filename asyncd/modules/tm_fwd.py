@@ -99,6 +99,9 @@ def t_relay(ctx, host=None, port=None):
             cell.avps = ctx.avps.dumps()
         if ctx.xavps is not None:
             cell.xavps = ctx.xavps.dumps()
+        if ctx.route_type == 1:
+            h.saved = (cell.avps if ctx.avps is not None else None,
+                       cell.xavps if ctx.xavps is not None else None)
         h.dirty = True
         h.out.append((data, dst, sock))
         tm_timer.arm_retr(h, bno, S.t1)
@@ -147,6 +150,7 @@ def _relay_new(ctx, ruri, dst):
         log.err(MOD, f"t_relay(): {e}")
         return -1
     h = ctx.t = Handle(S.table, index, label)
+    h.saved = (cell.avps, cell.xavps)
     if not created:
         from asyncd.modules.tm_reply import resend_last
         resend_last(ctx.proc, h)

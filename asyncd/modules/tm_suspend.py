@@ -45,6 +45,8 @@ def t_suspend(ctx):
             cell.avps = ctx.avps.dumps()
         if ctx.xavps is not None:
             cell.xavps = ctx.xavps.dumps()
+        h.saved = (cell.avps if ctx.avps is not None else None,
+                   cell.xavps if ctx.xavps is not None else None)
         bno = len(cell.branches)
         fr = min(now() + cell.fr_ms / 1000.0, cell.eol)
         cell.branches.append(["", ["", 0], cell.sock, "", b"", 0, b"", B_BLIND, fr])
