@@ -105,7 +105,8 @@ def t_relay(ctx, host=None, port=None):
         h.dirty = True
         h.out.append((data, dst, sock))
         tm_timer.arm_retr(h, bno, S.t1)
-        tm_timer.arm_fr(h, cell, bno, fr)
+        if fr - now() <= S.t1 / 1000.0:
+            tm_timer.arm_fr(h, cell, bno, fr)   # else armed by the first Timer A/E run
     finally:
         h.release(flush)
     ctx.relayed = True
@@ -159,8 +160,13 @@ def _relay_new(ctx, ruri, dst):
     for data, addr, s in out:
         send(data, addr, s)
     send(made[0], dst, sock)
-    tm_timer.push_many([[tm_timer.K_RETR, index, label, 0, now() + S.t1 / 1000.0, S.t1],
-                        [tm_timer.K_FR, index, label, 0, fr, 0]])
+    t = now()
+    # the fr timer is armed by the first Timer A/E run when the branch is still
+    # pending then: most transactions end before T1 and never cost a heap entry
+    timers = [[tm_timer.K_RETR, index, label, 0, t + S.t1 / 1000.0, S.t1]]
+    if fr - t <= S.t1 / 1000.0:
+        timers.append([tm_timer.K_FR, index, label, 0, fr, 0])
+    tm_timer.push_many(timers)
     ctx.relayed = True
     h.done = True
     return 1

@@ -160,6 +160,9 @@ def _retr_request(h, cell, bno, interval):
     br = cell.branches[bno] if bno < len(cell.branches) else None
     if br is None or br[BR_STATUS] >= 200 or not br[BR_REQ] or cell.flags & F_FINAL:
         return
+    if interval == S.t1 and not (cell.flags & F_INVITE and br[BR_FLAGS] & B_PROV):
+        # first run: the branch outlived T1, now its fr timer is worth a heap entry
+        h.timers.append([K_FR, h.index, h.label, bno, br[BR_FR], 0])
     if cell.flags & F_INVITE:
         if br[BR_FLAGS] & B_PROV:
             return

@@ -379,3 +379,15 @@ def test_failure_reply_mode(net_factory, mode, expect):
     net.uas_reply(_reqs(net, net.uas[1], "INVITE")[0], 486, "Busy Here", idx=1)
     assert net.run(1, lambda: _rpls(net, net.uac) and _rpls(net, net.uac)[-1].status >= 300)
     assert [r.status for r in _rpls(net, net.uac) if r.status >= 200] == [expect]
+
+
+def test_non_invite_with_provisional_still_times_out(net_factory):
+    net = net_factory({"request": lambda ctx: (tm.w_t_set_fr(ctx, None, 0, 700),
+                                               tm_api.t_relay(ctx, *ctx.proc._uas[0]))[1]},
+                      {"retr_timer1": 200, "retr_timer2": 400})
+    net.proc._uas = [uas_addr(net)]
+    data, br, cid = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(), body="hi")
+    net.send(net.uac, data)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "MESSAGE"))
+    net.uas_reply(_reqs(net, net.uas[0], "MESSAGE")[0], 180, "Working")   # before T1
+    assert net.run(1.5, lambda: _rpls(net, net.uac, 408)), "fr_timer still ends it (Timer F)"
