@@ -22,6 +22,7 @@ the child's description and status, and the whole server stops non-zero
 children get SIGTERM, then SIGKILL after STOP_GRACE, shm is unlinked, exit 0
 well within 2 s.
 """
+import gc
 import os
 import select
 import shutil
@@ -271,6 +272,11 @@ class Supervisor:
 
     def spawn_all(self):
         self.ready_r, self.ready_w = _pipe_nonblock(write_blocking=True)
+        # Everything made so far (compiled script, modules, tables) lives as long as the server:
+        # freezing it keeps the children's collections from scanning it (tens of ms per full
+        # collection, seen as p99 latency) and from dirtying its pages (copy-on-write, PSS).
+        gc.collect()
+        gc.freeze()
         for child in self.plan:
             if self.sig_queue and any(s in self.STOP_SIGNALS for s in self.sig_queue):
                 break  # told to stop while forking: stop now rather than fork the rest
