@@ -235,6 +235,8 @@ def test_486_failure_route_relays_to_second_uas(net_factory):
         assert ctx.route_type == FAILURE_ROUTE
         assert tm.w_t_check_status(ctx, None, __import__("re").compile("486")) == 1
         ctx.proc._seen_code = tm._get_reply_code(ctx, None, None)
+        ctx.proc._seen_rpl = (tm._get_T_rpl(ctx, "$rs", None), tm._get_T_rpl(ctx, "$rr", None),
+                              tm._get_T_req(ctx, "$rU", None), tm._get_T(ctx, "reply_reason", None))
         return tm_api.t_relay(ctx, *ctx.proc._uas[1])
     net = net_factory({"request": request, "FAIL": fail}, nuas=2)
     net.proc._uas = [uas_addr(net, 0), uas_addr(net, 1)]
@@ -244,6 +246,7 @@ def test_486_failure_route_relays_to_second_uas(net_factory):
     net.uas_reply(_reqs(net, net.uas[0], "INVITE")[0], 486, "Busy Here", idx=0)
     assert net.run(1, lambda: _reqs(net, net.uas[1], "INVITE"))
     assert net.proc._seen_code == 486
+    assert net.proc._seen_rpl == (486, "Busy Here", "bob", "Busy Here")
     assert net.run(1, lambda: _reqs(net, net.uas[0], "ACK")), "hop-by-hop ACK to the 486"
     net.uas_reply(_reqs(net, net.uas[1], "INVITE")[0], 200, "OK", to_tag="second", idx=1)
     assert net.run(1, lambda: _rpls(net, net.uac, 200))
@@ -391,3 +394,37 @@ def test_non_invite_with_provisional_still_times_out(net_factory):
     assert net.run(1, lambda: _reqs(net, net.uas[0], "MESSAGE"))
     net.uas_reply(_reqs(net, net.uas[0], "MESSAGE")[0], 180, "Working")   # before T1
     assert net.run(1.5, lambda: _rpls(net, net.uac, 408)), "fr_timer still ends it (Timer F)"
+
+
+def test_record_route_and_loose_route(net_factory):
+    from asyncd.modules import rr
+
+    def request(ctx):
+        if rr.loose_route(ctx) > 0:
+            return tm_api.t_relay(ctx)
+        rr.record_route(ctx)
+        return tm_api.t_relay(ctx, *ctx.proc._uas[0])
+    net = net_factory({"request": request})
+    ua = uas_addr(net)
+    net.proc._uas = [ua]
+    data, br, cid = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname(), from_tag="ftrr")
+    net.send(net.uac, data)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "INVITE"))
+    inv = _reqs(net, net.uas[0], "INVITE")[0]
+    assert inv.hdrs("record-route") == ["<sip:127.0.0.1:%d;lr;ftag=ftrr>" % net.paddr[1]]
+    # an in-dialog BYE routed by the UAC through us to the UAS (RFC 3261 16.12)
+    bye, _, _ = build_request("BYE", "sip:uas@%s:%d" % ua, net.uac.getsockname(), callid=cid,
+                              from_tag="ftrr", to_tag="t1", cseq=2,
+                              headers=["Route: <sip:127.0.0.1:%d;lr;ftag=ftrr>" % net.paddr[1]])
+    net.send(net.uac, bye)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "BYE"))
+    b = _reqs(net, net.uas[0], "BYE")[0]
+    assert b.hdrs("route") == [] and b.first_line == "BYE sip:uas@%s:%d SIP/2.0" % ua
+    # a loose route set naming a next hop: $du is that hop, the Route stays
+    bye2, _, _ = build_request("BYE", "sip:elsewhere@192.0.2.1", net.uac.getsockname(), callid=cid,
+                               from_tag="ftrr", to_tag="t1", cseq=3,
+                               headers=["Route: <sip:127.0.0.1:%d;lr>, <sip:%s:%d;lr>" % ((net.paddr[1],) + ua)])
+    net.send(net.uac, bye2)
+    assert net.run(1, lambda: len(_reqs(net, net.uas[0], "BYE")) == 2)
+    b2 = _reqs(net, net.uas[0], "BYE")[1]
+    assert b2.hdrs("route") == ["<sip:%s:%d;lr>" % ua]
