@@ -68,7 +68,15 @@ def record_route(ctx, params=None):
         uri += ";ftag=" + ft
     if params:
         uri += params if params.startswith(";") else ";" + params
-    msg.hdr_adds.append("Record-Route: <%s>\r\n" % uri)
+    existing = msg.hdrs("record-route")
+    if existing and "record-route" not in msg.hdr_removes:
+        # ours must be the topmost value (RFC 3261 16.6 step 4) but added headers
+        # go last: move the received ones after it, order kept
+        msg.hdr_removes.add("record-route")
+        msg.hdr_adds.append("Record-Route: <%s>\r\n" % uri)
+        msg.hdr_adds.extend("Record-Route: %s\r\n" % v for v in existing)
+    else:
+        msg.hdr_adds.append("Record-Route: <%s>\r\n" % uri)
     return 1
 
 

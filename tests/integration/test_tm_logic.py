@@ -407,11 +407,13 @@ def test_record_route_and_loose_route(net_factory):
     net = net_factory({"request": request})
     ua = uas_addr(net)
     net.proc._uas = [ua]
-    data, br, cid = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname(), from_tag="ftrr")
+    data, br, cid = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname(), from_tag="ftrr",
+                                  headers=["Record-Route: <sip:upstream.example;lr>"])
     net.send(net.uac, data)
     assert net.run(1, lambda: _reqs(net, net.uas[0], "INVITE"))
     inv = _reqs(net, net.uas[0], "INVITE")[0]
-    assert inv.hdrs("record-route") == ["<sip:127.0.0.1:%d;lr;ftag=ftrr>" % net.paddr[1]]
+    assert inv.hdrs("record-route") == ["<sip:127.0.0.1:%d;lr;ftag=ftrr>" % net.paddr[1],
+                                        "<sip:upstream.example;lr>"], "ours on top (16.6 step 4)"
     # an in-dialog BYE routed by the UAC through us to the UAS (RFC 3261 16.12)
     bye, _, _ = build_request("BYE", "sip:uas@%s:%d" % ua, net.uac.getsockname(), callid=cid,
                               from_tag="ftrr", to_tag="t1", cseq=2,
