@@ -40,6 +40,7 @@ Order: bucket -> slot -> alloc; never the reverse. None is held across I/O by
 this module; tm holds a slot stripe only while updating its cell (and while
 a failure/resumed route runs, as Kamailio holds the reply lock, B §6.3).
 """
+import os
 import struct
 import time
 
@@ -122,6 +123,11 @@ class TmTable:
     # ---- public API -------------------------------------------------------
     def lock(self, index):
         self.slot_locks.acquire(index % N_SLOT_LOCKS)
+
+    def held_here(self, index):
+        """This process already holds the stripe of `index` (a second take
+        would deadlock: LockSet is not re-entrant)."""
+        return self.slot_locks.owner(index % N_SLOT_LOCKS) == os.getpid()
 
     def unlock(self, index):
         self.slot_locks.release(index % N_SLOT_LOCKS)

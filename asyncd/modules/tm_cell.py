@@ -142,6 +142,12 @@ class Handle:
         if self.depth:
             self.depth += 1
             return self.cell
+        if self.table.held_here(self.index):
+            # another transaction of the same lock stripe is held by this very
+            # process (e.g. t_continue from a failure route): refuse, never deadlock
+            from asyncd.core import log
+            log.err("tm", f"transaction {self.index}:{self.label}: its lock stripe is held by this process")
+            return None
         self.table.lock(self.index)
         raw = self.table.get(self.index, self.label)
         if raw is None:
