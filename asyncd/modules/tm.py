@@ -12,7 +12,6 @@ tm_fwd (t_relay, CANCEL), tm_reply (replies, failure routes), tm_suspend
 (what async and sl call), shm/tm_table.py (the table).
 """
 import random
-import re
 
 from asyncd.core import log
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, ProcSpec, PvExport, PROC_TIMER
@@ -390,5 +389,3 @@ EXPORTS = ModuleExports(
     procs=procs,
     hooks={"request_in": request_in, "request_done": request_done, "reply_in": reply_in},
 )
-
-__all__ = ["EXPORTS", "api", "re"]

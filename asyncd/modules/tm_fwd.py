@@ -15,7 +15,7 @@ from asyncd.core.route_types import BRANCH_ROUTE
 from asyncd.modules import tm_timer
 from asyncd.modules.tm_cell import (F_FINAL, F_CANCELED, F_INVITE, F_IN_FAILURE, F_CONTINUE,
                                     B_BLIND, B_PROV, B_CANCEL, B_CANCEL_SENT,
-                                    BR_DST, BR_SOCK, BR_REQ, BR_STATUS, BR_FLAGS, BR_VIA, BR_RURI)
+                                    BR_DST, BR_SOCK, BR_REQ, BR_STATUS, BR_FLAGS, BR_VIA)
 from asyncd.modules.tm_cell import Handle
 from asyncd.modules.tm_lookup import (S, MOD, make_branch, t_newtran, flush, now, sock_addr, new_cell,
                                       hard_deadline, request_key)
@@ -266,7 +266,3 @@ def e2e_cancel(ctx, h):
 
 
 _reply_addr = reply_addr
-
-
-__all__ = ["t_relay", "e2e_cancel", "send_cancel", "build_hbh", "resolve", "F_INVITE",
-           "BR_RURI"]

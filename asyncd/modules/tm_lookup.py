@@ -15,8 +15,7 @@ import os
 import time
 
 from asyncd.core import log
-from asyncd.modules.tm_cell import (Cell, Handle, F_INVITE, F_FINAL, F_ACKED, F_CANCELED,
-                                    F_SUSPENDED, F_LOCAL)
+from asyncd.modules.tm_cell import Cell, Handle, F_INVITE, F_FINAL, F_ACKED
 
 MOD = "tm"
 BRANCH_PREFIX = "z9hG4bKtm"
@@ -297,8 +296,3 @@ def state_of(h):
     """Flags of a transaction without holding its lock (reads are atomic)."""
     raw = S.table.get(h.index, h.label)
     return None if raw is None else Cell.decode(raw)
-
-
-__all__ = ["S", "request_key", "make_branch", "parse_branch", "t_newtran", "request_in",
-           "lookup_request", "rebuild_request", "flush", "timer_endpoint", "F_CANCELED", "F_SUSPENDED",
-           "F_LOCAL", "F_FINAL", "F_ACKED", "F_INVITE"]

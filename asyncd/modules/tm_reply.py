@@ -17,8 +17,8 @@ from asyncd.core.errors import ScriptExit
 from asyncd.core.route_types import FAILURE_ROUTE, TM_ONREPLY_ROUTE
 from asyncd.modules import tm_timer
 from asyncd.modules.tm_cell import (Cell, Handle, F_FINAL, F_LOCAL, F_CANCELED, F_SUSPENDED, F_INVITE,
-                                    F_IN_FAILURE, F_CONTINUE, B_PROV, B_DISCARD, B_CANCEL, B_CANCEL_SENT, B_BLIND,
-                                    BR_STATUS, BR_REPLY, BR_FLAGS, BR_REQ, BR_DST, BR_SOCK, BR_FR)
+                                    F_IN_FAILURE, B_PROV, B_DISCARD, B_CANCEL, B_CANCEL_SENT, B_BLIND,
+                                    BR_STATUS, BR_REPLY, BR_FLAGS, BR_REQ, BR_DST, BR_SOCK)
 from asyncd.modules.tm_lookup import (S, MOD, parse_branch, flush, now, ack2xx_key, rebuild_request,
                                       hard_deadline, current_proc)
 from asyncd.sip.build import build_reply, stable_to_tag
@@ -331,7 +331,3 @@ def _cancel_pending(h, cell):
                 send_cancel(h, cell, b)
             else:
                 b[BR_FLAGS] |= B_CANCEL
-
-
-__all__ = ["strip_top_via", "local_reply", "reply_cell", "resend_last", "reply_in",
-           "on_reply", "final_decision", "save_ctx_state", "BR_FR"]

@@ -126,7 +126,6 @@ def t_continue(proc, tindex, tlabel, runner):
         cell = h.cell
         save_ctx_state(ctx, cell)
         if not cell.flags & F_FINAL and not cell.has_pending():
-            err = getattr(S, "last_error", None)
             reply_cell(h, cell, ctx.msg, 500, AUTO_500)   # step 9
         cell.flags &= ~F_CONTINUE
         return 0

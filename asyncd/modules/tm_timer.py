@@ -90,7 +90,6 @@ def push_many(entries):
 def run(proc):
     import zmq
     from asyncd import ipc
-    S = _S()
     set_proc(proc)
     pull = ipc.context(proc).socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 0)
@@ -211,7 +210,3 @@ def sweep():
             log.warn("tm", f"transaction {index}:{label} outlived its end of life: freed by the sweep")
             free(index, label)
             S.table.delete(index, label)
-
-
-__all__ = ["arm_retr", "arm_fr", "arm_rpl_retr", "arm_wait", "push_many", "run", "fire",
-           "free", "sweep", "BR_DST", "B_PROV"]

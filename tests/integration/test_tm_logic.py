@@ -12,8 +12,7 @@ import pytest
 from asyncd.core.context import ProcState, RunCtx
 from asyncd.core.errors import ScriptExit
 from asyncd.core.route_types import FAILURE_ROUTE, REQUEST_ROUTE
-from asyncd.modules import tm, tm_api, tm_timer, tmx
-from asyncd.modules.tm_lookup import S
+from asyncd.modules import tm, tm_api, tm_timer
 from tests.helpers.sipclient import Reply, build_request
 
 
