@@ -429,3 +429,26 @@ def test_record_route_and_loose_route(net_factory):
     assert net.run(1, lambda: len(_reqs(net, net.uas[0], "BYE")) == 2)
     b2 = _reqs(net, net.uas[0], "BYE")[1]
     assert b2.hdrs("route") == ["<sip:%s:%d;lr>" % ua]
+
+
+def test_suspend_timeout_runs_armed_failure_route(net_factory):
+    state = {}
+
+    def request(ctx):
+        tm.w_t_on_failure(ctx, None, "LATE")
+        tm.w_t_set_fr(ctx, None, 0, 300)
+        tm_api.t_newtran(ctx)
+        state["id"] = tm_api.t_suspend(ctx)[1:]
+        return 0
+
+    def late(ctx):
+        state["code"] = tm._get_reply_code(ctx, None, None)
+        state["rt"] = ctx.route_type
+        tm.w_t_reply(ctx, None, 503, "Took Too Long")
+    net = net_factory({"request": request, "LATE": late})
+    data, br, cid = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(), body="x")
+    net.send(net.uac, data)
+    assert net.run(1, lambda: _rpls(net, net.uac, 503))
+    assert state["code"] == 408 and state["rt"] == FAILURE_ROUTE
+    ran = []
+    assert tm_api.t_continue(net.proc, *state["id"], ran.append) < 0 and not ran, "B §6.4: never resumed"
