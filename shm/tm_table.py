@@ -19,7 +19,8 @@ Byte layout (little endian), all in one anonymous MAP_SHARED mapping:
 
   [0:64)               table header: nslots u32, nbuckets u32, used u32, _
   slot headers         nslots x 40 bytes:
-      0 label u32 | 4 used u32 | 8 keyhash i64 | 16 blob offset u64
+      0 label u32 | 4 used u32 (bit 0 in use, bit 1 "done": tm's final reply
+      sent, lets timers skip it lock-free) | 8 keyhash i64 | 16 blob offset u64
       | 24 next i32 (bucket chain, -1 end) | 28 blen u32 | 32 deadline f64 (monotonic)
   bucket heads         nbuckets x i32 (-1 empty)
   free slot stack      top i32, then nslots x i32
@@ -223,8 +224,9 @@ class TmTable:
                 return data
         return None
 
-    def put(self, index, label, payload, deadline=None):
-        """Replace the payload (lock(index) held). False if gone. Raises TableFull."""
+    def put(self, index, label, payload, deadline=None, done=False):
+        """Replace the payload (lock(index) held). False if gone. Raises TableFull.
+        done: set the header's "done" bit (never cleared)."""
         hoff = self.o_slots + index * 40
         lab, used, kh, off, nxt, blen, dl = _HDR.unpack_from(self.buf, hoff)
         if not used or lab != label:
@@ -245,6 +247,8 @@ class TmTable:
         self.w32[(hoff + 28) >> 2] = n
         if deadline is not None:
             self.f64[(hoff + 32) >> 3] = deadline
+        if done and used == 1:
+            self.w32[(hoff + 4) >> 2] = 3
         if old:
             self.arena.free(old)
         return True
@@ -289,6 +293,11 @@ class TmTable:
             self.slot_locks.release(index % N_SLOT_LOCKS)
             self.bucket_locks.release(stripe)
         return True
+
+    def is_done(self, index, label):
+        """Lock-free: the slot still holds (index, label) and its done bit is set."""
+        lab, used = struct.unpack_from("<II", self.buf, self.o_slots + index * 40)
+        return lab == label and used == 3
 
     def count(self):
         """Transactions (and ACK aliases) currently held."""

@@ -165,7 +165,8 @@ class Handle:
             return
         try:
             if self.dirty and self.cell is not None:
-                self.table.put(self.index, self.label, self.cell.encode())
+                self.table.put(self.index, self.label, self.cell.encode(),
+                               done=bool(self.cell.flags & F_FINAL))
         finally:
             self.cell = None
             self.table.unlock(self.index)

@@ -132,8 +132,10 @@ def fire(proc, e):
         free(index, label)
         return
     table = _STATE.table
+    if kind != K_RPL and table.is_done(index, label):
+        return                                  # final reply out: retransmissions/fr are moot
     if table.get(index, label) is None:
-        return                                  # freed: nothing to cancel (the common case)
+        return                                  # freed: nothing to cancel
     h = Handle(table, index, label)
     cell = h.acquire()
     if cell is None:
