@@ -126,6 +126,10 @@ event_route[core:tkv] {
 """, core='async_workers_group="name=tkv;workers=1;nonblock=0;usleep=0"')
 
 ORDER = list(EX)
+# Ten servers run these at once on two cores: the end-to-end bound allows scheduling
+# jitter (never early, at most 100 ms late; Kamailio is off by up to a second, spec B §8).
+# The timers' own accuracy is asserted in tests/unit/test_async_timer.py and measured by bench.
+SLACK = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -164,20 +168,20 @@ def _check(res, key, code, lo, hi, title, tag=None):
 
 
 def test_1_5_async_route(guide):
-    _check(guide, "1.5", 404, 4.0, 4.05, "ASYNC MOD TIMER")
+    _check(guide, "1.5", 404, 4.0, 4.0 + SLACK, "ASYNC MOD TIMER")
 
 
 def test_1_6_async_ms_route(guide):
-    _check(guide, "1.6", 404, 0.25, 0.3, "Async Task Worker - default")
+    _check(guide, "1.6", 404, 0.25, 0.25 + SLACK, "Async Task Worker - default")
 
 
 def test_1_7_async_sleep_continues_its_block(guide):
-    srv = _check(guide, "1.7", 404, 4.0, 4.05, "ASYNC MOD TIMER")
+    srv = _check(guide, "1.7", 404, 4.0, 4.0 + SLACK, "ASYNC MOD TIMER")
     assert srv.log().count("PRE x17") == 1          # the part before the sleep ran once
 
 
 def test_1_8_async_ms_sleep_then_relay(guide):
-    _check(guide, "1.8", 200, 0.1, 0.15, "Async Task Worker - default")
+    _check(guide, "1.8", 200, 0.1, 0.1 + SLACK, "Async Task Worker - default")
 
 
 def test_1_10_async_task_route_relays(guide):
