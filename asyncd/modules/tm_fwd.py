@@ -177,16 +177,17 @@ def _run_branch_route(ctx, h, cell):
     name = cell.on_branch
     rt = ctx.route_type
     ctx.route_type = BRANCH_ROUTE
+    ctx.dropped = False
     try:
         S.script.run_branch_route(name, ctx)
     except ScriptExit as e:
-        if e.drop:
-            return False
+        ctx.dropped = ctx.dropped or e.drop
     except Exception as e:
         log.err(MOD, f"branch_route[{name}] failed: {e!r}")
     finally:
         ctx.route_type = rt
-    return True
+    dropped, ctx.dropped = ctx.dropped, False
+    return not dropped
 
 
 def _forward_ack(ctx, host, port):

@@ -155,7 +155,9 @@ def on_reply(proc, h, cell, bno, msg, status):
                 _send_ack(h, cell, br, msg)
         return
     if msg is not None and cell.on_reply:
-        _run_onreply(proc, h, cell, msg, status, bno)
+        dropped = _run_onreply(proc, h, cell, msg, status, bno)
+    else:
+        dropped = False
     if status < 200:
         if not br[BR_FLAGS] & B_PROV:
             br[BR_FLAGS] |= B_PROV
@@ -164,7 +166,8 @@ def on_reply(proc, h, cell, bno, msg, status):
             if br[BR_FLAGS] & B_CANCEL and not br[BR_FLAGS] & B_CANCEL_SENT:
                 from asyncd.modules.tm_fwd import send_cancel
                 send_cancel(h, cell, br)
-        if status > 100 and not cell.flags & F_FINAL and msg is not None:
+        # drop in onreply_route keeps a provisional from going upstream (Kamailio)
+        if status > 100 and not cell.flags & F_FINAL and msg is not None and not dropped:
             data = strip_top_via(msg.buf)
             cell.uas_status = status
             cell.uas_reply = data
@@ -306,10 +309,11 @@ def _run_onreply(proc, h, cell, msg, status, bno):
     h.branch = bno
     try:
         S.script.run_onreply_route(cell.on_reply, ctx)
-    except ScriptExit:
-        pass
+    except ScriptExit as e:
+        ctx.dropped = ctx.dropped or e.drop
     except Exception as e:
         log.err(MOD, f"onreply_route[{cell.on_reply}] failed: {e!r}")
+    return ctx.dropped
 
 
 def _send_ack(h, cell, br, msg):

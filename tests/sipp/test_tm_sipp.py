@@ -69,11 +69,20 @@ request_route {
     if ($rU == "fail") {
         t_on_failure("NEXT");
     }
+    if ($rU == "quiet") {
+        t_on_reply("QUIET");
+    }
     if ($rU == "nofr") {
         t_set_fr(1000, 800);
     }
     if (!t_relay_to_udp("127.0.0.1", UAS)) {
         sl_reply_error();
+    }
+}
+
+onreply_route[QUIET] {
+    if ($rs == 180) {
+        drop;
     }
 }
 
@@ -162,6 +171,16 @@ def test_no_answer_408_after_short_fr(uases):
             assert 0.95 < t408 < 1.4, t408
         r = run_sipp(srv.addr, "tm_uac_408.xml", service="nofr", calls=5, rate=10, timeout=20)
         assert r.rc == 0 and r.successful == 5, r.summary()
+
+
+def test_onreply_route_drop_keeps_180_back(uases):
+    ok = uases("tm_uas_200.xml")
+    with _server(ok) as srv:
+        with SipClient(srv.addr) as c:
+            data, br, cid = build_request("INVITE", f"sip:quiet@127.0.0.1:{srv.port}", c.local)
+            c.send_raw(data)
+            got = c.collect(timeout=2.0, until=lambda rs: any(x.status == 200 for x in rs))
+    assert [x.status for x in got] == [100, 200], got
 
 
 def test_cancel_after_180_gives_487(uases):
