@@ -452,3 +452,30 @@ def test_suspend_timeout_runs_armed_failure_route(net_factory):
     assert state["code"] == 408 and state["rt"] == FAILURE_ROUTE
     ran = []
     assert tm_api.t_continue(net.proc, *state["id"], ran.append) < 0 and not ran, "B §6.4: never resumed"
+
+
+def test_branch_route_runs_per_branch_and_drop_cancels_it(net_factory):
+    seen = []
+
+    def request(ctx):
+        tm.w_t_on_branch(ctx, None, "BR")
+        return tm_api.t_relay(ctx, *ctx.proc._uas[0])
+
+    def br_route(ctx):
+        seen.append(ctx.route_type)
+        if ctx.msg.method == "MESSAGE":
+            ctx.dropped = True            # what `drop` in the compiled block reports
+        else:
+            ctx.msg.hdr_adds.append("X-Branch: yes\r\n")
+    net = net_factory({"request": request, "BR": br_route})
+    net.proc._uas = [uas_addr(net)]
+    opt, _, _ = build_request("OPTIONS", "sip:bob@127.0.0.1", net.uac.getsockname())
+    net.send(net.uac, opt)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "OPTIONS"))
+    assert _reqs(net, net.uas[0], "OPTIONS")[0].hdr("x-branch") == "yes"
+    msg, _, _ = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(), body="x")
+    net.send(net.uac, msg)
+    net.run(0.3)
+    assert not _reqs(net, net.uas[0], "MESSAGE"), "a dropped branch is never sent"
+    from asyncd.core.route_types import BRANCH_ROUTE
+    assert seen == [BRANCH_ROUTE, BRANCH_ROUTE]
