@@ -5,6 +5,7 @@ Runs in: the bench harness process.
     python -m bench list
     python -m bench run full --server both            # the full table (about 10-13 min)
     python -m bench run quick --server asyncd --quick # seconds: the CI smoke run
+    python -m bench report bench/results/<run>/results.json
 
 Each run writes ``results.json`` (machine, Python, commit, Kamailio and
 SIPp versions, every measure), ``results.md`` (the tables, also printed)
@@ -14,6 +15,7 @@ to 127.0.0.1 only; every server and SIPp the run starts, it stops.
 """
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 import time
@@ -103,11 +105,21 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """Re-render the tables (and ratios) of a results.json, e.g. after a report change."""
+    doc = json.loads(Path(args.results).read_text())
+    doc["ratios"] = report.compute_ratios(doc["results"])
+    print(report.markdown(doc))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description="asyncd benchmark harness "
                                  "(same cfg and load against asyncd and Kamailio)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list suites and cases")
+    rp = sub.add_parser("report", help="print the tables of a results.json again")
+    rp.add_argument("results")
     r = sub.add_parser("run", help="run a suite (or a single case)")
     r.add_argument("suite")
     r.add_argument("--server", choices=("asyncd", "kamailio", "both"), default="both")
@@ -119,7 +131,7 @@ def main(argv=None) -> int:
     r.add_argument("--step-s", type=float, default=None, help="override the SIPp step length (s)")
     r.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
-    return cmd_list(args) if args.cmd == "list" else cmd_run(args)
+    return {"list": cmd_list, "report": cmd_report, "run": cmd_run}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -63,8 +63,22 @@ def compute_ratios(results: list) -> list:
             v = ratio(get(a), get(k))
             if v is not None:
                 row[key] = v
+        bounds = {}
+        for key, part in (("max_clean_rate", "sipp"), ("data_clean_rate", "throughput")):
+            # A search whose every step was clean found a floor, not the maximum.
+            a_open = _open_top(a, part)
+            k_open = _open_top(k, part)
+            if key in row and a_open != k_open:
+                bounds[key] = "≥" if a_open else "≤"
+        if bounds:
+            row["bounds"] = bounds
         rows.append(row)
     return rows
+
+
+def _open_top(r: dict, part: str) -> bool:
+    s = r.get(part) or {}
+    return bool(s.get("steps")) and s.get("ceiling") is None and bool(s.get("max_clean_rate"))
 
 
 def strip_raw(results: list) -> list:
@@ -91,6 +105,10 @@ def _fmt(v, nd=2):
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
+
+
+def _fmt_ratio(v) -> str:
+    return "–" if v is None else f"{v:.3g}"
 
 
 def _lat_cell(r: dict) -> str:
@@ -177,11 +195,14 @@ def markdown(doc: dict) -> str:
     if doc.get("ratios"):
         keys = [(k, label) for k, label, _, _ in METRICS if any(k in row for row in doc["ratios"])]
         lines += ["", "Ratios asyncd / Kamailio, same run (rates: higher is better for asyncd; "
-                  "latency, delay error, CPU, PSS: lower is better):", "",
+                  "latency, delay error, CPU, PSS: lower is better; ≤/≥: one server was clean "
+                  "at every step, so its maximum is only a floor):", "",
                   "| case | " + " | ".join(label for _, label in keys) + " |",
                   "|---|" + "---|" * len(keys)]
         for row in doc["ratios"]:
-            lines.append(f"| {row['case']} | " + " | ".join(_fmt(row.get(k)) for k, _ in keys) + " |")
+            b = row.get("bounds", {})
+            cells = [b.get(k, "") + _fmt_ratio(row.get(k)) if k in row else "–" for k, _ in keys]
+            lines.append(f"| {row['case']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

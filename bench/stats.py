@@ -135,13 +135,14 @@ def search_clean_rate(rates: Sequence[int], probe: Callable[[int], StepOutcome],
     return SearchResult(steps=steps, best=best, ceiling=ceiling)
 
 
-def ratio(a, b, ndigits: int = 2):
-    """a/b for the asyncd/Kamailio columns; None when either side is missing or b is 0."""
+def ratio(a, b, digits: int = 3):
+    """a/b to `digits` significant digits (a timer ratio can be 0.005); None when either
+    side is missing or b is 0."""
     if a is None or b is None:
         return None
     try:
         if b == 0:
             return None
-        return round(float(a) / float(b), ndigits)
+        return float(f"{float(a) / float(b):.{digits}g}")
     except (TypeError, ValueError):
         return None

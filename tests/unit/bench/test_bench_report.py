@@ -94,3 +94,18 @@ def test_marginal_failure_rule():
     assert not marginal_failure(StepOutcome(1000, False, dict(base, uas_failed=2)))
     assert not marginal_failure(StepOutcome(1000, False, dict(base, successful=9990)))
     assert not marginal_failure(StepOutcome(1000, False, dict(base, achieved_rate=700.0)))
+
+
+def test_a_search_without_ceiling_makes_the_ratio_a_bound():
+    a = _res("t", "asyncd", rate=6000)
+    k = _res("t", "kamailio", rate=12000)
+    k["sipp"]["ceiling"] = None                       # Kamailio clean up to the top of the ladder
+    [row] = report.compute_ratios([a, k])
+    assert row["max_clean_rate"] == 0.5 and row["bounds"] == {"max_clean_rate": "≤"}
+    doc = {"meta": {"started": "t", "mode": "full", "suite": "s", "duration_s": 1.0,
+                    "machine": {"cpu_count": 2, "cpu_model": "cpu", "memory_gib": 1, "kernel": "k",
+                                "python": "3.11", "commit": "abc"}},
+           "results": [a, k], "ratios": [row]}
+    assert "| t | ≤0.5 |" in report.markdown(doc)
+    a["sipp"]["ceiling"] = None                       # both open: a plain ratio of two floors
+    assert "bounds" not in report.compute_ratios([a, k])[0]

@@ -113,6 +113,8 @@ def test_search_brackets_a_monotone_threshold(rates, threshold, refine):
 
 def test_ratio():
     assert stats.ratio(3, 2) == 1.5
+    assert stats.ratio(0.745, 131.0) == 0.00569          # significant digits, not decimals
+    assert stats.ratio(17500, 12500) == 1.4
     assert stats.ratio(1, 0) is None
     assert stats.ratio(None, 2) is None
 
