@@ -127,7 +127,8 @@ def run_throughput(srv: Server, tree: ProcessTree, cfg: dict, opts: "RunOptions"
         return stats.StepOutcome(rate=rate, clean=not reasons, data=d)
 
     res = stats.search_clean_rate(cfg["rates"], probe, refine=int(cfg.get("refine", 0)), quantum=500,
-                                  should_stop=lambda: opts.budget.exceeded() or srv.proc.poll() is not None)
+                                  should_stop=lambda: opts.budget.exceeded() or srv.proc.poll() is not None,
+                                  retry_if=data_marginal_failure)
     best = res.best.data if res.best else None
     return {"steps": [s.data for s in res.steps], "max_clean_rate": res.max_clean_rate,
             "ceiling": res.ceiling, "at_best": best,
@@ -201,6 +202,15 @@ def marginal_failure(out: stats.StepOutcome) -> bool:
     return (not d.get("failed") and not d.get("uas_failed") and d.get("successful") == d.get("calls")
             and d.get("retransmissions", 0) <= max(1, d.get("calls", 0) // 1000)
             and d.get("achieved_rate", 0) >= 0.9 * d.get("rate", 0))
+
+
+def data_marginal_failure(out: stats.StepOutcome) -> bool:
+    """Everything delivered, and the step failed only because the harness's own sender fell
+    behind its schedule (the box was busy) or at most 0.1 % of the replies were late."""
+    d = out.data
+    if not d.get("complete"):
+        return False
+    return d.get("sent", 0) - d.get("answered", 0) <= max(1, d.get("sent", 0) // 1000)
 
 
 def run_sipp(srv: Server, tree: ProcessTree, cfg: dict, opts: RunOptions, tag: str) -> dict:

@@ -109,3 +109,14 @@ def test_a_search_without_ceiling_makes_the_ratio_a_bound():
     assert "| t | ≤0.5 |" in report.markdown(doc)
     a["sipp"]["ceiling"] = None                       # both open: a plain ratio of two floors
     assert "bounds" not in report.compute_ratios([a, k])[0]
+
+
+def test_data_marginal_failure_rule():
+    from bench.runner import data_marginal_failure
+    from bench.stats import StepOutcome
+    base = {"rate": 2000, "sent": 6000, "answered": 6000, "complete": True,
+            "reasons": ["sender reached only 1658/s"]}
+    assert data_marginal_failure(StepOutcome(2000, False, dict(base)))
+    assert data_marginal_failure(StepOutcome(2000, False, dict(base, answered=5995)))
+    assert not data_marginal_failure(StepOutcome(2000, False, dict(base, answered=5990)))
+    assert not data_marginal_failure(StepOutcome(2000, False, dict(base, complete=False)))
