@@ -18,6 +18,7 @@ the run short: whatever did not run is marked "skipped (time budget)".
 """
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -274,7 +275,9 @@ def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
             pss += [s["pss_mb"] for s in out["sipp"]["steps"]]
         out["server_cpu_s"] = round(tree.cpu_seconds() - cpu0, 3)
     except Exception as e:  # a harness bug must not lose the other cases' results
-        out.update(status="error", reason=f"{type(e).__name__}: {e}")
+        out.update(status="error", reason=f"{type(e).__name__}: {e}",
+                   traceback=traceback.format_exc()[-3000:])
+        opts.log(f"    harness error: {type(e).__name__}: {e}")
     finally:
         if srv.proc.poll() is not None:
             out.update(status="crashed", reason=f"{kind} exited with {srv.proc.returncode} during the run",
