@@ -35,7 +35,7 @@ def build_request(method, ruri, local, branch=None, callid=None, from_tag=None, 
              f"From: <sip:tester@{local[0]}>;tag={from_tag}",
              f"To: <{ruri}>" + (f";tag={to_tag}" if to_tag else ""),
              f"Call-ID: {callid}",
-             f"CSeq: {cseq} {'INVITE' if method == 'ACK' else method}",
+             f"CSeq: {cseq} {method}",  # RFC 3261 17.1.1.3: an ACK's CSeq method is ACK
              f"Contact: <sip:tester@{local[0]}:{local[1]}>"]
     lines += list(headers)
     if body and not any(h.lower().startswith("content-type:") for h in headers):
