@@ -314,6 +314,7 @@ def mod_init(script):
     S.secret = random.getrandbits(31)
     S.table = TmTable(script.shm)
     S.timer_ep = None
+    tm_timer.init_mailbox()     # shared timer feed, before fork
 
 
 def mod_destroy(script):
