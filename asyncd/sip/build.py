@@ -42,7 +42,7 @@ def top_via_received(msg):
     when rport was asked for (RFC 3581 §4) or force_rport() was called. A
     received/rport value the request brought is overwritten, never trusted (a
     forged one would steer the replies we relay)."""
-    line = msg._idx["via"][0]
+    line = msg._v1("via")
     v = msg.via1
     ip, port = msg.src[0], msg.src[1]
     rport = v.rport is not None or msg.force_rport
@@ -111,43 +111,55 @@ def _has_tag(msg, value):
         return _TAG_RE.search(value.rpartition(">")[2] if ">" in value else value) is not None
 
 
+_tails = {}  # (server, body length) -> the encoded "Server: ...\r\nContent-Length: n\r\n\r\n"
+
+
+def _tail(server, blen):
+    t = _tails.get((server, blen))
+    if t is None:
+        t = ("Server: %s\r\n" % server if server else "") + "Content-Length: %d\r\n\r\n" % blen
+        t = t.encode("utf-8", "surrogateescape")
+        if len(_tails) < 256:
+            _tails[(server, blen)] = t
+    return t
+
+
 def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", server="asyncd"):
     """A reply to request msg (RFC 3261 8.2.6): Vias, From, To (+tag), Call-ID,
     CSeq copied; Record-Route copied into 1xx/2xx (RFC 3261 12.1.1);
     msg.reply_lumps and extra_headers appended; Server, Content-Length."""
-    idx = msg._idx
     if isinstance(body, str):
         body = body.encode("utf-8", "surrogateescape")
     out = ["SIP/2.0 %d %s\r\n" % (code, reason)]
-    vias = idx.get("via", ())
-    if vias:
-        out.append("Via: %s\r\n" % (top_via_received(msg) if msg.via1 is not None else vias[0]))
-        for v in vias[1:]:
-            out.append("Via: %s\r\n" % v)
-    f = idx.get("from")
-    if f:
-        out.append("From: %s\r\n" % f[0])
-    t = idx.get("to")
-    if t:
-        t = t[0]
+    vias = msg._vall("via") if msg._multi is not None else None
+    v = msg._v1("via")
+    if v is not None:
+        out.append("Via: %s\r\n" % (top_via_received(msg) if msg.via1 is not None else v))
+        if vias:
+            for v in vias[1:]:
+                out.append("Via: %s\r\n" % v)
+    f = msg._v1("from")
+    if f is not None:
+        out.append("From: %s\r\n" % f)
+    t = msg._v1("to")
+    if t is not None:
         if code > 100 and not _has_tag(msg, t):
             t = "%s;tag=%s" % (t, to_tag or stable_to_tag(msg))
         out.append("To: %s\r\n" % t)
-    for key in ("call-id", "cseq"):
-        lst = idx.get(key)
-        if lst:
-            out.append("%s: %s\r\n" % ("Call-ID" if key == "call-id" else "CSeq", lst[0]))
-    if 100 < code < 300:
-        for rr in idx.get("record-route", ()):
+    v = msg.callid
+    if v is not None:
+        out.append("Call-ID: %s\r\n" % v)
+    v = msg._v1("cseq")
+    if v is not None:
+        out.append("CSeq: %s\r\n" % v)
+    if 100 < code < 300 and "record-route" in msg._first:
+        for rr in msg._vall("record-route"):
             out.append("Record-Route: %s\r\n" % rr)
     for h in msg.reply_lumps:
         out.append(_line(h))
     for h in extra_headers:
         out.append(_line(h))
-    if server:
-        out.append("Server: %s\r\n" % server)
-    out.append("Content-Length: %d\r\n\r\n" % len(body))
-    return _enc(out) + body
+    return "".join(out).encode("utf-8", "surrogateescape") + _tail(server, len(body)) + body
 
 
 def via_line(host, port, branch, transport="UDP", rport=False, params=()):
@@ -220,15 +232,22 @@ def strip_top_via(msg, drop_hdrs=()):
     return _enc(out) + msg.body
 
 
+def _must(msg, key):
+    """A header every parsed message has (parse_msg checked); KeyError as before if not."""
+    v = msg._v1(key)
+    if v is None:
+        raise KeyError(key)
+    return v
+
+
 def _in_tx_request(req, method, to_value, extra_headers):
-    idx = req._idx
     out = ["%s %s SIP/2.0\r\n" % (method, req.ruri),
            "Via: %s\r\n" % req.via1.raw,
-           "From: %s\r\n" % idx["from"][0],
+           "From: %s\r\n" % _must(req, "from"),
            "To: %s\r\n" % to_value,
-           "Call-ID: %s\r\n" % idx["call-id"][0],
+           "Call-ID: %s\r\n" % _must(req, "call-id"),
            "CSeq: %d %s\r\n" % (req.cseq_num, method)]
-    for r in idx.get("route", ()):
+    for r in req._vall("route"):
         out.append("Route: %s\r\n" % r)
     out.append("Max-Forwards: 70\r\n")
     for h in extra_headers:
@@ -241,7 +260,7 @@ def build_cancel(req, extra_headers=()):
     """CANCEL for a request as it was sent on a branch (pass parse_msg of the
     branch's bytes): same Request-URI, Call-ID, From, To, CSeq number, the
     branch's Via only, its Route set (RFC 3261 9.1)."""
-    return _in_tx_request(req, "CANCEL", req._idx["to"][0], extra_headers)
+    return _in_tx_request(req, "CANCEL", _must(req, "to"), extra_headers)
 
 
 def build_ack(req, reply, extra_headers=()):
@@ -249,7 +268,7 @@ def build_ack(req, reply, extra_headers=()):
     INVITE, but To from the reply (with its tag) (RFC 3261 17.1.1.3). `reply`
     is the reply SipMsg or its To value (str); None keeps the request's To."""
     if reply is None:
-        to_value = req._idx["to"][0]
+        to_value = _must(req, "to")
     else:
-        to_value = reply if isinstance(reply, str) else reply._idx["to"][0]
+        to_value = reply if isinstance(reply, str) else _must(reply, "to")
     return _in_tx_request(req, "ACK", to_value, extra_headers)

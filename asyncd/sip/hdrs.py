@@ -343,8 +343,16 @@ def parse_nameaddr_list(value, what="header"):
     return [parse_nameaddr(p, what) for p in split_commas(value)]
 
 
+_CSEQ_FAST_RE = re.compile(r"([0-9]{1,10}+)[ \t]++([A-Za-z0-9\-.!%*_+`'~]++)\Z")
+
+
 def parse_cseq(value):
     """-> (number, method); number is 32-bit (RFC 3261 8.1.1.5, RFC 4475 3.1.2.4)."""
+    m = _CSEQ_FAST_RE.match(value)
+    if m is not None:  # the common shape; anything else gets the checks below
+        num = int(m.group(1))
+        if num <= 0xFFFFFFFF:
+            return num, m.group(2)
     parts = value.split()
     if len(parts) != 2:
         raise SipParseError("Bad CSeq header")

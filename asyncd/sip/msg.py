@@ -20,7 +20,7 @@ stream transport would need Content-Length and a different framer).
 """
 import itertools
 import re
-import time
+from time import time as _time
 
 from .hdrs import (SINGLE, SipParseError, canon, canon_checked, parse_cseq,
                    parse_nameaddr, parse_nameaddr_list, parse_via_line)
@@ -52,6 +52,18 @@ class SipMsg:
     new_uri = None
     dst_uri = None
     force_rport = False
+    is_request = True
+    flags = 0
+    body = b""
+    _vias1 = _cseq = _cl = _callid = None
+    # header index (see _index_headers): unfolded lines ([0] = first line), raw
+    # lines (folding kept; the same list when nothing was folded), key -> line
+    # index of its first occurrence, and key -> all line indexes (only when
+    # some header occurs more than once, else None)
+    _lines = _rawl = ()
+    _first = {}
+    _multi = None
+    _hl_cache = _idx_cache = None
 
     def __init__(self, buf, src, dst, sock, proto):
         self.buf = buf
@@ -60,33 +72,89 @@ class SipMsg:
         self.sock = sock
         self.proto = proto
         self.id = next(_ids)
-        self.rcv_time = time.time()
-        self.is_request = True
-        self.flags = 0
+        self.rcv_time = _time()
         self.hdr_adds = []
         self.hdr_removes = set()
         self.reply_lumps = []
-        self._hl = ()
-        self._idx = {}
-        self._raw = ()
-        self._vias1 = None
-        self._cseq = None
-        self._cl = None
-        self.body = b""
 
     def __repr__(self):
-        return "<SipMsg %s>" % (self._raw[0] if self._raw else "?")
+        return "<SipMsg %s>" % (self._rawl[0] if self._rawl else "?")
+
+    # -- the header index ----------------------------------------------------------
+    # Values are cut out of their line on demand: most headers of a message are
+    # never read, so the eager pass allocates one name string per line, no more.
+    def _v1(self, key):
+        """First value of header `key` (canonical), unfolded and stripped, or None."""
+        i = self._first.get(key)
+        if i is None:
+            return None
+        line = self._lines[i]
+        return line[line.find(":") + 1:].strip(" \t")
+
+    def _vall(self, key):
+        """All values of header `key` (one per header line), in order."""
+        multi = self._multi
+        if multi is not None:
+            ixs = multi.get(key)
+            if ixs is not None:
+                lines = self._lines
+                return [_value(lines[i]) for i in ixs]
+        i = self._first.get(key)
+        if i is None:
+            return []
+        line = self._lines[i]
+        return [line[line.find(":") + 1:].strip(" \t")]
+
+    def _count(self, key):
+        multi = self._multi
+        if multi is not None and key in multi:
+            return len(multi[key])
+        return 1 if key in self._first else 0
+
+    @property
+    def _raw(self):
+        """Raw header lines, folding kept; [0] is the first line."""
+        return self._rawl
+
+    @property
+    def _hl(self):
+        """(canonical key or '' for a bad line, name as written, value) per header line."""
+        hl = self._hl_cache
+        if hl is None:
+            hl = []
+            names = _names
+            for line in itertools.islice(self._lines, 1, None):
+                name, colon, value = line.partition(":")
+                key = names.get(name) if colon else None
+                if key is None:
+                    try:
+                        if not colon:
+                            raise SipParseError("Bad header line")
+                        key = _name_key(name)
+                    except SipParseError:
+                        hl.append(("", line, ""))
+                        continue
+                hl.append((key, name, value.strip(" \t")))
+            self._hl_cache = hl
+        return hl
+
+    @property
+    def _idx(self):
+        """canonical key -> [values] (kept for callers that want the whole index)."""
+        idx = self._idx_cache
+        if idx is None:
+            idx = self._idx_cache = {k: self._vall(k) for k in self._first}
+        return idx
 
     # -- generic header access -------------------------------------------------
     def hdr(self, name):
-        lst = self._idx.get(canon(name))
-        return lst[0] if lst else None
+        return self._v1(canon(name))
 
     def hdrs(self, name):
-        return list(self._idx.get(canon(name), ()))
+        return self._vall(canon(name))
 
     def hdr_count(self, name):
-        return len(self._idx.get(canon(name), ()))
+        return self._count(canon(name))
 
     @property
     def headers(self):
@@ -95,12 +163,12 @@ class SipMsg:
 
     @property
     def first_line(self):
-        return self._raw[0] if self._raw else ""
+        return self._rawl[0] if self._rawl else ""
 
     @property
     def raw_headers(self):
         """(canonical name, raw text as received, folding kept) in order."""
-        raw = self._raw
+        raw = self._rawl
         return [(hl[0], raw[i + 1]) for i, hl in enumerate(self._hl)]
 
     # -- Via ----------------------------------------------------------------------
@@ -113,7 +181,7 @@ class SipMsg:
         v = self._vias
         if v is None:
             v = list(self._vias1 or ())
-            for line in self._idx.get("via", ())[1:]:
+            for line in self._vall("via")[1:]:
                 v.extend(parse_via_line(line))
             self._vias = v
         return v
@@ -128,8 +196,10 @@ class SipMsg:
     # -- the dialog / transaction identifiers --------------------------------------
     @property
     def callid(self):
-        lst = self._idx.get("call-id")
-        return lst[0] if lst else None
+        v = self._callid
+        if v is None:
+            v = self._callid = self._v1("call-id")
+        return v
 
     @property
     def cseq_num(self):
@@ -143,20 +213,20 @@ class SipMsg:
     def from_(self):
         v = self._from
         if v is None:
-            lst = self._idx.get("from")
-            if not lst:
+            s = self._v1("from")
+            if s is None:
                 return None
-            v = self._from = parse_nameaddr(lst[0], "From")
+            v = self._from = parse_nameaddr(s, "From")
         return v
 
     @property
     def to(self):
         v = self._to
         if v is None:
-            lst = self._idx.get("to")
-            if not lst:
+            s = self._v1("to")
+            if s is None:
                 return None
-            v = self._to = parse_nameaddr(lst[0], "To")
+            v = self._to = parse_nameaddr(s, "To")
         return v
 
     @property
@@ -174,10 +244,9 @@ class SipMsg:
     def max_forwards(self):
         v = self._mf
         if v is None:
-            lst = self._idx.get("max-forwards")
-            if not lst:
+            s = self._v1("max-forwards")
+            if s is None:
                 return None
-            s = lst[0]
             if not (s.isascii() and s.isdigit()) or len(s) > 10:
                 raise SipParseError("Bad Max-Forwards header")
             v = self._mf = int(s)
@@ -188,7 +257,7 @@ class SipMsg:
         v = self._contacts
         if v is None:
             v = []
-            for line in self._idx.get("contact", ()):
+            for line in self._vall("contact"):
                 v.extend(parse_nameaddr_list(line, "Contact"))
             self._contacts = v
         return v
@@ -214,7 +283,7 @@ class SipMsg:
 
     def _nalist(self, key, what):
         out = []
-        for line in self._idx.get(key, ()):
+        for line in self._vall(key):
             out.extend(parse_nameaddr_list(line, what))
         return out
 
@@ -271,7 +340,7 @@ def _split_head(m, buf):
             head = head[:head.rfind("\r\n")] if "\r\n" in head else head
             start = len(buf)
             err = "No end of headers"
-    if _FOLDED_RE.search(head) is not None:
+    if _FOLDED_RE.search(head) is not None:  # rare: the regex scan is the cheap test
         groups = []  # a header line and its continuation lines
         for line in head.split("\r\n"):
             if len(groups) > 1 and line[:1] in (" ", "\t"):
@@ -280,9 +349,10 @@ def _split_head(m, buf):
                 groups.append([line])
         raw = ["\r\n".join(g) if len(g) > 1 else g[0] for g in groups]
         lines = [_FOLD_RE.sub(" ", r) if "\r\n" in r else r for r in raw]
-        m._raw = raw
+        m._rawl = raw
     else:
-        lines = m._raw = head.split("\r\n")
+        lines = m._rawl = head.split("\r\n")
+    m._lines = lines
     return lines, start, err
 
 
@@ -301,13 +371,52 @@ def _name_key(name):
     return key
 
 
+def _value(line):
+    return line[line.find(":") + 1:].strip(" \t")
+
+
 def _index_headers(m, lines):
-    hl = []
-    idx = {}
+    """Index the header lines: key -> first line index (and all indexes of repeated
+    headers), no value is cut out yet. Anything unusual (a line without ':', a
+    name not seen before, a folded line, a repeated single-value header) returns
+    False: the caller starts over on the slow path, which reports exactly what
+    is wrong (measured: partition beats find+slice, and a plain loop beats map)."""
+    first = {}
+    multi = None
+    get = _names.get
+    i = 0
+    for line in lines:
+        if i:
+            name, colon, _ = line.partition(":")
+            key = get(name) if colon else None
+            if key is None:
+                return False
+            j = first.get(key)
+            if j is None:
+                first[key] = i
+            elif key in SINGLE:
+                return False
+            else:
+                if multi is None:
+                    multi = {}
+                ixs = multi.get(key)
+                if ixs is None:
+                    multi[key] = [j, i]
+                else:
+                    ixs.append(i)
+        i += 1
+    m._first = first
+    m._multi = multi
+    return True
+
+
+def _index_slow(m, lines):
+    first = {}
+    multi = {}
     err = None
     names = _names
-    append = hl.append
-    for line in itertools.islice(lines, 1, None):
+    for i in range(1, len(lines)):
+        line = lines[i]
         name, colon, value = line.partition(":")
         key = names.get(name) if colon else None
         if key is None:
@@ -317,19 +426,20 @@ def _index_headers(m, lines):
                 key = _name_key(name)
             except SipParseError as e:
                 err = err or e.reason
-                append(("", line, ""))
                 continue
-        value = value.strip(" \t")
-        append((key, name, value))
-        lst = idx.get(key)
-        if lst is None:
-            idx[key] = [value]
+        j = first.get(key)
+        if j is None:
+            first[key] = i
         else:
             if key in SINGLE:
                 err = err or "Multiple %s headers" % name.rstrip(" \t")
-            lst.append(value)
-    m._hl = hl
-    m._idx = idx
+            ixs = multi.get(key)
+            if ixs is None:
+                multi[key] = [j, i]
+            else:
+                ixs.append(i)
+    m._first = first
+    m._multi = multi or None
     return err
 
 
@@ -375,20 +485,25 @@ def _bad_request_line(m, line):
 
 
 def _checks(m, buf, start):
-    idx = m._idx
-    for key, name in _REQUIRED:
-        if key not in idx:
-            raise SipParseError("Missing %s header" % name)
-    m._vias1 = parse_via_line(idx["via"][0])
-    m._cseq = parse_cseq(idx["cseq"][0])
-    if m.is_request and m._cseq[1] != m.method:
+    first = m._first
+    if len(first) < 5 or "via" not in first or "from" not in first or "to" not in first \
+            or "call-id" not in first or "cseq" not in first:
+        for key, name in _REQUIRED:
+            if key not in first:
+                raise SipParseError("Missing %s header" % name)
+    lines = m._lines
+    line = lines[first["via"]]
+    m._vias1 = parse_via_line(line[line.find(":") + 1:].strip(" \t"))
+    line = lines[first["cseq"]]
+    cseq = m._cseq = parse_cseq(line[line.find(":") + 1:].strip(" \t"))
+    if cseq[1] != m.method and m.is_request:
         raise SipParseError("CSeq method does not match request method")
-    cl = idx.get("content-length")
+    i = first.get("content-length")
     blen = len(buf) - start
-    if cl is None:
+    if i is None:
         m.body = buf[start:]  # UDP without Content-Length: the rest (RFC 3261 18.3)
         return
-    v = cl[0]
+    v = _value(lines[i])
     if not (v.isascii() and v.isdigit()) or len(v) > 10:
         raise SipParseError("Bad Content-Length")
     n = m._cl = int(v)
@@ -404,18 +519,18 @@ def _can_reply(m):
         return False
     if m._cseq is None:
         try:
-            lst = m._idx.get("cseq")
-            m._cseq = parse_cseq(lst[0]) if lst else None
+            v = m._v1("cseq")
+            m._cseq = parse_cseq(v) if v is not None else None
         except SipParseError:
             pass
     if m._cseq is not None and m._cseq[1] == "ACK":
         return False
     if not m._vias1:
         try:
-            lst = m._idx.get("via")
-            if not lst:
+            v = m._v1("via")
+            if v is None:
                 return False
-            m._vias1 = parse_via_line(lst[0])
+            m._vias1 = parse_via_line(v)
         except SipParseError:
             return False
     return True
@@ -427,22 +542,35 @@ def parse_msg(buf, src=("0.0.0.0", 0), dst=("0.0.0.0", 0), sock=0, proto="udp"):
         buf = bytes(buf)
     m = SipMsg(buf, src, dst, sock, proto)
     try:
-        if buf[:2] == b"\r\n":  # leading CRLFs are ignored (RFC 3261 7.5)
-            buf = buf.lstrip(b"\r\n")
-            if not buf:
-                raise SipParseError("Empty message")
-        lines, start, err = _split_head(m, buf)
-        herr = _index_headers(m, lines)
-        _first_line(m, lines[0])
-        if err or herr:
-            raise SipParseError(err or herr)
-        _checks(m, buf, start)
+        end = buf.find(b"\r\n\r\n")
+        if end > 0 and buf[0] != 13:
+            # the common case: CRLF framing, no folding, names seen before (a
+            # folded line's name starts with LWS, so it is never in the cache)
+            lines = m._lines = m._rawl = buf[:end].decode("utf-8", "surrogateescape").split("\r\n")
+            if _index_headers(m, lines):
+                _first_line(m, lines[0])
+                _checks(m, buf, end + 4)
+                return m
+        return _parse_slow(m, buf)
     except SipParseError as e:
         e.can_reply = _can_reply(m)
         e.msg = m if e.can_reply else None
         raise
     except Exception as e:  # a parser bug must not kill a receiver
         raise SipParseError("Bad message (%s)" % type(e).__name__) from e
+
+
+def _parse_slow(m, buf):
+    if buf[:2] == b"\r\n":  # leading CRLFs are ignored (RFC 3261 7.5)
+        buf = buf.lstrip(b"\r\n")
+        if not buf:
+            raise SipParseError("Empty message")
+    lines, start, err = _split_head(m, buf)
+    herr = _index_slow(m, lines)
+    _first_line(m, lines[0])
+    if err or herr:
+        raise SipParseError(err or herr)
+    _checks(m, buf, start)
     return m
 
 
