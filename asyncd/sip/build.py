@@ -7,10 +7,11 @@ Header values are copied as received (unfolded); unknown headers of a
 forwarded message are copied byte-for-byte, folding included (RFC 4475
 3.1.1.1). Everything returns bytes ready for sendto().
 """
-import hashlib
 import re
+from hashlib import md5 as _md5
 
 from .hdrs import SipParseError, canon, split_commas
+from .msg import _value
 
 __all__ = ["build_reply", "reply_addr", "stable_to_tag", "build_request_fwd", "via_line",
            "top_via_received", "strip_top_via", "via_dest", "build_cancel", "build_ack"]
@@ -94,7 +95,7 @@ def stable_to_tag(msg):
     v = msg.via1
     tx = (v.branch or v.raw) if v is not None else ""
     key = "%s|%s|%s|%s|%s" % (msg.callid, _from_tag(msg), msg.cseq_num, tx, msg.src[0])
-    return hashlib.md5(key.encode("utf-8", "surrogateescape")).hexdigest()
+    return _md5(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _from_tag(msg):
@@ -105,6 +106,8 @@ def _from_tag(msg):
 
 
 def _has_tag(msg, value):
+    if "tag" not in value and "tag" not in value.lower():
+        return False  # no tag parameter can be there: no need to parse To
     try:
         return msg.to.tag is not None
     except SipParseError:
@@ -130,35 +133,39 @@ def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", serv
     msg.reply_lumps and extra_headers appended; Server, Content-Length."""
     if isinstance(body, str):
         body = body.encode("utf-8", "surrogateescape")
+    first = msg._first
+    lines = msg._lines
+    multi = msg._multi
     out = ["SIP/2.0 %d %s\r\n" % (code, reason)]
-    vias = msg._vall("via") if msg._multi is not None else None
-    v = msg._v1("via")
-    if v is not None:
-        out.append("Via: %s\r\n" % (top_via_received(msg) if msg.via1 is not None else v))
-        if vias:
-            for v in vias[1:]:
-                out.append("Via: %s\r\n" % v)
-    f = msg._v1("from")
-    if f is not None:
-        out.append("From: %s\r\n" % f)
-    t = msg._v1("to")
-    if t is not None:
+    app = out.append
+    i = first.get("via")
+    if i is not None:
+        app("Via: %s\r\n" % (top_via_received(msg) if msg._vias1 else _value(lines[i])))
+        if multi is not None and "via" in multi:
+            for i in multi["via"][1:]:
+                app("Via: %s\r\n" % _value(lines[i]))
+    i = first.get("from")
+    if i is not None:
+        app("From: %s\r\n" % _value(lines[i]))
+    i = first.get("to")
+    if i is not None:
+        t = _value(lines[i])
         if code > 100 and not _has_tag(msg, t):
             t = "%s;tag=%s" % (t, to_tag or stable_to_tag(msg))
-        out.append("To: %s\r\n" % t)
+        app("To: %s\r\n" % t)
     v = msg.callid
     if v is not None:
-        out.append("Call-ID: %s\r\n" % v)
-    v = msg._v1("cseq")
-    if v is not None:
-        out.append("CSeq: %s\r\n" % v)
-    if 100 < code < 300 and "record-route" in msg._first:
+        app("Call-ID: %s\r\n" % v)
+    i = first.get("cseq")
+    if i is not None:
+        app("CSeq: %s\r\n" % _value(lines[i]))
+    if 100 < code < 300 and "record-route" in first:
         for rr in msg._vall("record-route"):
-            out.append("Record-Route: %s\r\n" % rr)
+            app("Record-Route: %s\r\n" % rr)
     for h in msg.reply_lumps:
-        out.append(_line(h))
+        app(_line(h))
     for h in extra_headers:
-        out.append(_line(h))
+        app(_line(h))
     return "".join(out).encode("utf-8", "surrogateescape") + _tail(server, len(body)) + body
 
 
