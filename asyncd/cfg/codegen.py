@@ -432,6 +432,10 @@ class CodeGen:
         if mod:
             return f"unknown function '{name}': it is exported by module '{mod}', " \
                    f"which is not loaded (loadmodule \"{mod}.so\")"
+        from asyncd.cfg.compiler import close_function_names
+        close = close_function_names(name)
+        if close:
+            return f"unknown function '{name}' (did you mean {' or '.join(repr(c) for c in close)}?)"
         return f"unknown function '{name}'"
 
     def arity_msg(self, name, cands, n):

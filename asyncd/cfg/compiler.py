@@ -43,6 +43,7 @@ class Script:
         self.failure_route_names = set()
         self.onreply_route_names = set()
         self.branch_route_names = set()
+        self.empty_routes = set()       # route[...] names whose block has no statement
         self.event_routes = set()
         self.has_request_route = False
         self.has_reply_route = False
@@ -60,6 +61,13 @@ class Script:
     # -- lookups -----------------------------------------------------------------
     def has_route(self, name):
         return str(name) in self.route_names
+
+    def route_is_empty(self, name):
+        """True when route[name] exists and its block holds no statement:
+        Kamailio's async functions refuse such a route with -1 ("empty
+        action lists", spec B §2.1). False for an unknown name (has_route
+        says that)."""
+        return str(name) in self.empty_routes
 
     def find_func(self, name, arity):
         for fe, _mod in self._funcs.get(name, ()):
@@ -262,6 +270,24 @@ def _func_table(modules):
     return table
 
 
+def close_function_names(fname, n=2):
+    """Known script function names that look like `fname` (typo hints)."""
+    import difflib
+    names = {fe.name for fe in core_funcs.EXPORTS.functions}
+    for mod in all_known_modules():
+        try:
+            names.update(fe.name for fe in load_module(mod).functions)
+        except Exception:
+            continue
+    return difflib.get_close_matches(fname, sorted(names), n=n, cutoff=0.75)
+
+
+def _hint(word, choices):
+    import difflib
+    m = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{m[0]}'?)" if m else ""
+
+
 def module_exporting(fname):
     """Name of a known module exporting script function `fname` (for error hints)."""
     for mod in all_known_modules():
@@ -274,12 +300,22 @@ def module_exporting(fname):
     return None
 
 
+def _loadable(name):
+    try:
+        load_module(name)
+        return True
+    except Exception:
+        return False
+
+
 def _load(script, path, loc):
     name = script_name(path)
     try:
         ex = load_module(name)
     except UnknownModule:
-        raise loc.error(f"unknown module '{name}' (loadmodule \"{path}\")")
+        known = [m for m in all_known_modules() if _loadable(m)]
+        raise loc.error(f"unknown module '{name}' (loadmodule \"{path}\"){_hint(name, known)}; "
+                        f"asyncd has: {', '.join(known)}")
     except Exception as e:
         raise loc.error(f"cannot load module '{name}': {type(e).__name__}: {e}")
     if ex in script.modules:
@@ -296,12 +332,14 @@ def _load(script, path, loc):
 def _modparam(script, mod, param, value, loc, vloc):
     ex = script.module(mod)
     if ex is None:
-        raise loc.error(f"modparam for module '{mod}', which is not loaded")
+        raise loc.error(f"modparam for module '{mod}', which is not loaded "
+                        f"(loadmodule \"{mod}.so\" must come before its modparam lines)")
     for p in ex.params:
         if p.name == param:
             break
     else:
-        raise loc.error(f"module '{mod}' has no parameter '{param}'")
+        raise loc.error(f"module '{mod}' has no parameter '{param}'"
+                        f"{_hint(param, [q.name for q in ex.params])}")
     want = p.type
     ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
     if not ok:
@@ -350,6 +388,8 @@ def compile_cfg(path=None, text=None, defines=None, filename=None):
     for r in routes:
         if r.kind == "route":
             script.route_names.add(r.name)
+            if not r.body.stmts:
+                script.empty_routes.add(r.name)
         elif r.kind == "failure":
             script.failure_route_names.add(r.name)
         elif r.kind == "onreply":

@@ -179,7 +179,9 @@ def apply(core, name, value, loc):
             core["ignored"].append(name)
             core[name] = value
             return
-        raise _err(loc, f"unknown core parameter '{name}'")
+        import difflib
+        m = difflib.get_close_matches(name, sorted(TABLE), n=1, cutoff=0.7)
+        raise _err(loc, f"unknown core parameter '{name}'" + (f" (did you mean '{m[0]}'?)" if m else ""))
     kind = entry[0]
     if kind == "listen":
         phrase, extra = value if isinstance(value, tuple) else (value, [])

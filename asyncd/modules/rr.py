@@ -11,7 +11,7 @@ undoes a strict router's R-URI rewrite (16.4). Returns 1 when the request was
 routed by Route headers, -1 when there were none (an initial request).
 """
 from asyncd.core import log
-from asyncd.core.exports import FuncExport, ModuleExports, P
+from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport
 from asyncd.core.route_types import REQUEST_ROUTE, FAILURE_ROUTE, BRANCH_ROUTE
 
 MOD = "rr"
@@ -64,7 +64,7 @@ def record_route(ctx, params=None):
         ft = msg.from_tag
     except Exception:
         ft = None
-    if ft:
+    if ft and ctx.proc.extra.get("rr_ftag", True):
         uri += ";ftag=" + ft
     if params:
         uri += params if params.startswith(";") else ";" + params
@@ -137,6 +137,10 @@ def _w_loose_route(ctx, site):
         return -1
 
 
+def _child_init(proc, rank):
+    proc.extra["rr_ftag"] = bool(proc.script.modparams.get("rr", {}).get("append_fromtag", 1))
+
+
 EXPORTS = ModuleExports(
     name="rr",
     functions=[
@@ -144,4 +148,12 @@ EXPORTS = ModuleExports(
         FuncExport("record_route", (P.STR,), _w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
         FuncExport("loose_route", (), _w_loose_route, REQUEST_ROUTE),
     ],
+    # Kamailio's rr modparams, accepted so stock cfgs load unchanged; only
+    # append_fromtag changes what asyncd does (no ;ftag= when 0).
+    params=[ParamExport("enable_full_lr", int, 0), ParamExport("append_fromtag", int, 1),
+            ParamExport("enable_double_rr", int, 1), ParamExport("add_username", int, 0),
+            ParamExport("enable_socket_mismatch_warning", int, 1),
+            ParamExport("custom_user_avp", str, ""), ParamExport("force_send_socket", int, 0),
+            ParamExport("ignore_user", int, 0), ParamExport("ignore_sips", int, 0)],
+    child_init=_child_init,
 )
