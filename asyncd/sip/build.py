@@ -134,31 +134,30 @@ def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", serv
     if isinstance(body, str):
         body = body.encode("utf-8", "surrogateescape")
     first = msg._first
-    lines = msg._lines
     multi = msg._multi
     out = ["SIP/2.0 %d %s\r\n" % (code, reason)]
     app = out.append
-    i = first.get("via")
-    if i is not None:
-        app("Via: %s\r\n" % (top_via_received(msg) if msg._vias1 else _value(lines[i])))
+    line = first.get("via")
+    if line is not None:
+        app("Via: %s\r\n" % (top_via_received(msg) if msg._vias1 else _value(line)))
         if multi is not None and "via" in multi:
-            for i in multi["via"][1:]:
-                app("Via: %s\r\n" % _value(lines[i]))
-    i = first.get("from")
-    if i is not None:
-        app("From: %s\r\n" % _value(lines[i]))
-    i = first.get("to")
-    if i is not None:
-        t = _value(lines[i])
+            for line in multi["via"][1:]:
+                app("Via: %s\r\n" % _value(line))
+    line = first.get("from")
+    if line is not None:
+        app("From: %s\r\n" % _value(line))
+    line = first.get("to")
+    if line is not None:
+        t = _value(line)
         if code > 100 and not _has_tag(msg, t):
             t = "%s;tag=%s" % (t, to_tag or stable_to_tag(msg))
         app("To: %s\r\n" % t)
     v = msg.callid
     if v is not None:
         app("Call-ID: %s\r\n" % v)
-    i = first.get("cseq")
-    if i is not None:
-        app("CSeq: %s\r\n" % _value(lines[i]))
+    line = first.get("cseq")
+    if line is not None:
+        app("CSeq: %s\r\n" % _value(line))
     if 100 < code < 300 and "record-route" in first:
         for rr in msg._vall("record-route"):
             app("Record-Route: %s\r\n" % rr)

@@ -57,9 +57,9 @@ class SipMsg:
     body = b""
     _vias1 = _cseq = _cl = _callid = None
     # header index (see _index_headers): unfolded lines ([0] = first line), raw
-    # lines (folding kept; the same list when nothing was folded), key -> line
-    # index of its first occurrence, and key -> all line indexes (only when
-    # some header occurs more than once, else None)
+    # lines (folding kept; the same list when nothing was folded), key -> its
+    # first (unfolded) line, and key -> all its lines (only when some header
+    # occurs more than once, else None)
     _lines = _rawl = ()
     _first = {}
     _multi = None
@@ -85,24 +85,21 @@ class SipMsg:
     # never read, so the eager pass allocates one name string per line, no more.
     def _v1(self, key):
         """First value of header `key` (canonical), unfolded and stripped, or None."""
-        i = self._first.get(key)
-        if i is None:
+        line = self._first.get(key)
+        if line is None:
             return None
-        line = self._lines[i]
         return line[line.find(":") + 1:].strip(" \t")
 
     def _vall(self, key):
         """All values of header `key` (one per header line), in order."""
         multi = self._multi
         if multi is not None:
-            ixs = multi.get(key)
-            if ixs is not None:
-                lines = self._lines
-                return [_value(lines[i]) for i in ixs]
-        i = self._first.get(key)
-        if i is None:
+            lst = multi.get(key)
+            if lst is not None:
+                return [_value(line) for line in lst]
+        line = self._first.get(key)
+        if line is None:
             return []
-        line = self._lines[i]
         return [line[line.find(":") + 1:].strip(" \t")]
 
     def _count(self, key):
@@ -382,29 +379,27 @@ def _index_headers(m, lines):
     False: the caller starts over on the slow path, which reports exactly what
     is wrong (measured: partition beats find+slice, and a plain loop beats map)."""
     first = {}
+    setdef = first.setdefault
     multi = None
     get = _names.get
-    i = 0
-    for line in lines:
-        if i:
-            name, colon, _ = line.partition(":")
-            key = get(name) if colon else None
-            if key is None:
+    it = iter(lines)
+    next(it)
+    for line in it:
+        name, colon, _ = line.partition(":")
+        key = get(name) if colon else None
+        if key is None:
+            return False
+        j = setdef(key, line)
+        if j is not line:  # split() gives every line of 2+ chars its own object
+            if key in SINGLE:
                 return False
-            j = first.get(key)
-            if j is None:
-                first[key] = i
-            elif key in SINGLE:
-                return False
+            if multi is None:
+                multi = {}
+            lst = multi.get(key)
+            if lst is None:
+                multi[key] = [j, line]
             else:
-                if multi is None:
-                    multi = {}
-                ixs = multi.get(key)
-                if ixs is None:
-                    multi[key] = [j, i]
-                else:
-                    ixs.append(i)
-        i += 1
+                lst.append(line)
     m._first = first
     m._multi = multi
     return True
@@ -429,15 +424,15 @@ def _index_slow(m, lines):
                 continue
         j = first.get(key)
         if j is None:
-            first[key] = i
+            first[key] = line
         else:
             if key in SINGLE:
                 err = err or "Multiple %s headers" % name.rstrip(" \t")
-            ixs = multi.get(key)
-            if ixs is None:
-                multi[key] = [j, i]
+            lst = multi.get(key)
+            if lst is None:
+                multi[key] = [j, line]
             else:
-                ixs.append(i)
+                lst.append(line)
     m._first = first
     m._multi = multi or None
     return err
@@ -486,24 +481,23 @@ def _bad_request_line(m, line):
 
 def _checks(m, buf, start):
     first = m._first
-    if len(first) < 5 or "via" not in first or "from" not in first or "to" not in first \
-            or "call-id" not in first or "cseq" not in first:
+    via = first.get("via")
+    cseq = first.get("cseq")
+    if via is None or cseq is None or "from" not in first or "to" not in first \
+            or "call-id" not in first:
         for key, name in _REQUIRED:
             if key not in first:
                 raise SipParseError("Missing %s header" % name)
-    lines = m._lines
-    line = lines[first["via"]]
-    m._vias1 = parse_via_line(line[line.find(":") + 1:].strip(" \t"))
-    line = lines[first["cseq"]]
-    cseq = m._cseq = parse_cseq(line[line.find(":") + 1:].strip(" \t"))
+    m._vias1 = parse_via_line(via[via.find(":") + 1:].strip(" \t"))
+    cseq = m._cseq = parse_cseq(cseq[cseq.find(":") + 1:].strip(" \t"))
     if cseq[1] != m.method and m.is_request:
         raise SipParseError("CSeq method does not match request method")
-    i = first.get("content-length")
-    blen = len(buf) - start
-    if i is None:
+    v = first.get("content-length")
+    if v is None:
         m.body = buf[start:]  # UDP without Content-Length: the rest (RFC 3261 18.3)
         return
-    v = _value(lines[i])
+    v = v[v.find(":") + 1:].strip(" \t")
+    blen = len(buf) - start
     if not (v.isascii() and v.isdigit()) or len(v) > 10:
         raise SipParseError("Bad Content-Length")
     n = m._cl = int(v)
