@@ -1,0 +1,202 @@
+"""Acceptance: Kamailio-style cfgs a user would bring, on the real server.
+
+Runs in: the pytest process (asyncd and SIPp run as real processes on
+loopback, free ports).
+
+proxy.cfg is the shape of Kamailio's stock kamailio.cfg (REQINIT checks,
+t_precheck_trans retransmission handling, WITHINDLG with loose_route,
+record_route, route(RELAY) with t_on_branch/t_on_reply/t_on_failure,
+$sht/$shv/$avp/$xavp, switch); async_proxy.cfg relays from async task
+workers and timers (async_task_route, async_route, async_ms_sleep inside a
+switch case, task groups, while and transformations). Every test checks
+that `asyncd -c` accepts the cfg as written and that the tm table is empty
+in the exit log (wt_timer is shortened with -A WT=... so the wait ends
+before the stop).
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.net import free_udp_port
+from tests.helpers.server import REPO_ROOT, run_server
+from tests.helpers.sipclient import SipClient
+from tests.helpers.sipp import SCENARIOS, run_sipp
+
+HERE = Path(__file__).parent
+PROXY = str(HERE / "proxy.cfg")
+ASYNC = str(HERE / "async_proxy.cfg")
+WT = 300        # ms: transactions leave the table well before the stop
+
+needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")
+
+
+class Uas:
+    """A SIPp UAS in the background on a free port (built-in or a scenario)."""
+
+    def __init__(self, builtin=None, scenario=None):
+        self.port = free_udp_port()
+        cmd = [shutil.which("sipp"), "-i", "127.0.0.1", "-p", str(self.port), "-nostdin"]
+        cmd += ["-sn", builtin] if builtin else ["-sf", str(SCENARIOS / scenario)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, cwd="/tmp")
+        time.sleep(0.2)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def uas():
+    made = []
+
+    def make(**kw):
+        u = Uas(**kw)
+        made.append(u)
+        return u
+    yield make
+    for u in made:
+        u.stop()
+
+
+def _stop_clean(srv, settle=0.8):
+    """Let the wait timers run out, SIGTERM, and check the shutdown log."""
+    time.sleep(settle)
+    rc = srv.stop()
+    log = srv.log()
+    assert rc == 0, log[-3000:]
+    assert "transaction table: 0 entries at exit" in log, log[-3000:]
+    assert "all processes stopped, shared memory released" in log
+    assert "Traceback" not in log, log[-3000:]
+    return log
+
+
+def _invite(client, ruri, timeout=3.0, **kw):
+    """INVITE and its final reply for this Call-ID (a 2xx/non-2xx gets its ACK)."""
+    ft = "ft" + os.urandom(4).hex()
+    _, branch, callid = client.send("INVITE", ruri, from_tag=ft, **kw)
+    replies = client.collect(timeout, until=lambda rs: any(
+        r.hdr("call-id") == callid and r.status and r.status >= 200 for r in rs))
+    mine = [r for r in replies if r.hdr("call-id") == callid]
+    final = mine[-1] if mine and mine[-1].status >= 200 else None
+    if final is not None:
+        if final.status < 300:      # end to end ACK, new branch (RFC 3261 13.2.2.4)
+            client.send("ACK", ruri, callid=callid, from_tag=ft, to_tag=final.to_tag)
+        else:                       # hop-by-hop ACK, same branch (17.1.1.3)
+            client.send("ACK", ruri, callid=callid, from_tag=ft, to_tag=final.to_tag, branch=branch)
+    return mine, final, callid, ft
+
+
+@pytest.mark.parametrize("cfg", [PROXY, ASYNC])
+def test_cfg_check_accepts(cfg):
+    p = subprocess.run([sys.executable, "-m", "asyncd", "-c", "-f", cfg, "-A", "LPORT=5060"],
+                       capture_output=True, text=True, cwd=REPO_ROOT, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert "config file ok" in p.stdout + p.stderr
+
+
+def test_stock_proxy_local_replies(sip_client):
+    """REQINIT, WITHINDLG and the switch answer without any UAS."""
+    with run_server(cfg_path=PROXY, defines={"WT": WT, "UASPORT": 9}) as srv:
+        c = sip_client(srv.addr)
+        host = f"127.0.0.1:{srv.port}"
+        r = c.final("OPTIONS", f"sip:{host}")
+        assert (r.status, r.reason) == (200, "Keepalive")
+        assert c.final("INVITE", f"sip:{host}").status == 484          # no user in the R-URI
+        mine, final, _, _ = _invite(c, f"sip:busy@{host}")
+        assert final.status == 486 and final.reason == "Busy Here"
+        assert _invite(c, f"sip:gone@{host}")[1].status == 410
+        assert c.final("INVITE", f"sip:x@{host}", max_forwards=0).status == 483
+        # in-dialog request for no known call and no Route: the stock 404
+        r = c.final("INFO", f"sip:x@{host}", to_tag="abc")
+        assert (r.status, r.reason) == (404, "Not here")
+        # a scanner is banned ($sht(ipban=>$si)): no reply, then nothing for that IP
+        c.send("OPTIONS", f"sip:{host}", headers=("User-Agent: friendly-scanner",))
+        assert c.recv(0.5) is None
+        c.send("OPTIONS", f"sip:{host}")
+        assert c.recv(0.5) is None
+        _stop_clean(srv)
+
+
+@needs_sipp
+def test_stock_proxy_sipp_calls_complete(uas):
+    """SIPp uac -> stock-shaped proxy -> SIPp uas: INVITE/180/200/ACK/BYE all relayed."""
+    u = uas(builtin="uas")
+    with run_server(cfg_path=PROXY, defines={"WT": WT, "UASPORT": u.port}) as srv:
+        r = run_sipp(srv.addr, builtin="uac", calls=30, rate=30, timeout=20)
+        assert r.rc == 0 and r.successful == 30 and r.failed == 0, r.summary()
+        log = _stop_clean(srv)
+    assert len(re.findall(r"INFO: <script> .*reply 200 OK for", log)) >= 60     # INVITE + BYE
+    assert len(re.findall(r"BYE for \S+ without Route, callee service", log)) == 30
+    assert "received 90 requests" in log
+
+
+@needs_sipp
+def test_stock_proxy_failure_route(uas, sip_client):
+    """A 486 from the UAS runs failure_route[MANAGE_FAILURE]: t_check_status, $avp and
+    $xavp of the request, append_to_reply + t_reply("480")."""
+    u = uas(scenario="tm_uas_486.xml")
+    with run_server(cfg_path=PROXY, defines={"WT": WT, "UASPORT": u.port}) as srv:
+        c = sip_client(srv.addr)
+        mine, final, callid, _ = _invite(c, f"sip:alice@127.0.0.1:{srv.port}")
+        assert final is not None and (final.status, final.reason) == (480, "Temporarily Unavailable")
+        assert final.hdr("X-Reason") == "busy"
+        assert 100 in [r.status for r in mine]
+        srv.wait_log(rf"failure 486 for {re.escape(callid)} \(caller tester, callee alice\)")
+        _stop_clean(srv)
+
+
+@needs_sipp
+def test_async_proxy_calls_and_timers(uas, sip_client):
+    """async_ms_sleep in a switch case, async_route(…, 1), async_task_route relays, task
+    group data + route answering a MESSAGE; $avp/$xavp survive every suspend."""
+    u = uas(builtin="uas")
+    with run_server(cfg_path=ASYNC, defines={"WT": WT, "UASPORT": u.port}) as srv:
+        c = sip_client(srv.addr)
+        host = f"127.0.0.1:{srv.port}"
+        assert c.final("OPTIONS", f"sip:{host}").status == 200
+
+        mine, final, callid, _ = _invite(c, f"sip:slow@{host}")
+        assert final is not None and final.status == 200, mine
+        assert 0.19 <= final.elapsed < 1.0, final.elapsed
+        assert [r.status for r in mine][0] == 100          # suspended: 100 at once
+        srv.wait_log(rf"relaying {re.escape(callid)} for tester to slow \(len 4, slept yes\)")
+
+        mine, final, callid, _ = _invite(c, f"sip:later@{host}")
+        assert final is not None and final.status == 200, mine
+        assert 0.95 <= final.elapsed < 2.0, final.elapsed
+        srv.wait_log(rf"relaying {re.escape(callid)} for tester to later \(len 5, slept <null>\)")
+
+        r = c.final("MESSAGE", f"sip:bob@{host}", body="hi", timeout=3)
+        assert r is not None and (r.status, r.reason) == (202, "Accepted")
+        assert int(r.hdr("X-Seen")) > 0
+        srv.wait_log(r"lookup task: from=tester to=bob")
+
+        res = run_sipp(srv.addr, builtin="uac", calls=30, rate=30, timeout=20)
+        assert res.rc == 0 and res.successful == 30 and res.failed == 0, res.summary()
+        log = _stop_clean(srv, settle=1.0)
+    # 30 async_task_route + the async_ms_sleep continuation (the ms timer hands it to default)
+    assert "task group [default]: accepted=31, rejected=0, run=31, skipped=0, pending=0" in log, log[-3000:]
+    assert "task group [lookup]: accepted=2, rejected=0, run=2, skipped=0, pending=0" in log
+
+
+@needs_sipp
+def test_async_proxy_busy_runs_failure_route_after_resume(uas, sip_client):
+    u = uas(scenario="tm_uas_486.xml")
+    with run_server(cfg_path=ASYNC, defines={"WT": WT, "UASPORT": u.port}) as srv:
+        c = sip_client(srv.addr)
+        mine, final, _, _ = _invite(c, f"sip:carol@127.0.0.1:{srv.port}")
+        assert final is not None and (final.status, final.reason) == (480, "Try Later"), mine
+        srv.wait_log(r"busy: 486 tester")
+        _stop_clean(srv)
