@@ -339,6 +339,8 @@ class Supervisor:
         for mod in self.script.modules:
             if mod.child_init is not None:
                 mod.child_init(proc, child.rank)
+        if child.rank == 1 and "core:worker-one-init" in getattr(self.script, "event_routes", ()):
+            _worker_one_init(self.script, proc)
         os.write(self.ready_w, child.idx.to_bytes(4, "little"))
         os.close(self.ready_w)
         return proc
@@ -623,3 +625,14 @@ def _child_log_exc(text):
             log.log(log.L_ERR, MOD, line)
 
 
+
+
+def _worker_one_init(script, proc):
+    """Kamailio runs event_route[core:worker-one-init] once, in the first SIP
+    worker after its child_init (main.c), on a faked request; a failing route
+    is logged, the worker still starts (as Kamailio)."""
+    from asyncd.sip import faked_request
+    try:
+        script.run_event_route("core:worker-one-init", script.new_ctx(faked_request(), proc))
+    except Exception as e:      # noqa: BLE001 - a script error never stops the boot
+        rt.err(MOD, f"event_route[core:worker-one-init] failed: {e!r}")

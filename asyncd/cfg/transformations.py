@@ -110,6 +110,11 @@ _TABLE = {
     "s.rafter": (1, 1, lambda a: lambda v: _to_str(v).rpartition(a[0])[2]),
     "s.replace": (2, 2, lambda a: lambda v: _to_str(v).replace(a[0], a[1])),
     "s.unquote": (0, 0, lambda a: _unquote),
+    "s.count": (1, 1, lambda a: lambda v: _to_str(v).count(a[0][:1]) if a[0] else 0),
+    "s.rm": (1, 1, lambda a: lambda v: _to_str(v).replace(a[0], "")),
+    "s.escape.common": (0, 0, lambda a: _escape_common),
+    "s.unescape.common": (0, 0, lambda a: _unescape_common),
+
     "s.encode.base64": (0, 0, lambda a: lambda v: _b64(v, True)),
     "s.decode.base64": (0, 0, lambda a: lambda v: _b64(v, False)),
     "s.encode.hexa": (0, 0, lambda a: lambda v: _to_str(v).encode().hex()),
@@ -131,6 +136,31 @@ _TABLE = {
     "nameaddr.uri": (0, 0, lambda a: _nameaddr("uri")),
     "nameaddr.name": (0, 0, lambda a: _nameaddr("name")),
 }
+
+
+def _escape_common(v):
+    # Kamailio escape_common(): backslash before ' " \ and NUL
+    out = []
+    for c in _to_str(v):
+        if c in "'\"\\":
+            out.append("\\" + c)
+        elif c == "\0":
+            out.append("\\0")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _unescape_common(v):
+    s, out, i = _to_str(v), [], 0
+    while i < len(s):
+        if s[i] == "\\" and i + 1 < len(s):
+            out.append("\0" if s[i + 1] == "0" else s[i + 1])
+            i += 2
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
 
 
 def _unquote(v):
@@ -183,6 +213,9 @@ def parse_transformation(text, loc, table=None):
     parts = _split_args(text)
     name = parts[0].strip()
     args = [p.strip() for p in parts[1:]]
+    if len(args) >= 2 and args[-2:] == ["", ""]:
+        # a comma as the separator argument, written bare: {s.select,1,,}, {s.count,,}
+        args[-2:] = [","]
     entry = _TABLE.get(name)
     if entry is None:
         raise CfgError(f"unknown transformation {{{name}}}", loc.file, loc.line, loc.col)

@@ -344,6 +344,21 @@ def mod_init(script):
         _tables[name] = HTable(arena, name, p["size"], p["autoexpire"], p["initval"],
                                p["updateexpire"])
     _missing_logged.clear()
+    if "htable:mod-init" in getattr(script, "event_routes", ()):
+        _run_mod_init(script)
+
+
+def _run_mod_init(script):
+    """event_route[htable:mod-init]: Kamailio runs it once in the main process
+    after the tables exist and before any fork (htable's child_init for
+    PROC_INIT), on a faked request: the place to preload $sht values."""
+    from asyncd.core.context import ProcState
+    from asyncd.sip import faked_request
+    proc = ProcState(script, 0, "main process", "main")
+    try:
+        script.run_event_route("htable:mod-init", script.new_ctx(faked_request(), proc))
+    except Exception as e:      # logged like any route error; startup goes on
+        log.err(MOD, f"event_route[htable:mod-init] failed: {e!r}")
 
 
 _record = [None]    # (key, value) of the expired entry while its event route runs
