@@ -114,6 +114,7 @@ def _has_tag(msg, value):
         return _TAG_RE.search(value.rpartition(">")[2] if ">" in value else value) is not None
 
 
+_REPLY = "SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n"
 _tails = {}  # (server, body length) -> the encoded "Server: ...\r\nContent-Length: n\r\n\r\n"
 
 
@@ -135,6 +136,20 @@ def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", serv
         body = body.encode("utf-8", "surrogateescape")
     first = msg._first
     multi = msg._multi
+    if multi is None and msg._vias1 and not extra_headers and not msg.reply_lumps \
+            and (code < 101 or code > 299 or "record-route" not in first):
+        # the common case (one Via line, nothing to append): one format, one encode
+        try:
+            f, t, c, q = first["from"], first["to"], first["call-id"], first["cseq"]
+        except KeyError:
+            pass
+        else:
+            t = t[t.find(":") + 1:].strip(" \t")
+            if code > 100 and not _has_tag(msg, t):
+                t = "%s;tag=%s" % (t, to_tag or stable_to_tag(msg))
+            return (_REPLY % (code, reason, top_via_received(msg), f[f.find(":") + 1:].strip(" \t"), t,
+                              c[c.find(":") + 1:].strip(" \t"), q[q.find(":") + 1:].strip(" \t"))
+                    ).encode("utf-8", "surrogateescape") + _tail(server, len(body)) + body
     out = ["SIP/2.0 %d %s\r\n" % (code, reason)]
     app = out.append
     line = first.get("via")

@@ -186,6 +186,11 @@ def _via_fast(s):
         if port > 65535:
             return None
     v.port = port
+    if rest[:8] == ";branch=" and rest.find(";", 8) < 0:  # a UA's usual Via
+        v.params = {"branch": rest[8:]}
+        v.branch = rest[8:]
+        v.rport = v.received = v.maddr = None
+        return v
     params = v.params = {}
     if rest:
         for p in rest[1:].split(";"):
@@ -280,6 +285,11 @@ def parse_nameaddr(s, what="header"):
     na.raw = s
     na.display = quoted or tokens or ""
     na.uri = uri
+    # the usual From/To tail (the regex lets LWS follow '=', that takes the loop)
+    if tail[:5] == ";tag=" and tail.find(";", 5) < 0 and tail[5] not in " \t":
+        na.params = {"tag": tail[5:]}
+        na.tag = tail[5:]
+        return na
     params = na.params = {}
     if tail:
         for p in tail.split(";")[1:]:
