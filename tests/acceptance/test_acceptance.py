@@ -31,6 +31,7 @@ from tests.helpers.sipp import SCENARIOS, run_sipp
 HERE = Path(__file__).parent
 PROXY = str(HERE / "proxy.cfg")
 ASYNC = str(HERE / "async_proxy.cfg")
+FEATURES = str(HERE / "features.cfg")
 WT = 300        # ms: transactions leave the table well before the stop
 
 needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")
@@ -98,7 +99,7 @@ def _invite(client, ruri, timeout=3.0, **kw):
     return mine, final, callid, ft
 
 
-@pytest.mark.parametrize("cfg", [PROXY, ASYNC])
+@pytest.mark.parametrize("cfg", [PROXY, ASYNC, FEATURES])
 def test_cfg_check_accepts(cfg):
     p = subprocess.run([sys.executable, "-m", "asyncd", "-c", "-f", cfg, "-A", "LPORT=5060"],
                        capture_output=True, text=True, cwd=REPO_ROOT, timeout=30)
@@ -200,3 +201,60 @@ def test_async_proxy_busy_runs_failure_route_after_resume(uas, sip_client):
         assert final is not None and (final.status, final.reason) == (480, "Try Later"), mine
         srv.wait_log(r"busy: 486 tester")
         _stop_clean(srv)
+
+
+def test_features_cfg_init_routes_and_transformations(sip_client):
+    with run_server(cfg_path=FEATURES) as srv:
+        c = sip_client(srv.addr)
+        host = f"127.0.0.1:{srv.port}"
+        # event_route[htable:mod-init] filled $sht before the receivers forked
+        r = c.final("OPTIONS", f"sip:a@{host}", headers=("User-Agent: tester 1.0", "X-List: a,b,c"))
+        assert (r.status, r.reason, r.hdr("X-Greeting")) == (200, "Booted", "Booted")
+        r = c.final("MESSAGE", f"sip:bob@{host}", body="x", headers=("X-Secret: 1",))
+        assert (r.status, r.reason) == (403, "Forbidden 2")
+        srv.wait_log(r"first worker up, greeting Booted")
+        srv.wait_log(r"list count=2 second=b upper=A,B,C")
+        srv.wait_log(r"avp stack 2 1")
+        srv.wait_log(r"tester agent")
+        srv.wait_log(r"NOTICE: <script> .*OPTIONS from sip:tester@127.0.0.1 user=a ftag=ft\S+ vias=1")
+        log = _stop_clean(srv, settle=0)
+    assert log.count("first worker up") == 1
+
+
+@needs_sipp
+def test_async_proxy_retransmission_and_cancel_while_suspended(uas, sip_client):
+    """t_precheck_trans/t_check_trans: retransmissions of an INVITE waiting in
+    async_route get the 100 again and one relay; a CANCEL meanwhile gives 487 and
+    the resume is skipped."""
+    from tests.helpers.sipclient import build_request
+    u = uas(builtin="uas")
+    with run_server(cfg_path=ASYNC, defines={"WT": WT, "UASPORT": u.port}) as srv:
+        c = sip_client(srv.addr)
+        ruri = f"sip:later@127.0.0.1:{srv.port}"
+        data, branch, callid = c.send("INVITE", ruri, from_tag="ftr")
+        time.sleep(0.2)
+        c.send_raw(data)
+        time.sleep(0.2)
+        c.send_raw(data)
+        rs = [r for r in c.collect(2.0, until=lambda rs: any(
+            r.hdr("call-id") == callid and r.status == 200 for r in rs)) if r.hdr("call-id") == callid]
+        assert [r.status for r in rs][:3] == [100, 100, 100], rs
+        assert rs[-1].status == 200
+        ack, _, _ = build_request("ACK", ruri, c.local, callid=callid, from_tag="ftr", to_tag=rs[-1].to_tag)
+        c.send_raw(ack)
+
+        data, branch, callid2 = c.send("INVITE", ruri, from_tag="ftc")
+        time.sleep(0.3)
+        cancel, _, _ = build_request("CANCEL", ruri, c.local, branch=branch, callid=callid2, from_tag="ftc")
+        c.send_raw(cancel)
+        rs = [r for r in c.collect(1.5) if r.hdr("call-id") == callid2]
+        codes = [(r.status, r.hdr("cseq").split()[1]) for r in rs]
+        assert (200, "CANCEL") in codes and (487, "INVITE") in codes, codes
+        final = [r for r in rs if r.status == 487][0]
+        c.send_raw(build_request("ACK", ruri, c.local, branch=branch, callid=callid2, from_tag="ftc",
+                                 to_tag=final.to_tag)[0])
+        time.sleep(0.5)         # past the 1 s resume time of the cancelled one
+        log = _stop_clean(srv)
+    assert len(re.findall(rf"relaying {re.escape(callid)} ", log)) == 1
+    assert f"relaying {callid2} " not in log
+    assert "seconds timer: accepted=2, rejected=0, run=1, skipped=1, pending=0" in log
