@@ -327,7 +327,7 @@ class CodeGen:
     def make_site(self, call, fn, cid):
         cands = self.funcs.get(call.name)
         if not cands:
-            raise call.loc.error(self.unknown_func_msg(call.name))
+            raise call.loc.error(self.unknown_func_msg(call.name, len(call.args)))
         fe = mod = None
         for f, m in cands:
             if len(f.params) == len(call.args):
@@ -426,14 +426,14 @@ class CodeGen:
         loc = self.bind(rc.loc, "L")
         return f"_rdyn(ctx, {v}, {loc})"
 
-    def unknown_func_msg(self, name):
+    def unknown_func_msg(self, name, arity=None):
         from asyncd.cfg.compiler import module_exporting
         mod = module_exporting(name)
         if mod:
             return f"unknown function '{name}': it is exported by module '{mod}', " \
                    f"which is not loaded (loadmodule \"{mod}.so\")"
         from asyncd.cfg.compiler import close_function_names
-        close = close_function_names(name)
+        close = close_function_names(name, arity)
         if close:
             return f"unknown function '{name}' (did you mean {' or '.join(repr(c) for c in close)}?)"
         return f"unknown function '{name}'"

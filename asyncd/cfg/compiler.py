@@ -270,16 +270,23 @@ def _func_table(modules):
     return table
 
 
-def close_function_names(fname, n=2):
-    """Known script function names that look like `fname` (typo hints)."""
+def close_function_names(fname, arity=None, n=2):
+    """Known script function names that look like `fname` (typo hints); those
+    taking `arity` arguments first."""
     import difflib
-    names = {fe.name for fe in core_funcs.EXPORTS.functions}
+    arities = {}
+    mods = [core_funcs.EXPORTS]
     for mod in all_known_modules():
         try:
-            names.update(fe.name for fe in load_module(mod).functions)
+            mods.append(load_module(mod))
         except Exception:
             continue
-    return difflib.get_close_matches(fname, sorted(names), n=n, cutoff=0.75)
+    for m in mods:
+        for fe in m.functions:
+            arities.setdefault(fe.name, set()).add(len(fe.params))
+    close = difflib.get_close_matches(fname, sorted(arities), n=n + 2, cutoff=0.75)
+    close.sort(key=lambda c: arity is not None and arity not in arities[c])   # stable
+    return close[:n]
 
 
 def _hint(word, choices):
