@@ -29,7 +29,12 @@ BOOL_WORDS = {"yes": 1, "true": 1, "on": 1, "enable": 1, "no": 0, "false": 0, "o
 # core message keywords of cfg.y, as the pseudo-variables they read
 CORE_VALUES = {"uri": "$ru", "from_uri": "$fu", "to_uri": "$tu", "src_ip": "$si", "dst_ip": "$Ri",
                "src_port": "$sp", "dst_port": "$Rp", "method": "$rm", "status": "$rs",
-               "proto": "$pr", "snd_ip": "$Ri", "snd_port": "$Rp", "rcv_ip": "$Ri", "rcv_port": "$Rp"}
+               "proto": "$pr", "snd_ip": "$Ri", "snd_port": "$Rp", "rcv_ip": "$Ri", "rcv_port": "$Rp",
+               "af": "$af"}
+# cfg.y's protocol and address family keywords (`proto==UDP`, `af==INET`), as
+# the values $pr and $af read
+CORE_CONSTS = {"UDP": "udp", "TCP": "tcp", "TLS": "tls", "SCTP": "sctp", "WS": "ws", "WSS": "wss",
+               "INET": "ipv4", "INET6": "ipv6"}
 KEYWORDS = ("if", "else", "switch", "case", "default", "while", "return", "exit",
             "drop", "break", "route")
 
@@ -444,6 +449,9 @@ class Parser:
             if t.value in CORE_VALUES and not self.peek().is_op("("):
                 self.advance()
                 return N.Pv(CORE_VALUES[t.value], loc=loc)
+            if t.value in CORE_CONSTS and not self.peek().is_op("("):
+                self.advance()
+                return N.Const(CORE_CONSTS[t.value], loc=loc)
             if t.value == "myself" and not self.peek().is_op("("):
                 self.advance()
                 return N.Myself(loc=loc)

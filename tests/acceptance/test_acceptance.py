@@ -99,7 +99,7 @@ def _invite(client, ruri, timeout=3.0, **kw):
     return mine, final, callid, ft
 
 
-@pytest.mark.parametrize("cfg", [PROXY, ASYNC, FEATURES])
+@pytest.mark.parametrize("cfg", [PROXY, ASYNC, FEATURES, str(HERE / "stock_snippets.cfg")])
 def test_cfg_check_accepts(cfg):
     p = subprocess.run([sys.executable, "-m", "asyncd", "-c", "-f", cfg, "-A", "LPORT=5060"],
                        capture_output=True, text=True, cwd=REPO_ROOT, timeout=30)
@@ -258,3 +258,19 @@ def test_async_proxy_retransmission_and_cancel_while_suspended(uas, sip_client):
     assert len(re.findall(rf"relaying {re.escape(callid)} ", log)) == 1
     assert f"relaying {callid2} " not in log
     assert "seconds timer: accepted=2, rejected=0, run=1, skipped=1, pending=0" in log
+
+
+def test_stock_snippets(sip_client):
+    snip = str(HERE / "stock_snippets.cfg")
+    with run_server(cfg_path=snip, defines={"WT": WT}) as srv:
+        c = sip_client(srv.addr)
+        host = f"127.0.0.1:{srv.port}"
+        r = c.final("OPTIONS", f"sip:a@{host}")
+        assert (r.status, r.reason, r.hdr("X-Du")) == (200, "ok", "sip:127.0.0.1:9")
+        r = c.final("MESSAGE", f"sip:udp@{host}", body="x")
+        assert (r.status, r.reason) == (202, "udp from loopback")
+        r = c.final("REGISTER", f"sip:{host}")
+        assert (r.status, r.reason) == (200, "ok, not stored")
+        r = c.final("MESSAGE", f"sip:b@{host}", body="x")
+        assert (r.status, r.reason) == (404, "Not found")       # t_newtran + t_reply
+        _stop_clean(srv)
