@@ -189,7 +189,8 @@ def t_newtran(ctx):
 def lookup_request(ctx):
     """Handle of the transaction this request belongs to, or None."""
     try:
-        found = S.table.find(request_key(ctx.msg))
+        msg = ctx.msg
+        found = S.table.find(getattr(msg, "_tmkey", None) or request_key(msg))
     except Exception:
         return None
     return Handle(S.table, *found) if found else None

@@ -23,6 +23,7 @@ import time
 import msgpack
 
 from asyncd.core import log
+from asyncd.ipc.mailbox import STORED, STORED_WAKE
 from asyncd.modules.tm_cell import (Cell, Handle, F_FINAL, F_LOCAL, F_ACKED, F_INVITE, F_WAIT,
                                     B_PROV, BR_STATUS, BR_REQ, BR_FR, BR_FLAGS, BR_DST, BR_SOCK)
 
@@ -86,7 +87,6 @@ def push_many(entries):
     mb = _mb[0]
     wake = frame
     if mb is not None:
-        from asyncd.ipc.mailbox import STORED, STORED_WAKE
         r = mb.put(frame, min(e[4] for e in entries))
         if r == STORED:
             return
