@@ -4,7 +4,8 @@ Runs in: a developer's shell (`python -m bench.micro_sip [--json FILE] [--n N]`)
 
 Cases are what a receiver does per datagram: the eager parse_msg alone, then
 parse plus the first access to the fields tm and sl always read (top Via
-branch, CSeq, Call-ID, From tag), then a stateless reply built on top.
+branch, CSeq, Call-ID, From tag), then a stateless reply built on top, then
+the receiver's whole handle() for the bench's stateless cfg (syscalls aside).
 Best of several repeats (the least disturbed run), as timeit advises, timed
 with this process's CPU clock so other load on a shared machine inflates the
 figures less than wall time would.
@@ -77,12 +78,56 @@ def sl_reply(buf):
     reply_addr(m)
 
 
+def sl_only(buf):
+    """What the stateless path itself needs: no field read beyond what sl reads."""
+    m = parse_msg(buf, SIPP)
+    build_reply(m, 200, "OK", server=_SERVER)
+    reply_addr(m)
+
+
+SIPP = ("127.0.0.1", 5061)  # OPTIONS's sender: its Via sent-by is the source address
+_SERVER = "asyncd (0.1 (x86_64/linux))"
+
+
+def receiver_case():
+    """Receiver.handle on the bench's stateless cfg (sl_send_reply 200), the send
+    stubbed out: everything a receiver does per datagram except the two syscalls."""
+    import socket
+    from asyncd.cfg.compiler import compile_cfg
+    from workers.receiver import Receiver
+    script = compile_cfg(text='loadmodule "sl.so"\nloadmodule "pv.so"\n'
+                              'request_route {\n sl_send_reply("200", "OK");\n exit;\n}\n')
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+
+    class Proc:
+        stopping = False
+        index = None
+        sockets = [sock]
+        sent = 0
+
+        def send(self, data, dest, s):
+            Proc.sent += 1
+            return True
+    proc = Proc()
+    proc.script = script
+    script.init_modules()
+    script.child_init_modules(proc, 1)
+    handle = Receiver(proc, 0).handle
+    handle(OPTIONS, SIPP)
+    if Proc.sent != 1:
+        raise RuntimeError("the stateless cfg did not reply")
+    return lambda: handle(OPTIONS, SIPP)
+
+
 CASES = [
     ("parse_msg INVITE (eager pass only)", lambda: parse_msg(INVITE, SRC)),
     ("parse_msg INVITE + Via/CSeq/Call-ID/From-tag", lambda: first_access(INVITE)),
     ("parse_msg OPTIONS + Via/CSeq/Call-ID/From-tag", lambda: first_access(OPTIONS)),
     ("parse_msg 180 reply + Via/CSeq/Call-ID/From-tag", lambda: first_access(REPLY)),
     ("OPTIONS: parse + fields + build_reply 200 + reply_addr", lambda: sl_reply(OPTIONS)),
+    ("OPTIONS: parse + build_reply 200 + reply_addr (sl only)", lambda: sl_only(OPTIONS)),
+    ("OPTIONS: receiver handle(), stateless cfg, send stubbed", None),
     ("INVITE: full validate() of every core header", lambda: parse_msg(INVITE, SRC).validate()),
 ]
 
@@ -98,6 +143,8 @@ def commit():
 def run(n, repeat):
     rows = []
     for name, fn in CASES:
+        if fn is None:
+            fn = receiver_case()
         best = min(timeit.repeat(fn, number=n, repeat=repeat, timer=time.process_time)) / n
         rows.append({"case": name, "us_per_msg": round(best * 1e6, 2), "msgs_per_s": int(1 / best)})
     return rows

@@ -43,7 +43,7 @@ def top_via_received(msg):
     when rport was asked for (RFC 3581 §4) or force_rport() was called. A
     received/rport value the request brought is overwritten, never trusted (a
     forged one would steer the replies we relay)."""
-    line = msg._v1("via")
+    line = msg._via_v or msg._v1("via")
     v = msg.via1
     ip, port = msg.src[0], msg.src[1]
     rport = v.rport is not None or msg.force_rport
@@ -148,7 +148,7 @@ def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", serv
             if code > 100 and not _has_tag(msg, t):
                 t = "%s;tag=%s" % (t, to_tag or stable_to_tag(msg))
             return (_REPLY % (code, reason, top_via_received(msg), f[f.find(":") + 1:].strip(" \t"), t,
-                              c[c.find(":") + 1:].strip(" \t"), q[q.find(":") + 1:].strip(" \t"))
+                              c[c.find(":") + 1:].strip(" \t"), msg._cseq_v or _value(q))
                     ).encode("utf-8", "surrogateescape") + _tail(server, len(body)) + body
     out = ["SIP/2.0 %d %s\r\n" % (code, reason)]
     app = out.append

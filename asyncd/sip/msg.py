@@ -56,6 +56,7 @@ class SipMsg:
     flags = 0
     body = b""
     _vias1 = _cseq = _cl = _callid = None
+    _via_v = _cseq_v = None  # the top Via and CSeq values, cut out by the eager pass
     # header index (see _index_headers): unfolded lines ([0] = first line), raw
     # lines (folding kept; the same list when nothing was folded), key -> its
     # first (unfolded) line, and key -> all its lines (only when some header
@@ -488,8 +489,10 @@ def _checks(m, buf, start):
         for key, name in _REQUIRED:
             if key not in first:
                 raise SipParseError("Missing %s header" % name)
-    m._vias1 = parse_via_line(via[via.find(":") + 1:].strip(" \t"))
-    cseq = m._cseq = parse_cseq(cseq[cseq.find(":") + 1:].strip(" \t"))
+    via = m._via_v = via[via.find(":") + 1:].strip(" \t")
+    m._vias1 = parse_via_line(via)
+    cseq = m._cseq_v = cseq[cseq.find(":") + 1:].strip(" \t")
+    cseq = m._cseq = parse_cseq(cseq)
     if cseq[1] != m.method and m.is_request:
         raise SipParseError("CSeq method does not match request method")
     v = first.get("content-length")
