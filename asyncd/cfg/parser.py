@@ -84,6 +84,8 @@ class Parser:
         t = self.tok
         if t.kind == OP and t.value == text:
             return self.advance()
+        if t.kind == OP and t.value == "=" and text == ")":
+            self.error("syntax error: '=' assigns; use '==' to compare in a condition")
         self.error(f"syntax error: expected '{text}'{' ' + what if what else ''}, found {_describe(t)}")
 
     # -- top level -----------------------------------------------------------

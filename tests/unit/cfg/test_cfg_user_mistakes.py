@@ -47,6 +47,10 @@ def _err(body):
     ('request_route {\n    t_on_failure("MISSING");\n}\n', "user.cfg:7:18", "no such route block 'MISSING'"),
     ('request_route {\n    $var(x) = 1\n    exit;\n}\n', "user.cfg:7:16", "missing ';'"),
     ('request_route {\n    xlog("$(ru{s.foo})");\n}\n', "user.cfg:7", "unknown transformation {s.foo}"),
+    ('request_route {\n    if ($rm = "INVITE") { exit; }\n}\n', "user.cfg:7:13",
+     "'=' assigns; use '==' to compare in a condition"),
+    ('request_route {\n    $rm = "BYE";\n}\n', "user.cfg:7:5", "read-only pseudo-variable"),
+    ('#!ifdef WITH_X\nrequest_route {\n exit;\n}\n', "user.cfg:6:1", "missing #!endif"),
 ])
 def test_user_mistake_messages(body, where, text):
     msg = _err(body)
@@ -109,3 +113,14 @@ def test_transformations_for_stock_cfgs(tr, value, want):
                '$var(out) = $(var(v)' + tr + '); }\n')
     ctx, _ = r.run()
     assert str(r.proc.vars["out"]) == want
+
+
+def test_stock_keywords_and_dsturi():
+    r = Runner('request_route {\n'
+               ' if (proto==UDP && af==INET && !(proto==TCP) && af!=INET6) { $var(k) = 1; }\n'
+               ' if (!isdsturiset()) { setdsturi("sip:10.0.0.9:5070"); }\n'
+               ' if (isdsturiset()) { $var(du) = $du; resetdsturi(); }\n'
+               ' if (!isduriset()) { $var(reset) = 1; }\n}\n')
+    ctx, _ = r.run()
+    assert r.proc.vars["k"] == 1 and r.proc.vars["du"] == "sip:10.0.0.9:5070"
+    assert r.proc.vars["reset"] == 1 and ctx.msg.dst_uri is None
