@@ -296,6 +296,19 @@ class CodeGen:
         else:
             expr = st.expr
         v, ty = self.val(expr, fn)
+        if "_arith('/'" in v or "_arith('%'" in v:
+            # Kamailio (lval_assign): a division by zero fails the assignment,
+            # logs, and the script goes on with the next statement
+            self.w("try:", st.loc)
+            self.indent += 1
+            self._gen_store(st, spec, v, ty, fn)
+            self.indent -= 1
+            self.w("except ZeroDivisionError as _zde:", st.loc)
+            self.w(f"    _zdiv(_zde, {self.bind(st.loc, 'L')})", st.loc)
+        else:
+            self._gen_store(st, spec, v, ty, fn)
+
+    def _gen_store(self, st, spec, v, ty, fn):
         if spec.export.set is _var_set() and spec.index is None and spec.index_pv is None:
             if ty in ("int", "str"):
                 self.w(f"ctx.proc.vars[{spec.spec!r}] = {v}", st.loc)
@@ -699,4 +712,9 @@ def runtime_namespace():
         "_strlen": lambda v: 0 if v is None else len(v if type(v) is str else str(v)),
         "_strempty": lambda v: v is None or v == "",
         "_retint": lambda v: (pvcore.to_int(v) if pvcore.to_int(v) is not None else 0),
+        "_zdiv": _zdiv,
     }
+
+
+def _zdiv(e, loc):
+    log.err("core", f"{e}: assignment not done", where=loc.where)

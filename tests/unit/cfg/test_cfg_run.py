@@ -296,13 +296,30 @@ def test_runtime_error_logs_cfg_location(runner, logs):
 request_route {
     $var(z) = 0;
     $var(a) = 1;
-    $var(b) = 10 / $var(z);
+    if (10 / $var(z) > 1) { $var(b) = 1; }
     $var(c) = 1;
 }
 """)
     ctx, rc = r.run()
     assert rc == -1 and "c" not in r.vars
     assert any("test.cfg:12" in l and "ZeroDivisionError" in l for l in logs.lines)
+
+
+def test_division_by_zero_in_assignment_skips_it_and_goes_on(runner, logs):
+    # Kamailio's lval_assign: "rv div by 0", the assignment fails, the script continues
+    r = runner("""
+request_route {
+    $var(z) = 0;
+    $var(b) = 7;
+    $var(b) = 10 / $var(z);
+    $var(m) = 10 % $var(z);
+    $var(c) = 1;
+}
+""")
+    ctx, rc = r.run()
+    assert rc == 1 and r.vars["c"] == 1 and r.vars["b"] == 7 and "m" not in r.vars
+    assert any("test.cfg:12" in l and "division by zero" in l and "assignment not done" in l
+               for l in logs.lines)
 
 
 def test_function_exception_is_minus_one_and_logged(runner, logs, monkeypatch):
