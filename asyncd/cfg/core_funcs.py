@@ -151,21 +151,6 @@ def log2(ctx, site, level, text):
     return 1
 
 
-def setdsturi(ctx, site, uri):
-    """Kamailio core SET_DSTURI_T: the same as `$du = uri`."""
-    ctx.msg.dst_uri = uri or None
-    return 1
-
-
-def resetdsturi(ctx, site):
-    ctx.msg.dst_uri = None
-    return 1
-
-
-def isdsturiset(ctx, site):
-    return 1 if ctx.msg.dst_uri else -1
-
-
 def true_(ctx, site):
     return 1
 
@@ -198,12 +183,6 @@ EXPORTS = ModuleExports(
         FuncExport("rewriteuri", (P.STR,), rewriteuri),
         FuncExport("seturi", (P.STR,), rewriteuri),
         FuncExport("revert_uri", (), revert_uri),
-        FuncExport("setdsturi", (P.STR,), setdsturi),
-        FuncExport("setduri", (P.STR,), setdsturi),
-        FuncExport("resetdsturi", (), resetdsturi),
-        FuncExport("resetduri", (), resetdsturi),
-        FuncExport("isdsturiset", (), isdsturiset),
-        FuncExport("isduriset", (), isdsturiset),
         FuncExport("log", (P.STR,), log1),
         FuncExport("log", (P.INT, P.STR), log2),
         FuncExport("true", (), true_),

@@ -116,7 +116,7 @@ def test_transformations_for_stock_cfgs(tr, value, want):
 
 
 def test_stock_keywords_and_dsturi():
-    r = Runner('request_route {\n'
+    r = Runner('loadmodule "kex.so"\nrequest_route {\n'
                ' if (proto==UDP && af==INET && !(proto==TCP) && af!=INET6) { $var(k) = 1; }\n'
                ' if (!isdsturiset()) { setdsturi("sip:10.0.0.9:5070"); }\n'
                ' if (isdsturiset()) { $var(du) = $du; resetdsturi(); }\n'
@@ -124,3 +124,13 @@ def test_stock_keywords_and_dsturi():
     ctx, _ = r.run()
     assert r.proc.vars["k"] == 1 and r.proc.vars["du"] == "sip:10.0.0.9:5070"
     assert r.proc.vars["reset"] == 1 and ctx.msg.dst_uri is None
+
+
+def test_kex_functions_need_kex_as_in_kamailio():
+    msg = _err('request_route {\n    if (isdsturiset()) { exit; }\n}\n')
+    assert "exported by module 'kex', which is not loaded" in msg, msg
+    r = Runner('loadmodule "kex.so"\nrequest_route { pv_printf("$var(p)", "u=$rU"); '
+               'if (is_myself("sip:127.0.0.1:5060")) { $var(me) = 1; } }\n')
+    r.script.core["listen"] = [("udp", "127.0.0.1", 5060)]
+    ctx, _ = r.run()
+    assert r.proc.vars["p"] == "u=bob"
