@@ -17,6 +17,12 @@ sanity check does).
 The head is decoded once (UTF-8, surrogateescape: lossless, so forwarded
 headers are byte-exact); framing is computed on the bytes, for datagrams (a
 stream transport would need Content-Length and a different framer).
+
+Hot path (docs/benchmarks.md "SIP hot path"): the common datagram (CRLF
+framing, no folding, header names this process has seen) takes one
+partition() and one dict lookup per header line and keeps each line whole;
+a value is cut out of its line only when something reads it. Anything else
+starts over on the slow path, which finds and names what is wrong.
 """
 import itertools
 import re
