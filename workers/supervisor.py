@@ -178,6 +178,7 @@ class Supervisor:
         self.script.rundir = self.rundir
         self.script.sockets = self.sockets
         self.script.sock_addrs = self.sock_addrs
+        self.script._self_hosts = None     # `myself` = the sockets bound (-l included)
         try:
             self.script.init_modules()
             self.modules_inited = True

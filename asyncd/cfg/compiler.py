@@ -97,15 +97,23 @@ class Script:
         host = host.strip("[]").lower()
         if self._self_hosts is None:
             hosts, ports = set(), set()
-            for _proto, ip, p in self.core.get("listen", ()):
-                hosts.add(ip.strip("[]").lower())
-                ports.add(p)
+            # the sockets really bound (`-l` overrides the cfg's listen lines)
+            listen = getattr(self, "sock_addrs", None) or self.core.get("listen", ())
+            for _proto, ip, p in listen:
+                ip = ip.strip("[]").lower()
+                if ip in ("0.0.0.0", "::"):
+                    from asyncd.core.runtime import local_ips
+                    import socket as _s
+                    hosts.update(local_ips(_s.AF_INET))
+                    hosts.add("localhost")
+                hosts.add(ip)
+                ports.add(p or 5060)
             for a in self.core.get("alias", ()):
                 h, _, p = str(a).rpartition(":") if ":" in str(a) else (str(a), "", "")
                 hosts.add(h.strip("[]").lower())
                 if p.isdigit():
                     ports.add(int(p))
-            if not self.core.get("listen"):
+            if not listen:
                 hosts.update(("127.0.0.1", "localhost"))
                 ports.add(5060)
             self._self_hosts = (hosts, ports)

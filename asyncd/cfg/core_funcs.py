@@ -151,6 +151,12 @@ def log2(ctx, site, level, text):
     return 1
 
 
+def tcp_only(ctx, site):
+    """set_reply_no_connect() & co. tune TCP connections; asyncd is UDP-only,
+    so they succeed and change nothing (stock kamailio.cfg calls one)."""
+    return 1
+
+
 def true_(ctx, site):
     return 1
 
@@ -183,6 +189,10 @@ EXPORTS = ModuleExports(
         FuncExport("rewriteuri", (P.STR,), rewriteuri),
         FuncExport("seturi", (P.STR,), rewriteuri),
         FuncExport("revert_uri", (), revert_uri),
+        FuncExport("set_reply_no_connect", (), tcp_only),
+        FuncExport("set_forward_no_connect", (), tcp_only),
+        FuncExport("set_reply_close", (), tcp_only),
+        FuncExport("set_forward_close", (), tcp_only),
         FuncExport("log", (P.STR,), log1),
         FuncExport("log", (P.INT, P.STR), log2),
         FuncExport("true", (), true_),

@@ -10,8 +10,8 @@ shared ($sht, $shv), exit; later any process calls t_continue with them and
 route[rtname] runs as a failure route with the stored request and AVPs.
 """
 from asyncd.core import log
-from asyncd.core.exports import FuncExport, ModuleExports, P
-from asyncd.core.route_types import REQUEST_ROUTE, FAILURE_ROUTE, ANY_ROUTE
+from asyncd.core.exports import FuncExport, ModuleExports, P, PvExport
+from asyncd.core.route_types import REQUEST_ROUTE, FAILURE_ROUTE, ANY_ROUTE, BRANCH_ROUTE
 from asyncd.modules import tm_api, tm_lookup
 
 MOD = "tmx"
@@ -56,11 +56,27 @@ def _fixup_continue(site):
         site.arg_error(2, f"t_continue(): no route[{a.value}] block")
 
 
+def _branch_idx(ctx, spec, index):
+    """$T_branch_idx: in branch_route the index of the branch being created
+    (the branches made so far: the cell is loaded while the route runs), in
+    reply and failure routes the branch the reply came on; 0 otherwise (as
+    the stock kamailio.cfg's xdbg in branch_route[MANAGE_BRANCH] expects)."""
+    t = ctx.t
+    if t is None:
+        return 0
+    if ctx.route_type == BRANCH_ROUTE:
+        cell = getattr(t, "cell", None)
+        return len(cell.branches) if cell is not None else 0
+    b = getattr(t, "branch", -1)
+    return b if isinstance(b, int) and b >= 0 else 0
+
+
 EXPORTS = ModuleExports(
     name="tmx",
     functions=[
         FuncExport("t_suspend", (), w_t_suspend, REQUEST_ROUTE | FAILURE_ROUTE),
         FuncExport("t_continue", (P.INT, P.INT, P.ROUTE), w_t_continue, ANY_ROUTE, _fixup_continue),
     ],
+    pvs=[PvExport("T_branch_idx", _branch_idx, None, None, False)],
     depends=("tm",),
 )
