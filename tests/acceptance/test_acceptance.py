@@ -274,3 +274,47 @@ def test_stock_snippets(sip_client):
         r = c.final("MESSAGE", f"sip:b@{host}", body="x")
         assert (r.status, r.reason) == (404, "Not found")       # t_newtran + t_reply
         _stop_clean(srv)
+
+
+STOCK = Path("/etc/kamailio/kamailio.cfg")
+HAVE = {"async", "cfgutils", "corex", "htable", "kex", "maxfwd", "pv", "rr", "siputils", "sl",
+        "textops", "tm", "tmx", "xlog"}
+
+
+def _stock_for_asyncd(text):
+    """Kamailio's own stock cfg with what asyncd lacks taken out, as a user
+    would: loadmodule/modparam of missing modules, sanity_check/save/lookup
+    (sanity, registrar) replaced by true()/false(), t_is_set() guards dropped."""
+    text = re.sub(r'modparam\("([^"]+)",(?:[^()"]|"[^"]*")*\)',
+                  lambda m: m.group(0) if m.group(1) in HAVE else "# removed modparam", text, flags=re.S)
+    text = re.sub(r'loadmodule\s+"([^"]+?)(?:\.so)?"',
+                  lambda m: m.group(0) if m.group(1) in HAVE else "# removed loadmodule", text)
+    text = re.sub(r'sanity_check\([^)]*\)', "true()", text)
+    text = text.replace('save("location")', "true()").replace('lookup("location")', "false()")
+    return re.sub(r'if\(!t_is_set\("[a-z_]*"\)\) ', "", text)
+
+
+@pytest.mark.skipif(not STOCK.exists(), reason="Kamailio's stock cfg not installed")
+def test_kamailio_stock_cfg_runs(tmp_path, sip_client):
+    """/etc/kamailio/kamailio.cfg (Debian's kamailio package), missing modules taken out:
+    checks, starts with -l, answers as Kamailio's stock cfg does without registrar."""
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text(_stock_for_asyncd(STOCK.read_text()))
+    p = subprocess.run([sys.executable, "-m", "asyncd", "-c", "-f", str(cfg)], capture_output=True,
+                       text=True, cwd=REPO_ROOT, timeout=30)
+    assert p.returncode == 0, p.stderr
+    port = free_udp_port()
+    with run_server(cfg_path=str(cfg), port=port, args=["-l", f"udp:127.0.0.1:{port}", "-n", "2"]) as srv:
+        c = sip_client(srv.addr)
+        host = f"127.0.0.1:{port}"
+        r = c.final("OPTIONS", f"sip:{host}")
+        assert (r.status, r.reason) == (200, "Keepalive")            # REQINIT: uri==myself
+        mine, final, _, _ = _invite(c, f"sip:bob@{host}")
+        assert [x.status for x in mine] == [100, 404] and final.reason == "Not Found"   # LOCATION
+        r = c.final("MESSAGE", "sip:bob@example.com", body="x")
+        assert (r.status, r.reason) == (403, "Not relaying")          # AUTH: not for us
+        r = c.final("BYE", f"sip:bob@{host}", to_tag="x")
+        assert (r.status, r.reason) == (404, "Not here")              # WITHINDLG
+        srv.stop()
+        log = srv.log()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
