@@ -40,7 +40,8 @@ class Mailbox:
         self.n = int(n)
         self._mm = mmap.mmap(-1, 32 + self.n * self.SLOT)
         self.h = memoryview(self._mm)[:16].cast("q")
-        _WAKE.pack_into(self._mm, 16, 0.0)     # nobody published yet: wake on first put
+        # nobody published yet: the consumer has not slept, it drains first
+        _WAKE.pack_into(self._mm, 16, 0.0)
         self._lock = multiprocessing.get_context("fork").Lock()
 
     def put(self, frame, due):
@@ -91,7 +92,7 @@ class Mailbox:
     def awake(self):
         """Consumer: it is running and drains before it sleeps, so no
         producer needs to wake it (a single aligned store, no lock)."""
-        _WAKE.pack_into(self._mm, 16, float("inf"))
+        _WAKE.pack_into(self._mm, 16, 0.0)   # "looks now": no due time is earlier
 
     def publish(self, wake):
         """Consumer will sleep until `wake` (monotonic). True when frames
