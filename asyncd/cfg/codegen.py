@@ -432,7 +432,11 @@ class CodeGen:
             else:
                 key = ("route", name)
             if key not in self.route_fns:
-                raise rc.loc.error(f"route(\"{name}\"): no route[{name}] block is defined")
+                import difflib
+                names = sorted(n for k, n in self.route_fns if k == "route" and n)
+                close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+                hint = f" (did you mean route({close[0]})?)" if close else ""
+                raise rc.loc.error(f"route(\"{name}\"): no route[{name}] block is defined{hint}")
             target = self.route_fns[key]
             return f"{target}(ctx)" if inline else f"_rcall(ctx, {target})"
         v, _ = self.val(rc.target, fn)

@@ -44,6 +44,8 @@ def _err(body):
     ('loadmodule "dispatcher.so"\nrequest_route {\n exit;\n}\n', "user.cfg:6:12",
      "unknown module 'dispatcher'"),
     ('request_route {\n    route(RELAY);\n}\n', "user.cfg:7:5", "no route[RELAY] block is defined"),
+    ('request_route {\n    route(RELAX);\n}\nroute[RELAY] {\n exit;\n}\n', "user.cfg:7:5",
+     "no route[RELAX] block is defined (did you mean route(RELAY)?)"),
     ('request_route {\n    t_on_failure("MISSING");\n}\n', "user.cfg:7:18", "no such route block 'MISSING'"),
     ('request_route {\n    $var(x) = 1\n    exit;\n}\n', "user.cfg:7:16", "missing ';'"),
     ('request_route {\n    xlog("$(ru{s.foo})");\n}\n', "user.cfg:7", "unknown transformation {s.foo}"),
