@@ -256,6 +256,11 @@ def _route_ok(ctx, site, name):
         # "0" is the main request_route, as Kamailio's route_lookup (B §2.1)
         _err(site, f"route block not found [{name}]")
         return False
+    if name != "0" and ctx.proc.script.route_is_empty(name):
+        # Kamailio's route_lookup finds it but its action list is NULL:
+        # refused before any transaction exists (B §2.1)
+        _err(site, f"empty action lists in route block [{name}]")
+        return False
     return True
 
 
