@@ -117,6 +117,31 @@ def w_t_on_branch(ctx, site, route):
     return _set(ctx, on_branch=str(route))
 
 
+_IS_SET = {"failure_route": "on_failure", "branch_route": "on_branch", "onreply_route": "on_reply"}
+
+
+def w_t_is_set(ctx, site, target):
+    """t_is_set("failure_route"|"branch_route"|"onreply_route"): 1 when the
+    route is armed for this transaction (or for the one t_relay will create),
+    as stock kamailio.cfg's route[RELAY] checks before arming its own."""
+    attr = _IS_SET.get(str(target))
+    if attr is None:
+        log.err(MOD, f"t_is_set(): unknown target [{target}]", site.loc.where if site else "")
+        return -1
+    if ctx.t is None:
+        pend = ctx.extra.get("tm") if ctx.extra else None
+        return 1 if pend and pend.get(attr) else -1
+    c = ctx.t.cell if ctx.t.depth else _cell(ctx)
+    return 1 if c is not None and getattr(c, attr, None) else -1
+
+
+def _fixup_is_set(site):
+    a = site.args[0]
+    if a.literal and str(a.value) not in _IS_SET:
+        site.arg_error(0, f"t_is_set(): unknown target '{a.value}' "
+                          f"(failure_route, branch_route or onreply_route)")
+
+
 def w_t_set_fr(ctx, site, fr_inv, fr=0):
     """t_set_fr(fr_inv_timeout [, fr_timeout]) in ms; 0 leaves a value as it is."""
     kv = {}
@@ -274,6 +299,8 @@ def request_done(ctx):
     h = ctx.t
     if h is None or h.depth:
         return
+    if not h.done and (h.new or ctx.extra and "tm_delayed" in ctx.extra):
+        _unreleased(ctx, h)
     cur = (ctx.avps.dumps() if ctx.avps is not None else None,
            ctx.xavps.dumps() if ctx.xavps is not None else None)
     if h.done and (cur == h.saved or cur == (None, None)):
@@ -290,6 +317,31 @@ def request_done(ctx):
             h.dirty = True
         if not cell.flags & (F_FINAL | F_SUSPENDED) and not cell.has_pending():
             tm_timer.arm_wait(h, cell)
+    finally:
+        h.release(tm_lookup.flush)
+
+
+def _unreleased(ctx, h):
+    """Kamailio t_unref at the end of the script: a t_relay error waiting for
+    its reply (REQ_ERR_DELAYED) gets it now, "478 Unresolvable destination
+    (478/TM)"; a transaction this route created and left with no reply, relay
+    or suspension is logged and released to the wait timer."""
+    err = ctx.extra.get("tm_delayed") if ctx.extra else None
+    h.done = True
+    cell = h.acquire()
+    if cell is None:
+        return
+    try:
+        if cell.flags & (F_FINAL | F_SUSPENDED) or cell.has_pending(with_blind=True):
+            return
+        if err is not None and not ctx.replied:
+            code, text = err
+            if tm_reply.reply_cell(h, cell, ctx.msg, code, f"{text} ({code}/TM)") > 0:
+                return                  # reply_cell armed the wait / retransmission timer
+        elif err is None:
+            log.warn(MOD, f"script writer didn't release transaction "
+                          f"({ctx.msg.method} {ctx.msg.callid})")
+        tm_timer.arm_wait(h, cell)
     finally:
         h.release(tm_lookup.flush)
 
@@ -361,6 +413,7 @@ EXPORTS = ModuleExports(
         FuncExport("t_on_failure", (P.ROUTE,), w_t_on_failure, RFB, _fixup_route),
         FuncExport("t_on_reply", (P.ROUTE,), w_t_on_reply, RFB, _fixup_route),
         FuncExport("t_on_branch", (P.ROUTE,), w_t_on_branch, RF, _fixup_route),
+        FuncExport("t_is_set", (P.STR,), w_t_is_set, ANY_ROUTE, _fixup_is_set),
         FuncExport("t_set_fr", (P.INT,), w_t_set_fr, RFB),
         FuncExport("t_set_fr", (P.INT, P.INT), w_t_set_fr, RFB),
         FuncExport("t_is_canceled", (), w_t_is_canceled, ANY_ROUTE),

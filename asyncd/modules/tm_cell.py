@@ -119,7 +119,7 @@ class Handle:
     written back.
     """
     __slots__ = ("index", "label", "cell", "depth", "out", "timers", "table", "dirty",
-                 "reply_code", "reply_msg", "branch", "done", "saved")
+                 "reply_code", "reply_msg", "branch", "done", "saved", "new")
 
     def __init__(self, table, index, label):
         self.table = table
@@ -135,6 +135,7 @@ class Handle:
         self.branch = -1
         self.done = False      # relayed, replied or suspended by this process's route
         self.saved = None      # (avps, xavps) bytes last written to the cell by this route
+        self.new = False       # created by this request route (t_newtran), not a retransmission's
 
     def acquire(self):
         """Lock and load the cell (re-entrant within this handle). None when

@@ -11,7 +11,7 @@ import socket
 
 from asyncd.core import log
 from asyncd.core.errors import ScriptExit
-from asyncd.core.route_types import BRANCH_ROUTE
+from asyncd.core.route_types import BRANCH_ROUTE, REQUEST_ROUTE
 from asyncd.modules import tm_timer
 from asyncd.modules.tm_cell import (F_FINAL, F_CANCELED, F_INVITE, F_IN_FAILURE, F_CONTINUE,
                                     B_BLIND, B_PROV, B_CANCEL, B_CANCEL_SENT,
@@ -62,11 +62,9 @@ def t_relay(ctx, host=None, port=None):
     try:
         ruri, dst = _target(msg, host, port)
     except Exception as e:
-        log.err(MOD, f"t_relay(): bad destination: {e!r}")
-        return -1
+        return relay_error(ctx, E_BAD_ADDRESS, f"t_relay(): bad destination: {e!r}")
     if dst is None:
-        log.err(MOD, "t_relay(): cannot resolve the destination")
-        return -1
+        return relay_error(ctx, E_BAD_ADDRESS, "t_relay(): cannot resolve the destination")
     if ctx.t is None:
         pend = ctx.extra.get("tm") if ctx.extra else None
         if not (pend and pend.get("on_branch")):
@@ -112,6 +110,38 @@ def t_relay(ctx, host=None, port=None):
     ctx.relayed = True
     h.done = True
     return 1
+
+
+# Kamailio's error.h codes and err2reason_phrase texts for what t_relay can fail on
+E_BAD_ADDRESS = (478, "Unresolvable destination")
+
+
+def record_error(ctx, err):
+    """Kamailio's ser_error/tm_error for this message: sl_reply_error() answers
+    with it ("<text> (<code>/SL)"), the delayed tm reply with "(<code>/TM)"."""
+    if ctx.extra is None:
+        ctx.extra = {}
+    code, text = err
+    ctx.extra["ser_error"] = err
+    ctx.extra["sl_error"] = (code, f"{text} ({code}/SL)")
+
+
+def relay_error(ctx, err, why):
+    """A forward that failed before anything was sent. In request_route the
+    transaction is still created (Kamailio t_relay_to: t_newtran comes first)
+    and the error reply is delayed to the end of the script (TM_DELAYED_REPLY,
+    REQ_ERR_DELAYED): request_done sends it unless the script replied or
+    relayed meanwhile. Returns -1, or 0 for an absorbed retransmission."""
+    log.err(MOD, why)
+    record_error(ctx, err)
+    if ctx.route_type != REQUEST_ROUTE or ctx.msg.method in ("ACK", "CANCEL"):
+        return -1           # failure routes: tm_error only (t_continue's 500 covers resumes)
+    if ctx.t is None:
+        rc = t_newtran(ctx)
+        if rc <= 0:
+            return 0 if rc == 0 else -1
+    ctx.extra["tm_delayed"] = err
+    return -1
 
 
 def _relay_new(ctx, ruri, dst):

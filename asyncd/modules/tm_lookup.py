@@ -176,6 +176,7 @@ def t_newtran(ctx):
         log.err(MOD, f"t_newtran(): cannot create transaction: {e!r}")
         return -1
     ctx.t = Handle(S.table, index, label)
+    ctx.t.new = created
     if not created:
         from asyncd.modules import tm_reply
         tm_reply.resend_last(ctx.proc, ctx.t)
@@ -183,6 +184,7 @@ def t_newtran(ctx):
     if cell.flags & F_INVITE and S.auto_inv_100:
         from asyncd.modules import tm_reply
         tm_reply.local_reply(ctx, 100, S.auto_inv_100_reason)
+        ctx.t.done = False      # the automatic 100 answers nothing (t_unref still checks)
     return 1
 
 
@@ -252,16 +254,20 @@ def _ack_in(ctx, h, alias=False):
     return True
 
 
-def flush(h):
-    """Send what a locked section queued, then arm its timers (lock dropped)."""
-    from asyncd.modules import tm_timer
+def flush(h, locked=False):
+    """Send what a locked section queued (called by Handle.release with the
+    lock still held), then, once it is dropped, arm its timers: the timer
+    feed may wait for the timer process, which takes transaction locks."""
     if h.out:
         out, h.out = h.out, []
         proc = current_proc()
-        for data, addr, sock in out:
-            if proc is not None:
+        if proc is not None:
+            for data, addr, sock in out:
                 proc.send(data, addr, sock)
+    if locked:
+        return
     if h.timers:
+        from asyncd.modules import tm_timer
         tm, h.timers = h.timers, []
         tm_timer.push_many(tm)
 
