@@ -104,7 +104,11 @@ MAIN_STMTS, SUB_STMTS = _stmts(True), _stmts(False)
 def test_generated_programs_compile_and_run(main, sub):
     from cfg_helpers import Runner, make_msg
     from asyncd.core import log
-    text = ("request_route {\n" + "\n".join(main) + "\n}\n"
+    # Nested whiles multiply (100^3 iterations of a route call is minutes of
+    # work for one example): a small max_while_loops keeps every example short
+    # while still running each loop body and hitting the loop limit.
+    text = ("max_while_loops=3\n"
+            "request_route {\n" + "\n".join(main) + "\n}\n"
             "route[SUB] {\n" + "\n".join(sub) + "\nreturn 1;\n}\n")
     r = Runner(text)
     old = log.state.level
