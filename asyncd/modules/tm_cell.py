@@ -127,7 +127,7 @@ class Handle:
         self.label = label
         self.cell = None
         self.depth = 0
-        self.out = []          # (bytes, addr, sock) to send once the lock is dropped
+        self.out = []          # (bytes, addr, sock) to send at the outermost release
         self.timers = []       # timer messages to push once the lock is dropped
         self.dirty = False
         self.reply_code = 0    # $T_reply_code in failure / onreply routes
@@ -168,6 +168,11 @@ class Handle:
             if self.dirty and self.cell is not None:
                 self.table.put(self.index, self.label, self.cell.encode(),
                                done=bool(self.cell.flags & F_FINAL))
+            if self.out and send is not None:
+                # replies go out before the lock is dropped, as Kamailio relays
+                # under REPLY_LOCK: two receivers relaying a back-to-back
+                # 180/200 can then never swap them on the wire
+                send(self, True)
         finally:
             self.cell = None
             self.table.unlock(self.index)
