@@ -624,8 +624,12 @@ class CodeGen:
                 if ta == "str" and tb == "str":
                     return f"({a} + {b})", "str"
                 return f"_add({a}, {b})", (ta if ta in ("int", "str") else None)
-            if ta == "int" and tb == "int" and op in ("-", "*", "|", "&", "^", "<<", ">>"):
+            # + and - grow linearly and stay plain; * would square a value per loop
+            # turn, so it wraps to 64 bits as C does (pvcore.wrap64); << goes via _arith
+            if ta == "int" and tb == "int" and op in ("-", "|", "&", "^"):
                 return f"({a} {op} {b})", "int"
+            if ta == "int" and tb == "int" and op == "*":
+                return f"_w64({a} * {b})", "int"
             return f"_arith({op!r}, {a}, {b})", "int"
         raise e.loc.error(f"internal: cannot compile {t.__name__}")  # pragma: no cover
 
@@ -711,7 +715,7 @@ def runtime_namespace():
     return {
         "_SE": ScriptExit, "_ONCE": (1,), "_LOG": log.state,
         "_tostr": pvcore.to_str, "_toint": pvcore.to_int, "_truth": pvcore.truth,
-        "_add": pvcore.add, "_arith": pvcore.arith, "_eq": pvcore.eq, "_cmp": pvcore.cmp,
+        "_add": pvcore.add, "_arith": pvcore.arith, "_w64": pvcore.wrap64, "_eq": pvcore.eq, "_cmp": pvcore.cmp,
         "_match": pvcore.match, "_regex": pvcore.regex,
         "_strlen": lambda v: 0 if v is None else len(v if type(v) is str else str(v)),
         "_strempty": lambda v: v is None or v == "",

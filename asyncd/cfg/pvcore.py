@@ -284,21 +284,34 @@ def add(a, b):
     return a + ("" if b is None else (b if type(b) is str else str(b)))
 
 
+_I64 = 1 << 63
+_U64 = (1 << 64) - 1
+
+
+def wrap64(v):
+    """Keep a cfg integer inside a signed 64-bit word, as C arithmetic does: Python
+    ints are unbounded, and `$var(a) = $var(a) * $var(a)` in a loop would otherwise
+    grow without end (minutes of CPU, then memory) instead of wrapping."""
+    if -_I64 <= v < _I64:
+        return v
+    return ((v + _I64) & _U64) - _I64
+
+
 def arith(op, a, b):
     x = to_int(a) or 0
     y = to_int(b) or 0
     if op == "-":
         return x - y
     if op == "*":
-        return x * y
-    if op == "/":
+        return wrap64(x * y)
+    if op == "/" or op == "%":
         if y == 0:
-            raise ZeroDivisionError("division by zero in cfg expression")
-        return int(x / y)
-    if op == "%":
-        if y == 0:
-            raise ZeroDivisionError("modulo by zero in cfg expression")
-        return x - y * int(x / y)
+            what = "division" if op == "/" else "modulo"
+            raise ZeroDivisionError(f"{what} by zero in cfg expression")
+        q = abs(x) // abs(y)            # C truncates toward zero; exact for any size
+        if (x < 0) != (y < 0):
+            q = -q
+        return wrap64(q) if op == "/" else wrap64(x - y * q)
     if op == "|":
         return x | y
     if op == "&":
@@ -306,9 +319,9 @@ def arith(op, a, b):
     if op == "^":
         return x ^ y
     if op == "<<":
-        return x << y
+        return wrap64(x << (y & 63))    # x86 masks the shift count
     if op == ">>":
-        return x >> y
+        return x >> (y & 63)
     raise ValueError(op)
 
 

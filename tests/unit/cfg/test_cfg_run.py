@@ -619,3 +619,18 @@ def test_route_literal_checked_for_functions_without_fixup(runner, monkeypatch):
     with pytest.raises(CfgError) as ei:
         runner('request_route {\n    zz_route_user("NOPE");\n}\n')
     assert "no route block named [NOPE]" in ei.value.message and ei.value.col == 19
+
+
+def test_multiplication_wraps_to_64_bits_instead_of_growing_forever(runner):
+    # Python ints are unbounded: squaring in a loop must wrap like C, not hang the process
+    import time
+    from cfg_helpers import Runner, make_msg
+    r = Runner('max_while_loops=200\nrequest_route {\n $var(a) = 3; $var(i) = 0;\n'
+               ' while ($var(i) < 150) { $var(a) = $var(a) * $var(a); $var(b) = $var(a) << 200;'
+               ' $var(c) = $var(a) / 7; $var(i) = $var(i) + 1; }\n}\n')
+    t0 = time.monotonic()
+    ctx, rc = r.run(make_msg())
+    assert time.monotonic() - t0 < 1.0
+    a = ctx.proc.vars["a"]
+    assert -(1 << 63) <= a < (1 << 63)
+    assert ctx.proc.vars["c"] == int(a / 7) if abs(a) < (1 << 52) else abs(ctx.proc.vars["c"]) == abs(a) // 7
