@@ -279,6 +279,37 @@ def _get_T_rpl(ctx, spec, index):
         return None
 
 
+# $snd / $sndto in onsend_route (Kamailio's pv module; tm is the only sender
+# that runs onsend_route in asyncd, so it owns the outgoing datagram's view)
+_SND_NAMES = ("ip", "port", "proto", "sproto", "af", "buf", "len")
+
+
+def _parse_snd(inner):
+    if inner not in _SND_NAMES:
+        raise ValueError(f"unknown $snd name '{inner}' (one of {', '.join(_SND_NAMES)})")
+    return inner
+
+
+def _get_snd(ctx, spec, index):
+    snd = ctx.extra.get("snd") if ctx.extra else None
+    if snd is None:
+        return None
+    ip, port, data, _sock = snd
+    if spec == "ip":
+        return ip
+    if spec == "port":
+        return port
+    if spec == "proto":
+        return 1                            # PROTO_UDP
+    if spec == "sproto":
+        return "udp"
+    if spec == "af":
+        return 10 if ":" in ip else 2       # AF_INET6 / AF_INET
+    if spec == "buf":
+        return bytes(data).decode("utf-8", "replace")
+    return len(data)
+
+
 # ---- hooks --------------------------------------------------------------------------
 def request_in(ctx):
     if S.table is None:
@@ -436,6 +467,8 @@ EXPORTS = ModuleExports(
         PvExport("T_reply_code", _get_reply_code, None, None, False),
         PvExport("T_req", _get_T_req, None, _parse_inner, True),
         PvExport("T_rpl", _get_T_rpl, None, _parse_inner, True),
+        PvExport("snd", _get_snd, None, _parse_snd, True),
+        PvExport("sndto", _get_snd, None, _parse_snd, True),
     ],
     mod_init=mod_init,
     child_init=child_init,

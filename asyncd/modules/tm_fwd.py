@@ -11,7 +11,7 @@ import socket
 
 from asyncd.core import log
 from asyncd.core.errors import ScriptExit
-from asyncd.core.route_types import BRANCH_ROUTE, REQUEST_ROUTE
+from asyncd.core.route_types import BRANCH_ROUTE, ONSEND_ROUTE, REQUEST_ROUTE
 from asyncd.modules import tm_timer
 from asyncd.modules.tm_cell import (F_FINAL, F_CANCELED, F_INVITE, F_IN_FAILURE, F_CONTINUE,
                                     B_BLIND, B_PROV, B_CANCEL, B_CANCEL_SENT,
@@ -67,7 +67,7 @@ def t_relay(ctx, host=None, port=None):
         return relay_error(ctx, E_BAD_ADDRESS, "t_relay(): cannot resolve the destination")
     if ctx.t is None:
         pend = ctx.extra.get("tm") if ctx.extra else None
-        if not (pend and pend.get("on_branch")):
+        if not (pend and pend.get("on_branch")) and not getattr(S.script, "has_onsend_route", False):
             return _relay_new(ctx, ruri, dst)
         rc = t_newtran(ctx)
         if rc <= 0:
@@ -76,6 +76,7 @@ def t_relay(ctx, host=None, port=None):
     cell = h.acquire()
     if cell is None:
         return -1
+    send_dropped = False
     try:
         if cell.flags & F_FINAL:
             log.warn(MOD, "t_relay(): a final reply was already sent")
@@ -90,6 +91,8 @@ def t_relay(ctx, host=None, port=None):
         sock = msg.sock or 0
         ip, p = sock_addr(ctx.proc, sock)
         data = build_request_fwd(msg, ruri, via_line(ip, p, vb))
+        if getattr(S.script, "has_onsend_route", False) and not run_onsend(ctx, data, dst, sock):
+            raise _SendDropped()
         fr = min(now() + cell.fr_ms / 1000.0, cell.eol)
         cell.branches.append([ruri, list(dst), sock, vb, data, 0, b"", 0, fr])
         cell.msg_flags = ctx.flags
@@ -105,15 +108,47 @@ def t_relay(ctx, host=None, port=None):
         tm_timer.arm_retr(h, bno, S.t1)
         if fr - now() <= S.t1 / 1000.0:
             tm_timer.arm_fr(h, cell, bno, fr)   # else armed by the first Timer A/E run
+    except _SendDropped:
+        send_dropped = True
     finally:
         h.release(flush)
+    if send_dropped:
+        # no branch went out: t_forward_nonack's E_SEND, delayed 477 (t_send_branch)
+        return relay_error(ctx, E_SEND, "t_relay(): onsend_route dropped the request")
     ctx.relayed = True
     h.done = True
     return 1
 
 
+class _SendDropped(Exception):
+    pass
+
+
+def run_onsend(ctx, data, dst, sock):
+    """onsend_route just before a request leaves (Kamailio run_onsend from
+    t_send_branch): the request's own ctx, $snd(...) describing the outgoing
+    datagram; False when the route used `drop`."""
+    rt, dropped = ctx.route_type, ctx.dropped
+    if ctx.extra is None:
+        ctx.extra = {}
+    ctx.extra["snd"] = (dst[0], int(dst[1]), data, sock)
+    ctx.dropped = False
+    try:
+        S.script.run_onsend_route(ctx)
+    except ScriptExit as e:
+        ctx.dropped = ctx.dropped or e.drop
+    except Exception as e:
+        log.err(MOD, f"onsend_route failed: {e!r}")
+    finally:
+        ctx.route_type = rt
+        ctx.extra.pop("snd", None)
+    out, ctx.dropped = not ctx.dropped, dropped
+    return out
+
+
 # Kamailio's error.h codes and err2reason_phrase texts for what t_relay can fail on
 E_BAD_ADDRESS = (478, "Unresolvable destination")
+E_SEND = (477, "Unfortunately error on sending to next hop occurred")
 
 
 def record_error(ctx, err):
