@@ -681,6 +681,8 @@ class CodeGen:
             if e.op == "!":
                 return f"(not {self.cond(e.operand, fn)})"
             if e.op == "defined":
+                if type(e.operand) is N.Const:   # `defined 1`: no `1 is not None` (SyntaxWarning)
+                    return "True" if e.operand.value is not None else "False"
                 v, _ = self.val(e.operand, fn)
                 return f"({v} is not None)"
             if e.op == "strempty":

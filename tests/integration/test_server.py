@@ -229,8 +229,8 @@ def test_kill9_of_the_attendant_takes_the_children_down(run_server):
         while [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]:
             assert time.monotonic() < end, "receivers outlived their attendant"
             time.sleep(0.02)
-    # its segment stays behind (nobody left to unlink it): the next start removes it
-    left = [n for n in os.listdir("/dev/shm") if n.startswith(f"asyncd_{srv.pid}_")]
-    assert left
+    # its segment stays behind (nobody left to unlink it): the next start removes it.
+    # Any asyncd starting on this machine meanwhile (a parallel run) may already have
+    # removed it, which is the same cleanup; so only the end state is asserted.
     with run_server(SL_CFG):
         assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"asyncd_{srv.pid}_")]
