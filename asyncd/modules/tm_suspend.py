@@ -126,7 +126,12 @@ def t_continue(proc, tindex, tlabel, runner):
         cell = h.cell
         save_ctx_state(ctx, cell)
         if not cell.flags & F_FINAL and not cell.has_pending():
-            reply_cell(h, cell, ctx.msg, 500, AUTO_500)   # step 9
+            # step 9: the error of a relay that failed in the route (tm_error), else 500
+            err = ctx.extra.get("ser_error") if ctx.extra else None
+            if err:
+                reply_cell(h, cell, ctx.msg, err[0], f"{err[1]} ({err[0]}/TM)")
+            else:
+                reply_cell(h, cell, ctx.msg, 500, AUTO_500)
         cell.flags &= ~F_CONTINUE
         return 0
     finally:
