@@ -11,7 +11,7 @@ import socket
 
 from asyncd.core import log
 from asyncd.core.errors import ScriptExit
-from asyncd.core.route_types import BRANCH_ROUTE, ONSEND_ROUTE, REQUEST_ROUTE
+from asyncd.core.route_types import BRANCH_ROUTE, REQUEST_ROUTE
 from asyncd.modules import tm_timer
 from asyncd.modules.tm_cell import (F_FINAL, F_CANCELED, F_INVITE, F_IN_FAILURE, F_CONTINUE,
                                     B_BLIND, B_PROV, B_CANCEL, B_CANCEL_SENT,
