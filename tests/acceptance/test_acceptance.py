@@ -33,10 +33,10 @@ PROXY = str(HERE / "proxy.cfg")
 ASYNC = str(HERE / "async_proxy.cfg")
 FEATURES = str(HERE / "features.cfg")
 WT = 300        # ms: transactions leave the table well before the stop
-# SIPp's built-in uas sends 180 and 200 back to back; with two receivers tm can
-# forward them swapped (~1 call in 300, reported to tm) and SIPp's uac aborts
-# such a call. Tests asserting every call completes use one receiver.
-ONE_RCV = ("-n", "1")
+# SIPp's built-in uas sends 180 and 200 back to back; two receivers relay them,
+# and tm keeps their order (replies leave under the transaction lock, as in
+# Kamailio): the call tests run with two receivers to keep that true.
+TWO_RCV = ("-n", "2")
 
 needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")
 
@@ -138,7 +138,7 @@ def test_stock_proxy_local_replies(sip_client):
 def test_stock_proxy_sipp_calls_complete(uas):
     """SIPp uac -> stock-shaped proxy -> SIPp uas: INVITE/180/200/ACK/BYE all relayed."""
     u = uas(builtin="uas")
-    with run_server(cfg_path=PROXY, defines={"WT": WT, "UASPORT": u.port}, args=ONE_RCV) as srv:
+    with run_server(cfg_path=PROXY, defines={"WT": WT, "UASPORT": u.port}, args=TWO_RCV) as srv:
         r = run_sipp(srv.addr, builtin="uac", calls=30, rate=30, timeout=20)
         assert r.rc == 0 and r.successful == 30 and r.failed == 0, r.summary()
         log = _stop_clean(srv)
@@ -167,7 +167,7 @@ def test_async_proxy_calls_and_timers(uas, sip_client):
     """async_ms_sleep in a switch case, async_route(…, 1), async_task_route relays, task
     group data + route answering a MESSAGE; $avp/$xavp survive every suspend."""
     u = uas(builtin="uas")
-    with run_server(cfg_path=ASYNC, defines={"WT": WT, "UASPORT": u.port}, args=ONE_RCV) as srv:
+    with run_server(cfg_path=ASYNC, defines={"WT": WT, "UASPORT": u.port}, args=TWO_RCV) as srv:
         c = sip_client(srv.addr)
         host = f"127.0.0.1:{srv.port}"
         assert c.final("OPTIONS", f"sip:{host}").status == 200
