@@ -259,7 +259,7 @@ class ShmHashTable:
                     if n > _MAXHOP:
                         raise _Torn
                 r = self._read(off) if off else None
-            except (struct.error, ValueError, IndexError, _Torn):
+            except (struct.error, ValueError, IndexError, OverflowError, _Torn):  # torn optimistic read: retry
                 continue
             if W[so] == s1:
                 return r
@@ -305,7 +305,7 @@ class ShmHashTable:
                     n += 1
                     if n > _MAXHOP:
                         raise _Torn
-            except (struct.error, ValueError, IndexError, _Torn):
+            except (struct.error, ValueError, IndexError, OverflowError, _Torn):  # torn optimistic read: retry
                 continue
             if W[so] == s1:
                 return r

@@ -183,7 +183,7 @@ class HTable:
                     n += 1
                     if n > _MAXHOP:
                         raise _Torn
-            except (struct.error, ValueError, IndexError, _Torn):
+            except (struct.error, ValueError, IndexError, OverflowError, _Torn):  # torn optimistic read: retry
                 continue
             if W[so] == s1:
                 if r is None:

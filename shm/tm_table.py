@@ -220,7 +220,7 @@ class TmTable:
             try:
                 klen = _U16.unpack_from(buf, off)[0]
                 data = bytes(buf[off + 2 + klen:off + blen])
-            except (ValueError, struct.error):
+            except (ValueError, struct.error, OverflowError, IndexError):  # torn read: retry
                 data = None
             lab2, used2, _, off2, _, blen2, _ = _HDR.unpack_from(buf, hoff)
             if (lab2, used2, off2, blen2) == (lab, used, off, blen) and data is not None:
