@@ -25,8 +25,7 @@ import pytest
 
 from tests.helpers.net import free_udp_port
 from tests.helpers.server import REPO_ROOT, run_server
-from tests.helpers.sipclient import SipClient
-from tests.helpers.sipp import SCENARIOS, run_sipp
+from tests.helpers.sipp import SippUas, run_sipp
 
 HERE = Path(__file__).parent
 PROXY = str(HERE / "proxy.cfg")
@@ -41,33 +40,12 @@ TWO_RCV = ("-n", "2")
 needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")
 
 
-class Uas:
-    """A SIPp UAS in the background on a free port (built-in or a scenario)."""
-
-    def __init__(self, builtin=None, scenario=None):
-        self.port = free_udp_port()
-        cmd = [shutil.which("sipp"), "-i", "127.0.0.1", "-p", str(self.port), "-nostdin"]
-        cmd += ["-sn", builtin] if builtin else ["-sf", str(SCENARIOS / scenario)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, cwd="/tmp")
-        time.sleep(0.2)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture
 def uas():
     made = []
 
     def make(**kw):
-        u = Uas(**kw)
+        u = SippUas(**kw)
         made.append(u)
         return u
     yield make

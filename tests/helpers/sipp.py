@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from tests.helpers.net import free_udp_port
@@ -101,3 +102,32 @@ def _last_stats(path):
     names = lines[0].rstrip(";").split(";")
     values = lines[-1].rstrip(";").split(";")
     return dict(zip(names, values))
+
+
+class SippUas:
+    """A SIPp UAS in the background on a free port (built-in `-sn NAME` or a scenario
+    file under tests/sipp/scenarios), stopped by pid with stop(). Its SIPp errors go to
+    a per-port file that stop() removes."""
+
+    def __init__(self, scenario=None, builtin=None, extra=()):
+        self.port = free_udp_port()
+        self.err_file = f"/tmp/sipp-uas-{self.port}.err"
+        cmd = [sipp_path() or "sipp", "-i", "127.0.0.1", "-p", str(self.port), "-nostdin",
+               "-trace_err", "-error_file", self.err_file] + list(extra)
+        cmd += ["-sn", builtin] if builtin else ["-sf", str(SCENARIOS / scenario)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, cwd="/tmp")
+        time.sleep(0.2)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        try:
+            os.unlink(self.err_file)
+        except OSError:
+            pass

@@ -10,15 +10,13 @@ clean on the 2-core box while other work runs; 200000 calls then take ~4 min).
 import os
 import re
 import shutil
-import subprocess
 import time
 
 import pytest
 
-from tests.helpers.net import free_udp_port
 from tests.helpers.server import run_server
 from tests.helpers.sipclient import SipClient, build_request
-from tests.helpers.sipp import SCENARIOS, run_sipp
+from tests.helpers.sipp import SippUas, run_sipp
 
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")
 
@@ -97,38 +95,12 @@ failure_route[NEXT] {
 """
 
 
-class Uas:
-    """A SIPp UAS in the background on a free port, stopped by pid."""
-
-    def __init__(self, scenario=None, builtin=None, extra=()):
-        self.port = free_udp_port()
-        cmd = [shutil.which("sipp"), "-i", "127.0.0.1", "-p", str(self.port), "-nostdin",
-               "-trace_err", "-error_file", f"/tmp/tm-uas-{self.port}.err"] + list(extra)
-        cmd += ["-sn", builtin] if builtin else ["-sf", str(SCENARIOS / scenario)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, cwd="/tmp")
-        time.sleep(0.2)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        try:
-            os.unlink(f"/tmp/tm-uas-{self.port}.err")
-        except OSError:
-            pass
-
-
 @pytest.fixture
 def uases():
     made = []
 
     def make(*a, **kw):
-        u = Uas(*a, **kw)
+        u = SippUas(*a, **kw)
         made.append(u)
         return u
     yield make
