@@ -50,6 +50,8 @@ class Receiver:
         self.req_in = [m.hooks["request_in"] for m in mods if m.hooks.get("request_in")]
         self.req_done = [m.hooks["request_done"] for m in mods if m.hooks.get("request_done")]
         self.rpl_in = [m.hooks["reply_in"] for m in mods if m.hooks.get("reply_in")]
+        self.reply_route = (self.script.run_reply_route
+                            if getattr(self.script, "has_reply_route", False) else None)
         self.ours = _our_addresses(self.script, proc.sockets)
         self.idle = False
         self.n_req = self.n_rpl = self.n_drop = self.n_bad = 0
@@ -140,13 +142,14 @@ class Receiver:
 
     def on_reply(self, msg):
         ctx = self.script.new_ctx(msg, self.proc, CORE_ONREPLY_ROUTE)
+        # Kamailio's receive_msg runs reply_route for every reply before tm sees it;
+        # `drop` there ends the reply's processing, tm's included
+        if self.reply_route is not None:
+            self.reply_route(ctx)
+            if ctx.dropped:
+                return
         for hook in self.rpl_in:
             if hook(ctx):
-                return
-        run_reply_route = getattr(self.script, "run_reply_route", None)
-        if run_reply_route is not None:
-            run_reply_route(ctx)
-            if ctx.dropped:
                 return
         self.forward_reply(msg)
 

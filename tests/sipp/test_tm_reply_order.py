@@ -14,9 +14,9 @@ import shutil
 
 import pytest
 
-from tests.acceptance.test_acceptance import PROXY, WT, Uas, _stop_clean
+from tests.acceptance.test_acceptance import PROXY, WT, _stop_clean
 from tests.helpers.server import run_server
-from tests.helpers.sipp import run_sipp
+from tests.helpers.sipp import SippUas as Uas, run_sipp
 
 needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")
 
