@@ -28,6 +28,8 @@ from typing import Optional
 
 import psutil
 
+from bench.sipp import version_output
+
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = ("asyncd", "kamailio")
 
@@ -46,13 +48,7 @@ def kamailio_binary() -> Optional[str]:
 
 
 def kamailio_version() -> Optional[str]:
-    exe = kamailio_binary()
-    if not exe:
-        return None
-    try:
-        out = subprocess.run([exe, "-v"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
+    out = version_output(kamailio_binary())
     first = out.splitlines()[0] if out else ""
     return first.replace("version:", "").replace("kamailio", "").strip() or None
 

@@ -27,17 +27,23 @@ SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_BUFF = 8 * 1024 * 1024
 
 
+def version_output(exe: Optional[str]) -> Optional[str]:
+    """What `exe -v` prints, or None when it is missing or fails (SIPp and Kamailio)."""
+    if not exe:
+        return None
+    try:
+        return subprocess.run([exe, "-v"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def sipp_binary() -> Optional[str]:
     return shutil.which("sipp")
 
 
 def sipp_version() -> Optional[str]:
-    exe = sipp_binary()
-    if not exe:
-        return None
-    try:
-        out = subprocess.run([exe, "-v"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
+    out = version_output(sipp_binary())
+    if not out:
         return None
     for line in out.splitlines():
         if "SIPp" in line:

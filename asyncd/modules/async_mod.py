@@ -342,26 +342,24 @@ def w_async_ms_route(ctx, site, route, ms):
     return _suspend(ctx, site, _st.ms, K_ROUTE, str(route), due + d / 1000.0)
 
 
-def w_async_sleep(ctx, site, seconds):
+def _sleep(ctx, site, value, rng, unit, disp, scale):
+    """async_sleep / async_ms_sleep: resume with the rest of the block (B §2.3)."""
     due = time.monotonic()
-    d = _delay(site, seconds, SEC_RANGE, "seconds")
+    d = _delay(site, value, rng, unit)
     if d is None:
         return -1
     if site.continuation is None:
         _err(site, "cannot be executed as last action in a route block")
         return -1
-    return _suspend(ctx, site, _st.secs, K_CONT, site.continuation, due + d)
+    return _suspend(ctx, site, disp, K_CONT, site.continuation, due + d * scale)
+
+
+def w_async_sleep(ctx, site, seconds):
+    return _sleep(ctx, site, seconds, SEC_RANGE, "seconds", _st.secs, 1)
 
 
 def w_async_ms_sleep(ctx, site, ms):
-    due = time.monotonic()
-    d = _delay(site, ms, MS_RANGE, "milliseconds")
-    if d is None:
-        return -1
-    if site.continuation is None:
-        _err(site, "cannot be executed as last action in a route block")
-        return -1
-    return _suspend(ctx, site, _st.ms, K_CONT, site.continuation, due + d / 1000.0)
+    return _sleep(ctx, site, ms, MS_RANGE, "milliseconds", _st.ms, 1 / 1000.0)
 
 
 def _task_group(site, gname):
