@@ -656,6 +656,8 @@ class CodeGen:
                 if (ta in ("str", "str?") and tb == "str") or (ta == "int" and tb == "int"):
                     return f"({a} {op} {b})"
                 if isinstance(e.right, N.Const) and e.right.value is None:
+                    if isinstance(e.left, N.Const):   # `"abc" == $null`: fold, no `'abc' is None`
+                        return "True" if (e.left.value is None) != neg else "False"
                     return f"({a} is {'not ' if neg else ''}None)"
                 return f"({'not ' if neg else ''}_eq({a}, {b}))"
             if op in ("=~", "!~"):
