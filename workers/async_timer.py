@@ -21,6 +21,15 @@ Items are `[kind, due, tindex, tlabel, target]`. on_due(proc, item) returns
 True (ran), False (skipped: transaction gone) or None (could not hand it on
 now, e.g. the default task group is full: retry in RETRY s, delay instead of
 drop, the author's own rationale for the ms timer, GH #2006).
+
+Early hand-off (the ms timer): handing an item to a sleeping task worker is
+a ZeroMQ frame through two I/O threads, 0.2-0.3 ms typically and a few ms
+now and then on this kind of box, all of it late. With `lead` > 0 the loop
+offers each item to on_early(proc, item) `lead` s before it is due; on_early
+gives it to an idle worker, which waits out the rest itself (a plain timed
+sleep: one wake-up, like ours) and resumes it on time. on_early returns
+False when no worker is idle: the item then fires at its due time through
+on_due as before, so early hand-off never takes a worker that a task needs.
 """
 import heapq
 import gc
@@ -43,7 +52,7 @@ class _Heap:
         self.h = []
         self.seq = 0
 
-    def add(self, frame):
+    def add(self, frame, lead=0.0):
         if not frame:
             return                  # a wake-up
         try:
@@ -54,49 +63,61 @@ class _Heap:
             self.disp.mark_done(self.idx, skipped=True)   # accounted for, not silently lost
             return
         self.seq += 1
-        heapq.heappush(self.h, (due, self.seq, item))
+        # (fire at, seq, item, early?): an early entry is offered `lead` s before its due time
+        heapq.heappush(self.h, (due - lead, self.seq, item, lead > 0))
 
-    def drain(self, sock):
+    def drain(self, sock, lead):
         for frame in self.disp.take(self.idx):
-            self.add(frame)
+            self.add(frame, lead)
         while True:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.add(frame)
+            self.add(frame, lead)
 
 
-def _fire(proc, heap, on_due):
+def _fire(proc, heap, on_due, on_early):
     mono = time.monotonic
     h, disp, idx = heap.h, heap.disp, heap.idx
     now = mono()
     while h and h[0][0] <= now:
-        due, s, item = heapq.heappop(h)
+        at, s, item, early = heapq.heappop(h)
+        due = float(item[1])
         try:
+            if early and due > now:
+                if on_early(proc, item):
+                    disp.mark_done(idx)         # the worker has it now and accounts for it
+                else:
+                    heapq.heappush(h, (due, s, item, False))    # no idle worker: at due, as usual
+                now = mono()
+                continue
             r = on_due(proc, item)
         except Exception as e:    # a failing resume never kills the timer
             rt.err("async", f"timer: resume failed: {e!r}")
             r = True
         if r is None:
-            heapq.heappush(h, (now + RETRY, s, item))
+            heapq.heappush(h, (now + RETRY, s, item, False))
             return
         disp.mark_done(idx, r is False)
         now = mono()
 
 
-def run(proc, disp, idx, on_due):
+def run(proc, disp, idx, on_due, lead=0.0, on_early=None):
     """Loop until proc.stopping: receive items, resume them when due."""
     sock = disp.bind(idx)
     heap = _Heap(disp, idx)
     gc.freeze()     # what we inherited from main is never garbage: keep it out of GC scans
     mono = time.monotonic
+    if on_early is None:
+        lead = 0.0
     try:
         while not proc.stopping:
-            heap.drain(sock)
-            _fire(proc, heap, on_due)
+            heap.drain(sock, lead)
+            _fire(proc, heap, on_due, on_early)
             wake = heap.h[0][0] if heap.h else mono() + POLL_MS / 1000.0
-            if disp.publish(idx, wake):
+            # an item due before wake + lead must wake us to be offered early
+            if disp.publish(idx, wake + lead):
                 continue            # frames arrived while we were busy
             wait = wake - mono()
             if wait <= 0:

@@ -203,6 +203,44 @@ class Dispatcher:
                 self._lock.release()
             return False
 
+    def offer(self, frame):
+        """Queue mode: give `frame` to an idle consumer now (awake: through
+        the ring; asleep: its ZeroMQ endpoint). False when every consumer is
+        busy or the frame does not fit a ring slot: nothing was queued."""
+        if self.n <= 0 or not self.ring or len(frame) > SLOT - 4:
+            return False
+        c, aw = self.c, self.aw
+        got = self._acquire()
+        try:
+            for k in range(self.n):
+                if aw[k] and c[_HDR + _PER * k] == c[_HDR + _PER * k + 1]:
+                    if c[3] + (c[5] - c[4]) >= self.ring:
+                        return False
+                    j = (c[5] % self.ring) * SLOT + self._ring_off
+                    self._mm[j:j + 4] = _LEN.pack(len(frame))
+                    self._mm[j + 4:j + 4 + len(frame)] = frame
+                    c[5] += 1
+                    c[0] += 1
+                    return True
+            i = self._pick_locked(idle_only=True)
+            if i < 0:
+                return False
+            c[0] += 1
+        finally:
+            if got:
+                self._lock.release()
+        try:
+            self._sock(i).send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as e:
+            rt.err("core", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
+            got = self._acquire()
+            c[_HDR + _PER * i + 1] += 1
+            c[0] -= 1
+            if got:
+                self._lock.release()
+            return False
+
     def push(self, frame, nonblock=None):
         """reserve + send: 0, or -1 when full."""
         if self.reserve(nonblock) < 0:

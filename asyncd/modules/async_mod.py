@@ -32,6 +32,7 @@ from asyncd.ipc.dispatch import TimerDispatcher
 MOD = "async"
 SEC_RANGE = (1, 100)           # spec A §1 (Kamailio's code: 1..99)
 MS_RANGE = (1, 30000)          # spec A §1 (Kamailio's code: 1..29999)
+MS_LEAD = 0.002               # the ms timer hands items to an idle worker this early (async_timer)
 CBNAME_MAX = 62                # ASYNC_CBNAME_SIZE 64 - 1, names must be shorter (B §2.0)
 SEC_QUEUE = 100000             # pending seconds items per ASYNC MOD TIMER
 MS_QUEUE = 10000               # Kamailio's ms list limit (B §2.2)
@@ -432,7 +433,12 @@ def _run_cont(script, cid, ctx):
 
 
 def _task_resume(proc, item):
-    kind, tindex, tlabel, target = item
+    kind, tindex, tlabel, target = item[:4]
+    if len(item) > 4:
+        # handed over early by the ms timer (workers/async_timer.py): never resume before due
+        wait = float(item[4]) - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, MS_LEAD * 2))
     return _resume(proc, tindex, tlabel, kind, target)
 
 
@@ -465,6 +471,13 @@ def _ms_due(proc, item):
     return True if grp.disp.send(i, codec.pack([kind, tindex, tlabel, target])) else None
 
 
+def _ms_early(proc, item):
+    """Offer an ms item to an idle default-group worker MS_LEAD s before it is
+    due; the worker sleeps out the rest (workers/async_timer.py). False: none idle."""
+    kind, due, tindex, tlabel, target = item
+    return async_task.framework().default.disp.offer(codec.pack([kind, tindex, tlabel, target, due]))
+
+
 def _run_sec_timer(idx, proc):
     from workers import async_timer
     proc.role = "async_timer"
@@ -474,7 +487,7 @@ def _run_sec_timer(idx, proc):
 def _run_ms_timer(proc):
     from workers import async_timer
     proc.role = "async_timer"
-    async_timer.run(proc, _st.ms, 0, _ms_due)
+    async_timer.run(proc, _st.ms, 0, _ms_due, MS_LEAD, _ms_early)
 
 
 # ---- lifecycle ----------------------------------------------------------

@@ -135,3 +135,30 @@ def test_oversize_frames_bypass_the_ring_but_stay_bounded(rundir):
     assert [disp.push(big) for _ in range(5)] == [0, 0, 0, 0, -1]
     s = disp.stats()
     assert s["accepted"] == 4 and s["rejected"] == 1 and s["pending"] == 4
+
+
+def test_offer_goes_to_an_idle_worker_or_is_refused(rundir):
+    """offer() (the ms timer's early hand-off) never queues behind busy workers:
+    it hands the frame to an idle consumer or returns False with nothing counted."""
+    disp = Dispatcher("of", 2, 4, nonblock=True, rundir=rundir, ring=8)
+    q, procs = _start(disp, 2)
+    try:
+        time.sleep(0.2)
+        assert disp.offer(codec.pack(["run", 0.3, "a"]))
+        assert disp.offer(codec.pack(["run", 0.3, "b"]))
+        t_busy = time.monotonic()
+        assert not disp.offer(codec.pack(["run", 0.0, "c"]))     # both busy: refused
+        assert disp.stats()["accepted"] == 2 and disp.outstanding() == 2
+        assert not disp.offer(b"x" * 2000)                        # too big for the ring
+        got = sorted((q.get(timeout=3) for _ in range(2)), key=lambda g: g[0])
+        assert [g[0] for g in got] == ["a", "b"] and {g[1] for g in got} == {0, 1}
+        assert all(g[2] - t_busy < 0.5 for g in got)
+        time.sleep(0.05)
+        assert disp.offer(codec.pack(["run", 0.0, "d"]))          # idle again: taken
+        assert q.get(timeout=3)[0] == "d"
+        time.sleep(0.05)
+        st = disp.stats()
+        assert st["accepted"] == st["run"] == 3 and st["pending"] == 0
+    finally:
+        for p in procs:
+            p.join(5)

@@ -19,6 +19,23 @@ from workers import async_timer
 FORK = multiprocessing.get_context("fork")
 
 
+def _early_timer_proc(disp, q, accept, lead):
+    """A timer with early hand-off: on_early reports (tag, how early) and accepts
+    or refuses; on_due reports items that reached their due time here."""
+    proc = ProcState(role="async_timer")
+    signal.signal(signal.SIGTERM, lambda *a: setattr(proc, "stopping", True))
+
+    def on_early(p, item):
+        q.put(("early", item[4], item[1] - time.monotonic()))
+        return accept
+
+    def on_due(p, item):
+        q.put(("due", item[4], time.monotonic() - item[1]))
+        return True
+
+    async_timer.run(proc, disp, 0, on_due, lead, on_early)
+
+
 def _timer_proc(disp, q, refuse_first):
     proc = ProcState(role="async_timer")
     signal.signal(signal.SIGTERM, lambda *a: setattr(proc, "stopping", True))
@@ -147,3 +164,37 @@ def test_later_items_need_no_wakeup_but_earlier_ones_do(timer):
     got = [q.get(timeout=3) for _ in range(3)]
     assert [g[0] for g in got] == ["early", "late", "later"]
     assert all(0 <= g[1] < 0.02 for g in got), got
+
+
+@pytest.mark.parametrize("accept", [True, False])
+def test_early_handoff_offers_lead_before_due_and_falls_back_at_due(accept):
+    """The ms timer offers an item `lead` s early (an idle worker then waits out
+    the rest); refused, the same item fires at its due time, never lost."""
+    d = tempfile.mkdtemp(prefix="asyncd-tt-")
+    disp = TimerDispatcher("te", 1, 1000, rundir=d)
+    q = FORK.Queue()
+    p = FORK.Process(target=_early_timer_proc, args=(disp, q, accept, 0.005))
+    p.start()
+    try:
+        time.sleep(0.2)
+        for k, delay in enumerate((0.05, 0.12, 0.2)):
+            _push(disp, delay, k)
+        got = [q.get(timeout=3) for _ in range(3 if accept else 6)]
+        early = [g for g in got if g[0] == "early"]
+        due = [g for g in got if g[0] == "due"]
+        assert sorted(g[1] for g in early) == [0, 1, 2]
+        # offered about `lead` before due: not at due, not much sooner than asked
+        assert all(0.0005 < g[2] <= 0.0051 for g in early), early
+        if accept:
+            assert due == []
+        else:
+            assert sorted(g[1] for g in due) == [0, 1, 2]
+            assert all(0 <= g[2] < 0.01 for g in due), due
+        time.sleep(0.05)
+        assert disp.stats()["run"] == 3 and disp.stats()["pending"] == 0
+    finally:
+        p.kill()
+        p.join()
+        for f in os.listdir(d):
+            os.unlink(os.path.join(d, f))
+        os.rmdir(d)
