@@ -43,11 +43,12 @@ SERVERS = ("asyncd", "kamailio")
 DEFAULT_SIPP = {"scenario": "options_uac.xml", "rates": [1000, 2000, 5000], "step_s": 10,
                 "refine": 1, "recv_timeout_ms": 4000, "cooldown_s": 1.0, "min_rate_fraction": 0.9,
                 "service": "bench", "uas": None}
-DEFAULT_LATENCY = {"rate": 200, "count": 400, "nominal_ms": 0, "drain_s": 2.0, "user": "bench"}
+DEFAULT_LATENCY = {"rate": 200, "count": 400, "nominal_ms": 0, "drain_s": 2.0, "user": "bench",
+                   "warmup": 20}
 DEFAULT_THROUGHPUT = {"rates": [1000, 2000, 4000], "step_s": 3.0, "refine": 0, "timeout_s": 5.0,
                       "user": "bench"}
 DEFAULT_QUICK = {"sipp": {"rates": [200, 400], "step_s": 1, "refine": 0, "cooldown_s": 0.2},
-                 "latency": {"count": 100, "drain_s": 1.5},
+                 "latency": {"count": 100, "drain_s": 1.5, "warmup": 5},
                  "throughput": {"rates": [500, 1000], "step_s": 0.5, "timeout_s": 3.0}}
 
 

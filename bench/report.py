@@ -119,6 +119,8 @@ def _lat_cell(r: dict) -> str:
     cell = " / ".join(_fmt(s[p], 3) for p in ("min", "p50", "p90", "p99", "max"))
     if lat.get("unanswered"):
         cell += f" ({lat['unanswered']} unanswered)"
+    if lat.get("warmup_max_ms") is not None:
+        cell += f" (warm-up ×{lat['warmup']}: max {_fmt(lat['warmup_max_ms'], 3)})"
     return cell
 
 
