@@ -38,13 +38,13 @@ ring under the lock (doze()), so no frame is stranded; a producer that missed
 the flag just sends over ZeroMQ as before. Idle-first is kept: the frame
 waits only for an idle worker that is already looking for it.
 
-Bounds (spec A §7): reserve() claims room first (so a caller can learn "full"
-before suspending a transaction); -1 at once for a non-blocking dispatcher,
-after at most `block_wait` s for a blocking one. Every item sent is counted:
-accepted == run + skipped + pending.
+Bounds (spec A §7): push() checks for room and queues under one lock round
+trip; -1 at once for a non-blocking dispatcher, after at most `block_wait` s
+for a blocking one (the async module then undoes the suspension). Every item
+sent is counted: accepted == run + skipped + pending.
 
 Shared block layout (int64 header, then per-consumer counters, then ring):
-    0 accepted  1 rejected  2 rr cursor  3 reserved  4 ring head  5 ring tail
+    0 accepted  1 rejected  2 rr cursor  3 (unused)  4 ring head  5 ring tail
     8+4i: assigned[i]  9+4i: done[i]  10+4i: run[i]  11+4i: skipped[i]
     ring slot k: u32 length + frame bytes, SLOT bytes each
 """
@@ -106,47 +106,9 @@ class Dispatcher:
             # backlog + reservations + oversize frames parked in busy workers' pipes
             extra = sum(max(0, c[_HDR + _PER * i] - c[_HDR + _PER * i + 1] - 1)
                         for i in range(self.n))
-            return c[3] + (c[5] - c[4]) + extra < self.ring
+            return (c[5] - c[4]) + extra < self.ring
         pending = sum(c[_HDR + _PER * i] - c[_HDR + _PER * i + 1] for i in range(self.n))
-        return pending + c[3] < self.cap * self.n
-
-    def reserve(self, nonblock=None):
-        """Claim room for one item: returns 0 (ok) or -1 (full, or no consumers)."""
-        if self.n <= 0:
-            return -1
-        nb = self.nonblock if nonblock is None else nonblock
-        deadline = None
-        delay = 0.0002
-        while True:
-            got = self._acquire()
-            try:
-                if self._room_locked():
-                    self.c[3] += 1
-                    return 0
-            finally:
-                if got:
-                    self._lock.release()
-            if nb:
-                break
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + self.block_wait
-            elif now >= deadline:
-                break
-            time.sleep(delay)
-            delay = min(delay * 2, 0.005)
-        got = self._acquire()
-        self.c[1] += 1
-        if got:
-            self._lock.release()
-        return -1
-
-    def release(self, ticket=0):
-        """Give back a reservation that will not be sent (e.g. t_suspend failed)."""
-        got = self._acquire()
-        self.c[3] -= 1
-        if got:
-            self._lock.release()
+        return pending < self.cap * self.n
 
     def _pick_locked(self, idle_only):
         c, n = self.c, self.n
@@ -166,38 +128,35 @@ class Dispatcher:
             c[_HDR + _PER * best] += 1
         return best
 
-    def send(self, ticket, frame):
-        """Send a reserved item. True, or False (reservation given back, logged)."""
+    def _place_locked(self, frame):
+        """Lock held, room checked, c[0] counted: the ring (returns -1) or the
+        index of the consumer marked busy with it (the caller sends over zmq)."""
         c = self.c
-        got = self._acquire()
-        try:
-            c[3] -= 1
-            c[0] += 1
-            fits = self.ring and len(frame) <= SLOT - 4
-            i = -1
-            if fits:
-                aw = self.aw
-                for k in range(self.n):
-                    if aw[k] and c[_HDR + _PER * k] == c[_HDR + _PER * k + 1]:
-                        break           # an idle worker is awake: it takes it from the ring
-                else:
-                    i = self._pick_locked(idle_only=True)
+        i = -1
+        if self.ring and len(frame) <= SLOT - 4:
+            aw = self.aw
+            for k in range(self.n):
+                if aw[k] and c[_HDR + _PER * k] == c[_HDR + _PER * k + 1]:
+                    break           # an idle worker is awake: it takes it from the ring
             else:
-                i = self._pick_locked(idle_only=False)
-            if i < 0:
-                k = (c[5] % self.ring) * SLOT + self._ring_off
-                self._mm[k:k + 4] = _LEN.pack(len(frame))
-                self._mm[k + 4:k + 4 + len(frame)] = frame
-                c[5] += 1
-                return True
-        finally:
-            if got:
-                self._lock.release()
+                i = self._pick_locked(idle_only=True)
+        else:
+            i = self._pick_locked(idle_only=False)
+        if i < 0:
+            k = (c[5] % self.ring) * SLOT + self._ring_off
+            self._mm[k:k + 4] = _LEN.pack(len(frame))
+            self._mm[k + 4:k + 4 + len(frame)] = frame
+            c[5] += 1
+        return i
+
+    def _zmq_send(self, i, frame):
+        """Send to consumer i (already counted busy). False: undone, logged."""
         try:
             self._sock(i).send(frame, zmq.NOBLOCK)
             return True
         except zmq.ZMQError as e:
             rt.err("core", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
+            c = self.c
             got = self._acquire()
             c[_HDR + _PER * i + 1] += 1     # never arrives: the consumer is not busy with it
             c[0] -= 1
@@ -214,40 +173,50 @@ class Dispatcher:
         c, aw = self.c, self.aw
         got = self._acquire()
         try:
-            for k in range(self.n):
-                if aw[k] and c[_HDR + _PER * k] == c[_HDR + _PER * k + 1]:
-                    if c[3] + (c[5] - c[4]) >= self.ring:
-                        return False
-                    j = (c[5] % self.ring) * SLOT + self._ring_off
-                    self._mm[j:j + 4] = _LEN.pack(len(frame))
-                    self._mm[j + 4:j + 4 + len(frame)] = frame
-                    c[5] += 1
-                    c[0] += 1
-                    return True
-            i = self._pick_locked(idle_only=True)
-            if i < 0:
+            idle = [k for k in range(self.n) if c[_HDR + _PER * k] == c[_HDR + _PER * k + 1]]
+            if not idle:
+                return False            # every consumer busy: the caller keeps it
+            if any(aw[k] for k in idle) and c[5] - c[4] >= self.ring:
                 return False
             c[0] += 1
+            i = self._place_locked(frame)   # awake idle: the ring; else that idle one
         finally:
             if got:
                 self._lock.release()
-        try:
-            self._sock(i).send(frame, zmq.NOBLOCK)
-            return True
-        except zmq.ZMQError as e:
-            rt.err("core", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
-            got = self._acquire()
-            c[_HDR + _PER * i + 1] += 1
-            c[0] -= 1
-            if got:
-                self._lock.release()
-            return False
+        return True if i < 0 else self._zmq_send(i, frame)
 
     def push(self, frame, nonblock=None):
-        """reserve + send: 0, or -1 when full."""
-        if self.reserve(nonblock) < 0:
+        """Claim room and queue `frame` under one lock round trip: 0, or -1 when full (at once
+        for a non-blocking dispatcher, after at most `block_wait` s for a
+        blocking one) or when the send failed."""
+        if self.n <= 0:
             return -1
-        return 0 if self.send(0, frame) else -1
+        nb = self.nonblock if nonblock is None else nonblock
+        deadline = None
+        delay = 0.0002
+        c = self.c
+        while True:
+            got = self._acquire()
+            try:
+                if self._room_locked():
+                    c[0] += 1
+                    i = self._place_locked(frame)
+                    break
+            finally:
+                if got:
+                    self._lock.release()
+            now = time.monotonic()
+            if not nb and deadline is None:
+                deadline = now + self.block_wait
+            if nb or now >= deadline:
+                got = self._acquire()
+                c[1] += 1
+                if got:
+                    self._lock.release()
+                return -1
+            time.sleep(delay)
+            delay = min(delay * 2, 0.005)
+        return 0 if i < 0 or self._zmq_send(i, frame) else -1
 
     def _sock(self, i):
         pid = os.getpid()
@@ -395,25 +364,22 @@ class TimerDispatcher(Dispatcher):
     def _slot(self, i, k):
         return self._mbh + (i * self.mbn + k % self.mbn) * self.MB_SLOT
 
-    def send(self, ticket, frame, due=None):
-        c, m = self.c, self.m
-        out = frame
-        got = self._acquire()
-        try:
-            c[3] -= 1
-            c[0] += 1
-            i = self._pick_locked(idle_only=False)
-            b = 4 * i
-            if len(frame) <= self.MB_SLOT - 4 and m[b + 1] - m[b] < self.mbn:
-                k = self._slot(i, m[b + 1])
-                self._mb[k:k + 4] = _LEN.pack(len(frame))
-                self._mb[k + 4:k + 4 + len(frame)] = frame
-                m[b + 1] += 1
-                (wake,) = _WAKE.unpack_from(self._mb, 32 * i + 16)
-                out = b"" if due is None or due < wake else None
-        finally:
-            if got:
-                self._lock.release()
+    def _place_locked(self, frame, due=None):
+        """Lock held, c[0] counted: mailbox (returns (i, b"") for a wake-up,
+        (i, None) for nothing to send) or (i, frame) to send over zmq."""
+        m = self.m
+        i = self._pick_locked(idle_only=False)
+        b = 4 * i
+        if len(frame) <= self.MB_SLOT - 4 and m[b + 1] - m[b] < self.mbn:
+            k = self._slot(i, m[b + 1])
+            self._mb[k:k + 4] = _LEN.pack(len(frame))
+            self._mb[k + 4:k + 4 + len(frame)] = frame
+            m[b + 1] += 1
+            (wake,) = _WAKE.unpack_from(self._mb, 32 * i + 16)
+            return i, (b"" if due is None or due < wake else None)
+        return i, frame
+
+    def _out(self, i, out):
         if out is None:
             return True
         try:
@@ -423,6 +389,7 @@ class TimerDispatcher(Dispatcher):
             if not out:
                 return True         # the frame is in the mailbox; it will be seen late
             rt.err("core", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
+            c = self.c
             got = self._acquire()
             c[_HDR + _PER * i + 1] += 1
             c[0] -= 1
@@ -431,9 +398,21 @@ class TimerDispatcher(Dispatcher):
             return False
 
     def push(self, frame, nonblock=None, due=None):
-        if self.reserve(nonblock) < 0:
+        """Room check and queueing under one lock round trip: 0, or -1 (full)."""
+        if self.n <= 0:
             return -1
-        return 0 if self.send(0, frame, due) else -1
+        c = self.c
+        got = self._acquire()
+        try:
+            if not self._room_locked():
+                c[1] += 1
+                return -1
+            c[0] += 1
+            i, out = self._place_locked(frame, due)
+        finally:
+            if got:
+                self._lock.release()
+        return 0 if self._out(i, out) else -1
 
     def take(self, i):
         """Consumer i: the frames waiting in its mailbox (oldest first)."""

@@ -13,10 +13,10 @@ async_sleep last in its block are startup errors; the same problems from
 variables, or a full queue, return -1 with an error naming the cfg file:line
 and leave no transaction suspended. Timers are accurate (workers/async_timer).
 
-Suspend path (receiver): validate -> reserve room in the target queue (so a
-full queue never leaves a suspended transaction behind) -> t_newtran if no
-T -> t_suspend -> send `[kind, (due,) tindex, tlabel, target]` -> return the
-`return` modparam (0 ends the script, B §2.0).
+Suspend path (receiver): validate -> t_newtran if no T -> t_suspend -> queue
+`[kind, (due,) tindex, tlabel, target]` (room check and send in one lock
+round trip; a full queue undoes the suspension, so none is left behind) ->
+return the `return` modparam (0 ends the script, B §2.0).
 """
 import time
 from functools import partial
@@ -285,46 +285,41 @@ def _is_faked(msg):
 
 def _suspend(ctx, site, disp, kind, target, due=None):
     """Create/suspend T and queue its resume. Returns modparam `return`,
-    -1 on error (nothing left suspended), 0 for an absorbed retransmission."""
+    -1 on error (nothing left suspended), 0 for an absorbed retransmission.
+
+    Kamailio's order (B §2.5): suspend, then queue the task. A queue that is
+    full (or a send that fails) undoes the suspension (t_cancel_suspend, A §2)
+    instead of leaving T suspended until its fr_timer as Kamailio does. Room
+    is claimed and the frame queued under one dispatcher lock round trip."""
     if _is_faked(ctx.msg):
         _err(site, "invalid usage for faked message")
         return -1
     if disp is None:
         _err(site, "async framework not initialized")
         return -1
-    i = disp.reserve()
-    if i < 0:
+    tm = _tm()
+    if ctx.t is None:
+        rc = tm.t_newtran(ctx)
+        if rc < 0:
+            _err(site, "cannot create the transaction")
+            return -1
+        if rc == 0:
+            return 0            # retransmission, absorbed by tm: end the script
+    rc, tindex, tlabel = tm.t_suspend(ctx)
+    if rc < 0:
+        _err(site, f"failed to suspend the transaction ({rc})")
+        return -1
+    if rc == 1:
+        return _st.ret          # CANCELled meanwhile: 487 sent, nothing to resume
+    item = [kind, tindex, tlabel, target] if due is None else [kind, due, tindex, tlabel, target]
+    frame = codec.pack(item)
+    # timers: the due time lets the producer skip the wake-up (TimerDispatcher)
+    if (disp.push(frame) if due is None else disp.push(frame, due=due)) < 0:
+        tm.t_cancel_suspend(tindex, tlabel)
+        ctx.t.done = False      # the route still owns the request: it may reply
         _err(site, "queue is full - request not suspended")
         return -1
-    sent = False
-    try:
-        tm = _tm()
-        if ctx.t is None:
-            rc = tm.t_newtran(ctx)
-            if rc < 0:
-                _err(site, "cannot create the transaction")
-                return -1
-            if rc == 0:
-                return 0        # retransmission, absorbed by tm: end the script
-        rc, tindex, tlabel = tm.t_suspend(ctx)
-        if rc < 0:
-            _err(site, f"failed to suspend the transaction ({rc})")
-            return -1
-        if rc == 1:
-            return _st.ret      # CANCELled meanwhile: 487 sent, nothing to resume
-        item = [kind, tindex, tlabel, target] if due is None else [kind, due, tindex, tlabel, target]
-        frame = codec.pack(item)
-        # timers: the due time lets the producer skip the wake-up (TimerDispatcher)
-        if not (disp.send(i, frame) if due is None else disp.send(i, frame, due)):
-            i = -1              # send() released the reservation
-            tm.t_cancel_suspend(tindex, tlabel)
-            _err(site, "cannot queue the resume - transaction not suspended")
-            return -1
-        sent = True
-        return _st.ret
-    finally:
-        if not sent and i >= 0:
-            disp.release(i)
+    return _st.ret
 
 
 def w_async_route(ctx, site, route, seconds):
@@ -465,10 +460,7 @@ def _ms_due(proc, item):
     """Hand a due ms item to the default task group (B §8.2); None = full, retry."""
     kind, _due, tindex, tlabel, target = item
     grp = async_task.framework().default
-    i = grp.disp.reserve(nonblock=True)
-    if i < 0:
-        return None
-    return True if grp.disp.send(i, codec.pack([kind, tindex, tlabel, target])) else None
+    return True if grp.disp.push(codec.pack([kind, tindex, tlabel, target]), nonblock=True) == 0 else None
 
 
 def _ms_early(proc, item):

@@ -76,22 +76,24 @@ def test_long_task_does_not_delay_queued_tasks(rundir):
 
 
 def test_full_nonblocking_refuses_at_once(rundir):
+    # no consumer process: the first frame makes consumer 0 busy, two more fill the ring
     disp = Dispatcher("tf", 1, 2, ring=2, nonblock=True, rundir=rundir)
-    assert disp.reserve() == 0 and disp.reserve() == 0
+    assert [disp.push(codec.pack(["run", 0, k])) for k in range(3)] == [0, 0, 0]
     t0 = time.monotonic()
-    assert disp.reserve() == -1
+    assert disp.push(codec.pack(["run", 0, "x"])) == -1
     assert time.monotonic() - t0 < 0.01
-    assert disp.stats()["rejected"] == 1
-    disp.release(0)
-    assert disp.reserve() == 0
+    st = disp.stats()
+    assert st["rejected"] == 1 and st["accepted"] == 3 and st["pending"] == 3
 
 
 def test_full_blocking_waits_bounded_then_refuses(rundir):
     disp = Dispatcher("tb", 1, 1, ring=1, nonblock=False, block_wait=0.3, rundir=rundir)
-    assert disp.reserve() == 0
+    assert disp.push(codec.pack(["run", 0, "a"])) == 0      # consumer 0 busy
+    assert disp.push(codec.pack(["run", 0, "b"])) == 0      # the ring's one slot
     t0 = time.monotonic()
-    assert disp.reserve() == -1
+    assert disp.push(codec.pack(["run", 0, "c"])) == -1
     assert 0.28 <= time.monotonic() - t0 < 0.6
+    assert disp.stats()["rejected"] == 1
 
 
 def test_blocking_producer_gets_room_when_worker_finishes(rundir):
