@@ -141,10 +141,12 @@ class TmTable:
         # hash() of bytes is seeded once in main; every child is forked from it
         return hash(key) or 1
 
-    def insert(self, key, payload, deadline):
+    def insert(self, key, payload, deadline, headroom=0):
         """Add a transaction unless one with `key` exists. `payload` is bytes,
         or a callable(index, label) -> bytes when the record must name its own
         slot (tm's Via branch); it runs under the bucket lock, so keep it short.
+        `headroom`: bytes the record is expected to grow by (tm: the reply it
+        will store), so that put() does not have to move it later.
         Returns (created, index, label). Raises TableFull."""
         kh = hash(key) or 1
         bucket = kh % self.nbuckets
@@ -166,7 +168,7 @@ class TmTable:
                 if callable(payload):
                     payload = payload(idx, label)
                 blob = _U16.pack(len(key)) + key + payload
-                off = self.arena.alloc(len(blob))
+                off = self.arena.alloc(len(blob) + headroom)
                 if not off:
                     raise TableFull("no shm for a %d byte transaction; raise -m" % len(blob))
             except BaseException:
