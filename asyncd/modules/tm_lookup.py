@@ -118,7 +118,31 @@ def timer_endpoint():
     return S.timer_ep
 
 
-REPLY_EXTRA = 128      # a reply's bytes beyond the request headers it copies (t_newtran)
+REPLY_EXTRA = 140      # a reply's status line, To-tag, Server, Content-Length, Via received/rport, cell fields
+_COPIED = ("via", "from", "to", "call-id", "cseq", "record-route")
+
+
+def reply_estimate(msg):
+    """Bytes the final reply will add to the cell: the header lines a reply
+    copies from its request, plus REPLY_EXTRA. t_newtran allocates that much
+    room up front, so storing the reply (in another process, under the
+    transaction lock) rarely has to move the record: an alloc and a free
+    under the arena lock. An estimate that is too high would waste a size
+    class for the whole wait time, hence only the copied lines are counted."""
+    first = getattr(msg, "_first", None)
+    if not first:
+        return 0
+    multi = msg._multi
+    n = REPLY_EXTRA
+    for k in _COPIED:
+        lst = multi.get(k) if multi else None
+        if lst is not None:
+            n += sum(len(x) + 2 for x in lst)
+        else:
+            line = first.get(k)
+            if line is not None:
+                n += len(line) + 2
+    return n
 
 
 def now():
@@ -170,14 +194,9 @@ def t_newtran(ctx):
         cell = new_cell(ctx)
         cell.key = key
         from shm.tm_table import TableFull
-        # every transaction ends up storing a final reply (ours or relayed) about
-        # the size of the request's headers plus a status line, Server, To-tag:
-        # room for it now saves moving the record in the arena later (alloc +
-        # free, two more lock round trips)
-        body = msg.body
-        headroom = len(cell.req) - (len(body) if body else 0) + REPLY_EXTRA
         try:
-            created, index, label = S.table.insert(key, cell.encode(), hard_deadline(cell), headroom)
+            created, index, label = S.table.insert(key, cell.encode(), hard_deadline(cell),
+                                                   reply_estimate(msg))
         except TableFull as e:
             log.err(MOD, f"t_newtran(): {e}")
             return -2
