@@ -29,6 +29,7 @@ from bench.servers import Server, ServerStartError, free_udp_port, kamailio_bina
 from bench.sysstats import ProcessTree, read_udp_counters, udp_drops_delta
 
 MB = 1024 * 1024
+WARMUP_S = 0.5          # latency runs: at least this much warm-up traffic (see run_latency)
 
 
 class Budget:
@@ -74,11 +75,14 @@ class _Meter:
 
 
 def run_latency(srv: Server, tree: ProcessTree, cfg: dict, opts: "RunOptions") -> dict:
-    # Warm-up, same rate, not counted: every process's first request pays one-off costs
-    # (copy-on-write faults on the pages it touches, first connects), ~1-3 ms here for
-    # either server, which would otherwise be the p99 of a 200-sample run. Its worst
-    # latency is kept in the results (warmup_max_ms), not hidden.
+    # Warm-up, same rate, not counted: every process's first requests pay one-off costs
+    # (copy-on-write faults on the pages they touch, first connects, the interpreter
+    # specialising the hot code), ~1-3 ms here for either server, which would otherwise
+    # be the p99 of a 200-sample run. `warmup` requests, at least half a second of
+    # traffic. Its worst latency is kept in the results (warmup_max_ms), not hidden.
     n_warm = int(cfg.get("warmup", 0) or 0)
+    if n_warm > 0:
+        n_warm = max(n_warm, int(cfg["rate"] * WARMUP_S))
     warm = None
     if n_warm > 0:
         warm = sender.run(srv.port, cfg["rate"], n_warm, user=cfg["user"],
