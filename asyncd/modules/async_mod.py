@@ -299,18 +299,20 @@ def _suspend(ctx, site, disp, kind, target, due=None):
         return -1
     tm = _tm()
     if ctx.t is None:
-        rc = tm.t_newtran(ctx)
+        # no transaction yet: create it suspended (one table write, tm_lookup.t_newtran)
+        rc, tindex, tlabel = tm.t_newtran_suspend(ctx)
         if rc < 0:
             _err(site, "cannot create the transaction")
             return -1
-        if rc == 0:
+        if rc == 2:
             return 0            # retransmission, absorbed by tm: end the script
-    rc, tindex, tlabel = tm.t_suspend(ctx)
-    if rc < 0:
-        _err(site, f"failed to suspend the transaction ({rc})")
-        return -1
-    if rc == 1:
-        return _st.ret          # CANCELled meanwhile: 487 sent, nothing to resume
+    else:
+        rc, tindex, tlabel = tm.t_suspend(ctx)
+        if rc < 0:
+            _err(site, f"failed to suspend the transaction ({rc})")
+            return -1
+        if rc == 1:
+            return _st.ret      # CANCELled meanwhile: 487 sent, nothing to resume
     item = [kind, tindex, tlabel, target] if due is None else [kind, due, tindex, tlabel, target]
     frame = codec.pack(item)
     # timers: the due time lets the producer skip the wake-up (TimerDispatcher)

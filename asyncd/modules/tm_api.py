@@ -15,6 +15,17 @@ def t_newtran(ctx):
     return tm_lookup.t_newtran(ctx)
 
 
+def t_newtran_suspend(ctx):
+    """t_newtran then t_suspend for a request that has no transaction yet, in
+    one table write. -> (rc, tindex, tlabel): rc 0 suspended (the INVITE's 100
+    went out), 2 a retransmission (absorbed, nothing suspended), <0 t_newtran's
+    error."""
+    rc = tm_lookup.t_newtran(ctx, suspend=True)
+    if rc == 1:
+        return 0, ctx.t.index, ctx.t.label
+    return (2 if rc == 0 else rc), 0, 0
+
+
 def t_suspend(ctx):
     """-> (rc, tindex, tlabel). rc 0: suspended (request, AVP/XAVP bytes, flags
     and lumps stored; the INVITE's 100 went out at t_newtran); 1: the

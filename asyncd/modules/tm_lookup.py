@@ -181,9 +181,15 @@ def hard_deadline(cell):
     return cell.eol + (S.wt_ms + 64 * S.t1) / 1000.0 + 5.0
 
 
-def t_newtran(ctx):
+def t_newtran(ctx, suspend=False):
     """1: created (ctx.t set); 0: a retransmission, absorbed (last reply re-sent,
-    ctx.t points at the existing transaction); <0 error (B §6.5, t_lookup.c)."""
+    ctx.t points at the existing transaction); <0 error (B §6.5, t_lookup.c).
+
+    suspend=True (the async module, when the request has no transaction yet):
+    the cell is created already suspended, as t_newtran then t_suspend would
+    leave it, in one table write: no second lock, decode, encode and store.
+    Another process can only see it suspended, which is what it would see a
+    moment later anyway (a CANCEL then gets its 487 and the resume is skipped)."""
     if ctx.t is not None:
         return 1
     msg = ctx.msg
@@ -193,6 +199,9 @@ def t_newtran(ctx):
         key = getattr(msg, "_tmkey", None) or request_key(msg)
         cell = new_cell(ctx)
         cell.key = key
+        if suspend:
+            from asyncd.modules.tm_suspend import suspend_cell
+            bno, fr = suspend_cell(ctx, cell)
         from shm.tm_table import TableFull
         try:
             created, index, label = S.table.insert(key, cell.encode(), hard_deadline(cell),
@@ -203,16 +212,22 @@ def t_newtran(ctx):
     except Exception as e:              # malformed headers the parser let through
         log.err(MOD, f"t_newtran(): cannot create transaction: {e!r}")
         return -1
-    ctx.t = Handle(S.table, index, label)
-    ctx.t.new = created
+    h = ctx.t = Handle(S.table, index, label)
+    h.new = created
     if not created:
         from asyncd.modules import tm_reply
-        tm_reply.resend_last(ctx.proc, ctx.t)
+        tm_reply.resend_last(ctx.proc, h)
         return 0
+    if suspend:
+        h.saved = (cell.avps if ctx.avps is not None else None,
+                   cell.xavps if ctx.xavps is not None else None)
+        from asyncd.modules.tm_timer import K_FR
+        h.timers.append([K_FR, index, label, bno, fr, 0])
+        flush(h)
     if cell.flags & F_INVITE and S.auto_inv_100:
         from asyncd.modules import tm_reply
         tm_reply.local_reply(ctx, 100, S.auto_inv_100_reason)
-        ctx.t.done = False      # the automatic 100 answers nothing (t_unref still checks)
+    h.done = suspend            # the automatic 100 answers nothing (t_unref still checks)
     return 1
 
 

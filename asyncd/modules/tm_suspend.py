@@ -35,29 +35,38 @@ def t_suspend(ctx):
             return 1, h.index, h.label
         if cell.flags & F_FINAL:
             return -3, h.index, h.label
-        msg = ctx.msg
-        if not cell.branches:
-            # lumps are saved once, before the first branch (B §6.2 step 3)
-            cell.lumps = [list(msg.hdr_adds or ()), sorted(msg.hdr_removes or ()),
-                          list(msg.reply_lumps or ())]
-        cell.msg_flags = ctx.flags
-        if ctx.avps is not None:
-            cell.avps = ctx.avps.dumps()
-        if ctx.xavps is not None:
-            cell.xavps = ctx.xavps.dumps()
+        bno, fr = suspend_cell(ctx, cell)
         h.saved = (cell.avps if ctx.avps is not None else None,
                    cell.xavps if ctx.xavps is not None else None)
-        bno = len(cell.branches)
-        fr = min(now() + cell.fr_ms / 1000.0, cell.eol)
-        cell.branches.append(["", ["", 0], cell.sock, "", b"", 0, b"", B_BLIND, fr])
-        cell.flags = (cell.flags | F_SUSPENDED | F_NOISY) & ~F_CONTINUE
-        cell.susp_route_type = ctx.route_type
         h.dirty = True
         tm_timer.arm_fr(h, cell, bno, fr)
         h.done = True
         return 0, h.index, h.label
     finally:
         h.release(flush)
+
+
+def suspend_cell(ctx, cell):
+    """What t_suspend stores (B §6.2): lumps (once, before the first branch),
+    message flags, AVP/XAVP bytes, and a blind branch whose fr timer is the
+    transaction's fr_timer. Returns (branch number, fr deadline); the caller
+    arms the timer. Also used on a cell not yet in the table
+    (tm_lookup.t_newtran(suspend=True))."""
+    msg = ctx.msg
+    if not cell.branches:
+        cell.lumps = [list(msg.hdr_adds or ()), sorted(msg.hdr_removes or ()),
+                      list(msg.reply_lumps or ())]
+    cell.msg_flags = ctx.flags
+    if ctx.avps is not None:
+        cell.avps = ctx.avps.dumps()
+    if ctx.xavps is not None:
+        cell.xavps = ctx.xavps.dumps()
+    bno = len(cell.branches)
+    fr = min(now() + cell.fr_ms / 1000.0, cell.eol)
+    cell.branches.append(["", ["", 0], cell.sock, "", b"", 0, b"", B_BLIND, fr])
+    cell.flags = (cell.flags | F_SUSPENDED | F_NOISY) & ~F_CONTINUE
+    cell.susp_route_type = ctx.route_type
+    return bno, fr
 
 
 def _blind(cell):
