@@ -84,14 +84,19 @@ def _fire(proc, heap, on_due, on_early):
     while h and h[0][0] <= now:
         at, s, item, early = heapq.heappop(h)
         due = float(item[1])
+        if early and due > now:
+            try:
+                handed = on_early(proc, item)
+            except Exception as e:      # never lose the item: it fires at due instead
+                rt.err("async", f"timer: early hand-off failed: {e!r}")
+                handed = False
+            if handed:
+                disp.mark_done(idx)             # the worker has it now and accounts for it
+            else:
+                heapq.heappush(h, (due, s, item, False))    # no idle worker: at due, as usual
+            now = mono()
+            continue
         try:
-            if early and due > now:
-                if on_early(proc, item):
-                    disp.mark_done(idx)         # the worker has it now and accounts for it
-                else:
-                    heapq.heappush(h, (due, s, item, False))    # no idle worker: at due, as usual
-                now = mono()
-                continue
             r = on_due(proc, item)
         except Exception as e:    # a failing resume never kills the timer
             rt.err("async", f"timer: resume failed: {e!r}")

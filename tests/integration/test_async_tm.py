@@ -257,7 +257,9 @@ def test_timer_accuracy(srv):
                              (mr, 0.1, 0.004)):
         assert xs[0] >= nominal, xs
         assert statistics.median(xs) <= nominal + tol, xs
-        assert xs[-1] <= nominal + 0.05, xs
+        # the worst single sample only rules out gross lateness (a second-long
+        # ring like Kamailio's): one 50 ms stall of a loaded CI box failed it once
+        assert xs[-1] <= nominal + 0.1, xs
     print(f"async_sleep(1) median {statistics.median(s1):.4f} max {s1[-1]:.4f}; "
           f"async_ms_sleep(100) median {statistics.median(m100):.4f} max {m100[-1]:.4f}")
 
