@@ -34,9 +34,7 @@ class _Stop(Exception):
 
 class Receiver:
     def __init__(self, proc, sock_index):
-        from asyncd.modules.sl import SERVER
         from asyncd.sip import SipParseError, build_reply, parse_msg, reply_addr
-        self.server_hdr = SERVER
         self.build_reply = build_reply
         self.reply_addr = reply_addr
         self.proc = proc
@@ -176,7 +174,7 @@ class Receiver:
         reason = e.reason or "Bad Request"
         if e.can_reply and e.msg is not None and e.msg.is_request and e.msg.method != "ACK":
             try:
-                data = self.build_reply(e.msg, e.code, reason, server=self.server_hdr)
+                data = self.build_reply(e.msg, e.code, reason)
                 if self.proc.send(data, self.reply_addr(e.msg), self.sock_index):
                     self.n_bad += 1
                     return

@@ -209,6 +209,7 @@ class Supervisor:
         self.script.sockets = self.sockets
         self.script.sock_addrs = self.sock_addrs
         self.script._self_hosts = None     # `myself` = the sockets bound (-l included)
+        self.configure_server_header()
         try:
             self.script.init_modules()
             self.modules_inited = True
@@ -218,6 +219,18 @@ class Supervisor:
             raise
         except Exception as e:  # CfgError/RuntimeError from mod_init (contracts §1), ArenaFull
             raise StartupError(f"module initialization failed: {e}") from e
+
+    def configure_server_header(self):
+        """Core params (Kamailio's names): server_signature=no drops the Server
+        header of locally built replies; server_header="Server: ..." replaces it."""
+        from asyncd.sip.build import DEFAULT_SERVER_LINE, set_server_header
+        core = self.script.core
+        if "server_signature" in core and not _truthy(core["server_signature"]):
+            set_server_header("")
+        elif core.get("server_header"):
+            set_server_header(str(core["server_header"]))
+        else:
+            set_server_header(DEFAULT_SERVER_LINE)
 
     def make_tables(self):
         """Process table and message counters, sized to the plan, in the arena's static area."""

@@ -13,10 +13,6 @@ same To-tag (stable_to_tag hashes what is constant across retransmissions).
 tm), as Kamailio's sl module does through the tm API; otherwise it is
 `sl_send_reply`.
 """
-import platform
-import sys
-
-from asyncd import __version__
 from asyncd.core import log
 from asyncd.core.exports import FuncExport, ModuleExports, P
 from asyncd.core.route_types import (BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE,
@@ -24,8 +20,7 @@ from asyncd.core.route_types import (BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE,
 from asyncd.sip.build import build_reply, reply_addr
 
 MOD = "sl"
-# Kamailio's "Server: kamailio (5.6.3 (x86_64/linux))" shape.
-SERVER = f"asyncd ({__version__} ({platform.machine()}/{sys.platform}))"
+# The Server header of replies: asyncd.sip.build (core params server_header / server_signature).
 # Kamailio's default text when sl_reply_error has no more specific error (sl_funcs.c, error.c).
 DEFAULT_ERROR = (500, "I'm terribly sorry, server error occurred (1/SL)")
 
@@ -52,7 +47,7 @@ def sl_send_reply(ctx, code, reason, extra_headers=None):
     # build_reply adds stable_to_tag(msg) to a To without tag, never to a 100 (RFC 3261 8.2.6.2)
     headers = extra_headers or ()
     try:
-        data = build_reply(msg, code, reason, extra_headers=headers, server=SERVER)
+        data = build_reply(msg, code, reason, extra_headers=headers)
     except Exception as e:  # a header too broken to copy: say so, never raise into the route
         log.err(MOD, f"sl_send_reply(): cannot build reply: {e}", _where(ctx))
         return -1

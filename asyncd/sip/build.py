@@ -7,8 +7,12 @@ Header values are copied as received (unfolded); unknown headers of a
 forwarded message are copied byte-for-byte, folding included (RFC 4475
 3.1.1.1). Everything returns bytes ready for sendto().
 """
+import platform
 import re
+import sys
 from hashlib import md5 as _md5
+
+from asyncd import __version__
 
 from .hdrs import SipParseError, canon, split_commas
 from .msg import _value
@@ -110,23 +114,42 @@ def _has_tag(msg, value):
 
 
 _REPLY = "SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n"
-_tails = {}  # (server, body length) -> the encoded "Server: ...\r\nContent-Length: n\r\n\r\n"
+_tails = {}  # (server line, body length) -> the encoded "Server: ...\r\nContent-Length: n\r\n\r\n"
+
+
+# Kamailio's "Server: kamailio (5.6.3 (x86_64/linux))" shape; core parameters
+# server_header (the whole line) and server_signature=no (none) change it.
+DEFAULT_SERVER_LINE = f"Server: asyncd ({__version__} ({platform.machine()}/{sys.platform}))"
+_server_line = [DEFAULT_SERVER_LINE]
+
+
+def set_server_header(line):
+    """The Server header line of every locally built reply ("" for none).
+    Main process, before fork (core params server_header / server_signature)."""
+    _server_line[0] = (line or "").strip()
+
+
+def server_line():
+    return _server_line[0]
 
 
 def _tail(server, blen):
-    t = _tails.get((server, blen))
+    line = _server_line[0] if server is None else ("Server: %s" % server if server else "")
+    t = _tails.get((line, blen))
     if t is None:
-        t = ("Server: %s\r\n" % server if server else "") + "Content-Length: %d\r\n\r\n" % blen
+        t = (line + "\r\n" if line else "") + "Content-Length: %d\r\n\r\n" % blen
         t = t.encode("utf-8", "surrogateescape")
         if len(_tails) < 256:
-            _tails[(server, blen)] = t
+            _tails[(line, blen)] = t
     return t
 
 
-def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", server="asyncd"):
+def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", server=None):
     """A reply to request msg (RFC 3261 8.2.6): Vias, From, To (+tag), Call-ID,
     CSeq copied; Record-Route copied into 1xx/2xx (RFC 3261 12.1.1);
-    msg.reply_lumps and extra_headers appended; Server, Content-Length."""
+    msg.reply_lumps and extra_headers appended; Server, Content-Length.
+    server=None: the configured Server line (set_server_header); a string:
+    "Server: <string>" ("" for none)."""
     if isinstance(body, str):
         body = body.encode("utf-8", "surrogateescape")
     first = msg._first

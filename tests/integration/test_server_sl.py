@@ -73,3 +73,58 @@ def test_literal_code_out_of_range_is_a_startup_error(tmp_path):
     assert r.returncode == 255
     line = CFG.split('sl_send_reply("200", "OK");')[0].count("\n") + 1
     assert f"{cfg}:{line}:" in r.stderr and "reply code 99 out of range 100..699" in r.stderr
+
+
+HEADER_CFG = """
+#!ifndef LPORT
+#!define LPORT 5060
+#!endif
+children=1
+listen=udp:127.0.0.1:LPORT
+%s
+async_workers=1
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "async.so"
+request_route {
+    if ($rU == "stateful") {
+        async_task_route("R");
+        exit;
+    }
+    sl_send_reply("200", "OK");
+}
+route[R] {
+    send_reply("202", "From A Worker");
+}
+"""
+
+
+def _bad_request(port, lport):
+    # a request whose CSeq method does not match: answered 400 by the receiver itself
+    return (f"OPTIONS sip:x@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bKbadcseq\r\n"
+            "From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\n"
+            "Call-ID: badcseq@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+
+
+def _servers(srv, c):
+    port = srv.port
+    r1 = c.final("OPTIONS", ruri=f"sip:stateless@127.0.0.1:{port}")
+    r2 = c.final("OPTIONS", ruri=f"sip:stateful@127.0.0.1:{port}")
+    c.send_raw(_bad_request(port, c.local[1]))
+    r3 = c.recv(2.0)
+    assert (r1.status, r2.status, r3.status) == (200, 202, 400)
+    return [r.hdrs("server") for r in (r1, r2, r3)]
+
+
+def test_server_header_core_params(run_server, sip_client):
+    """Kamailio's core params: server_header replaces the Server line of every
+    locally built reply (sl, tm, the receiver's 400); server_signature=no drops it."""
+    with run_server(HEADER_CFG % "") as srv:
+        got = _servers(srv, sip_client(srv.addr))
+        assert all(len(h) == 1 and h[0].startswith("asyncd (") for h in got), got
+    with run_server(HEADER_CFG % 'server_header="Server: Edge Proxy 7"') as srv:
+        assert _servers(srv, sip_client(srv.addr)) == [["Edge Proxy 7"]] * 3
+    with run_server(HEADER_CFG % 'server_signature=no\nserver_header="Server: unused"') as srv:
+        assert _servers(srv, sip_client(srv.addr)) == [[]] * 3
