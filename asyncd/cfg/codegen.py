@@ -658,6 +658,8 @@ class CodeGen:
                 if isinstance(e.right, N.Const) and e.right.value is None:
                     if isinstance(e.left, N.Const):   # `"abc" == $null`: fold, no `'abc' is None`
                         return "True" if (e.left.value is None) != neg else "False"
+                    if ta == "int":     # `(-3) is None` would be a SyntaxWarning; a call keeps side effects
+                        return f"({'not ' if neg else ''}_isnull({a}))"
                     return f"({a} is {'not ' if neg else ''}None)"
                 return f"({'not ' if neg else ''}_eq({a}, {b}))"
             if op in ("=~", "!~"):
@@ -685,7 +687,9 @@ class CodeGen:
             if e.op == "defined":
                 if type(e.operand) is N.Const:   # `defined 1`: no `1 is not None` (SyntaxWarning)
                     return "True" if e.operand.value is not None else "False"
-                v, _ = self.val(e.operand, fn)
+                v, ty = self.val(e.operand, fn)
+                if ty == "int":                  # `(-3) is not None`: the same warning
+                    return f"(not _isnull({v}))"
                 return f"({v} is not None)"
             if e.op == "strempty":
                 v, _ = self.val(e.operand, fn)
@@ -723,6 +727,7 @@ def runtime_namespace():
         "_match": pvcore.match, "_regex": pvcore.regex,
         "_strlen": lambda v: 0 if v is None else len(v if type(v) is str else str(v)),
         "_strempty": lambda v: v is None or v == "",
+        "_isnull": lambda v: v is None,
         "_retint": lambda v: (pvcore.to_int(v) if pvcore.to_int(v) is not None else 0),
         "_zdiv": _zdiv,
     }
