@@ -47,12 +47,12 @@ RETRY = 0.001
 
 
 class _Heap:
-    def __init__(self, disp, idx):
-        self.disp, self.idx = disp, idx
+    def __init__(self, disp, idx, lead=0.0):
+        self.disp, self.idx, self.lead = disp, idx, lead
         self.h = []
         self.seq = 0
 
-    def add(self, frame, lead=0.0):
+    def add(self, frame):
         if not frame:
             return                  # a wake-up
         try:
@@ -63,18 +63,18 @@ class _Heap:
             self.disp.mark_done(self.idx, skipped=True)   # accounted for, not silently lost
             return
         self.seq += 1
-        # (fire at, seq, item, early?): an early entry is offered `lead` s before its due time
-        heapq.heappush(self.h, (due - lead, self.seq, item, lead > 0))
+        # (fire at, seq, item): fired before its due time, an entry is an early offer
+        heapq.heappush(self.h, (due - self.lead, self.seq, item))
 
-    def drain(self, sock, lead):
+    def drain(self, sock):
         for frame in self.disp.take(self.idx):
-            self.add(frame, lead)
+            self.add(frame)
         while True:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.add(frame, lead)
+            self.add(frame)
 
 
 def _fire(proc, heap, on_due, on_early):
@@ -82,9 +82,9 @@ def _fire(proc, heap, on_due, on_early):
     h, disp, idx = heap.h, heap.disp, heap.idx
     now = mono()
     while h and h[0][0] <= now:
-        at, s, item, early = heapq.heappop(h)
+        at, s, item = heapq.heappop(h)
         due = float(item[1])
-        if early and due > now:
+        if at < due and due > now:
             try:
                 handed = on_early(proc, item)
             except Exception as e:      # never lose the item: it fires at due instead
@@ -93,7 +93,7 @@ def _fire(proc, heap, on_due, on_early):
             if handed:
                 disp.mark_done(idx)             # the worker has it now and accounts for it
             else:
-                heapq.heappush(h, (due, s, item, False))    # no idle worker: at due, as usual
+                heapq.heappush(h, (due, s, item))   # no idle worker: at due, as usual
             now = mono()
             continue
         try:
@@ -102,7 +102,7 @@ def _fire(proc, heap, on_due, on_early):
             rt.err("async", f"timer: resume failed: {e!r}")
             r = True
         if r is None:
-            heapq.heappush(h, (now + RETRY, s, item, False))
+            heapq.heappush(h, (now + RETRY, s, item))
             return
         disp.mark_done(idx, r is False)
         now = mono()
@@ -111,14 +111,14 @@ def _fire(proc, heap, on_due, on_early):
 def run(proc, disp, idx, on_due, lead=0.0, on_early=None):
     """Loop until proc.stopping: receive items, resume them when due."""
     sock = disp.bind(idx)
-    heap = _Heap(disp, idx)
-    gc.freeze()     # what we inherited from main is never garbage: keep it out of GC scans
-    mono = time.monotonic
     if on_early is None:
         lead = 0.0
+    heap = _Heap(disp, idx, lead)
+    gc.freeze()     # what we inherited from main is never garbage: keep it out of GC scans
+    mono = time.monotonic
     try:
         while not proc.stopping:
-            heap.drain(sock, lead)
+            heap.drain(sock)
             _fire(proc, heap, on_due, on_early)
             wake = heap.h[0][0] if heap.h else mono() + POLL_MS / 1000.0
             # an item due before wake + lead must wake us to be offered early
