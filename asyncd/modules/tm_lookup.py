@@ -201,7 +201,7 @@ def t_newtran(ctx, suspend=False):
         cell.key = key
         if suspend:
             from asyncd.modules.tm_suspend import suspend_cell
-            bno, fr = suspend_cell(ctx, cell)
+            bno, fr, saved = suspend_cell(ctx, cell)
         from shm.tm_table import TableFull
         try:
             created, index, label = S.table.insert(key, cell.encode(), hard_deadline(cell),
@@ -219,10 +219,9 @@ def t_newtran(ctx, suspend=False):
         tm_reply.resend_last(ctx.proc, h)
         return 0
     if suspend:
-        h.saved = (cell.avps if ctx.avps is not None else None,
-                   cell.xavps if ctx.xavps is not None else None)
-        from asyncd.modules.tm_timer import K_FR
-        h.timers.append([K_FR, index, label, bno, fr, 0])
+        from asyncd.modules import tm_timer
+        h.saved = saved
+        tm_timer.arm_fr(h, cell, bno, fr)       # queues the fr timer; flush() hands it over
         flush(h)
     if cell.flags & F_INVITE and S.auto_inv_100:
         from asyncd.modules import tm_reply

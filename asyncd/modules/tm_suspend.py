@@ -35,10 +35,7 @@ def t_suspend(ctx):
             return 1, h.index, h.label
         if cell.flags & F_FINAL:
             return -3, h.index, h.label
-        bno, fr = suspend_cell(ctx, cell)
-        h.saved = (cell.avps if ctx.avps is not None else None,
-                   cell.xavps if ctx.xavps is not None else None)
-        h.dirty = True
+        bno, fr, h.saved = suspend_cell(ctx, cell)
         tm_timer.arm_fr(h, cell, bno, fr)
         h.done = True
         return 0, h.index, h.label
@@ -49,9 +46,9 @@ def t_suspend(ctx):
 def suspend_cell(ctx, cell):
     """What t_suspend stores (B §6.2): lumps (once, before the first branch),
     message flags, AVP/XAVP bytes, and a blind branch whose fr timer is the
-    transaction's fr_timer. Returns (branch number, fr deadline); the caller
-    arms the timer. Also used on a cell not yet in the table
-    (tm_lookup.t_newtran(suspend=True))."""
+    transaction's fr_timer. Returns (branch number, fr deadline, the AVP/XAVP
+    bytes written, for Handle.saved); the caller arms the timer. Also used on
+    a cell not yet in the table (tm_lookup.t_newtran(suspend=True))."""
     msg = ctx.msg
     if not cell.branches:
         cell.lumps = [list(msg.hdr_adds or ()), sorted(msg.hdr_removes or ()),
@@ -66,7 +63,8 @@ def suspend_cell(ctx, cell):
     cell.branches.append(["", ["", 0], cell.sock, "", b"", 0, b"", B_BLIND, fr])
     cell.flags = (cell.flags | F_SUSPENDED | F_NOISY) & ~F_CONTINUE
     cell.susp_route_type = ctx.route_type
-    return bno, fr
+    return bno, fr, (cell.avps if ctx.avps is not None else None,
+                     cell.xavps if ctx.xavps is not None else None)
 
 
 def _blind(cell):
