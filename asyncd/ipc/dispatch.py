@@ -380,22 +380,16 @@ class TimerDispatcher(Dispatcher):
         return i, frame
 
     def _out(self, i, out):
+        """After _place_locked: nothing to send, a wake-up, or the frame itself."""
         if out is None:
             return True
+        if out:
+            return self._zmq_send(i, out)       # no room in the mailbox: the frame goes over zmq
         try:
             self._sock(i).send(out, zmq.NOBLOCK)
-            return True
-        except zmq.ZMQError as e:
-            if not out:
-                return True         # the frame is in the mailbox; it will be seen late
-            rt.err("core", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
-            c = self.c
-            got = self._acquire()
-            c[_HDR + _PER * i + 1] += 1
-            c[0] -= 1
-            if got:
-                self._lock.release()
-            return False
+        except zmq.ZMQError:
+            pass                    # the frame is in the mailbox; it will be seen late
+        return True
 
     def push(self, frame, nonblock=None, due=None):
         """Room check and queueing under one lock round trip: 0, or -1 (full)."""
