@@ -3,11 +3,7 @@
 Runs in: the pytest process, plus forked consumer processes.
 """
 import multiprocessing
-import os
-import tempfile
 import time
-
-import pytest
 
 from asyncd import ipc
 from asyncd.ipc import codec
@@ -32,15 +28,6 @@ def _consumer(disp, idx, results):
     finally:
         sock.close(0)
         ipc.close_all()
-
-
-@pytest.fixture
-def rundir():
-    d = tempfile.mkdtemp(prefix="asyncd-t-")
-    yield d
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
 
 
 def _start(disp, n):

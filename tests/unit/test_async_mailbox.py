@@ -5,11 +5,7 @@ mailbox (asyncd.ipc.mailbox) and the task dispatcher's awake consumers
 Runs in: the pytest process, plus forked consumer processes.
 """
 import multiprocessing
-import os
-import tempfile
 import time
-
-import pytest
 
 from asyncd import ipc
 from asyncd.ipc import codec
@@ -65,15 +61,6 @@ def test_mailbox_loses_nothing_with_concurrent_producers():
     for p in procs:
         p.join(5)
     assert sorted(got) == sorted(p * 10000 + k for p in range(3) for k in range(2000))
-
-
-@pytest.fixture
-def rundir():
-    d = tempfile.mkdtemp(prefix="asyncd-t-")
-    yield d
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
 
 
 def _spinning_consumer(disp, results):

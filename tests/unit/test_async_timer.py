@@ -6,7 +6,6 @@ import multiprocessing
 import os
 import random
 import signal
-import tempfile
 import time
 
 import pytest
@@ -54,8 +53,8 @@ def _timer_proc(disp, q, refuse_first):
 
 
 @pytest.fixture
-def timer():
-    d = tempfile.mkdtemp(prefix="asyncd-tt-")
+def timer(rundir):
+    d = rundir
     started = []
 
     def start(refuse_first=False, mailbox=4096):
@@ -72,9 +71,6 @@ def timer():
         if p.is_alive():
             p.kill()
         p.join()
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
 
 
 def _push(disp, delay, tag, kind="ar"):
@@ -167,11 +163,10 @@ def test_later_items_need_no_wakeup_but_earlier_ones_do(timer):
 
 
 @pytest.mark.parametrize("accept", [True, False])
-def test_early_handoff_offers_lead_before_due_and_falls_back_at_due(accept):
+def test_early_handoff_offers_lead_before_due_and_falls_back_at_due(accept, rundir):
     """The ms timer offers an item `lead` s early (an idle worker then waits out
     the rest); refused, the same item fires at its due time, never lost."""
-    d = tempfile.mkdtemp(prefix="asyncd-tt-")
-    disp = TimerDispatcher("te", 1, 1000, rundir=d)
+    disp = TimerDispatcher("te", 1, 1000, rundir=rundir)
     q = FORK.Queue()
     p = FORK.Process(target=_early_timer_proc, args=(disp, q, accept, 0.005))
     p.start()
@@ -195,6 +190,3 @@ def test_early_handoff_offers_lead_before_due_and_falls_back_at_due(accept):
     finally:
         p.kill()
         p.join()
-        for f in os.listdir(d):
-            os.unlink(os.path.join(d, f))
-        os.rmdir(d)
