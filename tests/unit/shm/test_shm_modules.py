@@ -121,16 +121,21 @@ def test_bad_regex_literal_is_a_startup_error():
     assert "regular expression" in str(e.value)
 
 
-def test_bad_table_definition_is_a_startup_error():
+def _init_fails(cfg_text):
+    """mod_init of this cfg must refuse it with a CfgError (a startup error)."""
     from asyncd.cfg.compiler import compile_cfg
-    s = compile_cfg(text='loadmodule "htable.so"\nmodparam("htable", "htable", "t=>size=x")\n'
-                         'request_route { exit; }')
+    s = compile_cfg(text=cfg_text)
     s.shm = ShmArena.create(4 << 20)
     try:
         with pytest.raises(CfgError):
             s.init_modules()
     finally:
         s.shm.destroy()
+
+
+def test_bad_table_definition_is_a_startup_error():
+    _init_fails('loadmodule "htable.so"\nmodparam("htable", "htable", "t=>size=x")\n'
+                'request_route { exit; }')
 
 
 def test_shv_shared_across_processes_with_shvset(script_factory):
@@ -248,15 +253,7 @@ def test_varset_initialises_each_process_vars():
 
 
 def test_bad_shvset_is_a_startup_error():
-    from asyncd.cfg.compiler import compile_cfg
-    s = compile_cfg(text='loadmodule "pv.so"\nmodparam("pv", "shvset", "a=x:5")\n'
-                         'request_route { exit; }')
-    s.shm = ShmArena.create(4 << 20)
-    try:
-        with pytest.raises(CfgError):
-            s.init_modules()
-    finally:
-        s.shm.destroy()
+    _init_fails('loadmodule "pv.so"\nmodparam("pv", "shvset", "a=x:5")\nrequest_route { exit; }')
 
 
 def test_iterator_and_setx(script_factory):
