@@ -10,6 +10,7 @@ entered its loop.
 """
 import contextlib
 import os
+import shutil
 import re
 import signal
 import subprocess
@@ -52,9 +53,12 @@ class Server:
         self.pid_path = pid_path
         self.returncode = None
         self.stop_elapsed = None
+        self.final_log = None       # the log as it was when run_server removed its workdir
 
     # -- output ---------------------------------------------------------
     def log(self):
+        if self.final_log is not None:
+            return self.final_log
         try:
             return Path(self.log_path).read_text(errors="replace")
         except OSError:
@@ -204,6 +208,8 @@ def run_server(cfg_text=None, defines=None, args=(), port=None, host="127.0.0.1"
                 srv.stop(timeout=stop_timeout)
         leftovers = _reap_group(srv)
         new_shm = _new_shm(shm_before, srv.pid)
+        srv.final_log = srv.log()                       # tests may still read it after the block
+        shutil.rmtree(workdir, ignore_errors=True)     # cfg, log and pid file: no /tmp leftovers
         if check_clean:
             assert not leftovers, f"processes left in the server's group: {leftovers}"
             assert not new_shm, f"shared memory left behind in {SHM_DIR}: {sorted(new_shm)}"
