@@ -151,8 +151,10 @@ request_route {
         ctx, proc = _run(s)
         assert proc.vars["h"] == "hello" and proc.vars["u"] == 0
 
-    res = wait_all([fork(child) for _ in range(3)], 20)
-    assert set(res.values()) == {0}
+    # one child after another: `$shv(g) = $shv(g) + 1` is a read then a write, not
+    # atomic (nor is it in Kamailio), so three at once could lose an increment (seen: 9)
+    res = [wait_all([fork(child)], 20) for _ in range(3)]
+    assert [set(r.values()) for r in res] == [{0}] * 3
     assert s.shm.shv.get("g") == 10
 
 
