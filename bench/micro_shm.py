@@ -75,16 +75,11 @@ def _timed(fn, args_list, n):
 
 
 def _ops(ht):
+    """The operations timed, after seeding the keys they read."""
     ht.set("ctr", 0)
     for k in KEYS:
         ht.set(k, VAL)
-    return {
-        "get": (ht.get, [(k,) for k in KEYS]),
-        "set": (ht.set, [(k, VAL) for k in KEYS]),
-        "set_int": (ht.set, [(k + "i", 7) for k in KEYS]),
-        "inc": (ht.incr, [("ctr", 1)]),
-        "get_locked": (ht.get_locked, [(k,) for k in KEYS]),
-    }
+    return _ops_nocreate(ht)
 
 
 def single(ht, n, repeats=3):
@@ -138,6 +133,7 @@ def contended(arena, ht, n, procs=4):
 
 
 def _ops_nocreate(ht):
+    """The operations timed, on keys already there (forked workers)."""
     return {
         "get": (ht.get, [(k,) for k in KEYS]),
         "set": (ht.set, [(k, VAL) for k in KEYS]),
