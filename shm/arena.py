@@ -273,12 +273,7 @@ class ShmArena:
                     pd = self._pd(p1 - 1)
                     _k, used, _cv, _fh, nxt, prev = _PD.unpack_from(buf, pd)
                     if used == 0:
-                        if prev:
-                            _U32.pack_into(buf, self._pd(prev - 1) + 12, nxt)
-                        else:
-                            _U32.pack_into(buf, _CLS_HEAD + 4 * k, nxt)
-                        if nxt:
-                            _U32.pack_into(buf, self._pd(nxt - 1) + 16, prev)
+                        self._unlink_partial(k, nxt, prev)
                         return p1
                     p1 = nxt
             finally:
@@ -328,8 +323,9 @@ class ShmArena:
         finally:
             locks.release(c)
 
-    def _release_page(self, c, p, nxt, prev):
-        """Unlink empty page p from class c's partial list, give it back (class lock held)."""
+    def _unlink_partial(self, c, nxt, prev):
+        """Take a page (its neighbours nxt/prev, 1-based, 0 = none) off class
+        c's partial list (class lock held)."""
         buf = self.buf
         if prev:
             _U32.pack_into(buf, self._pd(prev - 1) + 12, nxt)
@@ -337,6 +333,11 @@ class ShmArena:
             _U32.pack_into(buf, _CLS_HEAD + 4 * c, nxt)
         if nxt:
             _U32.pack_into(buf, self._pd(nxt - 1) + 16, prev)
+
+    def _release_page(self, c, p, nxt, prev):
+        """Unlink empty page p from class c's partial list, give it back (class lock held)."""
+        buf = self.buf
+        self._unlink_partial(c, nxt, prev)
         self._page_lock.acquire(0)
         try:
             h = _U32.unpack_from(buf, _FREE_HEAD)[0]
