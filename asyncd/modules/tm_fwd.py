@@ -128,20 +128,32 @@ def run_onsend(ctx, data, dst, sock):
     """onsend_route just before a request leaves (Kamailio run_onsend from
     t_send_branch): the request's own ctx, $snd(...) describing the outgoing
     datagram; False when the route used `drop`."""
-    rt, dropped = ctx.route_type, ctx.dropped
     if ctx.extra is None:
         ctx.extra = {}
     ctx.extra["snd"] = (dst[0], int(dst[1]), data, sock)
+    try:
+        return _run_droppable(ctx, S.script.run_onsend_route, "onsend_route")
+    finally:
+        ctx.extra.pop("snd", None)
+
+
+def _run_droppable(ctx, run, what, *args, route_type=None):
+    """Run a route that may `drop` what is about to be sent (onsend_route,
+    branch_route) on the request's own ctx, as route_type when given: True
+    unless it dropped. Its errors are logged; ctx.route_type and ctx.dropped
+    are as they were."""
+    rt, dropped = ctx.route_type, ctx.dropped
+    if route_type is not None:
+        ctx.route_type = route_type
     ctx.dropped = False
     try:
-        S.script.run_onsend_route(ctx)
+        run(*args, ctx)
     except ScriptExit as e:
         ctx.dropped = ctx.dropped or e.drop
     except Exception as e:
-        log.err(MOD, f"onsend_route failed: {e!r}")
+        log.err(MOD, f"{what} failed: {e!r}")
     finally:
         ctx.route_type = rt
-        ctx.extra.pop("snd", None)
     out, ctx.dropped = not ctx.dropped, dropped
     return out
 
@@ -240,19 +252,8 @@ def _relay_new(ctx, ruri, dst):
 def _run_branch_route(ctx, h, cell):
     """branch_route runs once per new branch, before it is sent; drop cancels it."""
     name = cell.on_branch
-    rt = ctx.route_type
-    ctx.route_type = BRANCH_ROUTE
-    ctx.dropped = False
-    try:
-        S.script.run_branch_route(name, ctx)
-    except ScriptExit as e:
-        ctx.dropped = ctx.dropped or e.drop
-    except Exception as e:
-        log.err(MOD, f"branch_route[{name}] failed: {e!r}")
-    finally:
-        ctx.route_type = rt
-    dropped, ctx.dropped = ctx.dropped, False
-    return not dropped
+    return _run_droppable(ctx, S.script.run_branch_route, f"branch_route[{name}]", name,
+                          route_type=BRANCH_ROUTE)
 
 
 def _forward_ack(ctx, host, port):
