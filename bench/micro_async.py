@@ -22,6 +22,16 @@ import pstats
 import time
 from pathlib import Path
 
+from asyncd.cfg.compiler import compile_cfg
+from asyncd.cli import build_parser
+from asyncd.core import log
+from asyncd.core.context import ProcState
+from asyncd.ipc import async_task
+from asyncd.modules.tm.state import S as tm_state
+from workers import supervisor
+from workers.receiver import Receiver
+from workers.task_worker import _execute
+
 CFG = Path(__file__).resolve().parent / "cases" / "task_route.cfg"
 
 
@@ -65,10 +75,6 @@ class Rig:
     """The server's setup (supervisor.setup) without forks or sockets."""
 
     def __init__(self, mem_mb=64):
-        from asyncd.core import log
-        from asyncd.cfg.compiler import compile_cfg
-        from asyncd.cli import build_parser
-        from workers import supervisor
         log.configure(level=log.L_ERR, to_stderr=True)
         script = compile_cfg(path=str(CFG), defines={"LPORT": "5071"})
         opts = build_parser().parse_args(["-E", "-m", str(mem_mb), "-f", str(CFG)])
@@ -78,10 +84,6 @@ class Rig:
         sup.sock_addrs.append(("udp", "127.0.0.1", 5071))
         sup.setup()
         self.sup, self.script = sup, script
-        from asyncd.core import async_task
-        from asyncd.core.context import ProcState
-        from asyncd.modules import tm_timer
-        from workers.receiver import Receiver
         fw = async_task.framework()
         self.group = fw.default
         self.disp = self.group.disp
@@ -90,13 +92,11 @@ class Rig:
         self.proc.pid = os.getpid()
         self.proc.sockets = sup.sockets
         self.proc.index = 1
-        self.proc.sock_index = 0
         for mod in script.modules:
             if mod.child_init is not None:
                 mod.child_init(self.proc, 1)
         self.wproc = self.proc          # one process plays both roles
         self.rcv = Receiver(self.proc, 0)
-        self.tm_timer = tm_timer
         self.src = ("127.0.0.1", 40000)
         self.drain_timer()
 
@@ -107,17 +107,14 @@ class Rig:
         """Play the tm timer: empty its mailbox and say "looking now" (steady
         state: new fr/wait timers are due after the timer's next wake-up, so
         arming one is a mailbox write and no ZeroMQ send)."""
-        mb = self.tm_timer._mb[0]
-        if mb is not None:
-            mb.take()
-            mb.awake()
+        tm_state.timers.take(0)
+        tm_state.timers.awake(0)
 
     def receive(self, data):
         self.disp.aw[0] = 1         # worker 0 is awake: the frame goes to the ring
         self.rcv.handle(data, self.src)
 
     def work(self):
-        from workers.task_worker import _execute
         frame = self.disp._doze(0)
         if frame is None:
             raise RuntimeError("the receiver queued nothing")

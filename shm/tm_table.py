@@ -7,7 +7,7 @@ the tm `timer` process and async workers (lookups, updates, frees).
 Why not one Python dict per process: every process must find every
 transaction (spec B §6: a request suspended in a receiver is resumed by an
 async worker; its reply comes back to any receiver; its timers fire in the
-`timer` process). Only bytes live here; tm_cell.py gives them meaning.
+`timer` process). Only bytes live here; asyncd/modules/tm/cell.py gives them meaning.
 
 tindex is the slot number, tlabel a per-slot generation counter bumped on
 every allocation, so a stale (tindex, tlabel) never reaches a recycled slot.
@@ -24,7 +24,7 @@ Byte layout (little endian), all in one anonymous MAP_SHARED mapping:
       | 24 next i32 (bucket chain, -1 end) | 28 blen u32 | 32 deadline f64 (monotonic)
   bucket heads         nbuckets x i32 (-1 empty)
   free slot stack      top i32, then nslots x i32
-  blob (arena slot)    keylen u16 | key | payload (tm_cell msgpack)
+  blob (arena slot)    keylen u16 | key | payload (tm cell msgpack)
 
 Lock-free readers (get() from any process, the sweep) never see a torn
 header: a live slot's offset, length and deadline change only through

@@ -17,10 +17,12 @@ Via after removing ours, or drops it if the top Via is not ours (RFC 3261
 import re
 import signal
 import struct
+import traceback
 
 from asyncd.core import log
-from asyncd.core import runtime as rt
+from asyncd.core.net import local_ips
 from asyncd.core.route_types import CORE_ONREPLY_ROUTE, REQUEST_ROUTE
+from asyncd.sip import SipParseError, build_reply, parse_msg, reply_addr
 from asyncd.sip.build import strip_top_via, via_dest
 
 MOD = "core"
@@ -34,7 +36,6 @@ class _Stop(Exception):
 
 class Receiver:
     def __init__(self, proc, sock_index):
-        from asyncd.sip import SipParseError, build_reply, parse_msg, reply_addr
         self.build_reply = build_reply
         self.reply_addr = reply_addr
         self.proc = proc
@@ -81,7 +82,7 @@ class Receiver:
                     break
                 except OSError as e:
                     self.idle = False
-                    rt.err(MOD, f"recvfrom on {self.local}: {e}")
+                    log.err(MOD, f"recvfrom on {self.local}: {e}")
                     continue
                 handle(data, src)
                 n += 1
@@ -121,10 +122,9 @@ class Receiver:
             raise
         except Exception as e:  # noqa: BLE001 - the loop must survive anything a message triggers
             self.n_drop += 1
-            rt.err(MOD, f"error processing a message from {src[0]}:{src[1]}: {e!r}")
+            log.err(MOD, f"error processing a message from {src[0]}:{src[1]}: {e!r}")
             if log.enabled(log.L_DBG):
-                import traceback
-                rt.dbg(MOD, traceback.format_exc())
+                log.dbg(MOD, traceback.format_exc())
 
     def on_request(self, msg):
         script = self.script
@@ -157,7 +157,7 @@ class Receiver:
         if v1 is None or (v1.host.strip("[]").lower(), v1.port or 5060) not in self.ours:
             self.n_drop += 1
             if log.enabled(log.L_DBG):
-                rt.dbg(MOD, f"reply {msg.status} not for us (top Via {v1.host if v1 else None}); dropped")
+                log.dbg(MOD, f"reply {msg.status} not for us (top Via {v1.host if v1 else None}); dropped")
             return
         v2 = msg.via2
         if v2 is None:  # we were the last hop: nobody to relay to
@@ -165,7 +165,7 @@ class Receiver:
             return
         dest = via_dest(v2)
         if not self.proc.send(strip_top_via(msg), dest, msg.sock):
-            rt.err(MOD, f"cannot forward reply {msg.status} to {dest[0]}:{dest[1]}")
+            log.err(MOD, f"cannot forward reply {msg.status} to {dest[0]}:{dest[1]}")
 
     # -- malformed input ----------------------------------------------------
     def malformed(self, data, src, e):
@@ -182,12 +182,13 @@ class Receiver:
                 reason = f"{reason}; no reply possible: {ex!r}"
         self.n_drop += 1
         if log.enabled(log.L_DBG):
-            rt.dbg(MOD, f"dropped malformed datagram ({len(data)} bytes) from {src[0]}:{src[1]}: {reason}")
+            log.dbg(MOD, f"dropped malformed datagram ({len(data)} bytes) from {src[0]}:{src[1]}: {reason}")
 
 
-def run(proc, sock_index=0):
-    """ProcSpec.run for a receiver (the supervisor binds sock_index with functools.partial)."""
-    Receiver(proc, sock_index).loop()
+def run(proc, row, instance):
+    """The loop of a receiver row's process: the row's handlers are the
+    index of the listen socket it reads."""
+    Receiver(proc, row.handlers).loop()
 
 
 # -- helpers -------------------------------------------------------------------
@@ -230,7 +231,7 @@ def _our_addresses(script, sockets):
         ip, port = s.getsockname()[:2]
         ours.add((ip.lower(), port))
         if ip in ("0.0.0.0", "::"):
-            ours.update((a.lower(), port) for a in rt.local_ips())
+            ours.update((a.lower(), port) for a in local_ips())
     ports = {p for _, p in ours}
     for a in script.core.get("alias") or ():
         # alias=[proto:]host[:port]; without a port it matches any of ours (Kamailio's port 0)

@@ -4,13 +4,15 @@ process roles, then supervise them as `main process - attendant`.
 Runs in: main process (and, for the few lines after fork in spawn_role, in
 each child until it enters its role's loop).
 
-Order (spec B §1.1, contracts §4): the cfg is already compiled (cli.py);
-stale shm of killed runs is removed; UDP sockets are bound; the shm arena
-and the process table are created; every module's mod_init runs; then
-receivers (`udp receiver child=<i> sock=<ip>:<port>`, rank 1..) are forked,
-then the core async workers and each module's processes in load order.
-Nothing that owns a thread (ZeroMQ contexts, event loops) exists in this
-process before the forks: children make their own.
+Order (Kamailio's main.c; docs/kamailio-async.md §1.1): the cfg is already
+compiled (cli.py); stale shm of killed runs is removed; UDP sockets are
+bound; the shm arena, the core async task framework and every module's
+mod_init come next; then the process table is made from rows
+(asyncd.core.procs.ProcRow): the receivers' (`udp receiver child=<i>
+sock=<ip>:<port>`, rank 1..), the core async workers', and each module's
+in load order. Each row names its role; ROLES maps a role to the loop in
+workers/ that runs it. Nothing that owns a thread (ZeroMQ contexts, event
+loops) exists in this process before the forks: children make their own.
 
 Supervision is gunicorn's arbiter shape: signal handlers only queue the
 signal (and wake the loop through signal.set_wakeup_fd); the main loop
@@ -18,10 +20,11 @@ dispatches to handle_<signame>; children are reaped with waitpid(-1,
 WNOHANG) and every exit is classified. A child that cannot boot exits with
 BOOT_ERROR and the server stops; any other unexpected death is logged with
 the child's description and status, and the whole server stops non-zero
-(Kamailio's policy, spec B §1; respawning is future work). SIGTERM/SIGINT:
-children get SIGTERM, then SIGKILL after STOP_GRACE, shm is unlinked, exit 0
-well within 2 s.
+(Kamailio's policy: its main process shuts everything down on SIGCHLD;
+respawning is the next issue). SIGTERM/SIGINT: children get SIGTERM, then
+SIGKILL after STOP_GRACE, shm is unlinked, exit 0 well within 2 s.
 """
+import ctypes
 import gc
 import os
 import select
@@ -29,15 +32,31 @@ import shutil
 import signal
 import socket
 import sys
+import syslog
 import tempfile
 import time
-from functools import partial
+import traceback
+from multiprocessing import resource_tracker
 
+from asyncd import __version__
 from asyncd.core import log
-from asyncd.core import runtime as rt
 from asyncd.core.context import ProcState
-from asyncd.core.exports import PROC_MAIN, ProcSpec
+from asyncd.core.net import local_ips, sock_name
+from asyncd.core.procs import PROC_MAIN, ROLE_RECEIVER, ROLE_TASK_WORKER, ROLE_TIMER, ProcRow
+from asyncd.ipc import async_task
+from asyncd.sip import faked_request
+from asyncd.sip.build import DEFAULT_SERVER_LINE, set_server_header
+from shm import arena as shm_arena
 from shm.locks import pid_alive
+from shm.proctable import ProcTable
+from workers import receiver, task_worker, timer
+from workers.receiver import Counters
+
+try:
+    from setproctitle import setproctitle as _setproctitle
+except ImportError:  # optional, as gunicorn treats it: titles are a convenience
+    def _setproctitle(title):
+        return None
 
 MOD = "core"
 BOOT_ERROR = 3          # child exit code: failed before entering its loop
@@ -50,34 +69,14 @@ RUNDIR_PREFIX = "asyncd-run-"
 SIGNAMES = {getattr(signal, n): n for n in dir(signal) if n.startswith("SIG") and not n.startswith("SIG_")}
 
 
-PRELOAD_PACKAGES = ("asyncd", "shm", "workers")
-PRELOAD_SKIP = ("asyncd.__main__", "asyncd.cli", "asyncd.cfg")
+TITLE_PREFIX = "asyncd: "
+# the loop of each role (asyncd.core.procs): run(proc, row, instance)
+ROLES = {ROLE_RECEIVER: receiver.run, ROLE_TASK_WORKER: task_worker.run, ROLE_TIMER: timer.run}
 
 
-def preload():
-    """Import every module of ours that is not loaded yet, before the forks.
-
-    Hot paths import some modules lazily (to break import cycles). Imported
-    in a child, each costs a compile from source (PYTHONDONTWRITEBYTECODE
-    machines have no .pyc) on the first request that needs it: 4-8 ms on the
-    first resume of each async worker, seen as p99 latency. Imported here,
-    the code is shared copy-on-write and frozen with everything else.
-    """
-    import importlib
-    import pkgutil
-    for pkg in PRELOAD_PACKAGES:
-        try:
-            top = importlib.import_module(pkg)
-        except ImportError:
-            continue
-        for info in pkgutil.walk_packages(top.__path__, pkg + "."):
-            name = info.name
-            if name in sys.modules or name.startswith(PRELOAD_SKIP) or name.rpartition(".")[2].startswith("_"):
-                continue
-            try:
-                importlib.import_module(name)
-            except Exception as e:      # a module that cannot load is the cfg's business, not ours
-                log.dbg(MOD, f"preload: {name}: {e!r}")
+def set_title(desc):
+    """`ps` shows `asyncd: <Kamailio description>`, as `kamctl ps` would."""
+    _setproctitle(TITLE_PREFIX + desc)
 
 
 class StartupError(Exception):
@@ -85,23 +84,15 @@ class StartupError(Exception):
 
 
 class Child:
-    __slots__ = ("idx", "desc", "rank", "run", "role", "pid", "ready", "sock_index")
+    """One forked process: instance `instance` of `row`, in process-table slot `idx`."""
+    __slots__ = ("idx", "row", "instance", "desc", "rank", "pid", "ready")
 
-    def __init__(self, idx, desc, rank, run, role, sock_index=None):
-        self.idx, self.desc, self.rank, self.run, self.role = idx, desc, rank, run, role
-        self.sock_index = sock_index
+    def __init__(self, idx, row, instance):
+        self.idx, self.row, self.instance = idx, row, instance
+        self.desc = row.title_of(instance)
+        self.rank = row.rank_of(instance)
         self.pid = 0
         self.ready = False
-
-
-def _role_of(desc):
-    if desc.startswith("Async Task Worker"):
-        return "async_worker"
-    if desc.startswith("ASYNC MOD"):
-        return "async_timer"
-    if "timer" in desc:
-        return "timer"
-    return "module"
 
 
 class Supervisor:
@@ -141,16 +132,16 @@ class Supervisor:
             self.install_signals()
             self.setup()
         except StartupError as e:
-            rt.crit(MOD, str(e))
+            log.crit(MOD, str(e))
             self.cleanup()
             return EXIT_STARTUP
         try:
             self.spawn_all()
             if self.exit_code is None:
-                rt.set_title("main process - attendant")
+                set_title("main process - attendant")
                 self.main_loop()
         except BaseException as e:  # noqa: BLE001 - a supervisor bug must still stop everything
-            rt.crit(MOD, f"supervisor error, stopping: {e!r}")
+            log.crit(MOD, f"supervisor error, stopping: {e!r}")
             self.exit_code = EXIT_CHILD_DIED
         finally:
             self.stop_children()
@@ -164,7 +155,6 @@ class Supervisor:
         fac = core.get("log_facility")
         facility = None
         if isinstance(fac, str):
-            import syslog
             facility = getattr(syslog, fac.upper(), syslog.LOG_DAEMON)
         log.configure(level=level, to_stderr=to_stderr, rank=0, facility=facility)
 
@@ -193,7 +183,6 @@ class Supervisor:
 
     # -- setup before fork ----------------------------------------------
     def setup(self):
-        from shm import arena as shm_arena
         _no_resource_tracker()
         shm_arena.cleanup_stale()
         self.cleanup_stale_rundirs()
@@ -211,6 +200,7 @@ class Supervisor:
         self.script._self_hosts = None     # `myself` = the sockets bound (-l included)
         self.configure_server_header()
         try:
+            async_task.init(self.script)        # the core framework, before the modules use it
             self.script.init_modules()
             self.modules_inited = True
             self.plan_children()
@@ -223,7 +213,6 @@ class Supervisor:
     def configure_server_header(self):
         """Core params (Kamailio's names): server_signature=no drops the Server
         header of locally built replies; server_header="Server: ..." replaces it."""
-        from asyncd.sip.build import DEFAULT_SERVER_LINE, set_server_header
         core = self.script.core
         if "server_signature" in core and not _truthy(core["server_signature"]):
             set_server_header("")
@@ -234,8 +223,6 @@ class Supervisor:
 
     def make_tables(self):
         """Process table and message counters, sized to the plan, in the arena's static area."""
-        from shm.proctable import ProcTable
-        from workers.receiver import Counters
         self.proctable = ProcTable(self.arena, len(self.plan) + 1)
         self.proctable.set(0, os.getpid(), PROC_MAIN, "main process - attendant")
         self.script.proctable = self.proctable
@@ -247,12 +234,12 @@ class Supervisor:
         out = []
         for proto, ip, port in addrs:
             if proto != "udp":
-                rt.warn(MOD, f"only UDP is supported for now: ignoring listen={proto}:{ip}:{port}")
+                log.warn(MOD, f"only UDP is supported for now: ignoring listen={proto}:{ip}:{port}")
                 continue
             out.append((proto, ip, int(port or 5060)))
         if not addrs:
             # Kamailio listens on every local address when the cfg has no listen line.
-            out = [("udp", ip, 5060) for ip in rt.local_ips(socket.AF_INET)]
+            out = [("udp", ip, 5060) for ip in local_ips(socket.AF_INET)]
         if not out:
             raise StartupError("no UDP listen socket configured")
         return out
@@ -265,46 +252,34 @@ class Supervisor:
                 s.bind((ip, port))
             except OSError as e:
                 s.close()
-                raise StartupError(f"cannot bind udp:{rt.sock_name(ip, port)}: {e.strerror}") from e
+                raise StartupError(f"cannot bind udp:{sock_name(ip, port)}: {e.strerror}") from e
             _grow_rcvbuf(s)
             self.sockets.append(s)
             self.sock_addrs.append((proto, ip, port))
-        lines = "\n".join(f"             udp: {rt.sock_name(ip, port)}" for _, ip, port in self.sock_addrs)
+        lines = "\n".join(f"             udp: {sock_name(ip, port)}" for _, ip, port in self.sock_addrs)
         sys.stdout.write(f"Listening on \n{lines}\nAliases: \n\n")
         sys.stdout.flush()
 
     def plan_children(self):
-        """Every process to fork, in Kamailio's order (contracts §4)."""
-        from workers import receiver
+        """Every process to fork, in Kamailio's order, from the rows of the
+        core (receivers, async task workers) and of each module (load order)."""
+        for row in self.proc_rows():
+            for i in range(max(0, row.count)):
+                self.plan.append(Child(len(self.plan) + 1, row, i))
+
+    def proc_rows(self):
         n = self.opts.children or int(self.script.core.get("children") or 8)
-        rank = 1
-        for si, (_, ip, port) in enumerate(self.sock_addrs):
-            for i in range(n):
-                desc = f"udp receiver child={i} sock={rt.sock_name(ip, port)}"
-                self._add(desc, rank, partial(receiver.run, sock_index=si), "receiver", si)
-                rank += 1
-        for spec in self.module_procs():
-            for _ in range(max(0, spec.count)):
-                self._add(spec.desc, spec.rank, spec.run, _role_of(spec.desc))
-
-    def _add(self, desc, rank, run, role, sock_index=None):
-        self.plan.append(Child(len(self.plan) + 1, desc, rank, run, role, sock_index))
-
-    def module_procs(self):
-        specs = []
-        try:
-            from asyncd.core import async_task
-        except ImportError:
-            async_task = None
-        if async_task is not None and hasattr(async_task, "core_procs"):
-            specs += list(async_task.core_procs(self.script) or [])
+        rows = [ProcRow(ROLE_RECEIVER, f"udp receiver child={{i}} sock={sock_name(ip, port)}",
+                        1 + si * n, n, si)
+                for si, (_, ip, port) in enumerate(self.sock_addrs)]
+        rows += async_task.framework().proc_rows()
         for mod in self.script.modules:
             if mod.procs is not None:
-                specs += list(mod.procs(self.script) or [])
-        for s in specs:
-            if not isinstance(s, ProcSpec):
-                raise StartupError(f"bad process spec {s!r}")
-        return specs
+                rows += list(mod.procs(self.script) or ())
+        for r in rows:
+            if not isinstance(r, ProcRow) or r.role not in ROLES:
+                raise StartupError(f"bad process row {r!r}")
+        return rows
 
     # -- forking ----------------------------------------------------------
     def install_signals(self):
@@ -316,7 +291,6 @@ class Supervisor:
 
     def spawn_all(self):
         self.ready_r, self.ready_w = _pipe_nonblock(write_blocking=True)
-        preload()
         # Everything made so far (compiled script, modules, tables) lives as long as the server:
         # freezing it keeps the children's collections from scanning it (tens of ms per full
         # collection, seen as p99 latency) and from dirtying its pages (copy-on-write, PSS).
@@ -348,7 +322,7 @@ class Supervisor:
             _child_log_exc(f"{child.desc}: failed while booting: {e!r}")
             os._exit(BOOT_ERROR)
         try:
-            child.run(proc)
+            ROLES[child.row.role](proc, child.row, child.instance)
         except BaseException as e:  # noqa: BLE001
             if not proc.stopping:
                 _child_log_exc(f"{child.desc}: {e!r}")
@@ -364,11 +338,10 @@ class Supervisor:
         for fd in (self.wake_r, self.wake_w, self.ready_r, self.daemon_fd):
             if fd >= 0:
                 os.close(fd)
-        proc = ProcState(self.script, child.rank, child.desc, child.role)
+        proc = ProcState(self.script, child.rank, child.desc, child.row.role)
         proc.pid = os.getpid()
         proc.sockets = self.sockets
         proc.index = child.idx
-        proc.sock_index = child.sock_index
 
         def on_term(signum, frame):
             proc.stopping = True
@@ -379,7 +352,7 @@ class Supervisor:
         for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
         _die_with_parent(self.main_pid)
-        rt.set_title(child.desc)
+        set_title(child.desc)
         log.configure(rank=child.idx)
         for mod in self.script.modules:
             if mod.child_init is not None:
@@ -437,7 +410,7 @@ class Supervisor:
 
     def announce_ready(self):
         self.announced = True
-        rt.notice(MOD, f"asyncd {_version()} started: {len(self.plan) + 1} processes "
+        log.notice(MOD, f"asyncd {__version__} started: {len(self.plan) + 1} processes "
                        f"({len(self.sockets)} listen socket(s))")
         if self.opts.pid_file:
             tmp = self.opts.pid_file + ".tmp"
@@ -462,26 +435,26 @@ class Supervisor:
                 return
 
     def handle_term(self):
-        rt.notice(MOD, "SIGTERM received, shutting down")
+        log.notice(MOD, "SIGTERM received, shutting down")
         self.exit_code = 0
 
     def handle_int(self):
-        rt.notice(MOD, "SIGINT received, shutting down")
+        log.notice(MOD, "SIGINT received, shutting down")
         self.exit_code = 0
 
     def handle_quit(self):
-        rt.notice(MOD, "SIGQUIT received, shutting down")
+        log.notice(MOD, "SIGQUIT received, shutting down")
         self.exit_code = 0
 
     def handle_chld(self):
         self.reap_children()
 
     def handle_hup(self):
-        rt.notice(MOD, "SIGHUP ignored (reload is not supported; restart to change the cfg)")
+        log.notice(MOD, "SIGHUP ignored (reload is not supported; restart to change the cfg)")
 
     def handle_usr1(self):
         for idx, pid, rank, desc in self.proctable.rows():
-            rt.notice(MOD, f"process {idx:3d} pid {pid:7d} rank {rank:3d}: {desc}")
+            log.notice(MOD, f"process {idx:3d} pid {pid:7d} rank {rank:3d}: {desc}")
 
     def reap_children(self):
         while True:
@@ -504,11 +477,11 @@ class Supervisor:
     def child_died(self, child, status):
         how = _describe_status(status)
         if not child.ready or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == BOOT_ERROR):
-            rt.crit(MOD, f"child process {child.pid} ({child.desc}) failed while booting "
+            log.crit(MOD, f"child process {child.pid} ({child.desc}) failed while booting "
                          f"({how}); stopping asyncd")
             self.exit_code = EXIT_BOOT_FAILED
         else:
-            rt.crit(MOD, f"child process {child.pid} ({child.desc}) {how}; "
+            log.crit(MOD, f"child process {child.pid} ({child.desc}) {how}; "
                          f"stopping asyncd (a dead process is not respawned)")
             self.exit_code = EXIT_CHILD_DIED
 
@@ -523,7 +496,7 @@ class Supervisor:
             if self.children:
                 time.sleep(0.005)
         for pid, child in list(self.children.items()):
-            rt.warn(MOD, f"child process {pid} ({child.desc}) did not stop within "
+            log.warn(MOD, f"child process {pid} ({child.desc}) did not stop within "
                          f"{STOP_GRACE}s; killing it")
             _kill(pid, signal.SIGKILL)
         for pid in list(self.children):
@@ -536,7 +509,7 @@ class Supervisor:
     def cleanup(self):
         if self.counters is not None:
             c = self.counters.totals()
-            rt.notice(MOD, f"received {c['requests']} requests, {c['replies']} replies; "
+            log.notice(MOD, f"received {c['requests']} requests, {c['replies']} replies; "
                            f"dropped {c['dropped']} datagrams; answered {c['bad_replied']} "
                            f"malformed requests with an error reply")
             self.counters = None
@@ -546,7 +519,7 @@ class Supervisor:
                     try:
                         mod.mod_destroy(self.script)
                     except Exception as e:  # noqa: BLE001 - shutdown goes on regardless
-                        rt.err(MOD, f"mod_destroy of {mod.name} failed: {e!r}")
+                        log.err(MOD, f"mod_destroy of {mod.name} failed: {e!r}")
         if self.arena is not None:
             self.arena.destroy()
             self.arena = None
@@ -563,7 +536,7 @@ class Supervisor:
         if self.exit_code is None:
             self.exit_code = EXIT_STARTUP
         if self.exit_code == 0:
-            rt.notice(MOD, "all processes stopped, shared memory released")
+            log.notice(MOD, "all processes stopped, shared memory released")
 
     def cleanup_stale_rundirs(self):
         base = tempfile.gettempdir()
@@ -583,9 +556,8 @@ class Supervisor:
 
 def _libc():
     try:
-        import ctypes
         return ctypes.CDLL(None, use_errno=True)
-    except (ImportError, OSError):
+    except OSError:
         return None
 
 
@@ -608,7 +580,6 @@ def _no_resource_tracker():
     (a stray child next to the roles, and one that may unlink segments still in use). The
     supervisor owns the segment's lifetime (unlink at exit, cleanup_stale at start), so main
     never starts it."""
-    from multiprocessing import resource_tracker
 
     def _noop(*_a, **_k):
         return None
@@ -620,11 +591,6 @@ def _no_resource_tracker():
 
 def _truthy(v):
     return v in (1, True) or (isinstance(v, str) and v.lower() in ("yes", "on", "true", "1"))
-
-
-def _version():
-    from asyncd import __version__
-    return __version__
 
 
 def _pipe_nonblock(write_blocking=False):
@@ -663,8 +629,7 @@ def _kill(pid, sig):
 
 
 def _child_log_exc(text):
-    import traceback
-    rt.crit(MOD, text)
+    log.crit(MOD, text)
     if log.enabled(log.L_ERR):
         for line in traceback.format_exc().rstrip().splitlines():
             log.log(log.L_ERR, MOD, line)
@@ -676,8 +641,7 @@ def _worker_one_init(script, proc):
     """Kamailio runs event_route[core:worker-one-init] once, in the first SIP
     worker after its child_init (main.c), on a faked request; a failing route
     is logged, the worker still starts (as Kamailio)."""
-    from asyncd.sip import faked_request
     try:
         script.run_event_route("core:worker-one-init", script.new_ctx(faked_request(), proc))
     except Exception as e:      # noqa: BLE001 - a script error never stops the boot
-        rt.err(MOD, f"event_route[core:worker-one-init] failed: {e!r}")
+        log.err(MOD, f"event_route[core:worker-one-init] failed: {e!r}")

@@ -1,9 +1,11 @@
 """The core async task worker loop.
 
 Runs in: `Async Task Worker - <group>` processes (rank PROC_RPC), forked by
-the supervisor from asyncd.core.async_task.core_procs().
+the supervisor from the rows asyncd.ipc.async_task declares (one row per
+group; the row's handlers are the group: its dispatcher and the task kinds
+modules registered).
 
-Kamailio's `async_task_run` (spec B §4.3): set the current group (for
+Kamailio's `async_task_run` (src/core/async_task.c): set the current group (for
 `$async(gname)` / `$atkv(gname)`), then forever: optional `usleep` before each
 receive, receive one task, execute it. Here the task arrives on this worker's
 own PULL endpoint (asyncd.ipc.dispatch picked us because we were idle), and
@@ -17,7 +19,7 @@ import time
 import zmq
 
 from asyncd import ipc
-from asyncd.core import runtime as rt
+from asyncd.core import log
 from asyncd.ipc import codec
 
 POLL_MS = 200       # how often a quiet worker looks at proc.stopping
@@ -32,23 +34,24 @@ def _execute(proc, group, frame, handlers):
         item = codec.unpack(frame)
         handler = handlers.get(item[0]) if item else None
         if handler is None:
-            rt.err("core", f"async worker [{group.name}]: unknown task kind {item[:1]}")
+            log.err("core", f"async worker [{group.name}]: unknown task kind {item[:1]}")
             return False
         return handler(proc, item) is False
     except Exception as e:
-        rt.err("core", f"async worker [{group.name}]: task failed: {e!r}")
+        log.err("core", f"async worker [{group.name}]: task failed: {e!r}")
         return False
 
 
-def run(proc, group, widx):
-    from asyncd.core.async_task import HANDLERS
+def run(proc, row, widx):
+    """The loop of worker `widx` of the group `row.handlers`."""
+    group = row.handlers
+    handlers = group.handlers
     proc.async_gname = group.name
     gc.freeze()     # what we inherited from main is never garbage: keep it out of GC scans
-    proc.role = "async_worker"
     disp = group.disp
     sock = disp.bind(widx)
     usleep = group.usleep / 1e6 if group.usleep > 0 else 0.0
-    spin = disp.spin if disp.ring and not usleep else None
+    spin = disp.spin if not usleep else None
     mono = time.monotonic
     # Spinning pays off only when the group's next task is likely to arrive
     # within SPIN: at 1,000/s (gap 1 ms) a spinning worker catches little and
@@ -71,10 +74,10 @@ def run(proc, group, widx):
                 except zmq.ZMQError as e:
                     if proc.stopping:
                         break
-                    rt.err("core", f"async worker [{group.name}]: receive failed: {e}")
+                    log.err("core", f"async worker [{group.name}]: receive failed: {e}")
                     continue
             t0 = mono()
-            skipped = _execute(proc, group, frame, HANDLERS)
+            skipped = _execute(proc, group, frame, handlers)
             # next backlog task (we stay busy) or None (idle again, spec A §7)
             frame = disp.finish(widx, skipped)
             if t0 - win_t >= RATE_WINDOW:

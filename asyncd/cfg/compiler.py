@@ -102,7 +102,7 @@ class Script:
             for _proto, ip, p in listen:
                 ip = ip.strip("[]").lower()
                 if ip in ("0.0.0.0", "::"):
-                    from asyncd.core.runtime import local_ips
+                    from asyncd.core.net import local_ips
                     import socket as _s
                     hosts.update(local_ips(_s.AF_INET))
                     hosts.add("localhost")

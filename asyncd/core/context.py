@@ -11,13 +11,12 @@ class ProcState:
         self.script = script
         self.rank = rank
         self.desc = desc
-        self.role = role          # "main", "receiver", "timer", "async_worker", "async_timer", ...
+        self.role = role          # "main", or the role of its row (asyncd.core.procs.ROLE_*)
         self.pid = 0
         self.vars = {}            # $var(...) values, private to the process
         self.sockets = []         # bound UDP sockets inherited from main, index = socket id
         self.async_gname = None   # $async(gname) in core async workers
         self.stopping = False
-        self.zmq_ctx = None       # made lazily after fork, never in main before fork
         self.extra = {}           # per-module private state, keyed by module name
 
     def send(self, data, addr, sock_index=0):

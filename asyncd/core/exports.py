@@ -1,5 +1,5 @@
 """Module export tables: what a module offers the cfg (functions, modparams,
-pseudo-variables), its lifecycle hooks and the processes it forks.
+pseudo-variables), its lifecycle hooks and the process rows it declares.
 
 Runs in: main process (compile, fixups, mod_init), every child (lookups).
 
@@ -77,21 +77,6 @@ class PvExport:
 
 
 @dataclass
-class ProcSpec:
-    """A process a module (or the core) forks. run(proc) loops until told to stop."""
-    desc: str            # Kamailio description, e.g. "ASYNC MOD TIMER"
-    rank: int            # PROC_TIMER, PROC_RPC, or >0 for receivers
-    run: Callable
-    count: int = 1
-
-
-PROC_MAIN = 0
-PROC_TIMER = -1
-PROC_RPC = -2
-PROC_NOCHLDINIT = -128
-
-
-@dataclass
 class ModuleExports:
     name: str
     functions: list = field(default_factory=list)
@@ -102,7 +87,8 @@ class ModuleExports:
     # child_init(proc, rank): in every child after fork, before its loop
     child_init: Optional[Callable] = None
     mod_destroy: Optional[Callable] = None
-    # procs(script) -> list[ProcSpec]: processes to fork (after mod_init)
+    # procs(script) -> list[asyncd.core.procs.ProcRow]: processes to fork (after
+    # mod_init; Kamailio's register_procs): the loop is its role's, in workers/
     procs: Optional[Callable] = None
     # message-path hooks, see docs/contracts.md: request_in, request_done, reply_in
     hooks: dict = field(default_factory=dict)

@@ -1,8 +1,14 @@
-"""Logging in Kamailio's shape: ` 3(1234) INFO: <module> [file:line]: func(): text`.
+"""Logging in Kamailio's shape: ` 3(1234) ERROR: <tm> [tm/suspend.py:88]: t_continue(): text`.
 
 Runs in: every process. Writes to stderr when log_stderror=yes (or -E),
 else to syslog. The level threshold is the cfg `debug` (Kamailio's
 numbers: ALERT -5 .. ERR -1, WARN 0, NOTICE 1, INFO 2, DBG 3).
+
+One API for every caller: `log.err(module, text)` names the caller's
+file:line and function, as Kamailio's LM_ERR does (src/core/dprint.h); a
+caller that logs on behalf of the cfg passes `where="file.cfg:12"` (the
+script location) instead. A disabled level costs one comparison: the
+caller's frame is looked up only for lines that are written.
 """
 import os
 import sys
@@ -18,11 +24,14 @@ _SYSLOG_PRIO = {L_ALERT: syslog.LOG_ALERT, L_BUG: syslog.LOG_CRIT, L_CRIT2: sysl
 
 
 class _State:
-    level = L_WARN
-    stderr = True
-    rank = 0
-    facility = syslog.LOG_DAEMON
-    out = sys.stderr
+    """The process's log settings (configure() changes them; children inherit them)."""
+
+    def __init__(self):
+        self.level = L_WARN
+        self.stderr = True
+        self.rank = 0
+        self.facility = syslog.LOG_DAEMON
+        self.out = sys.stderr
 
 
 state = _State()
@@ -46,7 +55,7 @@ def enabled(level):
 
 
 def log(level, module, text, where=""):
-    """where: 'file:line' of the emitter, or a cfg location for script logs."""
+    """Write one line as it is: `where` is a location ('file:line') or ''."""
     if level > state.level:
         return
     name = LEVEL_NAMES.get(level, "INFO")
@@ -62,21 +71,40 @@ def log(level, module, text, where=""):
         syslog.syslog(state.facility | _SYSLOG_PRIO.get(level, syslog.LOG_INFO), line.rstrip("\n"))
 
 
-def err(module, text, where=""):
-    log(L_ERR, module, text, where)
+def _emit(level, module, text, where, depth=2):
+    if where is None:
+        f = sys._getframe(depth)
+        path = f.f_code.co_filename.split(os.sep)
+        where = f"{'/'.join(path[-2:])}:{f.f_lineno}"
+        text = f"{f.f_code.co_name}(): {text}"
+    log(level, module, text, where)
 
 
-def warn(module, text, where=""):
-    log(L_WARN, module, text, where)
+def crit(module, text, where=None):
+    if L_CRIT <= state.level:
+        _emit(L_CRIT, module, text, where)
 
 
-def notice(module, text, where=""):
-    log(L_NOTICE, module, text, where)
+def err(module, text, where=None):
+    if L_ERR <= state.level:
+        _emit(L_ERR, module, text, where)
 
 
-def info(module, text, where=""):
-    log(L_INFO, module, text, where)
+def warn(module, text, where=None):
+    if L_WARN <= state.level:
+        _emit(L_WARN, module, text, where)
 
 
-def dbg(module, text, where=""):
-    log(L_DBG, module, text, where)
+def notice(module, text, where=None):
+    if L_NOTICE <= state.level:
+        _emit(L_NOTICE, module, text, where)
+
+
+def info(module, text, where=None):
+    if L_INFO <= state.level:
+        _emit(L_INFO, module, text, where)
+
+
+def dbg(module, text, where=None):
+    if L_DBG <= state.level:
+        _emit(L_DBG, module, text, where)

@@ -1,14 +1,16 @@
-"""ZeroMQ plumbing shared by every process that talks to another one.
+"""How processes hand each other work: ZeroMQ plumbing shared by the task
+dispatcher (dispatch.py), the timer feeds (timers.py, mailbox.py) and the
+core async task framework (async_task.py).
 
-Runs in: udp receivers, async task workers, ASYNC MOD TIMER / MS TIMER, tm timer
-(any child); never in the main process before fork.
+Runs in: every child that sends to or receives from another process; never
+in the main process before fork (only the objects made there, which open
+no socket until a child uses them).
 
-One `zmq.Context` per process, made lazily on first use and remembered with
-the pid that made it: a context must never cross a fork (libzmq's I/O thread
-does not survive it), so a child that inherited a parent's ProcState simply
-gets a fresh one. Endpoints are `ipc://` paths under the run directory the
-supervisor creates (contracts §7); frames are msgpack (asyncd.ipc.codec),
-never pickle.
+One `zmq.Context` per process, made on first use and remembered with the
+pid that made it: a context must never cross a fork (libzmq's I/O thread
+does not survive it), so a child simply gets a fresh one. Endpoints are
+`ipc://` paths under the run directory the supervisor creates; frames are
+msgpack (codec.py), never pickle.
 """
 import os
 
@@ -18,38 +20,76 @@ _ctx = None
 _ctx_pid = 0
 
 
-def context(proc=None):
+def context():
     """This process's zmq.Context, created after fork on first use."""
     global _ctx, _ctx_pid
     pid = os.getpid()
-    if proc is not None:
-        c = getattr(proc, "zmq_ctx", None)
-        if c is not None and getattr(proc, "_zmq_pid", pid) == pid:
-            return c
     if _ctx is None or _ctx_pid != pid:
         # a context inherited through fork is unusable; drop the reference only
         _ctx = zmq.Context(io_threads=1)
         _ctx_pid = pid
-    if proc is not None:
-        try:
-            proc.zmq_ctx = _ctx
-            proc._zmq_pid = pid
-        except AttributeError:
-            pass
     return _ctx
 
 
-def endpoint(rundir, name):
-    """The ipc:// address of a named endpoint under the run directory.
-
-    Unix socket paths are limited to ~107 bytes; callers keep `name` short and
-    the supervisor keeps the run dir short (a tmp dir)."""
-    path = os.path.join(rundir or "/tmp", name)
-    return "ipc://" + path
-
-
 def endpoint_path(rundir, name):
+    """Unix socket paths are limited to ~107 bytes: callers keep `name`
+    short and the supervisor keeps the run dir short (a tmp dir)."""
     return os.path.join(rundir or "/tmp", name)
+
+
+def endpoint(rundir, name):
+    return "ipc://" + endpoint_path(rundir, name)
+
+
+def bind_pull(rundir, name):
+    """The PULL socket of a consumer (call in the consumer process)."""
+    path = endpoint_path(rundir, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.unlink(path)         # stale socket file of an earlier run
+    except OSError:
+        pass
+    s = context().socket(zmq.PULL)
+    s.setsockopt(zmq.RCVHWM, 0)
+    s.setsockopt(zmq.LINGER, 0)
+    s.bind("ipc://" + path)
+    return s
+
+
+class Pushers:
+    """This process's PUSH sockets to the consumers of one feed, `prefix-<i>`
+    under the run directory; made on first use, never reused across a fork.
+    `rundir` is a path or a callable returning it (known only after setup)."""
+
+    def __init__(self, prefix, rundir):
+        self.prefix = prefix
+        self.rundir = rundir
+        self._socks = {}
+        self._pid = 0
+
+    def dir(self):
+        return self.rundir() if callable(self.rundir) else self.rundir
+
+    def name(self, i):
+        return f"{self.prefix}-{i}"
+
+    def get(self, i):
+        pid = os.getpid()
+        if self._pid != pid:
+            self._socks = {}        # sockets never cross a fork
+            self._pid = pid
+        s = self._socks.get(i)
+        if s is None:
+            s = context().socket(zmq.PUSH)
+            s.setsockopt(zmq.SNDHWM, 0)        # bounded by the feed's own counters
+            s.setsockopt(zmq.LINGER, 1000)
+            s.setsockopt(zmq.RECONNECT_IVL, 10)
+            s.connect(endpoint(self.dir(), self.name(i)))
+            self._socks[i] = s
+        return s
+
+    def bind(self, i):
+        return bind_pull(self.dir(), self.name(i))
 
 
 def close_all():

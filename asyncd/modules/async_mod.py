@@ -3,15 +3,15 @@
 
 Runs in: main (fixups, mod_init, procs), any process running a route (the
 functions: udp receivers, resumed routes, task workers), `ASYNC MOD TIMER`
-and `ASYNC MOD MS TIMER` (timer loops), `Async Task Worker - <group>`
-(resumes of task/ms functions, data tasks).
+and `ASYNC MOD MS TIMER` (their timer handlers, called by workers/timer.py),
+`Async Task Worker - <group>` (resumes of task/ms functions, data tasks).
 
 Kamailio: src/modules/async/async_mod.c, async_sleep.c (spec B §2, §3, §8).
 asyncd policy (spec A): invalid literals, unknown routes/groups, ms functions
 without ms_timer or core workers, suspending functions in mode=1 and
 async_sleep last in its block are startup errors; the same problems from
 variables, or a full queue, return -1 with an error naming the cfg file:line
-and leave no transaction suspended. Timers are accurate (workers/async_timer).
+and leave no transaction suspended. Timers are accurate (workers/timer.py).
 
 Suspend path (receiver): validate -> t_newtran if no T -> t_suspend -> queue
 `[kind, (due,) tindex, tlabel, target]` (room check and send in one lock
@@ -21,18 +21,19 @@ return the `return` modparam (0 ends the script, B §2.0).
 import time
 from functools import partial
 
-from asyncd.core import async_task, log
-from asyncd.core import runtime as rt
-from asyncd.core.exports import (FuncExport, ModuleExports, P, ParamExport, PROC_TIMER,
-                                 ProcSpec, PvExport)
+from asyncd.core import log
+from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
+from asyncd.core.procs import PROC_TIMER, RETRY, ROLE_TIMER, ProcRow, TimerHandlers
 from asyncd.core.route_types import ANY_ROUTE, FAILURE_ROUTE, REQUEST_ROUTE
-from asyncd.ipc import codec
-from asyncd.ipc.dispatch import TimerDispatcher
+from asyncd.ipc import async_task, codec
+from asyncd.ipc.timers import TimerFeed
+from asyncd.modules.tm import api as tm_api
+from asyncd.sip import faked_request
 
 MOD = "async"
 SEC_RANGE = (1, 100)           # spec A §1 (Kamailio's code: 1..99)
 MS_RANGE = (1, 30000)          # spec A §1 (Kamailio's code: 1..29999)
-MS_LEAD = 0.002               # the ms timer hands items to an idle worker this early (async_timer)
+MS_LEAD = 0.002               # the ms timer hands items to an idle worker this early (workers/timer.py)
 CBNAME_MAX = 62                # ASYNC_CBNAME_SIZE 64 - 1, names must be shorter (B §2.0)
 SEC_QUEUE = 100000             # pending seconds items per ASYNC MOD TIMER
 MS_QUEUE = 10000               # Kamailio's ms list limit (B §2.2)
@@ -44,45 +45,29 @@ K_DATA = "ad"                  # async_task_data: route target, data on a faked 
 
 
 class _State:
-    """Built in main by mod_init, inherited by every child."""
-    script = None
-    ret = 0
-    workers = 1
-    ms_timer = 0
-    mode = 0
-    secs = None                # Dispatcher over the ASYNC MOD TIMER processes
-    ms = None                  # Dispatcher over the ASYNC MOD MS TIMER
+    """Built in main by mod_init from the modparams (defaults: EXPORTS),
+    inherited by every child."""
+    __slots__ = ("ret", "workers", "ms_timer", "mode", "secs", "ms")
 
-
-_st = _State()
-_tm_api = None
-
-
-def _tm():
-    global _tm_api
-    if _tm_api is None:
-        try:
-            from asyncd.modules import tm
-            _tm_api = tm.api
-        except (ImportError, AttributeError):
-            from asyncd.modules import tm_api
-            _tm_api = tm_api
-    return _tm_api
+    def __init__(self, mp=None):
+        mp = mp or {p.name: p.default for p in EXPORTS.params}
+        self.ret, self.mode = int(mp["return"]), int(mp["mode"])
+        self.workers, self.ms_timer = int(mp["workers"]), int(mp["ms_timer"])
+        self.secs = None         # TimerFeed of the ASYNC MOD TIMER processes
+        self.ms = None           # TimerFeed of the ASYNC MOD MS TIMER
 
 
 def _mp(script):
-    mp = (getattr(script, "modparams", None) or {}).get(MOD, {})
-    return {p.name: mp.get(p.name, p.default) for p in EXPORTS.params}
+    return script.modparams.get(MOD) or {p.name: p.default for p in EXPORTS.params}
 
 
 def _groups(script):
     """{name: workers} of the core groups with workers, without building the
     framework (fixups run before event routes matter)."""
     out = {}
-    for g in (script.core.get("async_groups") or []):
-        name, workers = async_task._gfield(g, "name", 0), async_task._gfield(g, "workers", 1)
-        if workers and int(workers) > 0:
-            out.setdefault(name, int(workers))
+    for g in script.core.get("async_groups") or ():
+        if g.workers and int(g.workers) > 0:
+            out.setdefault(g.name, int(g.workers))
     return out
 
 
@@ -265,59 +250,45 @@ def _route_ok(ctx, site, name):
     return True
 
 
-_FAKED_BUF = None
+def _suspend(ctx, site, queue, kind, target, due=None):
+    """Create/suspend T and queue its resume on `queue` (a TimerFeed when
+    `due` is given, else a task group's Dispatcher). Returns modparam
+    `return`, -1 on error (nothing left suspended), 0 for an absorbed
+    retransmission.
 
-
-def _is_faked(msg):
-    """The core faked request (event routes, data/tkv tasks): B §2.0, GH #1727."""
-    global _FAKED_BUF
-    if getattr(msg, "faked", False):
-        return True
-    if _FAKED_BUF is None:
-        try:
-            from asyncd.sip import msg as sipmsg
-            _FAKED_BUF = sipmsg._FAKED
-        except (ImportError, AttributeError):
-            _FAKED_BUF = b""
-    buf = getattr(msg, "buf", None)
-    return buf is _FAKED_BUF or buf == _FAKED_BUF
-
-
-def _suspend(ctx, site, disp, kind, target, due=None):
-    """Create/suspend T and queue its resume. Returns modparam `return`,
-    -1 on error (nothing left suspended), 0 for an absorbed retransmission.
-
-    Kamailio's order (B §2.5): suspend, then queue the task. A queue that is
-    full (or a send that fails) undoes the suspension (t_cancel_suspend, A §2)
-    instead of leaving T suspended until its fr_timer as Kamailio does. Room
-    is claimed and the frame queued under one dispatcher lock round trip."""
-    if _is_faked(ctx.msg):
+    Kamailio's order (docs/kamailio-async.md §2.5): suspend, then queue the
+    task. A queue that is full (or a send that fails) undoes the suspension
+    (t_cancel_suspend) instead of leaving T suspended until its fr_timer as
+    Kamailio does. Room is claimed and the entry queued under one lock round
+    trip."""
+    if ctx.msg.faked:
+        # the core faked request (event routes, data/tkv tasks): GH #1727
         _err(site, "invalid usage for faked message")
         return -1
-    if disp is None:
+    if queue is None:
         _err(site, "async framework not initialized")
         return -1
-    tm = _tm()
     if ctx.t is None:
-        # no transaction yet: create it suspended (one table write, tm_lookup.t_newtran)
-        rc, tindex, tlabel = tm.t_newtran_suspend(ctx)
+        # no transaction yet: create it suspended (one table write, tm/newtran.py)
+        rc, tindex, tlabel = tm_api.t_newtran_suspend(ctx)
         if rc < 0:
             _err(site, "cannot create the transaction")
             return -1
         if rc == 2:
             return 0            # retransmission, absorbed by tm: end the script
     else:
-        rc, tindex, tlabel = tm.t_suspend(ctx)
+        rc, tindex, tlabel = tm_api.t_suspend(ctx)
         if rc < 0:
             _err(site, f"failed to suspend the transaction ({rc})")
             return -1
         if rc == 1:
             return _st.ret      # CANCELled meanwhile: 487 sent, nothing to resume
-    item = [kind, tindex, tlabel, target] if due is None else [kind, due, tindex, tlabel, target]
-    frame = codec.pack(item)
-    # timers: the due time lets the producer skip the wake-up (TimerDispatcher)
-    if (disp.push(frame) if due is None else disp.push(frame, due=due)) < 0:
-        tm.t_cancel_suspend(tindex, tlabel)
+    if due is None:
+        queued = queue.push(codec.pack([kind, tindex, tlabel, target]))
+    else:
+        queued = queue.arm([[kind, due, tindex, tlabel, target]])
+    if queued < 0:
+        tm_api.t_cancel_suspend(tindex, tlabel)
         ctx.t.done = False      # the route still owns the request: it may reply
         _err(site, "queue is full - request not suspended")
         return -1
@@ -417,7 +388,7 @@ def _resume(proc, tindex, tlabel, kind, target):
         runner = partial(_run_cont, script, target)
     else:
         runner = partial(_run_route, script, target)
-    rc = _tm().t_continue(proc, tindex, tlabel, runner)
+    rc = tm_api.t_continue(proc, tindex, tlabel, runner)
     return rc == 0 or rc is None
 
 
@@ -432,7 +403,7 @@ def _run_cont(script, cid, ctx):
 def _task_resume(proc, item):
     kind, tindex, tlabel, target = item[:4]
     if len(item) > 4:
-        # handed over early by the ms timer (workers/async_timer.py): never resume before due
+        # handed over early by the ms timer (workers/timer.py): never resume before due
         wait = float(item[4]) - time.monotonic()
         if wait > 0:
             time.sleep(min(wait, MS_LEAD * 2))
@@ -442,7 +413,7 @@ def _task_resume(proc, item):
 def _task_data(proc, item):
     _, route, data = item
     script = proc.script
-    ctx = script.new_ctx(async_task.faked_msg(), proc, REQUEST_ROUTE)
+    ctx = script.new_ctx(faked_request(), proc, REQUEST_ROUTE)
     ctx.async_data = data
     script.run_route(route, ctx)
     return True
@@ -453,92 +424,81 @@ async_task.register_handler(K_CONT, _task_resume)
 async_task.register_handler(K_DATA, _task_data)
 
 
-def _sec_due(proc, item):
-    kind, _due, tindex, tlabel, target = item
+def _sec_due(proc, entry):
+    """ASYNC MOD TIMER: resume in this process, as Kamailio's timer does."""
+    kind, _due, tindex, tlabel, target = entry
     return _resume(proc, tindex, tlabel, kind, target)
 
 
-def _ms_due(proc, item):
-    """Hand a due ms item to the default task group (B §8.2); None = full, retry."""
-    kind, _due, tindex, tlabel, target = item
+def _ms_due(proc, entry):
+    """ASYNC MOD MS TIMER: hand a due ms item to the default task group
+    (docs/kamailio-async.md §8.2); a full group means try again shortly."""
+    kind, _due, tindex, tlabel, target = entry
     grp = async_task.framework().default
-    return True if grp.disp.push(codec.pack([kind, tindex, tlabel, target]), nonblock=True) == 0 else None
+    return True if grp.disp.push(codec.pack([kind, tindex, tlabel, target]), nonblock=True) == 0 else RETRY
 
 
-def _ms_early(proc, item):
+def _ms_early(proc, entry):
     """Offer an ms item to an idle default-group worker MS_LEAD s before it is
-    due; the worker sleeps out the rest (workers/async_timer.py). False: none idle."""
-    kind, due, tindex, tlabel, target = item
+    due; the worker sleeps out the rest (_task_resume). False: none idle."""
+    kind, due, tindex, tlabel, target = entry
     return async_task.framework().default.disp.offer(codec.pack([kind, tindex, tlabel, target, due]))
-
-
-def _run_sec_timer(idx, proc):
-    from workers import async_timer
-    proc.role = "async_timer"
-    async_timer.run(proc, _st.secs, idx, _sec_due)
-
-
-def _run_ms_timer(proc):
-    from workers import async_timer
-    proc.role = "async_timer"
-    async_timer.run(proc, _st.ms, 0, _ms_due, MS_LEAD, _ms_early)
 
 
 # ---- lifecycle ----------------------------------------------------------
 
 def mod_init(script):
-    mp = _mp(script)
-    _st.script = script
-    _st.ret, _st.mode = mp["return"], mp["mode"]
-    _st.workers, _st.ms_timer = mp["workers"], mp["ms_timer"]
-    fw = async_task.init(script)
+    global _st
+    _st = _State(_mp(script))
+    fw = async_task.init(script)        # the supervisor made it already; tests may not have
     if _st.mode == 0 and "tm" not in [m.name for m in getattr(script, "modules", [])]:
         raise RuntimeError("async: the tm module must be loaded before async "
                            "(or set modparam(\"async\", \"mode\", 1))")
-    _st.secs = _st.ms = None
     if _st.workers > 0:
-        _st.secs = TimerDispatcher("ast", _st.workers, SEC_QUEUE, rundir=fw.rundir)
+        _st.secs = TimerFeed("ast", _st.workers, SEC_QUEUE, rundir=fw.rundir)
         if _st.ms_timer > 0:
-            _st.ms = TimerDispatcher("ams", 1, MS_QUEUE, rundir=fw.rundir)
-    if _st.mode == 0:
-        _tm()                   # import before fork, not on the first request
-    async_task.warm_imports()
+            _st.ms = TimerFeed("ams", 1, MS_QUEUE, rundir=fw.rundir)
     if _st.ms_timer <= 0:
-        rt.info(MOD, "ms timer disabled (ms_timer=0): async_ms_sleep()/async_ms_route() unavailable")
+        log.info(MOD, "ms timer disabled (ms_timer=0): async_ms_sleep()/async_ms_route() unavailable")
 
 
 def child_init(proc, rank):
     """Connect this process's PUSH sockets now, not on the first request: the
-    first resume would otherwise pay the ipc connect (a few ms, spec A §3).
-    Any child may produce (receivers, and workers/timers running routes that
-    suspend again or queue data tasks)."""
-    disps = [d for d in (_st.secs, _st.ms) if d is not None]
+    first resume would otherwise pay the ipc connect (a few ms). Any child
+    may produce (receivers, and workers/timers running routes that suspend
+    again or queue data tasks)."""
+    for feed in (_st.secs, _st.ms):
+        if feed is not None:
+            feed.connect_all()
     fw = async_task.framework()
     if fw is not None:
-        disps += [g.disp for g in fw.groups]
-    for d in disps:
-        d.connect_all()
+        fw.connect_all()
 
 
 def procs(script):
-    out = []
+    """ASYNC MOD TIMER × workers (resumes run there) and, with ms_timer > 0,
+    one ASYNC MOD MS TIMER (hands due items to the default task group)."""
+    rows = []
     if _st.secs is not None:
-        out += [ProcSpec("ASYNC MOD TIMER", PROC_TIMER, partial(_run_sec_timer, i), 1)
-                for i in range(_st.workers)]
+        rows.append(ProcRow(ROLE_TIMER, "ASYNC MOD TIMER", PROC_TIMER, _st.workers,
+                            TimerHandlers(_st.secs, {K_ROUTE: _sec_due, K_CONT: _sec_due})))
         if _st.ms is not None:
-            out.append(ProcSpec("ASYNC MOD MS TIMER", PROC_TIMER, _run_ms_timer, 1))
-    return out
+            early = (MS_LEAD, _ms_early)
+            rows.append(ProcRow(ROLE_TIMER, "ASYNC MOD MS TIMER", PROC_TIMER, 1,
+                                TimerHandlers(_st.ms, {K_ROUTE: _ms_due, K_CONT: _ms_due},
+                                              {K_ROUTE: early, K_CONT: early})))
+    return rows
 
 
 def mod_destroy(script):
-    """Account for every accepted item (spec A §7): accepted = run + skipped + pending."""
-    for name, disp in (("seconds timer", _st.secs), ("ms timer", _st.ms)):
-        if disp is not None:
-            rt.info(MOD, f"{name}: " + _fmt(disp.stats()))
+    """Account for every accepted item: accepted = run + skipped + pending."""
+    for name, feed in (("seconds timer", _st.secs), ("ms timer", _st.ms)):
+        if feed is not None:
+            log.info(MOD, f"{name}: " + _fmt(feed.stats()))
     fw = async_task.framework()
     if fw is not None:
         for g in fw.groups:
-            rt.info(MOD, f"task group [{g.name}]: " + _fmt(g.disp.stats()))
+            log.info(MOD, f"task group [{g.name}]: " + _fmt(g.disp.stats()))
         fw.cleanup()
 
 
@@ -613,3 +573,5 @@ EXPORTS = ModuleExports(
     mod_destroy=mod_destroy,
     procs=procs,
 )
+
+_st = _State()       # until mod_init: the export table's defaults

@@ -23,11 +23,16 @@ Differences, on purpose:
 - no database loading or DMQ replication.
 """
 import re
-import time
 
+from asyncd.cfg.fixups import Loc
+from asyncd.cfg.pvcore import PvTable, fmt, parse_format
 from asyncd.core import log
+from asyncd.core.context import ProcState
 from asyncd.core.errors import CfgError
-from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, ProcSpec, PvExport, PROC_TIMER
+from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
+from asyncd.core.procs import PROC_TIMER, ROLE_TIMER, Periodic, ProcRow, TimerHandlers
+from asyncd.sip import faked_request
+from shm.htable import HTable
 
 MOD = "htable"
 _tables = {}        # name -> shm.htable.HTable, made in mod_init (main, before fork)
@@ -76,8 +81,6 @@ def _key_getter(text):
     global _fmt_table
     if "$" not in text:
         return text
-    from asyncd.cfg.pvcore import PvTable, parse_format
-    from asyncd.cfg.fixups import Loc
     if _fmt_table is None:
         _fmt_table = PvTable()
     return parse_format(text, Loc("<htable key>", 0, 0), _fmt_table)
@@ -86,7 +89,6 @@ def _key_getter(text):
 def _key(ctx, k):
     if type(k) is str:
         return k
-    from asyncd.cfg.pvcore import fmt
     return fmt(ctx, k)
 
 
@@ -329,7 +331,6 @@ def _it_parse(inner):
 
 # -- lifecycle --------------------------------------------------------------------------------
 def mod_init(script):
-    from shm.htable import HTable
     arena = script.shm
     if arena is None:
         raise RuntimeError("htable: shared memory is not initialised")
@@ -352,8 +353,6 @@ def _run_mod_init(script):
     """event_route[htable:mod-init]: Kamailio runs it once in the main process
     after the tables exist and before any fork (htable's child_init for
     PROC_INIT), on a faked request: the place to preload $sht values."""
-    from asyncd.core.context import ProcState
-    from asyncd.sip import faked_request
     proc = ProcState(script, 0, "main process", "main")
     try:
         script.run_event_route("htable:mod-init", script.new_ctx(faked_request(), proc))
@@ -383,7 +382,6 @@ def _run_expired(proc, name, items):
     route = f"htable:expired:{name}"
     if script is None or route not in getattr(script, "event_routes", ()):
         return
-    from asyncd.sip import faked_request
     for item in items:
         _record[0] = item
         try:
@@ -395,32 +393,29 @@ def _run_expired(proc, name, items):
             _record[0] = None
 
 
-def _timer_run(proc):
-    """HTable Timer: once a second, reclaim entries whose expiry second is over."""
-    tables = [t for t in _tables.values() if t.autoexpire]
-    script = proc.script
-    routes = getattr(script, "event_routes", ()) if script is not None else ()
-    while not proc.stopping:
-        for t in tables:
-            want = [] if f"htable:expired:{t.name}" in routes else None
-            try:
-                t.expire_tick(expired=want)
-            except Exception as e:      # never let one bad tick kill the process
-                log.err(MOD, f"expiry of htable {t.name} failed: {e!r}")
-            if want:
-                _run_expired(proc, t.name, want)
-        nxt = int(time.monotonic()) + 1
-        while not proc.stopping:
-            left = nxt - time.monotonic()
-            if left <= 0:
-                break
-            time.sleep(min(left, 0.2))
+def _expire_tick(proc):
+    """HTable Timer, once a second: reclaim the entries whose expiry second is
+    over, then run event_route[htable:expired:<table>] for each."""
+    routes = getattr(proc.script, "event_routes", ())
+    for t in _tables.values():
+        if not t.autoexpire:
+            continue
+        want = [] if f"htable:expired:{t.name}" in routes else None
+        try:
+            t.expire_tick(expired=want)
+        except Exception as e:      # one bad table never stops the others' expiry
+            log.err(MOD, f"expiry of htable {t.name} failed: {e!r}")
+        if want:
+            _run_expired(proc, t.name, want)
 
 
 def procs(script):
-    if any(t.autoexpire for t in _tables.values()):
-        return [ProcSpec("HTable Timer", PROC_TIMER, _timer_run, 1)]
-    return []
+    """One timer process when a table expires entries (Kamailio's
+    timer_procs > 0), ticking on whole seconds as Kamailio's timer does."""
+    if not any(t.autoexpire for t in _tables.values()):
+        return []
+    tick = TimerHandlers(every=(Periodic(1.0, _expire_tick, aligned=True),))
+    return [ProcRow(ROLE_TIMER, "HTable Timer", PROC_TIMER, 1, tick)]
 
 
 def mod_destroy(script):

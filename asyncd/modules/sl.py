@@ -17,15 +17,13 @@ from asyncd.core import log
 from asyncd.core.exports import FuncExport, ModuleExports, P
 from asyncd.core.route_types import (BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE,
                                      REQUEST_ROUTE)
+from asyncd.modules.tm import api as tm_api
 from asyncd.sip.build import build_reply, reply_addr
 
 MOD = "sl"
 # The Server header of replies: asyncd.sip.build (core params server_header / server_signature).
 # Kamailio's default text when sl_reply_error has no more specific error (sl_funcs.c, error.c).
 DEFAULT_ERROR = (500, "I'm terribly sorry, server error occurred (1/SL)")
-
-_tm_api = None
-
 
 def _where(ctx):
     site = ctx.site
@@ -68,11 +66,7 @@ def sl_reply_error(ctx):
 def send_reply(ctx, code, reason):
     """Stateful reply when the request has a transaction, else stateless."""
     if ctx.t is not None:
-        global _tm_api
-        if _tm_api is None:
-            from asyncd.modules import tm
-            _tm_api = tm.api
-        return _tm_api.t_reply(ctx, code, reason)
+        return tm_api.t_reply(ctx, code, reason)
     return sl_send_reply(ctx, code, reason)
 
 

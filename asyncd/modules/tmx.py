@@ -1,5 +1,5 @@
 """tmx: t_suspend() and t_continue(tindex, tlabel, rtname) for scripts
-(Kamailio's tmx module, spec B §6.2-6.3); $T(...) lives in tm.py.
+(Kamailio's tmx module; docs/kamailio-tm.md §6.2-6.3); $T(...) lives in tm/mod.py.
 
 Runs in: udp receivers (t_suspend, and t_continue called from another
 request's route), async task workers and timer-driven event routes
@@ -12,7 +12,7 @@ route[rtname] runs as a failure route with the stored request and AVPs.
 from asyncd.core import log
 from asyncd.core.exports import FuncExport, ModuleExports, P, PvExport
 from asyncd.core.route_types import REQUEST_ROUTE, FAILURE_ROUTE, ANY_ROUTE, BRANCH_ROUTE
-from asyncd.modules import tm_api, tm_lookup
+from asyncd.modules.tm import api as tm_api
 
 MOD = "tmx"
 
@@ -21,30 +21,30 @@ def w_t_suspend(ctx, site):
     if ctx.t is None:
         rc = tm_api.t_newtran(ctx)
         if rc < 0:
-            log.err(MOD, "t_suspend(): cannot create the transaction")
+            log.err(MOD, "cannot create the transaction")
             return -1
         if rc == 0:
             return 0            # a retransmission, absorbed: end the script
     rc, tindex, tlabel = tm_api.t_suspend(ctx)
     if rc < 0:
-        log.err(MOD, f"t_suspend(): failed to suspend request processing ({rc})")
+        log.err(MOD, f"failed to suspend request processing ({rc})")
         return -1
     return 1
 
 
 def w_t_continue(ctx, site, tindex, tlabel, rtname):
     if tindex is None or tlabel is None:
-        log.err(MOD, "t_continue(): transaction index and label must be numbers")
+        log.err(MOD, "transaction index and label must be numbers")
         return -1
-    script = tm_lookup.S.script
+    script = ctx.proc.script
     name = str(rtname)
-    if hasattr(script, "has_route") and not script.has_route(name):
-        log.err(MOD, f"t_continue(): no route[{name}]")
+    if not script.has_route(name):
+        log.err(MOD, f"no route[{name}]")
         return -1
     rc = tm_api.t_continue(ctx.proc, int(tindex), int(tlabel),
                            lambda c: script.run_route(name, c))
     if rc < 0:
-        log.err(MOD, f"t_continue(): resuming the processing of transaction [{tindex}:{tlabel}] failed")
+        log.err(MOD, f"resuming the processing of transaction [{tindex}:{tlabel}] failed")
         return -1
     return 1
 

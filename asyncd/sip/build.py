@@ -244,9 +244,19 @@ def build_request_fwd(msg, ruri, via_line, drop_hdrs=(), add_hdrs=()):
     return _enc(out) + body
 
 
+_VIA_NAME = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*", re.I)
+
+
 def strip_top_via(msg, drop_hdrs=()):
-    """A received reply as relayed upstream: the top via-parm removed (RFC 3261
-    16.7 step 3), everything else byte-exact (plus hdr_adds/hdr_removes)."""
+    """A received reply as relayed upstream: the top via-parm (ours) removed
+    (RFC 3261 16.7 step 3), everything else byte-exact. When the script
+    changed the reply (append_hf / remove_hf) or the caller drops headers,
+    the header lines are written out again with those changes."""
+    if not drop_hdrs and not msg.hdr_adds and not msg.hdr_removes:
+        buf = msg.buf
+        # octets past Content-Length are not part of the message (RFC 3261 18.3)
+        end = buf.find(b"\r\n\r\n") + 4 + len(msg.body)
+        return _cut_top_via(buf if end >= len(buf) else buf[:end])
     drop = _drop_set(msg, drop_hdrs)
     raw = msg._raw
     out = [raw[0] + "\r\n"]
@@ -265,6 +275,27 @@ def strip_top_via(msg, drop_hdrs=()):
         out.append(_line(h))
     out.append("\r\n")
     return _enc(out) + msg.body
+
+
+def _cut_top_via(buf):
+    """The bytes without the first value of the first Via header line (the
+    whole line when it holds one value); folded lines are followed."""
+    m = _VIA_NAME.search(buf)
+    if m is None:
+        return bytes(buf)
+    vstart = m.end()
+    eol = buf.find(b"\r\n", vstart)
+    while eol >= 0 and buf[eol + 2:eol + 3] in (b" ", b"\t"):
+        eol = buf.find(b"\r\n", eol + 2)
+    if eol < 0:
+        return bytes(buf)
+    comma = buf.find(b",", vstart, eol)
+    if comma < 0:
+        return bytes(buf[:m.start()]) + bytes(buf[eol:])
+    rest = comma + 1
+    while buf[rest:rest + 1] in (b" ", b"\t", b"\r", b"\n"):
+        rest += 1
+    return bytes(buf[:vstart]) + bytes(buf[rest:])
 
 
 def _must(msg, key):

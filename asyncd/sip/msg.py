@@ -59,6 +59,7 @@ class SipMsg:
     dst_uri = None
     force_rport = False
     is_request = True
+    faked = False           # the core faked request (faked_request): no transaction, no suspend
     flags = 0
     body = b""
     _vias1 = _cseq = _cl = _callid = None
@@ -587,5 +588,9 @@ _FAKED = (b"OPTIONS sip:you@kamailio.org SIP/2.0\r\n"
 
 
 def faked_request():
-    """The request async data / tkv tasks run on (Kamailio's fmsg.c)."""
-    return parse_msg(_FAKED, src=("127.0.0.1", 5060), dst=("127.0.0.1", 5060))
+    """The request async data / tkv tasks and event routes run on (Kamailio's
+    fmsg.c faked_msg_next). A fresh one each call: Kamailio reuses one static
+    message, so e.g. a $ru change leaks into the next task of that worker."""
+    m = parse_msg(_FAKED, src=("127.0.0.1", 5060), dst=("127.0.0.1", 5060))
+    m.faked = True
+    return m

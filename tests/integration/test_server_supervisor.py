@@ -19,7 +19,8 @@ from tests.helpers import REPO_ROOT, SipClient, free_udp_port
 STANDIN = textwrap.dedent("""
     import os, sys, time
     from asyncd.core.context import RunCtx
-    from asyncd.core.exports import ModuleExports, ProcSpec, PROC_TIMER
+    from asyncd.core.exports import ModuleExports
+    from asyncd.core.procs import PROC_TIMER, ROLE_TIMER, Periodic, ProcRow, TimerHandlers
     from asyncd.modules import sl
     from workers.supervisor import Supervisor
     from asyncd.cli import build_parser
@@ -31,18 +32,20 @@ STANDIN = textwrap.dedent("""
             raise RuntimeError("cannot open the database")
 
     def stubborn(proc):
-        # ignores SIGTERM's request: the supervisor must SIGKILL it in time
+        # a job that never returns ignores SIGTERM's request: the supervisor must SIGKILL it in time
         while True:
             time.sleep(0.05)
 
     def polite(proc):
-        while not proc.stopping:
-            time.sleep(0.02)
+        pass
+
+    def timer_row(title, job, count=1):
+        return ProcRow(ROLE_TIMER, title, PROC_TIMER, count, TimerHandlers(every=(Periodic(0.02, job),)))
 
     def procs(script):
         if MODE == "stubborn":
-            return [ProcSpec("stubborn timer", PROC_TIMER, stubborn)]
-        return [ProcSpec("slow timer", PROC_TIMER, polite), ProcSpec("timer", PROC_TIMER, polite, 2)]
+            return [timer_row("stubborn timer", stubborn)]
+        return [timer_row("slow timer", polite), timer_row("timer", polite, 2)]
 
     def request_in(ctx):
         if MODE == "hookraise" and ctx.msg.method == "MESSAGE":

@@ -1,6 +1,7 @@
 """tm's transaction logic over real UDP sockets, in one process: a proxy
 loop (parse, tm hooks, a Python "route"), a UAC socket and UAS sockets, and
-the tm timer heap pumped by the test. The routes stand in for compiled cfg
+tm's timer row run by the timer service's own loop object (workers/timer.py
+TimerLoop), pumped by the test. The routes stand in for compiled cfg
 routes so the state machine is tested without the rest of the server; the
 full server is exercised by test_tm_sipp.py.
 """
@@ -12,7 +13,13 @@ import pytest
 from asyncd.core.context import ProcState, RunCtx
 from asyncd.core.errors import ScriptExit
 from asyncd.core.route_types import FAILURE_ROUTE, REQUEST_ROUTE
-from asyncd.modules import tm, tm_api, tm_timer
+from asyncd.modules import tm
+from asyncd.modules.tm import api as tm_api
+from asyncd.modules.tm import mod as tm_mod
+from asyncd.modules.tm.state import S as tm_state
+from asyncd.sip import parse_msg
+from shm.arena import ShmArena
+from workers.timer import TimerLoop
 from tests.helpers.sipclient import Reply, build_request
 
 
@@ -20,7 +27,8 @@ class FakeScript:
     def __init__(self, arena, routes, params=None):
         self.shm = arena
         self.routes = routes
-        self.modparams = {"tm": dict(params or {})}
+        # as the compiler does: the export table's defaults, then the cfg's values
+        self.modparams = {"tm": {**{p.name: p.default for p in tm.EXPORTS.params}, **(params or {})}}
         self.modules = [tm.EXPORTS]
         self.rundir = None
         self.core = {}
@@ -57,28 +65,26 @@ class Net:
     """Proxy + UAC + UAS sockets and a pump that moves everything along."""
 
     def __init__(self, routes, params=None, nuas=1):
-        from shm.arena import ShmArena
         self.arena = ShmArena.create(16 << 20)
         self.script = FakeScript(self.arena, routes, params)
-        tm.mod_init(self.script)
+        tm_mod.mod_init(self.script)
         self.psock = _udp()
         self.proc = ProcState(self.script, rank=1, desc="test", role="receiver")
         self.proc.sockets = [self.psock]
-        tm.child_init(self.proc, 1)
-        self.heap = tm_timer._local["heap"] = []
+        tm_mod.child_init(self.proc, 1)
+        row = tm_mod.procs(self.script)[0]
+        self.timer = TimerLoop(self.proc, row.handlers, 0)
         self.paddr = self.psock.getsockname()
         self.uac = _udp()
         self.uas = [_udp() for _ in range(nuas)]
         self.got = {}            # socket -> list of Reply
 
     def close(self):
-        tm_timer._local["heap"] = None
         for s in [self.psock, self.uac] + self.uas:
             s.close()
         self.arena.destroy()
 
     def proxy_step(self):
-        from asyncd.sip import parse_msg
         moved = False
         while True:
             try:
@@ -89,22 +95,23 @@ class Net:
             msg = parse_msg(data, src, self.paddr, 0, "udp")
             if msg.is_request:
                 ctx = self.script.new_ctx(msg, self.proc)
-                if not tm.request_in(ctx):
+                if not tm_mod.request_in(ctx):
                     try:
                         self.script.routes["request"](ctx)
                     except ScriptExit:
                         pass
-                    tm.request_done(ctx)
+                    tm_mod.request_done(ctx)
             else:
                 ctx = self.script.new_ctx(msg, self.proc, 128)
-                assert tm.reply_in(ctx), "reply not taken by tm"
-        t = time.monotonic()
-        while self.heap and self.heap[0][0] <= t:
-            import heapq
-            _, _, e = heapq.heappop(self.heap)
-            tm_timer.fire(self.proc, e)
-            moved = True
-        return moved
+                assert tm_mod.reply_in(ctx), "reply not taken by tm"
+        # the timer process's turn: take what was armed, fire what is due
+        for frame in tm_state.timers.take(0):
+            self.timer.add(frame)
+        before = tm_state.timers.stats()["run"] + tm_state.timers.stats()["skipped"]
+        self.timer.fire()
+        self.timer.run_jobs(time.monotonic())
+        after = tm_state.timers.stats()["run"] + tm_state.timers.stats()["skipped"]
+        return moved or after > before
 
     def drain(self, sock):
         out = self.got.setdefault(sock, [])
@@ -211,7 +218,7 @@ def test_retransmission_absorbed_one_final(net_factory):
 
 
 def test_request_retransmitted_timer_e_then_408(net_factory):
-    net = net_factory({"request": lambda ctx: (tm.w_t_set_fr(ctx, None, 0, 1200),
+    net = net_factory({"request": lambda ctx: (tm_mod.w_t_set_fr(ctx, None, 0, 1200),
                                                tm_api.t_relay(ctx, *ctx.proc._uas[0]))[1]},
                       {"retr_timer1": 100, "retr_timer2": 400})
     net.proc._uas = [uas_addr(net)]
@@ -227,15 +234,15 @@ def test_request_retransmitted_timer_e_then_408(net_factory):
 
 def test_486_failure_route_relays_to_second_uas(net_factory):
     def request(ctx):
-        tm.w_t_on_failure(ctx, None, "FAIL")
+        tm_mod.w_t_on_failure(ctx, None, "FAIL")
         return tm_api.t_relay(ctx, *ctx.proc._uas[0])
 
     def fail(ctx):
         assert ctx.route_type == FAILURE_ROUTE
-        assert tm.w_t_check_status(ctx, None, __import__("re").compile("486")) == 1
-        ctx.proc._seen_code = tm._get_reply_code(ctx, None, None)
-        ctx.proc._seen_rpl = (tm._get_T_rpl(ctx, "$rs", None), tm._get_T_rpl(ctx, "$rr", None),
-                              tm._get_T_req(ctx, "$rU", None), tm._get_T(ctx, "reply_reason", None))
+        assert tm_mod.w_t_check_status(ctx, None, __import__("re").compile("486")) == 1
+        ctx.proc._seen_code = tm_mod._get_reply_code(ctx, None, None)
+        ctx.proc._seen_rpl = (tm_mod._get_T_rpl(ctx, "$rs", None), tm_mod._get_T_rpl(ctx, "$rr", None),
+                              tm_mod._get_T_req(ctx, "$rU", None), tm_mod._get_T(ctx, "reply_reason", None))
         return tm_api.t_relay(ctx, *ctx.proc._uas[1])
     net = net_factory({"request": request, "FAIL": fail}, nuas=2)
     net.proc._uas = [uas_addr(net, 0), uas_addr(net, 1)]
@@ -311,7 +318,7 @@ def test_suspend_timeout_408_then_continue_skipped(net_factory):
     state = {}
 
     def request(ctx):
-        tm.w_t_set_fr(ctx, None, 0, 300)
+        tm_mod.w_t_set_fr(ctx, None, 0, 300)
         tm_api.t_newtran(ctx)
         state["id"] = tm_api.t_suspend(ctx)[1:]
         return 0
@@ -368,7 +375,7 @@ def test_local_2xx_to_invite_retransmitted_until_ack(net_factory):
 @pytest.mark.parametrize("mode,expect", [(3, 486), (0, 404)])
 def test_failure_reply_mode(net_factory, mode, expect):
     def request(ctx):
-        tm.w_t_on_failure(ctx, None, "FAIL")
+        tm_mod.w_t_on_failure(ctx, None, "FAIL")
         return tm_api.t_relay(ctx, *ctx.proc._uas[0])
     net = net_factory({"request": request, "FAIL": lambda ctx: tm_api.t_relay(ctx, *ctx.proc._uas[1])},
                       {"failure_reply_mode": mode}, nuas=2)
@@ -384,7 +391,7 @@ def test_failure_reply_mode(net_factory, mode, expect):
 
 
 def test_non_invite_with_provisional_still_times_out(net_factory):
-    net = net_factory({"request": lambda ctx: (tm.w_t_set_fr(ctx, None, 0, 700),
+    net = net_factory({"request": lambda ctx: (tm_mod.w_t_set_fr(ctx, None, 0, 700),
                                                tm_api.t_relay(ctx, *ctx.proc._uas[0]))[1]},
                       {"retr_timer1": 200, "retr_timer2": 400})
     net.proc._uas = [uas_addr(net)]
@@ -435,16 +442,16 @@ def test_suspend_timeout_runs_armed_failure_route(net_factory):
     state = {}
 
     def request(ctx):
-        tm.w_t_on_failure(ctx, None, "LATE")
-        tm.w_t_set_fr(ctx, None, 0, 300)
+        tm_mod.w_t_on_failure(ctx, None, "LATE")
+        tm_mod.w_t_set_fr(ctx, None, 0, 300)
         tm_api.t_newtran(ctx)
         state["id"] = tm_api.t_suspend(ctx)[1:]
         return 0
 
     def late(ctx):
-        state["code"] = tm._get_reply_code(ctx, None, None)
+        state["code"] = tm_mod._get_reply_code(ctx, None, None)
         state["rt"] = ctx.route_type
-        tm.w_t_reply(ctx, None, 503, "Took Too Long")
+        tm_mod.w_t_reply(ctx, None, 503, "Took Too Long")
     net = net_factory({"request": request, "LATE": late})
     data, br, cid = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(), body="x")
     net.send(net.uac, data)
@@ -458,7 +465,7 @@ def test_branch_route_runs_per_branch_and_drop_cancels_it(net_factory):
     seen = []
 
     def request(ctx):
-        tm.w_t_on_branch(ctx, None, "BR")
+        tm_mod.w_t_on_branch(ctx, None, "BR")
         return tm_api.t_relay(ctx, *ctx.proc._uas[0])
 
     def br_route(ctx):

@@ -14,6 +14,9 @@ import shutil
 
 import pytest
 
+from asyncd.modules.tm.cell import Cell, Handle
+from asyncd.modules.tm.state import S as tm_state
+from asyncd.modules.tm.state import flush
 from tests.acceptance.test_acceptance import PROXY, WT, _stop_clean
 from tests.helpers.server import run_server
 from tests.helpers.sipp import SippUas as Uas, run_sipp
@@ -22,8 +25,6 @@ needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not i
 
 
 def test_release_sends_before_unlocking_and_arms_timers_after():
-    from asyncd.modules import tm_lookup
-    from asyncd.modules.tm_cell import Cell, Handle
     events = []
 
     class Table:
@@ -46,22 +47,24 @@ def test_release_sends_before_unlocking_and_arms_timers_after():
         def send(self, data, addr, sock):
             events.append(("send", data))
 
-    from asyncd.modules import tm_timer
-    saved = tm_timer.push_many
-    tm_timer.push_many = lambda tm: events.append(("timers", len(tm)))
-    saved_proc = tm_lookup.current_proc()
-    tm_lookup.set_proc(Proc())
+    class Timers:
+        def arm(self, entries):
+            events.append(("timers", len(entries)))
+            return 0
+
+    saved = tm_state.proc, tm_state.timers
+    tm_state.proc, tm_state.timers = Proc(), Timers()
     try:
         h = Handle(Table(), 1, 2)
         h.acquire()
         h.out.append((b"180", ("127.0.0.1", 9), 0))
-        h.timers.append([0, 1, 2, 0, 0.0, 0])
+        h.timers.append([0, 0.0, 1, 2, 0, 0])
         h.dirty = True
-        h.release(tm_lookup.flush)
+        h.release(flush)
     finally:
-        tm_timer.push_many = saved
-        tm_lookup.set_proc(saved_proc)
+        tm_state.proc, tm_state.timers = saved
     assert events == ["lock", "put", ("send", b"180"), "unlock", ("timers", 1)], events
+
 
 # the race needs idle receivers: a low rate shows it best (300 calls at 30/s
 # failed one run in two before the fix)

@@ -17,6 +17,7 @@ from asyncd.modules import htable as htable_mod
 from shm.arena import ShmArena
 from shm.proctable import ProcTable, read_segment
 from shm_testutil import fork, wait_all
+from workers import timer as timer_loop
 
 REQ = (b"OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-1\r\n"
        b"From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\nCall-ID: c-1\r\n"
@@ -186,16 +187,16 @@ def test_htable_timer_process_reclaims_expired(script_factory):
     s = script_factory('request_route { $sht(a=>k) = 1; exit; }\n'
                        'event_route[htable:expired:a] {\n'
                        '    $sht(s=>expired-$shtrecord(key)) = $shtrecord(value);\n}\n')
-    specs = htable_mod.procs(s)
-    assert [p.desc for p in specs] == ["HTable Timer"]
+    rows = htable_mod.procs(s)
+    assert [(r.role, r.title, r.rank, r.count) for r in rows] == [("timer", "HTable Timer", -1, 1)]
     _run(s)
     ht = htable_mod._tables["a"]
     assert ht.count() == 1
 
     def timer():
-        proc = ProcState(script=s, rank=-1, desc="HTable Timer")
+        proc = ProcState(script=s, rank=-1, desc="HTable Timer", role="timer")
         signal.signal(signal.SIGTERM, lambda *a: setattr(proc, "stopping", True))
-        specs[0].run(proc)
+        timer_loop.run(proc, rows[0], 0)
 
     pid = fork(timer)
     deadline = time.monotonic() + 6

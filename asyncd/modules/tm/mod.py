@@ -1,26 +1,23 @@
-"""tm: stateful transactions kept in shared memory, so a request received by
-one process can be relayed, replied, suspended, timed out or resumed by any
-other (Kamailio's tm module; spec B §6).
+"""tm's face to the cfg: the export table (script functions, modparams with
+their defaults, pseudo-variables), the message-path hooks, and the
+lifecycle (Kamailio's tm.c).
 
-Runs in: main (fixups, mod_init: the shm table), udp receivers (matching,
-request/failure/onreply routes), the `timer` process this module forks, async
-task workers and ASYNC MOD TIMER (resumed routes, through `api`).
-
-Split by concern as Kamailio's tm is: tm_lookup (matching, creation),
-tm_fwd (t_relay, CANCEL), tm_reply (replies, failure routes), tm_suspend
-(t_suspend/t_continue), tm_timer (timers), tm_cell (the record), tm_api
-(what async and sl call), shm/tm_table.py (the table).
+Runs in: main (fixups, mod_init: the shm table and the timer feed),
+udp receivers (hooks, request/failure/onreply routes), the `timer` process
+(its row comes from tm/timer.py), async task workers and ASYNC MOD TIMER
+(resumed routes, through tm/api.py).
 """
-import random
-
+from asyncd.cfg.pvcore import PvTable, parse_pv
 from asyncd.core import log
-from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, ProcSpec, PvExport, PROC_TIMER
-from asyncd.core.route_types import (REQUEST_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE, BRANCH_ROUTE,
-                                     ANY_ROUTE)
-from asyncd.modules import tm_api as api
-from asyncd.modules import tm_fwd, tm_lookup, tm_reply, tm_timer
-from asyncd.modules.tm_cell import F_CANCELED, F_FINAL, F_SUSPENDED, Cell
-from asyncd.modules.tm_lookup import S, MOD
+from asyncd.core.errors import CfgError
+from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
+from asyncd.core.route_types import ANY_ROUTE, BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE, REQUEST_ROUTE
+from asyncd.modules.tm import api, fwd, newtran, reply
+from asyncd.modules.tm import timer as tm_timer
+from asyncd.modules.tm.cell import F_CANCELED, F_FINAL, F_SUSPENDED, Cell, Handle
+from asyncd.modules.tm.lookup import lookup_request, rebuild_request, request_key, ack2xx_key
+from asyncd.modules.tm.state import MOD, S, arm_wait, flush
+from asyncd.sip import parse_msg
 
 RF = REQUEST_ROUTE | FAILURE_ROUTE
 RFB = RF | BRANCH_ROUTE
@@ -49,12 +46,12 @@ def _set(ctx, **kv):
             setattr(cell, k, v)
         h.dirty = True
     finally:
-        h.release(tm_lookup.flush)
+        h.release(flush)
     return 1
 
 
 def w_t_newtran(ctx, site):
-    rc = tm_lookup.t_newtran(ctx)
+    rc = newtran.t_newtran(ctx)
     return 1 if rc > 0 else (0 if rc == 0 else -1)
 
 
@@ -66,27 +63,27 @@ def w_t_check_trans(ctx, site):
         return 1
     msg = ctx.msg
     if msg.method == "CANCEL":
-        return 1 if S.table.find(tm_lookup.request_key(msg, "INVITE")) else -1
-    h = tm_lookup.lookup_request(ctx)
+        return 1 if S.table.find(request_key(msg, "INVITE")) else -1
+    h = lookup_request(ctx)
     if h is None:
         if msg.method == "ACK" and msg.to_tag:
-            k = tm_lookup.ack2xx_key(msg.callid, msg.cseq_num or 0, msg.to_tag)
+            k = ack2xx_key(msg.callid, msg.cseq_num or 0, msg.to_tag)
             return 1 if S.table.find(k) else -1
         return -1
     if msg.method == "ACK":
         return 0
-    tm_reply.resend_last(ctx.proc, h)
+    reply.resend_last(ctx.proc, h)
     return 0
 
 
 def w_t_precheck_trans(ctx, site):
     if ctx.msg.method in ("ACK", "CANCEL"):
         return -1
-    return 1 if tm_lookup.lookup_request(ctx) is not None else -1
+    return 1 if lookup_request(ctx) is not None else -1
 
 
 def w_t_relay(ctx, site, host=None, port=None):
-    rc = tm_fwd.t_relay(ctx, host, port)
+    rc = fwd.t_relay(ctx, host, port)
     if rc > 0 and ctx.t is not None:
         ctx.t.done = True
     return rc
@@ -95,7 +92,7 @@ def w_t_relay(ctx, site, host=None, port=None):
 def w_t_reply(ctx, site, code, reason):
     if ctx.t is None:
         # as Kamailio: no T-state, no stateful reply (t_newtran() first)
-        log.err(MOD, "t_reply(): cannot send a t_reply to a message for which no T-state has been established")
+        log.err(MOD, "cannot send a t_reply to a message for which no T-state has been established")
         return -1
     rc = api.t_reply(ctx, code, reason)
     if rc > 0:
@@ -126,7 +123,7 @@ def w_t_is_set(ctx, site, target):
     as stock kamailio.cfg's route[RELAY] checks before arming its own."""
     attr = _IS_SET.get(str(target))
     if attr is None:
-        log.err(MOD, f"t_is_set(): unknown target [{target}]", site.loc.where if site else "")
+        log.err(MOD, f"t_is_set(): unknown target [{target}]", site.loc.where if site else None)
         return -1
     if ctx.t is None:
         pend = ctx.extra.get("tm") if ctx.extra else None
@@ -224,7 +221,6 @@ def _reply_msg(ctx):
     if h is None or not h.reply_msg:
         return None
     if isinstance(h.reply_msg, (bytes, bytearray, memoryview)):
-        from asyncd.sip import parse_msg
         try:
             h.reply_msg = parse_msg(bytes(h.reply_msg))
         except Exception:
@@ -238,8 +234,6 @@ _pv_cache = {}
 def _inner_pv(text):
     spec = _pv_cache.get(text)
     if spec is None:
-        from asyncd.cfg.pvcore import PvTable, parse_pv
-        from asyncd.core.errors import CfgError
         try:
             spec = parse_pv(text, None, PvTable(getattr(S.script, "modules", ()) or ()))
         except (CfgError, AttributeError, ValueError) as e:
@@ -259,7 +253,7 @@ def _get_T_req(ctx, spec, index):
     if c is None:
         return None
     try:
-        msg = tm_lookup.rebuild_request(c, ctx.proc)
+        msg = rebuild_request(c, ctx.proc)
         sub = S.script.new_ctx(msg, ctx.proc, ctx.route_type)
         return _inner_pv(spec).get(sub)
     except Exception as e:
@@ -314,13 +308,23 @@ def _get_snd(ctx, spec, index):
 def request_in(ctx):
     if S.table is None:
         return False
-    return tm_lookup.request_in(ctx)
+    try:
+        if ctx.msg.method == "CANCEL":
+            found = S.table.find(request_key(ctx.msg, "INVITE"))
+            if not found:
+                return False
+            fwd.e2e_cancel(ctx, Handle(S.table, *found))
+            return True
+        return newtran.match_request(ctx)
+    except Exception as e:
+        log.err(MOD, f"request matching failed: {e!r}")
+    return False
 
 
 def reply_in(ctx):
     if S.table is None:
         return False
-    return tm_reply.reply_in(ctx)
+    return reply.reply_in(ctx)
 
 
 def request_done(ctx):
@@ -347,9 +351,9 @@ def request_done(ctx):
                 cell.xavps = cur[1]
             h.dirty = True
         if not cell.flags & (F_FINAL | F_SUSPENDED) and not cell.has_pending():
-            tm_timer.arm_wait(h, cell)
+            arm_wait(h, cell)
     finally:
-        h.release(tm_lookup.flush)
+        h.release(flush)
 
 
 def _unreleased(ctx, h):
@@ -367,37 +371,20 @@ def _unreleased(ctx, h):
             return
         if err is not None and not ctx.replied:
             code, text = err
-            if tm_reply.reply_cell(h, cell, ctx.msg, code, f"{text} ({code}/TM)") > 0:
+            if reply.reply_cell(h, cell, ctx.msg, code, f"{text} ({code}/TM)") > 0:
                 return                  # reply_cell armed the wait / retransmission timer
         elif err is None:
             log.warn(MOD, f"script writer didn't release transaction "
                           f"({ctx.msg.method} {ctx.msg.callid})")
-        tm_timer.arm_wait(h, cell)
+        arm_wait(h, cell)
     finally:
-        h.release(tm_lookup.flush)
+        h.release(flush)
 
 
 # ---- lifecycle ----------------------------------------------------------------------
 def mod_init(script):
-    from shm.tm_table import TmTable
-    mp = script.modparams.get("tm", {})
-    S.fr_ms = int(mp.get("fr_timer", 30000))
-    S.fr_inv_ms = int(mp.get("fr_inv_timer", 120000))
-    S.wt_ms = int(mp.get("wt_timer", 5000))
-    S.max_inv_ms = int(mp.get("max_inv_lifetime", 180000))
-    S.max_noninv_ms = int(mp.get("max_noninv_lifetime", 32000))
-    S.auto_inv_100 = int(mp.get("auto_inv_100", 1))
-    S.auto_inv_100_reason = str(mp.get("auto_inv_100_reason", S.auto_inv_100_reason))
-    S.failure_reply_mode = int(mp.get("failure_reply_mode", 3))
-    S.t1 = int(mp.get("retr_timer1", 500))
-    S.t2 = int(mp.get("retr_timer2", 4000))
-    if S.fr_ms <= 0 or S.wt_ms <= 0 or S.t1 <= 0 or S.t2 < S.t1:
-        raise RuntimeError("tm: fr_timer, wt_timer, retr_timer1 must be > 0 and retr_timer2 >= retr_timer1")
-    S.script = script
-    S.secret = random.getrandbits(31)
-    S.table = TmTable(script.shm)
-    S.timer_ep = None
-    tm_timer.init_mailbox()     # shared timer feed, before fork
+    """Main, before fork: the parameters, the shm table, the timer feed."""
+    S.configure(script, script.modparams["tm"])
 
 
 def mod_destroy(script):
@@ -407,16 +394,13 @@ def mod_destroy(script):
 
 
 def child_init(proc, rank):
-    tm_lookup.set_proc(proc)
-    S.addrs = {}
-    S.push = None
+    S.child_init(proc)
+    if S.timers is not None:
+        S.timers.connect_all()
 
 
 def procs(script):
-    def run(proc):
-        proc.role = "timer"
-        tm_timer.run(proc)
-    return [ProcSpec("timer", PROC_TIMER, run, 1)]
+    return [tm_timer.proc_row()]
 
 
 def _fixup_route(site):

@@ -1,22 +1,23 @@
 """Suspending a transaction in one process and continuing it in another
-(spec B §6.2-6.6; Kamailio t_suspend.c).
+(Kamailio's t_suspend.c; docs/kamailio-tm.md §6.2-6.6).
 
 Runs in: udp receivers (t_suspend from request/failure routes), async task
 workers and ASYNC MOD TIMER (t_continue), any process (t_cancel_suspend).
 
 A suspension is a *blind branch*: no request is sent, but its final response
-timer runs with the transaction's fr_timer (never fr_inv_timer, B §6.4), so a
-transaction nobody continues still ends with its failure_route or a 408. The
-resumed route runs as FAILURE_ROUTE under the transaction's lock, as Kamailio
-holds the reply lock for the whole resumed route (B §6.3 step 4).
+timer runs with the transaction's fr_timer (never fr_inv_timer,
+docs/kamailio-tm.md §6.4), so a transaction nobody continues still ends with
+its failure_route or a 408. The resumed route runs as FAILURE_ROUTE under
+the transaction's lock, as Kamailio holds the reply lock for the whole
+resumed route (docs/kamailio-tm.md §6.3).
 """
 from asyncd.core import log
 from asyncd.core.errors import ScriptExit
 from asyncd.core.route_types import FAILURE_ROUTE
-from asyncd.modules import tm_timer
-from asyncd.modules.tm_cell import (Handle, F_CANCELED, F_FINAL, F_SUSPENDED, F_CONTINUE,
-                                    F_NOISY, F_WAIT, B_BLIND, BR_STATUS, BR_FLAGS)
-from asyncd.modules.tm_lookup import S, MOD, flush, now
+from asyncd.modules.tm.cell import (B_BLIND, BR_FLAGS, BR_STATUS, F_CANCELED, F_CONTINUE, F_FINAL,
+                                    F_NOISY, F_SUSPENDED, F_WAIT, Handle)
+from asyncd.modules.tm.reply import fake_ctx, reply_cell, save_ctx_state
+from asyncd.modules.tm.state import MOD, S, arm_fr, flush, now
 
 AUTO_500 = "I'm terribly sorry, server error occurred (1/TM)"
 
@@ -36,7 +37,7 @@ def t_suspend(ctx):
         if cell.flags & F_FINAL:
             return -3, h.index, h.label
         bno, fr, h.saved = suspend_cell(ctx, cell)
-        tm_timer.arm_fr(h, cell, bno, fr)
+        arm_fr(h, cell, bno, fr)
         h.done = True
         return 0, h.index, h.label
     finally:
@@ -48,7 +49,7 @@ def suspend_cell(ctx, cell):
     message flags, AVP/XAVP bytes, and a blind branch whose fr timer is the
     transaction's fr_timer. Returns (branch number, fr deadline, the AVP/XAVP
     bytes written, for Handle.saved); the caller arms the timer. Also used on
-    a cell not yet in the table (tm_lookup.t_newtran(suspend=True))."""
+    a cell not yet in the table (tm/newtran.py t_newtran(suspend=True))."""
     msg = ctx.msg
     if not cell.branches:
         cell.lumps = [list(msg.hdr_adds or ()), sorted(msg.hdr_removes or ()),
@@ -98,15 +99,15 @@ def t_continue(proc, tindex, tlabel, runner):
     h = Handle(S.table, tindex, tlabel)
     cell = h.acquire()
     if cell is None:
-        log.warn(MOD, f"t_continue(): active transaction not found ({tindex}:{tlabel})")
+        log.warn(MOD, f"active transaction not found ({tindex}:{tlabel})")
         return -1
     ctx = None
     try:
         if cell.flags & F_WAIT and not cell.flags & F_SUSPENDED:
-            log.warn(MOD, f"t_continue(): active transaction not found ({tindex}:{tlabel})")
+            log.warn(MOD, f"active transaction not found ({tindex}:{tlabel})")
             return -1
         if not cell.flags & F_SUSPENDED:
-            log.warn(MOD, f"t_continue(): transaction is not suspended ({tindex}:{tlabel})")
+            log.warn(MOD, f"transaction is not suspended ({tindex}:{tlabel})")
             return -2
         h.dirty = True
         if cell.flags & F_CANCELED:
@@ -117,11 +118,10 @@ def t_continue(proc, tindex, tlabel, runner):
         if b < 0 or cell.branches[b][BR_STATUS] >= 200:
             return 1
         cell.branches[b][BR_STATUS] = 500          # never pending again (step 5)
-        from asyncd.modules.tm_reply import _fake_ctx, save_ctx_state, reply_cell
         try:
-            ctx = _fake_ctx(proc, h, cell, FAILURE_ROUTE)
+            ctx = fake_ctx(proc, h, cell, FAILURE_ROUTE)
         except Exception as e:
-            log.err(MOD, f"t_continue(): cannot rebuild the request: {e!r}")
+            log.err(MOD, f"cannot rebuild the request: {e!r}")
             reply_cell(h, cell, None, 500, AUTO_500)
             return 0
         try:
@@ -129,7 +129,7 @@ def t_continue(proc, tindex, tlabel, runner):
         except ScriptExit:
             pass
         except Exception as e:
-            log.err(MOD, f"t_continue(): resumed route failed: {e!r}")
+            log.err(MOD, f"resumed route failed: {e!r}")
         cell = h.cell
         save_ctx_state(ctx, cell)
         if not cell.flags & F_FINAL and not cell.has_pending():

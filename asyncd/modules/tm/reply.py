@@ -10,45 +10,22 @@ Kamailio counterpart: t_reply.c (relay_reply, t_should_relay_response,
 run_failure_handlers, t_pick_branch, _reply). RFC 3261 16.7 for the proxy
 response processing, 17.2.1 for INVITE server transactions.
 """
-import re
+import msgpack
 
 from asyncd.core import log
 from asyncd.core.errors import ScriptExit
 from asyncd.core.route_types import FAILURE_ROUTE, TM_ONREPLY_ROUTE
-from asyncd.modules import tm_timer
-from asyncd.modules.tm_cell import (Cell, Handle, F_FINAL, F_LOCAL, F_CANCELED, F_SUSPENDED, F_INVITE,
-                                    F_IN_FAILURE, B_PROV, B_DISCARD, B_CANCEL, B_CANCEL_SENT, B_BLIND,
-                                    BR_STATUS, BR_REPLY, BR_FLAGS, BR_REQ, BR_DST, BR_SOCK)
-from asyncd.modules.tm_lookup import (S, MOD, parse_branch, flush, now, ack2xx_key, rebuild_request,
-                                      hard_deadline, current_proc)
-from asyncd.sip.build import build_reply, stable_to_tag
+from asyncd.modules.tm.cancel import cancel_pending, send_ack, send_cancel
+from asyncd.modules.tm.cell import (B_BLIND, B_CANCEL, B_CANCEL_SENT, B_DISCARD, B_PROV, BR_FLAGS,
+                                    BR_REPLY, BR_REQ, BR_STATUS, F_CANCELED, F_FINAL, F_IN_FAILURE,
+                                    F_INVITE, F_LOCAL, F_SUSPENDED, Cell, Handle)
+from asyncd.modules.tm.lookup import ack2xx_key, parse_branch, rebuild_request
+from asyncd.modules.tm.state import (MOD, S, arm_fr, arm_rpl_retr, arm_wait, flush, hard_deadline,
+                                     now)
+from asyncd.sip.build import build_reply, stable_to_tag, strip_top_via
+from shm.avp import AvpList, XavpList
 
-_VIA_RE = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*", re.I)
 TIMEOUT_REASON = "Request Timeout"
-
-
-def strip_top_via(buf):
-    """The reply without its first Via value (ours), RFC 3261 16.7 step 3."""
-    m = _VIA_RE.search(buf)
-    if m is None:
-        return bytes(buf)
-    vstart = m.end()
-    eol = buf.find(b"\r\n", vstart)
-    while eol >= 0 and buf[eol + 2:eol + 3] in (b" ", b"\t"):
-        eol = buf.find(b"\r\n", eol + 2)
-    if eol < 0:
-        return bytes(buf)
-    comma = buf.find(b",", vstart, eol)
-    if comma < 0:
-        return bytes(buf[:m.start()]) + bytes(buf[eol:])
-    rest = comma + 1
-    while buf[rest:rest + 1] in (b" ", b"\t", b"\r", b"\n"):
-        rest += 1
-    return bytes(buf[:vstart]) + bytes(buf[rest:])
-
-
-def _proc():
-    return current_proc()
 
 
 # ---- local replies ------------------------------------------------------------
@@ -73,7 +50,7 @@ def reply_cell(h, cell, msg, code, reason, extra_headers=()):
         log.warn(MOD, f"t_reply(): cannot send {code}: a final reply ({cell.uas_status}) was sent already")
         return -1
     if msg is None:
-        msg = rebuild_request(cell, _proc())
+        msg = rebuild_request(cell, S.proc)
     if code > 100 and not cell.to_tag:
         cell.to_tag = msg.to_tag or stable_to_tag(msg)
     extra = list(extra_headers) + list(getattr(msg, "reply_lumps", None) or ())
@@ -88,15 +65,14 @@ def reply_cell(h, cell, msg, code, reason, extra_headers=()):
         if cell.flags & F_INVITE:
             if code < 300:
                 cell.aliases.append(list(_add_alias(h, msg, cell)))
-            tm_timer.arm_rpl_retr(h, cell)      # until the ACK (17.2.1)
+            arm_rpl_retr(h, cell)      # until the ACK (17.2.1)
         else:
-            tm_timer.arm_wait(h, cell)
-        _cancel_pending(h, cell)
+            arm_wait(h, cell)
+        cancel_pending(h, cell)
     return 1
 
 
 def _add_alias(h, msg, cell):
-    import msgpack
     key = ack2xx_key(msg.callid, msg.cseq_num or 0, cell.to_tag)
     try:
         created, i, l = S.table.insert(key, msgpack.packb([h.index, h.label]), hard_deadline(cell))
@@ -150,9 +126,9 @@ def on_reply(proc, h, cell, bno, msg, status):
         # a retransmitted final from downstream
         if msg is not None and cell.flags & F_INVITE:
             if 200 <= status < 300:
-                h.out.append((strip_top_via(msg.buf), tuple(cell.reply_to), cell.sock))
+                h.out.append((strip_top_via(msg), tuple(cell.reply_to), cell.sock))
             elif status >= 300:
-                _send_ack(h, cell, br, msg)
+                send_ack(h, cell, br, msg)
         return
     if msg is not None and cell.on_reply:
         dropped = _run_onreply(proc, h, cell, msg, status, bno)
@@ -162,37 +138,35 @@ def on_reply(proc, h, cell, bno, msg, status):
         if not br[BR_FLAGS] & B_PROV:
             br[BR_FLAGS] |= B_PROV
             if cell.flags & F_INVITE:
-                tm_timer.arm_fr(h, cell, bno, min(now() + cell.fr_inv_ms / 1000.0, cell.eol))
+                arm_fr(h, cell, bno, min(now() + cell.fr_inv_ms / 1000.0, cell.eol))
             if br[BR_FLAGS] & B_CANCEL and not br[BR_FLAGS] & B_CANCEL_SENT:
-                from asyncd.modules.tm_fwd import send_cancel
                 send_cancel(h, cell, br)
         # drop in onreply_route keeps a provisional from going upstream (Kamailio)
         if status > 100 and not cell.flags & F_FINAL and msg is not None and not dropped:
-            data = strip_top_via(msg.buf)
+            data = strip_top_via(msg)
             cell.uas_status = status
             cell.uas_reply = data
             h.out.append((data, tuple(cell.reply_to), cell.sock))
         return
     if msg is None and cell.flags & F_INVITE and br[BR_FLAGS] & B_PROV and not br[BR_FLAGS] & B_BLIND:
-        from asyncd.modules.tm_fwd import send_cancel
         send_cancel(h, cell, br)               # fr_inv_timer hit a ringing branch
     br[BR_STATUS] = status
     if 200 <= status < 300:
         br[BR_REQ] = b""
         if cell.flags & F_INVITE or not cell.flags & F_FINAL:
-            data = strip_top_via(msg.buf)
+            data = strip_top_via(msg)
             h.out.append((data, tuple(cell.reply_to), cell.sock))
             if not cell.flags & F_FINAL:
                 cell.uas_status = status
                 cell.uas_reply = data
                 cell.flags |= F_FINAL
-                _cancel_pending(h, cell)     # RFC 3261 16.7 step 10
-                tm_timer.arm_wait(h, cell)
+                cancel_pending(h, cell)      # RFC 3261 16.7 step 10
+                arm_wait(h, cell)
         return
     if msg is not None:
-        br[BR_REPLY] = strip_top_via(msg.buf)
+        br[BR_REPLY] = strip_top_via(msg)
         if cell.flags & F_INVITE:
-            _send_ack(h, cell, br, msg)
+            send_ack(h, cell, br, msg)
     br[BR_REQ] = b"" if not cell.flags & F_INVITE else br[BR_REQ]
     if br[BR_FLAGS] & B_BLIND:
         cell.flags &= ~F_SUSPENDED             # B §6.4: the timeout ends the suspension
@@ -249,15 +223,16 @@ def final_decision(proc, h, cell):
         cell.uas_reply = data
         cell.flags |= F_FINAL
         h.out.append((data, tuple(cell.reply_to), cell.sock))
-        tm_timer.arm_wait(h, cell)
+        arm_wait(h, cell)
     else:
         reason = {408: TIMEOUT_REASON, 487: "Request Terminated"}.get(
             code, "I'm terribly sorry, server error occurred (1/TM)")
         reply_cell(h, cell, None, code, reason)
 
 
-def _fake_ctx(proc, h, cell, route_type):
-    from shm.avp import AvpList, XavpList
+def fake_ctx(proc, h, cell, route_type):
+    """The ctx a failure or resumed route runs on: the stored request, the
+    transaction's flags, AVPs and XAVPs (Kamailio's faked_env)."""
     msg = rebuild_request(cell, proc)
     ctx = S.script.new_ctx(msg, proc, route_type)
     ctx.t = h
@@ -280,7 +255,7 @@ def save_ctx_state(ctx, cell):
 
 def run_failure_route(proc, h, cell, route, code, bi):
     try:
-        ctx = _fake_ctx(proc, h, cell, FAILURE_ROUTE)
+        ctx = fake_ctx(proc, h, cell, FAILURE_ROUTE)
     except Exception as e:
         log.err(MOD, f"failure_route[{route}]: cannot rebuild the request: {e!r}")
         return
@@ -314,24 +289,3 @@ def _run_onreply(proc, h, cell, msg, status, bno):
     except Exception as e:
         log.err(MOD, f"onreply_route[{cell.on_reply}] failed: {e!r}")
     return ctx.dropped
-
-
-def _send_ack(h, cell, br, msg):
-    """ACK for a non-2xx final, hop by hop (RFC 3261 17.1.1.3)."""
-    from asyncd.modules.tm_fwd import build_hbh
-    data = build_hbh(cell, br, "ACK", msg.hdr("To"))
-    if data:
-        h.out.append((data, tuple(br[BR_DST]), br[BR_SOCK]))
-
-
-def _cancel_pending(h, cell):
-    """A final went upstream: CANCEL the branches still ringing (16.7 step 10)."""
-    if not cell.flags & F_INVITE:
-        return
-    from asyncd.modules.tm_fwd import send_cancel
-    for b in cell.branches:
-        if b[BR_STATUS] < 200 and not b[BR_FLAGS] & B_BLIND:
-            if b[BR_FLAGS] & B_PROV:
-                send_cancel(h, cell, b)
-            else:
-                b[BR_FLAGS] |= B_CANCEL

@@ -1,4 +1,5 @@
-"""Timer heap loop (workers/async_timer.py) with a real forked timer process.
+"""The timer service's loop (workers/timer.py) fed through a TimerFeed
+(asyncd/ipc/timers.py), with a real forked timer process.
 
 Runs in: the pytest process, plus a forked timer process.
 """
@@ -11,17 +12,21 @@ import time
 import pytest
 
 from asyncd.core.context import ProcState
-from asyncd.ipc import codec
-from asyncd.ipc.dispatch import TimerDispatcher
-from workers import async_timer
+from asyncd.core.procs import PROC_TIMER, RETRY, ROLE_TIMER, SKIPPED, Periodic, ProcRow, TimerHandlers
+from asyncd.ipc.timers import TimerFeed
+from workers import timer as timer_loop
 
 FORK = multiprocessing.get_context("fork")
 
 
-def _early_timer_proc(disp, q, accept, lead):
-    """A timer with early hand-off: on_early reports (tag, how early) and accepts
-    or refuses; on_due reports items that reached their due time here."""
-    proc = ProcState(role="async_timer")
+def _row(handlers):
+    return ProcRow(ROLE_TIMER, "test timer", PROC_TIMER, 1, handlers)
+
+
+def _early_timer_proc(feed, q, accept, lead):
+    """A timer with early hand-off: the early handler reports (tag, how early)
+    and accepts or refuses; on_due reports items that reached their due time here."""
+    proc = ProcState(role=ROLE_TIMER)
     signal.signal(signal.SIGTERM, lambda *a: setattr(proc, "stopping", True))
 
     def on_early(p, item):
@@ -32,11 +37,11 @@ def _early_timer_proc(disp, q, accept, lead):
         q.put(("due", item[4], time.monotonic() - item[1]))
         return True
 
-    async_timer.run(proc, disp, 0, on_due, lead, on_early)
+    timer_loop.run(proc, _row(TimerHandlers(feed, {"ar": on_due}, {"ar": (lead, on_early)})), 0)
 
 
-def _timer_proc(disp, q, refuse_first):
-    proc = ProcState(role="async_timer")
+def _timer_proc(feed, q, refuse_first):
+    proc = ProcState(role=ROLE_TIMER)
     signal.signal(signal.SIGTERM, lambda *a: setattr(proc, "stopping", True))
     refused = set()
 
@@ -44,11 +49,11 @@ def _timer_proc(disp, q, refuse_first):
         kind, due, a, b, tag = item
         if refuse_first and tag not in refused:
             refused.add(tag)
-            return None          # hand-over failed: the loop must retry
+            return RETRY         # hand-over failed: the loop must retry
         q.put((tag, time.monotonic() - due, due))
-        return kind != "skip"
+        return SKIPPED if kind == "skip" else True
 
-    async_timer.run(proc, disp, 0, on_due)
+    timer_loop.run(proc, _row(TimerHandlers(feed, {"ar": on_due, "skip": on_due})), 0)
     q.put(("stopped", 0))
 
 
@@ -58,13 +63,13 @@ def timer(rundir):
     started = []
 
     def start(refuse_first=False, mailbox=4096):
-        disp = TimerDispatcher("tt", 1, 1000, mailbox=mailbox, rundir=d)
+        feed = TimerFeed("tt", 1, 1000, slots=mailbox, rundir=d)
         q = FORK.Queue()
-        p = FORK.Process(target=_timer_proc, args=(disp, q, refuse_first))
+        p = FORK.Process(target=_timer_proc, args=(feed, q, refuse_first))
         p.start()
         started.append(p)
         time.sleep(0.2)
-        return disp, q, p
+        return feed, q, p
 
     yield start
     for p in started:
@@ -73,9 +78,9 @@ def timer(rundir):
         p.join()
 
 
-def _push(disp, delay, tag, kind="ar"):
+def _push(feed, delay, tag, kind="ar"):
     due = time.monotonic() + delay
-    assert disp.push(codec.pack([kind, due, 1, 2, tag]), due=due) == 0
+    assert feed.arm([[kind, due, 1, 2, tag]]) == 0
 
 
 def test_items_resume_on_time_in_due_order(timer):
@@ -87,7 +92,7 @@ def test_items_resume_on_time_in_due_order(timer):
     got = [q.get(timeout=3) for _ in delays]
     late = sorted(x for _, x, _ in got)
     assert late[0] >= 0.0                       # never early
-    # spec A §3: ~1-2 ms late. Median strict; the tail loose, as a loaded 2-core
+    # ~1-2 ms late (docs/kamailio-async.md §10.3). Median strict; the tail loose, as a loaded 2-core
     # box preempts the timer process whatever it does.
     assert late[len(late) // 2] < 0.002, late
     assert late[len(late) * 9 // 10] < 0.01, late
@@ -134,8 +139,10 @@ def test_skipped_counted_and_stop_on_sigterm(timer):
 
 def test_malformed_frame_is_dropped(timer):
     disp, q, _ = timer()
-    disp.push(b"\xc1garbage")
-    disp.push(codec.pack(["ar"]))
+    box = disp.boxes[0]
+    box.put(b"\xc1garbage", 0.0)            # what no producer writes: not msgpack,
+    box.put(b"\x91\x91\xa2ar", 0.0)          # an entry without its due time
+    disp.pushers.get(0).send(b"")          # wake it up
     _push(disp, 0.01, "ok")
     assert q.get(timeout=3)[0] == "ok"
     time.sleep(0.02)
@@ -166,7 +173,7 @@ def test_later_items_need_no_wakeup_but_earlier_ones_do(timer):
 def test_early_handoff_offers_lead_before_due_and_falls_back_at_due(accept, rundir):
     """The ms timer offers an item `lead` s early (an idle worker then waits out
     the rest); refused, the same item fires at its due time, never lost."""
-    disp = TimerDispatcher("te", 1, 1000, rundir=rundir)
+    disp = TimerFeed("te", 1, 1000, rundir=rundir)
     q = FORK.Queue()
     p = FORK.Process(target=_early_timer_proc, args=(disp, q, accept, 0.005))
     p.start()
@@ -189,4 +196,41 @@ def test_early_handoff_offers_lead_before_due_and_falls_back_at_due(accept, rund
         assert disp.stats()["run"] == 3 and disp.stats()["pending"] == 0
     finally:
         p.kill()
+        p.join()
+
+
+def test_periodic_jobs_run_on_time_without_a_feed(rundir):
+    """A timer row with only periodic jobs (the HTable Timer): aligned ones run
+    on whole seconds of the monotonic clock, the others every interval."""
+    q = FORK.Queue()
+
+    def proc_main():
+        proc = ProcState(role=ROLE_TIMER)
+        signal.signal(signal.SIGTERM, lambda *a: setattr(proc, "stopping", True))
+        every = (Periodic(1.0, lambda p: q.put(("aligned", time.monotonic())), aligned=True),
+                 Periodic(0.1, lambda p: q.put(("tick", time.monotonic()))))
+        timer_loop.run(proc, _row(TimerHandlers(every=every)), 0)
+
+    p = FORK.Process(target=proc_main)
+    p.start()
+    try:
+        got = []
+        deadline = time.monotonic() + 2.6
+        while time.monotonic() < deadline:
+            try:
+                got.append(q.get(timeout=0.3))
+            except Exception:
+                pass
+        aligned = [t for k, t in got if k == "aligned"]
+        ticks = [t for k, t in got if k == "tick"]
+        assert len(aligned) >= 2
+        assert all(0 <= t - int(t) < 0.02 for t in aligned), aligned
+        assert 20 <= len(ticks) <= 27, len(ticks)
+        t0 = time.monotonic()
+        os.kill(p.pid, signal.SIGTERM)
+        p.join(2)
+        assert not p.is_alive() and time.monotonic() - t0 < 0.5
+    finally:
+        if p.is_alive():
+            p.kill()
         p.join()

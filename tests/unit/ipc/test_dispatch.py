@@ -1,4 +1,5 @@
-"""Idle-first dispatch (asyncd.ipc.dispatch) with real forked consumers.
+"""Idle-first dispatch (asyncd.ipc.dispatch) with real forked consumers, and
+the awake consumer that takes frames from the shm ring without ZeroMQ.
 
 Runs in: the pytest process, plus forked consumer processes.
 """
@@ -39,7 +40,7 @@ def _start(disp, n):
 
 
 def test_long_task_does_not_delay_queued_tasks(rundir):
-    disp = Dispatcher("tq", 2, 64, ring=64, rundir=rundir)
+    disp = Dispatcher("tq", 2, ring=64, rundir=rundir)
     q, procs = _start(disp, 2)
     try:
         time.sleep(0.2)          # consumers bound
@@ -64,7 +65,7 @@ def test_long_task_does_not_delay_queued_tasks(rundir):
 
 def test_full_nonblocking_refuses_at_once(rundir):
     # no consumer process: the first frame makes consumer 0 busy, two more fill the ring
-    disp = Dispatcher("tf", 1, 2, ring=2, nonblock=True, rundir=rundir)
+    disp = Dispatcher("tf", 1, ring=2, nonblock=True, rundir=rundir)
     assert [disp.push(codec.pack(["run", 0, k])) for k in range(3)] == [0, 0, 0]
     t0 = time.monotonic()
     assert disp.push(codec.pack(["run", 0, "x"])) == -1
@@ -74,7 +75,7 @@ def test_full_nonblocking_refuses_at_once(rundir):
 
 
 def test_full_blocking_waits_bounded_then_refuses(rundir):
-    disp = Dispatcher("tb", 1, 1, ring=1, nonblock=False, block_wait=0.3, rundir=rundir)
+    disp = Dispatcher("tb", 1, ring=1, nonblock=False, block_wait=0.3, rundir=rundir)
     assert disp.push(codec.pack(["run", 0, "a"])) == 0      # consumer 0 busy
     assert disp.push(codec.pack(["run", 0, "b"])) == 0      # the ring's one slot
     t0 = time.monotonic()
@@ -84,7 +85,7 @@ def test_full_blocking_waits_bounded_then_refuses(rundir):
 
 
 def test_blocking_producer_gets_room_when_worker_finishes(rundir):
-    disp = Dispatcher("tw", 1, 1, ring=1, nonblock=False, block_wait=2.0, rundir=rundir)
+    disp = Dispatcher("tw", 1, ring=1, nonblock=False, block_wait=2.0, rundir=rundir)
     q, procs = _start(disp, 1)
     try:
         time.sleep(0.2)
@@ -101,7 +102,7 @@ def test_blocking_producer_gets_room_when_worker_finishes(rundir):
 
 
 def test_skipped_items_are_counted(rundir):
-    disp = Dispatcher("ts", 1, 8, ring=8, rundir=rundir)
+    disp = Dispatcher("ts", 1, ring=8, rundir=rundir)
     q, procs = _start(disp, 1)
     try:
         time.sleep(0.2)
@@ -118,7 +119,7 @@ def test_skipped_items_are_counted(rundir):
 
 
 def test_oversize_frames_bypass_the_ring_but_stay_bounded(rundir):
-    disp = Dispatcher("to", 1, 3, ring=3, nonblock=True, rundir=rundir)
+    disp = Dispatcher("to", 1, ring=3, nonblock=True, rundir=rundir)
     big = codec.pack(["run", 0.0, "x" * 2000])
     # one to the (idle) worker, then three parked in its pipe (the ring's size), then full
     assert [disp.push(big) for _ in range(5)] == [0, 0, 0, 0, -1]
@@ -129,7 +130,7 @@ def test_oversize_frames_bypass_the_ring_but_stay_bounded(rundir):
 def test_offer_goes_to_an_idle_worker_or_is_refused(rundir):
     """offer() (the ms timer's early hand-off) never queues behind busy workers:
     it hands the frame to an idle consumer or returns False with nothing counted."""
-    disp = Dispatcher("of", 2, 4, nonblock=True, rundir=rundir, ring=8)
+    disp = Dispatcher("of", 2, nonblock=True, rundir=rundir, ring=8)
     q, procs = _start(disp, 2)
     try:
         time.sleep(0.2)
@@ -151,3 +152,57 @@ def test_offer_goes_to_an_idle_worker_or_is_refused(rundir):
     finally:
         for p in procs:
             p.join(5)
+
+
+def _spinning_consumer(disp, results):
+    """Consumer 0: sleeps on ZeroMQ until the first item, then stays awake."""
+    sock = disp.bind(0)
+    try:
+        frame = None
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            if frame is None:
+                if not sock.poll(100):
+                    continue
+                frame = sock.recv()
+            item = codec.unpack(frame)
+            results.put((item[1], "zmq" if item[2] == "first" else "?"))
+            frame = disp.finish(0)
+            while frame is None and time.monotonic() < end:
+                frame = disp.spin(0, 0.05)
+                if frame is None and sock.poll(0):
+                    break
+            if frame is not None:
+                item = codec.unpack(frame)
+                results.put((item[1], "ring"))
+                frame = disp.finish(0)
+            if item[1] == "last":
+                return
+    finally:
+        sock.close(0)
+        ipc.close_all()
+
+
+def test_awake_consumer_takes_frames_from_the_ring(rundir):
+    disp = Dispatcher("tw", 1, ring=16, rundir=rundir)
+    q = FORK.Queue()
+    p = FORK.Process(target=_spinning_consumer, args=(disp, q))
+    p.start()
+    try:
+        time.sleep(0.2)                        # bound
+        assert disp.push(codec.pack(["run", "a", "first"])) == 0
+        assert q.get(timeout=3) == ("a", "zmq")
+        deadline = time.monotonic() + 2
+        while not disp.aw[0] and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert disp.aw[0] == 1                 # idle and awake
+        assert disp.push(codec.pack(["run", "last", "second"])) == 0
+        # handed over in shm: no frame on the consumer's ZeroMQ pipe for it
+        assert q.get(timeout=3) == ("last", "ring")
+        p.join(3)
+        st = disp.stats()
+        assert st["accepted"] == 2 and st["run"] == 2 and st["pending"] == 0
+    finally:
+        if p.is_alive():
+            p.terminate()
+        p.join(3)

@@ -1,18 +1,20 @@
 """The tm API other modules bind to (docs/contracts.md §6; Kamailio's
-tm_binds / tmx's t_suspend/t_continue): `from asyncd.modules import tm;
-tm.api.t_newtran(ctx)`.
+tm_binds / tmx's t_suspend/t_continue): `from asyncd.modules.tm import api
+as tm_api; tm_api.t_newtran(ctx)`.
 
 Runs in: whichever process calls it: udp receivers (t_newtran, t_suspend,
 t_reply, t_relay), async task workers and ASYNC MOD TIMER (t_continue,
 t_cancel_suspend, and whatever the resumed route calls).
 """
-from asyncd.modules import tm_fwd, tm_lookup, tm_reply, tm_suspend
+from asyncd.core import log
+from asyncd.modules.tm import fwd, lookup, newtran, reply, suspend
+from asyncd.modules.tm.state import MOD, S
 
 
 def t_newtran(ctx):
     """1 created (ctx.t set), 0 retransmission absorbed (last reply re-sent,
     ctx.t points at the existing transaction), <0 error."""
-    return tm_lookup.t_newtran(ctx)
+    return newtran.t_newtran(ctx)
 
 
 def t_newtran_suspend(ctx):
@@ -20,7 +22,7 @@ def t_newtran_suspend(ctx):
     one table write. -> (rc, tindex, tlabel): rc 0 suspended (the INVITE's 100
     went out), 2 a retransmission (absorbed, nothing suspended), <0 t_newtran's
     error."""
-    rc = tm_lookup.t_newtran(ctx, suspend=True)
+    rc = newtran.t_newtran(ctx, suspend=True)
     if rc == 1:
         return 0, ctx.t.index, ctx.t.label
     return (2 if rc == 0 else rc), 0, 0
@@ -31,12 +33,12 @@ def t_suspend(ctx):
     and lumps stored; the INVITE's 100 went out at t_newtran); 1: the
     transaction was CANCELed (487 sent, nothing to resume); -1: no transaction;
     -3: a final reply was already sent (spec B §6.2)."""
-    return tm_suspend.t_suspend(ctx)
+    return suspend.t_suspend(ctx)
 
 
 def t_cancel_suspend(tindex, tlabel):
     """Undo t_suspend when the resume could not be queued. 1 ok, -1 not found."""
-    return tm_suspend.t_cancel_suspend(tindex, tlabel)
+    return suspend.t_cancel_suspend(tindex, tlabel)
 
 
 def t_continue(proc, tindex, tlabel, runner):
@@ -44,7 +46,7 @@ def t_continue(proc, tindex, tlabel, runner):
     stored request, AVPs and XAVPs; automatic 500 when it neither replied,
     relayed nor suspended again. Returns 0 ran, 1 skipped (CANCELed or timed
     out), -1 not found (already ended), -2 not suspended (spec B §6.3)."""
-    return tm_suspend.t_continue(proc, tindex, tlabel, runner)
+    return suspend.t_continue(proc, tindex, tlabel, runner)
 
 
 def t_reply(ctx, code, reason):
@@ -53,28 +55,24 @@ def t_reply(ctx, code, reason):
     if ctx.t is None:
         return -1
     try:
-        return tm_reply.local_reply(ctx, int(code), str(reason))
+        return reply.local_reply(ctx, int(code), str(reason))
     except Exception as e:
-        from asyncd.core import log
-        log.err("tm", f"t_reply(): {e!r}")
+        log.err(MOD, repr(e))
         return -1
 
 
 def t_relay(ctx, host=None, port=None):
     """Relay ctx.msg statefully (creates the transaction if needed) to host:port,
     else $du, else the R-URI. 1 ok, 0 retransmission (absorbed), -1 error."""
-    return tm_fwd.t_relay(ctx, host, port)
+    return fwd.t_relay(ctx, host, port)
 
 
 def t_lookup_ident(tindex, tlabel):
     """A handle on (tindex, tlabel) or None (Kamailio t_lookup_ident)."""
-    from asyncd.modules.tm_cell import Handle
-    if tm_lookup.S.table is None or tm_lookup.S.table.get(tindex, tlabel) is None:
-        return None
-    return Handle(tm_lookup.S.table, tindex, tlabel)
+    return lookup.lookup_ident(tindex, tlabel)
 
 
 def table_count():
     """Transactions (and 2xx ACK aliases) held in shm right now."""
-    t = tm_lookup.S.table
+    t = S.table
     return t.count() if t is not None else 0

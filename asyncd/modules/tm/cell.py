@@ -4,11 +4,14 @@ holds while it works on one.
 Runs in: udp receivers, the tm `timer` process, async task workers, async
 module timers (anywhere a transaction is created, matched or resumed).
 
-The cell lives in shm/tm_table.py as one msgpack list (encode/decode below);
-a process loads it under the slot lock, changes it and writes it back. Field
+Kamailio: src/modules/tm/h_table.h (struct cell, the T_* flags). The cell
+lives in shm/tm_table.py as one msgpack list (encode/decode below); a
+process loads it under the slot lock, changes it and writes it back. Field
 order is the wire layout, so only ever append fields.
 """
 import msgpack
+
+from asyncd.core import log
 
 # transaction flags (ours; Kamailio's T_* names in comments, h_table.h)
 F_INVITE = 1 << 0
@@ -146,7 +149,6 @@ class Handle:
         if self.table.held_here(self.index):
             # another transaction of the same lock stripe is held by this very
             # process (e.g. t_continue from a failure route): refuse, never deadlock
-            from asyncd.core import log
             log.err("tm", f"transaction {self.index}:{self.label}: its lock stripe is held by this process")
             return None
         self.table.lock(self.index)

@@ -1,5 +1,5 @@
-"""Forwarding: t_relay (new branches), CANCEL to pending branches, hop-by-hop
-ACK/CANCEL building, stateless ACK forwarding.
+"""Forwarding: t_relay (new branches), CANCEL of an INVITE transaction
+(e2e_cancel), stateless forwarding of an ACK to a 2xx.
 
 Runs in: udp receivers (request_route, failure routes on replies), the tm
 `timer` process (failure routes on timeout), async workers (resumed routes).
@@ -12,16 +12,16 @@ import socket
 from asyncd.core import log
 from asyncd.core.errors import ScriptExit
 from asyncd.core.route_types import BRANCH_ROUTE, REQUEST_ROUTE
-from asyncd.modules import tm_timer
-from asyncd.modules.tm_cell import (F_FINAL, F_CANCELED, F_INVITE, F_IN_FAILURE, F_CONTINUE,
-                                    B_BLIND, B_PROV, B_CANCEL, B_CANCEL_SENT,
-                                    BR_DST, BR_SOCK, BR_REQ, BR_STATUS, BR_FLAGS, BR_VIA)
-from asyncd.modules.tm_cell import Handle
-from asyncd.modules.tm_lookup import (S, MOD, make_branch, t_newtran, flush, now, sock_addr, new_cell,
-                                      hard_deadline, request_key)
-from asyncd.sip import parse_msg, parse_uri
-from asyncd.sip.build import (build_ack, build_cancel, build_reply, build_request_fwd, reply_addr,
-                              via_line)
+from asyncd.modules.tm.cancel import send_cancel
+from asyncd.modules.tm.cell import (B_BLIND, B_CANCEL, B_PROV, BR_FLAGS, BR_STATUS, F_CANCELED,
+                                    F_CONTINUE, F_FINAL, F_IN_FAILURE, F_INVITE, Handle)
+from asyncd.modules.tm.lookup import make_branch, request_key
+from asyncd.modules.tm.newtran import new_cell, t_newtran
+from asyncd.modules.tm.reply import reply_cell, resend_last
+from asyncd.modules.tm.state import (K_FR, K_RETR, MOD, S, arm, arm_fr, arm_retr, flush,
+                                     hard_deadline, now, sock_addr)
+from asyncd.sip import parse_uri
+from asyncd.sip.build import build_reply, build_request_fwd, reply_addr, via_line
 from shm.tm_table import TableFull
 
 _dns = {}
@@ -62,9 +62,11 @@ def t_relay(ctx, host=None, port=None):
     try:
         ruri, dst = _target(msg, host, port)
     except Exception as e:
-        return relay_error(ctx, E_BAD_ADDRESS, f"t_relay(): bad destination: {e!r}")
+        log.err(MOD, f"bad destination: {e!r}")
+        return relay_error(ctx, E_BAD_ADDRESS)
     if dst is None:
-        return relay_error(ctx, E_BAD_ADDRESS, "t_relay(): cannot resolve the destination")
+        log.err(MOD, "cannot resolve the destination")
+        return relay_error(ctx, E_BAD_ADDRESS)
     if ctx.t is None:
         pend = ctx.extra.get("tm") if ctx.extra else None
         if not (pend and pend.get("on_branch")) and not getattr(S.script, "has_onsend_route", False):
@@ -79,7 +81,7 @@ def t_relay(ctx, host=None, port=None):
     send_dropped = False
     try:
         if cell.flags & F_FINAL:
-            log.warn(MOD, "t_relay(): a final reply was already sent")
+            log.warn(MOD, "a final reply was already sent")
             return -1
         if cell.flags & F_CANCELED and (cell.flags & (F_IN_FAILURE | F_CONTINUE)):
             return -1                       # Kamailio refuses new branches of a CANCELed T
@@ -105,16 +107,17 @@ def t_relay(ctx, host=None, port=None):
                        cell.xavps if ctx.xavps is not None else None)
         h.dirty = True
         h.out.append((data, dst, sock))
-        tm_timer.arm_retr(h, bno, S.t1)
+        arm_retr(h, bno, S.t1)
         if fr - now() <= S.t1 / 1000.0:
-            tm_timer.arm_fr(h, cell, bno, fr)   # else armed by the first Timer A/E run
+            arm_fr(h, cell, bno, fr)            # else armed by the first Timer A/E run
     except _SendDropped:
         send_dropped = True
     finally:
         h.release(flush)
     if send_dropped:
         # no branch went out: t_forward_nonack's E_SEND, delayed 477 (t_send_branch)
-        return relay_error(ctx, E_SEND, "t_relay(): onsend_route dropped the request")
+        log.err(MOD, "onsend_route dropped the request")
+        return relay_error(ctx, E_SEND)
     ctx.relayed = True
     h.done = True
     return 1
@@ -173,13 +176,12 @@ def record_error(ctx, err):
     ctx.extra["sl_error"] = (code, f"{text} ({code}/SL)")
 
 
-def relay_error(ctx, err, why):
+def relay_error(ctx, err):
     """A forward that failed before anything was sent. In request_route the
     transaction is still created (Kamailio t_relay_to: t_newtran comes first)
     and the error reply is delayed to the end of the script (TM_DELAYED_REPLY,
     REQ_ERR_DELAYED): request_done sends it unless the script replied or
     relayed meanwhile. Returns -1, or 0 for an absorbed retransmission."""
-    log.err(MOD, why)
     record_error(ctx, err)
     if ctx.route_type != REQUEST_ROUTE or ctx.msg.method in ("ACK", "CANCEL"):
         return -1           # failure routes: tm_error only (t_continue's 500 covers resumes)
@@ -199,7 +201,7 @@ def _relay_new(ctx, ruri, dst):
         key = getattr(msg, "_tmkey", None) or request_key(msg)
         cell = new_cell(ctx)
     except Exception as e:
-        log.err(MOD, f"t_relay(): cannot create transaction: {e!r}")
+        log.err(MOD, f"cannot create transaction: {e!r}")
         return -1
     cell.key = key
     sock = msg.sock or 0
@@ -225,12 +227,11 @@ def _relay_new(ctx, ruri, dst):
     try:
         created, index, label = S.table.insert(key, make, hard_deadline(cell))
     except TableFull as e:
-        log.err(MOD, f"t_relay(): {e}")
+        log.err(MOD, str(e))
         return -1
     h = ctx.t = Handle(S.table, index, label)
     h.saved = (cell.avps, cell.xavps)
     if not created:
-        from asyncd.modules.tm_reply import resend_last
         resend_last(ctx.proc, h)
         return 0
     send = ctx.proc.send
@@ -240,10 +241,10 @@ def _relay_new(ctx, ruri, dst):
     t = now()
     # the fr timer is armed by the first Timer A/E run when the branch is still
     # pending then: most transactions end before T1 and never cost a heap entry
-    timers = [[tm_timer.K_RETR, index, label, 0, t + S.t1 / 1000.0, S.t1]]
+    timers = [[K_RETR, t + S.t1 / 1000.0, index, label, 0, S.t1]]
     if fr - t <= S.t1 / 1000.0:
-        timers.append([tm_timer.K_FR, index, label, 0, fr, 0])
-    tm_timer.push_many(timers)
+        timers.append([K_FR, fr, index, label, 0, 0])
+    arm(timers)
     ctx.relayed = True
     h.done = True
     return 1
@@ -276,36 +277,13 @@ def _forward_ack(ctx, host, port):
     return 1
 
 
-def build_hbh(cell, br, method, to_value=None):
-    """CANCEL or ACK for a branch, from the bytes sent on it (RFC 3261 9.1, 17.1.1.3)."""
-    req = br[BR_REQ]
-    if not req:
-        return None
-    try:
-        m = parse_msg(req, ("127.0.0.1", 0), ("127.0.0.1", 0), br[BR_SOCK], "udp")
-        return build_cancel(m) if method == "CANCEL" else build_ack(m, to_value)
-    except Exception as e:
-        log.err(MOD, f"cannot build {method} for branch {br[BR_VIA]}: {e!r}")
-        return None
-
-
-def send_cancel(h, cell, br):
-    if br[BR_FLAGS] & (B_CANCEL_SENT | B_BLIND) or br[BR_STATUS] >= 200:
-        return
-    data = build_hbh(cell, br, "CANCEL")
-    br[BR_FLAGS] |= B_CANCEL | B_CANCEL_SENT
-    h.dirty = True
-    if data:
-        h.out.append((data, tuple(br[BR_DST]), br[BR_SOCK]))
-
-
 def e2e_cancel(ctx, h):
     """A CANCEL matching an INVITE transaction (RFC 3261 16.10, B §6.5):
     200 to the CANCEL; CANCEL to ringing branches (the others once they ring);
     with no live branch (only a suspension), 487 to the INVITE here."""
     msg = ctx.msg
     try:
-        ctx.proc.send(build_reply(msg, 200, "canceling"), _reply_addr(msg), msg.sock or 0)
+        ctx.proc.send(build_reply(msg, 200, "canceling"), reply_addr(msg), msg.sock or 0)
     except Exception as e:
         log.err(MOD, f"cannot reply to CANCEL: {e!r}")
     cell = h.acquire()
@@ -326,10 +304,7 @@ def e2e_cancel(ctx, h):
             else:
                 br[BR_FLAGS] |= B_CANCEL           # sent when it rings (RFC 3261 9.1)
         if not live and not cell.flags & F_CONTINUE:
-            from asyncd.modules.tm_reply import reply_cell
             reply_cell(h, cell, None, 487, "Request Terminated")
     finally:
         h.release(flush)
 
-
-_reply_addr = reply_addr

@@ -1,0 +1,22 @@
+"""Socket names and local addresses, as Kamailio prints and matches them.
+
+Runs in: main process (listen sockets, `myself`), udp receivers (which
+replies are ours).
+"""
+import socket
+
+import psutil
+
+
+def sock_name(ip, port):
+    """ip:port as Kamailio prints socket names (IPv6 in brackets)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def local_ips(family=None):
+    """Addresses of this host's interfaces (all families, or one), sorted; loopback at worst."""
+    try:
+        return sorted({a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                       if a.family in ((family,) if family else (socket.AF_INET, socket.AF_INET6))})
+    except OSError:     # no permission to list interfaces: loopback still works
+        return ["127.0.0.1"]

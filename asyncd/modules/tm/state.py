@@ -1,0 +1,133 @@
+"""tm's state, in one object: its parameters, the transaction table, the
+timer feed, and what each process keeps for itself; plus the two things
+every locked section ends with: sending what it queued and arming its
+timers.
+
+Runs in: main (tm's mod_init fills S before fork), every child (reads it;
+child_init sets the per-process part).
+
+S is made empty at import and filled by `S.configure()` from tm's mod_init:
+the values come from the modparams the compiler resolved, whose defaults
+are the export table's (asyncd/modules/tm/mod.py), so no default lives here.
+
+Timer entries are `[kind, due, tindex, tlabel, arg, interval_ms]` (due on
+the monotonic clock); the `timer` process runs them (tm/timer.py).
+"""
+import os
+import random
+import time
+
+from asyncd.core import log
+from asyncd.ipc.timers import TimerFeed
+from asyncd.modules.tm.cell import BR_FR, F_WAIT
+from shm.tm_table import TmTable
+
+MOD = "tm"
+K_RETR, K_FR, K_RPL, K_WAIT = 1, 2, 3, 4
+TIMER_SLOTS = 16384     # a locked section arms 1-3 entries (~25 bytes each): seconds of top rate
+
+
+class TmState:
+    """Filled in main by tm's mod_init; every child inherits it by fork."""
+    __slots__ = ("script", "table", "timers", "secret", "fr_ms", "fr_inv_ms", "wt_ms", "t1", "t2",
+                 "max_inv_ms", "max_noninv_ms", "auto_inv_100", "auto_inv_100_reason",
+                 "failure_reply_mode", "proc", "addrs")
+
+    def __init__(self):
+        self.script = self.table = self.timers = self.proc = None
+        self.addrs = {}
+
+    def configure(self, script, mp):
+        """tm's mod_init: `mp` holds every modparam of the export table."""
+        self.fr_ms, self.fr_inv_ms = int(mp["fr_timer"]), int(mp["fr_inv_timer"])
+        self.wt_ms = int(mp["wt_timer"])
+        self.max_inv_ms, self.max_noninv_ms = int(mp["max_inv_lifetime"]), int(mp["max_noninv_lifetime"])
+        self.auto_inv_100, self.auto_inv_100_reason = int(mp["auto_inv_100"]), str(mp["auto_inv_100_reason"])
+        self.failure_reply_mode = int(mp["failure_reply_mode"])
+        self.t1, self.t2 = int(mp["retr_timer1"]), int(mp["retr_timer2"])
+        if self.fr_ms <= 0 or self.wt_ms <= 0 or self.t1 <= 0 or self.t2 < self.t1:
+            raise RuntimeError("tm: fr_timer, wt_timer, retr_timer1 must be > 0 and "
+                               "retr_timer2 >= retr_timer1")
+        self.script = script
+        self.secret = random.getrandbits(31)
+        self.table = TmTable(script.shm)
+        main_dir = f"/tmp/asyncd-tm-{os.getpid()}"     # only when no supervisor made a run dir
+        self.timers = TimerFeed("tm", 1, slots=TIMER_SLOTS, rundir=lambda: script.rundir or main_dir)
+        self.proc = None
+        self.addrs = {}
+
+    def child_init(self, proc):
+        """Per process: who sends what tm queued, and its own caches."""
+        self.proc = proc
+        self.addrs = {}
+
+
+S = TmState()
+
+
+def now():
+    return time.monotonic()
+
+
+def hard_deadline(cell):
+    """The sweep frees anything past this, whatever was lost on the way."""
+    return cell.eol + (S.wt_ms + 64 * S.t1) / 1000.0 + 5.0
+
+
+def sock_addr(proc, sock):
+    """(ip, port) of our socket `sock`: what we put in Via and send from."""
+    a = S.addrs.get(sock)
+    if a is None:
+        try:
+            a = proc.sockets[sock].getsockname()[:2]
+        except (IndexError, OSError, AttributeError):
+            a = ("127.0.0.1", 5060)
+        S.addrs[sock] = a
+    return a
+
+
+# ---- what a locked section leaves behind (Handle.release calls flush) ---------
+def flush(h, locked=False):
+    """Send what a locked section queued (called by Handle.release with the
+    lock still held), then, once it is dropped, arm its timers: arming takes
+    the timer mailbox's lock, never while a transaction lock is held."""
+    if h.out:
+        out, h.out = h.out, []
+        proc = S.proc
+        if proc is not None:
+            for data, addr, sock in out:
+                proc.send(data, addr, sock)
+    if locked:
+        return
+    if h.timers:
+        entries, h.timers = h.timers, []
+        arm(entries)
+
+
+def arm(entries):
+    if S.timers.arm(entries) < 0:
+        log.err(MOD, f"cannot arm {len(entries)} tm timer(s): the timer process is unreachable")
+
+
+# ---- arming (any process, lock held: the entries leave when it is dropped) -----
+def arm_retr(h, bno, interval_ms):
+    h.timers.append([K_RETR, now() + interval_ms / 1000.0, h.index, h.label, bno, interval_ms])
+
+
+def arm_fr(h, cell, bno, deadline):
+    cell.branches[bno][BR_FR] = deadline    # the fr timer this entry stands for
+    h.dirty = True
+    h.timers.append([K_FR, deadline, h.index, h.label, bno, 0])
+
+
+def arm_rpl_retr(h, cell):
+    t = now()
+    h.timers.append([K_RPL, t + S.t1 / 1000.0, h.index, h.label, int(t * 1000), S.t1])
+
+
+def arm_wait(h, cell):
+    if cell.flags & F_WAIT:
+        return
+    cell.flags |= F_WAIT
+    h.dirty = True
+    h.timers.append([K_WAIT, now() + S.wt_ms / 1000.0, h.index, h.label, 0, 0])

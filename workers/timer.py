@@ -1,0 +1,193 @@
+"""The timer service: the one loop every timer process runs.
+
+Runs in: every process of a ROLE_TIMER row: tm's `timer`, the ASYNC
+module's `ASYNC MOD TIMER` (× modparam workers) and `ASYNC MOD MS TIMER`,
+htable's `HTable Timer` (rank PROC_TIMER).
+
+One heap per process, keyed by CLOCK_MONOTONIC due times (stamped by the
+producer when it armed the entry; the clock is system-wide, so every
+process compares the same numbers, and a wall-clock step changes nothing).
+Cancel is by marking: a handler re-reads the state it acts on and does
+nothing when it moved on (a transaction answered, a resume skipped).
+Entries arrive through the row's TimerFeed (asyncd/ipc/timers.py): a
+shared-memory mailbox, with ZeroMQ wake-ups only for entries due before the
+wake-up this loop published. The loop sleeps exactly until the earliest
+entry: it polls its PULL socket with a timeout that ends ~1 ms early, then
+sleeps the rest with nanosecond resolution, so entries fire ~0.1-1.5 ms late
+and never early (Kamailio's timers tick: its seconds ring resumes anywhere
+in (0, 2) s, its ms list up to one ms_timer period late;
+docs/kamailio-async.md §8).
+
+What to do with an entry is the row's business (asyncd.core.procs.
+TimerHandlers): on_due[kind] runs it when due; early[kind] = (lead, fn) is
+offered it `lead` s before (the ms timer hands items to an idle task worker
+that sleeps out the rest, so the ZeroMQ hop to a sleeping worker, 0.2-0.3 ms
+and now and then a few ms, is no longer late; refused, the entry fires at
+due as usual). A handler that answers RETRY (e.g. the task group it hands
+to is full) is tried again RETRY_DELAY later: delay, never drop, the choice
+Kamailio's author made for its ms timer (GH #2006). Periodic jobs (tm's
+table sweep, htable expiry) run from the same loop. A handler that raises
+is logged; the loop never dies of it.
+"""
+import gc
+import heapq
+import time
+
+import zmq
+
+from asyncd import ipc
+from asyncd.core import log
+from asyncd.core.procs import RETRY, SKIPPED
+from asyncd.ipc import codec
+
+MOD = "core"
+POLL = 0.2          # the longest sleep: how often an idle timer looks at proc.stopping
+FINE_WAIT = 0.002   # below this, sleep precisely instead of polling (ms resolution)
+RETRY_DELAY = 0.001
+
+
+class TimerLoop:
+    """The heap, the periodic jobs and the feed of one timer process."""
+
+    def __init__(self, proc, handlers, idx):
+        self.proc = proc
+        self.on_due = handlers.on_due
+        self.early = handlers.early
+        self.lead = max((lead for lead, _ in handlers.early.values()), default=0.0)
+        self.feed = handlers.feed
+        self.idx = idx
+        self.heap = []
+        self.seq = 0
+        now = time.monotonic()
+        self.jobs = [[float(int(now) + 1) if p.aligned else now + p.interval, p]
+                     for p in handlers.every]
+
+    # ---- arrivals ----------------------------------------------------------
+    def add(self, frame):
+        if not frame:
+            return                  # a wake-up
+        try:
+            entries = codec.unpack(frame)
+            for e in entries:
+                due = float(e[1])
+                lead = self.early.get(e[0])
+                # (fire at, seq, entry): fired before its due time, an entry is an early offer
+                self.seq += 1
+                heapq.heappush(self.heap, (due - lead[0] if lead else due, self.seq, e))
+        except (ValueError, TypeError, IndexError) as ex:
+            log.err(MOD, f"timer: dropping a malformed frame: {ex}")
+            self.feed.done(self.idx, skipped=True)     # accounted for, not silently lost
+
+    def drain(self, sock):
+        feed = self.feed
+        feed.awake(self.idx)
+        for frame in feed.take(self.idx):
+            self.add(frame)
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.add(frame)
+
+    # ---- firing ------------------------------------------------------------
+    def fire(self):
+        """Run what is due (and offer what is due within its lead)."""
+        mono = time.monotonic
+        h = self.heap
+        now = mono()
+        while h and h[0][0] <= now:
+            at, s, e = heapq.heappop(h)
+            due = float(e[1])
+            if at < due and due > now:
+                self._offer(e, s, due)
+            elif self._run(e, now, s) is RETRY:
+                return
+            now = mono()
+
+    def _offer(self, e, s, due):
+        try:
+            handed = self.early[e[0]][1](self.proc, e)
+        except Exception as ex:      # never lose the entry: it fires at due instead
+            log.err(MOD, f"timer: early hand-off failed: {ex!r}")
+            handed = False
+        if handed:
+            self.feed.done(self.idx)                     # the taker accounts for it now
+        else:
+            heapq.heappush(self.heap, (due, s, e))      # nobody took it: at due, as usual
+
+    def _run(self, e, now, s):
+        fn = self.on_due.get(e[0])
+        if fn is None:
+            log.err(MOD, f"timer: no handler for entry kind {e[0]!r}")
+            r = SKIPPED
+        else:
+            try:
+                r = fn(self.proc, e)
+            except Exception as ex:      # a failing handler never kills the timer
+                log.err(MOD, f"timer: {e[0]!r} handler failed: {ex!r}")
+                r = None
+        if r is RETRY:
+            heapq.heappush(self.heap, (now + RETRY_DELAY, s, e))
+            return RETRY
+        self.feed.done(self.idx, skipped=r is SKIPPED)
+        return r
+
+    def run_jobs(self, now):
+        for job in self.jobs:
+            if job[0] <= now:
+                p = job[1]
+                try:
+                    p.fn(self.proc)
+                except Exception as ex:
+                    log.err(MOD, f"timer: periodic {getattr(p.fn, '__name__', p.fn)} failed: {ex!r}")
+                now = time.monotonic()
+                job[0] = max(job[0] + p.interval, now) if not p.aligned else float(int(now) + 1)
+
+    def next_wake(self, now):
+        wake = now + POLL
+        if self.heap:
+            wake = min(wake, self.heap[0][0])
+        for at, _ in self.jobs:
+            wake = min(wake, at)
+        return wake
+
+
+def run(proc, row, idx):
+    """Loop until proc.stopping: take entries, fire them when due, run the jobs."""
+    loop = TimerLoop(proc, row.handlers, idx)
+    feed = loop.feed
+    sock = feed.bind(idx) if feed is not None else None
+    gc.freeze()     # what we inherited from main is never garbage: keep it out of GC scans
+    mono = time.monotonic
+    try:
+        while not proc.stopping:
+            if sock is not None:
+                loop.drain(sock)
+                loop.fire()
+            loop.run_jobs(mono())
+            wake = loop.next_wake(mono())
+            # an entry due before wake + lead must wake us to be offered early
+            if sock is not None and feed.publish(idx, wake + loop.lead):
+                continue            # frames arrived while we were busy
+            wait = wake - mono()
+            if wait <= 0:
+                continue
+            if wait < FINE_WAIT or sock is None:
+                time.sleep(wait)
+                continue
+            try:
+                sock.poll(int(wait * 1000) - 1)
+            except zmq.ZMQError as ex:
+                if proc.stopping:
+                    break
+                log.err(MOD, f"timer: poll failed: {ex}")
+        if loop.heap:
+            log.info(MOD, f"timer: stopping with {len(loop.heap)} pending entries")
+    finally:
+        if sock is not None:
+            try:
+                sock.close(0)
+            except zmq.ZMQError:
+                pass
+        ipc.close_all()
