@@ -61,6 +61,10 @@ class CodeGen:
         self.script = script
         self.funcs = funcs              # name -> [(FuncExport, module name)]
         self.pvtable = pvtable
+        # $var / $vz (the pv module's getter and setter) are inlined as plain
+        # reads and writes of ctx.proc.vars
+        var = pvtable.lookup("var")     # PvTable always holds the pv module's classes
+        self.var_get, self.var_set = var.get, var.set
         self.max_while = max_while_loops
         self.lines = []
         self.locs = []
@@ -309,7 +313,7 @@ class CodeGen:
             self._gen_store(st, spec, v, ty, fn)
 
     def _gen_store(self, st, spec, v, ty, fn):
-        if spec.export.set is _var_set() and spec.index is None and spec.index_pv is None:
+        if spec.export.set is self.var_set and spec.index is None and spec.index_pv is None:
             if ty in ("int", "str"):
                 self.w(f"ctx.proc.vars[{spec.spec!r}] = {v}", st.loc)
             else:
@@ -563,7 +567,7 @@ class CodeGen:
     def pv_get(self, spec):
         if spec.index_pv is not None:
             return f"{self.bind(spec, 'P')}.get(ctx)"
-        if spec.export.get is _var_get() and spec.trans is None and spec.index is None:
+        if spec.export.get is self.var_get and spec.trans is None and spec.index is None:
             return f"ctx.proc.vars.get({spec.spec!r}, 0)"
         g = self.bind(spec.export.get, "G")
         k = self.bind(spec.spec)
@@ -706,16 +710,6 @@ class CodeGen:
 
     def source(self):
         return "\n".join(self.lines) + "\n"
-
-
-def _var_get():
-    from asyncd.modules import pv
-    return pv._var_get
-
-
-def _var_set():
-    from asyncd.modules import pv
-    return pv._var_set
 
 
 def runtime_namespace():

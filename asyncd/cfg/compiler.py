@@ -24,6 +24,7 @@ from asyncd.cfg.codegen import CodeGen, runtime_namespace
 from asyncd.cfg.parser import parse_tokens
 from asyncd.cfg.preprocess import preprocess
 from asyncd.cfg.pvcore import PvTable
+from asyncd.sip.uri import parse_uri_cached
 
 _serial = count(1)
 
@@ -87,8 +88,7 @@ class Script:
             return False
         port = None
         if is_uri:
-            from asyncd.modules.pv import _puri
-            u = _puri(str(v))
+            u = parse_uri_cached(str(v))
             if u is None:
                 return False
             host, port = u.host or "", u.port
