@@ -16,6 +16,7 @@ returning 0 ends the script; in a condition it is true when > 0; `return 0`
 from a sub-route ends the script too; `break` leaves the innermost
 switch/while; while loops stop after max_while_loops iterations.
 """
+import difflib
 import re
 
 from asyncd.core import log
@@ -25,6 +26,7 @@ from asyncd.core.route_types import BLOCK_KINDS
 from asyncd.cfg import nodes as N
 from asyncd.cfg import pvcore
 from asyncd.cfg.fixups import ArgInfo, CallSite
+from asyncd.cfg.hints import close_function_names, module_exporting
 from asyncd.cfg.pvcore import PvSpec, parse_format, parse_pv
 
 # pv classes whose value is always a str or None: `==` with a string literal
@@ -436,7 +438,6 @@ class CodeGen:
             else:
                 key = ("route", name)
             if key not in self.route_fns:
-                import difflib
                 names = sorted(n for k, n in self.route_fns if k == "route" and n)
                 close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
                 hint = f" (did you mean route({close[0]})?)" if close else ""
@@ -448,12 +449,10 @@ class CodeGen:
         return f"_rdyn(ctx, {v}, {loc})"
 
     def unknown_func_msg(self, name, arity=None):
-        from asyncd.cfg.compiler import module_exporting
         mod = module_exporting(name)
         if mod:
             return f"unknown function '{name}': it is exported by module '{mod}', " \
                    f"which is not loaded (loadmodule \"{mod}.so\")"
-        from asyncd.cfg.compiler import close_function_names
         close = close_function_names(name, arity)
         if close:
             return f"unknown function '{name}' (did you mean {' or '.join(repr(c) for c in close)}?)"
