@@ -22,6 +22,15 @@ import pstats
 import time
 from pathlib import Path
 
+from asyncd.cfg.compiler import compile_cfg
+from asyncd.cli import build_parser
+from asyncd.core import async_task, log
+from asyncd.core.context import ProcState
+from asyncd.modules import tm_timer
+from workers import supervisor
+from workers.receiver import Receiver
+from workers.task_worker import _execute
+
 CFG = Path(__file__).resolve().parent / "cases" / "task_route.cfg"
 
 
@@ -65,10 +74,6 @@ class Rig:
     """The server's setup (supervisor.setup) without forks or sockets."""
 
     def __init__(self, mem_mb=64):
-        from asyncd.core import log
-        from asyncd.cfg.compiler import compile_cfg
-        from asyncd.cli import build_parser
-        from workers import supervisor
         log.configure(level=log.L_ERR, to_stderr=True)
         script = compile_cfg(path=str(CFG), defines={"LPORT": "5071"})
         opts = build_parser().parse_args(["-E", "-m", str(mem_mb), "-f", str(CFG)])
@@ -78,10 +83,6 @@ class Rig:
         sup.sock_addrs.append(("udp", "127.0.0.1", 5071))
         sup.setup()
         self.sup, self.script = sup, script
-        from asyncd.core import async_task
-        from asyncd.core.context import ProcState
-        from asyncd.modules import tm_timer
-        from workers.receiver import Receiver
         fw = async_task.framework()
         self.group = fw.default
         self.disp = self.group.disp
@@ -117,7 +118,6 @@ class Rig:
         self.rcv.handle(data, self.src)
 
     def work(self):
-        from workers.task_worker import _execute
         frame = self.disp._doze(0)
         if frame is None:
             raise RuntimeError("the receiver queued nothing")
