@@ -18,6 +18,12 @@ import platform
 import sys
 
 from asyncd import __version__
+from asyncd.core import log
+from asyncd.core.errors import CfgError
+from asyncd.core.params import parse_listen
+from asyncd.cfg.compiler import compile_cfg
+from asyncd.cfg.fixups import Loc
+from workers.supervisor import Supervisor
 
 DEFAULT_CFG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.cfg")
 EXIT_CFG_ERROR = 255
@@ -71,7 +77,6 @@ def parse_defines(items):
 
 def compile_script(opts, defines):
     """Compile the cfg; returns the Script or raises CfgError."""
-    from asyncd.cfg.compiler import compile_cfg
     if opts.cfg:
         return compile_cfg(path=opts.cfg, defines=defines)
     with open(DEFAULT_CFG) as f:
@@ -83,10 +88,6 @@ def main(argv=None):
     if opts.version:
         sys.stdout.write(version_text())
         return 0
-    from asyncd.core import log
-    from asyncd.core.errors import CfgError
-    from asyncd.cfg.fixups import Loc
-    from asyncd.core.params import parse_listen
     log.configure(to_stderr=True)
     try:
         listen = [parse_listen(x, Loc("-l", 0, 0)) for x in opts.listen]
@@ -108,7 +109,6 @@ def main(argv=None):
     if opts.check:
         sys.stderr.write("config file ok, exiting...\n")
         return 0
-    from workers.supervisor import Supervisor
     return Supervisor(script, opts, listen).run()
 
 

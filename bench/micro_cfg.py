@@ -16,9 +16,15 @@ import subprocess
 import sys
 import time
 
-from asyncd.cfg.compiler import compile_cfg
+from asyncd.core import log
 from asyncd.core.context import ProcState
+from asyncd.cfg.codegen import CodeGen
+from asyncd.cfg.compiler import compile_cfg
+from asyncd.cfg.parser import parse_tokens
+from asyncd.cfg.preprocess import preprocess
+from asyncd.cfg.pvcore import PvTable
 from asyncd.sip import parse_msg
+from bench.cfg_interp import Interpreter
 from bench.micro_sip import INVITE
 
 ROUTE_CFG = r'''
@@ -106,7 +112,6 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
-    from asyncd.core import log
     log.configure(level=-1)
 
     text = big_cfg()
@@ -114,11 +119,6 @@ def main(argv=None):
     t_compile = best_of(lambda: _timed(lambda: compile_cfg(text=text, filename="big.cfg")), 5) * 1e3
 
     script = compile_cfg(text=ROUTE_CFG, filename="route.cfg")
-    from asyncd.cfg.preprocess import preprocess
-    from asyncd.cfg.parser import parse_tokens
-    from asyncd.cfg.codegen import CodeGen
-    from asyncd.cfg.pvcore import PvTable
-    from bench.cfg_interp import Interpreter
     routes = [it for it in parse_tokens(preprocess(ROUTE_CFG, "route.cfg")) if not isinstance(it, tuple)]
     gen = CodeGen(script, script._funcs, PvTable(script.modules))
     gen.gen_routes(routes)          # builds the same call sites the compiler uses

@@ -14,12 +14,15 @@ import argparse
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
 import timeit
 
+from asyncd.cfg.compiler import compile_cfg
 from asyncd.sip import build_reply, parse_msg, reply_addr
+from workers.receiver import Receiver
 
 INVITE = (
     b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
@@ -92,9 +95,6 @@ _SERVER = "asyncd (0.1 (x86_64/linux))"
 def receiver_case():
     """Receiver.handle on the bench's stateless cfg (sl_send_reply 200), the send
     stubbed out: everything a receiver does per datagram except the two syscalls."""
-    import socket
-    from asyncd.cfg.compiler import compile_cfg
-    from workers.receiver import Receiver
     script = compile_cfg(text='loadmodule "sl.so"\nloadmodule "pv.so"\n'
                               'request_route {\n sl_send_reply("200", "OK");\n exit;\n}\n')
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

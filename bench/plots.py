@@ -9,7 +9,7 @@ from pathlib import Path
 
 def available() -> bool:
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401  (optional dependency: probed, not required)
         return True
     except ImportError:
         return False
@@ -22,6 +22,8 @@ def make_plots(results: list, out_dir: Path) -> list:
     """One PNG per case that has latency samples; returns the files written."""
     if not available():
         return []
+    # optional dependency, imported only when plotting; the backend must be
+    # chosen before pyplot is imported
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -36,7 +38,7 @@ def make_plots(results: list, out_dir: Path) -> list:
     for case, entries in by_case.items():
         timer = any("nominal_ms" in lat for _, lat, _ in entries)
         if timer:
-            fig = _timer_figure(plt, case, entries)
+            fig = _timer_figure(plt, matplotlib, case, entries)
         else:
             fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
             for server, _, raw in entries:
@@ -66,10 +68,9 @@ def _log_x(ax, matplotlib):
     ax.grid(True, which="both", alpha=0.3)
 
 
-def _timer_figure(plt, case, entries):
+def _timer_figure(plt, matplotlib, case, entries):
     """Left: when the replies came (histogram, both servers, the asked delay marked).
     Right: CDF of |delay error| on a log axis, where 1 ms and 500 ms both show."""
-    import matplotlib
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     nominal = entries[0][1]["nominal_ms"]
     lo = min(min(raw) for _, _, raw in entries)

@@ -21,6 +21,8 @@ Arena (`shm.arena`)
     arena.destroy()                          # main at shutdown: unlink + close
 
 Never attach the segment by name in a child; the mapping is inherited.
+The size classes (PAGE, SLOT_SIZES, CLASS_OF, MAX_ALLOC) live in `shm.slots`,
+below the arena, and are re-exported by it.
 
 Locks (`shm.locks`)
 -------------------

@@ -61,19 +61,15 @@ from multiprocessing import resource_tracker, shared_memory
 
 from asyncd.core import log
 from shm.locks import LockSet, pid_alive
+from shm.shv import ShvStore
+from shm.slots import CLASS_OF, MAX_ALLOC, NCLASS, NSLOTS, PAGE, SLOT_SIZES
 
 DEFAULT_MB = 64
-PAGE = 65536
 HDR = 4096
 MAGIC = b"ASYNCDSH"
 VERSION = 1
 PREFIX = "asyncd_"
 _NAME_RE = re.compile(r"^asyncd_(\d+)_\d+$")
-
-SLOT_SIZES = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
-              4096, 6144, 8192, 12288, 16384, 24576, 32768, 49152, 65536)
-NCLASS = len(SLOT_SIZES)
-MAX_ALLOC = PAGE
 FREE_PAGE = 0xFF
 
 _U32 = struct.Struct("<I")
@@ -89,12 +85,6 @@ _CLS_HEAD = 64
 _FREE_HEAD = 24
 _INUSE = 28
 _FAILED = 32
-
-# size in 16-byte units -> class
-_CLASS_OF = []
-for _u in range(PAGE // 16 + 1):
-    _CLASS_OF.append(next(c for c, s in enumerate(SLOT_SIZES) if s >= _u * 16))
-_NSLOTS = [PAGE // s for s in SLOT_SIZES]
 
 _counter = [0]
 
@@ -158,8 +148,8 @@ class ShmArena:
         self._cls_locks = LockSet(self, NCLASS, "arena classes")
         self._page_lock = LockSet(self, 1, "arena pages")
         self.closed = False
-        # $shv is always there: the pv module has no mod_init of ours to create it
-        from shm.shv import ShvStore
+        # $shv is always there: made here in main before fork (its bucket array is
+        # static); pv_shm.mod_init only applies modparam shvset values to it
         self.shv = ShvStore(self)
 
     @classmethod
@@ -198,7 +188,7 @@ class ShmArena:
         if size > MAX_ALLOC or size < 0:
             log.err("shm", f"alloc of {size} bytes refused (max {MAX_ALLOC})")
             return 0
-        c = _CLASS_OF[(size + 15) >> 4]
+        c = CLASS_OF[(size + 15) >> 4]
         locks = self._cls_locks
         locks.acquire(c)
         try:
@@ -223,7 +213,7 @@ class ShmArena:
                 carved += 1
                 nfh = 0
             used += 1
-            full = used == _NSLOTS[c]
+            full = used == NSLOTS[c]
             _PDR.pack_into(buf, pd + 2, used, carved, nfh, 0 if full else nxt, 0)
             if full:
                 # unlink from the partial list (it is the head)
@@ -305,7 +295,7 @@ class ShmArena:
             _c, used, carved, fh, nxt, prev = _PD.unpack_from(buf, pd)
             base = self.data_off + p * PAGE
             _U32.pack_into(buf, off, fh)
-            was_full = used == _NSLOTS[c]
+            was_full = used == NSLOTS[c]
             used -= 1
             head = _CLS_HEAD + 4 * c
             if was_full:

@@ -40,7 +40,7 @@ def _pos(index):
     return -1 - index if index >= 0 else -index - 1
 
 
-def _n(name):
+def avp_name(name):
     """Normalise an AVP name: `s:x` -> "x", `i:5` -> 5, `x` -> "x"."""
     if type(name) is str and len(name) > 2 and name[1] == ":":
         if name[0] in "sS":
@@ -63,7 +63,7 @@ class AvpList:
     def get(self, name, index=None):
         """index None/0 newest, n nth newest, negative from the oldest, "*" all
         joined with "," (as Kamailio prints $(avp(x)[*]))."""
-        vals = self.d.get(_n(name))
+        vals = self.d.get(avp_name(name))
         if not vals:
             return None
         if index is None or index == 0:
@@ -77,16 +77,16 @@ class AvpList:
 
     def values(self, name):
         """All values, newest first."""
-        return list(reversed(self.d.get(_n(name), ())))
+        return list(reversed(self.d.get(avp_name(name), ())))
 
     def count(self, name):
-        return len(self.d.get(_n(name), ()))
+        return len(self.d.get(avp_name(name), ()))
 
     def set(self, name, index, value):
         """Assignment.  value None ($null): no index -> remove the newest, [n] -> the nth,
         [*] -> all.  A value: no index -> push on top, [*] -> replace all, [n] -> replace
         the nth (False if there is none), "append" -> add as the oldest."""
-        key = _n(name)
+        key = avp_name(name)
         vals = self.d.get(key)
         value = _fit(value)
         if value is None:

@@ -18,7 +18,7 @@ Entry (one arena slot, header + key + value inline; 40-byte header):
     8   4  u32 label
     12  4  u32 hash (crc32 of the key)
     16  2  u16 key length
-    18  1  u8  arena size class of this slot (capacity = arena.SLOT_SIZES[cls])
+    18  1  u8  arena size class of this slot (capacity = slots.SLOT_SIZES[cls])
     19  1  -
     20  4  u32 value length
     24  4  u32 flags   (owner-defined: htable type bits, tm state bits)
@@ -42,8 +42,8 @@ import struct
 import zlib
 
 from asyncd.core import log
-from shm.arena import SLOT_SIZES, _CLASS_OF, MAX_ALLOC
-from shm.locks import LockSet
+from shm.locks import Guard, LockSet
+from shm.slots import CLASS_OF, MAX_ALLOC, SLOT_SIZES
 
 _B = struct.Struct("<QII")          # bucket: head, next_label, count
 _E = struct.Struct("<QIIHBxIIIq")   # entry header: next, label, hash, klen, cls, vlen, flags, expires, ival
@@ -129,7 +129,7 @@ class ShmHashTable:
             log.err("shm", f"{self.name}: out of shared memory storing {need} bytes (raise -m)")
             return 0
         buf = self.buf
-        _E.pack_into(buf, off, nxt, label, h, klen, _CLASS_OF[(need + 15) >> 4], len(value),
+        _E.pack_into(buf, off, nxt, label, h, klen, CLASS_OF[(need + 15) >> 4], len(value),
                      flags, expires, ival)
         o = off + _EH
         buf[o:o + klen] = key
@@ -444,7 +444,6 @@ class ShmHashTable:
 
     def locked(self, index):
         """Context manager holding the stripe lock of bucket `index`."""
-        from shm.locks import Guard
         return Guard(self.locks, index & self.smask)
 
     # -- recovery after a dead lock holder -----------------------------------------------

@@ -39,8 +39,8 @@ import time
 
 from asyncd.core import log
 from shm.hashtable import ShmHashTable, _EH, _E, _NEXT, _KV, _SPIN, _MAXHOP, _Torn, hk_struct
-from shm.arena import MAX_ALLOC, SLOT_SIZES
 from shm.locks import LockSet
+from shm.slots import MAX_ALLOC, SLOT_SIZES
 
 TICKS = 16
 MAX_EXPIRE = 3 * 365 * 86400   # u32 ticks hold ~8.5 years of CLOCK_MONOTONIC (uptime + expiry)

@@ -16,6 +16,7 @@ returning 0 ends the script; in a condition it is true when > 0; `return 0`
 from a sub-route ends the script too; `break` leaves the innermost
 switch/while; while loops stop after max_while_loops iterations.
 """
+import difflib
 import re
 
 from asyncd.core import log
@@ -25,6 +26,7 @@ from asyncd.core.route_types import BLOCK_KINDS
 from asyncd.cfg import nodes as N
 from asyncd.cfg import pvcore
 from asyncd.cfg.fixups import ArgInfo, CallSite
+from asyncd.cfg.hints import close_function_names, module_exporting
 from asyncd.cfg.pvcore import PvSpec, parse_format, parse_pv
 
 # pv classes whose value is always a str or None: `==` with a string literal
@@ -61,6 +63,10 @@ class CodeGen:
         self.script = script
         self.funcs = funcs              # name -> [(FuncExport, module name)]
         self.pvtable = pvtable
+        # $var / $vz (the pv module's getter and setter) are inlined as plain
+        # reads and writes of ctx.proc.vars
+        var = pvtable.lookup("var")     # PvTable always holds the pv module's classes
+        self.var_get, self.var_set = var.get, var.set
         self.max_while = max_while_loops
         self.lines = []
         self.locs = []
@@ -309,7 +315,7 @@ class CodeGen:
             self._gen_store(st, spec, v, ty, fn)
 
     def _gen_store(self, st, spec, v, ty, fn):
-        if spec.export.set is _var_set() and spec.index is None and spec.index_pv is None:
+        if spec.export.set is self.var_set and spec.index is None and spec.index_pv is None:
             if ty in ("int", "str"):
                 self.w(f"ctx.proc.vars[{spec.spec!r}] = {v}", st.loc)
             else:
@@ -432,7 +438,6 @@ class CodeGen:
             else:
                 key = ("route", name)
             if key not in self.route_fns:
-                import difflib
                 names = sorted(n for k, n in self.route_fns if k == "route" and n)
                 close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
                 hint = f" (did you mean route({close[0]})?)" if close else ""
@@ -444,12 +449,10 @@ class CodeGen:
         return f"_rdyn(ctx, {v}, {loc})"
 
     def unknown_func_msg(self, name, arity=None):
-        from asyncd.cfg.compiler import module_exporting
         mod = module_exporting(name)
         if mod:
             return f"unknown function '{name}': it is exported by module '{mod}', " \
                    f"which is not loaded (loadmodule \"{mod}.so\")"
-        from asyncd.cfg.compiler import close_function_names
         close = close_function_names(name, arity)
         if close:
             return f"unknown function '{name}' (did you mean {' or '.join(repr(c) for c in close)}?)"
@@ -563,7 +566,7 @@ class CodeGen:
     def pv_get(self, spec):
         if spec.index_pv is not None:
             return f"{self.bind(spec, 'P')}.get(ctx)"
-        if spec.export.get is _var_get() and spec.trans is None and spec.index is None:
+        if spec.export.get is self.var_get and spec.trans is None and spec.index is None:
             return f"ctx.proc.vars.get({spec.spec!r}, 0)"
         g = self.bind(spec.export.get, "G")
         k = self.bind(spec.spec)
@@ -706,16 +709,6 @@ class CodeGen:
 
     def source(self):
         return "\n".join(self.lines) + "\n"
-
-
-def _var_get():
-    from asyncd.modules import pv
-    return pv._var_get
-
-
-def _var_set():
-    from asyncd.modules import pv
-    return pv._var_set
 
 
 def runtime_namespace():

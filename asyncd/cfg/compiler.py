@@ -11,19 +11,23 @@ module mod_init runs later and separately (`init_modules()`), so
 `asyncd -c` checks a cfg, fixups included, without starting anything.
 """
 import linecache
+import socket
 from itertools import count
 
 from asyncd.core import log, params
 from asyncd.core.context import RunCtx
 from asyncd.core.errors import CfgError, ScriptExit
-from asyncd.core.registry import UnknownModule, load_module, script_name, all_known_modules
+from asyncd.core.registry import UnknownModule, load_module, script_name
+from asyncd.core.net import local_ips
 from asyncd.core.route_types import (BRANCH_ROUTE, CORE_ONREPLY_ROUTE, EVENT_ROUTE, FAILURE_ROUTE,
                                      ONSEND_ROUTE, REQUEST_ROUTE, TM_ONREPLY_ROUTE)
 from asyncd.cfg import core_funcs, nodes as N
 from asyncd.cfg.codegen import CodeGen, runtime_namespace
+from asyncd.cfg.hints import did_you_mean, loadable_modules
 from asyncd.cfg.parser import parse_tokens
 from asyncd.cfg.preprocess import preprocess
 from asyncd.cfg.pvcore import PvTable
+from asyncd.sip.uri import parse_uri_cached
 
 _serial = count(1)
 
@@ -87,8 +91,7 @@ class Script:
             return False
         port = None
         if is_uri:
-            from asyncd.modules.pv import _puri
-            u = _puri(str(v))
+            u = parse_uri_cached(str(v))
             if u is None:
                 return False
             host, port = u.host or "", u.port
@@ -102,9 +105,7 @@ class Script:
             for _proto, ip, p in listen:
                 ip = ip.strip("[]").lower()
                 if ip in ("0.0.0.0", "::"):
-                    from asyncd.core.net import local_ips
-                    import socket as _s
-                    hosts.update(local_ips(_s.AF_INET))
+                    hosts.update(local_ips(socket.AF_INET))
                     hosts.add("localhost")
                 hosts.add(ip)
                 ports.add(p or 5060)
@@ -278,58 +279,13 @@ def _func_table(modules):
     return table
 
 
-def close_function_names(fname, arity=None, n=2):
-    """Known script function names that look like `fname` (typo hints); those
-    taking `arity` arguments first."""
-    import difflib
-    arities = {}
-    mods = [core_funcs.EXPORTS]
-    for mod in all_known_modules():
-        try:
-            mods.append(load_module(mod))
-        except Exception:
-            continue
-    for m in mods:
-        for fe in m.functions:
-            arities.setdefault(fe.name, set()).add(len(fe.params))
-    close = difflib.get_close_matches(fname, sorted(arities), n=n + 2, cutoff=0.75)
-    close.sort(key=lambda c: arity is not None and arity not in arities[c])   # stable
-    return close[:n]
-
-
-def _hint(word, choices):
-    import difflib
-    m = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{m[0]}'?)" if m else ""
-
-
-def module_exporting(fname):
-    """Name of a known module exporting script function `fname` (for error hints)."""
-    for mod in all_known_modules():
-        try:
-            ex = load_module(mod)
-        except Exception:
-            continue
-        if any(f.name == fname for f in ex.functions):
-            return ex.name
-    return None
-
-
-def _loadable(name):
-    try:
-        load_module(name)
-        return True
-    except Exception:
-        return False
-
-
 def _load(script, path, loc):
     name = script_name(path)
     try:
         ex = load_module(name)
     except UnknownModule:
-        known = [m for m in all_known_modules() if _loadable(m)]
-        raise loc.error(f"unknown module '{name}' (loadmodule \"{path}\"){_hint(name, known)}; "
+        known = loadable_modules()
+        raise loc.error(f"unknown module '{name}' (loadmodule \"{path}\"){did_you_mean(name, known)}; "
                         f"asyncd has: {', '.join(known)}")
     except Exception as e:
         raise loc.error(f"cannot load module '{name}': {type(e).__name__}: {e}")
@@ -354,7 +310,7 @@ def _modparam(script, mod, param, value, loc, vloc):
             break
     else:
         raise loc.error(f"module '{mod}' has no parameter '{param}'"
-                        f"{_hint(param, [q.name for q in ex.params])}")
+                        f"{did_you_mean(param, [q.name for q in ex.params])}")
     want = p.type
     ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
     if not ok:

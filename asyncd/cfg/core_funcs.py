@@ -8,6 +8,7 @@ They are always available, like Kamailio's core actions.
 """
 from asyncd.core import log
 from asyncd.core.exports import FuncExport, ModuleExports, P
+from asyncd.sip.uri import parse_cur_uri
 
 MAX_FLAG = 31
 
@@ -75,8 +76,7 @@ def force_rport(ctx, site):
 
 
 def _uri_obj(ctx):
-    from asyncd.modules.pv import _cur_uri_parsed
-    u = _cur_uri_parsed(ctx.msg)
+    u = parse_cur_uri(ctx.msg)
     if u is None:
         raise ValueError("R-URI cannot be parsed")
     return type(u)(u.scheme, u.user, u.password, u.host, u.port, dict(u.params), dict(u.headers))

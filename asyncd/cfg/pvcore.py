@@ -11,6 +11,7 @@ src/core/rvalue.c (types of `+`, comparisons: the left operand decides).
 import re
 
 from asyncd.core.errors import CfgError
+from asyncd.core.registry import all_known_modules, load_module
 from asyncd.cfg.fixups import Loc
 from asyncd.cfg.lexer import Lexer
 from asyncd.cfg.transformations import parse_transformation, chain
@@ -67,13 +68,13 @@ class PvSpec:
 class PvTable:
     """Every pseudo-variable class the cfg may use. All pvs of all known
     modules are usable whether or not the module is loaded (contracts §1);
-    modules are imported lazily, the first time an unknown name shows up."""
+    modules are imported lazily, the first time an unknown name shows up.
+    The pv module's classes come first: its $var is the one codegen inlines."""
 
     def __init__(self, modules=()):
         self.by_name = {}
         self._scanned = False
-        from asyncd.modules import pv as pvmod
-        self.add_module(pvmod.EXPORTS)
+        self.add_module(load_module("pv"))
         for m in modules:
             self.add_module(m)
 
@@ -85,10 +86,8 @@ class PvTable:
         p = self.by_name.get(name)
         if p is None and not self._scanned:
             self._scanned = True
-            from asyncd.core.registry import all_known_modules
             for mod in all_known_modules():
                 try:
-                    from asyncd.core.registry import load_module
                     self.add_module(load_module(mod))
                 except Exception:       # a broken module must not break other cfgs
                     continue
@@ -113,7 +112,7 @@ def parse_pv(text, loc, table):
         body = text[2:-1]
         core, trs = _split_trans(body, text, loc)
         for t in trs:
-            trans.append(parse_transformation(t, loc, table))
+            trans.append(parse_transformation(t, loc, lambda a: parse_pv(a, loc, table)))
     else:
         core = text[1:]
     m = _NAME_RE.match(core)

@@ -6,7 +6,11 @@ Kamailio: src/modules/pv/pv_trans.c. Each transformation is parsed once
 into a callable f(ctx, value) -> value; a null input gives null (Kamailio's
 tr_eval_* refuse PV_VAL_NULL and the value becomes null).
 """
+import base64
+import hashlib
+
 from asyncd.core.errors import CfgError
+from asyncd.sip.uri import parse_uri_cached
 
 
 def _to_str(v):
@@ -38,8 +42,7 @@ def _substr(v, off, ln):
 
 def _uri_part(attr):
     def f(v):
-        from asyncd.modules.pv import _puri
-        u = _puri(_to_str(v))
+        u = parse_uri_cached(_to_str(v))
         if u is None:
             return None
         x = getattr(u, attr, None)
@@ -171,7 +174,6 @@ def _unquote(v):
 
 
 def _b64(v, enc):
-    import base64
     if enc:
         return base64.b64encode(_to_str(v).encode()).decode()
     return base64.b64decode(_to_str(v).encode()).decode("utf-8", "replace")
@@ -194,7 +196,6 @@ def _param_at(s, i, sep):
 
 
 def _md5(v):
-    import hashlib
     return hashlib.md5(_to_str(v).encode()).hexdigest()
 
 
@@ -207,9 +208,12 @@ _INT_ARGS = {"s.substr": (0, 1), "s.strip": (0,), "s.striptail": (0,), "s.select
              "param.valueat": (0,)}
 
 
-def parse_transformation(text, loc, table=None):
+def parse_transformation(text, loc, parse_pv=None):
     """`s.substr,1,2` (without braces) -> f(value, ctx) (null in, null out).
-    Arguments may be pseudo-variables (`{s.substr,0,$var(n)}`), read at run time."""
+    Arguments may be pseudo-variables (`{s.substr,0,$var(n)}`), read at run
+    time: `parse_pv(text) -> PvSpec` parses them (pvcore passes its own, which
+    calls back here, so this file needs no import of pvcore); without it a
+    `$...` argument is literal text."""
     parts = _split_args(text)
     name = parts[0].strip()
     args = [p.strip() for p in parts[1:]]
@@ -230,9 +234,8 @@ def parse_transformation(text, loc, table=None):
     for k, a in enumerate(args):
         if len(a) >= 2 and a[0] == a[-1] and a[0] in "\"'":
             a = a[1:-1]
-        elif a.startswith("$") and len(a) > 1 and table is not None:
-            from asyncd.cfg.pvcore import parse_pv
-            a = _DynArg(parse_pv(a, loc, table), k in int_args)
+        elif a.startswith("$") and len(a) > 1 and parse_pv is not None:
+            a = _DynArg(parse_pv(a), k in int_args)
             dynamic = True
         elif k in int_args:
             try:

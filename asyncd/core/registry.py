@@ -9,9 +9,11 @@ lives in async_mod.py. A module file that fails to import only matters to
 cfgs that load it.
 """
 import importlib
+import importlib.util
 import os
 import pkgutil
 
+_PKG = "asyncd.modules"
 # script name -> python module under asyncd.modules
 ALIASES = {"async": "async_mod"}
 _REVERSE = {v: k for k, v in ALIASES.items()}
@@ -41,9 +43,9 @@ def load_module(name):
     if not pyname.isidentifier() or pyname.startswith("_") or sname in _REVERSE:
         raise UnknownModule(sname)
     try:
-        mod = importlib.import_module(f"asyncd.modules.{pyname}")
+        mod = importlib.import_module(f"{_PKG}.{pyname}")
     except ModuleNotFoundError as e:
-        if e.name in (f"asyncd.modules.{pyname}",):
+        if e.name in (f"{_PKG}.{pyname}",):
             raise UnknownModule(sname) from None
         raise
     exports = getattr(mod, "EXPORTS", None)
@@ -56,9 +58,10 @@ def load_module(name):
 def all_known_modules():
     """Script names of every module file shipped (helpers included; those
     without EXPORTS are skipped by load_module callers)."""
-    import asyncd.modules as pkg
+    # the package's folder, found without importing it: core sits below the modules
+    path = importlib.util.find_spec(_PKG).submodule_search_locations
     names = []
-    for info in pkgutil.iter_modules(pkg.__path__):
+    for info in pkgutil.iter_modules(path):
         if info.name.startswith("_"):
             continue
         names.append(_REVERSE.get(info.name, info.name))

@@ -11,41 +11,9 @@ import os
 import time
 
 from asyncd.core.exports import ModuleExports, PvExport
-
-_parse_uri = None
-
-
-_uri_cache = {}
-_URI_CACHE_MAX = 2048
-
-
-def _puri(s):
-    """Parsed URI or None. Cached by text: the same From/To/R-URI strings come
-    back message after message, and parsed URIs are never mutated (setters
-    build a new one)."""
-    u = _uri_cache.get(s)
-    if u is not None:
-        return u
-    global _parse_uri
-    if _parse_uri is None:
-        try:
-            from asyncd.sip import parse_uri as p
-        except ImportError:
-            from asyncd.sip.uri import parse_uri as p
-        _parse_uri = p
-    try:
-        u = _parse_uri(s)
-    except Exception:
-        return None
-    if len(_uri_cache) >= _URI_CACHE_MAX:
-        _uri_cache.clear()
-    _uri_cache[s] = u
-    return u
-
-
-def _cur_uri_parsed(msg):
-    u = msg.new_uri
-    return _puri(msg.ruri if u is None else u)
+from asyncd.sip.uri import parse_cur_uri, parse_uri_cached
+from asyncd.cfg.pvcore import fmt, parse_format
+from asyncd.modules import pv_shm
 
 
 # -- $var: per-process script variables (pv_svar.c) ------------------------------
@@ -91,7 +59,7 @@ def _uri_attr(attr, empty=None):
         m = ctx.msg
         if not m.is_request:
             return None
-        u = _cur_uri_parsed(m)
+        u = parse_cur_uri(m)
         if u is None:
             return None
         v = getattr(u, attr)
@@ -104,7 +72,7 @@ def _uri_attr(attr, empty=None):
 def _uri_attr_set(attr):
     def set_(ctx, s, i, v):
         m = ctx.msg
-        u = _cur_uri_parsed(m)
+        u = parse_cur_uri(m)
         if u is None:
             raise ValueError("R-URI cannot be parsed")
         cls = type(u)
@@ -135,7 +103,7 @@ def _na(which, attr):
             return na.display or ""
         if attr == "tag":
             return na.tag
-        u = _puri(na.uri)
+        u = parse_uri_cached(na.uri)
         if u is None:
             return None
         return getattr(u, attr)
@@ -209,11 +177,9 @@ class _DynName:
     __slots__ = ("pieces",)
 
     def __init__(self, text):
-        from asyncd.cfg.pvcore import parse_format
         self.pieces = parse_format(text, None)
 
     def __call__(self, ctx):
-        from asyncd.cfg.pvcore import fmt
         return fmt(ctx, self.pieces).strip()
 
 
@@ -272,7 +238,7 @@ def _orig_uri_attr(attr):
         m = ctx.msg
         if not m.is_request:
             return None
-        u = _puri(m.ruri)
+        u = parse_uri_cached(m.ruri)
         if u is None:
             return None
         v = getattr(u, attr)
@@ -345,49 +311,16 @@ PVS = [
 FUNCTIONS = []
 PARAMS = []
 
-try:        # shared pvs ($avp, $xavp, $shv ...) come from the shm part
-    from asyncd.modules import pv_shm as _pv_shm
-except Exception as _e:     # a broken pv_shm must not take the private pvs down with it
-    from asyncd.core import log as _log
-    _log.err("pv", f"cannot load the shared pseudo-variables (pv_shm): {_e!r}")
-    _pv_shm = None
-if _pv_shm is not None:
-    PVS.extend(getattr(_pv_shm, "PVS", ()))
-    FUNCTIONS.extend(getattr(_pv_shm, "FUNCTIONS", ()))
-    PARAMS.extend(getattr(_pv_shm, "PARAMS", ()))
-
-if not any(p.name == "avp" for p in PVS):
-    # Without the shm part, $avp lives in a private per-message dict: enough
-    # to run scripts in-process (tests, benchmarks), not to survive a suspend.
-    def _avp_get(ctx, name, idx):
-        vals = (ctx.extra or {}).get("avp", {}).get(name)
-        if not vals:
-            return None
-        if idx is None:
-            return vals[0]
-        if idx == "*":
-            return vals[0]
-        try:
-            return vals[idx]
-        except IndexError:
-            return None
-
-    def _avp_set(ctx, name, idx, value):
-        if ctx.extra is None:
-            ctx.extra = {}
-        store = ctx.extra.setdefault("avp", {})
-        if value is None:
-            store.pop(name, None)
-        else:
-            store.setdefault(name, []).insert(0, value)
-
-    PVS.append(PvExport("avp", _avp_get, _avp_set, _var_parse, True))
+# the shared pvs ($avp, $xavp, $shv ...) and their modparams come from the shm part
+PVS.extend(pv_shm.PVS)
+FUNCTIONS.extend(pv_shm.FUNCTIONS)
+PARAMS.extend(pv_shm.PARAMS)
 
 EXPORTS = ModuleExports(
     name="pv",
     functions=FUNCTIONS,
     params=PARAMS,
     pvs=PVS,
-    mod_init=getattr(_pv_shm, "mod_init", None) if _pv_shm else None,
-    child_init=getattr(_pv_shm, "child_init", None) if _pv_shm else None,
+    mod_init=pv_shm.mod_init,
+    child_init=pv_shm.child_init,
 )

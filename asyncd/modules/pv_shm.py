@@ -23,6 +23,10 @@ import re
 from asyncd.core import log
 from asyncd.core.errors import CfgError
 from asyncd.core.exports import ParamExport, PvExport
+from asyncd.cfg.fixups import Loc
+from asyncd.cfg.pvcore import PvTable, fmt, parse_format
+from shm.avp import AvpList, XavpList, avp_name
+from shm.shv import parse_shvset
 
 _shv_store = None
 _fmt_table = None
@@ -31,15 +35,12 @@ _varset = []        # (name, value) from modparam varset, applied per process
 
 def _pieces(text):
     global _fmt_table
-    from asyncd.cfg.pvcore import PvTable, parse_format
-    from asyncd.cfg.fixups import Loc
     if _fmt_table is None:
         _fmt_table = PvTable()
     return parse_format(text, Loc("<pv name>", 0, 0), _fmt_table)
 
 
 def _eval(ctx, pieces):
-    from asyncd.cfg.pvcore import fmt
     return fmt(ctx, pieces)
 
 
@@ -85,15 +86,13 @@ def _avp_parse(inner):
         raise ValueError("empty $avp name")
     if name.startswith("$"):
         return ("d", _pieces(name))
-    from shm.avp import _n
-    return ("s", _n(name))
+    return ("s", avp_name(name))
 
 
 def _avp_name(ctx, spec):
     if spec[0] == "s":
         return spec[1]
-    from shm.avp import _n
-    return _n(_eval(ctx, spec[1]))
+    return avp_name(_eval(ctx, spec[1]))
 
 
 def _avp_get(ctx, spec, idx):
@@ -108,7 +107,6 @@ def _avp_set(ctx, spec, idx, value):
     if avps is None:
         if value is None:
             return True
-        from shm.avp import AvpList
         avps = ctx.avps = AvpList()
     name = spec[1] if spec[0] == "s" else _avp_name(ctx, spec)
     if not avps.set(name, idx, value):
@@ -171,7 +169,6 @@ def _xset(ctx, spec, idx, value):
     if x is None:
         if value is None:
             return True
-        from shm.avp import XavpList
         x = ctx.xavps = XavpList()
     kind, root, ri, field, fi = spec
     if not x.set(kind, root, _ridx(ctx, ri), field, _ridx(ctx, fi), value):
@@ -190,7 +187,6 @@ def mod_init(script):
     """Apply modparam("pv", "shvset", "name=i:1" | "name=s:text") before fork and
     parse "varset" (same syntax) for child_init."""
     global _shv_store
-    from shm.shv import parse_shvset
     _varset.clear()
     for spec in _param_list(script, "varset"):
         try:

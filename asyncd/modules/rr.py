@@ -13,6 +13,8 @@ routed by Route headers, -1 when there were none (an initial request).
 from asyncd.core import log
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport
 from asyncd.core.route_types import REQUEST_ROUTE, FAILURE_ROUTE, BRANCH_ROUTE
+from asyncd.sip import parse_uri
+from asyncd.sip.hdrs import split_commas
 
 MOD = "rr"
 
@@ -47,7 +49,6 @@ def _our_addrs(ctx):
 
 def is_myself(ctx, uri):
     """The URI names one of our addresses (Kamailio check_self)."""
-    from asyncd.sip import parse_uri
     try:
         u = parse_uri(uri) if isinstance(uri, str) else uri
     except Exception:
@@ -89,8 +90,6 @@ def _uri_of(value):
 
 def loose_route(ctx):
     msg = ctx.msg
-    from asyncd.sip import parse_uri
-    from asyncd.sip.hdrs import split_commas
     routes = []
     for line in msg.hdrs("route"):
         routes.extend(r.strip() for r in split_commas(line) if r.strip())

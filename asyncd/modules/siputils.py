@@ -6,6 +6,7 @@ Kamailio: src/modules/siputils/checks.c, siputils.c.
 """
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport
 from asyncd.core.route_types import ANY_ROUTE
+from asyncd.sip.uri import parse_cur_uri, parse_uri_cached
 
 
 def has_totag(ctx, site):
@@ -26,22 +27,19 @@ def is_reply(ctx, site):
 def is_user(ctx, site, user):
     m = ctx.msg
     try:
-        from asyncd.modules.pv import _puri
-        u = _puri(m.from_.uri)
+        u = parse_uri_cached(m.from_.uri)
     except Exception:
         return -1
     return 1 if u is not None and u.user == user else -1
 
 
 def uri_param(ctx, site, name):
-    from asyncd.modules.pv import _cur_uri_parsed
-    u = _cur_uri_parsed(ctx.msg)
+    u = parse_cur_uri(ctx.msg)
     return 1 if u is not None and name.lower() in u.params else -1
 
 
 def uri_param2(ctx, site, name, value):
-    from asyncd.modules.pv import _cur_uri_parsed
-    u = _cur_uri_parsed(ctx.msg)
+    u = parse_cur_uri(ctx.msg)
     return 1 if u is not None and u.params.get(name.lower()) == value else -1
 
 

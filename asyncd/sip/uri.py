@@ -10,7 +10,7 @@ import re
 
 from .hdrs import SipParseError
 
-__all__ = ["SipUri", "parse_uri", "unescape"]
+__all__ = ["SipUri", "parse_uri", "parse_uri_cached", "parse_cur_uri", "unescape"]
 
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 # unreserved / escaped / user-unreserved; password adds ':' minus ';?/'
@@ -160,3 +160,33 @@ def parse_uri(s):
     else:
         raise SipParseError("Unsupported URI Scheme", code=416)
     return u
+
+
+_uri_cache = {}
+_URI_CACHE_MAX = 2048
+
+
+def parse_uri_cached(s):
+    """Parsed URI or None (unparsable). Cached by text: the same From/To/R-URI
+    strings come back message after message, and parsed URIs are never
+    mutated (setters build a new one). What the pseudo-variables, the
+    {uri.*} transformations and the URI checks of the cfg read."""
+    u = _uri_cache.get(s)
+    if u is not None:
+        return u
+    try:
+        u = parse_uri(s)
+    except Exception:
+        return None
+    if len(_uri_cache) >= _URI_CACHE_MAX:
+        _uri_cache.clear()
+    _uri_cache[s] = u
+    return u
+
+
+def parse_cur_uri(msg):
+    """The request's current R-URI parsed, or None: the one a script set
+    (msg.new_uri) if any, else the request line's (Kamailio's
+    parse_sip_msg_uri, src/core/parser/parse_uri.c)."""
+    u = msg.new_uri
+    return parse_uri_cached(msg.ruri if u is None else u)

@@ -128,7 +128,7 @@ def test_killed_run_segment_is_cleaned_by_next_run():
 
 
 def test_kill9_holding_the_allocator_lock_does_not_wedge_alloc(arena):
-    from shm.arena import _CLASS_OF
+    from shm.slots import CLASS_OF as _CLASS_OF
     c = _CLASS_OF[(100 + 15) >> 4]
     keep = arena.alloc(100)
     r, w = os.pipe()
