@@ -26,7 +26,7 @@ def make_plots(results: list, out_dir: Path) -> list:
     # chosen before pyplot is imported
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): optional, see above
     import matplotlib.ticker  # noqa: F401  (for the log axis labels)
 
     by_case = {}

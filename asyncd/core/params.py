@@ -6,9 +6,10 @@ Runs in: main process (cfg compilation).
 Kamailio applies core parameters while parsing, in file order
 (src/core/cfg.y); `async_workers`, `async_workers_group`, `async_usleep`
 and `async_nonblock` interact exactly as src/core/async_task.c
-(spec B §4.2). asyncd serves UDP only for now: TCP/TLS/SCTP parameters are
+(docs/kamailio-async.md §4.2). asyncd serves UDP only for now: TCP/TLS/SCTP parameters are
 accepted and ignored (a startup log line says so).
 """
+import difflib
 from dataclasses import dataclass
 
 from asyncd.core import log
@@ -179,7 +180,6 @@ def apply(core, name, value, loc):
             core["ignored"].append(name)
             core[name] = value
             return
-        import difflib
         m = difflib.get_close_matches(name, sorted(TABLE), n=1, cutoff=0.7)
         raise _err(loc, f"unknown core parameter '{name}'" + (f" (did you mean '{m[0]}'?)" if m else ""))
     kind = entry[0]
