@@ -66,7 +66,8 @@ Shared variables (`shm.shv`): arena.shv.get(name) / .set(name, v) -> bool
 
 AVP lists (`shm.avp`): AvpList / XavpList, per-message private objects with
 `dumps() -> bytes` (msgpack) and `AvpList.loads(b)`; tm stores the bytes with
-the transaction and restores them in the resuming process (spec B §6.1, §7).
+the transaction and restores them in the resuming process (docs/kamailio-tm.md §1;
+docs/kamailio-async.md §7).
 
 Process table (`shm.proctable`): ProcTable(arena, nslots) with set(slot, pid,
 rank, desc), rows() -- filled by the supervisor, read by control tools.

@@ -4,7 +4,7 @@ Runs in: main process (creation with the arena, initial values from
 modparam "shvset"), every child (get/set).
 
 Kamailio keeps $shv in the pv module's shared memory (src/modules/pv/pv_shv.c),
-one locked cell per name, visible to every process (spec B §7), created at
+one locked cell per name, visible to every process (docs/kamailio-async.md §7), created at
 startup with the int value 0.  Here the names are keys of an HTable with
 initval 0 (htable.py: same byte layout, same lock-free reads): an unset
 $shv reads 0, assigning $null resets it to 0, ints and strings keep their type.

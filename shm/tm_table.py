@@ -5,7 +5,7 @@ Runs in: main process (created in tm's mod_init, before fork); udp receivers,
 the tm `timer` process and async workers (lookups, updates, frees).
 
 Why not one Python dict per process: every process must find every
-transaction (spec B §6: a request suspended in a receiver is resumed by an
+transaction (docs/kamailio-tm.md: a request suspended in a receiver is resumed by an
 async worker; its reply comes back to any receiver; its timers fire in the
 `timer` process). Only bytes live here; asyncd/modules/tm/cell.py gives them meaning.
 
@@ -39,7 +39,7 @@ slot stripes (re-entrant: a failure route relaying again re-enters its own
 transaction) guard slot contents, one allocator lock guards the free stacks.
 Order: bucket -> slot -> alloc; never the reverse. None is held across I/O by
 this module; tm holds a slot stripe only while updating its cell (and while
-a failure/resumed route runs, as Kamailio holds the reply lock, B §6.3).
+a failure/resumed route runs, as Kamailio holds the reply lock, docs/kamailio-tm.md §3).
 """
 import os
 import struct

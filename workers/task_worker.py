@@ -78,7 +78,7 @@ def run(proc, row, widx):
                     continue
             t0 = mono()
             skipped = _execute(proc, group, frame, handlers)
-            # next backlog task (we stay busy) or None (idle again, spec A §7)
+            # next backlog task (we stay busy) or None (idle again, docs/kamailio-async.md §10.7)
             frame = disp.finish(widx, skipped)
             if t0 - win_t >= RATE_WINDOW:
                 n = counts[0]

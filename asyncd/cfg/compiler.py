@@ -69,7 +69,7 @@ class Script:
     def route_is_empty(self, name):
         """True when route[name] exists and its block holds no statement:
         Kamailio's async functions refuse such a route with -1 ("empty
-        action lists", spec B §2.1). False for an unknown name (has_route
+        action lists", docs/kamailio-async.md §2.1). False for an unknown name (has_route
         says that)."""
         return str(name) in self.empty_routes
 

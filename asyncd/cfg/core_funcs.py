@@ -50,7 +50,7 @@ def _bflags(ctx):
 
 
 def setbflag(ctx, site, n):
-    """Branch flags of the R-URI branch (branch 0); private, as Kamailio's (B §7)."""
+    """Branch flags of the R-URI branch (branch 0); private, as Kamailio's (docs/kamailio-async.md §7)."""
     if n is None or not 0 <= n <= MAX_FLAG:
         return -1
     ctx.extra["bflags"] = _bflags(ctx) | (1 << n)

@@ -126,7 +126,7 @@ def parse_listen(value, loc):
 
 
 def parse_group(text, loc):
-    """`name=X;workers=N;nonblock=0|1;usleep=U` (B §4.2): keys case-insensitive,
+    """`name=X;workers=N;nonblock=0|1;usleep=U` (docs/kamailio-async.md §4.2): keys case-insensitive,
     unknown keys ignored, name and workers > 0 mandatory."""
     vals = {}
     for part in str(text).split(";"):
@@ -168,7 +168,7 @@ def _apply_group(core, g, loc):
             groups.append(g)
         return
     if not groups:
-        groups.append(AsyncGroup("default", 1))      # implicit head, 1 worker (B §4.2)
+        groups.append(AsyncGroup("default", 1))      # implicit head, 1 worker (docs/kamailio-async.md §4.2)
     groups.insert(1, g)                             # right after the head
 
 

@@ -12,7 +12,7 @@ LOCAL_ROUTE = 64
 CORE_ONREPLY_ROUTE = 128
 BRANCH_FAILURE_ROUTE = 256
 ONREPLY_ROUTE = TM_ONREPLY_ROUTE | CORE_ONREPLY_ROUTE
-# event_route blocks accept any function flagged for REQUEST_ROUTE (spec B §2.0)
+# event_route blocks accept any function flagged for REQUEST_ROUTE (docs/kamailio-async.md §2.0)
 EVENT_ROUTE = REQUEST_ROUTE
 ANY_ROUTE = 0xFFFFFFFF
 

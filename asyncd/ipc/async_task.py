@@ -9,8 +9,8 @@ Mirrors Kamailio's src/core/async_task.c (docs/kamailio-async.md §4, §5):
 groups come from the core parameters `async_workers`, `async_workers_group`,
 `async_usleep`, `async_nonblock`, which the cfg compiler turns into
 `script.core["async_groups"]` (asyncd.core.params.AsyncGroup, Kamailio list
-order, head is "default"). Differences (docs/kamailio-async.md, "asyncd
-policy"): an unknown group or a full queue is a -1, never a silent success;
+order, head is "default"). Differences (docs/kamailio-async.md §10.2,
+§10.7): an unknown group or a full queue is a -1, never a silent success;
 blocking groups wait a bounded time; a task goes to an idle worker of its
 group (dispatch.py).
 

@@ -7,7 +7,7 @@ Why not plain PUSH/PULL: a PUSH socket deals frames round-robin to its peers'
 pipes, so a task queued behind a 2 s task in worker A waits 2 s although
 worker B is idle. Kamailio avoids that with one shared datagram socket that
 all workers of a group read (src/core/async_task.c, async_task_run;
-docs/kamailio-async.md); ZeroMQ has no shared queue, and a ROUTER broker
+docs/kamailio-async.md §4.3); ZeroMQ has no shared queue, and a ROUTER broker
 would be an extra process and an extra hop per task.
 
 Design: every consumer binds its own PULL

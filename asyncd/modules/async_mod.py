@@ -6,8 +6,8 @@ functions: udp receivers, resumed routes, task workers), `ASYNC MOD TIMER`
 and `ASYNC MOD MS TIMER` (their timer handlers, called by workers/timer.py),
 `Async Task Worker - <group>` (resumes of task/ms functions, data tasks).
 
-Kamailio: src/modules/async/async_mod.c, async_sleep.c (spec B §2, §3, §8).
-asyncd policy (spec A): invalid literals, unknown routes/groups, ms functions
+Kamailio: src/modules/async/async_mod.c, async_sleep.c (docs/kamailio-async.md §2, §3, §8).
+asyncd policy (docs/kamailio-async.md §10): invalid literals, unknown routes/groups, ms functions
 without ms_timer or core workers, suspending functions in mode=1 and
 async_sleep last in its block are startup errors; the same problems from
 variables, or a full queue, return -1 with an error naming the cfg file:line
@@ -16,7 +16,7 @@ and leave no transaction suspended. Timers are accurate (workers/timer.py).
 Suspend path (receiver): validate -> t_newtran if no T -> t_suspend -> queue
 `[kind, (due,) tindex, tlabel, target]` (room check and send in one lock
 round trip; a full queue undoes the suspension, so none is left behind) ->
-return the `return` modparam (0 ends the script, B §2.0).
+return the `return` modparam (0 ends the script, docs/kamailio-async.md §2.0).
 """
 import time
 from functools import partial
@@ -31,12 +31,12 @@ from asyncd.modules.tm import api as tm_api
 from asyncd.sip import faked_request
 
 MOD = "async"
-SEC_RANGE = (1, 100)           # spec A §1 (Kamailio's code: 1..99)
-MS_RANGE = (1, 30000)          # spec A §1 (Kamailio's code: 1..29999)
+SEC_RANGE = (1, 100)           # docs/kamailio-async.md §10.1 (Kamailio's code: 1..99)
+MS_RANGE = (1, 30000)          # docs/kamailio-async.md §10.1 (Kamailio's code: 1..29999)
 MS_LEAD = 0.002               # the ms timer hands items to an idle worker this early (workers/timer.py)
-CBNAME_MAX = 62                # ASYNC_CBNAME_SIZE 64 - 1, names must be shorter (B §2.0)
+CBNAME_MAX = 62                # ASYNC_CBNAME_SIZE 64 - 1 (docs/kamailio-async.md §2.0)
 SEC_QUEUE = 100000             # pending seconds items per ASYNC MOD TIMER
-MS_QUEUE = 10000               # Kamailio's ms list limit (B §2.2)
+MS_QUEUE = 10000               # Kamailio's ms list limit (docs/kamailio-async.md §2.2)
 SUSPEND_FLAGS = REQUEST_ROUTE | FAILURE_ROUTE
 
 K_ROUTE = "ar"                 # resume with route[target]
@@ -90,7 +90,7 @@ def _err(site, text):
     log.err(MOD, f"{name}(): {text}", where)
 
 
-# ---- fixups (startup checks, spec A §1-2) -------------------------------
+# ---- fixups (startup checks, docs/kamailio-async.md §10.1-10.2) -------------------------------
 
 def _fix_delay(site, i, rng, unit):
     a = site.args[i]
@@ -239,12 +239,12 @@ def _route_ok(ctx, site, name):
         _err(site, f"callback name is too long [{name}]")
         return False
     if name != "0" and not ctx.proc.script.has_route(name):
-        # "0" is the main request_route, as Kamailio's route_lookup (B §2.1)
+        # "0" is the main request_route, as Kamailio's route_lookup (docs/kamailio-async.md §2.1)
         _err(site, f"route block not found [{name}]")
         return False
     if name != "0" and ctx.proc.script.route_is_empty(name):
         # Kamailio's route_lookup finds it but its action list is NULL:
-        # refused before any transaction exists (B §2.1)
+        # refused before any transaction exists (docs/kamailio-async.md §2.1)
         _err(site, f"empty action lists in route block [{name}]")
         return False
     return True
@@ -312,7 +312,7 @@ def w_async_ms_route(ctx, site, route, ms):
 
 
 def _sleep(ctx, site, value, rng, unit, disp, scale):
-    """async_sleep / async_ms_sleep: resume with the rest of the block (B §2.3)."""
+    """async_sleep / async_ms_sleep: resume with the rest of the block (docs/kamailio-async.md §2.3)."""
     due = time.monotonic()
     d = _delay(site, value, rng, unit)
     if d is None:
@@ -366,7 +366,7 @@ def w_async_task_group_data(ctx, site, route, gname, data):
     if grp.disp.push(frame) < 0:
         _err(site, f"async task group [{grp.name}] queue is full")
         return -1
-    return 1                    # data functions return 1/-1, not `return` (B §2.6)
+    return 1                    # data functions return 1/-1, not `return` (docs/kamailio-async.md §2.6)
 
 
 def w_async_tkv_emit(ctx, site, ttype, key, value):
@@ -510,7 +510,7 @@ def _fmt(s):
 
 def parse_async(inner):
     # Kamailio's pv_parse_async_name switches on the length only: any 4-letter
-    # name reads $async(data), any 5-letter one that is not "gname" too (B §2.8)
+    # name reads $async(data), any 5-letter one that is not "gname" too (docs/kamailio-async.md §2.8)
     if inner is None or len(inner) not in (4, 5):
         raise ValueError(f"unknown PV async name {inner}")
     return 1 if inner == "gname" else 0
@@ -523,7 +523,7 @@ def get_async(ctx, spec, index):
 
 
 def parse_atkv(inner):
-    # same length-only quirk as $async (B §5): 3 key/val, 4 type, 5 gname
+    # same length-only quirk as $async (docs/kamailio-async.md §5): 3 key/val, 4 type, 5 gname
     if inner is None or len(inner) not in (3, 4, 5):
         raise ValueError(f"unknown PV atkv name {inner}")
     return {"key": 1, "val": 2, "gname": 3}.get(inner, 0)

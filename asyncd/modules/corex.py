@@ -1,5 +1,5 @@
 """The corex module: loadable for cfg compatibility. `$atkv` (Kamailio's
-corex pv) is provided by the async module's exports here (spec A §4), so it
+corex pv) is provided by the async module's exports here (docs/kamailio-async.md §10.4), so it
 works whether or not corex is loaded.
 
 Runs in: main process (loading only).

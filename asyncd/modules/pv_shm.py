@@ -13,7 +13,7 @@ from here into the "pv" module's exports.
   applied to each process's private vars in child_init (pv_svar.c).
 - $avp(name), $(avp(name)[n]), $(avp(name)[*]): per-message stack
   (shm/avp.py AvpList on ctx.avps, created on first write); tm carries it
-  with the transaction (spec B §6.1, §7).  Names `s:x` = `x`, `i:5` is an
+  with the transaction (docs/kamailio-tm.md §1; docs/kamailio-async.md §7).  Names `s:x` = `x`, `i:5` is an
   int name, `$avp($var(n))` takes its name at run time.
 - $xavp(root[n]=>field[m]), $xavu(root=>field), $xavi(...): ctx.xavps
   (XavpList), same lifetime as AVPs; semantics in shm/avp.py.

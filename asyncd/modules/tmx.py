@@ -1,5 +1,5 @@
 """tmx: t_suspend() and t_continue(tindex, tlabel, rtname) for scripts
-(Kamailio's tmx module; docs/kamailio-tm.md §6.2-6.3); $T(...) lives in tm/mod.py.
+(Kamailio's tmx module; docs/kamailio-tm.md §2-3); $T(...) lives in tm/mod.py.
 
 Runs in: udp receivers (t_suspend, and t_continue called from another
 request's route), async task workers and timer-driven event routes

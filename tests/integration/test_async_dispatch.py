@@ -1,4 +1,4 @@
-"""Idle-worker dispatch on the real server (spec A §7): a group of two
+"""Idle-worker dispatch on the real server (docs/kamailio-async.md §10.7): a group of two
 workers, one task blocked for 2 s in cfgutils `sleep`, then 20 quick tasks:
 all 20 are answered within ~200 ms by the other worker. Also every accepted
 task is accounted for at shutdown.

@@ -1,8 +1,8 @@
 """Acceptance fixes in the ASYNC module: a suspending or data function naming
 an existing but empty `route[X] {}` returns -1 at once with "empty action
-lists" and the cfg file:line, before any transaction exists (spec B §2.1,
+lists" and the cfg file:line, before any transaction exists (docs/kamailio-async.md §2.1,
 Kamailio's route_lookup finding a NULL action list); a resumed route whose
-t_relay() fails gets tm_error's reply, not the generic 500 (B §6.3 step 9).
+t_relay() fails gets tm_error's reply, not the generic 500 (docs/kamailio-tm.md §3 step 9).
 
 Runs in: the pytest process, against one real server.
 """
@@ -81,7 +81,7 @@ def test_a_non_empty_route_still_resumes(srv, sip_client):
 
 
 def test_resumed_route_whose_relay_fails_answers_with_that_error(srv, sip_client):
-    """Spec B §6.3 step 9: the automatic reply after a resumed route carries
+    """docs/kamailio-tm.md §3 step 9: the automatic reply after a resumed route carries
     tm_error ("478 Unresolvable destination (478/TM)" as Kamailio), not 500."""
     c = sip_client(srv.addr)
     rs = c.request("OPTIONS", f"sip:relaybad@127.0.0.1:{srv.port}", timeout=2.0)

@@ -1,17 +1,18 @@
-"""Every example of the ASYNC admin guide (shared spec/async-admin-guide.txt),
-as written, on real processes: reply code, delay, the process that resumed
+"""Every example of the ASYNC admin guide (Kamailio's src/modules/async/README;
+docs/kamailio-async.md §11), as written, on real processes: reply code, delay, the process that resumed
 the request (its title), and the log line.
 
 Runs in: the pytest process; servers are started concurrently and requested
 in parallel so the two 4-second examples cost 4 s together.
 
-Where the guide is broken (spec A §5 and Part B's doc notes): examples 1.11
+Where the guide is broken (docs/kamailio-async.md §10.5, §11): examples 1.11
 and 1.13 call the non-group function with the group argument: asyncd refuses
 them at startup with a message suggesting the right function, and the
 corrected call is run too. Example 1.8's `http_connect` (http_client module)
 is replaced by setting `$avp(delay)` as the leaky bucket would; the async part
 is unchanged. Example 1.14 works without async_tkv_gname/async_tkv_evcb
-(spec A §4). Each resumed route gets one added `xinfo` naming its process.
+(docs/kamailio-async.md §10.4). Each resumed route gets one added `xinfo`
+naming its process.
 """
 import threading
 import time
@@ -127,7 +128,7 @@ event_route[core:tkv] {
 
 ORDER = list(EX)
 # Ten servers run these at once on two cores: the end-to-end bound allows scheduling
-# jitter (never early, at most 100 ms late; Kamailio is off by up to a second, spec B §8).
+# jitter (never early, at most 100 ms late; Kamailio is off by up to a second, docs/kamailio-async.md §8).
 # The timers' own accuracy is asserted in tests/unit/test_async_timer.py and measured by bench.
 SLACK = 0.1
 
@@ -208,7 +209,7 @@ def test_1_14_tkv_event_as_the_guide_shows_it(guide):
     srv.wait_log(r"tkv: using async_tkv_gname=tkv and async_tkv_evcb=core:tkv")
 
 
-# ---- the examples that are broken as printed (spec A §5) ---------------------
+# ---- the examples that are broken as printed (docs/kamailio-async.md §10.5) ---------------------
 
 def test_1_11_as_printed_is_a_startup_error_suggesting_the_group_function():
     text = EX["1.11"].replace('async_task_group_route("RESUME", "abc")',

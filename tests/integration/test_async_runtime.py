@@ -1,4 +1,4 @@
-"""Run-time edge cases of the ASYNC module (spec A §1-2, §6-7; B §2): values
+"""Run-time edge cases of the ASYNC module (docs/kamailio-async.md §2, §10.1-10.2, §10.6-10.7): values
 from variables that are out of range or unknown give -1, an error naming the
 cfg file:line, and no suspended transaction; faked messages are refused; full
 queues say so; return values; `$async`/`$atkv` outside their tasks.
@@ -248,7 +248,7 @@ def test_tkv_value_limits(srv, client):
     srv.wait_log(r"TKV 7 k len=10\b")
     fin, _ = _ask(client, srv, "tkv", "v" * 1024)
     assert fin.reason == "tkv rc=1"
-    srv.wait_log(r"TKV 7 k len=1024\b")       # 1023 chars + NUL, as Kamailio (B §5)
+    srv.wait_log(r"TKV 7 k len=1024\b")       # 1023 chars + NUL, as Kamailio (docs/kamailio-async.md §5)
     fin, _ = _ask(client, srv, "tkv", "v" * 1025)
     assert fin.reason == "tkv rc=-1"
 
@@ -302,7 +302,7 @@ def test_suspend_after_final_reply_returns_minus_one(srv, client):
 
 
 def test_sleep_continues_only_with_the_rest_of_its_block(srv, client):
-    # B §2.3: `if (c) { async_sleep(); a } b` -> after resume only "a" runs; it
+    # docs/kamailio-async.md §2.3: `if (c) { async_sleep(); a } b` -> after resume only "a" runs; it
     # neither replies nor relays, so tm's automatic 500 ends the transaction
     fin, _ = _ask(client, srv, "cont", "x")
     assert fin.status == 500 and 0.02 <= fin.elapsed < 0.2
@@ -312,7 +312,7 @@ def test_sleep_continues_only_with_the_rest_of_its_block(srv, client):
 
 
 def test_group_usleep_throttles_each_worker(srv, client):
-    # B §4.3: the worker sleeps `usleep` µs before each receive: 5 tasks >= 0.4 s apart
+    # docs/kamailio-async.md §4.3: the worker sleeps `usleep` µs before each receive: 5 tasks >= 0.4 s apart
     fin, _ = _ask(client, srv, "usleep", "x")
     assert fin.reason == "ticking"
     t0 = time.monotonic()

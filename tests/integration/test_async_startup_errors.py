@@ -1,4 +1,4 @@
-"""Startup checks of the ASYNC module (spec A §1-2, §5; B §2): every invalid
+"""Startup checks of the ASYNC module (docs/kamailio-async.md §2, §10.1-10.2, §10.5): every invalid
 literal, unknown route/group, missing timer/worker, mode=1 misuse and
 `async_sleep` last in its block stops the cfg with `file:line:col: message`.
 
@@ -178,7 +178,7 @@ def test_pv_name_parsing_follows_kamailio_lengths(compile_cfg_text, pv, ok):
 
 
 def test_mode_0_needs_tm_loaded(run_server):
-    # B §3: mode 0 binds tm at init; without tm the server refuses to start
+    # docs/kamailio-async.md §3: mode 0 binds tm at init; without tm the server refuses to start
     from tests.helpers import ServerFailed
     text = cfg("request_route {\n    async_task_data(\"R\", \"x\");\n    exit;\n}\n"
                "route[R] {\n    exit;\n}\n", core="async_workers=1",

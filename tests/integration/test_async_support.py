@@ -4,7 +4,7 @@ Runs in: the pytest process (servers and a tiny UAS are started from here).
 
 Which process ran a resumed route is learned the way an operator would: the
 route logs `$pp` and the test maps that pid to its process title (psutil),
-which must be Kamailio's description (spec B §1.1).
+which must be Kamailio's description (docs/kamailio-async.md §1.1).
 """
 import contextlib
 import os
@@ -133,7 +133,7 @@ def final(client, timeout=3.0, **kw):
     return fin, rs
 
 
-# ---- the process model (spec B §1.1) --------------------------------------
+# ---- the process model (docs/kamailio-async.md §1.1) --------------------------------------
 
 def test_process_titles_follow_kamailio():
     text = cfg("request_route {\n" + PRE + "    sl_send_reply(\"200\", \"OK\");\n}\n",
@@ -143,7 +143,7 @@ def test_process_titles_follow_kamailio():
     with run_server(text) as srv:
         titles = [t.replace("asyncd: ", "", 1) for t in srv.titles()]
         workers = [t for t in titles if t.startswith("Async Task Worker - ")]
-        # later groups are inserted right after the head "default" (B §4.2)
+        # later groups are inserted right after the head "default" (docs/kamailio-async.md §4.2)
         assert workers == ["Async Task Worker - default"] * 2 + \
             ["Async Task Worker - g2", "Async Task Worker - g1"]
         assert titles.count("ASYNC MOD TIMER") == 2

@@ -1,8 +1,8 @@
-"""ASYNC and tm together (spec B §6, A §6): resumed routes run as failure
+"""ASYNC and tm together (docs/kamailio-tm.md, docs/kamailio-async.md §10.6): resumed routes run as failure
 routes; a resume that does nothing gets tm's automatic 500; fr_timer shorter
 than the sleep gives 408 and no resume; CANCEL during a sleep gives 487 and
 no resume; retransmissions during a sleep get one final reply; chained
-suspends work; and the timers are accurate (A §3).
+suspends work; and the timers are accurate (docs/kamailio-async.md §10.3).
 
 Runs in: the pytest process, against one real server (routes chosen by R-URI
 user).
@@ -147,7 +147,7 @@ def test_resume_that_does_nothing_gets_automatic_500(srv, sip_client):
 
 def test_resumed_route_runs_as_failure_route(srv, sip_client):
     # $T(reply_type) is 1 only in a failure route with a local (faked) reply: the
-    # blind branch's, as Kamailio's resume sets FAILURE_ROUTE (B §6.3 step 6, GH #750)
+    # blind branch's, as Kamailio's resume sets FAILURE_ROUTE (docs/kamailio-tm.md §3 step 6, GH #750)
     c = sip_client(srv.addr)
     assert c.final("OPTIONS", _uri(srv, "rtype")).reason == "rt=1"
 
@@ -192,7 +192,7 @@ def test_retransmissions_during_sleep_get_one_final_reply(srv, sip_client):
         c.send_raw(data)
     got = c.collect(0.8)
     assert [r.status for r in got if r.status >= 200] == [200]
-    # INVITE: the retransmission gets the 100 Trying again (B §6.5)
+    # INVITE: the retransmission gets the 100 Trying again (docs/kamailio-tm.md §5)
     data, branch, callid = c.send("INVITE", _uri(srv, "retr"))
     assert c.recv(1.0).status == 100
     time.sleep(0.05)
@@ -218,7 +218,7 @@ def test_variables_across_each_suspending_function(srv, sip_client, func):
     c = sip_client(srv.addr)
     fin = c.final("OPTIONS", _uri(srv, "vars"), headers=(f"X-F: {func}",), timeout=2.0)
     assert fin is not None, srv.log()[-2000:]
-    # $avp/$xavp travel with the transaction, $shv/$sht are shared, $var is not (B §7)
+    # $avp/$xavp travel with the transaction, $shv/$sht are shared, $var is not (docs/kamailio-async.md §7)
     assert fin.reason.startswith("a=A1 x=X1 v=") and fin.reason.endswith(" s=S1 h=H1"), fin.reason
     assert "v=V1" not in fin.reason
 
@@ -249,7 +249,7 @@ def test_timer_accuracy(srv):
     r1 = _timed(srv, "route1", 5, 0.05)
     m100 = _timed(srv, "ms100", 20, 0.02)
     mr = _timed(srv, "msroute", 10, 0.02)
-    # spec A §3: never early; async_sleep(1) within 1.000-1.005 s, ms items ~2 ms late
+    # docs/kamailio-async.md §10.3: never early; async_sleep(1) within 1.000-1.005 s, ms items ~2 ms late
     # (end to end: ~0.2 ms timer lateness + the resume itself). The bound is on
     # the median and a looser max, so a loaded 2-core CI box does not make this
     # flaky; tests/unit/test_async_timer.py bounds the timer loop itself (p90 < 2 ms).
@@ -265,7 +265,7 @@ def test_timer_accuracy(srv):
 
 
 def test_suspend_from_failure_route(srv, sip_client):
-    # B §2.0: the suspending functions are allowed in FAILURE_ROUTE too
+    # docs/kamailio-async.md §2.0: the suspending functions are allowed in FAILURE_ROUTE too
     uas = Uas(code=486)
     try:
         c = sip_client(srv.addr)

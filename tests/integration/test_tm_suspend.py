@@ -1,6 +1,6 @@
 """t_suspend in one receiver, t_continue in another (tmx), through the real
 server: the resumed route sees the request's AVPs and XAVPs, runs in the
-other process, and the spec B §6.4/§6.5 skips hold (timeout, CANCEL).
+other process, and the docs/kamailio-tm.md §4, §5 skips hold (timeout, CANCEL).
 
 Runs in: the pytest process (asyncd is a real process tree on loopback).
 Two listen sockets with one receiver each make "another process" certain.
@@ -107,7 +107,7 @@ def test_fr_timeout_while_suspended_408_then_continue_skipped():
         got = _finals(a.collect(timeout=2.0, until=lambda rs: bool(_finals(rs))))
         assert [r.status for r in got] == [408], got
         took = got[0].t_recv - t0
-        assert 0.38 < took < 0.6, took          # fr_timer 400 ms, not fr_inv_timer (B §6.4)
+        assert 0.38 < took < 0.6, took          # fr_timer 400 ms, not fr_inv_timer (docs/kamailio-tm.md §4)
         rb = b.final("OPTIONS", f"sip:ctl@{addr2[0]}:{addr2[1]}")
         assert rb is not None and rb.reason == "not continued"
         assert _finals(a.collect(timeout=0.3)) == []

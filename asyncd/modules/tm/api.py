@@ -32,7 +32,7 @@ def t_suspend(ctx):
     """-> (rc, tindex, tlabel). rc 0: suspended (request, AVP/XAVP bytes, flags
     and lumps stored; the INVITE's 100 went out at t_newtran); 1: the
     transaction was CANCELed (487 sent, nothing to resume); -1: no transaction;
-    -3: a final reply was already sent (spec B §6.2)."""
+    -3: a final reply was already sent (docs/kamailio-tm.md §2)."""
     return suspend.t_suspend(ctx)
 
 
@@ -45,7 +45,7 @@ def t_continue(proc, tindex, tlabel, runner):
     """Run runner(ctx) on the suspended transaction, as FAILURE_ROUTE, with the
     stored request, AVPs and XAVPs; automatic 500 when it neither replied,
     relayed nor suspended again. Returns 0 ran, 1 skipped (CANCELed or timed
-    out), -1 not found (already ended), -2 not suspended (spec B §6.3)."""
+    out), -1 not found (already ended), -2 not suspended (docs/kamailio-tm.md §3)."""
     return suspend.t_continue(proc, tindex, tlabel, runner)
 
 

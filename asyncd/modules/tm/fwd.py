@@ -278,7 +278,7 @@ def _forward_ack(ctx, host, port):
 
 
 def e2e_cancel(ctx, h):
-    """A CANCEL matching an INVITE transaction (RFC 3261 16.10, B §6.5):
+    """A CANCEL matching an INVITE transaction (RFC 3261 16.10, docs/kamailio-tm.md §5):
     200 to the CANCEL; CANCEL to ringing branches (the others once they ring);
     with no live branch (only a suspension), 487 to the INVITE here."""
     msg = ctx.msg

@@ -58,7 +58,7 @@ def w_t_newtran(ctx, site):
 def w_t_check_trans(ctx, site):
     """1 when the request belongs to a transaction; a retransmission is
     absorbed (last reply re-sent) and ends the script (0). In failure routes
-    (and resumed routes) it is a no-op returning 1 (B §6.3)."""
+    (and resumed routes) it is a no-op returning 1 (docs/kamailio-tm.md §3)."""
     if ctx.route_type & FAILURE_ROUTE or ctx.t is not None:
         return 1
     msg = ctx.msg

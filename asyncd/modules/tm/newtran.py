@@ -21,7 +21,7 @@ from asyncd.modules.tm.suspend import suspend_cell
 from asyncd.sip.build import reply_addr
 from shm.tm_table import TableFull
 
-REPLY_EXTRA = 140      # a reply's status line, To-tag, Server, Content-Length, Via received/rport, cell fields
+REPLY_EXTRA = 140      # status line, To-tag, Server, Content-Length, Via received/rport, cell fields
 _COPIED = ("via", "from", "to", "call-id", "cseq", "record-route")
 
 
@@ -76,7 +76,7 @@ def new_cell(ctx):
 
 def t_newtran(ctx, suspend=False):
     """1: created (ctx.t set); 0: a retransmission, absorbed (last reply re-sent,
-    ctx.t points at the existing transaction); <0 error (docs/kamailio-tm.md §6.5).
+    ctx.t points at the existing transaction); <0 error (docs/kamailio-tm.md §5).
 
     suspend=True (the async module, when the request has no transaction yet):
     the cell is created already suspended, as t_newtran then t_suspend would

@@ -169,7 +169,7 @@ def on_reply(proc, h, cell, bno, msg, status):
             send_ack(h, cell, br, msg)
     br[BR_REQ] = b"" if not cell.flags & F_INVITE else br[BR_REQ]
     if br[BR_FLAGS] & B_BLIND:
-        cell.flags &= ~F_SUSPENDED             # B §6.4: the timeout ends the suspension
+        cell.flags &= ~F_SUSPENDED             # docs/kamailio-tm.md §4: the timeout ends the suspension
     if not cell.flags & F_FINAL and not cell.has_pending():
         final_decision(proc, h, cell)
 
@@ -245,7 +245,8 @@ def fake_ctx(proc, h, cell, route_type):
 
 
 def save_ctx_state(ctx, cell):
-    """AVPs/XAVPs and message flags live on the transaction (B §6.1, §7)."""
+    """AVPs/XAVPs and message flags live on the transaction (docs/kamailio-tm.md
+    §1; docs/kamailio-async.md §7)."""
     if ctx.avps is not None:
         cell.avps = ctx.avps.dumps()
     if ctx.xavps is not None:

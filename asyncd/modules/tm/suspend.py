@@ -1,15 +1,15 @@
 """Suspending a transaction in one process and continuing it in another
-(Kamailio's t_suspend.c; docs/kamailio-tm.md §6.2-6.6).
+(Kamailio's t_suspend.c; docs/kamailio-tm.md §2-6).
 
 Runs in: udp receivers (t_suspend from request/failure routes), async task
 workers and ASYNC MOD TIMER (t_continue), any process (t_cancel_suspend).
 
 A suspension is a *blind branch*: no request is sent, but its final response
 timer runs with the transaction's fr_timer (never fr_inv_timer,
-docs/kamailio-tm.md §6.4), so a transaction nobody continues still ends with
+docs/kamailio-tm.md §4), so a transaction nobody continues still ends with
 its failure_route or a 408. The resumed route runs as FAILURE_ROUTE under
 the transaction's lock, as Kamailio holds the reply lock for the whole
-resumed route (docs/kamailio-tm.md §6.3).
+resumed route (docs/kamailio-tm.md §3).
 """
 from asyncd.core import log
 from asyncd.core.errors import ScriptExit
@@ -45,7 +45,7 @@ def t_suspend(ctx):
 
 
 def suspend_cell(ctx, cell):
-    """What t_suspend stores (B §6.2): lumps (once, before the first branch),
+    """What t_suspend stores (docs/kamailio-tm.md §2): lumps (once, before the first branch),
     message flags, AVP/XAVP bytes, and a blind branch whose fr timer is the
     transaction's fr_timer. Returns (branch number, fr deadline, the AVP/XAVP
     bytes written, for Handle.saved); the caller arms the timer. Also used on
@@ -94,7 +94,7 @@ def t_cancel_suspend(tindex, tlabel):
 
 
 def t_continue(proc, tindex, tlabel, runner):
-    """Run runner(ctx) on the suspended transaction (B §6.3). Returns 0 when it
+    """Run runner(ctx) on the suspended transaction (docs/kamailio-tm.md §3). Returns 0 when it
     ran, 1 when skipped (CANCELed, timed out), -1 not found, -2 not suspended."""
     h = Handle(S.table, tindex, tlabel)
     cell = h.acquire()

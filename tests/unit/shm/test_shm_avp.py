@@ -1,5 +1,5 @@
 """AVP/XAVP lists: Kamailio stack semantics and the msgpack round trip tm
-uses to carry them across a suspend (spec B §6.1, §7).
+uses to carry them across a suspend (docs/kamailio-tm.md §1; docs/kamailio-async.md §7).
 
 Runs in: the pytest process.
 """
