@@ -2,7 +2,8 @@
 
 Runs in: main process (modparams, tables created in mod_init before fork),
 udp receivers and async workers ($sht reads/writes, sht_* functions), the
-"HTable Timer" process (autoexpire).
+"HTable Timer" process (autoexpire: `_expire_tick`, a periodic job of its
+timer row, run by workers/timer.py).
 
 Kamailio: src/modules/htable (htable.c exports, ht_var.c pseudo-variables,
 ht_api.c semantics).  Storage and its semantics are in shm/htable.py.

@@ -129,7 +129,7 @@ event_route[core:tkv] {
 ORDER = list(EX)
 # Ten servers run these at once on two cores: the end-to-end bound allows scheduling
 # jitter (never early, at most 100 ms late; Kamailio is off by up to a second, docs/kamailio-async.md §8).
-# The timers' own accuracy is asserted in tests/unit/test_async_timer.py and measured by bench.
+# The timers' own accuracy is asserted in tests/unit/workers/test_timer.py and measured by bench.
 SLACK = 0.1
 
 

@@ -252,7 +252,7 @@ def test_timer_accuracy(srv):
     # docs/kamailio-async.md §10.3: never early; async_sleep(1) within 1.000-1.005 s, ms items ~2 ms late
     # (end to end: ~0.2 ms timer lateness + the resume itself). The bound is on
     # the median and a looser max, so a loaded 2-core CI box does not make this
-    # flaky; tests/unit/test_async_timer.py bounds the timer loop itself (p90 < 2 ms).
+    # flaky; tests/unit/workers/test_timer.py bounds the timer loop itself (p90 < 2 ms).
     for xs, nominal, tol in ((s1, 1.0, 0.006), (r1, 1.0, 0.006), (m100, 0.1, 0.004),
                              (mr, 0.1, 0.004)):
         assert xs[0] >= nominal, xs
