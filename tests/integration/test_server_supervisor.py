@@ -33,6 +33,7 @@ STANDIN = textwrap.dedent("""
 
     def stubborn(proc):
         # a job that never returns ignores SIGTERM's request: the supervisor must SIGKILL it in time
+        print("stubborn job running", file=sys.stderr, flush=True)
         while True:
             time.sleep(0.05)
 
@@ -123,6 +124,9 @@ def test_module_processes_forked_after_receivers_and_killed_if_stubborn(tmp_path
                           "asyncd: stubborn timer"]
         with SipClient(("127.0.0.1", port)) as c:
             assert c.final("OPTIONS").reason == "standin"
+        end = time.monotonic() + 5           # the timer process is inside its endless job
+        while "stubborn job running" not in (tmp_path / "log").read_text() and time.monotonic() < end:
+            time.sleep(0.02)
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         rc = p.wait(5)
