@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.integration.test_async_support import PRE, cfg, line_of
+from tests.helpers.async_cfg import PRE, cfg, line_of
 
 BODY = """request_route {
 """ + PRE + """    $var(v) = $hdr(X-V);

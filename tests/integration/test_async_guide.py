@@ -19,7 +19,7 @@ import time
 import pytest
 
 from tests.helpers import SipClient
-from tests.integration.test_async_support import PRE, Uas, cfg, check_cfg, resumed_by, servers
+from tests.helpers.async_cfg import PRE, Uas, cfg, check_cfg, resumed_by, servers
 
 RES = '    xinfo("RES $rU pid=$pp\\n");\n'
 

@@ -8,7 +8,7 @@ Runs in: the pytest process, against real servers on 127.0.0.1.
 """
 import pytest
 
-from tests.integration.test_async_support import PRE, cfg
+from tests.helpers.async_cfg import PRE, cfg
 
 BODY = """request_route {
 """ + PRE + """    if ($rU == "bad") {
