@@ -10,6 +10,8 @@ import pytest
 from asyncd.core.errors import CfgError
 from tests.helpers.async_cfg import PRE, cfg, line_of
 
+pytestmark = pytest.mark.unit      # compiles in-process
+
 
 def _compile(compile_cfg_text, text):
     return compile_cfg_text(text, filename="test.cfg")

@@ -13,6 +13,8 @@ from bench import cases as cm
 from bench import runner
 from bench.servers import kamailio_binary
 
+pytestmark = pytest.mark.kamailio
+
 ALL = cm.load_cases()
 
 

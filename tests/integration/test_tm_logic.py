@@ -15,6 +15,8 @@ from asyncd.core.route_types import FAILURE_ROUTE, REQUEST_ROUTE
 from asyncd.modules import tm, tm_api, tm_timer
 from tests.helpers.sipclient import Reply, build_request
 
+pytestmark = pytest.mark.unit      # one process: no server is started
+
 
 class FakeScript:
     def __init__(self, arena, routes, params=None):

@@ -21,6 +21,7 @@ from tests.helpers.sipp import SippUas as Uas, run_sipp
 needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")
 
 
+@pytest.mark.unit          # the invariant itself, in-process
 def test_release_sends_before_unlocking_and_arms_timers_after():
     from asyncd.modules import tm_lookup
     from asyncd.modules.tm_cell import Cell, Handle
@@ -70,6 +71,7 @@ RATE = int(os.environ.get("TM_ORDER_RATE", "30"))
 
 
 @needs_sipp
+@pytest.mark.slow            # CALLS/RATE: ~14 s
 def test_two_receivers_never_relay_180_after_200():
     u = Uas(builtin="uas")
     try:
