@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.skipif(shutil.which("sipp") is None,
                                  reason="sipp not installed (Debian package sip-tester)"),
-              pytest.mark.sipp, pytest.mark.slow]
+              pytest.mark.sipp]
 
 
 def run_quick(server, out):
