@@ -10,7 +10,12 @@ Runs in: the pytest process.
 - `sip_client`: factory `sip_client(addr) -> SipClient`, closed after the test.
 - `compile_cfg_text`: `compile_cfg_text(text, defines=None) -> Script` in-process.
 - `sipp`: tests.helpers.run_sipp, skipping the test when SIPp is not installed.
+
+Markers (registered in pyproject.toml) are applied here, by folder, in
+`pytest_collection_modifyitems`; see its docstring.
 """
+from pathlib import Path
+
 import pytest
 
 from tests.helpers import SipClient, free_udp_port as _free_udp_port, run_server as _run_server
@@ -56,3 +61,51 @@ def sipp():
     if sipp_path() is None:
         pytest.skip("sipp not installed (the README test command installs sip-tester)")
     return run_sipp
+
+
+TESTS_DIR = Path(__file__).resolve().parent
+KINDS = {"unit", "server", "sipp", "kamailio"}
+STARTS = {"server", "sipp", "kamailio"}         # what a unit test never starts
+# what the top folder says of a test that does not say it itself (STYLE.md, Tests)
+FOLDER_KINDS = {"integration": ("server",), "acceptance": ("server",), "sipp": ("sipp", "server")}
+# fixtures that start something, wherever the test lives
+FIXTURE_KINDS = {"run_server": "server", "sipp": "sipp"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test `unit`, `server`, `sipp` and/or `kamailio`, so `-m unit` is a fast subset.
+
+    - tests/unit: `unit`, unless the test is `slow` (unit is the quick in-process subset; the
+      10 s htable soak is only `slow`). Nothing there may start a server, SIPp or Kamailio.
+    - tests/integration, tests/acceptance: `server`; tests/sipp: `sipp` and `server`; unless the
+      test (or its module's pytestmark) is marked `unit` (in-process, living beside the server
+      tests) or `kamailio` (runs Kamailio, not asyncd). Explicit `server`/`sipp` add to these.
+    - Anywhere: asking for the `run_server` / `sipp` fixture makes a test `server` / `sipp`.
+    A `unit` test that is also slow, server, sipp or kamailio is a collection error.
+    """
+    for item in items:
+        slow = item.get_closest_marker("slow") is not None
+        explicit = {m.name for m in item.iter_markers()} & KINDS
+        kinds = set(explicit)
+        folder = _top_folder(item.path)
+        if folder == "unit":
+            if not slow:
+                kinds.add("unit")
+        elif not explicit & {"unit", "kamailio"}:
+            kinds.update(FOLDER_KINDS.get(folder, ()))
+        kinds.update(k for f, k in FIXTURE_KINDS.items() if f in getattr(item, "fixturenames", ()))
+        if (kinds & STARTS and (folder == "unit" or "unit" in kinds)) or ("unit" in kinds and slow):
+            raise pytest.UsageError(
+                f"{item.nodeid}: a unit test (tests/unit or marked unit) that is also "
+                f"{', '.join(sorted(kinds & STARTS) + (['slow'] if slow else []))}; unit tests are "
+                "quick and run in the pytest process: one that starts a server, SIPp or Kamailio "
+                "goes to tests/integration")
+        for k in sorted(kinds - explicit):
+            item.add_marker(k)
+
+
+def _top_folder(path):
+    try:
+        return Path(path).resolve().relative_to(TESTS_DIR).parts[0]
+    except (ValueError, IndexError):
+        return None

@@ -81,6 +81,7 @@ def _invite(client, ruri, timeout=3.0, **kw):
     return mine, final, callid, ft
 
 
+@pytest.mark.unit          # asyncd -c only, no server
 @pytest.mark.parametrize("cfg", [PROXY, ASYNC, FEATURES, str(HERE / "stock_snippets.cfg")])
 def test_cfg_check_accepts(cfg):
     p = subprocess.run([sys.executable, "-m", "asyncd", "-c", "-f", cfg, "-A", "LPORT=5060"],
@@ -113,6 +114,7 @@ def test_stock_proxy_local_replies(sip_client):
 
 
 @needs_sipp
+@pytest.mark.sipp
 def test_stock_proxy_sipp_calls_complete(uas):
     """SIPp uac -> stock-shaped proxy -> SIPp uas: INVITE/180/200/ACK/BYE all relayed."""
     u = uas(builtin="uas")
@@ -126,6 +128,7 @@ def test_stock_proxy_sipp_calls_complete(uas):
 
 
 @needs_sipp
+@pytest.mark.sipp
 def test_stock_proxy_failure_route(uas, sip_client):
     """A 486 from the UAS runs failure_route[MANAGE_FAILURE]: t_check_status, $avp and
     $xavp of the request, append_to_reply + t_reply("480")."""
@@ -141,6 +144,7 @@ def test_stock_proxy_failure_route(uas, sip_client):
 
 
 @needs_sipp
+@pytest.mark.sipp
 def test_async_proxy_calls_and_timers(uas, sip_client):
     """async_ms_sleep in a switch case, async_route(…, 1), async_task_route relays, task
     group data + route answering a MESSAGE; $avp/$xavp survive every suspend."""
@@ -175,6 +179,7 @@ def test_async_proxy_calls_and_timers(uas, sip_client):
 
 
 @needs_sipp
+@pytest.mark.sipp
 def test_async_proxy_busy_runs_failure_route_after_resume(uas, sip_client):
     u = uas(scenario="tm_uas_486.xml")
     with run_server(cfg_path=ASYNC, defines={"WT": WT, "UASPORT": u.port}) as srv:
@@ -204,6 +209,7 @@ def test_features_cfg_init_routes_and_transformations(sip_client):
 
 
 @needs_sipp
+@pytest.mark.sipp
 def test_async_proxy_retransmission_and_cancel_while_suspended(uas, sip_client):
     """t_precheck_trans/t_check_trans: retransmissions of an INVITE waiting in
     async_route get the 100 again and one relay; a CANCEL meanwhile gives 487 and

@@ -10,7 +10,7 @@ import threading
 import time
 
 from tests.helpers import SipClient
-from tests.integration.test_async_support import PRE, cfg
+from tests.helpers.async_cfg import PRE, cfg
 
 TEXT = cfg("request_route {\n" + PRE + """    if ($rU == "slow") {
         async_task_group_route("SLOW", "two");

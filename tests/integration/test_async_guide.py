@@ -20,7 +20,7 @@ import time
 import pytest
 
 from tests.helpers import SipClient
-from tests.integration.test_async_support import PRE, Uas, cfg, check_cfg, resumed_by, servers
+from tests.helpers.async_cfg import PRE, Uas, cfg, check_cfg, resumed_by, servers
 
 RES = '    xinfo("RES $rU pid=$pp\\n");\n'
 
@@ -211,6 +211,7 @@ def test_1_14_tkv_event_as_the_guide_shows_it(guide):
 
 # ---- the examples that are broken as printed (docs/kamailio-async.md §10.5) ---------------------
 
+@pytest.mark.unit          # asyncd -c only, no server
 def test_1_11_as_printed_is_a_startup_error_suggesting_the_group_function():
     text = EX["1.11"].replace('async_task_group_route("RESUME", "abc")',
                               'async_task_route("RESUME", "abc")')
@@ -220,6 +221,7 @@ def test_1_11_as_printed_is_a_startup_error_suggesting_the_group_function():
     assert f"test.cfg:{line}:" in out and "async_task_group_route" in out, out
 
 
+@pytest.mark.unit
 def test_1_13_as_printed_is_a_startup_error_suggesting_the_group_function():
     text = EX["1.13"].replace('async_task_group_data("RESUME", "abc",', 'async_task_data("RESUME", "abc",')
     rc, out = check_cfg(text)
@@ -227,6 +229,7 @@ def test_1_13_as_printed_is_a_startup_error_suggesting_the_group_function():
     assert "async_task_group_data" in out and "test.cfg:" in out, out
 
 
+@pytest.mark.unit
 def test_modparam_examples_are_accepted():
     # examples 1.1-1.4 (mode=1 with only data/tkv functions, as its text says)
     body = "request_route {\n" + PRE + '    async_task_data("R", "x");\n    sl_send_reply("200","OK");\n}\n' \

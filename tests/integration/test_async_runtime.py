@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.integration.test_async_support import PRE, cfg, line_of, resumed_by
+from tests.helpers.async_cfg import PRE, cfg, line_of, resumed_by
 
 BODY = """request_route {
 """ + PRE + """    $var(v) = $hdr(X-V);
@@ -341,6 +341,6 @@ def test_tkv_core_parameters_route_events_to_their_group(run_server, sip_client)
         # $var(t) is unset in this receiver -> 0, an integer: accepted
         assert fin is not None and fin.reason == "rc=1"
         m = s.wait_log(r"EV 0\|k1\|from=tester\|ev pid=(\d+)")
-        from tests.integration.test_async_support import title_of
+        from tests.helpers.async_cfg import title_of
         assert title_of(s, m.group(1)) == "asyncd: Async Task Worker - ev"
         assert "tkv: using" not in s.log()       # no defaults applied when configured

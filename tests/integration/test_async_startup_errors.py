@@ -8,7 +8,9 @@ exactly what `asyncd -c` and a real start do first).
 import pytest
 
 from asyncd.core.errors import CfgError
-from tests.integration.test_async_support import PRE, cfg, line_of
+from tests.helpers.async_cfg import PRE, cfg, line_of
+
+pytestmark = pytest.mark.unit      # compiles in-process
 
 
 def _compile(compile_cfg_text, text):
@@ -175,15 +177,3 @@ def test_pv_name_parsing_follows_kamailio_lengths(compile_cfg_text, pv, ok):
     else:
         with pytest.raises(CfgError):
             _compile(compile_cfg_text, text)
-
-
-def test_mode_0_needs_tm_loaded(run_server):
-    # docs/kamailio-async.md §3: mode 0 binds tm at init; without tm the server refuses to start
-    from tests.helpers import ServerFailed
-    text = cfg("request_route {\n    async_task_data(\"R\", \"x\");\n    exit;\n}\n"
-               "route[R] {\n    exit;\n}\n", core="async_workers=1",
-               mods=("sl", "pv", "xlog", "async"))
-    with pytest.raises(ServerFailed) as ei:
-        with run_server(text):
-            pass
-    assert "tm module must be loaded" in str(ei.value)

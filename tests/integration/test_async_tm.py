@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.helpers import SipClient
-from tests.integration.test_async_support import PRE, Uas, cfg, resumed_by
+from tests.helpers.async_cfg import PRE, Uas, cfg, resumed_by
 
 BODY = """request_route {
 """ + PRE + """    if ($rU == "nothing") { async_task_route("NOTHING"); }

@@ -14,8 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(shutil.which("sipp") is None,
-                                reason="sipp not installed (Debian package sip-tester)")
+pytestmark = [pytest.mark.skipif(shutil.which("sipp") is None,
+                                 reason="sipp not installed (Debian package sip-tester)"),
+              pytest.mark.sipp]
 
 
 def run_quick(server, out):
@@ -60,6 +61,7 @@ def test_quick_run_against_asyncd(tmp_path):
 
 @pytest.mark.skipif(shutil.which("kamailio") is None and not Path("/usr/sbin/kamailio").exists(),
                     reason="kamailio not installed")
+@pytest.mark.kamailio
 def test_quick_run_against_kamailio(tmp_path):
     doc, r = run_quick("kamailio", tmp_path)
     check_stateless(doc, "kamailio", r.stderr)

@@ -5,7 +5,7 @@ Runs in: the pytest process, against a real server on 127.0.0.1.
 """
 import pytest
 
-from tests.integration.test_async_support import PRE, Uas, cfg
+from tests.helpers.async_cfg import PRE, Uas, cfg
 
 BODY = """request_route {
 """ + PRE + """    if (!t_relay()) { sl_reply_error(); }

@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import psutil
+import pytest
 
 from tests.helpers import REPO_ROOT, free_udp_port
 from tests.integration.test_server import SL_CFG, receiver_titles
@@ -25,6 +26,7 @@ def asyncd(*args, timeout=30):
                           env=ENV, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.unit          # asyncd -V only, no server
 def test_version_flags():
     for flag in ("-V", "-v"):
         r = asyncd(flag)
@@ -32,6 +34,7 @@ def test_version_flags():
         assert r.stdout.startswith("version: asyncd ")
 
 
+@pytest.mark.unit          # asyncd -c only, no server
 def test_check_good_and_bad_cfg_and_dump_compiled(tmp_path):
     good = tmp_path / "good.cfg"
     good.write_text(SL_CFG)

@@ -6,6 +6,8 @@ Runs in: the pytest process; the server is a subprocess on a free loopback port.
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO_ROOT
 
 CFG = """
@@ -65,6 +67,7 @@ def test_sl_functions(run_server, sip_client):
         assert c.final("OPTIONS").status == 200
 
 
+@pytest.mark.unit          # asyncd -c only, no server
 def test_literal_code_out_of_range_is_a_startup_error(tmp_path):
     cfg = tmp_path / "bad.cfg"
     cfg.write_text(CFG.replace('sl_send_reply("200", "OK");', 'sl_send_reply("99", "OK");'))

@@ -22,6 +22,8 @@ from shm.arena import ShmArena
 from workers.timer import TimerLoop
 from tests.helpers.sipclient import Reply, build_request
 
+pytestmark = pytest.mark.unit      # one process: no server is started
+
 
 class FakeScript:
     def __init__(self, arena, routes, params=None):

@@ -11,6 +11,8 @@ import pytest
 from shm.arena import ShmArena
 from shm.tm_table import TableFull, TmTable
 
+pytestmark = pytest.mark.unit      # the table and forked children, no server
+
 
 @pytest.fixture
 def table():

@@ -24,6 +24,7 @@ from tests.helpers.sipp import SippUas as Uas, run_sipp
 needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")
 
 
+@pytest.mark.unit          # the invariant itself, in-process
 def test_release_sends_before_unlocking_and_arms_timers_after():
     events = []
 
@@ -73,6 +74,7 @@ RATE = int(os.environ.get("TM_ORDER_RATE", "30"))
 
 
 @needs_sipp
+@pytest.mark.slow            # 420 calls at 30/s: ~15 s
 def test_two_receivers_never_relay_180_after_200():
     u = Uas(builtin="uas")
     try:

@@ -1,7 +1,5 @@
-"""Case and suite definitions (bench/cases.py, bench/cases/*)."""
-import shutil
-import subprocess
-
+"""Case and suite definitions (bench/cases.py, bench/cases/*). (`kamailio -c` on every case
+cfg: tests/integration/test_bench_on_kamailio.py.)"""
 import pytest
 
 from bench import cases as cm
@@ -27,17 +25,6 @@ def test_cfg_runs_unchanged_on_both_servers(name):
     assert 'mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"' in text
     # the readiness probe: every cfg answers OPTIONS sip:ping@ (stateless answers everything)
     assert '$rU == "ping"' in text or ALL[name].cfg.name == "stateless.cfg"
-
-
-KAM = shutil.which("kamailio") or shutil.which("/usr/sbin/kamailio")
-
-
-@pytest.mark.skipif(not KAM, reason="kamailio not installed")
-@pytest.mark.parametrize("name", sorted(n for n, c in ALL.items() if "kamailio" in c.servers))
-def test_kamailio_accepts_the_cfg(name):
-    r = subprocess.run([KAM, "-c", "-f", str(ALL[name].cfg), "-A", "LPORT=5999"],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_kamailio_only_cases_say_why():

@@ -1,9 +1,7 @@
-"""run_case outcomes that need no load: unsupported, start failure, time budget, a full tiny case."""
-import pytest
-
+"""run_case outcomes that start no server: unsupported, time budget. (A start failure and a
+full tiny case on Kamailio: tests/integration/test_bench_on_kamailio.py.)"""
 from bench import cases as cm
 from bench import runner
-from bench.servers import kamailio_binary
 
 
 def opts(tmp_path, budget=60.0, servers=("kamailio",)):
@@ -25,29 +23,3 @@ def test_budget_exhausted_skips_without_starting(tmp_path):
     o, logs = opts(tmp_path, budget=-1)
     r = runner.run_case(case, "kamailio", o)
     assert r["status"] == "skipped" and r["reason"] == "time budget" and logs == []
-
-
-@pytest.mark.skipif(not kamailio_binary(), reason="kamailio not installed")
-def test_start_failure_keeps_the_log(tmp_path):
-    bad = tmp_path / "bad.cfg"
-    bad.write_text("request_route { not_a_function(); }\n")
-    case = cm.Case(name="bad", title="bad", cfg=bad, servers=("asyncd", "kamailio"),
-                   latency=dict(cm.DEFAULT_LATENCY))
-    o, _ = opts(tmp_path)
-    r = runner.run_case(case, "kamailio", o)
-    assert r["status"] == "start failed" and r["log_tail"]
-
-
-@pytest.mark.skipif(not kamailio_binary(), reason="kamailio not installed")
-def test_timer_case_end_to_end_on_kamailio(tmp_path):
-    case = cm.load_cases()["ms_sleep_100"].for_mode(True)
-    case.latency.update(rate=100, count=30, drain_s=1.0)
-    o, logs = opts(tmp_path)
-    r = runner.run_case(case, "kamailio", o)
-    assert r["status"] == "ok", r
-    lat = r["latency"]
-    assert lat["answered"] == 30 and lat["nominal_ms"] == 100
-    assert lat["delay_error_ms"]["min"] >= -1.0 and lat["early"] == 0    # ms timer never early
-    assert lat["delay_error_ms"]["max"] < 100
-    assert len(lat["_raw_ms"]) == 30 and r["pss_max_mb"] > 0 and r["stop_rc"] is not None
-    assert any("latency:" in line for line in logs)

@@ -10,6 +10,7 @@ import signal
 import time
 
 import msgpack
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from shm.arena import ShmArena
@@ -123,6 +124,7 @@ def _mixed_worker(ht, p, seconds, w):
     os.close(w)
 
 
+@pytest.mark.slow
 def test_mixed_set_get_unset_four_processes_10s_against_model(arena):
     ht = HTable(arena, "m", 6)
     pipes = [os.pipe() for _ in range(4)]

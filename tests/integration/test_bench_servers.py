@@ -10,6 +10,7 @@ from bench.cases import CASES_DIR
 pytestmark = pytest.mark.skipif(not servers.kamailio_binary(), reason="kamailio not installed")
 
 
+@pytest.mark.unit          # builds command lines only
 def test_commands_are_the_same_for_both_servers():
     a = servers.server_command("asyncd", "x.cfg", 5080, 64)
     k = servers.server_command("kamailio", "x.cfg", 5080, 64)
@@ -21,6 +22,7 @@ def test_commands_are_the_same_for_both_servers():
     assert k[k.index("-M") + 1] == "16" and "-M" not in a
 
 
+@pytest.mark.kamailio
 def test_start_probe_and_stop_by_pid(tmp_path):
     srv = servers.Server("kamailio", str(CASES_DIR / "stateless.cfg"), servers.free_udp_port(), 64, tmp_path)
     srv.start(timeout_s=20)
@@ -38,6 +40,7 @@ def test_start_probe_and_stop_by_pid(tmp_path):
     assert srv.stop() == rc                        # stopping twice is harmless
 
 
+@pytest.mark.kamailio
 def test_a_cfg_the_server_refuses_is_reported_with_its_log(tmp_path):
     bad = tmp_path / "bad.cfg"
     bad.write_text("listen=udp:127.0.0.1:5999\nrequest_route { no_such_function(); }\n")
@@ -48,11 +51,13 @@ def test_a_cfg_the_server_refuses_is_reported_with_its_log(tmp_path):
     assert "no_such_function" in ei.value.log_tail or "error" in ei.value.log_tail.lower()
 
 
+@pytest.mark.kamailio
 def test_versions():
     assert "5." in servers.kamailio_version()
     assert shutil.which("kamailio") or servers.kamailio_binary() == "/usr/sbin/kamailio"
 
 
+@pytest.mark.kamailio
 def test_a_cfg_that_answers_late_is_still_seen_ready(tmp_path):
     # ms_sleep_100.cfg without its "ping" shortcut and with 500 ms: every probe is
     # answered 0.5 s late, later than the 0.3 s between probes

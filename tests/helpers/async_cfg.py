@@ -1,4 +1,7 @@
-"""Helpers for the ASYNC integration tests, and the process-model test.
+"""Cfg text and processes for the ASYNC integration tests: `cfg()` builds a complete cfg
+around routes, `PRE` absorbs ACKs and retransmissions, `line_of` finds a cfg line, `check_cfg`
+runs `asyncd -c`, `title_of`/`resumed_by` name the process that ran a route, `Uas` answers
+requests, `servers` starts several servers at once, `final` sends and returns the final reply.
 
 Runs in: the pytest process (servers and a tiny UAS are started from here).
 
@@ -131,35 +134,3 @@ def final(client, timeout=3.0, **kw):
     rs = client.request(timeout=timeout, **kw)
     fin = rs[-1] if rs and rs[-1].status and rs[-1].status >= 200 else None
     return fin, rs
-
-
-# ---- the process model (docs/kamailio-async.md §1.1) --------------------------------------
-
-def test_process_titles_follow_kamailio():
-    text = cfg("request_route {\n" + PRE + "    sl_send_reply(\"200\", \"OK\");\n}\n",
-               core='async_workers=2\nasync_workers_group="name=g1;workers=1"\n'
-                    'async_workers_group="name=g2;workers=1;nonblock=1"',
-               params='modparam("async", "workers", 2)\nmodparam("async", "ms_timer", 10)\n')
-    with run_server(text) as srv:
-        titles = [t.replace("asyncd: ", "", 1) for t in srv.titles()]
-        workers = [t for t in titles if t.startswith("Async Task Worker - ")]
-        # later groups are inserted right after the head "default" (docs/kamailio-async.md §4.2)
-        assert workers == ["Async Task Worker - default"] * 2 + \
-            ["Async Task Worker - g2", "Async Task Worker - g1"]
-        assert titles.count("ASYNC MOD TIMER") == 2
-        assert titles.count("ASYNC MOD MS TIMER") == 1
-        assert titles.index("ASYNC MOD TIMER") > titles.index("Async Task Worker - g1")
-        # no ZeroMQ context (it starts an I/O thread) in the main process: contexts are
-        # made after fork, per process (contracts §7)
-        assert srv.processes()[0].num_threads() == 1
-        for p in srv.processes()[1:]:
-            assert p.num_threads() >= 2        # each child made its own context
-
-
-def test_no_timer_processes_without_workers_or_ms_timer():
-    text = cfg("request_route {\n" + PRE + "    sl_send_reply(\"200\", \"OK\");\n}\n",
-               core="async_workers=1", params='modparam("async", "workers", 0)\n')
-    with run_server(text) as srv:
-        titles = " | ".join(srv.titles())
-        assert "ASYNC MOD TIMER" not in titles and "ASYNC MOD MS TIMER" not in titles
-        assert titles.count("Async Task Worker - default") == 1
