@@ -80,31 +80,18 @@ def _emit(level, module, text, where, depth=2):
     log(level, module, text, where)
 
 
-def crit(module, text, where=None):
-    if L_CRIT <= state.level:
-        _emit(L_CRIT, module, text, where)
+def _level(level, name):
+    def emit(module, text, where=None):
+        if level <= state.level:
+            _emit(level, module, text, where)
+    emit.__name__ = emit.__qualname__ = name
+    emit.__doc__ = f"Log `text` at {LEVEL_NAMES[level]} for `module` (see the module's docstring)."
+    return emit
 
 
-def err(module, text, where=None):
-    if L_ERR <= state.level:
-        _emit(L_ERR, module, text, where)
-
-
-def warn(module, text, where=None):
-    if L_WARN <= state.level:
-        _emit(L_WARN, module, text, where)
-
-
-def notice(module, text, where=None):
-    if L_NOTICE <= state.level:
-        _emit(L_NOTICE, module, text, where)
-
-
-def info(module, text, where=None):
-    if L_INFO <= state.level:
-        _emit(L_INFO, module, text, where)
-
-
-def dbg(module, text, where=None):
-    if L_DBG <= state.level:
-        _emit(L_DBG, module, text, where)
+crit = _level(L_CRIT, "crit")
+err = _level(L_ERR, "err")
+warn = _level(L_WARN, "warn")
+notice = _level(L_NOTICE, "notice")
+info = _level(L_INFO, "info")
+dbg = _level(L_DBG, "dbg")

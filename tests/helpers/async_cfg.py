@@ -1,7 +1,8 @@
 """Cfg text and processes for the ASYNC integration tests: `cfg()` builds a complete cfg
 around routes, `PRE` absorbs ACKs and retransmissions, `line_of` finds a cfg line, `check_cfg`
 runs `asyncd -c`, `title_of`/`resumed_by` name the process that ran a route, `Uas` answers
-requests, `servers` starts several servers at once, `final` sends and returns the final reply.
+requests, `servers` starts several servers at once, `final` sends and returns the final reply,
+`server_fixture` is a file's one shared server, `finals` keeps the final replies.
 
 Runs in: the pytest process (servers and a tiny UAS are started from here).
 
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+
+import pytest
 
 from tests.helpers import REPO_ROOT, run_server
 from tests.helpers.server import _wait_ready
@@ -134,3 +137,17 @@ def final(client, timeout=3.0, **kw):
     rs = client.request(timeout=timeout, **kw)
     fin = rs[-1] if rs and rs[-1].status and rs[-1].status >= 200 else None
     return fin, rs
+
+
+def server_fixture(text, **kw):
+    """A module-scoped fixture: one real server on `text`, shared by a file's tests."""
+    @pytest.fixture(scope="module")
+    def srv():
+        with run_server(text, **kw) as s:
+            yield s
+    return srv
+
+
+def finals(rs):
+    """The final replies (status >= 200) among those collected."""
+    return [r for r in rs if r.status and r.status >= 200]

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.helpers.async_cfg import PRE, cfg, line_of
+from tests.helpers.async_cfg import cfg, line_of, PRE, server_fixture
 
 BODY = """request_route {
 """ + PRE + """    $var(v) = $hdr(X-V);
@@ -34,11 +34,7 @@ route[R] {
 TEXT = cfg(BODY, params='modparam("async", "ms_timer", 10)\n', core="async_workers=1")
 
 
-@pytest.fixture(scope="module")
-def srv():
-    from tests.helpers import run_server
-    with run_server(TEXT) as s:
-        yield s
+srv = server_fixture(TEXT)
 
 
 @pytest.mark.parametrize("user,needle", [

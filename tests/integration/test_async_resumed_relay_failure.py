@@ -3,9 +3,8 @@
 
 Runs in: the pytest process, against one real server.
 """
-import pytest
 
-from tests.helpers.async_cfg import PRE, cfg
+from tests.helpers.async_cfg import cfg, PRE, server_fixture
 
 BODY = """request_route {
 """ + PRE + """    if ($rU == "relaybad") { async_task_route("RELAYBAD"); }
@@ -21,11 +20,7 @@ route[RELAYBAD] {
 TEXT = cfg(BODY, params='modparam("async", "ms_timer", 10)\n', core="async_workers=1")
 
 
-@pytest.fixture(scope="module")
-def srv():
-    from tests.helpers import run_server
-    with run_server(TEXT) as s:
-        yield s
+srv = server_fixture(TEXT)
 
 
 def test_resumed_route_whose_relay_fails_answers_with_that_error(srv, sip_client):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.helpers.async_cfg import PRE, cfg, line_of, resumed_by
+from tests.helpers.async_cfg import cfg, line_of, PRE, resumed_by, server_fixture
 
 BODY = """request_route {
 """ + PRE + """    $var(v) = $hdr(X-V);
@@ -157,11 +157,7 @@ CORE = ('max_while_loops=5000\nasync_workers=1\nasync_workers_group="name=nb;wor
 TEXT = cfg(BODY, core=CORE, params='modparam("async", "ms_timer", 10)\n', children=2)
 
 
-@pytest.fixture(scope="module")
-def srv():
-    from tests.helpers import run_server
-    with run_server(TEXT, stop_timeout=8.0) as s:
-        yield s
+srv = server_fixture(TEXT, stop_timeout=8.0)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.helpers import SipClient
-from tests.helpers.async_cfg import PRE, Uas, cfg, resumed_by
+from tests.helpers.async_cfg import cfg, PRE, resumed_by, server_fixture, Uas
 
 BODY = """request_route {
 """ + PRE + """    if ($rU == "nothing") { async_task_route("NOTHING"); }
@@ -127,11 +127,7 @@ TEXT = cfg(BODY, core='async_workers=2\nasync_workers_group="name=g2;workers=1"'
            children=2)
 
 
-@pytest.fixture(scope="module")
-def srv():
-    from tests.helpers import run_server
-    with run_server(TEXT) as s:
-        yield s
+srv = server_fixture(TEXT)
 
 
 def _uri(srv, user):

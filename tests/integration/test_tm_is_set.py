@@ -3,9 +3,8 @@ armed for the transaction, before and after t_on_failure/t_on_branch/t_on_reply.
 
 Runs in: the pytest process, against one real server on 127.0.0.1.
 """
-import pytest
 
-from tests.helpers.async_cfg import PRE, cfg
+from tests.helpers.async_cfg import cfg, finals, PRE, server_fixture
 
 BODY = """request_route {
 """ + PRE + """    if ($rU == "isset") {
@@ -32,18 +31,11 @@ onreply_route[RPL] { ; }
 TEXT = cfg(BODY, params='modparam("tm", "wt_timer", 300)\n', core="async_workers=1")
 
 
-@pytest.fixture(scope="module")
-def srv():
-    from tests.helpers import run_server
-    with run_server(TEXT) as s:
-        yield s
+srv = server_fixture(TEXT)
 
-
-def _finals(rs):
-    return [r for r in rs if r.status and r.status >= 200]
 
 
 def test_t_is_set(srv, sip_client):
     c = sip_client(srv.addr)
     rs = c.request("OPTIONS", f"sip:isset@127.0.0.1:{srv.port}", timeout=2.0)
-    assert _finals(rs)[0].reason == "set=fbr", rs
+    assert finals(rs)[0].reason == "set=fbr", rs

@@ -4,11 +4,8 @@ what is about to be sent; `drop` there stops it and t_relay fails with Kamailio'
 Runs in: the pytest process, against a real server on 127.0.0.1 and a UDP socket standing in
 for the UAS.
 """
-from tests.helpers.async_cfg import PRE, cfg
+from tests.helpers.async_cfg import cfg, finals, PRE
 
-
-def _finals(rs):
-    return [r for r in rs if r.status and r.status >= 200]
 
 
 ONSEND = """request_route {
@@ -44,7 +41,7 @@ def test_onsend_route_runs_before_the_request_leaves_and_drop_stops_it(run_serve
             # drop in onsend_route: nothing leaves, t_relay fails with E_SEND and the
             # delayed tm reply is Kamailio's 477
             rs = c.request("OPTIONS", f"sip:nosend@127.0.0.1:{s.port}", timeout=2.0)
-            fin = _finals(rs)
+            fin = finals(rs)
             assert fin and fin[0].status == 477, rs
             assert fin[0].reason == "Unfortunately error on sending to next hop occurred (477/TM)"
             s.wait_log(r"ONSEND nosend to")

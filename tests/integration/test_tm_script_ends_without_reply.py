@@ -8,7 +8,7 @@ Runs in: the pytest process, against real servers on 127.0.0.1.
 """
 import pytest
 
-from tests.helpers.async_cfg import PRE, cfg
+from tests.helpers.async_cfg import cfg, finals, PRE, server_fixture
 
 BODY = """request_route {
 """ + PRE + """    if ($rU == "bad") {
@@ -36,22 +36,15 @@ BODY = """request_route {
 TEXT = cfg(BODY, params='modparam("tm", "wt_timer", 300)\n', core="async_workers=1")
 
 
-@pytest.fixture(scope="module")
-def srv():
-    from tests.helpers import run_server
-    with run_server(TEXT) as s:
-        yield s
+srv = server_fixture(TEXT)
 
-
-def _finals(rs):
-    return [r for r in rs if r.status and r.status >= 200]
 
 
 @pytest.mark.parametrize("method", ["INVITE", "OPTIONS"])
 def test_failed_relay_gets_the_delayed_478_from_tm(srv, sip_client, method):
     c = sip_client(srv.addr)
     rs = c.request(method, f"sip:bad@127.0.0.1:{srv.port}", timeout=2.0)
-    fin = _finals(rs)
+    fin = finals(rs)
     assert fin and fin[0].status == 478 and fin[0].reason == "Unresolvable destination (478/TM)", rs
     if method == "INVITE":
         assert rs[0].status == 100
@@ -61,7 +54,7 @@ def test_failed_relay_gets_the_delayed_478_from_tm(srv, sip_client, method):
 def test_sl_reply_error_after_a_failed_relay_is_478_and_alone(srv, sip_client):
     c = sip_client(srv.addr)
     rs = c.request("OPTIONS", f"sip:badsl@127.0.0.1:{srv.port}", timeout=2.0)
-    fin = _finals(rs)
+    fin = finals(rs)
     assert fin and fin[0].status == 478 and fin[0].reason == "Unresolvable destination (478/SL)", rs
     assert not c.collect(0.4)        # the script replied: no second (478/TM) reply
 
@@ -69,7 +62,7 @@ def test_sl_reply_error_after_a_failed_relay_is_478_and_alone(srv, sip_client):
 def test_the_script_own_reply_replaces_the_delayed_one(srv, sip_client):
     c = sip_client(srv.addr)
     rs = c.request("OPTIONS", f"sip:badrpl@127.0.0.1:{srv.port}", timeout=2.0)
-    fin = _finals(rs)
+    fin = finals(rs)
     assert fin and fin[0].status == 503 and fin[0].reason == "own reply", rs
     assert not c.collect(0.4)
 

@@ -7,6 +7,7 @@ Two listen sockets with one receiver each make "another process" certain.
 """
 import time
 
+from tests.helpers.async_cfg import finals
 from tests.helpers.net import free_udp_port
 from tests.helpers.server import run_server
 from tests.helpers.sipclient import SipClient, build_request
@@ -72,9 +73,6 @@ def _server():
     return run_server(CFG, defines={"LPORT2": p2}), ("127.0.0.1", p2)
 
 
-def _finals(rs):
-    return [r for r in rs if r.status and r.status >= 200]
-
 
 def test_continue_in_other_process_sees_avps_and_xavps():
     ctx, addr2 = _server()
@@ -82,10 +80,10 @@ def test_continue_in_other_process_sees_avps_and_xavps():
         data, br, cid = build_request("MESSAGE", f"sip:bob@127.0.0.1:{srv.port}", a.local, body="x")
         a.send_raw(data)
         time.sleep(0.2)
-        assert _finals(a.collect(timeout=0.1)) == [], "suspended: no reply yet"
+        assert finals(a.collect(timeout=0.1)) == [], "suspended: no reply yet"
         rb = b.final("OPTIONS", f"sip:ctl@{addr2[0]}:{addr2[1]}")
         assert rb is not None and rb.reason == "continued"
-        got = _finals(a.collect(timeout=1.0, until=lambda rs: any(r.status for r in rs)))
+        got = finals(a.collect(timeout=1.0, until=lambda rs: any(r.status for r in rs)))
         assert len(got) == 1 and got[0].status == 200, got
         words = got[0].reason.split()
         assert words[:3] == ["resumed", "tester", "xv"], got[0].reason
@@ -94,7 +92,7 @@ def test_continue_in_other_process_sees_avps_and_xavps():
         assert words[8].isdigit()
         # a retransmission after the final gets the same final again, the route does not run
         a.send_raw(data)
-        again = _finals(a.collect(timeout=0.5))
+        again = finals(a.collect(timeout=0.5))
         assert len(again) == 1 and again[0].raw == got[0].raw
 
 
@@ -104,13 +102,13 @@ def test_fr_timeout_while_suspended_408_then_continue_skipped():
         t0 = time.monotonic()
         data, br, cid = build_request("MESSAGE", f"sip:late@127.0.0.1:{srv.port}", a.local, body="x")
         a.send_raw(data)
-        got = _finals(a.collect(timeout=2.0, until=lambda rs: bool(_finals(rs))))
+        got = finals(a.collect(timeout=2.0, until=lambda rs: bool(finals(rs))))
         assert [r.status for r in got] == [408], got
         took = got[0].t_recv - t0
         assert 0.38 < took < 0.6, took          # fr_timer 400 ms, not fr_inv_timer (docs/kamailio-tm.md §4)
         rb = b.final("OPTIONS", f"sip:ctl@{addr2[0]}:{addr2[1]}")
         assert rb is not None and rb.reason == "not continued"
-        assert _finals(a.collect(timeout=0.3)) == []
+        assert finals(a.collect(timeout=0.3)) == []
 
 
 def test_cancel_while_suspended_487_200_and_continue_skipped():
@@ -126,15 +124,15 @@ def test_cancel_while_suspended_487_200_and_continue_skipped():
         assert [r.status for r in a.collect(timeout=0.3)] == [100]
         cancel = data.replace(b"INVITE sip:", b"CANCEL sip:", 1).replace(b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL")
         a.send_raw(cancel)
-        got = a.collect(timeout=1.0, until=lambda rs: len(_finals(rs)) >= 2)
-        finals = _finals(got)
-        pairs = sorted((r.status, r.hdr("cseq").split()[1]) for r in finals)
+        got = a.collect(timeout=1.0, until=lambda rs: len(finals(rs)) >= 2)
+        final_replies = finals(got)
+        pairs = sorted((r.status, r.hdr("cseq").split()[1]) for r in final_replies)
         assert pairs == [(200, "CANCEL"), (487, "INVITE")], got
-        r487 = next(r for r in finals if r.status == 487)
+        r487 = next(r for r in final_replies if r.status == 487)
         ack, _, _ = build_request("ACK", ruri, a.local, branch=br, callid=cid, from_tag="ftcancel",
                                   to_tag=r487.to_tag)
         ack = ack.replace(b"CSeq: 1 INVITE", b"CSeq: 1 ACK")
         a.send_raw(ack)                         # stops the 487 retransmissions (Timer G)
         rb = b.final("OPTIONS", f"sip:ctl@{addr2[0]}:{addr2[1]}")
         assert rb is not None and rb.reason == "continued"     # t_continue returns 1: skipped quietly
-        assert _finals(a.collect(timeout=0.8)) == []
+        assert finals(a.collect(timeout=0.8)) == []

@@ -248,29 +248,30 @@ def _parse_inner(inner):
     return inner
 
 
+def _inner_get(ctx, spec, msg, name):
+    """$T_req(pv) / $T_rpl(pv): the inner pv read on another message."""
+    try:
+        return _inner_pv(spec).get(S.script.new_ctx(msg, ctx.proc, ctx.route_type))
+    except Exception as e:
+        log.err(MOD, f"${name}({spec}): {e!r}")
+        return None
+
+
 def _get_T_req(ctx, spec, index):
     c = _cell(ctx)
     if c is None:
         return None
     try:
         msg = rebuild_request(c, ctx.proc)
-        sub = S.script.new_ctx(msg, ctx.proc, ctx.route_type)
-        return _inner_pv(spec).get(sub)
     except Exception as e:
         log.err(MOD, f"$T_req({spec}): {e!r}")
         return None
+    return _inner_get(ctx, spec, msg, "T_req")
 
 
 def _get_T_rpl(ctx, spec, index):
     m = _reply_msg(ctx)
-    if m is None:
-        return None
-    try:
-        sub = S.script.new_ctx(m, ctx.proc, ctx.route_type)
-        return _inner_pv(spec).get(sub)
-    except Exception as e:
-        log.err(MOD, f"$T_rpl({spec}): {e!r}")
-        return None
+    return None if m is None else _inner_get(ctx, spec, m, "T_rpl")
 
 
 # $snd / $sndto in onsend_route (Kamailio's pv module; tm is the only sender
