@@ -124,11 +124,11 @@ def loose_route(ctx):
     return 1
 
 
-def _w_record_route(ctx, site, params=None):
+def w_record_route(ctx, site, params=None):
     return record_route(ctx, params)
 
 
-def _w_loose_route(ctx, site):
+def w_loose_route(ctx, site):
     try:
         return loose_route(ctx)
     except Exception as e:
@@ -136,16 +136,16 @@ def _w_loose_route(ctx, site):
         return -1
 
 
-def _child_init(proc, rank):
+def child_init(proc, rank):
     proc.extra["rr_ftag"] = bool(proc.script.modparams.get("rr", {}).get("append_fromtag", 1))
 
 
 EXPORTS = ModuleExports(
     name="rr",
     functions=[
-        FuncExport("record_route", (), _w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
-        FuncExport("record_route", (P.STR,), _w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
-        FuncExport("loose_route", (), _w_loose_route, REQUEST_ROUTE),
+        FuncExport("record_route", (), w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
+        FuncExport("record_route", (P.STR,), w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
+        FuncExport("loose_route", (), w_loose_route, REQUEST_ROUTE),
     ],
     # Kamailio's rr modparams, accepted so stock cfgs load unchanged; only
     # append_fromtag changes what asyncd does (no ;ftag= when 0).
@@ -154,5 +154,5 @@ EXPORTS = ModuleExports(
             ParamExport("enable_socket_mismatch_warning", int, 1),
             ParamExport("custom_user_avp", str, ""), ParamExport("force_send_socket", int, 0),
             ParamExport("ignore_user", int, 0), ParamExport("ignore_sips", int, 0)],
-    child_init=_child_init,
+    child_init=child_init,
 )

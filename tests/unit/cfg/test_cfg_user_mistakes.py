@@ -94,7 +94,7 @@ def test_rr_append_fromtag_modparam():
     r = Runner('loadmodule "rr.so"\nmodparam("rr", "append_fromtag", 0)\nmodparam("rr", "enable_full_lr", 1)\n'
                'request_route { record_route(); }\n')
     from asyncd.modules import rr
-    rr._child_init(r.proc, 1)
+    rr.child_init(r.proc, 1)
     ctx, _ = r.run()
     assert ctx.msg.hdr_adds == ["Record-Route: <sip:127.0.0.1:5060;lr>\r\n"]
     r2 = Runner('loadmodule "rr.so"\nrequest_route { record_route(); }\n')
