@@ -336,7 +336,7 @@ request_route {
     # the generated code calls the impl bound at compile time: swap it in the namespace
     for fn in r.script.routes.values():
         for k, val in fn.__globals__.items():
-            if val is textops.has_body:
+            if val is textops.w_has_body_0:
                 fn.__globals__[k] = boom
     r.run()
     assert r.vars["x"] == "false" and r.vars["rc"] == -1
