@@ -137,10 +137,6 @@ def w_revert_uri(ctx, site):
     return 1
 
 
-_LEVELS = {"L_ALERT": log.L_ALERT, "L_BUG": log.L_BUG, "L_CRIT": log.L_CRIT, "L_ERR": log.L_ERR,
-           "L_WARN": log.L_WARN, "L_NOTICE": log.L_NOTICE, "L_INFO": log.L_INFO, "L_DBG": log.L_DBG}
-
-
 # log(text) and log(level, text): the argument positions differ, so one
 # function per arity
 def w_log_1(ctx, site, text):
