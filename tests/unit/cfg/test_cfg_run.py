@@ -263,6 +263,18 @@ request_route {
     assert r.vars["s"] == 1 and "ua" not in r.vars
 
 
+def test_maxfwd_max_limit_modparam_applies_from_mod_init(runner):
+    from asyncd.modules import maxfwd
+    r = runner('modparam("maxfwd", "max_limit", 20)\n'
+               'request_route { $var(mf) = mf_process_maxfwd_header("10"); }\n')
+    try:
+        r.script.init_modules()
+        ctx, rc = r.run()
+    finally:
+        maxfwd.S.configure(maxfwd.EXPORTS.param_defaults())
+    assert r.vars["mf"] == 1 and ctx.msg.hdr_adds == ["Max-Forwards: 19\r\n"]    # 70 capped to 20, minus one
+
+
 def test_string_args_formatted_at_call_time(runner, logs):
     r = runner("""
 request_route {
