@@ -297,7 +297,7 @@ def _load(script, path, loc):
             log.warn("core", f"module '{name}' depends on '{dep}', which is not loaded (yet)",
                      where=loc.where)
     script.modules.append(ex)
-    script.modparams[ex.name] = {p.name: ([] if p.multi else p.default) for p in ex.params}
+    script.modparams[ex.name] = ex.param_defaults()
 
 
 def _modparam(script, mod, param, value, loc, vloc):

@@ -21,7 +21,7 @@ def _flag_fixup(site):
             site.arg_error(0, f"{site.name}(): bad flag {a.value!r} (0..{MAX_FLAG})")
 
 
-def setflag(ctx, site, n):
+def w_setflag(ctx, site, n):
     if n is None or not 0 <= n <= MAX_FLAG:
         return -1
     ctx.flags |= 1 << n
@@ -29,7 +29,7 @@ def setflag(ctx, site, n):
     return 1
 
 
-def resetflag(ctx, site, n):
+def w_resetflag(ctx, site, n):
     if n is None or not 0 <= n <= MAX_FLAG:
         return -1
     ctx.flags &= ~(1 << n)
@@ -37,7 +37,7 @@ def resetflag(ctx, site, n):
     return 1
 
 
-def isflagset(ctx, site, n):
+def w_isflagset(ctx, site, n):
     if n is None or not 0 <= n <= MAX_FLAG:
         return -1
     return 1 if ctx.flags & (1 << n) else -1
@@ -49,7 +49,7 @@ def _bflags(ctx):
     return ctx.extra.get("bflags", 0)
 
 
-def setbflag(ctx, site, n):
+def w_setbflag(ctx, site, n):
     """Branch flags of the R-URI branch (branch 0); private, as Kamailio's (docs/kamailio-async.md §7)."""
     if n is None or not 0 <= n <= MAX_FLAG:
         return -1
@@ -57,20 +57,20 @@ def setbflag(ctx, site, n):
     return 1
 
 
-def resetbflag(ctx, site, n):
+def w_resetbflag(ctx, site, n):
     if n is None or not 0 <= n <= MAX_FLAG:
         return -1
     ctx.extra["bflags"] = _bflags(ctx) & ~(1 << n)
     return 1
 
 
-def isbflagset(ctx, site, n):
+def w_isbflagset(ctx, site, n):
     if n is None or not 0 <= n <= MAX_FLAG:
         return -1
     return 1 if _bflags(ctx) & (1 << n) else -1
 
 
-def force_rport(ctx, site):
+def w_force_rport(ctx, site):
     ctx.msg.force_rport = True
     return 1
 
@@ -82,14 +82,14 @@ def _uri_obj(ctx):
     return type(u)(u.scheme, u.user, u.password, u.host, u.port, dict(u.params), dict(u.headers))
 
 
-def strip(ctx, site, n):
+def w_strip(ctx, site, n):
     u = _uri_obj(ctx)
     u.user = (u.user or "")[n or 0:] or None
     ctx.msg.new_uri = u.build()
     return 1
 
 
-def strip_tail(ctx, site, n):
+def w_strip_tail(ctx, site, n):
     u = _uri_obj(ctx)
     user = u.user or ""
     u.user = user[:max(len(user) - (n or 0), 0)] or None
@@ -97,28 +97,28 @@ def strip_tail(ctx, site, n):
     return 1
 
 
-def prefix(ctx, site, s):
+def w_prefix(ctx, site, s):
     u = _uri_obj(ctx)
     u.user = s + (u.user or "")
     ctx.msg.new_uri = u.build()
     return 1
 
 
-def rewriteuser(ctx, site, s):
+def w_rewriteuser(ctx, site, s):
     u = _uri_obj(ctx)
     u.user = s or None
     ctx.msg.new_uri = u.build()
     return 1
 
 
-def rewritehost(ctx, site, s):
+def w_rewritehost(ctx, site, s):
     u = _uri_obj(ctx)
     u.host = s
     ctx.msg.new_uri = u.build()
     return 1
 
 
-def rewritehostport(ctx, site, s):
+def w_rewritehostport(ctx, site, s):
     u = _uri_obj(ctx)
     host, _, port = s.rpartition(":") if ":" in s and not s.endswith("]") else (s, "", "")
     u.host = host
@@ -127,75 +127,81 @@ def rewritehostport(ctx, site, s):
     return 1
 
 
-def rewriteuri(ctx, site, s):
+def w_rewriteuri(ctx, site, s):
     ctx.msg.new_uri = s
     return 1
 
 
-def revert_uri(ctx, site):
+def w_revert_uri(ctx, site):
     ctx.msg.new_uri = None
     return 1
 
 
-_LEVELS = {"L_ALERT": log.L_ALERT, "L_BUG": log.L_BUG, "L_CRIT": log.L_CRIT, "L_ERR": log.L_ERR,
-           "L_WARN": log.L_WARN, "L_NOTICE": log.L_NOTICE, "L_INFO": log.L_INFO, "L_DBG": log.L_DBG}
-
-
-def log1(ctx, site, text):
+# log(text) and log(level, text): the argument positions differ, so one
+# function per arity
+def w_log_1(ctx, site, text):
     log.log(log.L_ERR, "core", text.rstrip("\n"), where=site.loc.where)
     return 1
 
 
-def log2(ctx, site, level, text):
+def w_log_2(ctx, site, level, text):
     log.log(level if level is not None else log.L_ERR, "core", text.rstrip("\n"), where=site.loc.where)
     return 1
 
 
-def tcp_only(ctx, site):
+def w_set_reply_no_connect(ctx, site):
     """set_reply_no_connect() & co. tune TCP connections; asyncd is UDP-only,
     so they succeed and change nothing (stock kamailio.cfg calls one)."""
     return 1
 
 
-def true_(ctx, site):
+w_set_forward_no_connect = w_set_reply_close = w_set_forward_close = w_set_reply_no_connect
+
+
+def w_add_local_rport(ctx, site):
+    """Accepted so stock cfgs load; succeeds and changes nothing."""
     return 1
 
 
-def false_(ctx, site):
+def w_true(ctx, site):
+    return 1
+
+
+def w_false(ctx, site):
     return -1
 
 
 EXPORTS = ModuleExports(
     name="core",
     functions=[
-        FuncExport("setflag", (P.INT,), setflag, fixup=_flag_fixup),
-        FuncExport("resetflag", (P.INT,), resetflag, fixup=_flag_fixup),
-        FuncExport("isflagset", (P.INT,), isflagset, fixup=_flag_fixup),
-        FuncExport("setbflag", (P.INT,), setbflag, fixup=_flag_fixup),
-        FuncExport("resetbflag", (P.INT,), resetbflag, fixup=_flag_fixup),
-        FuncExport("isbflagset", (P.INT,), isbflagset, fixup=_flag_fixup),
-        FuncExport("force_rport", (), force_rport),
-        FuncExport("add_local_rport", (), true_),
-        FuncExport("add_rport", (), force_rport),
-        FuncExport("strip", (P.INT,), strip),
-        FuncExport("strip_tail", (P.INT,), strip_tail),
-        FuncExport("prefix", (P.STR,), prefix),
-        FuncExport("rewriteuser", (P.STR,), rewriteuser),
-        FuncExport("setuser", (P.STR,), rewriteuser),
-        FuncExport("rewritehost", (P.STR,), rewritehost),
-        FuncExport("sethost", (P.STR,), rewritehost),
-        FuncExport("rewritehostport", (P.STR,), rewritehostport),
-        FuncExport("sethostport", (P.STR,), rewritehostport),
-        FuncExport("rewriteuri", (P.STR,), rewriteuri),
-        FuncExport("seturi", (P.STR,), rewriteuri),
-        FuncExport("revert_uri", (), revert_uri),
-        FuncExport("set_reply_no_connect", (), tcp_only),
-        FuncExport("set_forward_no_connect", (), tcp_only),
-        FuncExport("set_reply_close", (), tcp_only),
-        FuncExport("set_forward_close", (), tcp_only),
-        FuncExport("log", (P.STR,), log1),
-        FuncExport("log", (P.INT, P.STR), log2),
-        FuncExport("true", (), true_),
-        FuncExport("false", (), false_),
+        FuncExport("setflag", (P.INT,), w_setflag, fixup=_flag_fixup),
+        FuncExport("resetflag", (P.INT,), w_resetflag, fixup=_flag_fixup),
+        FuncExport("isflagset", (P.INT,), w_isflagset, fixup=_flag_fixup),
+        FuncExport("setbflag", (P.INT,), w_setbflag, fixup=_flag_fixup),
+        FuncExport("resetbflag", (P.INT,), w_resetbflag, fixup=_flag_fixup),
+        FuncExport("isbflagset", (P.INT,), w_isbflagset, fixup=_flag_fixup),
+        FuncExport("force_rport", (), w_force_rport),
+        FuncExport("add_local_rport", (), w_add_local_rport),
+        FuncExport("add_rport", (), w_force_rport),
+        FuncExport("strip", (P.INT,), w_strip),
+        FuncExport("strip_tail", (P.INT,), w_strip_tail),
+        FuncExport("prefix", (P.STR,), w_prefix),
+        FuncExport("rewriteuser", (P.STR,), w_rewriteuser),
+        FuncExport("setuser", (P.STR,), w_rewriteuser),
+        FuncExport("rewritehost", (P.STR,), w_rewritehost),
+        FuncExport("sethost", (P.STR,), w_rewritehost),
+        FuncExport("rewritehostport", (P.STR,), w_rewritehostport),
+        FuncExport("sethostport", (P.STR,), w_rewritehostport),
+        FuncExport("rewriteuri", (P.STR,), w_rewriteuri),
+        FuncExport("seturi", (P.STR,), w_rewriteuri),
+        FuncExport("revert_uri", (), w_revert_uri),
+        FuncExport("set_reply_no_connect", (), w_set_reply_no_connect),
+        FuncExport("set_forward_no_connect", (), w_set_forward_no_connect),
+        FuncExport("set_reply_close", (), w_set_reply_close),
+        FuncExport("set_forward_close", (), w_set_forward_close),
+        FuncExport("log", (P.STR,), w_log_1),
+        FuncExport("log", (P.INT, P.STR), w_log_2),
+        FuncExport("true", (), w_true),
+        FuncExport("false", (), w_false),
     ],
 )

@@ -93,3 +93,8 @@ class ModuleExports:
     # message-path hooks, see docs/contracts.md: request_in, request_done, reply_in
     hooks: dict = field(default_factory=dict)
     depends: tuple = ()
+
+    def param_defaults(self):
+        """{modparam: default} as the compiler starts `script.modparams[name]`
+        (a multi modparam starts as an empty list)."""
+        return {p.name: ([] if p.multi else p.default) for p in self.params}

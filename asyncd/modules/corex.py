@@ -10,7 +10,7 @@ from asyncd.core.exports import FuncExport, ModuleExports, ParamExport
 from asyncd.core.route_types import ANY_ROUTE
 
 
-def is_faked_msg(ctx, site):
+def w_is_faked_msg(ctx, site):
     m = ctx.msg
     if getattr(m, "faked", False):
         return 1
@@ -19,7 +19,7 @@ def is_faked_msg(ctx, site):
 
 EXPORTS = ModuleExports(
     name="corex",
-    functions=[FuncExport("is_faked_msg", (), is_faked_msg, ANY_ROUTE)],
+    functions=[FuncExport("is_faked_msg", (), w_is_faked_msg, ANY_ROUTE)],
     params=[ParamExport("alias_subdomains", str, None, multi=True),
             ParamExport("network_io_intercept", int, 0),
             ParamExport("min_msg_len", int, 32)],

@@ -36,9 +36,39 @@ from asyncd.sip import faked_request
 from shm.htable import HTable
 
 MOD = "htable"
-_tables = {}        # name -> shm.htable.HTable, made in mod_init (main, before fork)
-_missing_logged = set()
-_fmt_table = None
+
+
+class HtableState:
+    """htable's state, in one object. `tables` (the shm tables, so every
+    child shares their contents) is made in main by mod_init, before fork.
+    `iters` and `record` are per process by design: each process walks its
+    own iterator snapshots, and the HTable Timer sets `record` while an
+    expired entry's event route runs. `pv_table` caches the pv classes
+    $sht keys are parsed with (startup)."""
+    __slots__ = ("tables", "missing_logged", "iters", "record", "pv_table")
+
+    def __init__(self):
+        self.tables = {}                # name -> shm.htable.HTable
+        self.missing_logged = set()     # undefined tables already logged (once each)
+        self.iters = {}                 # iterator name -> [table, items, position]
+        self.record = None              # (key, value) of the expired entry
+        self.pv_table = None            # made on the first key with variables
+
+    def configure(self, script, mp):
+        """mod_init: one HTable in shm per `htable` modparam."""
+        self.tables, self.missing_logged, self.iters, self.record = {}, set(), {}, None
+        for spec in mp["htable"]:
+            try:
+                name, p = parse_table_spec(spec)
+            except ValueError as e:
+                raise CfgError(f"htable: {e}") from None
+            if name in self.tables:
+                raise CfgError(f"htable: table {name!r} defined twice")
+            self.tables[name] = HTable(script.shm, name, p["size"], p["autoexpire"], p["initval"],
+                                       p["updateexpire"])
+
+
+S = HtableState()
 
 
 # -- table spec: "name=>size=8;autoexpire=300;initval=0;updateexpire=1" ----------------
@@ -79,12 +109,11 @@ def parse_table_spec(spec):
 # -- key formats: "$sht(t=>caller-$fU)" ------------------------------------------------
 def _key_getter(text):
     """A literal key -> its str; a key with pseudo-variables -> parsed pieces."""
-    global _fmt_table
     if "$" not in text:
         return text
-    if _fmt_table is None:
-        _fmt_table = PvTable()
-    return parse_format(text, Loc("<htable key>", 0, 0), _fmt_table)
+    if S.pv_table is None:
+        S.pv_table = PvTable()
+    return parse_format(text, Loc("<htable key>", 0, 0), S.pv_table)
 
 
 def _key(ctx, k):
@@ -105,9 +134,9 @@ def _parse_ht(inner):
 
 
 def _table(name):
-    ht = _tables.get(name)
-    if ht is None and name not in _missing_logged:
-        _missing_logged.add(name)
+    ht = S.tables.get(name)
+    if ht is None and name not in S.missing_logged:
+        S.missing_logged.add(name)
         log.err(MOD, f"htable {name!r} does not exist: define it with "
                 f"modparam(\"htable\", \"htable\", \"{name}=>size=8\") (and loadmodule \"htable.so\")")
     return ht
@@ -115,7 +144,7 @@ def _table(name):
 
 # -- pseudo-variables ---------------------------------------------------------------------
 def _sht_get(ctx, spec, idx):
-    ht = _tables.get(spec[0]) or _table(spec[0])
+    ht = S.tables.get(spec[0]) or _table(spec[0])
     if ht is None:
         return None
     k = spec[1]
@@ -123,7 +152,7 @@ def _sht_get(ctx, spec, idx):
 
 
 def _sht_set(ctx, spec, idx, value):
-    ht = _tables.get(spec[0]) or _table(spec[0])
+    ht = S.tables.get(spec[0]) or _table(spec[0])
     if ht is None:
         return False
     k = spec[1]
@@ -146,7 +175,7 @@ def _shtex_set(ctx, spec, idx, value):
 
 def _add(delta):
     def get(ctx, spec, idx):
-        ht = _tables.get(spec[0]) or _table(spec[0])
+        ht = S.tables.get(spec[0]) or _table(spec[0])
         if ht is None:
             return None
         k = spec[1]
@@ -181,47 +210,59 @@ def _fix_ht_re(site):
             site.arg_error(0, f"bad regular expression {rx!r}: {e}")
 
 
-def _rm_re(by_value):
-    def impl(ctx, site, arg):
-        name, rx = _split_ht_re(arg)
-        ht = _table(name)
-        if ht is None or rx is None:
+def _rm_re(site, arg, by_value):
+    name, rx = _split_ht_re(arg)
+    ht = _table(name)
+    if ht is None or rx is None:
+        return -1
+    cre = site.data.get("re") if site is not None and site.data else None
+    if cre is None:
+        try:
+            cre = re.compile(rx, re.I)
+        except re.error:
+            log.err(MOD, f"bad regular expression {rx!r}")
             return -1
-        cre = site.data.get("re") if site is not None and site.data else None
-        if cre is None:
-            try:
-                cre = re.compile(rx, re.I)
-            except re.error:
-                log.err(MOD, f"bad regular expression {rx!r}")
-                return -1
-        ht.remove_match(cre, by_value)
-        return 1
-    return impl
+    ht.remove_match(cre, by_value)
+    return 1
+
+
+def w_sht_rm_name_re(ctx, site, arg):
+    return _rm_re(site, arg, False)
+
+
+def w_sht_rm_value_re(ctx, site, arg):
+    return _rm_re(site, arg, True)
 
 
 _OPS = {"re": None, "sw": "startswith", "ew": "endswith", "in": "__contains__"}
 
 
-def _rm_op(by_value):
-    def impl(ctx, site, name, op, val):
-        ht = _table(name)
-        if ht is None or op not in _OPS:
-            if op not in _OPS:
-                log.err(MOD, f"unsupported operator {op!r} (re, sw, ew, in)")
+def _rm_op(name, op, val, by_value):
+    ht = _table(name)
+    if ht is None or op not in _OPS:
+        if op not in _OPS:
+            log.err(MOD, f"unsupported operator {op!r} (re, sw, ew, in)")
+        return -1
+    if op == "re":
+        try:
+            rx = re.compile(val, re.I)
+        except re.error:
             return -1
-        if op == "re":
-            try:
-                rx = re.compile(val, re.I)
-            except re.error:
-                return -1
-        else:
-            rx = re.compile({"sw": "^", "ew": "", "in": ""}[op] + re.escape(val) + ("$" if op == "ew" else ""))
-        ht.remove_match(rx, by_value)
-        return 1
-    return impl
+    else:
+        rx = re.compile({"sw": "^", "ew": "", "in": ""}[op] + re.escape(val) + ("$" if op == "ew" else ""))
+    ht.remove_match(rx, by_value)
+    return 1
 
 
-def _sht_rm(ctx, site, name, key):
+def w_sht_rm_name(ctx, site, name, op, val):
+    return _rm_op(name, op, val, False)
+
+
+def w_sht_rm_value(ctx, site, name, op, val):
+    return _rm_op(name, op, val, True)
+
+
+def w_sht_rm(ctx, site, name, key):
     ht = _table(name)
     if ht is None:
         return -1
@@ -229,7 +270,7 @@ def _sht_rm(ctx, site, name, key):
     return 1
 
 
-def _sht_reset(ctx, site, name):
+def w_sht_reset(ctx, site, name):
     ht = _table(name)
     if ht is None:
         return -1
@@ -237,18 +278,24 @@ def _sht_reset(ctx, site, name):
     return 1
 
 
-def _lock_fn(lock):
-    def impl(ctx, site, arg):
-        name, sep, key = str(arg).partition("=>")
-        ht = _table(name.strip())
-        if ht is None or not sep:
-            return -1
-        if lock:
-            ht.lock_key(key)
-        else:
-            ht.unlock_key(key)
-        return 1
-    return impl
+def _lock_key(arg, lock):
+    name, sep, key = str(arg).partition("=>")
+    ht = _table(name.strip())
+    if ht is None or not sep:
+        return -1
+    if lock:
+        ht.lock_key(key)
+    else:
+        ht.unlock_key(key)
+    return 1
+
+
+def w_sht_lock(ctx, site, arg):
+    return _lock_key(arg, True)
+
+
+def w_sht_unlock(ctx, site, arg):
+    return _lock_key(arg, False)
 
 
 def _fix_lock(site):
@@ -259,56 +306,59 @@ def _fix_lock(site):
             site.arg_error(0, f"expected 'table=>key', got {a.value!r}")
 
 
-def _setx(is_int):
+def _setx(name, key, val, exval, is_int):
     """sht_setxi / sht_setxs(htname, itname, itval, exval): set with its own expiry."""
-    def impl(ctx, site, name, key, val, exval):
-        ht = _table(name)
-        if ht is None:
-            return -1
-        if is_int:
-            try:
-                val = int(val)
-            except (TypeError, ValueError):
-                log.err(MOD, f"sht_setxi: {val!r} is not an integer")
-                return -1
-        if not ht.set(key, val):
-            return -1
-        if exval:
-            ht.set_expire(key, int(exval))
-        return 1
-    return impl
-
-
-# -- iterators: a per-process snapshot, so no lock is held while the script runs
-#    (Kamailio keeps the slot locked between sht_iterator_next calls) ------------------------
-_iters = {}     # iterator name -> [table, items, position]
-
-
-def _it_start(ctx, site, iname, name):
     ht = _table(name)
     if ht is None:
         return -1
-    if iname not in _iters and len(_iters) >= 4:
-        log.err(MOD, "no iterator available - max number is 4")
+    if is_int:
+        try:
+            val = int(val)
+        except (TypeError, ValueError):
+            log.err(MOD, f"sht_setxi: {val!r} is not an integer")
+            return -1
+    if not ht.set(key, val):
         return -1
-    _iters[iname] = [ht, ht.items(), -1]
+    if exval:
+        ht.set_expire(key, int(exval))
     return 1
 
 
-def _it_next(ctx, site, iname):
-    it = _iters.get(iname)
+def w_sht_setxi(ctx, site, name, key, val, exval):
+    return _setx(name, key, val, exval, True)
+
+
+def w_sht_setxs(ctx, site, name, key, val, exval):
+    return _setx(name, key, val, exval, False)
+
+
+# -- iterators: a per-process snapshot (S.iters), so no lock is held while the script
+#    runs (Kamailio keeps the slot locked between sht_iterator_next calls) ------------------
+def w_sht_iterator_start(ctx, site, iname, name):
+    ht = _table(name)
+    if ht is None:
+        return -1
+    if iname not in S.iters and len(S.iters) >= 4:
+        log.err(MOD, "no iterator available - max number is 4")
+        return -1
+    S.iters[iname] = [ht, ht.items(), -1]
+    return 1
+
+
+def w_sht_iterator_next(ctx, site, iname):
+    it = S.iters.get(iname)
     if it is None:
         return -1
     it[2] += 1
     return 1 if it[2] < len(it[1]) else -1
 
 
-def _it_end(ctx, site, iname):
-    return 1 if _iters.pop(iname, None) is not None else -1
+def w_sht_iterator_end(ctx, site, iname):
+    return 1 if S.iters.pop(iname, None) is not None else -1
 
 
-def _it_rm(ctx, site, iname):
-    it = _iters.get(iname)
+def w_sht_iterator_rm(ctx, site, iname):
+    it = S.iters.get(iname)
     if it is None or not 0 <= it[2] < len(it[1]):
         return -1
     it[0].delete(it[1][it[2]][0])
@@ -317,7 +367,7 @@ def _it_rm(ctx, site, iname):
 
 def _it_cur(i):
     def get(ctx, iname, idx):
-        it = _iters.get(iname)
+        it = S.iters.get(iname)
         if it is None or not 0 <= it[2] < len(it[1]):
             return None
         return it[1][it[2]][i]
@@ -332,20 +382,9 @@ def _it_parse(inner):
 
 # -- lifecycle --------------------------------------------------------------------------------
 def mod_init(script):
-    arena = script.shm
-    if arena is None:
+    if script.shm is None:
         raise RuntimeError("htable: shared memory is not initialised")
-    _tables.clear()
-    for spec in (script.modparams.get(MOD, {}).get("htable") or []):
-        try:
-            name, p = parse_table_spec(spec)
-        except ValueError as e:
-            raise CfgError(f"htable: {e}") from None
-        if name in _tables:
-            raise CfgError(f"htable: table {name!r} defined twice")
-        _tables[name] = HTable(arena, name, p["size"], p["autoexpire"], p["initval"],
-                               p["updateexpire"])
-    _missing_logged.clear()
+    S.configure(script, script.modparams[MOD])
     if "htable:mod-init" in getattr(script, "event_routes", ()):
         _run_mod_init(script)
 
@@ -361,11 +400,8 @@ def _run_mod_init(script):
         log.err(MOD, f"event_route[htable:mod-init] failed: {e!r}")
 
 
-_record = [None]    # (key, value) of the expired entry while its event route runs
-
-
 def _shtrecord(ctx, which, idx):
-    r = _record[0]
+    r = S.record
     if r is None:
         return None
     return r[0] if which == "key" else r[1]
@@ -384,21 +420,21 @@ def _run_expired(proc, name, items):
     if script is None or route not in getattr(script, "event_routes", ()):
         return
     for item in items:
-        _record[0] = item
+        S.record = item
         try:
             ctx = script.new_ctx(faked_request(), proc)
             script.run_event_route(route, ctx)
         except Exception as e:      # a bad route never stops expiry
             log.err(MOD, f"event_route[{route}] failed: {e!r}")
         finally:
-            _record[0] = None
+            S.record = None
 
 
 def _expire_tick(proc):
     """HTable Timer, once a second: reclaim the entries whose expiry second is
     over, then run event_route[htable:expired:<table>] for each."""
     routes = getattr(proc.script, "event_routes", ())
-    for t in _tables.values():
+    for t in S.tables.values():
         if not t.autoexpire:
             continue
         want = [] if f"htable:expired:{t.name}" in routes else None
@@ -413,14 +449,14 @@ def _expire_tick(proc):
 def procs(script):
     """One timer process when a table expires entries (Kamailio's
     timer_procs > 0), ticking on whole seconds as Kamailio's timer does."""
-    if not any(t.autoexpire for t in _tables.values()):
+    if not any(t.autoexpire for t in S.tables.values()):
         return []
     tick = TimerHandlers(every=(Periodic(1.0, _expire_tick, aligned=True),))
     return [ProcRow(ROLE_TIMER, "HTable Timer", PROC_TIMER, 1, tick)]
 
 
 def mod_destroy(script):
-    _tables.clear()
+    S.tables.clear()
 
 
 def _pv(name, get, set_=None):
@@ -430,20 +466,20 @@ def _pv(name, get, set_=None):
 EXPORTS = ModuleExports(
     name=MOD,
     functions=[
-        FuncExport("sht_rm", (P.STR, P.STR), _sht_rm),
-        FuncExport("sht_rm_name_re", (P.STR,), _rm_re(False), fixup=_fix_ht_re),
-        FuncExport("sht_rm_value_re", (P.STR,), _rm_re(True), fixup=_fix_ht_re),
-        FuncExport("sht_rm_name", (P.STR, P.STR, P.STR), _rm_op(False)),
-        FuncExport("sht_rm_value", (P.STR, P.STR, P.STR), _rm_op(True)),
-        FuncExport("sht_reset", (P.STR,), _sht_reset),
-        FuncExport("sht_setxi", (P.STR, P.STR, P.INT, P.INT), _setx(True)),
-        FuncExport("sht_setxs", (P.STR, P.STR, P.STR, P.INT), _setx(False)),
-        FuncExport("sht_iterator_start", (P.STR, P.STR), _it_start),
-        FuncExport("sht_iterator_next", (P.STR,), _it_next),
-        FuncExport("sht_iterator_end", (P.STR,), _it_end),
-        FuncExport("sht_iterator_rm", (P.STR,), _it_rm),
-        FuncExport("sht_lock", (P.STR,), _lock_fn(True), fixup=_fix_lock),
-        FuncExport("sht_unlock", (P.STR,), _lock_fn(False), fixup=_fix_lock),
+        FuncExport("sht_rm", (P.STR, P.STR), w_sht_rm),
+        FuncExport("sht_rm_name_re", (P.STR,), w_sht_rm_name_re, fixup=_fix_ht_re),
+        FuncExport("sht_rm_value_re", (P.STR,), w_sht_rm_value_re, fixup=_fix_ht_re),
+        FuncExport("sht_rm_name", (P.STR, P.STR, P.STR), w_sht_rm_name),
+        FuncExport("sht_rm_value", (P.STR, P.STR, P.STR), w_sht_rm_value),
+        FuncExport("sht_reset", (P.STR,), w_sht_reset),
+        FuncExport("sht_setxi", (P.STR, P.STR, P.INT, P.INT), w_sht_setxi),
+        FuncExport("sht_setxs", (P.STR, P.STR, P.STR, P.INT), w_sht_setxs),
+        FuncExport("sht_iterator_start", (P.STR, P.STR), w_sht_iterator_start),
+        FuncExport("sht_iterator_next", (P.STR,), w_sht_iterator_next),
+        FuncExport("sht_iterator_end", (P.STR,), w_sht_iterator_end),
+        FuncExport("sht_iterator_rm", (P.STR,), w_sht_iterator_rm),
+        FuncExport("sht_lock", (P.STR,), w_sht_lock, fixup=_fix_lock),
+        FuncExport("sht_unlock", (P.STR,), w_sht_unlock, fixup=_fix_lock),
     ],
     params=[
         ParamExport("htable", str, None, multi=True),

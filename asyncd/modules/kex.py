@@ -11,28 +11,28 @@ from asyncd.core.exports import FuncExport, ModuleExports, P
 from asyncd.core.route_types import ANY_ROUTE
 
 
-def setdsturi(ctx, site, uri):
+def w_setdsturi(ctx, site, uri):
     """The same as `$du = uri` (an empty value unsets it)."""
     ctx.msg.dst_uri = uri or None
     return 1
 
 
-def resetdsturi(ctx, site):
+def w_resetdsturi(ctx, site):
     ctx.msg.dst_uri = None
     return 1
 
 
-def isdsturiset(ctx, site):
+def w_isdsturiset(ctx, site):
     return 1 if ctx.msg.dst_uri else -1
 
 
-def pv_printf(ctx, site, pv, text):
+def w_pv_printf(ctx, site, pv, text):
     """pv_printf("$var(x)", "fmt with $vars"): format, then assign."""
     pv.set(ctx, text)
     return 1
 
 
-def is_myself(ctx, site, uri):
+def w_is_myself(ctx, site, uri):
     script = ctx.proc.script
     return 1 if script is not None and script.is_myself(uri, True) else -1
 
@@ -40,13 +40,13 @@ def is_myself(ctx, site, uri):
 EXPORTS = ModuleExports(
     name="kex",
     functions=[
-        FuncExport("setdsturi", (P.STR,), setdsturi, ANY_ROUTE),
-        FuncExport("setduri", (P.STR,), setdsturi, ANY_ROUTE),
-        FuncExport("resetdsturi", (), resetdsturi, ANY_ROUTE),
-        FuncExport("resetduri", (), resetdsturi, ANY_ROUTE),
-        FuncExport("isdsturiset", (), isdsturiset, ANY_ROUTE),
-        FuncExport("isduriset", (), isdsturiset, ANY_ROUTE),
-        FuncExport("pv_printf", (P.PV, P.STR), pv_printf, ANY_ROUTE),
-        FuncExport("is_myself", (P.STR,), is_myself, ANY_ROUTE),
+        FuncExport("setdsturi", (P.STR,), w_setdsturi, ANY_ROUTE),
+        FuncExport("setduri", (P.STR,), w_setdsturi, ANY_ROUTE),
+        FuncExport("resetdsturi", (), w_resetdsturi, ANY_ROUTE),
+        FuncExport("resetduri", (), w_resetdsturi, ANY_ROUTE),
+        FuncExport("isdsturiset", (), w_isdsturiset, ANY_ROUTE),
+        FuncExport("isduriset", (), w_isdsturiset, ANY_ROUTE),
+        FuncExport("pv_printf", (P.PV, P.STR), w_pv_printf, ANY_ROUTE),
+        FuncExport("is_myself", (P.STR,), w_is_myself, ANY_ROUTE),
     ],
 )

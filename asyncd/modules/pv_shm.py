@@ -28,16 +28,50 @@ from asyncd.cfg.pvcore import PvTable, fmt, parse_format
 from shm.avp import AvpList, XavpList, avp_name
 from shm.shv import parse_shvset
 
-_shv_store = None
-_fmt_table = None
-_varset = []        # (name, value) from modparam varset, applied per process
+MOD = "pv"
+
+
+class PvShmState:
+    """The pv module's state, in one object, filled in main by mod_init and
+    inherited by every child: the $shv store (in shm), the parsed "varset"
+    values that child_init gives each process, and the pv classes that
+    dynamic names ($avp($var(n)), [$var(i)]) are parsed with (startup)."""
+    __slots__ = ("shv", "varset", "pv_table")
+
+    def __init__(self):
+        self.shv = None                 # shm.shv store
+        self.varset = []                # (name, value) for each process's $var
+        self.pv_table = None            # made on the first dynamic name
+
+    def configure(self, script, mp):
+        """mod_init: parse "varset"; with shm, attach $shv and apply "shvset"."""
+        varset = []
+        for spec in mp["varset"]:
+            try:
+                varset.append(parse_shvset(spec))
+            except ValueError as e:
+                raise CfgError(f"pv: {e}".replace("shvset", "varset")) from None
+        self.varset = varset
+        arena = getattr(script, "shm", None)
+        if arena is None:
+            return
+        self.shv = arena.shv
+        for spec in mp["shvset"]:
+            try:
+                name, value = parse_shvset(spec)
+            except ValueError as e:
+                raise CfgError(f"pv: {e}") from None
+            if not self.shv.set(name, value):
+                raise RuntimeError("pv: no shared memory for shvset values")
+
+
+S = PvShmState()
 
 
 def _pieces(text):
-    global _fmt_table
-    if _fmt_table is None:
-        _fmt_table = PvTable()
-    return parse_format(text, Loc("<pv name>", 0, 0), _fmt_table)
+    if S.pv_table is None:
+        S.pv_table = PvTable()
+    return parse_format(text, Loc("<pv name>", 0, 0), S.pv_table)
 
 
 def _eval(ctx, pieces):
@@ -45,10 +79,6 @@ def _eval(ctx, pieces):
 
 
 # -- $shv -----------------------------------------------------------------------------------
-def _shv():
-    return _shv_store
-
-
 def _shv_parse(inner):
     name = (inner or "").strip()
     if not name:
@@ -57,12 +87,12 @@ def _shv_parse(inner):
 
 
 def _shv_get(ctx, name, idx):
-    st = _shv_store or _attach(ctx)
+    st = S.shv or _attach(ctx)
     return st.get(name) if st is not None else 0
 
 
 def _shv_set(ctx, name, idx, value):
-    st = _shv_store or _attach(ctx)
+    st = S.shv or _attach(ctx)
     if st is None:
         log.err("pv", f"$shv({name}): shared memory is not initialised")
         return False
@@ -70,13 +100,13 @@ def _shv_set(ctx, name, idx, value):
 
 
 def _attach(ctx):
-    """$shv used before mod_init ran (e.g. a test building its own script)."""
-    global _shv_store
+    """$shv where pv's mod_init did not run: a cfg may use $shv without
+    loading pv.so (every module's pvs are usable, docs/contracts.md §1)."""
     try:
-        _shv_store = ctx.proc.script.shm.shv
+        S.shv = ctx.proc.script.shm.shv
     except AttributeError:
         return None
-    return _shv_store
+    return S.shv
 
 
 # -- $avp ------------------------------------------------------------------------------------
@@ -178,37 +208,14 @@ def _xset(ctx, spec, idx, value):
 
 
 # -- lifecycle -----------------------------------------------------------------------------------
-def _param_list(script, name):
-    v = (getattr(script, "modparams", {}) or {}).get("pv", {}).get(name) or []
-    return [v] if isinstance(v, str) else list(v)
-
-
 def mod_init(script):
     """Apply modparam("pv", "shvset", "name=i:1" | "name=s:text") before fork and
     parse "varset" (same syntax) for child_init."""
-    global _shv_store
-    _varset.clear()
-    for spec in _param_list(script, "varset"):
-        try:
-            _varset.append(parse_shvset(spec))
-        except ValueError as e:
-            raise CfgError(f"pv: {e}".replace("shvset", "varset")) from None
-    arena = getattr(script, "shm", None)
-    if arena is None:
-        return
-    _shv_store = arena.shv
-    sets = _param_list(script, "shvset")
-    for spec in sets:
-        try:
-            name, value = parse_shvset(spec)
-        except ValueError as e:
-            raise CfgError(f"pv: {e}") from None
-        if not _shv_store.set(name, value):
-            raise RuntimeError("pv: no shared memory for shvset values")
+    S.configure(script, script.modparams[MOD])
 
 
 def child_init(proc, rank):
-    for name, value in _varset:
+    for name, value in S.varset:
         proc.vars[name] = value
     return 0
 

@@ -1,8 +1,8 @@
 """rr: Record-Route insertion and loose routing (Kamailio's rr module,
 RFC 3261 16.4, 16.6 step 4, 16.12).
 
-Runs in: udp receivers, async task workers (any process running a request
-route).
+Runs in: main process (mod_init), udp receivers, async task workers (any
+process running a request route).
 
 record_route() adds `Record-Route: <sip:IP:PORT;lr;ftag=...>` for the socket
 the request came in on. loose_route() consumes a top Route that is ours and
@@ -17,6 +17,23 @@ from asyncd.sip import parse_uri
 from asyncd.sip.hdrs import split_commas
 
 MOD = "rr"
+
+
+class RrState:
+    """The append_fromtag modparam: set in main by mod_init, inherited by
+    every child. (The addresses that mean us are cached per process in
+    proc.extra["rr_ours"]: they come from that process's sockets.)"""
+    __slots__ = ("append_fromtag",)
+
+    def __init__(self):
+        self.append_fromtag = None
+
+    def configure(self, mp):
+        """`mp` holds every modparam of the export table."""
+        self.append_fromtag = bool(mp["append_fromtag"])
+
+
+S = RrState()
 
 
 def _our_addrs(ctx):
@@ -65,7 +82,7 @@ def record_route(ctx, params=None):
         ft = msg.from_tag
     except Exception:
         ft = None
-    if ft and ctx.proc.extra.get("rr_ftag", True):
+    if ft and S.append_fromtag:
         uri += ";ftag=" + ft
     if params:
         uri += params if params.startswith(";") else ";" + params
@@ -124,11 +141,11 @@ def loose_route(ctx):
     return 1
 
 
-def _w_record_route(ctx, site, params=None):
+def w_record_route(ctx, site, params=None):
     return record_route(ctx, params)
 
 
-def _w_loose_route(ctx, site):
+def w_loose_route(ctx, site):
     try:
         return loose_route(ctx)
     except Exception as e:
@@ -136,16 +153,16 @@ def _w_loose_route(ctx, site):
         return -1
 
 
-def _child_init(proc, rank):
-    proc.extra["rr_ftag"] = bool(proc.script.modparams.get("rr", {}).get("append_fromtag", 1))
+def mod_init(script):
+    S.configure(script.modparams[MOD])
 
 
 EXPORTS = ModuleExports(
-    name="rr",
+    name=MOD,
     functions=[
-        FuncExport("record_route", (), _w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
-        FuncExport("record_route", (P.STR,), _w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
-        FuncExport("loose_route", (), _w_loose_route, REQUEST_ROUTE),
+        FuncExport("record_route", (), w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
+        FuncExport("record_route", (P.STR,), w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
+        FuncExport("loose_route", (), w_loose_route, REQUEST_ROUTE),
     ],
     # Kamailio's rr modparams, accepted so stock cfgs load unchanged; only
     # append_fromtag changes what asyncd does (no ;ftag= when 0).
@@ -154,5 +171,7 @@ EXPORTS = ModuleExports(
             ParamExport("enable_socket_mismatch_warning", int, 1),
             ParamExport("custom_user_avp", str, ""), ParamExport("force_send_socket", int, 0),
             ParamExport("ignore_user", int, 0), ParamExport("ignore_sips", int, 0)],
-    child_init=_child_init,
+    mod_init=mod_init,
 )
+
+S.configure(EXPORTS.param_defaults())     # until mod_init: the export table's defaults

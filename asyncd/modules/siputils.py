@@ -9,22 +9,22 @@ from asyncd.core.route_types import ANY_ROUTE
 from asyncd.sip.uri import parse_cur_uri, parse_uri_cached
 
 
-def has_totag(ctx, site):
+def w_has_totag(ctx, site):
     try:
         return 1 if ctx.msg.to_tag else -1
     except Exception:       # unparsable To: no tag as far as the script knows
         return -1
 
 
-def is_request(ctx, site):
+def w_is_request(ctx, site):
     return 1 if ctx.msg.is_request else -1
 
 
-def is_reply(ctx, site):
+def w_is_reply(ctx, site):
     return -1 if ctx.msg.is_request else 1
 
 
-def is_user(ctx, site, user):
+def w_is_user(ctx, site, user):
     m = ctx.msg
     try:
         u = parse_uri_cached(m.from_.uri)
@@ -33,12 +33,14 @@ def is_user(ctx, site, user):
     return 1 if u is not None and u.user == user else -1
 
 
-def uri_param(ctx, site, name):
+# uri_param(name) and uri_param(name, value) stay two functions: a $null
+# value is compared, not taken to mean "any value"
+def w_uri_param_1(ctx, site, name):
     u = parse_cur_uri(ctx.msg)
     return 1 if u is not None and name.lower() in u.params else -1
 
 
-def uri_param2(ctx, site, name, value):
+def w_uri_param_2(ctx, site, name, value):
     u = parse_cur_uri(ctx.msg)
     return 1 if u is not None and u.params.get(name.lower()) == value else -1
 
@@ -46,12 +48,12 @@ def uri_param2(ctx, site, name, value):
 EXPORTS = ModuleExports(
     name="siputils",
     functions=[
-        FuncExport("has_totag", (), has_totag, ANY_ROUTE),
-        FuncExport("is_request", (), is_request, ANY_ROUTE),
-        FuncExport("is_reply", (), is_reply, ANY_ROUTE),
-        FuncExport("is_user", (P.STR,), is_user, ANY_ROUTE),
-        FuncExport("uri_param", (P.STR,), uri_param, ANY_ROUTE),
-        FuncExport("uri_param", (P.STR, P.STR), uri_param2, ANY_ROUTE),
+        FuncExport("has_totag", (), w_has_totag, ANY_ROUTE),
+        FuncExport("is_request", (), w_is_request, ANY_ROUTE),
+        FuncExport("is_reply", (), w_is_reply, ANY_ROUTE),
+        FuncExport("is_user", (P.STR,), w_is_user, ANY_ROUTE),
+        FuncExport("uri_param", (P.STR,), w_uri_param_1, ANY_ROUTE),
+        FuncExport("uri_param", (P.STR, P.STR), w_uri_param_2, ANY_ROUTE),
     ],
     params=[ParamExport("options_accept", str, "*/*"),
             ParamExport("options_support", str, ""),

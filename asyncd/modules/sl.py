@@ -72,15 +72,15 @@ def send_reply(ctx, code, reason):
 
 # -- script wrappers ----------------------------------------------------
 
-def _w_sl_send_reply(ctx, site, code, reason):
+def w_sl_send_reply(ctx, site, code, reason):
     return sl_send_reply(ctx, code, reason)
 
 
-def _w_sl_reply_error(ctx, site):
+def w_sl_reply_error(ctx, site):
     return sl_reply_error(ctx)
 
 
-def _w_send_reply(ctx, site, code, reason):
+def w_send_reply(ctx, site, code, reason):
     return send_reply(ctx, code, reason)
 
 
@@ -99,9 +99,9 @@ def _fixup_code(site):
 EXPORTS = ModuleExports(
     name="sl",
     functions=[
-        FuncExport("sl_send_reply", (P.INT, P.STR), _w_sl_send_reply, REQUEST_ROUTE, _fixup_code),
-        FuncExport("sl_reply_error", (), _w_sl_reply_error, REQUEST_ROUTE),
-        FuncExport("send_reply", (P.INT, P.STR), _w_send_reply,
+        FuncExport("sl_send_reply", (P.INT, P.STR), w_sl_send_reply, REQUEST_ROUTE, _fixup_code),
+        FuncExport("sl_reply_error", (), w_sl_reply_error, REQUEST_ROUTE),
+        FuncExport("send_reply", (P.INT, P.STR), w_send_reply,
                    REQUEST_ROUTE | FAILURE_ROUTE | ONREPLY_ROUTE | BRANCH_ROUTE, _fixup_code),
     ],
 )

@@ -26,7 +26,7 @@ def _method_fixup(site):
         site.data["methods"] = ms
 
 
-def is_method(ctx, site, s):
+def w_is_method(ctx, site, s):
     ms = site.data.get("methods")
     if ms is None:
         ms = _methods(s)
@@ -37,49 +37,48 @@ def is_method(ctx, site, s):
     return 1 if (meth in ms or meth.upper() in ms) else -1
 
 
-def append_hf(ctx, site, text):
+def w_append_hf(ctx, site, text, after=None):
+    """append_hf(text[, after]): added headers go last; `after` is accepted
+    and not used (Kamailio inserts after that header)."""
     ctx.msg.hdr_adds.append(text)
     return 1
 
 
-def append_hf2(ctx, site, text, after):
-    ctx.msg.hdr_adds.append(text)
-    return 1
-
-
-def remove_hf(ctx, site, name):
+def w_remove_hf(ctx, site, name):
     m = ctx.msg
     n = m.hdr_count(name)
     m.hdr_removes.add(name.strip().lower())
     return n if n > 0 else -1
 
 
-def is_present_hf(ctx, site, name):
+def w_is_present_hf(ctx, site, name):
     m = ctx.msg
     if name.strip().lower() in m.hdr_removes:
         return -1
     return 1 if m.hdr_count(name) > 0 else -1
 
 
-def search(ctx, site, rx):
+def w_search(ctx, site, rx):
     text = ctx.msg.buf.decode("utf-8", "replace")
     return 1 if rx.search(text) else -1
 
 
-def search_body(ctx, site, rx):
+def w_search_body(ctx, site, rx):
     return 1 if rx.search(ctx.msg.body.decode("utf-8", "replace")) else -1
 
 
-def append_to_reply(ctx, site, text):
+def w_append_to_reply(ctx, site, text):
     ctx.msg.reply_lumps.append(text)
     return 1
 
 
-def has_body(ctx, site):
+# has_body() and has_body(mime) stay two functions: a $null mime is an
+# error (logged, -1), not "any type"
+def w_has_body_0(ctx, site):
     return 1 if ctx.msg.body else -1
 
 
-def has_body_type(ctx, site, mime):
+def w_has_body_1(ctx, site, mime):
     m = ctx.msg
     if not m.body:
         return -1
@@ -90,15 +89,15 @@ def has_body_type(ctx, site, mime):
 EXPORTS = ModuleExports(
     name="textops",
     functions=[
-        FuncExport("is_method", (P.STR,), is_method, ANY_ROUTE, _method_fixup),
-        FuncExport("append_hf", (P.STR,), append_hf, ANY_ROUTE),
-        FuncExport("append_hf", (P.STR, P.STR), append_hf2, ANY_ROUTE),
-        FuncExport("remove_hf", (P.STR,), remove_hf, ANY_ROUTE),
-        FuncExport("is_present_hf", (P.STR,), is_present_hf, ANY_ROUTE),
-        FuncExport("search", (P.REGEX,), search, ANY_ROUTE),
-        FuncExport("search_body", (P.REGEX,), search_body, ANY_ROUTE),
-        FuncExport("append_to_reply", (P.STR,), append_to_reply, REQ_ROUTES),
-        FuncExport("has_body", (), has_body, ANY_ROUTE),
-        FuncExport("has_body", (P.STR,), has_body_type, ANY_ROUTE),
+        FuncExport("is_method", (P.STR,), w_is_method, ANY_ROUTE, _method_fixup),
+        FuncExport("append_hf", (P.STR,), w_append_hf, ANY_ROUTE),
+        FuncExport("append_hf", (P.STR, P.STR), w_append_hf, ANY_ROUTE),
+        FuncExport("remove_hf", (P.STR,), w_remove_hf, ANY_ROUTE),
+        FuncExport("is_present_hf", (P.STR,), w_is_present_hf, ANY_ROUTE),
+        FuncExport("search", (P.REGEX,), w_search, ANY_ROUTE),
+        FuncExport("search_body", (P.REGEX,), w_search_body, ANY_ROUTE),
+        FuncExport("append_to_reply", (P.STR,), w_append_to_reply, REQ_ROUTES),
+        FuncExport("has_body", (), w_has_body_0, ANY_ROUTE),
+        FuncExport("has_body", (P.STR,), w_has_body_1, ANY_ROUTE),
     ],
 )

@@ -50,39 +50,66 @@ def _level(s):
     return lv
 
 
-def xlog1(ctx, site, text):
+# xlog(text), xlog(level, text), xlog(facility, level, text): the argument
+# positions differ, so one function per arity
+def w_xlog_1(ctx, site, text):
     return _emit(log.L_ERR, site, text)
 
 
-def xlog2(ctx, site, level, text):
+def w_xlog_2(ctx, site, level, text):
     return _emit(_level(level), site, text)
 
 
-def xlog3(ctx, site, facility, level, text):
+def w_xlog_3(ctx, site, facility, level, text):
     return _emit(_level(level), site, text)
 
 
-def _fixed(level):
-    def f(ctx, site, text):
-        return _emit(level, site, text)
-    f.__name__ = f"x_{log.LEVEL_NAMES.get(level, 'log').lower()}"
-    return f
+def w_xinfo(ctx, site, text):
+    return _emit(log.L_INFO, site, text)
+
+
+def w_xnotice(ctx, site, text):
+    return _emit(log.L_NOTICE, site, text)
+
+
+def w_xwarn(ctx, site, text):
+    return _emit(log.L_WARN, site, text)
+
+
+def w_xerr(ctx, site, text):
+    return _emit(log.L_ERR, site, text)
+
+
+def w_xdbg(ctx, site, text):
+    return _emit(log.L_DBG, site, text)
+
+
+def w_xalert(ctx, site, text):
+    return _emit(log.L_ALERT, site, text)
+
+
+def w_xcrit(ctx, site, text):
+    return _emit(log.L_CRIT, site, text)
+
+
+def w_xbug(ctx, site, text):
+    return _emit(log.L_BUG, site, text)
 
 
 EXPORTS = ModuleExports(
     name="xlog",
     functions=[
-        FuncExport("xlog", (P.STR,), xlog1, fixup=_fixed_fixup(log.L_ERR)),
-        FuncExport("xlog", (P.STR, P.STR), xlog2, fixup=_level_fixup),
-        FuncExport("xlog", (P.STR, P.STR, P.STR), xlog3),
-        FuncExport("xinfo", (P.STR,), _fixed(log.L_INFO), fixup=_fixed_fixup(log.L_INFO)),
-        FuncExport("xnotice", (P.STR,), _fixed(log.L_NOTICE), fixup=_fixed_fixup(log.L_NOTICE)),
-        FuncExport("xwarn", (P.STR,), _fixed(log.L_WARN), fixup=_fixed_fixup(log.L_WARN)),
-        FuncExport("xerr", (P.STR,), _fixed(log.L_ERR), fixup=_fixed_fixup(log.L_ERR)),
-        FuncExport("xdbg", (P.STR,), _fixed(log.L_DBG), fixup=_fixed_fixup(log.L_DBG)),
-        FuncExport("xalert", (P.STR,), _fixed(log.L_ALERT), fixup=_fixed_fixup(log.L_ALERT)),
-        FuncExport("xcrit", (P.STR,), _fixed(log.L_CRIT), fixup=_fixed_fixup(log.L_CRIT)),
-        FuncExport("xbug", (P.STR,), _fixed(log.L_BUG), fixup=_fixed_fixup(log.L_BUG)),
+        FuncExport("xlog", (P.STR,), w_xlog_1, fixup=_fixed_fixup(log.L_ERR)),
+        FuncExport("xlog", (P.STR, P.STR), w_xlog_2, fixup=_level_fixup),
+        FuncExport("xlog", (P.STR, P.STR, P.STR), w_xlog_3),
+        FuncExport("xinfo", (P.STR,), w_xinfo, fixup=_fixed_fixup(log.L_INFO)),
+        FuncExport("xnotice", (P.STR,), w_xnotice, fixup=_fixed_fixup(log.L_NOTICE)),
+        FuncExport("xwarn", (P.STR,), w_xwarn, fixup=_fixed_fixup(log.L_WARN)),
+        FuncExport("xerr", (P.STR,), w_xerr, fixup=_fixed_fixup(log.L_ERR)),
+        FuncExport("xdbg", (P.STR,), w_xdbg, fixup=_fixed_fixup(log.L_DBG)),
+        FuncExport("xalert", (P.STR,), w_xalert, fixup=_fixed_fixup(log.L_ALERT)),
+        FuncExport("xcrit", (P.STR,), w_xcrit, fixup=_fixed_fixup(log.L_CRIT)),
+        FuncExport("xbug", (P.STR,), w_xbug, fixup=_fixed_fixup(log.L_BUG)),
     ],
     params=[
         ParamExport("buf_size", int, 4096),

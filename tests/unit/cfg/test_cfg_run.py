@@ -263,6 +263,18 @@ request_route {
     assert r.vars["s"] == 1 and "ua" not in r.vars
 
 
+def test_maxfwd_max_limit_modparam_applies_from_mod_init(runner):
+    from asyncd.modules import maxfwd
+    r = runner('modparam("maxfwd", "max_limit", 20)\n'
+               'request_route { $var(mf) = mf_process_maxfwd_header("10"); }\n')
+    try:
+        r.script.init_modules()
+        ctx, rc = r.run()
+    finally:
+        maxfwd.S.configure(maxfwd.EXPORTS.param_defaults())
+    assert r.vars["mf"] == 1 and ctx.msg.hdr_adds == ["Max-Forwards: 19\r\n"]    # 70 capped to 20, minus one
+
+
 def test_string_args_formatted_at_call_time(runner, logs):
     r = runner("""
 request_route {
@@ -336,7 +348,7 @@ request_route {
     # the generated code calls the impl bound at compile time: swap it in the namespace
     for fn in r.script.routes.values():
         for k, val in fn.__globals__.items():
-            if val is textops.has_body:
+            if val is textops.w_has_body_0:
                 fn.__globals__[k] = boom
     r.run()
     assert r.vars["x"] == "false" and r.vars["rc"] == -1

@@ -94,8 +94,11 @@ def test_rr_append_fromtag_modparam():
     r = Runner('loadmodule "rr.so"\nmodparam("rr", "append_fromtag", 0)\nmodparam("rr", "enable_full_lr", 1)\n'
                'request_route { record_route(); }\n')
     from asyncd.modules import rr
-    rr._child_init(r.proc, 1)
-    ctx, _ = r.run()
+    try:
+        rr.mod_init(r.script)
+        ctx, _ = r.run()
+    finally:
+        rr.S.configure(rr.EXPORTS.param_defaults())
     assert ctx.msg.hdr_adds == ["Record-Route: <sip:127.0.0.1:5060;lr>\r\n"]
     r2 = Runner('loadmodule "rr.so"\nrequest_route { record_route(); }\n')
     ctx, _ = r2.run()

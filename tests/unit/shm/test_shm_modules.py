@@ -92,7 +92,7 @@ request_route {
     assert (v["d"], v["e"]) == (1, 2)
     assert v["f"] == 0            # $null ($shtdec without initval) stored in $var reads 0
     assert v["g"] == 2 and v["h"] == 1 and v["i"] == 0
-    assert htable_mod._tables["s"].get("gone") is None
+    assert htable_mod.S.tables["s"].get("gone") is None
 
 
 def test_sht_functions(script_factory):
@@ -111,7 +111,7 @@ request_route {
 }''')
     ctx, proc = _run(s)
     assert proc.vars["n"] == 1
-    assert htable_mod._tables["s"].get("user-2") == "b"
+    assert htable_mod.S.tables["s"].get("user-2") == "b"
     assert proc.vars["m"] == 0          # initval after reset
 
 
@@ -190,7 +190,7 @@ def test_htable_timer_process_reclaims_expired(script_factory):
     rows = htable_mod.procs(s)
     assert [(r.role, r.title, r.rank, r.count) for r in rows] == [("timer", "HTable Timer", -1, 1)]
     _run(s)
-    ht = htable_mod._tables["a"]
+    ht = htable_mod.S.tables["a"]
     assert ht.count() == 1
 
     def timer():
@@ -204,9 +204,9 @@ def test_htable_timer_process_reclaims_expired(script_factory):
         time.sleep(0.1)
     assert ht.count() == 0
     deadline = time.monotonic() + 2
-    while htable_mod._tables["s"].get("expired-k") is None and time.monotonic() < deadline:
+    while htable_mod.S.tables["s"].get("expired-k") is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert htable_mod._tables["s"].get("expired-k") == 1     # the event route ran
+    assert htable_mod.S.tables["s"].get("expired-k") == 1     # the event route ran
     t0 = time.monotonic()
     os.kill(pid, signal.SIGTERM)
     assert wait_all([pid], 3)[pid] == 0
@@ -280,5 +280,5 @@ request_route {
 }''')
     ctx, proc = _run(s)
     assert sorted(proc.vars["keys"].strip(",").split(",")) == ["a", "b"]
-    assert htable_mod._tables["s"].get("a") is None and htable_mod._tables["s"].get("b") == "two"
+    assert htable_mod.S.tables["s"].get("a") is None and htable_mod.S.tables["s"].get("b") == "two"
     assert proc.vars["x"] == 5 and proc.vars["xe"] == 10 and proc.vars["y"] == "text"
