@@ -50,7 +50,7 @@ class _State:
     __slots__ = ("ret", "workers", "ms_timer", "mode", "secs", "ms")
 
     def __init__(self, mp=None):
-        mp = mp or {p.name: p.default for p in EXPORTS.params}
+        mp = mp or EXPORTS.param_defaults()
         self.ret, self.mode = int(mp["return"]), int(mp["mode"])
         self.workers, self.ms_timer = int(mp["workers"]), int(mp["ms_timer"])
         self.secs = None         # TimerFeed of the ASYNC MOD TIMER processes
@@ -58,7 +58,7 @@ class _State:
 
 
 def _mp(script):
-    return script.modparams.get(MOD) or {p.name: p.default for p in EXPORTS.params}
+    return script.modparams.get(MOD) or EXPORTS.param_defaults()
 
 
 def _groups(script):

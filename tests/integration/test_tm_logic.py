@@ -30,7 +30,7 @@ class FakeScript:
         self.shm = arena
         self.routes = routes
         # as the compiler does: the export table's defaults, then the cfg's values
-        self.modparams = {"tm": {**{p.name: p.default for p in tm.EXPORTS.params}, **(params or {})}}
+        self.modparams = {"tm": {**tm.EXPORTS.param_defaults(), **(params or {})}}
         self.modules = [tm.EXPORTS]
         self.rundir = None
         self.core = {}
