@@ -151,7 +151,8 @@ def test_offer_goes_to_an_idle_worker_or_is_refused(rundir):
         assert st["accepted"] == st["run"] == 3 and st["pending"] == 0
     finally:
         for p in procs:
-            p.join(5)
+            p.kill()
+            p.join()
 
 
 def _spinning_consumer(disp, results):
