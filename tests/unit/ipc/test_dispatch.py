@@ -44,7 +44,7 @@ def test_long_task_does_not_delay_queued_tasks(rundir):
     q, procs = _start(disp, 2)
     try:
         time.sleep(0.2)          # consumers bound
-        assert disp.push(codec.pack(["run", 2.0, "long"])) >= 0
+        assert disp.push(codec.pack(["run", 1.0, "long"])) >= 0
         time.sleep(0.05)         # the long task is running in one worker
         t0 = time.monotonic()
         for k in range(20):

@@ -215,7 +215,7 @@ def test_periodic_jobs_run_on_time_without_a_feed(rundir):
     p.start()
     try:
         got = []
-        deadline = time.monotonic() + 1.5
+        deadline = time.monotonic() + 1.2
         while time.monotonic() < deadline:
             try:
                 got.append(q.get(timeout=0.3))
@@ -225,7 +225,7 @@ def test_periodic_jobs_run_on_time_without_a_feed(rundir):
         ticks = [t for k, t in got if k == "tick"]
         assert len(aligned) >= 1
         assert all(0 <= t - int(t) < 0.02 for t in aligned), aligned
-        assert 11 <= len(ticks) <= 16, len(ticks)
+        assert 8 <= len(ticks) <= 13, len(ticks)
         t0 = time.monotonic()
         os.kill(p.pid, signal.SIGTERM)
         p.join(2)
