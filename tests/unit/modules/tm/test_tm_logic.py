@@ -22,7 +22,7 @@ from shm.arena import ShmArena
 from workers.timer import TimerLoop
 from tests.helpers.sipclient import Reply, build_request
 
-pytestmark = pytest.mark.unit      # one process: no server is started
+# one process: no server is started (tests/unit: marked unit by tests/conftest.py)
 
 
 class FakeScript:

@@ -11,7 +11,7 @@ import pytest
 from shm.arena import ShmArena
 from shm.tm_table import TableFull, TmTable
 
-pytestmark = pytest.mark.unit      # the table and forked children, no server
+# the table and forked children, no server (tests/unit: marked unit by tests/conftest.py)
 
 
 @pytest.fixture
