@@ -102,11 +102,6 @@ class TimerFeed:
         self.boxes[i].done(skipped)
 
     # ---- introspection -----------------------------------------------------
-    def pending(self, i=None):
-        if i is not None:
-            return self.boxes[i].pending()
-        return sum(b.pending() for b in self.boxes)
-
     def stats(self):
         out = {"accepted": 0, "rejected": 0, "run": 0, "skipped": 0, "pending": 0}
         for b in self.boxes:

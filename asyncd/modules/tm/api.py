@@ -7,7 +7,8 @@ t_reply, t_relay), async task workers and ASYNC MOD TIMER (t_continue,
 t_cancel_suspend, and whatever the resumed route calls).
 """
 from asyncd.core import log
-from asyncd.modules.tm import fwd, lookup, newtran, reply, suspend
+from asyncd.modules.tm import fwd, newtran, reply, suspend
+from asyncd.modules.tm.cell import Handle
 from asyncd.modules.tm.state import MOD, S
 
 
@@ -69,7 +70,9 @@ def t_relay(ctx, host=None, port=None):
 
 def t_lookup_ident(tindex, tlabel):
     """A handle on (tindex, tlabel) or None (Kamailio t_lookup_ident)."""
-    return lookup.lookup_ident(tindex, tlabel)
+    if S.table is None or S.table.get(tindex, tlabel) is None:
+        return None
+    return Handle(S.table, tindex, tlabel)
 
 
 def table_count():

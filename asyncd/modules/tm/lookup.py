@@ -13,7 +13,7 @@ names the cell directly: `z9hG4bKtm<tindex hex>.<tlabel hex>.<branch>.<check>`,
 so any process finds it with no search (tm/reply.py). Kamailio: t_lookup.c
 (t_lookup_request, matching_3261), t_funcs.h (the branch).
 """
-from asyncd.modules.tm.cell import Cell, Handle
+from asyncd.modules.tm.cell import Handle
 from asyncd.modules.tm.state import S
 from asyncd.sip import parse_msg
 
@@ -77,19 +77,6 @@ def lookup_request(ctx):
     except Exception:
         return None
     return Handle(S.table, *found) if found else None
-
-
-def lookup_ident(tindex, tlabel):
-    """A handle on (tindex, tlabel) or None (Kamailio t_lookup_ident)."""
-    if S.table is None or S.table.get(tindex, tlabel) is None:
-        return None
-    return Handle(S.table, tindex, tlabel)
-
-
-def state_of(h):
-    """A copy of a transaction's cell without holding its lock (reads are atomic)."""
-    raw = S.table.get(h.index, h.label)
-    return None if raw is None else Cell.decode(raw)
 
 
 def rebuild_request(cell, proc):
