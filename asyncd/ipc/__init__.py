@@ -13,6 +13,7 @@ does not survive it), so a child simply gets a fresh one. Endpoints are
 msgpack (codec.py), never pickle.
 """
 import os
+import tempfile
 
 import zmq
 
@@ -34,7 +35,7 @@ def context():
 def endpoint_path(rundir, name):
     """Unix socket paths are limited to ~107 bytes: callers keep `name`
     short and the supervisor keeps the run dir short (a tmp dir)."""
-    return os.path.join(rundir or "/tmp", name)
+    return os.path.join(rundir, name)
 
 
 def endpoint(rundir, name):
@@ -59,16 +60,21 @@ def bind_pull(rundir, name):
 class Pushers:
     """This process's PUSH sockets to the consumers of one feed, `prefix-<i>`
     under the run directory; made on first use, never reused across a fork.
-    `rundir` is a path or a callable returning it (known only after setup)."""
+    `rundir` is a path or a callable returning it (known only after setup);
+    made in main, before fork."""
 
     def __init__(self, prefix, rundir):
         self.prefix = prefix
         self.rundir = rundir
         self._socks = {}
         self._pid = 0
+        # no run directory (a test or bench rig without the supervisor): one per
+        # main process, named as the supervisor's so its stale-run cleanup removes it
+        self._spare = os.path.join(tempfile.gettempdir(), f"asyncd-run-{os.getpid()}-rig")
 
     def dir(self):
-        return self.rundir() if callable(self.rundir) else self.rundir
+        d = self.rundir() if callable(self.rundir) else self.rundir
+        return d or self._spare
 
     def name(self, i):
         return f"{self.prefix}-{i}"

@@ -19,9 +19,6 @@ register handlers with `register_handler(kind, fn)` at import time, so every
 forked worker has them. fn(proc, item) returns False when it skipped the item
 (its transaction ended meanwhile), anything else when it ran it.
 """
-import os
-import tempfile
-
 from asyncd.core import log
 from asyncd.core.procs import PROC_RPC, ROLE_TASK_WORKER, ProcRow
 from asyncd.core.route_types import REQUEST_ROUTE
@@ -62,7 +59,6 @@ class Framework:
 
     def __init__(self, script):
         self.script = script
-        self._fallback_dir = None
         self.groups = []
         self.by_name = {}
         for g in script.core.get("async_groups") or ():
@@ -74,12 +70,8 @@ class Framework:
         self.tkv_group, self.tkv_route = self._resolve_tkv()
 
     def rundir(self):
-        d = getattr(self.script, "rundir", None)
-        if d:
-            return d
-        if self._fallback_dir is None:
-            self._fallback_dir = tempfile.mkdtemp(prefix="asyncd-")
-        return self._fallback_dir
+        """The supervisor's run directory, set after this object is made."""
+        return getattr(self.script, "rundir", None)
 
     @property
     def default(self):
@@ -129,15 +121,6 @@ class Framework:
         the first task (a few ms for the first ipc connect)."""
         for g in self.groups:
             g.disp.connect_all()
-
-    def cleanup(self):
-        if self._fallback_dir:
-            try:
-                for f in os.listdir(self._fallback_dir):
-                    os.unlink(os.path.join(self._fallback_dir, f))
-                os.rmdir(self._fallback_dir)
-            except OSError:
-                pass
 
     def stats(self):
         return {g.name: g.disp.stats() for g in self.groups}

@@ -499,7 +499,6 @@ def mod_destroy(script):
     if fw is not None:
         for g in fw.groups:
             log.info(MOD, f"task group [{g.name}]: " + _fmt(g.disp.stats()))
-        fw.cleanup()
 
 
 def _fmt(s):

@@ -13,7 +13,6 @@ are the export table's (asyncd/modules/tm/mod.py), so no default lives here.
 Timer entries are `[kind, due, tindex, tlabel, arg, interval_ms]` (due on
 the monotonic clock); the `timer` process runs them (tm/timer.py).
 """
-import os
 import random
 import time
 
@@ -51,8 +50,7 @@ class TmState:
         self.script = script
         self.secret = random.getrandbits(31)
         self.table = TmTable(script.shm)
-        main_dir = f"/tmp/asyncd-tm-{os.getpid()}"     # only when no supervisor made a run dir
-        self.timers = TimerFeed("tm", 1, slots=TIMER_SLOTS, rundir=lambda: script.rundir or main_dir)
+        self.timers = TimerFeed("tm", 1, slots=TIMER_SLOTS, rundir=lambda: script.rundir)
         self.proc = None
         self.addrs = {}
 
