@@ -354,9 +354,7 @@ class Supervisor:
         _die_with_parent(self.main_pid)
         set_title(child.desc)
         log.configure(rank=child.idx)
-        for mod in self.script.modules:
-            if mod.child_init is not None:
-                mod.child_init(proc, child.rank)
+        self.script.child_init_modules(proc, child.rank)
         if child.rank == 1 and "core:worker-one-init" in getattr(self.script, "event_routes", ()):
             _worker_one_init(self.script, proc)
         os.write(self.ready_w, child.idx.to_bytes(4, "little"))
@@ -514,12 +512,7 @@ class Supervisor:
                            f"malformed requests with an error reply")
             self.counters = None
         if self.modules_inited:
-            for mod in reversed(self.script.modules):
-                if mod.mod_destroy is not None:
-                    try:
-                        mod.mod_destroy(self.script)
-                    except Exception as e:  # noqa: BLE001 - shutdown goes on regardless
-                        log.err(MOD, f"mod_destroy of {mod.name} failed: {e!r}")
+            self.script.destroy_modules()
         if self.arena is not None:
             self.arena.destroy()
             self.arena = None

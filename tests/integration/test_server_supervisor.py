@@ -18,7 +18,7 @@ from tests.helpers import REPO_ROOT, SipClient, free_udp_port
 
 STANDIN = textwrap.dedent("""
     import os, sys, time
-    from asyncd.core.context import RunCtx
+    from asyncd.cfg import compiler
     from asyncd.core.exports import ModuleExports
     from asyncd.core.procs import PROC_TIMER, ROLE_TIMER, Periodic, ProcRow, TimerHandlers
     from asyncd.modules import sl
@@ -59,14 +59,12 @@ STANDIN = textwrap.dedent("""
     hooks = {"request_in": request_in, "reply_in": reply_in} if MODE == "hookraise" else {}
     mod = ModuleExports(name="standin", child_init=child_init, procs=procs, hooks=hooks)
 
-    class Script:
+    class Script(compiler.Script):
+        # the real Script's lifecycle (init/child_init/destroy of the modules), a stand-in route
         def __init__(self, port):
+            super().__init__("standin")
             self.core = {"listen": [("udp", "127.0.0.1", port)], "children": 2, "debug": 1}
             self.modules = [sl.EXPORTS, mod]
-        def init_modules(self):
-            pass
-        def new_ctx(self, msg, proc, route_type=1):
-            return RunCtx(msg, proc, route_type)
         def run_request_route(self, ctx):
             return sl.sl_send_reply(ctx, 200, "standin")
 
