@@ -70,10 +70,10 @@ class TimerLoop:
             entries = codec.unpack(frame)
             for e in entries:
                 due = float(e[1])
-                lead = self.early.get(e[0])
+                early = self.early.get(e[0])     # (lead, fn) or None
                 # (fire at, seq, entry): fired before its due time, an entry is an early offer
                 self.seq += 1
-                heapq.heappush(self.heap, (due - lead[0] if lead else due, self.seq, e))
+                heapq.heappush(self.heap, (due - early[0] if early else due, self.seq, e))
         except (ValueError, TypeError, IndexError) as ex:
             log.err(MOD, f"timer: dropping a malformed frame: {ex}")
             self.feed.done(self.idx, skipped=True)     # accounted for, not silently lost

@@ -311,7 +311,7 @@ def w_async_ms_route(ctx, site, route, ms):
     return _suspend(ctx, site, _st.ms, K_ROUTE, str(route), due + d / 1000.0)
 
 
-def _sleep(ctx, site, value, rng, unit, disp, scale):
+def _sleep(ctx, site, value, rng, unit, feed, scale):
     """async_sleep / async_ms_sleep: resume with the rest of the block (docs/kamailio-async.md §2.3)."""
     due = time.monotonic()
     d = _delay(site, value, rng, unit)
@@ -320,7 +320,7 @@ def _sleep(ctx, site, value, rng, unit, disp, scale):
     if site.continuation is None:
         _err(site, "cannot be executed as last action in a route block")
         return -1
-    return _suspend(ctx, site, disp, K_CONT, site.continuation, due + d * scale)
+    return _suspend(ctx, site, feed, K_CONT, site.continuation, due + d * scale)
 
 
 def w_async_sleep(ctx, site, seconds):

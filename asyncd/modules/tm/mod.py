@@ -248,9 +248,13 @@ def _parse_inner(inner):
     return inner
 
 
-def _inner_get(ctx, spec, msg, name):
-    """$T_req(pv) / $T_rpl(pv): the inner pv read on another message."""
+def _inner_get(ctx, spec, make_msg, name):
+    """$T_req(pv) / $T_rpl(pv): the inner pv read on the message make_msg()
+    gives (None: no such message)."""
     try:
+        msg = make_msg()
+        if msg is None:
+            return None
         return _inner_pv(spec).get(S.script.new_ctx(msg, ctx.proc, ctx.route_type))
     except Exception as e:
         log.err(MOD, f"${name}({spec}): {e!r}")
@@ -259,19 +263,11 @@ def _inner_get(ctx, spec, msg, name):
 
 def _get_T_req(ctx, spec, index):
     c = _cell(ctx)
-    if c is None:
-        return None
-    try:
-        msg = rebuild_request(c, ctx.proc)
-    except Exception as e:
-        log.err(MOD, f"$T_req({spec}): {e!r}")
-        return None
-    return _inner_get(ctx, spec, msg, "T_req")
+    return None if c is None else _inner_get(ctx, spec, lambda: rebuild_request(c, ctx.proc), "T_req")
 
 
 def _get_T_rpl(ctx, spec, index):
-    m = _reply_msg(ctx)
-    return None if m is None else _inner_get(ctx, spec, m, "T_rpl")
+    return _inner_get(ctx, spec, lambda: _reply_msg(ctx), "T_rpl")
 
 
 # $snd / $sndto in onsend_route (Kamailio's pv module; tm is the only sender
