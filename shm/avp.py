@@ -5,9 +5,10 @@ request is routed or resumed).
 
 In Kamailio these lists live in shm and are *moved* into the transaction at
 t_newtran, then re-attached by faked_env in the resuming process
-(docs/kamailio-tm.md §1; docs/kamailio-async.md §7).  Here they are private Python objects on `ctx.avps` / `ctx.xavps`;
-tm stores `dumps()` (msgpack bytes) with the transaction and the resuming
-process rebuilds them with `loads()`.  The observable behaviour -- values
+(docs/kamailio-tm.md §1; docs/kamailio-async.md §7).  Here they are private
+Python objects on `ctx.avps` / `ctx.xavps`; tm stores `dumps()` (msgpack
+bytes) with the transaction and the resuming process rebuilds them with
+`loads()`.  The observable behaviour -- values
 set before or after suspending are visible after resuming -- is the same.
 
 AvpList: name (str, or int for `i:N` names) -> values, newest last in the

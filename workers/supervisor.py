@@ -409,7 +409,7 @@ class Supervisor:
     def announce_ready(self):
         self.announced = True
         log.notice(MOD, f"asyncd {__version__} started: {len(self.plan) + 1} processes "
-                       f"({len(self.sockets)} listen socket(s))")
+                   f"({len(self.sockets)} listen socket(s))")
         if self.opts.pid_file:
             tmp = self.opts.pid_file + ".tmp"
             with open(tmp, "w") as f:
@@ -476,11 +476,11 @@ class Supervisor:
         how = _describe_status(status)
         if not child.ready or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == BOOT_ERROR):
             log.crit(MOD, f"child process {child.pid} ({child.desc}) failed while booting "
-                         f"({how}); stopping asyncd")
+                     f"({how}); stopping asyncd")
             self.exit_code = EXIT_BOOT_FAILED
         else:
             log.crit(MOD, f"child process {child.pid} ({child.desc}) {how}; "
-                         f"stopping asyncd (a dead process is not respawned)")
+                     f"stopping asyncd (a dead process is not respawned)")
             self.exit_code = EXIT_CHILD_DIED
 
     # -- shutdown ---------------------------------------------------------
@@ -495,7 +495,7 @@ class Supervisor:
                 time.sleep(0.005)
         for pid, child in list(self.children.items()):
             log.warn(MOD, f"child process {pid} ({child.desc}) did not stop within "
-                         f"{STOP_GRACE}s; killing it")
+                     f"{STOP_GRACE}s; killing it")
             _kill(pid, signal.SIGKILL)
         for pid in list(self.children):
             try:
@@ -508,8 +508,8 @@ class Supervisor:
         if self.counters is not None:
             c = self.counters.totals()
             log.notice(MOD, f"received {c['requests']} requests, {c['replies']} replies; "
-                           f"dropped {c['dropped']} datagrams; answered {c['bad_replied']} "
-                           f"malformed requests with an error reply")
+                       f"dropped {c['dropped']} datagrams; answered {c['bad_replied']} "
+                       f"malformed requests with an error reply")
             self.counters = None
         if self.modules_inited:
             self.script.destroy_modules()

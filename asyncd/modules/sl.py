@@ -25,6 +25,7 @@ MOD = "sl"
 # Kamailio's default text when sl_reply_error has no more specific error (sl_funcs.c, error.c).
 DEFAULT_ERROR = (500, "I'm terribly sorry, server error occurred (1/SL)")
 
+
 def _where(ctx):
     site = ctx.site
     return str(site.loc) if site is not None and getattr(site, "loc", None) is not None else ""

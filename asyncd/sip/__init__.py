@@ -10,6 +10,7 @@ from .build import (build_ack, build_cancel, build_reply, build_request_fwd, rep
                     stable_to_tag, strip_top_via, top_via_received, via_dest, via_line)
 
 __all__ = ["parse_msg", "SipMsg", "SipParseError", "parse_uri", "parse_uri_cached", "parse_cur_uri",
-           "SipUri", "Via", "NameAddr", "canon", "unescape", "faked_request", "build_reply", "reply_addr", "stable_to_tag",
+           "SipUri", "Via", "NameAddr", "canon", "unescape", "faked_request", "build_reply", "reply_addr",
+           "stable_to_tag",
            "build_request_fwd", "via_line", "top_via_received", "strip_top_via", "via_dest",
            "build_cancel", "build_ack"]

@@ -307,4 +307,3 @@ def e2e_cancel(ctx, h):
             reply_cell(h, cell, None, 487, "Request Terminated")
     finally:
         h.release(flush)
-
