@@ -45,6 +45,7 @@ Lock words (one per lock, in the arena's static area):
 Then n x u32 takeover counters (how many times each lock was recovered).
 """
 import fcntl
+import mmap
 import os
 import time
 from _multiprocessing import SemLock
@@ -195,6 +196,34 @@ class LockSet:
             except Exception as e:  # repair must never wedge the lock
                 log.err("shm", f"{self.name}: repair after takeover of lock {i} failed: {e!r}")
         return True
+
+
+class LockArea:
+    """Room for the lock words of structures that live outside the arena (an
+    anonymous MAP_SHARED mapping made before fork: the async task
+    dispatchers, the timer mailboxes). It offers what LockSet uses of an
+    arena: static_alloc, words, and an fd for the fcntl recovery lock (a
+    memfd: the kernel drops the byte-range lock of a dead process)."""
+
+    def __init__(self, nbytes):
+        self._mm = mmap.mmap(-1, max(8, (nbytes + 7) & ~7))
+        self.buf = memoryview(self._mm)
+        self.words = self.buf.cast("I")
+        self.lock_fd = os.memfd_create("asyncd-locks", os.MFD_CLOEXEC)
+        os.ftruncate(self.lock_fd, len(self._mm))
+        self._top = 0
+
+    def static_alloc(self, nbytes, align=8):
+        top = (self._top + align - 1) & ~(align - 1)
+        if top + nbytes > len(self._mm):
+            raise MemoryError(f"lock area of {len(self._mm)} bytes exhausted")
+        self._top = top + nbytes
+        return top
+
+
+def robust_lock(name, n=1):
+    """A LockSet of `n` in its own LockArea (12 bytes of words per lock)."""
+    return LockSet(LockArea(12 * n), n, name)
 
 
 class Guard:
