@@ -17,7 +17,10 @@ confirmed against the key bytes stored at the head of the blob.
 
 Byte layout (little endian), all in one anonymous MAP_SHARED mapping:
 
-  [0:64)               table header: nslots u32, nbuckets u32, used u32, _
+  [0:64)               table header: used u32, _ (12 bytes), refused u64 (no
+                       slot or no shm: insert raised TableFull), busy u64 (requests
+                       tm answered 503 because the table was full, tm/mod.py);
+                       the two counters change under the allocator lock
   slot headers         nslots x 40 bytes:
       0 label u32 | 4 used u32 (bit 0 in use, bit 1 "done": tm's final reply
       sent, lets timers skip it lock-free) | 8 keyhash i64 | 16 blob offset u64
@@ -51,6 +54,8 @@ _HDR = struct.Struct("<IIqQiId")          # one slot header, 40 bytes
 _I32 = struct.Struct("<i")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_H_REFUSED, _H_BUSY = 16, 24     # header offsets of the overload counters
 
 N_BUCKET_LOCKS = 64
 N_SLOT_LOCKS = 512
@@ -99,6 +104,7 @@ class TmTable:
 
     def _format(self):
         b = self.buf
+        b[self.o_hdr:self.o_hdr + 64] = bytes(64)
         empty = _HDR.pack(0, 0, 0, 0, -1, 0, 0.0)
         b[self.o_slots:self.o_slots + self.nslots * 40] = empty * self.nslots
         b[self.o_buckets:self.o_buckets + self.nbuckets * 4] = b"\xff" * (self.nbuckets * 4)
@@ -159,6 +165,8 @@ class TmTable:
                 return (False,) + found
             self.alloc_lock.acquire(0)
             idx = self._pop_slot()
+            if idx < 0:
+                self._bump(_H_REFUSED)
             self.alloc_lock.release(0)
             if idx < 0:
                 raise TableFull("transaction table full (%d slots)" % self.nslots)
@@ -171,9 +179,11 @@ class TmTable:
                 off = self.arena.alloc(len(blob) + headroom)
                 if not off:
                     raise TableFull("no shm for a %d byte transaction; raise -m" % len(blob))
-            except BaseException:
+            except BaseException as e:
                 self.alloc_lock.acquire(0)
                 self._push_slot(idx)
+                if isinstance(e, TableFull):
+                    self._bump(_H_REFUSED)
                 self.alloc_lock.release(0)
                 raise
             self.buf[off:off + len(blob)] = blob
@@ -307,6 +317,26 @@ class TmTable:
     def count(self):
         """Transactions (and ACK aliases) currently held."""
         return _U32.unpack_from(self.buf, self.o_hdr)[0]
+
+    def is_full(self):
+        """No free slot left (a lock-free read: a hint, the insert decides)."""
+        return _U32.unpack_from(self.buf, self.o_hdr)[0] >= self.nslots
+
+    def _bump(self, off):
+        """alloc_lock held."""
+        o = self.o_hdr + off
+        _U64.pack_into(self.buf, o, _U64.unpack_from(self.buf, o)[0] + 1)
+
+    def note_busy(self):
+        """Count a request answered 503 because the table was full."""
+        self.alloc_lock.acquire(0)
+        self._bump(_H_BUSY)
+        self.alloc_lock.release(0)
+
+    def overload(self):
+        """{"refused": inserts that found the table full, "busy": 503s sent for it}."""
+        return {"refused": _U64.unpack_from(self.buf, self.o_hdr + _H_REFUSED)[0],
+                "busy": _U64.unpack_from(self.buf, self.o_hdr + _H_BUSY)[0]}
 
     def expired(self, now=None):
         """(index, label) of every slot whose deadline has passed: the sweep's

@@ -17,7 +17,7 @@ from asyncd.modules.tm import timer as tm_timer
 from asyncd.modules.tm.cell import F_CANCELED, F_FINAL, F_SUSPENDED, Cell, Handle
 from asyncd.modules.tm.lookup import lookup_request, rebuild_request, request_key, ack2xx_key
 from asyncd.modules.tm.state import MOD, S, arm_wait, flush
-from asyncd.sip import parse_msg
+from asyncd.sip import build_reply, parse_msg, reply_addr
 
 RF = REQUEST_ROUTE | FAILURE_ROUTE
 RFB = RF | BRANCH_ROUTE
@@ -302,6 +302,9 @@ def _get_snd(ctx, spec, index):
 
 
 # ---- hooks --------------------------------------------------------------------------
+BUSY_RETRY_AFTER = 5     # seconds (Retry-After of the 503 a full table gets)
+
+
 def request_in(ctx):
     if S.table is None:
         return False
@@ -312,10 +315,29 @@ def request_in(ctx):
                 return False
             fwd.e2e_cancel(ctx, Handle(S.table, *found))
             return True
-        return newtran.match_request(ctx)
+        if newtran.match_request(ctx):
+            return True
+        if S.table.is_full() and ctx.msg.method != "ACK":
+            return _busy(ctx)
     except Exception as e:
         log.err(MOD, f"request matching failed: {e!r}")
     return False
+
+
+def _busy(ctx):
+    """The table is full before the script runs: answer 503 with Retry-After
+    (RFC 3261 §21.5.4) at once rather than let the request's transaction fail
+    later or be dropped (docs/kamailio-tm.md §7). True: absorbed."""
+    msg = ctx.msg
+    try:
+        data = build_reply(msg, 503, "Service Unavailable",
+                           extra_headers=(f"Retry-After: {BUSY_RETRY_AFTER}",))
+    except Exception as e:      # too broken to answer: the script gets it as usual
+        log.dbg(MOD, f"no 503 possible: {e!r}")
+        return False
+    ctx.proc.send(data, reply_addr(msg), msg.sock)
+    S.table.note_busy()
+    return True
 
 
 def reply_in(ctx):
@@ -388,6 +410,11 @@ def mod_destroy(script):
     """Say what is left: after the wait timer a quiet server holds nothing."""
     if S.table is not None:
         log.notice(MOD, f"transaction table: {S.table.count()} entries at exit")
+        o = S.table.overload()
+        if o["refused"] or o["busy"]:
+            log.notice(MOD, f"transaction table full: {o['refused']} transaction(s) refused "
+                       f"(the function returned its error code), {o['busy']} request(s) "
+                       f"answered 503 before the script ran")
 
 
 def child_init(proc, rank):
