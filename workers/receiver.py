@@ -56,6 +56,9 @@ class Receiver:
         self.n_req = self.n_rpl = self.n_drop = self.n_bad = 0
         self.counters = getattr(self.script, "msg_counters", None)
         self.slot = getattr(proc, "index", None)
+        if self.counters is not None and self.slot is not None:
+            # a respawned receiver carries on from what its slot's dead process flushed
+            self.n_req, self.n_rpl, self.n_drop, self.n_bad = self.counters.read(self.slot)
 
     # -- loop -------------------------------------------------------------
     def on_term(self, signum, frame):
@@ -212,6 +215,11 @@ class Counters:
     def write(self, slot, *values):
         if 0 <= slot < self.n:
             self._ROW.pack_into(self.buf, self.off + slot * self._ROW.size, *values)
+
+    def read(self, slot):
+        if 0 <= slot < self.n:
+            return self._ROW.unpack_from(self.buf, self.off + slot * self._ROW.size)
+        return (0, 0, 0, 0)
 
     def totals(self):
         tot = [0, 0, 0, 0]

@@ -17,12 +17,19 @@ loops) exists in this process before the forks: children make their own.
 Supervision is gunicorn's arbiter shape: signal handlers only queue the
 signal (and wake the loop through signal.set_wakeup_fd); the main loop
 dispatches to handle_<signame>; children are reaped with waitpid(-1,
-WNOHANG) and every exit is classified. A child that cannot boot exits with
-BOOT_ERROR and the server stops; any other unexpected death is logged with
-the child's description and status, and the whole server stops non-zero
-(Kamailio's policy: its main process shuts everything down on SIGCHLD;
-respawning is the next issue). SIGTERM/SIGINT: children get SIGTERM, then
-SIGKILL after STOP_GRACE, shm is unlinked, exit 0 well within 2 s.
+WNOHANG) and every exit is classified. A child that cannot boot while the
+server starts exits with BOOT_ERROR and startup stops. After startup a dead
+child is logged (description, rank, pid, how it died) and forked again from
+its row, same instance, rank and title: its modules' child_init runs again
+and its role's loop recovers what the dead one left in shared memory
+(docs/architecture.md, "Respawn"). Transactions, AVPs, htables, task queues
+and timers live in shm and outlive it; Kamailio instead stops everything on
+SIGCHLD (src/main.c, handle_sigs) and relies on systemd. Two core
+parameters of asyncd's own bound this: a slot that dies more than
+`respawn_max` times within `respawn_window` seconds stops the server (a bug
+that kills every new child must not spin: circus's flapping guard), and
+`respawn=no` keeps Kamailio's policy. SIGTERM/SIGINT: children get SIGTERM,
+then SIGKILL after STOP_GRACE, shm is unlinked, exit 0 well within 2 s.
 """
 import ctypes
 import gc
@@ -36,6 +43,7 @@ import syslog
 import tempfile
 import time
 import traceback
+from collections import deque
 from multiprocessing import resource_tracker
 
 from asyncd import __version__
@@ -84,8 +92,10 @@ class StartupError(Exception):
 
 
 class Child:
-    """One forked process: instance `instance` of `row`, in process-table slot `idx`."""
-    __slots__ = ("idx", "row", "instance", "desc", "rank", "pid", "ready")
+    """One process slot: instance `instance` of `row`, in process-table slot
+    `idx`; a respawn forks the same slot again (`forks` counts them, `deaths`
+    holds the recent death times the flapping guard looks at)."""
+    __slots__ = ("idx", "row", "instance", "desc", "rank", "pid", "ready", "forks", "deaths")
 
     def __init__(self, idx, row, instance):
         self.idx, self.row, self.instance = idx, row, instance
@@ -93,6 +103,8 @@ class Child:
         self.rank = row.rank_of(instance)
         self.pid = 0
         self.ready = False
+        self.forks = 0
+        self.deaths = deque()
 
 
 class Supervisor:
@@ -120,6 +132,11 @@ class Supervisor:
         self.daemon_fd = -1
         self.modules_inited = False
         self.main_pid = os.getpid()
+        core = script.core
+        self.respawn = _truthy(core.get("respawn", 1))
+        self.respawn_max = int(core.get("respawn_max", 5) or 0)
+        self.respawn_window = float(core.get("respawn_window", 10) or 0)
+        self.respawned = 0
         if opts.pid_file:  # --daemonize changes directory to /
             opts.pid_file = os.path.abspath(opts.pid_file)
 
@@ -300,12 +317,13 @@ class Supervisor:
             if self.sig_queue and any(s in self.STOP_SIGNALS for s in self.sig_queue):
                 break  # told to stop while forking: stop now rather than fork the rest
             self.spawn_role(child)
-        os.close(self.ready_w)
-        self.ready_w = -1
+        # ready_w stays open in main: a respawned child reports on it too
 
     def spawn_role(self, child):
         sys.stdout.flush()
         sys.stderr.flush()
+        child.ready = False
+        child.forks += 1
         pid = os.fork()
         if pid:
             child.pid = pid
@@ -355,7 +373,7 @@ class Supervisor:
         set_title(child.desc)
         log.configure(rank=child.idx)
         self.script.child_init_modules(proc, child.rank)
-        if child.rank == 1 and "core:worker-one-init" in getattr(self.script, "event_routes", ()):
+        if child.rank == 1 and child.forks == 1 and "core:worker-one-init" in getattr(self.script, "event_routes", ()):
             _worker_one_init(self.script, proc)
         os.write(self.ready_w, child.idx.to_bytes(4, "little"))
         os.close(self.ready_w)
@@ -394,9 +412,6 @@ class Supervisor:
             data = os.read(self.ready_r, 4096)
         except (BlockingIOError, InterruptedError):
             return
-        if not data:  # every child closed its end
-            os.close(self.ready_r)
-            self.ready_r = -1
         by_idx = {c.idx: c for c in self.children.values()}
         for i in range(0, len(data) - 3, 4):
             c = by_idx.get(int.from_bytes(data[i:i + 4], "little"))
@@ -474,14 +489,32 @@ class Supervisor:
 
     def child_died(self, child, status):
         how = _describe_status(status)
-        if not child.ready or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == BOOT_ERROR):
-            log.crit(MOD, f"child process {child.pid} ({child.desc}) failed while booting "
-                     f"({how}); stopping asyncd")
+        booting = not child.ready or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == BOOT_ERROR)
+        who = f"child process {child.pid} ({child.desc}, rank {child.rank})"
+        if booting and not self.announced:
+            log.crit(MOD, f"{who} failed while booting ({how}); stopping asyncd")
             self.exit_code = EXIT_BOOT_FAILED
-        else:
-            log.crit(MOD, f"child process {child.pid} ({child.desc}) {how}; "
-                     f"stopping asyncd (a dead process is not respawned)")
+            return
+        if booting:
+            how += " while booting"
+        if not self.respawn:
+            log.crit(MOD, f"{who} {how}; stopping asyncd (respawn=no)")
             self.exit_code = EXIT_CHILD_DIED
+            return
+        now = time.monotonic()
+        child.deaths.append(now)
+        while child.deaths and now - child.deaths[0] > self.respawn_window:
+            child.deaths.popleft()
+        if len(child.deaths) > self.respawn_max:
+            log.crit(MOD, f"{who} {how}; it died {len(child.deaths)} times within "
+                     f"{self.respawn_window:g} s (respawn_max={self.respawn_max}, "
+                     f"respawn_window={self.respawn_window:g}): stopping asyncd")
+            self.exit_code = EXIT_CHILD_DIED
+            return
+        log.alert(MOD, f"{who} {how}; respawning it")
+        self.spawn_role(child)
+        self.respawned += 1
+        log.notice(MOD, f"respawned {child.desc} (rank {child.rank}) as pid {child.pid}")
 
     # -- shutdown ---------------------------------------------------------
     def stop_children(self):
@@ -505,6 +538,11 @@ class Supervisor:
             self.children.pop(pid, None)
 
     def cleanup(self):
+        if self.ready_w >= 0:
+            os.close(self.ready_w)
+            self.ready_w = -1
+        if self.respawned:
+            log.notice(MOD, f"{self.respawned} dead process(es) were respawned")
         if self.counters is not None:
             c = self.counters.totals()
             log.notice(MOD, f"received {c['requests']} requests, {c['replies']} replies; "
@@ -608,7 +646,11 @@ def _grow_rcvbuf(s):
 def _describe_status(status):
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        return f"terminated by signal {sig} ({SIGNAMES.get(sig, '?')})"
+        name = SIGNAMES.get(sig, "?")
+        if sig == signal.SIGKILL:
+            name += ", perhaps out of memory"       # the kernel's OOM killer sends SIGKILL
+        core = ", core dumped" if os.WCOREDUMP(status) else ""
+        return f"terminated by signal {sig} ({name}){core}"
     if os.WIFEXITED(status):
         return f"exited with status {os.WEXITSTATUS(status)}"
     return f"stopped with wait status {status}"

@@ -89,6 +89,7 @@ def _level(level, name):
     return emit
 
 
+alert = _level(L_ALERT, "alert")
 crit = _level(L_CRIT, "crit")
 err = _level(L_ERR, "err")
 warn = _level(L_WARN, "warn")

@@ -70,6 +70,8 @@ TABLE = {
     "route_locks_size": ("int", 0), "ip_free_bind": ("int", 0), "local_rport": ("bool", 0),
     "fork_delay": ("int", 0), "exit_timeout": ("int", 60), "dst_blocklist_init": ("bool", 1),
     "use_dst_blocklist": ("bool", 0), "dst_blacklist_init": ("bool", 1),
+    # asyncd's own (docs/architecture.md, "Respawn"): Kamailio has no respawn
+    "respawn": ("bool", 1), "respawn_max": ("int", 5), "respawn_window": ("int", 10),
 }
 IGNORED_PREFIXES = ("tcp_", "tls_", "sctp_", "dst_blocklist_", "dst_blacklist_", "dns_cache_",
                     "ws_", "mem_", "shm_", "pkg_")

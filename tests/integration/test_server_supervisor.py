@@ -40,12 +40,18 @@ STANDIN = textwrap.dedent("""
     def polite(proc):
         pass
 
+    def crash(proc):
+        # a bug that kills the process right after every start (past its boot)
+        os._exit(7)
+
     def timer_row(title, job, count=1):
         return ProcRow(ROLE_TIMER, title, PROC_TIMER, count, TimerHandlers(every=(Periodic(0.02, job),)))
 
     def procs(script):
         if MODE == "stubborn":
             return [timer_row("stubborn timer", stubborn)]
+        if MODE == "crashloop":
+            return [timer_row("slow timer", polite), timer_row("crashing timer", crash)]
         return [timer_row("slow timer", polite), timer_row("timer", polite, 2)]
 
     def request_in(ctx):
@@ -134,6 +140,23 @@ def test_module_processes_forked_after_receivers_and_killed_if_stubborn(tmp_path
             assert not psutil.pid_exists(k.pid) or k.status() == psutil.STATUS_ZOMBIE
     finally:
         kill_group(p)
+
+
+def test_flapping_guard_stops_a_child_that_dies_on_every_start(tmp_path):
+    """respawn_max=5 within respawn_window=10 s (the defaults): the 6th death
+    in the window stops the server with a line naming the process."""
+    p, port, pidf = start(tmp_path, "crashloop")
+    try:
+        rc = p.wait(15)
+    finally:
+        kill_group(p)
+    log = (tmp_path / "log").read_text()
+    assert rc == 1, log
+    assert log.count("(crashing timer, rank -1) exited with status 7; respawning it") == 5, log
+    assert ("(crashing timer, rank -1) exited with status 7; it died 6 times within 10 s "
+            "(respawn_max=5, respawn_window=10): stopping asyncd") in log, log
+    assert "(slow timer" not in log       # the healthy process never died
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"asyncd_{p.pid}_")]
 
 
 def test_module_proc_order_and_ranks(tmp_path):
