@@ -17,7 +17,9 @@ confirmed against the key bytes stored at the head of the blob.
 
 Byte layout (little endian), all in one anonymous MAP_SHARED mapping:
 
-  [0:64)               table header: used u32, _ (12 bytes), refused u64 (no
+  [0:64)               table header: used u32, _ (8 bytes), full mark u32 (the
+                       `used` count at which an insert last found no shm; 0: none),
+                       refused u64 (no
                        slot or no shm: insert raised TableFull), busy u64 (requests
                        tm answered 503 because the table was full, tm/mod.py);
                        the two counters change under the allocator lock
@@ -55,7 +57,7 @@ _I32 = struct.Struct("<i")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_H_REFUSED, _H_BUSY = 16, 24     # header offsets of the overload counters
+_H_MARK, _H_REFUSED, _H_BUSY = 12, 16, 24     # header offsets (see the layout above)
 
 N_BUCKET_LOCKS = 64
 N_SLOT_LOCKS = 512
@@ -129,6 +131,8 @@ class TmTable:
         _I32.pack_into(self.buf, self.o_free, top + 1)
         used = _U32.unpack_from(self.buf, self.o_hdr)[0]
         _U32.pack_into(self.buf, self.o_hdr, used - 1)
+        if _U32.unpack_from(self.buf, self.o_hdr + _H_MARK)[0]:
+            _U32.pack_into(self.buf, self.o_hdr + _H_MARK, 0)   # room again: the next insert tries
 
     # ---- public API -------------------------------------------------------
     def lock(self, index):
@@ -184,6 +188,7 @@ class TmTable:
                 self._push_slot(idx)
                 if isinstance(e, TableFull):
                     self._bump(_H_REFUSED)
+                    _U32.pack_into(self.buf, self.o_hdr + _H_MARK, max(1, self.count()))
                 self.alloc_lock.release(0)
                 raise
             self.buf[off:off + len(blob)] = blob
@@ -319,8 +324,12 @@ class TmTable:
         return _U32.unpack_from(self.buf, self.o_hdr)[0]
 
     def is_full(self):
-        """No free slot left (a lock-free read: a hint, the insert decides)."""
-        return _U32.unpack_from(self.buf, self.o_hdr)[0] >= self.nslots
+        """No free slot left, or the last insert found no shm for its record
+        and no transaction has ended since (lock-free reads: a hint, the
+        insert decides)."""
+        used = _U32.unpack_from(self.buf, self.o_hdr)[0]
+        mark = _U32.unpack_from(self.buf, self.o_hdr + _H_MARK)[0]
+        return used >= self.nslots or (mark and used >= mark)
 
     def _bump(self, off):
         """alloc_lock held."""
