@@ -492,13 +492,14 @@ def procs(script):
 
 def mod_destroy(script):
     """Account for every accepted item: accepted = run + skipped + pending."""
-    for name, feed in (("seconds timer", _st.secs), ("ms timer", _st.ms)):
-        if feed is not None:
-            log.info(MOD, f"{name}: " + _fmt(feed.stats()))
+    counted = [(name, feed.stats()) for name, feed in (("seconds timer", _st.secs), ("ms timer", _st.ms))
+               if feed is not None]
     fw = async_task.framework()
     if fw is not None:
-        for g in fw.groups:
-            log.info(MOD, f"task group [{g.name}]: " + _fmt(g.disp.stats()))
+        counted += [(f"task group [{g.name}]", g.disp.stats()) for g in fw.groups]
+    for name, st in counted:
+        # a queue that was full at some point is worth an operator's attention
+        (log.notice if st["rejected"] else log.info)(MOD, f"{name}: " + _fmt(st))
 
 
 def _fmt(s):
