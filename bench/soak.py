@@ -30,6 +30,9 @@ from bench.sysstats import ProcessTree, read_udp_counters, udp_drops_delta
 MB = 1024 * 1024
 BASELINE_SAMPLE = 2         # "from minute 2 to the end" (issue 12)
 POLL_S = 0.5                # how often the sampler looks at SIPp and the server between samples
+# SIPp's -trace_err file rotates at 20 MB and keeps one old file: in the first smoke run a
+# minute of failing calls wrote 65 MB of errors, half an hour of them would fill a disk.
+SIPP_LOG_RING = ["-ringbuffer_files", "1", "-ringbuffer_size", "20000000"]
 
 
 # --- the verdict (pure: tests/unit/bench/test_bench_soak.py) ----------------
@@ -52,6 +55,7 @@ def verdict(samples: list, limit_pct: float = 5.0, completed: bool = True) -> di
     Passing needs all three checks and a run that completed its duration.
     """
     last = samples[-1] if samples else {}
+    # "minute" is the sample number: the minute at the default 60 s interval
     window = [s for s in samples if s.get("minute") is None or s["minute"] >= BASELINE_SAMPLE]
     if not window or window[0].get("minute") != BASELINE_SAMPLE:
         window = []
@@ -78,16 +82,16 @@ def verdict(samples: list, limit_pct: float = 5.0, completed: bool = True) -> di
     return out
 
 
-def describe_verdict(v: dict) -> str:
-    """One line: the figures, then PASS / FAIL / not judged."""
+def describe_verdict(v: dict, unit: str = "minute") -> str:
+    """One line: PASS / FAIL / not judged, then the figures."""
     bits = [f"{v['failed']} failed calls"]
     if v.get("baseline_minute") is not None:
-        bits.append(f"PSS {v['pss_drift_pct']:+.2f} % from minute {v['baseline_minute']} "
+        bits.append(f"PSS {v['pss_drift_pct']:+.2f} % from {unit} {v['baseline_minute']} "
                     f"({v['baseline_pss_mb']} MB; limit ±{v['pss_limit_pct']:g} %)")
         bits.append(f"fds {v['fds_min']}..{v['fds_max']}"
                     + (" (flat)" if v["fds_min"] == v["fds_max"] else " (NOT flat)"))
     else:
-        bits.append("too short for a minute-2 baseline: PSS and fds not judged")
+        bits.append(f"too short for a {unit}-2 baseline: PSS and fds not judged")
     if not v.get("completed", True):
         bits.append("the run did not complete")
     word = {True: "PASS", False: "FAIL", None: "not judged"}[v["pass"]]
@@ -109,7 +113,8 @@ class _Load:
         if cfg.get("uas"):
             uas_port = free_udp_port(exclude={srv.port, uac_port})
             self.uas_stat = str(workdir / f"{tag}-soak-uas.csv")
-            self.uas = sipp.SippProcess(sipp.uas_command(cfg["uas"], uas_port, self.uas_stat),
+            self.uas = sipp.SippProcess(sipp.uas_command(cfg["uas"], uas_port, self.uas_stat)
+                                        + SIPP_LOG_RING,
                                         self.uas_stat, str(workdir / f"{tag}-soak-uas.log"),
                                         cwd=str(workdir))
             time.sleep(0.3)
@@ -119,7 +124,7 @@ class _Load:
         cmd = sipp.uac_command(cfg["scenario"], target, uac_port, cfg["rate"], self.calls,
                                self.uac_stat, service=cfg["service"], rsa=rsa,
                                recv_timeout_ms=cfg["recv_timeout_ms"],
-                               global_timeout_s=int(self.timeout_s))
+                               global_timeout_s=int(self.timeout_s)) + SIPP_LOG_RING
         self.uac = sipp.SippProcess(cmd, self.uac_stat, str(workdir / f"{tag}-soak-uac.log"),
                                     cwd=str(workdir))
         self.t0 = self.uac.t0
@@ -150,8 +155,13 @@ def take_sample(tree: ProcessTree, minute: Optional[int], t_s: float, counters: 
             "processes": tree.count()}
 
 
-def _log_sample(opts, s: dict) -> None:
-    at = "end" if s["minute"] is None else f"minute {s['minute']}"
+def sample_unit(sample_s: float) -> str:
+    """What a sample number counts: minutes at the default interval, else samples."""
+    return "minute" if float(sample_s) == 60.0 else "sample"
+
+
+def _log_sample(opts, s: dict, unit: str) -> None:
+    at = "end" if s["minute"] is None else f"{unit} {s['minute']}"
     opts.log(f"    soak {at} ({s['t_s']:g} s): {s['successful']:,} calls ok, {s['failed']} failed, "
              f"{s['retransmissions']} retrans; PSS {s['pss_mb']:.1f} MB; {s['fds']} fds; "
              f"{s['processes']} processes")
@@ -160,11 +170,12 @@ def _log_sample(opts, s: dict) -> None:
 def run_soak(srv: Server, tree: ProcessTree, cfg: dict, opts, tag: str) -> dict:
     """The soak phase of a case: load for duration_s, a sample every sample_s, the verdict."""
     every = float(cfg["sample_s"])
+    unit = sample_unit(every)
     opts.log(f"    soak: {cfg['rate']}/s for {cfg['duration_s']} s, a sample every {every:g} s"
              + (f" (rate: {cfg['rate_source']})" if cfg.get("rate_source") else ""))
     zero = {"successful": 0, "failed": 0, "retransmissions": 0}
     samples = [take_sample(tree, 0, 0.0, zero)]
-    _log_sample(opts, samples[0])
+    _log_sample(opts, samples[0], unit)
     udp0, cpu0 = read_udp_counters(), tree.cpu_seconds()
     load = _Load(srv, cfg, opts.workdir, tag)
     k = 1
@@ -174,17 +185,17 @@ def run_soak(srv: Server, tree: ProcessTree, cfg: dict, opts, tag: str) -> dict:
             time.sleep(min(POLL_S, due - time.monotonic()))
             continue
         samples.append(take_sample(tree, k, time.monotonic() - load.t0, load.progress()))
-        _log_sample(opts, samples[-1])
+        _log_sample(opts, samples[-1], unit)
         k += 1
     run, uas_run = load.finish(srv.proc.poll() is None)
     alive = srv.proc.poll() is None
     final = _counters(run.totals, uas_run.totals if uas_run else None)
     if alive:
         samples.append(take_sample(tree, None, time.monotonic() - load.t0, final))
-        _log_sample(opts, samples[-1])
+        _log_sample(opts, samples[-1], unit)
     completed = alive and not run.timed_out and run.totals.created >= load.calls
     v = verdict(samples, cfg["pss_drift_limit_pct"], completed=completed)
-    opts.log(f"    soak verdict: {describe_verdict(v)}")
+    opts.log(f"    soak verdict: {describe_verdict(v, unit)}")
     return {"scenario": cfg["scenario"], "uas": cfg.get("uas"), "rate": cfg["rate"],
             "rate_source": cfg.get("rate_source", ""), "duration_s": cfg["duration_s"],
             "sample_s": every, "calls": load.calls, "achieved_rate": round(run.totals.achieved_rate, 1),

@@ -49,6 +49,12 @@ def test_a_steady_run_passes_and_minute_one_is_not_judged():
     assert soak.describe_verdict(v).startswith("PASS: 0 failed calls; PSS +2.35 % from minute 2")
 
 
+def test_samples_are_minutes_only_at_the_default_interval():
+    assert soak.sample_unit(60) == "minute" and soak.sample_unit(15.0) == "sample"
+    v = soak.verdict(series([100.0, 100.0, 101.0]))
+    assert "PSS +1.00 % from sample 2 (100.0 MB" in soak.describe_verdict(v, "sample")
+
+
 def test_pss_growth_past_the_limit_fails():
     v = soak.verdict(series([100.0, 100.0, 103.0, 106.0]))
     assert v["pss_drift_pct"] == 6.0 and v["checks"]["pss"] is False and v["pass"] is False
