@@ -5,6 +5,7 @@ Runs in: the bench harness process.
     python -m bench list
     python -m bench run full --server both            # the full table (about 10-13 min)
     python -m bench run quick --server asyncd --quick # seconds: the CI smoke run
+    python -m bench run soak --server asyncd          # opt-in: 2 x 30 min at half the max clean rate
     python -m bench report bench/results/<run>/results.json
 
 Each run writes ``results.json`` (machine, Python, commit, Kamailio and
@@ -27,6 +28,8 @@ from bench.servers import REPO, asyncd_version, kamailio_version
 from bench.sipp import sipp_binary, sipp_version
 from bench.sysstats import machine_info
 
+DEFAULT_BUDGET_S = 840.0
+
 
 def cmd_list(args) -> int:
     cases = cases_mod.load_cases()
@@ -43,11 +46,25 @@ def cmd_list(args) -> int:
     w = max(len(n) for n in cases) + 1
     for name, c in cases.items():
         servers = ", ".join(c.servers)
-        print(f"  {name:<{w}} {c.title}")
+        print(f"  {name:<{w}} {c.title}{' (opt-in: not in all)' if c.opt_in else ''}")
         print(f"  {'':<{w}} cfg {c.cfg.name}; servers: {servers}; {c.describe_load()}")
         if c.note:
             print(f"  {'':<{w}} note: {c.note}")
     return 0
+
+
+def soak_overrides(args) -> dict:
+    """The soak settings given on the command line (only those given)."""
+    over = {"rate": args.rate, "duration_s": args.duration, "sample_s": args.sample_s}
+    return {k: v for k, v in over.items() if v is not None}
+
+
+def default_budget(cases: list, servers: list) -> float:
+    """840 s (a run stays under 15 minutes), plus the length of every soak it will run: a
+    soak is one long step, and the budget must not skip the second soak case of a suite."""
+    soaks = sum(float(c.soak["duration_s"]) * len(set(servers) & set(c.servers))
+                for c in cases if c.soak)
+    return DEFAULT_BUDGET_S + soaks
 
 
 def cmd_run(args) -> int:
@@ -63,13 +80,16 @@ def cmd_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     work.mkdir(exist_ok=True)
-    needs_sipp = any(c.sipp for c in selected)
+    needs_sipp = any(c.sipp or c.soak for c in selected)
     if needs_sipp and not sipp_binary():
-        print("note: sipp not found: SIPp clean-rate searches are skipped", file=sys.stderr)
+        print("note: sipp not found: SIPp clean-rate searches and soaks are skipped", file=sys.stderr)
         for c in selected:
-            c.sipp = None
+            c.sipp = c.soak = None
+    over = soak_overrides(args)
+    effective = [c.for_mode(args.quick).with_soak(over) for c in selected]
+    budget_s = args.budget if args.budget is not None else default_budget(effective, servers)
     opts = runner.RunOptions(servers=servers, quick=args.quick, workdir=work.resolve(),
-                             budget=runner.Budget(args.budget), step_s=args.step_s)
+                             budget=runner.Budget(budget_s), step_s=args.step_s, soak=over)
     opts.log(f"bench: suite {args.suite} ({len(selected)} cases) on {', '.join(servers)}"
              f"{' (quick)' if args.quick else ''}; results in {out}")
     t0 = time.monotonic()
@@ -78,7 +98,7 @@ def cmd_run(args) -> int:
     meta = {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"), "suite": args.suite,
         "mode": "quick" if args.quick else "full", "servers": servers,
-        "duration_s": round(time.monotonic() - t0, 1), "budget_s": args.budget,
+        "duration_s": round(time.monotonic() - t0, 1), "budget_s": budget_s,
         "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "command": "python -m bench " + " ".join(sys.argv[1:]),
         "machine": machine_info(REPO), "kamailio_version": kamailio_version(),
@@ -87,7 +107,7 @@ def cmd_run(args) -> int:
     doc = {"meta": meta,
            "cases": [{"name": c.name, "title": c.title, "cfg": c.cfg.name, "servers": list(c.servers),
                       "note": c.note, "mem_mb": c.mem_mb,
-                      "load": c.for_mode(args.quick).describe_load()} for c in selected],
+                      "load": c.describe_load()} for c in effective],
            "results": report.strip_raw(results), "ratios": report.compute_ratios(results)}
     pngs = []
     if not args.no_plots:
@@ -125,10 +145,17 @@ def main(argv=None) -> int:
     r.add_argument("--server", choices=("asyncd", "kamailio", "both"), default="both")
     r.add_argument("--quick", action="store_true", help="seconds-long steps and few requests (CI)")
     r.add_argument("--out", help="output directory (default bench/results/<time>-<suite>)")
-    r.add_argument("--budget", type=float, default=840.0,
+    r.add_argument("--budget", type=float, default=None,
                    help="stop starting new steps after this many seconds (default 840: with the "
-                        "step in progress, a run stays under 15 minutes)")
+                        "step in progress, a run stays under 15 minutes; plus the soak durations)")
     r.add_argument("--step-s", type=float, default=None, help="override the SIPp step length (s)")
+    r.add_argument("--rate", type=int, default=None,
+                   help="soak cases: calls/s (default: each case's own, half its recorded max clean rate)")
+    r.add_argument("--duration", type=float, default=None,
+                   help="soak cases: seconds of load per case (default 1800)")
+    r.add_argument("--sample-s", type=float, default=None,
+                   help="soak cases: seconds between samples (default 60; the verdict starts at "
+                        "the second sample)")
     r.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     return {"list": cmd_list, "report": cmd_report, "run": cmd_run}[args.cmd](args)

@@ -19,6 +19,8 @@ load to apply, and which servers can run it. Two ways to declare one:
        rate = 1000; count = 3000; nominal_ms = 0; drain_s = 2
        [throughput]  # async_task_data / tkv: deliveries counted by the cfg, stepped
        rates = [2000, 4000, 8000]; step_s = 3; timeout_s = 5   # like the SIPp search
+       [soak]        # one SIPp load at a fixed rate for a long time, sampled (bench/soak.py)
+       scenario = "options_uac.xml"; rate = 4250; duration_s = 1800; sample_s = 60
        [quick]       # overrides for --quick, same shape as above
        sipp = {rates = [200, 500], step_s = 1}
 
@@ -28,8 +30,11 @@ load to apply, and which servers can run it. Two ways to declare one:
    ``# bench: latency = {rate = 200, count = 400, nominal_ms = 1000}``.
    With no such lines it gets a latency run at 200/s.
 
+A case with ``opt_in = true`` (the half-hour soak cases) runs only when a
+suite or its own name asks for it: "all" leaves it out.
+
 Suites are lists of case names in ``bench/cases/suites.toml``; every case
-name is also a suite of one, and "all" is every case.
+name is also a suite of one, and "all" is every case that is not opt-in.
 """
 import copy
 import tomllib
@@ -47,9 +52,15 @@ DEFAULT_LATENCY = {"rate": 200, "count": 400, "nominal_ms": 0, "drain_s": 2.0, "
                    "warmup": 20}
 DEFAULT_THROUGHPUT = {"rates": [1000, 2000, 4000], "step_s": 3.0, "refine": 0, "timeout_s": 5.0,
                       "user": "bench"}
+# Issue 12's soak: minute samples; "pass" is judged from the second sample (minute 2) on.
+DEFAULT_SOAK = {"scenario": "options_uac.xml", "uas": None, "service": "bench", "rate": 1000,
+                "duration_s": 1800, "sample_s": 60, "recv_timeout_ms": 4000,
+                "pss_drift_limit_pct": 5.0, "rate_source": ""}
 DEFAULT_QUICK = {"sipp": {"rates": [200, 400], "step_s": 1, "refine": 0, "cooldown_s": 0.2},
                  "latency": {"count": 100, "drain_s": 1.5, "warmup": 5},
-                 "throughput": {"rates": [500, 1000], "step_s": 0.5, "timeout_s": 3.0}}
+                 "throughput": {"rates": [500, 1000], "step_s": 0.5, "timeout_s": 3.0},
+                 "soak": {"duration_s": 60, "sample_s": 15}}
+PARTS = ("sipp", "latency", "throughput", "soak")
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -73,8 +84,10 @@ class Case:
     sipp: Optional[dict] = None
     latency: Optional[dict] = None
     throughput: Optional[dict] = None
+    soak: Optional[dict] = None
     quick: dict = field(default_factory=dict)
     kind: str = "load"          # "timer" when the latency run measures a nominal delay
+    opt_in: bool = False        # left out of "all": runs only when named (a suite or itself)
 
     def for_mode(self, quick: bool) -> "Case":
         """The case with its --quick overrides applied (defaults, then its own)."""
@@ -82,10 +95,18 @@ class Case:
             return self
         c = copy.copy(self)
         over = deep_merge(DEFAULT_QUICK, self.quick)
-        for part in ("sipp", "latency", "throughput"):
+        for part in PARTS:
             cur = getattr(self, part)
             if cur is not None and part in over:
                 setattr(c, part, deep_merge(cur, over[part]))
+        return c
+
+    def with_soak(self, over: dict) -> "Case":
+        """The case with the command line's soak settings (--rate, --duration, --sample-s)."""
+        if not self.soak or not over:
+            return self
+        c = copy.copy(self)
+        c.soak = {**self.soak, **over}
         return c
 
     def describe_load(self) -> str:
@@ -100,6 +121,11 @@ class Case:
         if self.sipp:
             s = self.sipp
             bits.append(f"SIPp {s['scenario']} steps {s['rates']} x {s['step_s']} s")
+        if self.soak:
+            s = self.soak
+            uas = f" to a SIPp UAS ({s['uas']})" if s.get("uas") else ""
+            bits.append(f"soak: SIPp {s['scenario']}{uas} at {s['rate']}/s for {s['duration_s']:g} s, "
+                        f"sampled every {s['sample_s']:g} s")
         return "; ".join(bits)
 
 
@@ -114,12 +140,14 @@ def _from_dict(name: str, d: dict, cfg_default: Optional[Path] = None) -> Case:
     sipp = deep_merge(DEFAULT_SIPP, d["sipp"]) if "sipp" in d else None
     latency = deep_merge(DEFAULT_LATENCY, d["latency"]) if "latency" in d else None
     throughput = deep_merge(DEFAULT_THROUGHPUT, d["throughput"]) if "throughput" in d else None
-    if not (sipp or latency or throughput):
+    soak = deep_merge(DEFAULT_SOAK, d["soak"]) if "soak" in d else None
+    if not (sipp or latency or throughput or soak):
         latency = dict(DEFAULT_LATENCY)
     kind = "timer" if latency and latency.get("nominal_ms") else "load"
     return Case(name=name, title=d.get("title", name), cfg=cfg, servers=servers,
                 note=d.get("note", ""), mem_mb=int(d.get("mem_mb", 256)), sipp=sipp,
-                latency=latency, throughput=throughput, quick=d.get("quick", {}), kind=kind)
+                latency=latency, throughput=throughput, soak=soak, quick=d.get("quick", {}), kind=kind,
+                opt_in=bool(d.get("opt_in", False)))
 
 
 def header_toml(cfg_text: str) -> dict:
@@ -157,7 +185,8 @@ def load_suites(directory: Path = CASES_DIR, cases: Optional[dict] = None) -> di
             for name, body in tomllib.load(f).items():
                 suites[name] = {"description": body.get("description", ""),
                                 "cases": list(body.get("cases", []))}
-    suites.setdefault("all", {"description": "every case", "cases": sorted(cases)})
+    suites.setdefault("all", {"description": "every case but the opt-in ones (soak)",
+                              "cases": sorted(n for n, c in cases.items() if not c.opt_in)})
     for n in cases:
         suites.setdefault(n, {"description": cases[n].title, "cases": [n]})
     for name, s in suites.items():

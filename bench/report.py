@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from bench.soak import describe_verdict, sample_unit
 from bench.stats import ratio
 
 # (key, label, getter, higher_is_better)
@@ -208,7 +209,30 @@ def markdown(doc: dict) -> str:
             b = row.get("bounds", {})
             cells = [b.get(k, "") + _fmt_ratio(row.get(k)) if k in row else "–" for k, _ in keys]
             lines.append(f"| {row['case']} | " + " | ".join(cells) + " |")
+    for r in doc["results"]:
+        if r.get("soak"):
+            lines += [""] + soak_markdown(r)
     return "\n".join(lines) + "\n"
+
+
+def soak_markdown(r: dict) -> list:
+    """A soak's samples as a table, and its verdict (bench/soak.py)."""
+    s = r["soak"]
+    uas = f" to a SIPp UAS ({s['uas']})" if s.get("uas") else ""
+    source = f" (rate: {s['rate_source']})" if s.get("rate_source") else ""
+    unit = sample_unit(s["sample_s"])
+    lines = [f"Soak `{r['case']}` on {r['server']}: SIPp {s['scenario']}{uas} at {_fmt(s['rate'])}/s "
+             f"for {_fmt(s['duration_s'])} s{source}; achieved {_fmt(s['achieved_rate'])}/s, "
+             f"{_fmt(s['calls'])} calls, SIPp exit {s['sipp_rc']}; a sample every {_fmt(s['sample_s'])} s "
+             "(0: idle, before the load; end: after SIPp exited).", "",
+             f"| {unit} | t s | calls ok | failed | retrans | PSS MB | fds | processes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in s["samples"]:
+        at = "end" if x["minute"] is None else str(x["minute"])
+        lines.append(f"| {at} | {_fmt(x['t_s'], 1)} | {_fmt(x['successful'])} | {_fmt(x['failed'])} "
+                     f"| {_fmt(x['retransmissions'])} | {x['pss_mb']:.1f} | {x['fds']} | {x['processes']} |")
+    lines += ["", f"Verdict: {describe_verdict(s['verdict'], unit)}"]
+    return lines
 
 
 def _loads(v) -> str:

@@ -9,6 +9,8 @@ For each (case, server): start the server on the case's cfg, then
    as counted by the cfg with $shtinc),
 3. the clean-rate search (SIPp steps; clean = every call successful, zero
    failed calls, zero retransmissions, and the target rate reached),
+4. a soak (one SIPp load at a fixed rate for a long time, sampled every
+   minute: bench/soak.py),
 then stop it by pid. PSS of the tree is sampled after each phase and the
 maximum kept; UDP drops are /proc/net/snmp deltas around each phase.
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from bench import sender, sipp, stats
+from bench import sender, sipp, soak, stats
 from bench.cases import Case
 from bench.servers import Server, ServerStartError, free_udp_port, kamailio_binary
 from bench.sysstats import ProcessTree, read_udp_counters, udp_drops_delta
@@ -51,6 +53,7 @@ class RunOptions:
     workdir: Path
     budget: Budget
     step_s: Optional[float] = None
+    soak: dict = field(default_factory=dict)    # --rate / --duration / --sample-s for soak cases
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
@@ -290,6 +293,9 @@ def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
         if case.sipp and not opts.budget.exceeded() and srv.proc.poll() is None:
             out["sipp"] = run_sipp(srv, tree, case.sipp, opts, f"{case.name}-{kind}")
             pss += [s["pss_mb"] for s in out["sipp"]["steps"]]
+        if case.soak and not opts.budget.exceeded() and srv.proc.poll() is None:
+            out["soak"] = soak.run_soak(srv, tree, case.soak, opts, f"{case.name}-{kind}")
+            pss.append(out["soak"]["pss_mb"])
         out["server_cpu_s"] = round(tree.cpu_seconds() - cpu0, 3)
     except Exception as e:  # a harness bug must not lose the other cases' results
         out.update(status="error", reason=f"{type(e).__name__}: {e}",
@@ -319,7 +325,7 @@ def _log_phase(opts: RunOptions, phase: str, d: dict) -> None:
 def run_cases(cases: list, opts: RunOptions) -> list:
     results = []
     for case in cases:
-        c = case.for_mode(opts.quick)
+        c = case.for_mode(opts.quick).with_soak(opts.soak)
         for kind in opts.servers:
             results.append(run_case(c, kind, opts))
     return results

@@ -141,6 +141,29 @@ def read_stat_file(path) -> SippTotals:
     return totals_from_rows(parse_stat_csv(Path(path).read_text(errors="replace")))
 
 
+def read_stat_progress(path, window: int = 65536) -> SippTotals:
+    """The counters so far of a SIPp that is still running: its header and its last
+    complete row. Read from the end: a 30-minute soak writes 1,800 rows of ~1 KB, and
+    the row SIPp is writing now may be cut short."""
+    try:
+        with open(path, "rb") as f:
+            header = f.readline()
+            f.seek(0, os.SEEK_END)
+            start = max(len(header), f.tell() - window)
+            f.seek(start)
+            tail = f.read()
+    except OSError:
+        return SippTotals()
+    pieces = tail.split(b"\n")[:-1]        # the piece after the last newline is unfinished
+    if start > len(header):
+        pieces = pieces[1:]                 # the window began inside a row
+    rows = [p for p in pieces if p.strip()]
+    if not header.endswith(b"\n") or not rows:
+        return SippTotals()
+    text = (header + rows[-1] + b"\n").decode(errors="replace")
+    return totals_from_rows(parse_stat_csv(text))
+
+
 # --- running ---------------------------------------------------------------
 
 @dataclass
@@ -215,6 +238,15 @@ class SippProcess:
         self._log = open(log_file, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=cwd)
+
+    def running(self) -> bool:
+        """Still running? Asked without reaping it (WNOWAIT), so finish() still gets its rusage."""
+        if self.proc.returncode is not None:
+            return False
+        try:
+            return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:
+            return False
 
     def finish(self, timeout_s: float) -> SippRun:
         rc, cpu, timed_out = _wait4(self.proc, time.monotonic() + timeout_s)

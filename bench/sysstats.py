@@ -8,6 +8,7 @@ Runs in: the bench harness process.
 - Memory: PSS (proportional set size) summed over the tree. Shared memory
   mapped by every child counts once in total, which is the only fair sum
   for a multi-process server (RSS would count it once per process).
+- Open file descriptors summed over the tree (the soak's leak check).
 - Kernel UDP receive drops: ``RcvbufErrors`` / ``InErrors`` of the ``Udp:``
   lines of /proc/net/snmp. System-wide counters: deltas over a step, on a
   machine where nothing else is sending, are the server's and SIPp's drops.
@@ -64,6 +65,16 @@ class ProcessTree:
             try:
                 total += p.memory_full_info().pss
             except (psutil.Error, AttributeError):
+                continue
+        return total
+
+    def fd_count(self) -> int:
+        """Open file descriptors of the whole tree (the entries of each /proc/<pid>/fd)."""
+        total = 0
+        for p in self._members():
+            try:
+                total += p.num_fds()
+            except psutil.Error:
                 continue
         return total
 
