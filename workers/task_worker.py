@@ -7,11 +7,12 @@ modules registered).
 
 Kamailio's `async_task_run` (src/core/async_task.c): set the current group (for
 `$async(gname)` / `$atkv(gname)`), then forever: optional `usleep` before each
-receive, receive one task, execute it. Here the task arrives on this worker's
-own PULL endpoint (asyncd.ipc.dispatch picked us because we were idle), and
-after executing it we take the next task of the group's backlog, if any, or
-mark ourselves idle again (asyncd.ipc.dispatch.Dispatcher.finish).
-A task that raises is logged and counted; the loop never dies of it.
+receive, receive one task, execute it. Here the task waits in this worker's
+inbox in shared memory (asyncd.ipc.dispatch picked us because we were idle)
+and a ZeroMQ message only wakes us; after executing it we take the next task
+of the group's backlog, if any, or mark ourselves idle again
+(Dispatcher.finish). A task that raises is logged and counted; the loop never
+dies of it.
 """
 import gc
 import time
@@ -66,15 +67,17 @@ def run(proc, row, widx):
                 if usleep:
                     time.sleep(usleep)
                 try:
-                    if not sock.poll(POLL_MS):
-                        continue
-                    frame = sock.recv(zmq.NOBLOCK)
+                    if sock.poll(POLL_MS):
+                        sock.recv(zmq.NOBLOCK)      # a wake-up: the task is in our inbox
                 except zmq.Again:
-                    continue
+                    pass
                 except zmq.ZMQError as e:
                     if proc.stopping:
                         break
                     log.err("core", f"async worker [{group.name}]: receive failed: {e}")
+                # also at a poll timeout: a lost wake-up costs at most POLL_MS
+                frame = disp.claim(widx)
+                if frame is None:
                     continue
             t0 = mono()
             skipped = _execute(proc, group, frame, handlers)

@@ -150,8 +150,9 @@ def task_push(group, payload, nonblock=None):
     if grp is None:
         log.err("core", f"async task group [{group or 'default'}] not found or has no workers")
         return -1
-    if grp.disp.push(codec.pack(payload), nonblock) < 0:
-        log.err("core", f"async task group [{grp.name}] queue is full")
+    frame = codec.pack(payload)
+    if grp.disp.push(frame, nonblock) < 0:
+        log.err("core", f"async task group [{grp.name}]: {grp.disp.why_refused(frame)}")
         return -1
     return 0
 

@@ -364,7 +364,7 @@ def w_async_task_group_data(ctx, site, route, gname, data):
         return -1
     frame = codec.pack([K_DATA, str(route), "" if data is None else str(data)])
     if grp.disp.push(frame) < 0:
-        _err(site, f"async task group [{grp.name}] queue is full")
+        _err(site, f"async task group [{grp.name}]: {grp.disp.why_refused(frame)}")
         return -1
     return 1                    # data functions return 1/-1, not `return` (docs/kamailio-async.md §2.6)
 
