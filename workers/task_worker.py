@@ -82,7 +82,8 @@ def run(proc, row, widx):
     counts = disp.c
     win_t, win_n, gap = mono(), counts[0], 1.0
     try:
-        frame = _recover(proc, group, disp, widx)
+        # a ring task a predecessor that died awake was waiting for: take it now
+        frame = _recover(proc, group, disp, widx) or disp.claim(widx)
         while not proc.stopping:
             if frame is None:
                 if usleep:

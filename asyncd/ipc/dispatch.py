@@ -89,7 +89,7 @@ IDLE, HANDED, RUNNING = 0, 1, 2
 _ACCEPTED, _REJECTED, _RR, _HEAD, _TAIL, _JLEN, _JOURNAL = 0, 1, 2, 4, 5, 6, 8
 _CONS = 16               # first per-consumer word
 _PER = 4
-_ST, _RUN, _SKIP = 0, 1, 2
+_RUN, _SKIP = 1, 2           # offsets in a consumer's words (0: its state)
 _LEN = struct.Struct("<I")
 
 
