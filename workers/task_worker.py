@@ -3,15 +3,18 @@
 Runs in: `Async Task Worker - <group>` processes (rank PROC_RPC), forked by
 the supervisor from the rows asyncd.ipc.async_task declares (one row per
 group; the row's handlers are the group: its dispatcher and the task kinds
-modules registered).
+modules registered), and forked again, same row and index, when one dies.
 
 Kamailio's `async_task_run` (src/core/async_task.c): set the current group (for
 `$async(gname)` / `$atkv(gname)`), then forever: optional `usleep` before each
-receive, receive one task, execute it. Here the task arrives on this worker's
-own PULL endpoint (asyncd.ipc.dispatch picked us because we were idle), and
-after executing it we take the next task of the group's backlog, if any, or
-mark ourselves idle again (asyncd.ipc.dispatch.Dispatcher.finish).
-A task that raises is logged and counted; the loop never dies of it.
+receive, receive one task, execute it. Here the task waits in this worker's
+inbox in shared memory (asyncd.ipc.dispatch picked us because we were idle)
+and a ZeroMQ message only wakes us; after executing it we take the next task
+of the group's backlog, if any, or mark ourselves idle again
+(Dispatcher.finish). A task that raises is logged and counted; the loop never
+dies of it. Before the loop, recover() looks at what a dead predecessor left
+in the inbox (docs/kamailio-async.md §10.7): a task it had not started runs
+here; the one it was running is abandoned (its kind's abandon handler).
 """
 import gc
 import time
@@ -20,7 +23,8 @@ import zmq
 
 from asyncd import ipc
 from asyncd.core import log
-from asyncd.ipc import codec
+from asyncd.ipc import async_task, codec
+from asyncd.ipc.dispatch import HANDED, IDLE
 
 POLL_MS = 200       # how often a quiet worker looks at proc.stopping
 SPIN = 0.0005       # stay awake this long after a task (asyncd.ipc.dispatch "awake")
@@ -42,6 +46,24 @@ def _execute(proc, group, frame, handlers):
         return False
 
 
+def _recover(proc, group, disp, widx):
+    """What a dead worker of this index left: the frame to run first, or None."""
+    state, frame = disp.recover(widx)
+    if state == IDLE:
+        return None
+    prefix = f"async worker [{group.name}] {widx}: took over"
+    if state == HANDED:
+        log.warn("core", f"{prefix} 1 queued task(s) of the dead worker")
+        return frame
+    try:
+        what = async_task.describe(codec.unpack(frame))
+    except Exception:
+        what = f"{len(frame)} bytes"
+    log.warn("core", f"{prefix} 0 queued task(s) of the dead worker; abandoned the running one ({what})")
+    async_task.abandon(proc, frame)
+    return disp.finish(widx, skipped=True)
+
+
 def run(proc, row, widx):
     """The loop of worker `widx` of the group `row.handlers`."""
     group = row.handlers
@@ -60,21 +82,24 @@ def run(proc, row, widx):
     counts = disp.c
     win_t, win_n, gap = mono(), counts[0], 1.0
     try:
-        frame = None
+        # a ring task a predecessor that died awake was waiting for: take it now
+        frame = _recover(proc, group, disp, widx) or disp.claim(widx)
         while not proc.stopping:
             if frame is None:
                 if usleep:
                     time.sleep(usleep)
                 try:
-                    if not sock.poll(POLL_MS):
-                        continue
-                    frame = sock.recv(zmq.NOBLOCK)
+                    if sock.poll(POLL_MS):
+                        sock.recv(zmq.NOBLOCK)      # a wake-up: the task is in our inbox
                 except zmq.Again:
-                    continue
+                    pass
                 except zmq.ZMQError as e:
                     if proc.stopping:
                         break
                     log.err("core", f"async worker [{group.name}]: receive failed: {e}")
+                # also at a poll timeout: a lost wake-up costs at most POLL_MS
+                frame = disp.claim(widx)
+                if frame is None:
                     continue
             t0 = mono()
             skipped = _execute(proc, group, frame, handlers)

@@ -15,9 +15,14 @@ blocking groups wait a bounded time; a task goes to an idle worker of its
 group (dispatch.py).
 
 A task is a msgpack list whose first element names its handler; modules
-register handlers with `register_handler(kind, fn)` at import time, so every
-forked worker has them. fn(proc, item) returns False when it skipped the item
-(its transaction ended meanwhile), anything else when it ran it.
+register handlers with `register_handler(kind, fn, abandon)` at import time,
+so every forked worker has them. fn(proc, item) returns False when it
+skipped the item (its transaction ended meanwhile), anything else when it
+ran it. abandon(proc, item) is called instead, in the replacement of a worker
+that died while running the item (dispatch.py recover()): running it again
+could do its work twice, so the kind decides how to end it (the async
+module's resumes give the transaction its final reply); without one the
+loss is logged. An abandoned item counts as skipped.
 """
 from asyncd.core import log
 from asyncd.core.procs import PROC_RPC, ROLE_TASK_WORKER, ProcRow
@@ -32,10 +37,38 @@ TKV_VALUE_MAX = 1024        # Kamailio's formatting buffer (docs/kamailio-async.
 
 K_TKV = "tkv"
 HANDLERS = {}
+ABANDON = {}
 
 
-def register_handler(kind, fn):
+def register_handler(kind, fn, abandon=None):
     HANDLERS[kind] = fn
+    if abandon is not None:
+        ABANDON[kind] = abandon
+
+
+def describe(item):
+    """A short text naming a task for the log: its kind and first fields."""
+    text = " ".join(str(x) for x in item[1:4])
+    return f"{item[0]} {text[:120]}"
+
+
+def task_lost(proc, kind, route):
+    """The default abandon: the task is gone, say which (docs/kamailio-async.md §10.7)."""
+    log.err("core", f"async worker [{proc.async_gname}]: task lost with its dead worker: "
+                    f"{kind} route [{route}]")
+    return False
+
+
+def abandon(proc, frame):
+    """Run the abandon handler of a task its dead worker had started. Never raises."""
+    try:
+        item = codec.unpack(frame)
+        fn = ABANDON.get(item[0])
+        if fn is None:
+            return task_lost(proc, item[0], "?")
+        fn(proc, item)
+    except Exception as e:
+        log.err("core", f"async worker [{proc.async_gname}]: abandoning a task failed: {e!r}")
 
 
 class Group:
@@ -150,8 +183,9 @@ def task_push(group, payload, nonblock=None):
     if grp is None:
         log.err("core", f"async task group [{group or 'default'}] not found or has no workers")
         return -1
-    if grp.disp.push(codec.pack(payload), nonblock) < 0:
-        log.err("core", f"async task group [{grp.name}] queue is full")
+    frame = codec.pack(payload)
+    if grp.disp.push(frame, nonblock) < 0:
+        log.err("core", f"async task group [{grp.name}]: {grp.disp.why_refused(frame)}")
         return -1
     return 0
 
@@ -188,4 +222,8 @@ def _exec_tkv(proc, item):
     return True
 
 
-register_handler(K_TKV, _exec_tkv)
+def _lost_tkv(proc, item):
+    return task_lost(proc, K_TKV, item[4])
+
+
+register_handler(K_TKV, _exec_tkv, abandon=_lost_tkv)

@@ -1,7 +1,9 @@
-"""Idle-first dispatch of work items to a set of consumer processes.
+"""Idle-first dispatch of work items to a set of consumer processes, where
+every item lives in shared memory until its consumer has finished it.
 
 Runs in: producers (udp receivers, async task workers, ASYNC MOD MS TIMER) and
-consumers (Async Task Worker - <group>).
+consumers (Async Task Worker - <group>, and the replacement the supervisor
+forks for a dead one).
 
 Why not plain PUSH/PULL: a PUSH socket deals frames round-robin to its peers'
 pipes, so a task queued behind a 2 s task in worker A waits 2 s although
@@ -10,56 +12,84 @@ all workers of a group read (src/core/async_task.c, async_task_run;
 docs/kamailio-async.md §4.3); ZeroMQ has no shared queue, and a ROUTER broker
 would be an extra process and an extra hop per task.
 
-Design: every consumer binds its own PULL
-endpoint. A small shared block (anonymous MAP_SHARED mmap made in main before
-fork: no name to leak or unlink) holds per-consumer busy counters and a
-bounded backlog ring of frames, guarded by one fork-inherited lock. A
-producer, under the lock, gives the frame to an idle consumer (marks it busy,
-then PUSHes straight to its endpoint) or, when all are busy, appends it to
-the backlog. A consumer that finishes an item, under the lock, takes the next
-backlog frame itself or marks itself idle. So an item waits only while every
-consumer is busy, exactly as with Kamailio's shared socket; the common path
-is one lock round-trip plus one zmq send. Frames larger than a backlog slot
-(big async_task_data payloads) go to the least busy consumer instead.
+Design: one shared block (anonymous MAP_SHARED mmap made in main before fork:
+no name to leak or unlink) holds, per consumer, an *inbox* (state + one
+frame) and, for the group, a bounded backlog ring of frames, guarded by one
+robust lock (shm.locks: a dead holder's lock is taken over after ~50 ms). A
+producer, under the lock, writes the frame into the inbox of an idle
+consumer (state idle -> handed) and then sends it an empty ZeroMQ wake-up,
+or, when all are busy, appends it to the ring. A woken consumer claims its
+inbox (handed -> running) and runs the frame; when done, finish() moves the
+next ring frame into its inbox as running, or sets it idle. So an item waits
+only while every consumer is busy, as with Kamailio's shared socket; a push
+is one lock round trip plus at most one ZeroMQ send.
 
-Awake consumers: a ZeroMQ send to an idle worker costs the
-producer 0.1-0.3 ms wall on a loaded 2-core box (three context switches:
-producer -> its I/O thread -> the worker's I/O thread -> worker). Under load a
-worker that just finished is about to get the next item anyway, so it stays
+ZeroMQ carries only wake-ups, never tasks (docs/kamailio-async.md §10.7):
+a consumer that dies takes nothing with it. Its replacement (same index)
+calls recover(): a *handed* frame (not started) is run as usual; a
+*running* one may have done part of its work, so it is not run again but
+given to its kind's abandon handler (asyncd.ipc.async_task; a suspended
+transaction gets its final reply at once). A lost wake-up costs at most one
+poll interval: an idle consumer also claims on every poll timeout, and then
+takes a ring frame an awake consumer left behind (one that died awake).
+
+Awake consumers: a ZeroMQ send to an idle worker costs the producer
+0.1-0.3 ms wall on a loaded 2-core box (three context switches: producer ->
+its I/O thread -> the worker's I/O thread -> worker). Under load a worker
+that just finished is about to get the next item anyway, so it stays
 *awake* for a short while (spin(): it looks at the ring every ~70 µs, napping
-in between; a sched_yield loop here cost a core at 3,000/s) and publishes that in a
-shared flag; a producer that sees an idle awake consumer appends the frame to
-the backlog ring instead of sending it, and the awake consumer claims it from
-there. A consumer that goes back to sleep clears its flag and re-checks the
-ring under the lock (doze()), so no frame is stranded; a producer that missed
-the flag just sends over ZeroMQ as before. Idle-first is kept: the frame
-waits only for an idle worker that is already looking for it.
+in between; a sched_yield loop here cost a core at 3,000/s) and publishes that
+in a shared flag; a producer that sees an idle awake consumer appends the
+frame to the ring instead of waking anyone, and the awake consumer claims it
+from there (through its inbox, like every frame it runs). A consumer that
+goes back to sleep clears its flag and re-checks the ring under the lock
+(_doze()), so no frame is stranded.
 
-Bounds: push() checks for room and queues under one lock round
-trip; -1 at once for a non-blocking dispatcher, after at most `block_wait` s
-for a blocking one (the async module then undoes the suspension). Every item
-sent is counted: accepted == run + skipped + pending.
+Bounds: push() checks for room and queues under one lock round trip; -1 at
+once for a non-blocking dispatcher, after at most `block_wait` s for a
+blocking one (the async module then undoes the suspension). A frame larger
+than a slot (MAX_FRAME) is refused the same way. Slots are 64 KiB: an
+anonymous mapping costs nothing until a page is touched, so a small task
+touches one page of its slot. Every item is counted: accepted == run +
+skipped + pending, also across a consumer's death (an abandoned item counts
+as skipped).
 
-Shared block layout (int64 header, then per-consumer counters, then ring):
-    0 accepted  1 rejected  2 rr cursor  3 (unused)  4 ring head  5 ring tail
-    8+4i: assigned[i]  9+4i: done[i]  10+4i: run[i]  11+4i: skipped[i]
-    ring slot k: u32 length + frame bytes, SLOT bytes each
+Death inside the lock: every critical section that changes more than one
+word first writes an undo journal (the words and their old values), then
+the words, then clears the journal. The process that takes a dead holder's
+lock over rolls an armed journal back (_repair), so a section is all or
+nothing. Slot bytes are written only where no state points yet (a free ring
+slot, an idle inbox), so rolling the words back is enough.
+
+Shared block layout (int64 words, then slots):
+    0 accepted   1 rejected   2 rr cursor   3 (spare)
+    4 ring head  5 ring tail  6 journal length (0: nothing in flight)  7 (spare)
+    8..15        journal: up to 4 (word index, old value) pairs
+    16+4i        consumer i: state (0 idle, 1 handed, 2 running)
+    17+4i        run[i]      18+4i skipped[i]    19+4i (spare)
+  then n inbox slots (consumer i's frame), then `ring` backlog slots;
+  a slot is SLOT bytes: u32 length + frame bytes
 """
 import mmap
-import multiprocessing
 import struct
 import time
+from functools import partial
 
 import zmq
 
 from asyncd.core import log
 from asyncd.ipc import Pushers
+from shm.locks import robust_lock
 
-_HDR = 8
-_PER = 4
-_LOCK_TIMEOUT = 0.5      # a holder that died mid-section must not wedge the rest
-SLOT = 1024
+SLOT = 64 * 1024
+MAX_FRAME = SLOT - 4     # the largest frame a slot holds
 NAP = 0.00002            # spin(): sleep between looks at the ring
+IDLE, HANDED, RUNNING = 0, 1, 2
+
+_ACCEPTED, _REJECTED, _RR, _HEAD, _TAIL, _JLEN, _JOURNAL = 0, 1, 2, 4, 5, 6, 8
+_CONS = 16               # first per-consumer word
+_PER = 4
+_RUN, _SKIP = 1, 2           # offsets in a consumer's words (0: its state)
 _LEN = struct.Struct("<I")
 
 
@@ -72,133 +102,174 @@ class Dispatcher:
         self.ring = int(ring)             # backlog frames (> 0)
         self.nonblock = bool(nonblock)
         self.block_wait = float(block_wait)
-        self._ring_off = 8 * (_HDR + _PER * max(self.n, 1))
+        self._inbox_off = -(-8 * (_CONS + _PER * max(self.n, 1)) // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._ring_off = self._inbox_off + SLOT * max(self.n, 1)
         self._mm = mmap.mmap(-1, self._ring_off + SLOT * self.ring)
         self.c = memoryview(self._mm).cast("q")
         self._awm = mmap.mmap(-1, 8 * max(self.n, 1))
         self.aw = memoryview(self._awm).cast("q")       # awake flags
-        self._lock = multiprocessing.get_context("fork").Lock()
+        self._lock = robust_lock(f"dispatch {name}")
+        self._lock.on_recover = self._repair
+        self._acquire = partial(self._lock.acquire, 0)
+        self._release = partial(self._lock.release, 0)
         self.pushers = Pushers(name, rundir)   # rundir: str, or a callable returning it
 
-    def _acquire(self):
-        return self._lock.acquire(timeout=_LOCK_TIMEOUT)
+    # ---- lock, journal, slots ------------------------------------------
+
+    def _begin(self, *words):
+        """Journal the old values of `words` before a section changes them."""
+        c = self.c
+        k = _JOURNAL
+        for w in words:
+            c[k] = w
+            c[k + 1] = c[w]
+            k += 2
+        c[_JLEN] = len(words)
+
+    def _repair(self, _lock_index):
+        """The lock was taken over from a dead holder (we hold it now): roll
+        back the section it left half done."""
+        c = self.c
+        n = c[_JLEN]
+        for k in range(n - 1, -1, -1):
+            c[c[_JOURNAL + 2 * k]] = c[_JOURNAL + 2 * k + 1]
+        c[_JLEN] = 0
+        if n:
+            log.warn("core", f"dispatch {self.name}: rolled back the queue update "
+                             "a dead process left half done")
+
+    def _put(self, off, frame):
+        mm = self._mm
+        _LEN.pack_into(mm, off, len(frame))
+        mm[off + 4:off + 4 + len(frame)] = frame
+
+    def _get(self, off):
+        (ln,) = _LEN.unpack_from(self._mm, off)
+        return self._mm[off + 4:off + 4 + ln]       # mmap slices are bytes
+
+    def _inbox(self, i):
+        return self._inbox_off + SLOT * i
+
+    def _ring_slot(self, pos):
+        return self._ring_off + SLOT * (pos % self.ring)
 
     # ---- producer side -------------------------------------------------
 
-    def _room_locked(self):
-        c = self.c
-        # backlog + oversize frames parked in busy workers' pipes
-        extra = sum(max(0, c[_HDR + _PER * i] - c[_HDR + _PER * i + 1] - 1)
-                    for i in range(self.n))
-        return (c[5] - c[4]) + extra < self.ring
+    def _idle_awake_locked(self):
+        c, aw = self.c, self.aw
+        for k in range(self.n):
+            if aw[k] and c[_CONS + _PER * k] == IDLE:
+                return True
+        return False
 
-    def _pick_locked(self, idle_only):
+    def _pick_locked(self):
+        """An idle consumer, round robin from the cursor; -1 when all are busy."""
         c, n = self.c, self.n
-        start = c[2]
-        best, best_load = -1, None
+        start = c[_RR]
         for k in range(n):
             i = (start + k) % n
-            b = _HDR + _PER * i
-            load = c[b] - c[b + 1]
-            if load <= 0:
-                best = i
-                break
-            if not idle_only and (best_load is None or load < best_load):
-                best, best_load = i, load
-        if best >= 0:
-            c[2] = (best + 1) % n
-            c[_HDR + _PER * best] += 1
-        return best
+            if c[_CONS + _PER * i] == IDLE:
+                return i
+        return -1
 
     def _place_locked(self, frame):
-        """Lock held, room checked, c[0] counted: the ring (returns -1) or the
-        index of the consumer marked busy with it (the caller sends over zmq)."""
+        """Lock held: put `frame` in an idle consumer's inbox (returns its
+        index: the caller wakes it) or, when every consumer is busy or an idle
+        one is awake, in the ring (returns -1). None: the ring is full."""
         c = self.c
-        i = -1
-        if len(frame) <= SLOT - 4:
-            aw = self.aw
-            for k in range(self.n):
-                if aw[k] and c[_HDR + _PER * k] == c[_HDR + _PER * k + 1]:
-                    break           # an idle worker is awake: it takes it from the ring
-            else:
-                i = self._pick_locked(idle_only=True)
-        else:
-            i = self._pick_locked(idle_only=False)
-        if i < 0:
-            k = (c[5] % self.ring) * SLOT + self._ring_off
-            self._mm[k:k + 4] = _LEN.pack(len(frame))
-            self._mm[k + 4:k + 4 + len(frame)] = frame
-            c[5] += 1
-        return i
+        i = -1 if self._idle_awake_locked() else self._pick_locked()
+        if i >= 0:
+            st = _CONS + _PER * i
+            self._put(self._inbox(i), frame)
+            self._begin(_ACCEPTED, _RR, st)
+            c[_ACCEPTED] += 1
+            c[_RR] = (i + 1) % self.n
+            c[st] = HANDED
+            c[_JLEN] = 0
+            return i
+        tail = c[_TAIL]
+        if tail - c[_HEAD] >= self.ring:
+            return None
+        self._put(self._ring_slot(tail), frame)
+        # the hot path under load: the journal written inline (see _begin)
+        c[_JOURNAL], c[_JOURNAL + 1] = _ACCEPTED, c[_ACCEPTED]
+        c[_JOURNAL + 2], c[_JOURNAL + 3] = _TAIL, tail
+        c[_JLEN] = 2
+        c[_ACCEPTED] += 1
+        c[_TAIL] = tail + 1
+        c[_JLEN] = 0
+        return -1
 
-    def _zmq_send(self, i, frame):
-        """Send to consumer i (already counted busy). False: undone, logged."""
+    def _wake(self, i):
+        """Empty wake-up to consumer i. A failed send loses nothing: the frame
+        is in its inbox, which it also looks at on every poll timeout."""
         try:
-            self.pushers.get(i).send(frame, zmq.NOBLOCK)
-            return True
+            self.pushers.get(i).send(b"", zmq.NOBLOCK)
         except zmq.ZMQError as e:
-            log.err("core", f"dispatch {self.name}: cannot queue to consumer {i}: {e}")
-            c = self.c
-            got = self._acquire()
-            c[_HDR + _PER * i + 1] += 1     # never arrives: the consumer is not busy with it
-            c[0] -= 1
-            if got:
-                self._lock.release()
-            return False
+            log.err("core", f"dispatch {self.name}: cannot wake consumer {i}: {e}")
+
+    def _refuse(self):
+        self._acquire()
+        self.c[_REJECTED] += 1
+        self._release()
+        return -1
 
     def offer(self, frame):
-        """Give `frame` to an idle consumer now (awake: through
-        the ring; asleep: its ZeroMQ endpoint). False when every consumer is
-        busy or the frame does not fit a ring slot: nothing was queued."""
-        if self.n <= 0 or len(frame) > SLOT - 4:
+        """Give `frame` to an idle consumer now (awake: through the ring;
+        asleep: its inbox and a wake-up). False when every consumer is busy
+        or the frame does not fit a slot: nothing was queued or counted."""
+        if self.n <= 0 or len(frame) > MAX_FRAME:
             return False
-        c, aw = self.c, self.aw
-        got = self._acquire()
+        self._acquire()
         try:
-            idle = [k for k in range(self.n) if c[_HDR + _PER * k] == c[_HDR + _PER * k + 1]]
-            if not idle:
+            if self._pick_locked() < 0:
                 return False            # every consumer busy: the caller keeps it
-            if any(aw[k] for k in idle) and c[5] - c[4] >= self.ring:
-                return False
-            c[0] += 1
-            i = self._place_locked(frame)   # awake idle: the ring; else that idle one
+            i = self._place_locked(frame)
         finally:
-            if got:
-                self._lock.release()
-        return True if i < 0 else self._zmq_send(i, frame)
+            self._release()
+        if i is None:
+            return False
+        if i >= 0:
+            self._wake(i)
+        return True
 
     def push(self, frame, nonblock=None):
-        """Claim room and queue `frame` under one lock round trip: 0, or -1 when full (at once
-        for a non-blocking dispatcher, after at most `block_wait` s for a
-        blocking one) or when the send failed."""
+        """Claim room and queue `frame` under one lock round trip: 0, or -1
+        when full (at once for a non-blocking dispatcher, after at most
+        `block_wait` s for a blocking one) or when the frame is larger than
+        a slot; counted as rejected, the caller logs why_refused()."""
         if self.n <= 0:
             return -1
+        if len(frame) > MAX_FRAME:
+            return self._refuse()
         nb = self.nonblock if nonblock is None else nonblock
         deadline = None
         delay = 0.0002
-        c = self.c
         while True:
-            got = self._acquire()
+            self._acquire()
             try:
-                if self._room_locked():
-                    c[0] += 1
-                    i = self._place_locked(frame)
-                    break
+                i = self._place_locked(frame)
             finally:
-                if got:
-                    self._lock.release()
+                self._release()
+            if i is not None:
+                break
             now = time.monotonic()
             if not nb and deadline is None:
                 deadline = now + self.block_wait
             if nb or now >= deadline:
-                got = self._acquire()
-                c[1] += 1
-                if got:
-                    self._lock.release()
-                return -1
+                return self._refuse()
             time.sleep(delay)
             delay = min(delay * 2, 0.005)
-        return 0 if i < 0 or self._zmq_send(i, frame) else -1
+        if i >= 0:
+            self._wake(i)
+        return 0
+
+    @staticmethod
+    def why_refused(frame):
+        """The reason push() refused `frame`, for the caller's log line."""
+        if len(frame) > MAX_FRAME:
+            return f"task too big ({len(frame)} bytes, at most {MAX_FRAME})"
+        return "queue is full"
 
     def connect_all(self):
         """Open the PUSH sockets to every consumer now (call after fork)."""
@@ -211,39 +282,76 @@ class Dispatcher:
         """PULL socket for consumer i (call in the consumer process)."""
         return self.pushers.bind(i)
 
-    def finish(self, i, skipped=False):
-        """Consumer i finished an item. Returns the next backlog
-        frame (we stay busy with it) or None (we are idle again)."""
+    def _take_ring_locked(self, i):
+        """Lock held, consumer i idle: the oldest ring frame into its inbox as
+        running, or None when the ring is empty."""
         c = self.c
-        b = _HDR + _PER * i
-        got = self._acquire()
+        head = c[_HEAD]
+        if c[_TAIL] <= head:
+            return None
+        frame = self._get(self._ring_slot(head))
+        self._put(self._inbox_off + SLOT * i, frame)
+        st = _CONS + _PER * i
+        c[_JOURNAL], c[_JOURNAL + 1] = _HEAD, head
+        c[_JOURNAL + 2], c[_JOURNAL + 3] = st, c[st]
+        c[_JLEN] = 2
+        c[_HEAD] = head + 1
+        c[st] = RUNNING
+        c[_JLEN] = 0
+        return frame
+
+    def claim(self, i):
+        """Consumer i, woken up or at a poll timeout: the frame to run now
+        (its handed inbox frame, else, when idle, a ring frame nobody awake
+        took) or None. Lock-free when there is nothing to do."""
+        c = self.c
+        st = _CONS + _PER * i
+        if c[st] == IDLE and c[_TAIL] <= c[_HEAD]:
+            return None
+        self._acquire()
         try:
-            c[b + (3 if skipped else 2)] += 1
-            if c[5] > c[4]:
-                k = (c[4] % self.ring) * SLOT + self._ring_off
-                (ln,) = _LEN.unpack_from(self._mm, k)
-                frame = bytes(self._mm[k + 4:k + 4 + ln])
-                c[4] += 1
-                return frame
-            c[b + 1] += 1
+            if c[st] == HANDED:
+                c[st] = RUNNING
+                return self._get(self._inbox(i))
+            if c[st] == IDLE:
+                return self._take_ring_locked(i)
             return None
         finally:
-            if got:
-                self._lock.release()
+            self._release()
+
+    def finish(self, i, skipped=False):
+        """Consumer i finished its running frame. Returns the next ring frame
+        (now running in its inbox) or None (idle again)."""
+        c = self.c
+        st = _CONS + _PER * i
+        cnt = st + (_SKIP if skipped else _RUN)
+        self._acquire()
+        try:
+            c[_JOURNAL], c[_JOURNAL + 1] = cnt, c[cnt]
+            c[_JOURNAL + 2], c[_JOURNAL + 3] = st, c[st]
+            c[_JLEN] = 2
+            c[cnt] += 1
+            c[st] = IDLE
+            c[_JLEN] = 0
+            if c[_TAIL] <= c[_HEAD]:
+                return None
+            return self._take_ring_locked(i)
+        finally:
+            self._release()
 
     def spin(self, i, limit):
-        """Idle consumer i stays awake up to `limit` s, looking
-        for backlog frames between short naps (NAP plus the kernel's timer
-        slack, ~70 µs: each look costs a few µs, where yielding in a loop
-        burned the whole wait). Returns a claimed frame (we are busy with it)
-        or None (asleep again: wait on the ZeroMQ socket)."""
+        """Idle consumer i stays awake up to `limit` s, looking for ring frames
+        between short naps (NAP plus the kernel's timer slack, ~70 µs: each
+        look costs a few µs, where yielding in a loop burned the whole wait).
+        Returns a claimed frame (running in its inbox) or None (asleep again:
+        wait on the ZeroMQ socket)."""
         c, aw = self.c, self.aw
         mono, nap = time.monotonic, time.sleep
         aw[i] = 1
         end = mono() + limit
-        b = _HDR + _PER * i
+        st = _CONS + _PER * i
         while True:
-            if c[5] > c[4] or c[b] != c[b + 1]:
+            if c[_TAIL] > c[_HEAD] or c[st] != IDLE:
                 break
             if mono() >= end:
                 break
@@ -251,33 +359,57 @@ class Dispatcher:
         return self._doze(i)
 
     def _doze(self, i):
+        """Clear the awake flag and, in the same section, take what arrived:
+        a frame handed to us by a producer that missed the flag, else a ring
+        frame."""
         c = self.c
-        b = _HDR + _PER * i
-        got = self._acquire()
+        st = _CONS + _PER * i
+        self._acquire()
         try:
             self.aw[i] = 0
-            if c[b] != c[b + 1] or c[5] <= c[4]:
-                return None     # a producer picked us (frame in our pipe) or nothing to do
-            k = (c[4] % self.ring) * SLOT + self._ring_off
-            (ln,) = _LEN.unpack_from(self._mm, k)
-            frame = bytes(self._mm[k + 4:k + 4 + ln])
-            c[4] += 1
-            c[b] += 1           # busy with it: finish() accounts for it as usual
-            return frame
+            if c[st] == HANDED:
+                c[st] = RUNNING         # its wake-up stays in the pipe: claim() finds nothing then
+                return self._get(self._inbox(i))
+            if c[st] != IDLE:
+                return None
+            return self._take_ring_locked(i)
         finally:
-            if got:
-                self._lock.release()
+            self._release()
+
+    def recover(self, i):
+        """Called by consumer i before its loop, which may replace one that
+        died: clear its awake flag and report its inbox: (IDLE, None),
+        (HANDED, frame) -- never started, now running: run it -- or
+        (RUNNING, frame) -- started by the dead one: abandon it, then finish
+        it as skipped."""
+        c = self.c
+        st = _CONS + _PER * i
+        self._acquire()
+        try:
+            self.aw[i] = 0
+            state = c[st]
+            if state == IDLE:
+                return IDLE, None
+            c[st] = RUNNING
+            return state, self._get(self._inbox(i))
+        finally:
+            self._release()
 
     # ---- introspection -------------------------------------------------
 
+    def state(self, i):
+        return self.c[_CONS + _PER * i]
+
     def outstanding(self, i=None):
+        """Frames consumer i holds (0 or 1), or all pending frames."""
+        c = self.c
         if i is not None:
-            b = _HDR + _PER * i
-            return self.c[b] - self.c[b + 1]
-        return sum(self.outstanding(k) for k in range(self.n)) + (self.c[5] - self.c[4])
+            return int(c[_CONS + _PER * i] != IDLE)
+        return sum(self.outstanding(k) for k in range(self.n)) + (c[_TAIL] - c[_HEAD])
 
     def stats(self):
-        run = sum(self.c[_HDR + _PER * i + 2] for i in range(self.n))
-        skipped = sum(self.c[_HDR + _PER * i + 3] for i in range(self.n))
-        return {"accepted": self.c[0], "rejected": self.c[1], "run": run,
+        c = self.c
+        run = sum(c[_CONS + _PER * i + _RUN] for i in range(self.n))
+        skipped = sum(c[_CONS + _PER * i + _SKIP] for i in range(self.n))
+        return {"accepted": c[_ACCEPTED], "rejected": c[_REJECTED], "run": run,
                 "skipped": skipped, "pending": self.outstanding()}

@@ -4,7 +4,8 @@
 Runs in: main (fixups, mod_init, procs), any process running a route (the
 functions: udp receivers, resumed routes, task workers), `ASYNC MOD TIMER`
 and `ASYNC MOD MS TIMER` (their timer handlers, called by workers/timer.py),
-`Async Task Worker - <group>` (resumes of task/ms functions, data tasks).
+`Async Task Worker - <group>` (resumes of task/ms functions, data tasks, and
+their abandon handlers in the replacement of a worker that died running one).
 
 Kamailio: src/modules/async/async_mod.c, async_sleep.c (docs/kamailio-async.md §2, §3, §8).
 asyncd policy (docs/kamailio-async.md §10): invalid literals, unknown routes/groups, ms functions
@@ -364,7 +365,7 @@ def w_async_task_group_data(ctx, site, route, gname, data):
         return -1
     frame = codec.pack([K_DATA, str(route), "" if data is None else str(data)])
     if grp.disp.push(frame) < 0:
-        _err(site, f"async task group [{grp.name}] queue is full")
+        _err(site, f"async task group [{grp.name}]: {grp.disp.why_refused(frame)}")
         return -1
     return 1                    # data functions return 1/-1, not `return` (docs/kamailio-async.md §2.6)
 
@@ -419,9 +420,25 @@ def _task_data(proc, item):
     return True
 
 
-async_task.register_handler(K_ROUTE, _task_resume)
-async_task.register_handler(K_CONT, _task_resume)
-async_task.register_handler(K_DATA, _task_data)
+def _abandon_resume(proc, item):
+    """The worker resuming this transaction died (docs/kamailio-async.md §10.7):
+    its route may have run in part, so tm ends it with a 500 now rather than
+    run it twice or leave it to its fr_timer."""
+    kind, tindex, tlabel, target = item[:4]
+    what = f"route [{target}]" if kind == K_ROUTE else f"continuation {target}"
+    if tm_api.t_abandon(proc, tindex, tlabel) == 1:
+        log.err(MOD, f"async worker [{proc.async_gname}]: the resume of transaction "
+                     f"{tindex}:{tlabel} ({kind} {what}) died with its worker: replied 500")
+    return False
+
+
+def _abandon_data(proc, item):
+    return async_task.task_lost(proc, K_DATA, item[1])
+
+
+async_task.register_handler(K_ROUTE, _task_resume, abandon=_abandon_resume)
+async_task.register_handler(K_CONT, _task_resume, abandon=_abandon_resume)
+async_task.register_handler(K_DATA, _task_data, abandon=_abandon_data)
 
 
 def _sec_due(proc, entry):

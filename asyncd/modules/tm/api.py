@@ -4,7 +4,8 @@ as tm_api; tm_api.t_newtran(ctx)`.
 
 Runs in: whichever process calls it: udp receivers (t_newtran, t_suspend,
 t_reply, t_relay), async task workers and ASYNC MOD TIMER (t_continue,
-t_cancel_suspend, and whatever the resumed route calls).
+t_cancel_suspend, and whatever the resumed route calls; t_abandon in the
+replacement of a task worker that died resuming).
 """
 from asyncd.core import log
 from asyncd.modules.tm import fwd, newtran, reply, suspend
@@ -48,6 +49,14 @@ def t_continue(proc, tindex, tlabel, runner):
     relayed nor suspended again. Returns 0 ran, 1 skipped (CANCELed or timed
     out), -1 not found (already ended), -2 not suspended (docs/kamailio-tm.md §3)."""
     return suspend.t_continue(proc, tindex, tlabel, runner)
+
+
+def t_abandon(proc, tindex, tlabel):
+    """The process continuing (tindex, tlabel) died: do not run the route
+    again, end the suspension with a final reply now (500) unless a final
+    reply is out or relayed branches are pending. Returns 1 replied, 0
+    nothing to do, -1 not found (docs/kamailio-async.md §10.7)."""
+    return suspend.t_abandon(proc, tindex, tlabel)
 
 
 def t_reply(ctx, code, reason):

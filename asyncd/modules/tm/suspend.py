@@ -2,7 +2,8 @@
 (Kamailio's t_suspend.c; docs/kamailio-tm.md §2-6).
 
 Runs in: udp receivers (t_suspend from request/failure routes), async task
-workers and ASYNC MOD TIMER (t_continue), any process (t_cancel_suspend).
+workers and ASYNC MOD TIMER (t_continue), any process (t_cancel_suspend),
+the replacement of an async task worker that died resuming (t_abandon).
 
 A suspension is a *blind branch*: no request is sent, but its final response
 timer runs with the transaction's fr_timer (never fr_inv_timer,
@@ -16,6 +17,7 @@ from asyncd.core.errors import ScriptExit
 from asyncd.core.route_types import FAILURE_ROUTE
 from asyncd.modules.tm.cell import (B_BLIND, BR_FLAGS, BR_STATUS, F_CANCELED, F_CONTINUE, F_FINAL,
                                     F_NOISY, F_SUSPENDED, F_WAIT, Handle)
+from asyncd.modules.tm.lookup import rebuild_request
 from asyncd.modules.tm.reply import fake_ctx, reply_cell, save_ctx_state
 from asyncd.modules.tm.state import MOD, S, arm_fr, flush, now
 
@@ -141,5 +143,39 @@ def t_continue(proc, tindex, tlabel, runner):
                 reply_cell(h, cell, ctx.msg, 500, AUTO_500)
         cell.flags &= ~F_CONTINUE
         return 0
+    finally:
+        h.release(flush)
+
+
+def t_abandon(proc, tindex, tlabel):
+    """The process that was continuing (tindex, tlabel) died (docs/kamailio-async.md
+    §10.7): the resumed route may have run in part, so it is not run again;
+    the transaction gets its final reply now instead of at its fr_timer.
+    The dead process may have held the cell's lock: the robust lock takes it
+    over. Nothing is changed when a final reply is out or relayed branches
+    are pending (the route got that far and wrote the cell back); otherwise
+    the suspension ends as a resume that fails does (t_continue step 9: 500;
+    a CANCEL meanwhile got its 487 from e2e_cancel, which takes the lock over
+    too). Returns 1 replied, 0 nothing to do, -1 not found or no reply could
+    be built."""
+    h = Handle(S.table, tindex, tlabel)
+    cell = h.acquire()
+    if cell is None:
+        return -1
+    try:
+        if cell.flags & F_FINAL or cell.has_pending(with_blind=False):
+            return 0
+        try:
+            msg = rebuild_request(cell, proc)
+        except Exception as e:
+            log.err(MOD, f"cannot rebuild the request of {tindex}:{tlabel}: {e!r}")
+            return -1
+        cell.flags &= ~(F_SUSPENDED | F_CONTINUE)
+        b = _blind(cell)
+        if b >= 0 and cell.branches[b][BR_STATUS] < 200:
+            cell.branches[b][BR_STATUS] = 500          # never pending again
+        h.dirty = True
+        reply_cell(h, cell, msg, 500, AUTO_500)
+        return 1
     finally:
         h.release(flush)

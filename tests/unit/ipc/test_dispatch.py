@@ -1,27 +1,35 @@
-"""Idle-first dispatch (asyncd.ipc.dispatch) with real forked consumers, and
-the awake consumer that takes frames from the shm ring without ZeroMQ.
+"""Idle-first dispatch (asyncd.ipc.dispatch) with real forked consumers: the
+task waits in the consumer's shm inbox and ZeroMQ only wakes it, the awake
+consumer takes frames from the shm ring without any ZeroMQ message, and a
+consumer killed inside the dispatcher lock holds nobody up for long.
 
 Runs in: the pytest process, plus forked consumer processes.
 """
 import multiprocessing
+import os
+import signal
 import time
 
 from asyncd import ipc
 from asyncd.ipc import codec
-from asyncd.ipc.dispatch import Dispatcher
+from asyncd.ipc.dispatch import HANDED, IDLE, MAX_FRAME, RUNNING, Dispatcher
 
 FORK = multiprocessing.get_context("fork")
 
 
-def _consumer(disp, idx, results):
+def _consumer(disp, idx, results, poll_ms=50):
+    """The consumer protocol of workers/task_worker.py, reduced: wake-up or
+    poll timeout -> claim -> run -> finish. Runs until killed."""
     sock = disp.bind(idx)
     try:
         frame = None
         while True:
             if frame is None:
-                if not sock.poll(3000):
-                    return
-                frame = sock.recv()
+                if sock.poll(poll_ms):
+                    sock.recv()
+                frame = disp.claim(idx)
+                if frame is None:
+                    continue
             item = codec.unpack(frame)
             time.sleep(item[1])
             results.put((item[2], idx, time.monotonic()))
@@ -31,12 +39,18 @@ def _consumer(disp, idx, results):
         ipc.close_all()
 
 
-def _start(disp, n):
+def _start(disp, n, **kw):
     q = FORK.Queue()
-    procs = [FORK.Process(target=_consumer, args=(disp, i, q)) for i in range(n)]
+    procs = [FORK.Process(target=_consumer, args=(disp, i, q), kwargs=kw) for i in range(n)]
     for p in procs:
         p.start()
     return q, procs
+
+
+def _stop(procs):
+    for p in procs:
+        p.kill()
+        p.join()
 
 
 def test_long_task_does_not_delay_queued_tasks(rundir):
@@ -58,15 +72,14 @@ def test_long_task_does_not_delay_queued_tasks(rundir):
         s = disp.stats()
         assert s["accepted"] == 21 and s["run"] == 21 and s["pending"] == 0
     finally:
-        for p in procs:
-            p.kill()
-            p.join()
+        _stop(procs)
 
 
 def test_full_nonblocking_refuses_at_once(rundir):
-    # no consumer process: the first frame makes consumer 0 busy, two more fill the ring
+    # no consumer process: the first frame goes to consumer 0's inbox, two more fill the ring
     disp = Dispatcher("tf", 1, ring=2, nonblock=True, rundir=rundir)
     assert [disp.push(codec.pack(["run", 0, k])) for k in range(3)] == [0, 0, 0]
+    assert disp.state(0) == HANDED
     t0 = time.monotonic()
     assert disp.push(codec.pack(["run", 0, "x"])) == -1
     assert time.monotonic() - t0 < 0.01
@@ -96,9 +109,7 @@ def test_blocking_producer_gets_room_when_worker_finishes(rundir):
         assert 0.2 < time.monotonic() - t0 < 1.0
         assert [q.get(timeout=3)[0] for _ in range(3)] == ["a", "b", "c"]
     finally:
-        for p in procs:
-            p.kill()
-            p.join()
+        _stop(procs)
 
 
 def test_skipped_items_are_counted(rundir):
@@ -113,18 +124,45 @@ def test_skipped_items_are_counted(rundir):
         s = disp.stats()
         assert s == {"accepted": 2, "rejected": 0, "run": 1, "skipped": 1, "pending": 0}
     finally:
-        for p in procs:
-            p.kill()
-            p.join()
+        _stop(procs)
 
 
-def test_oversize_frames_bypass_the_ring_but_stay_bounded(rundir):
+def test_frame_larger_than_a_slot_is_refused_and_counted(rundir):
     disp = Dispatcher("to", 1, ring=3, nonblock=True, rundir=rundir)
-    big = codec.pack(["run", 0.0, "x" * 2000])
-    # one to the (idle) worker, then three parked in its pipe (the ring's size), then full
-    assert [disp.push(big) for _ in range(5)] == [0, 0, 0, 0, -1]
-    s = disp.stats()
-    assert s["accepted"] == 4 and s["rejected"] == 1 and s["pending"] == 4
+    q, procs = _start(disp, 1)
+    try:
+        time.sleep(0.2)
+        too_big = b"x" * (MAX_FRAME + 1)
+        assert disp.push(too_big) == -1
+        assert disp.why_refused(too_big).startswith("task too big")
+        s = disp.stats()
+        assert s["accepted"] == 0 and s["rejected"] == 1 and s["pending"] == 0
+        # the old 1 KiB ring slots sent big frames around the ring; now they fit
+        big = codec.pack(["run", 0.0, "y" * 60000])
+        assert [disp.push(big) for _ in range(3)] == [0, 0, 0]
+        got = [q.get(timeout=3) for _ in range(3)]
+        assert all(k == "y" * 60000 for k, _, _ in got)
+        time.sleep(0.05)
+        s = disp.stats()
+        assert s["accepted"] == s["run"] == 3 and s["pending"] == 0
+    finally:
+        _stop(procs)
+
+
+def test_lost_wakeup_costs_one_poll_interval(rundir):
+    """The frame waits in the inbox, not in the ZeroMQ pipe: a consumer whose
+    wake-up never came claims it at its next poll timeout."""
+    disp = Dispatcher("tl", 1, ring=4, rundir=rundir)
+    q, procs = _start(disp, 1, poll_ms=50)
+    try:
+        time.sleep(0.2)
+        disp._wake = lambda i: None            # this producer's wake-ups are lost
+        t0 = time.monotonic()
+        assert disp.push(codec.pack(["run", 0.0, "quiet"])) == 0
+        key, _, t = q.get(timeout=3)
+        assert key == "quiet" and t - t0 < 0.2, t - t0
+    finally:
+        _stop(procs)
 
 
 def test_offer_goes_to_an_idle_worker_or_is_refused(rundir):
@@ -139,7 +177,7 @@ def test_offer_goes_to_an_idle_worker_or_is_refused(rundir):
         t_busy = time.monotonic()
         assert not disp.offer(codec.pack(["run", 0.0, "c"]))     # both busy: refused
         assert disp.stats()["accepted"] == 2 and disp.outstanding() == 2
-        assert not disp.offer(b"x" * 2000)                        # too big for the ring
+        assert not disp.offer(b"x" * (MAX_FRAME + 1))             # too big for a slot
         got = sorted((q.get(timeout=3) for _ in range(2)), key=lambda g: g[0])
         assert [g[0] for g in got] == ["a", "b"] and {g[1] for g in got} == {0, 1}
         assert all(g[2] - t_busy < 0.5 for g in got)
@@ -150,9 +188,7 @@ def test_offer_goes_to_an_idle_worker_or_is_refused(rundir):
         st = disp.stats()
         assert st["accepted"] == st["run"] == 3 and st["pending"] == 0
     finally:
-        for p in procs:
-            p.kill()
-            p.join()
+        _stop(procs)
 
 
 def _spinning_consumer(disp, results):
@@ -165,7 +201,10 @@ def _spinning_consumer(disp, results):
             if frame is None:
                 if not sock.poll(100):
                     continue
-                frame = sock.recv()
+                sock.recv()
+                frame = disp.claim(0)
+                if frame is None:
+                    continue
             item = codec.unpack(frame)
             results.put((item[1], "zmq" if item[2] == "first" else "?"))
             frame = disp.finish(0)
@@ -207,3 +246,59 @@ def test_awake_consumer_takes_frames_from_the_ring(rundir):
         if p.is_alive():
             p.terminate()
         p.join(3)
+
+
+def _die_holding_the_lock(disp, ready_w):
+    """A consumer killed in the middle of a queue update: lock held, the
+    journal armed, one word of two changed."""
+    disp._acquire()
+    disp._begin(0, 5)
+    disp.c[0] += 1                      # "accepted" moved, the ring tail not yet
+    os.write(ready_w, b"x")
+    time.sleep(60)
+
+
+def test_consumer_killed_inside_the_lock_holds_nobody_up(rundir):
+    disp = Dispatcher("tk", 2, ring=8, rundir=rundir)
+    q = FORK.Queue()
+    live = FORK.Process(target=_consumer, args=(disp, 0, q))
+    live.start()
+    r, w = os.pipe()
+    dying = FORK.Process(target=_die_holding_the_lock, args=(disp, w))
+    dying.start()
+    try:
+        time.sleep(0.2)
+        assert os.read(r, 1) == b"x"
+        os.kill(dying.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        assert disp.push(codec.pack(["run", 0.0, "after"])) == 0
+        took = time.monotonic() - t0
+        assert took < 0.25, took        # the robust lock: taken over after ~50 ms
+        key, idx, t = q.get(timeout=3)
+        assert (key, idx) == ("after", 0) and t - t0 < 0.3
+        time.sleep(0.05)
+        # the half-done update was rolled back: every count exact
+        s = disp.stats()
+        assert s == {"accepted": 1, "rejected": 0, "run": 1, "skipped": 0, "pending": 0}
+        assert disp.state(1) == IDLE
+        assert disp._lock.takeovers(0) == 1
+    finally:
+        _stop([live, dying])
+        os.close(r)
+        os.close(w)
+
+
+def test_recover_reports_the_inbox_of_a_dead_consumer(rundir):
+    """recover(): handed (never started) comes back as a task to run, running
+    as one to abandon; both leave the consumer running until finish()."""
+    disp = Dispatcher("tr", 1, ring=4, rundir=rundir)
+    assert disp.recover(0) == (IDLE, None)
+    assert disp.push(codec.pack(["run", 0, "h"])) == 0
+    disp.aw[0] = 1                      # it died awake
+    state, frame = disp.recover(0)
+    assert state == HANDED and codec.unpack(frame)[2] == "h" and disp.aw[0] == 0
+    assert disp.state(0) == RUNNING
+    assert disp.recover(0)[0] == RUNNING            # died again, while running it
+    assert disp.finish(0, skipped=True) is None
+    s = disp.stats()
+    assert s["accepted"] == 1 and s["skipped"] == 1 and s["pending"] == 0

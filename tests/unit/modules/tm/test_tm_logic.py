@@ -5,6 +5,8 @@ TimerLoop), pumped by the test. The routes stand in for compiled cfg
 routes so the state machine is tested without the rest of the server; the
 full server is exercised by test_tm_sipp.py.
 """
+import os
+import signal
 import socket
 import time
 
@@ -16,6 +18,7 @@ from asyncd.core.route_types import FAILURE_ROUTE, REQUEST_ROUTE
 from asyncd.modules import tm
 from asyncd.modules.tm import api as tm_api
 from asyncd.modules.tm import mod as tm_mod
+from asyncd.modules.tm.cell import Handle
 from asyncd.modules.tm.state import S as tm_state
 from asyncd.sip import parse_msg
 from shm.arena import ShmArena
@@ -462,6 +465,73 @@ def test_suspend_timeout_runs_armed_failure_route(net_factory):
     ran = []
     # docs/kamailio-tm.md §4: a suspension that timed out is never resumed
     assert tm_api.t_continue(net.proc, *state["id"], ran.append) < 0 and not ran
+
+
+def _suspended_message(net_factory, relay=False):
+    """A MESSAGE suspended by the route (relayed first when `relay`): (net, id)."""
+    state = {}
+
+    def request(ctx):
+        if relay:
+            tm_api.t_relay(ctx, *ctx.proc._uas[0])
+        else:
+            tm_api.t_newtran(ctx)
+            tm_api.t_suspend(ctx)
+        state["id"] = (ctx.t.index, ctx.t.label)
+        return 0
+    net = net_factory({"request": request})
+    net.proc._uas = [uas_addr(net)]
+    data, br, cid = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(), body="x")
+    net.send(net.uac, data)
+    assert net.run(1, lambda: "id" in state)
+    return net, state["id"]
+
+
+def _die_holding_the_cell(tid):
+    """Fork a process that takes the transaction's lock, as a task worker
+    running its resumed route does, and kill it there."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            Handle(tm_state.table, *tid).acquire()
+            os.write(w, b"x")
+            time.sleep(60)
+        finally:
+            os._exit(1)
+    assert os.read(r, 1) == b"x"
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(r)
+    os.close(w)
+
+
+def test_abandon_after_the_resuming_process_died_replies_500_at_once(net_factory):
+    """docs/kamailio-async.md §10.7: the worker continuing it died holding the
+    cell's lock; t_abandon takes the lock over and ends the transaction with
+    the resume-failed 500 now, not at fr_timer, and never runs the route."""
+    net, tid = _suspended_message(net_factory)
+    _die_holding_the_cell(tid)
+    t0 = time.monotonic()
+    assert tm_api.t_abandon(net.proc, *tid) == 1
+    assert time.monotonic() - t0 < 1.0
+    assert net.run(0.5, lambda: _rpls(net, net.uac, 500))
+    assert _rpls(net, net.uac, 500)[0].reason == "I'm terribly sorry, server error occurred (1/TM)"
+    assert tm_api.t_abandon(net.proc, *tid) == 0, "a final reply is out: nothing more"
+    ran = []
+    assert tm_api.t_continue(net.proc, *tid, ran.append) < 0 and not ran
+    net.run(0.1)
+    assert len(_rpls(net, net.uac)) == 1
+
+
+def test_abandon_leaves_a_relayed_transaction_alone(net_factory):
+    net, tid = _suspended_message(net_factory, relay=True)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "MESSAGE"))
+    assert tm_api.t_abandon(net.proc, *tid) == 0     # its branch is pending: the reply will come
+    net.run(0.1)
+    assert not _rpls(net, net.uac)
+    net.uas_reply(_reqs(net, net.uas[0], "MESSAGE")[0], 202, "Accepted")
+    assert net.run(1, lambda: _rpls(net, net.uac, 202))
 
 
 def test_branch_route_runs_per_branch_and_drop_cancels_it(net_factory):
