@@ -31,13 +31,13 @@ words unless noted:
 then `n` slots of SLOT bytes: u32 length + frame.
 """
 import mmap
-import multiprocessing
 import struct
+
+from shm.locks import robust_lock
 
 _LEN = struct.Struct("<I")
 _WAKE = struct.Struct("<d")
 _HDR = 64
-_LOCK_TIMEOUT = 0.5      # a holder that died mid-section must not wedge the rest
 H_HEAD, H_TAIL, H_WAKE, H_ASSIGNED, H_REJECTED, H_RUN, H_SKIPPED = range(7)
 
 # put() results
@@ -53,7 +53,10 @@ class Mailbox:
         self.h = memoryview(self._mm)[:_HDR].cast("q")
         # nobody published yet: the consumer has not slept, it drains first
         _WAKE.pack_into(self._mm, 8 * H_WAKE, 0.0)
-        self._lock = multiprocessing.get_context("fork").Lock()
+        # robust (shm/locks.py): a process killed inside put() or publish() delays the
+        # next taker ~50 ms, never wedges it, and nobody enters while the dead one
+        # is still inside (a timeout-and-proceed lock let two in)
+        self._lock = robust_lock("timer mailbox")
 
     # ---- producers -------------------------------------------------------
     def put(self, frame, due, count=1, cap=0):
@@ -63,7 +66,7 @@ class Mailbox:
         itself over ZeroMQ), FULL (refused and counted: `cap` entries pending)."""
         ln = len(frame)
         lock = self._lock
-        got = lock.acquire(timeout=_LOCK_TIMEOUT)
+        lock.acquire(0)
         try:
             h = self.h
             if cap and h[H_ASSIGNED] - h[H_RUN] - h[H_SKIPPED] >= cap:
@@ -80,18 +83,16 @@ class Mailbox:
             h[H_TAIL] = tail + 1
             return STORED_WAKE if due < _WAKE.unpack_from(mm, 8 * H_WAKE)[0] else STORED
         finally:
-            if got:
-                lock.release()
+            lock.release(0)
 
     def unassign(self, count=1):
         """An OVERFLOW frame that could not be sent after all: refused, not pending."""
-        got = self._lock.acquire(timeout=_LOCK_TIMEOUT)
+        self._lock.acquire(0)
         try:
             self.h[H_ASSIGNED] -= count
             self.h[H_REJECTED] += 1
         finally:
-            if got:
-                self._lock.release()
+            self._lock.release(0)
 
     def pending(self):
         h = self.h
@@ -103,7 +104,7 @@ class Mailbox:
         h = self.h
         if h[H_TAIL] == h[H_HEAD]:
             return ()
-        got = self._lock.acquire(timeout=_LOCK_TIMEOUT)
+        self._lock.acquire(0)
         try:
             mm, n, slot = self._mm, self.n, self.SLOT
             out = []
@@ -114,8 +115,7 @@ class Mailbox:
             h[H_HEAD] = h[H_TAIL]
             return out
         finally:
-            if got:
-                self._lock.release()
+            self._lock.release(0)
 
     def awake(self):
         """Running, and draining before any sleep: no producer needs to wake
@@ -125,13 +125,12 @@ class Mailbox:
     def publish(self, wake):
         """We will sleep until `wake` (monotonic). True when frames arrived
         meanwhile (drain again instead of sleeping)."""
-        got = self._lock.acquire(timeout=_LOCK_TIMEOUT)
+        self._lock.acquire(0)
         try:
             _WAKE.pack_into(self._mm, 8 * H_WAKE, wake)
             return self.h[H_TAIL] != self.h[H_HEAD]
         finally:
-            if got:
-                self._lock.release()
+            self._lock.release(0)
 
     def done(self, skipped=False):
         """One entry ran (or was skipped). Single writer: no lock."""
