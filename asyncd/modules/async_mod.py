@@ -35,9 +35,9 @@ SEC_RANGE = (1, 100)           # docs/kamailio-async.md §10.1 (Kamailio's code:
 MS_RANGE = (1, 30000)          # docs/kamailio-async.md §10.1 (Kamailio's code: 1..29999)
 MS_LEAD = 0.002               # the ms timer hands items to an idle worker this early (workers/timer.py)
 # ASYNC_CBNAME_SIZE 64 - 1 (docs/kamailio-async.md §2.0), in bytes as Kamailio's str lengths: it
-# also keeps an async timer entry within 86 bytes, one mailbox slot (asyncd/ipc/mailbox.py)
+# also keeps an async timer entry within 86 bytes, one mailbox frame (asyncd/ipc/mailbox.py FRAME_MAX)
 CBNAME_MAX = 62
-SEC_QUEUE = 100000             # pending seconds items per ASYNC MOD TIMER
+SEC_QUEUE = 100000             # pending seconds items per ASYNC MOD TIMER (journal: 128 B each, when used)
 MS_QUEUE = 10000               # Kamailio's ms list limit (docs/kamailio-async.md §2.2)
 SUSPEND_FLAGS = REQUEST_ROUTE | FAILURE_ROUTE
 

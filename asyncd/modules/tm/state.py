@@ -25,7 +25,8 @@ MOD = "tm"
 K_RETR, K_FR, K_RPL, K_WAIT = 1, 2, 3, 4
 TIMER_SLOTS = 16384     # a locked section arms 1-3 entries (~25 bytes each): seconds of top rate
 # Pending timer entries allowed per transaction-table slot: the feed's cap is
-# this times the table size. Why 8: a transaction holds its slot for at least
+# this times the table size (its journal, 128 bytes a frame, costs memory
+# only as far as it is used). Why 8: a transaction holds its slot for at least
 # wt_timer (5 s) after its final reply, so the table admits at most nslots
 # new ones per 5 s; each leaves its fr entry behind for up to fr_timer (30 s:
 # cancel is by marking, the entry stays until due), plus one wait entry and
@@ -115,7 +116,7 @@ def flush(h, locked=False):
 def arm(entries):
     if S.timers.arm(entries) < 0:
         log.err(MOD, f"cannot arm {len(entries)} tm timer(s): the timer feed refused them "
-                     f"({S.timers.cap} pending, or the timer process unreachable)")
+                     f"({S.timers.cap} pending, or its mailbox full)")
 
 
 # ---- arming (any process, lock held: the entries leave when it is dropped) -----
