@@ -182,3 +182,20 @@ def test_entries_due_while_no_timer_runs_fire_at_once(rig):
     got = rig.reports(2)
     assert sorted(t for t, _, _ in got) == ["o1", "o2"] and all(p == b for _, _, p in got)
     assert time.monotonic() - t0 < 0.2
+
+
+def test_wakeups_reach_the_replacement(rig):
+    """Producers' ZeroMQ pushes reconnect to the new timer's endpoint: an
+    entry due before the replacement's published wake-up still fires on
+    time."""
+    a = rig.start()
+    time.sleep(0.2)
+    rig.arm({"w1": 0.05})               # due before a's idle wake-up: sent a wake-up
+    assert [g[0] for g in rig.reports(1)] == ["w1"]
+    rig.kill(a)
+    b = rig.start()
+    time.sleep(0.3)                     # b idles: its published wake-up is POLL away
+    rig.arm({"w2": 0.03})
+    got = rig.reports(1)
+    assert [g[:1] for g in got] == [("w2",)] and got[0][2] == b
+    assert 0 <= got[0][1] < 0.02, got
