@@ -11,12 +11,19 @@ Cancel is by marking: a handler re-reads the state it acts on and does
 nothing when it moved on (a transaction answered, a resume skipped).
 Entries arrive through the row's TimerFeed (asyncd/ipc/timers.py): a
 shared-memory mailbox, with ZeroMQ wake-ups only for entries due before the
-wake-up this loop published. The loop sleeps exactly until the earliest
-entry: it polls its PULL socket with a timeout that ends ~1 ms early, then
-sleeps the rest with nanosecond resolution, so entries fire ~0.1-1.5 ms late
-and never early (Kamailio's timers tick: its seconds ring resumes anywhere
-in (0, 2) s, its ms list up to one ms_timer period late;
-docs/kamailio-async.md §8).
+wake-up this loop published. The heap is private, but every entry in it is
+also in the consumer's shared-memory journal (asyncd/ipc/journal.py) until
+its handler returned: a timer process killed at any instant (kill -9
+included) and respawned for the same row and instance rebuilds its heap at
+start (recover), due times unchanged, so nothing armed before the death is
+lost; a handler cut short by the death runs again (journal.py says why
+that is safe).
+
+The loop sleeps exactly until the earliest entry: it polls its PULL socket
+with a timeout that ends ~1 ms early, then sleeps the rest with nanosecond
+resolution, so entries fire ~0.1-1.5 ms late and never early (Kamailio's
+timers tick: its seconds ring resumes anywhere in (0, 2) s, its ms list up
+to one ms_timer period late; docs/kamailio-async.md §8).
 
 What to do with an entry is the row's business (asyncd.core.procs.
 TimerHandlers): on_due[kind] runs it when due; early[kind] = (lead, fn) is
@@ -63,60 +70,94 @@ class TimerLoop:
                      for p in handlers.every]
 
     # ---- arrivals ----------------------------------------------------------
-    def add(self, frame):
-        if not frame:
-            return                  # a wake-up
+    def recover(self):
+        """At start: what a killed predecessor left in the journal, and what
+        waits in the mailbox, goes into the heap with its due time as armed
+        (the overdue fire at once). Returns how many entries it recovered."""
+        feed, idx = self.feed, self.idx
+        items, restarted = feed.recover(idx)
+        n = sum(self.add(*it) for it in items)
+        if restarted:
+            n += self.take()
+        if n:
+            log.notice(MOD, f"timer: recovered {n} pending entries of {feed.name} consumer {idx}")
+        return n
+
+    def take(self):
+        """Journal the mailbox's frames and queue their entries (how many)."""
+        return sum(self.add(*it) for it in self.feed.take(self.idx))
+
+    def add(self, slot, frame, mask):
+        """Queue the entries of journal slot `slot` whose bit is set in
+        `mask`; a malformed one is skipped (counted). Returns how many."""
         try:
             entries = codec.unpack(frame)
-            for e in entries:
-                due = float(e[1])
-                early = self.early.get(e[0])     # (lead, fn) or None
-                # (fire at, seq, entry): fired before its due time, an entry is an early offer
-                self.seq += 1
-                heapq.heappush(self.heap, (due - early[0] if early else due, self.seq, e))
-        except (ValueError, TypeError, IndexError) as ex:
+            if not isinstance(entries, list):
+                raise ValueError(f"not a list: {entries!r}")
+        except ValueError as ex:
             log.err(MOD, f"timer: dropping a malformed frame: {ex}")
-            self.feed.done(self.idx, skipped=True)     # accounted for, not silently lost
+            entries = []
+        n = 0
+        for j in range(mask.bit_length()):
+            if mask >> j & 1:
+                n += self._queue(entries[j] if j < len(entries) else None, slot, j)
+        return n
+
+    def _queue(self, e, slot, j):
+        try:
+            due = float(e[1])
+            early = self.early.get(e[0])     # (lead, fn) or None
+        except (ValueError, TypeError, IndexError) as ex:
+            log.err(MOD, f"timer: dropping a malformed entry {e!r}: {ex!r}")
+            self.feed.done(self.idx, slot, j, skipped=True)     # accounted for, not silently lost
+            return 0
+        # (fire at, seq, entry, slot, j): fired before its due time, an entry is an early offer
+        self.seq += 1
+        heapq.heappush(self.heap, (due - early[0] if early else due, self.seq, e, slot, j))
+        return 1
 
     def drain(self, sock):
         feed = self.feed
         feed.awake(self.idx)
-        for frame in feed.take(self.idx):
-            self.add(frame)
+        self.take()
         while True:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.add(frame)
+            if frame:
+                log.err(MOD, f"timer: ignoring a {len(frame)}-byte frame: entries travel in shared memory")
 
     # ---- firing ------------------------------------------------------------
     def fire(self):
         """Run what is due (and offer what is due within its lead)."""
         mono = time.monotonic
         h = self.heap
+        feed, idx = self.feed, self.idx
         now = mono()
         while h and h[0][0] <= now:
-            at, s, e = heapq.heappop(h)
+            at, s, e, slot, j = heapq.heappop(h)
             due = float(e[1])
             if at < due and due > now:
-                self._offer(e, s, due)
-            elif self._run(e, now, s) is RETRY:
+                self._offer(e, s, due, slot, j)
+            elif self._run(e, now, s, slot, j) is RETRY:
                 return
+            if feed.waiting(idx):
+                self.take()         # a long run of handlers must not leave the mailbox to fill
             now = mono()
 
-    def _offer(self, e, s, due):
+    def _offer(self, e, s, due, slot, j):
         try:
             handed = self.early[e[0]][1](self.proc, e)
         except Exception as ex:      # never lose the entry: it fires at due instead
             log.err(MOD, f"timer: early hand-off failed: {ex!r}")
             handed = False
         if handed:
-            self.feed.done(self.idx)                     # the taker accounts for it now
+            self.feed.done(self.idx, slot, j)            # the taker accounts for it now
         else:
-            heapq.heappush(self.heap, (due, s, e))      # nobody took it: at due, as usual
+            heapq.heappush(self.heap, (due, s, e, slot, j))     # nobody took it: at due, as usual
 
-    def _run(self, e, now, s):
+    def _run(self, e, now, s, slot, j):
         fn = self.on_due.get(e[0])
         if fn is None:
             log.err(MOD, f"timer: no handler for entry kind {e[0]!r}")
@@ -128,9 +169,9 @@ class TimerLoop:
                 log.err(MOD, f"timer: {e[0]!r} handler failed: {ex!r}")
                 r = None
         if r is RETRY:
-            heapq.heappush(self.heap, (now + RETRY_DELAY, s, e))
+            heapq.heappush(self.heap, (now + RETRY_DELAY, s, e, slot, j))     # still journaled
             return RETRY
-        self.feed.done(self.idx, skipped=r is SKIPPED)
+        self.feed.done(self.idx, slot, j, skipped=r is SKIPPED)
         return r
 
     def run_jobs(self, now):
@@ -158,6 +199,8 @@ def run(proc, row, idx):
     loop = TimerLoop(proc, row.handlers, idx)
     feed = loop.feed
     sock = feed.bind(idx) if feed is not None else None
+    if sock is not None:
+        loop.recover()      # bound first: a wake-up sent from here on is not lost
     gc.freeze()     # what we inherited from main is never garbage: keep it out of GC scans
     mono = time.monotonic
     try:

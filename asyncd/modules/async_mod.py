@@ -35,8 +35,10 @@ MOD = "async"
 SEC_RANGE = (1, 100)           # docs/kamailio-async.md §10.1 (Kamailio's code: 1..99)
 MS_RANGE = (1, 30000)          # docs/kamailio-async.md §10.1 (Kamailio's code: 1..29999)
 MS_LEAD = 0.002               # the ms timer hands items to an idle worker this early (workers/timer.py)
-CBNAME_MAX = 62                # ASYNC_CBNAME_SIZE 64 - 1 (docs/kamailio-async.md §2.0)
-SEC_QUEUE = 100000             # pending seconds items per ASYNC MOD TIMER
+# ASYNC_CBNAME_SIZE 64 - 1 (docs/kamailio-async.md §2.0), in bytes as Kamailio's str lengths: it
+# also keeps an async timer entry within 86 bytes, one mailbox frame (asyncd/ipc/mailbox.py FRAME_MAX)
+CBNAME_MAX = 62
+SEC_QUEUE = 100000             # pending seconds items per ASYNC MOD TIMER (journal: 128 B each, when used)
 MS_QUEUE = 10000               # Kamailio's ms list limit (docs/kamailio-async.md §2.2)
 SUSPEND_FLAGS = REQUEST_ROUTE | FAILURE_ROUTE
 
@@ -111,9 +113,9 @@ def _fix_route(site, i):
     if not a.literal:
         return
     name = str(a.value)
-    if len(name) > CBNAME_MAX:
+    if len(name.encode()) > CBNAME_MAX:
         site.arg_error(i, f"{site.func.name}(): route name [{name}] too long "
-                          f"(max {CBNAME_MAX} characters)")
+                          f"(max {CBNAME_MAX} bytes)")
     if name != "0" and not site.script.has_route(name):
         site.arg_error(i, f"{site.func.name}(): route [{name}] is not defined "
                           f"(no route[{name}] block)")
@@ -236,7 +238,7 @@ def _route_ok(ctx, site, name):
         _err(site, "empty route name")
         return False
     name = str(name)
-    if len(name) > CBNAME_MAX:
+    if len(name.encode()) > CBNAME_MAX:
         _err(site, f"callback name is too long [{name}]")
         return False
     if name != "0" and not ctx.proc.script.has_route(name):

@@ -24,6 +24,16 @@ from shm.tm_table import TmTable
 MOD = "tm"
 K_RETR, K_FR, K_RPL, K_WAIT = 1, 2, 3, 4
 TIMER_SLOTS = 16384     # a locked section arms 1-3 entries (~25 bytes each): seconds of top rate
+# Pending timer entries allowed per transaction-table slot: the feed's cap is
+# this times the table size (its journal, 128 bytes a frame, costs memory
+# only as far as it is used). Why 8: a transaction holds its slot for at least
+# wt_timer (5 s) after its final reply, so the table admits at most nslots
+# new ones per 5 s; each leaves its fr entry behind for up to fr_timer (30 s:
+# cancel is by marking, the entry stays until due), plus one wait entry and
+# one retransmission entry at a time: 30/5 + 2 = 8 per slot at the table's
+# full rate. Beyond it tm's arm is refused and logged (the sweep still frees
+# what a missing timer leaves behind).
+TIMER_PER_CELL = 8
 
 
 class TmState:
@@ -50,7 +60,8 @@ class TmState:
         self.script = script
         self.secret = random.getrandbits(31)
         self.table = TmTable(script.shm)
-        self.timers = TimerFeed("tm", 1, slots=TIMER_SLOTS, rundir=lambda: script.rundir)
+        self.timers = TimerFeed("tm", 1, TIMER_PER_CELL * self.table.nslots, slots=TIMER_SLOTS,
+                                rundir=lambda: script.rundir)
         self.proc = None
         self.addrs = {}
 
@@ -104,7 +115,8 @@ def flush(h, locked=False):
 
 def arm(entries):
     if S.timers.arm(entries) < 0:
-        log.err(MOD, f"cannot arm {len(entries)} tm timer(s): the timer process is unreachable")
+        log.err(MOD, f"cannot arm {len(entries)} tm timer(s): the timer feed refused them "
+                     f"({S.timers.cap} pending, or its mailbox full)")
 
 
 # ---- arming (any process, lock held: the entries leave when it is dropped) -----

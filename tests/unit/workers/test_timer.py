@@ -150,12 +150,20 @@ def test_malformed_frame_is_dropped(timer):
     assert st["skipped"] == 2 and st["run"] == 1 and st["pending"] == 0
 
 
-def test_mailbox_overflow_goes_over_zmq(timer):
-    disp, q, _ = timer(mailbox=4)
-    for k in range(12):
-        _push(disp, 0.05 + k * 0.001, k)
-    got = [q.get(timeout=3)[0] for _ in range(12)]
-    assert sorted(got) == list(range(12))
+def test_full_mailbox_refuses_and_counts_nothing_goes_over_zmq(timer):
+    disp, q, p = timer(mailbox=4)
+    os.kill(p.pid, signal.SIGSTOP)          # the timer cannot drain: the ring fills
+    try:
+        due = time.monotonic() + 0.1
+        got = [disp.arm([["ar", due + k * 0.001, 1, 2, k]]) for k in range(6)]
+        assert got == [0, 0, 0, 0, -1, -1]
+        assert disp.stats()["rejected"] == 2 and disp.stats()["pending"] == 4
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    assert sorted(q.get(timeout=3)[0] for _ in range(4)) == [0, 1, 2, 3]
+    time.sleep(0.02)
+    st = disp.stats()
+    assert st["accepted"] == 4 and st["run"] == 4 and st["pending"] == 0
 
 
 def test_later_items_need_no_wakeup_but_earlier_ones_do(timer):

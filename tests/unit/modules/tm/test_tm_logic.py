@@ -110,8 +110,7 @@ class Net:
                 ctx = self.script.new_ctx(msg, self.proc, 128)
                 assert tm_mod.reply_in(ctx), "reply not taken by tm"
         # the timer process's turn: take what was armed, fire what is due
-        for frame in tm_state.timers.take(0):
-            self.timer.add(frame)
+        self.timer.take()
         before = tm_state.timers.stats()["run"] + tm_state.timers.stats()["skipped"]
         self.timer.fire()
         self.timer.run_jobs(time.monotonic())
