@@ -295,6 +295,7 @@ def _suspend(ctx, site, queue, kind, target, due=None):
         ctx.t.done = False      # the route still owns the request: it may reply
         _err(site, "queue is full - request not suspended")
         return -1
+    tm_api.t_handed_over()
     return _st.ret
 
 

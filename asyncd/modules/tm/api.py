@@ -10,7 +10,7 @@ replacement of a task worker that died resuming).
 from asyncd.core import log
 from asyncd.modules.tm import fwd, newtran, reply, suspend
 from asyncd.modules.tm.cell import Handle
-from asyncd.modules.tm.state import MOD, S
+from asyncd.modules.tm.state import MOD, S, unclaim
 
 
 def t_newtran(ctx):
@@ -49,6 +49,13 @@ def t_continue(proc, tindex, tlabel, runner):
     relayed nor suspended again. Returns 0 ran, 1 skipped (CANCELed or timed
     out), -1 not found (already ended), -2 not suspended (docs/kamailio-tm.md §3)."""
     return suspend.t_continue(proc, tindex, tlabel, runner)
+
+
+def t_handed_over():
+    """The suspended transaction's resume is queued: it is no longer this
+    process's to answer if it dies (its claim goes, docs/architecture.md
+    "Respawn")."""
+    unclaim()
 
 
 def t_abandon(proc, tindex, tlabel):

@@ -12,11 +12,11 @@ from asyncd.core import log
 from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
 from asyncd.core.route_types import ANY_ROUTE, BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE, REQUEST_ROUTE
-from asyncd.modules.tm import api, fwd, newtran, reply
+from asyncd.modules.tm import api, fwd, newtran, reply, suspend
 from asyncd.modules.tm import timer as tm_timer
 from asyncd.modules.tm.cell import F_CANCELED, F_FINAL, F_SUSPENDED, Cell, Handle
 from asyncd.modules.tm.lookup import lookup_request, rebuild_request, request_key, ack2xx_key
-from asyncd.modules.tm.state import MOD, S, arm_wait, flush
+from asyncd.modules.tm.state import MOD, S, arm_wait, flush, left_claim, unclaim
 from asyncd.sip import build_reply, parse_msg, reply_addr
 
 RF = REQUEST_ROUTE | FAILURE_ROUTE
@@ -353,6 +353,7 @@ def request_done(ctx):
     h = ctx.t
     if h is None or h.depth:
         return
+    unclaim()
     if not h.done and (h.new or ctx.extra and "tm_delayed" in ctx.extra):
         _unreleased(ctx, h)
     cur = (ctx.avps.dumps() if ctx.avps is not None else None,
@@ -421,6 +422,13 @@ def child_init(proc, rank):
     S.child_init(proc)
     if S.timers is not None:
         S.timers.connect_all()
+    left = left_claim()
+    if left is not None:
+        # a respawn: the dead process of this slot was working on this transaction
+        unclaim()
+        rc = suspend.t_abandon(proc, *left)
+        log.warn(MOD, f"transaction {left[0]}:{left[1]} was in the hands of the dead process "
+                 f"of this slot: " + ("replied 500" if rc == 1 else "left to its timers"))
 
 
 def procs(script):

@@ -16,7 +16,7 @@ from asyncd.core import log
 from asyncd.modules.tm.cell import F_ACKED, F_FINAL, F_INVITE, Cell, Handle
 from asyncd.modules.tm.lookup import ack2xx_key, request_key
 from asyncd.modules.tm.reply import local_reply, resend_last
-from asyncd.modules.tm.state import MOD, S, arm_fr, arm_wait, flush, hard_deadline, now
+from asyncd.modules.tm.state import MOD, S, arm_fr, arm_wait, claim, flush, hard_deadline, now
 from asyncd.modules.tm.suspend import suspend_cell
 from asyncd.sip.build import reply_addr
 from shm.tm_table import TableFull
@@ -105,6 +105,8 @@ def t_newtran(ctx, suspend=False):
         return -1
     h = ctx.t = Handle(S.table, index, label)
     h.new = created
+    if created:
+        claim(index, label)       # ours until the route ends (request_done) or hands it over
     if not created:
         resend_last(ctx.proc, h)
         return 0

@@ -35,16 +35,25 @@ TIMER_SLOTS = 16384     # a locked section arms 1-3 entries (~25 bytes each): se
 # what a missing timer leaves behind).
 TIMER_PER_CELL = 8
 
+# Claims: one u64 per process-table slot, (tindex << 32) | tlabel of the
+# transaction the process is working on (a request route that created it, a
+# resumed route), 0 when none. A process that dies leaves its claim behind;
+# its replacement answers that transaction at once (recover_claim) instead of
+# leaving it to fr_timer or, for a transaction that never got a timer, to the
+# sweep (docs/architecture.md, "Respawn").
+CLAIM_SLOTS = 1024
+
 
 class TmState:
     """Filled in main by tm's mod_init; every child inherits it by fork."""
     __slots__ = ("script", "table", "timers", "secret", "fr_ms", "fr_inv_ms", "wt_ms", "t1", "t2",
                  "max_inv_ms", "max_noninv_ms", "auto_inv_100", "auto_inv_100_reason",
-                 "failure_reply_mode", "proc", "addrs")
+                 "failure_reply_mode", "proc", "addrs", "claims", "mine")
 
     def __init__(self):
-        self.script = self.table = self.timers = self.proc = None
+        self.script = self.table = self.timers = self.proc = self.claims = None
         self.addrs = {}
+        self.mine = -1
 
     def configure(self, script, mp):
         """tm's mod_init: `mp` holds every modparam of the export table."""
@@ -64,11 +73,16 @@ class TmState:
                                 rundir=lambda: script.rundir)
         self.proc = None
         self.addrs = {}
+        off = script.shm.static_alloc(8 * CLAIM_SLOTS, align=8)
+        self.claims = script.shm.qwords[off >> 3:(off >> 3) + CLAIM_SLOTS]
+        script.shm.buf[off:off + 8 * CLAIM_SLOTS] = bytes(8 * CLAIM_SLOTS)
 
     def child_init(self, proc):
         """Per process: who sends what tm queued, and its own caches."""
         self.proc = proc
         self.addrs = {}
+        idx = getattr(proc, "index", None)
+        self.mine = idx if isinstance(idx, int) and 0 < idx < CLAIM_SLOTS else -1
 
 
 S = TmState()
@@ -76,6 +90,25 @@ S = TmState()
 
 def now():
     return time.monotonic()
+
+
+def claim(index, label):
+    """This process now works on transaction (index, label)."""
+    if S.mine > 0:
+        S.claims[S.mine] = (index << 32) | label
+
+
+def unclaim():
+    if S.mine > 0:
+        S.claims[S.mine] = 0
+
+
+def left_claim():
+    """What the dead process of this slot was working on: (index, label) or None."""
+    if S.mine <= 0 or not S.claims[S.mine]:
+        return None
+    v = S.claims[S.mine]
+    return v >> 32, v & 0xFFFFFFFF
 
 
 def hard_deadline(cell):

@@ -19,7 +19,7 @@ from asyncd.modules.tm.cell import (B_BLIND, BR_FLAGS, BR_STATUS, F_CANCELED, F_
                                     F_NOISY, F_SUSPENDED, F_WAIT, Handle)
 from asyncd.modules.tm.lookup import rebuild_request
 from asyncd.modules.tm.reply import fake_ctx, reply_cell, save_ctx_state
-from asyncd.modules.tm.state import MOD, S, arm_fr, flush, now
+from asyncd.modules.tm.state import MOD, S, arm_fr, claim, flush, now, unclaim
 
 AUTO_500 = "I'm terribly sorry, server error occurred (1/TM)"
 
@@ -116,6 +116,7 @@ def t_continue(proc, tindex, tlabel, runner):
             cell.flags &= ~F_SUSPENDED
             return 1
         cell.flags = (cell.flags | F_CONTINUE) & ~F_SUSPENDED
+        claim(tindex, tlabel)     # a death from here on: the replacement answers it (t_abandon)
         b = _blind(cell)
         if b < 0 or cell.branches[b][BR_STATUS] >= 200:
             return 1
@@ -145,6 +146,7 @@ def t_continue(proc, tindex, tlabel, runner):
         return 0
     finally:
         h.release(flush)
+        unclaim()
 
 
 def t_abandon(proc, tindex, tlabel):
