@@ -4,9 +4,13 @@ so no pytest machinery runs twice).
 Runs in: the pytest process and the processes it forks.
 """
 import os
+import select
 import signal
+import sys
 import time
 import traceback
+
+import shm.locks
 
 
 def fork(fn, *args):
@@ -41,3 +45,99 @@ def wait_all(pids, timeout):
         os.waitpid(pid, 0)
         out[pid] = "timeout"
     return out
+
+
+# -- killing a child in the middle of a real operation ---------------------------------
+_SHM_DIR = os.path.dirname(os.path.abspath(shm.__file__)) + os.sep
+_LOCKS_PY = os.path.abspath(shm.locks.__file__)
+
+
+class Death:
+    """Where a child was killed: its pid and the shm/ line it was about to run."""
+
+    def __init__(self, pid, where):
+        self.pid = pid
+        self.where = where
+
+    def __repr__(self):
+        return f"<killed {self.pid} before {self.where}>"
+
+
+def _stopper(ls, i, nth, w):
+    """A sys.settrace function: at the nth line of shm/ code run while this
+    process owns lock i of ls, say where and SIGSTOP (the parent kills us)."""
+    me = os.getpid()
+    seen = [0]
+
+    def line(frame, event, _arg):
+        if event == "line" and ls.owner(i) == me:
+            seen[0] += 1
+            if seen[0] == nth:
+                code = frame.f_code
+                os.write(w, f"{os.path.basename(code.co_filename)}:{code.co_name}:{frame.f_lineno}".encode())
+                os.kill(me, signal.SIGSTOP)
+        return line
+
+    def call(frame, _event, _arg):
+        f = frame.f_code.co_filename
+        # not inside locks.py itself: a stop between taking a semaphore and writing
+        # its owner word is the zero-owner window (locks.py ZERO_OWNER_GRACE)
+        return line if f.startswith(_SHM_DIR) and f != _LOCKS_PY else None
+
+    return call
+
+
+def kill_inside(ls, i, nth, fn, *args):
+    """Fork a child that runs fn(*args) and kill -9 it just before the nth line
+    of shm/ code it runs while owning lock i of `ls` (lines of nested calls,
+    e.g. the arena allocator under a bucket lock, count too).  The code under
+    test is not patched: the child stops itself from a line tracer.
+    -> Death, or None when fn returned before its nth such line."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 1
+        try:
+            sys.settrace(_stopper(ls, i, nth, w))
+            fn(*args)
+            sys.settrace(None)
+            code = 0
+        except BaseException:
+            sys.settrace(None)
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], 10)
+        where = os.read(r, 200).decode() if ready else "timeout"
+    finally:
+        os.close(r)
+    if not where:
+        _p, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the operation failed in the child"
+        return None
+    if where == "timeout":
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError("child never reached its stop line")
+    _p, status = os.waitpid(pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return Death(pid, where)
+
+
+def held_by(pid, *locksets):
+    """[(lockset, i)] of every lock whose owner word names pid."""
+    return [(ls, i) for ls in locksets for i in range(ls.n) if ls.owner(i) == pid]
+
+
+def recover_rest(held):
+    """Take and drop every lock of `held` still owned by a dead pid (the ones the
+    normal operation after the kill did not need), so each is taken over once."""
+    for ls, i in held:
+        if ls.owner(i) and not shm.locks.pid_alive(ls.owner(i)):
+            ls.acquire(i)
+            ls.release(i)
