@@ -36,6 +36,7 @@ import os
 import re
 import struct
 import time
+import weakref
 
 from asyncd.core import log
 from shm.hashtable import ShmHashTable, _EH, _E, _NEXT, _KV, _SPIN, _MAXHOP, _Torn, hk_struct
@@ -123,7 +124,7 @@ class HTable:
         # blocks the internal bucket locks (Kamailio uses recursive slot locks)
         self.ulocks = LockSet(arena, 16, f"htable {name} sht_lock")
         self._uheld = {}
-        _tables.append(self)
+        _tables.add(self)
         if autoexpire:
             self.woff = arena.static_alloc(8 * WHEEL)
             self.wlocks = LockSet(arena, WLOCKS, f"htable {name} expiry")
@@ -544,5 +545,7 @@ def _after_fork():
         ht._uheld = {}
 
 
-_tables = []
+# weak: a table dropped with its arena (tests make hundreds) must not keep the
+# arena's mapping and its lock semaphores alive (one mmap each)
+_tables = weakref.WeakSet()
 os.register_at_fork(after_in_child=_after_fork)
