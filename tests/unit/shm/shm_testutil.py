@@ -141,3 +141,40 @@ def recover_rest(held):
         if ls.owner(i) and not shm.locks.pid_alive(ls.owner(i)):
             ls.acquire(i)
             ls.release(i)
+
+
+def sweep(make, op, lock_of, after, check):
+    """Kill a child before every line it runs under one lock, each time on a fresh
+    structure, and check the recovery.  make() -> (arena, state, locksets): a new
+    arena (destroyed here) with the structure under test, and every LockSet the
+    child could hold.  lock_of(state) -> (lockset, i): the lock the deaths happen
+    under.  op(state) runs in the child.  After each death after(state, death)
+    (a normal operation that needs that lock) must finish within 1 s; then every
+    other lock the child held is taken over too, each exactly once, and
+    check(state, death) must pass.  -> the Death of every point."""
+    deaths = []
+    n = 1
+    while True:
+        arena, state, locksets = make()
+        d = None
+        try:
+            ls, i = lock_of(state)
+            d = kill_inside(ls, i, n, op, state)
+            if d is None:
+                return deaths
+            held = held_by(d.pid, *locksets)
+            assert (ls, i) in held
+            t0 = time.monotonic()
+            after(state, d)
+            assert time.monotonic() - t0 < 1.0
+            recover_rest(held)
+            for hl, hi in held:
+                assert hl.takeovers(hi) == 1, f"{hl.name} lock {hi} taken over {hl.takeovers(hi)} times"
+                assert hl.owner(hi) == 0
+            check(state, d)
+            deaths.append(d)
+        except AssertionError as e:
+            raise AssertionError(f"death point {n} ({d}): {e}") from e
+        finally:
+            arena.destroy()
+        n += 1

@@ -16,116 +16,33 @@ import os
 import signal
 import time
 
-from shm.arena import FREE_PAGE, ShmArena, _CLS_HEAD, _FREE_HEAD, _INUSE, _PD, _U32
-from shm.slots import CLASS_OF, MAX_ALLOC, NCLASS, NSLOTS, PAGE, SLOT_SIZES
-from shm_testutil import fork, held_by, kill_inside, recover_rest
-
-
-def cls(size):
-    return CLASS_OF[(size + 15) >> 4]
+from shm.arena import ShmArena, _CLS_HEAD, _FREE_HEAD, _U32
+from shm.slots import MAX_ALLOC, NSLOTS
+from shm_invariants import alloc_sound, check_arena, cls
+from shm_testutil import fork, sweep
 
 
 def small_arena():
     return ShmArena.create(2 << 20)      # 1 MiB static area, 15 data pages
 
 
-def _walk(a, head, seen_limit):
-    """Page numbers of a list of 1-based page links starting at `head`."""
-    out = []
-    p1 = head
-    while p1:
-        assert 0 < p1 <= a.npages, f"link to page {p1} out of range"
-        assert len(out) <= seen_limit, "cycle in a page list"
-        out.append(p1 - 1)
-        p1 = _PD.unpack_from(a.buf, a._pd(p1 - 1))[4]
-    return out
-
-
-def check_arena(a):
-    """The free-page list, the per-class partial lists, the page counter and
-    each page's free-slot chain agree with the page descriptors."""
-    buf = a.buf
-    pds = [_PD.unpack_from(buf, a._pd(p)) for p in range(a.npages)]
-    free = _walk(a, _U32.unpack_from(buf, _FREE_HEAD)[0], a.npages)
-    assert sorted(free) == [p for p, d in enumerate(pds) if d[0] == FREE_PAGE]
-    assert _U32.unpack_from(buf, _INUSE)[0] == a.npages - len(free)
-    for c in range(NCLASS):
-        chain = _walk(a, _U32.unpack_from(buf, _CLS_HEAD + 4 * c)[0], a.npages)
-        assert len(set(chain)) == len(chain)
-        prev = 0
-        for p in chain:
-            assert pds[p][5] == prev, f"class {c}: page {p} has a stale prev link"
-            prev = p + 1
-        assert sorted(chain) == [p for p, d in enumerate(pds) if d[0] == c and d[1] < NSLOTS[c]], \
-            f"class {c}: partial list does not hold exactly the partial pages"
-    for p, (c, used, carved, fh, _n, _pv) in enumerate(pds):
-        if c == FREE_PAGE:
-            continue
-        assert used <= carved <= NSLOTS[c]
-        n, seen = 0, set()
-        while fh:
-            assert (fh - 1) % SLOT_SIZES[c] == 0 and (fh - 1) // SLOT_SIZES[c] < carved
-            assert fh not in seen
-            seen.add(fh)
-            n += 1
-            fh = _U32.unpack_from(buf, a.data_off + p * PAGE + fh - 1)[0]
-        assert n == carved - used, f"page {p}: {n} free slots chained, counters say {carved - used}"
-
-
-def alloc_sound(a, size, n):
-    """Allocate n slots of `size`: each lies inside a page of its class, no two
-    overlap; free them again."""
-    c = cls(size)
-    offs = []
-    for _ in range(n):
-        o = a.alloc(size)
-        if not o:
-            break
-        p = (o - a.data_off) // PAGE
-        assert a.buf[a._pd(p)] == c, f"slot {o} handed out in a page of class {a.buf[a._pd(p)]}"
-        assert (o - a.data_off - p * PAGE) % SLOT_SIZES[c] == 0
-        assert (o - a.data_off - p * PAGE) + SLOT_SIZES[c] <= PAGE
-        offs.append(o)
-    assert len(set(offs)) == len(offs)
-    for o in offs:
-        a.free(o)
-    return len(offs)
-
-
-def sweep(setup, op, lock_of, after):
-    """For every death point of op(arena, state) while it holds lock_of(arena):
-    kill it there, run after(arena, state) (which must need that lock) within
-    1 s, take over whatever else the child held, then check the arena.
-    -> the death points seen."""
-    deaths = []
-    n = 1
-    while True:
+def arena_sweep(setup, op, lock_of, after):
+    """shm_testutil.sweep on a fresh small arena per death; state = (arena, setup(arena)).
+    After each recovery the arena's lists must be sound and slots of three
+    classes must still be handed out soundly."""
+    def make():
         a = small_arena()
-        try:
-            state = setup(a)
-            ls, i = lock_of(a)
-            d = kill_inside(ls, i, n, op, a, state)
-            if d is None:
-                return deaths
-            held = held_by(d.pid, a._cls_locks, a._page_lock)
-            assert (ls, i) in held
-            t0 = time.monotonic()
-            after(a, state)
-            assert time.monotonic() - t0 < 1.0, d
-            recover_rest(held)
-            for hl, hi in held:
-                assert hl.takeovers(hi) == 1, (d, hl.name, hi)
-                assert hl.owner(hi) == 0
-            check_arena(a)
-            for size in (100, 2000, 30000):
-                alloc_sound(a, size, NSLOTS[cls(size)] + 2)    # crosses a page
-            check_arena(a)
-            deaths.append(d)
-        except AssertionError as e:
-            raise AssertionError(f"after death point {n}: {e}") from e
-        finally:
-            a.destroy()
-        n += 1
+        return a, (a, setup(a)), (a._cls_locks, a._page_lock)
+
+    def check(st, _d):
+        a = st[0]
+        check_arena(a)
+        for size in (100, 2000, 30000):
+            alloc_sound(a, size, NSLOTS[cls(size)] + 2)    # crosses a page
+        check_arena(a)
+
+    return sweep(make, lambda st: op(*st), lambda st: lock_of(st[0]),
+                 lambda st, _d: after(*st), check)
 
 
 def test_kill9_holding_a_class_lock_the_next_alloc_takes_it_over_within_a_second(arena):
@@ -161,16 +78,16 @@ def _fill_but_one(a):
 def test_death_inside_an_alloc_that_fills_its_page(fast_slice):
     # the page leaves the partial list in the same alloc: a death between the
     # page update and the list update left a full page at the list head
-    deaths = sweep(_fill_but_one, lambda a, s: a.alloc(100),
-                   lambda a: (a._cls_locks, cls(100)), lambda a, s: a.alloc(100))
+    deaths = arena_sweep(_fill_but_one, lambda a, s: a.alloc(100),
+                         lambda a: (a._cls_locks, cls(100)), lambda a, s: a.alloc(100))
     assert len(deaths) > 10
     assert any("alloc" in d.where for d in deaths)
 
 
 def test_death_inside_an_alloc_that_takes_a_new_page(fast_slice):
     # class lock, then the page lock inside it (_new_page)
-    deaths = sweep(lambda a: None, lambda a, s: a.alloc(2000),
-                   lambda a: (a._cls_locks, cls(2000)), lambda a, s: a.alloc(2000))
+    deaths = arena_sweep(lambda a: None, lambda a, s: a.alloc(2000),
+                         lambda a: (a._cls_locks, cls(2000)), lambda a, s: a.alloc(2000))
     assert any("_new_page" in d.where for d in deaths)
 
 
@@ -183,8 +100,8 @@ def _two_full_pages(a):
 
 
 def test_death_inside_a_free_that_puts_a_full_page_back_on_its_list(fast_slice):
-    deaths = sweep(_two_full_pages, lambda a, off: a.free(off),
-                   lambda a: (a._cls_locks, cls(100)), lambda a, off: a.alloc(100))
+    deaths = arena_sweep(_two_full_pages, lambda a, off: a.free(off),
+                         lambda a: (a._cls_locks, cls(100)), lambda a, off: a.alloc(100))
     assert any("free" in d.where for d in deaths)
 
 
@@ -198,8 +115,8 @@ def _last_slot_of_a_second_page(a):
 
 def test_death_inside_a_free_that_gives_a_page_back(fast_slice):
     # class lock, then the page lock inside it (_release_page)
-    deaths = sweep(_last_slot_of_a_second_page, lambda a, off: a.free(off),
-                   lambda a: (a._cls_locks, cls(100)), lambda a, off: a.alloc(100))
+    deaths = arena_sweep(_last_slot_of_a_second_page, lambda a, off: a.free(off),
+                         lambda a: (a._cls_locks, cls(100)), lambda a, off: a.alloc(100))
     assert any("_release_page" in d.where for d in deaths)
 
 
@@ -225,8 +142,8 @@ def test_death_inside_an_alloc_that_steals_an_empty_page(fast_slice):
         a.free(big.pop())            # room for alloc_sound's other classes later
         assert a.alloc(2000)
 
-    deaths = sweep(_no_free_page_left, lambda a, s: a.alloc(2000),
-                   lambda a: (a._cls_locks, cls(2000)), after)
+    deaths = arena_sweep(_no_free_page_left, lambda a, s: a.alloc(2000),
+                         lambda a: (a._cls_locks, cls(2000)), after)
     assert any("_steal_empty_page" in d.where for d in deaths)
 
 
@@ -236,6 +153,6 @@ def test_death_holding_the_page_lock_then_a_new_page_for_another_class(fast_slic
     def after(a, s):
         assert alloc_sound(a, 30000, 1) == 1
 
-    deaths = sweep(lambda a: None, lambda a, s: a.alloc(2000),
-                   lambda a: (a._page_lock, 0), after)
+    deaths = arena_sweep(lambda a: None, lambda a, s: a.alloc(2000),
+                         lambda a: (a._page_lock, 0), after)
     assert any("_new_page" in d.where for d in deaths)

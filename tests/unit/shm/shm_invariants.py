@@ -1,0 +1,109 @@
+"""Consistency checks of the shm structures, for the tests that kill a lock
+holder mid-operation (test_dead_holder_*.py): each walks the real bytes and
+asserts what the structure's docstring promises.
+
+Runs in: the pytest process.
+"""
+import zlib
+
+from shm.arena import FREE_PAGE, _CLS_HEAD, _FREE_HEAD, _INUSE, _PD, _U32
+from shm.hashtable import _B, _E, _EH
+from shm.slots import CLASS_OF, NCLASS, NSLOTS, PAGE, SLOT_SIZES
+
+
+def cls(size):
+    return CLASS_OF[(size + 15) >> 4]
+
+
+def _walk(a, head, seen_limit):
+    """Page numbers of a list of 1-based page links starting at `head`."""
+    out = []
+    p1 = head
+    while p1:
+        assert 0 < p1 <= a.npages, f"link to page {p1} out of range"
+        assert len(out) <= seen_limit, "cycle in a page list"
+        out.append(p1 - 1)
+        p1 = _PD.unpack_from(a.buf, a._pd(p1 - 1))[4]
+    return out
+
+
+def check_arena(a):
+    """The free-page list, the per-class partial lists, the page counter and
+    each page's free-slot chain agree with the page descriptors."""
+    buf = a.buf
+    pds = [_PD.unpack_from(buf, a._pd(p)) for p in range(a.npages)]
+    free = _walk(a, _U32.unpack_from(buf, _FREE_HEAD)[0], a.npages)
+    assert sorted(free) == [p for p, d in enumerate(pds) if d[0] == FREE_PAGE]
+    assert _U32.unpack_from(buf, _INUSE)[0] == a.npages - len(free)
+    for c in range(NCLASS):
+        chain = _walk(a, _U32.unpack_from(buf, _CLS_HEAD + 4 * c)[0], a.npages)
+        assert len(set(chain)) == len(chain)
+        prev = 0
+        for p in chain:
+            assert pds[p][5] == prev, f"class {c}: page {p} has a stale prev link"
+            prev = p + 1
+        assert sorted(chain) == [p for p, d in enumerate(pds) if d[0] == c and d[1] < NSLOTS[c]], \
+            f"class {c}: partial list does not hold exactly the partial pages"
+    for p, (c, used, carved, fh, _n, _pv) in enumerate(pds):
+        if c == FREE_PAGE:
+            continue
+        assert used <= carved <= NSLOTS[c]
+        n, seen = 0, set()
+        while fh:
+            assert (fh - 1) % SLOT_SIZES[c] == 0 and (fh - 1) // SLOT_SIZES[c] < carved
+            assert fh not in seen
+            seen.add(fh)
+            n += 1
+            fh = _U32.unpack_from(buf, a.data_off + p * PAGE + fh - 1)[0]
+        assert n == carved - used, f"page {p}: {n} free slots chained, counters say {carved - used}"
+
+
+def alloc_sound(a, size, n):
+    """Allocate n slots of `size`: each lies inside a page of its class, no two
+    overlap; free them again."""
+    c = cls(size)
+    offs = []
+    for _ in range(n):
+        o = a.alloc(size)
+        if not o:
+            break
+        p = (o - a.data_off) // PAGE
+        assert a.buf[a._pd(p)] == c, f"slot {o} handed out in a page of class {a.buf[a._pd(p)]}"
+        assert (o - a.data_off - p * PAGE) % SLOT_SIZES[c] == 0
+        assert (o - a.data_off - p * PAGE) + SLOT_SIZES[c] <= PAGE
+        offs.append(o)
+    assert len(set(offs)) == len(offs)
+    for o in offs:
+        a.free(o)
+    return len(offs)
+
+
+def check_hashtable(t):
+    """Every chain of a ShmHashTable ends, holds only entries hashed to its
+    bucket, each entry in one live arena slot of the class it records, labels
+    below the bucket's next label, and each bucket counter is its chain's length.
+    -> {key: [(index, label, value, ival, flags, expires)]} of every entry."""
+    a = t.arena
+    buf = a.buf
+    lo, hi = a.data_off, a.data_off + a.npages * PAGE
+    seen = set()
+    out = {}
+    for b in range(t.nbuckets):
+        off, next_label, count = _B.unpack_from(buf, t.boff + 16 * b)
+        n = 0
+        while off:
+            assert lo <= off < hi, f"bucket {b}: link {off} outside the arena's pages"
+            assert off not in seen, f"bucket {b}: entry {off} linked twice (cycle or shared)"
+            seen.add(off)
+            nxt, label, h, kl, c, vl, flags, expires, ival = _E.unpack_from(buf, off)
+            key = bytes(buf[off + _EH:off + _EH + kl])
+            assert zlib.crc32(key) == h and h & t.mask == b, f"bucket {b}: entry of another bucket"
+            page = (off - a.data_off) // PAGE
+            assert buf[a._pd(page)] == c and _EH + kl + vl <= SLOT_SIZES[c]
+            assert label < next_label
+            value = bytes(buf[off + _EH + kl:off + _EH + kl + vl])
+            out.setdefault(key, []).append((b, label, value, ival, flags, expires))
+            n += 1
+            off = nxt
+        assert n == count, f"bucket {b}: {n} entries chained, counter says {count}"
+    return out
