@@ -4,11 +4,15 @@ asserts what the structure's docstring promises.
 
 Runs in: the pytest process.
 """
+import struct
 import zlib
 
 from shm.arena import FREE_PAGE, _CLS_HEAD, _FREE_HEAD, _INUSE, _PD, _U32
 from shm.hashtable import _B, _E, _EH
+from shm.htable import WHEEL, _TK
 from shm.slots import CLASS_OF, NCLASS, NSLOTS, PAGE, SLOT_SIZES
+
+_U64 = struct.Struct("<Q")
 
 
 def cls(size):
@@ -106,4 +110,26 @@ def check_hashtable(t):
             n += 1
             off = nxt
         assert n == count, f"bucket {b}: {n} entries chained, counter says {count}"
+    return out
+
+
+def check_wheel(ht):
+    """Every expiry-wheel chain of an autoexpire HTable, and the pending chain
+    of a pass, ends and links only tickets in arena slots, none twice.
+    -> {(bucket, label): tickets filed for it}."""
+    a = ht.arena
+    buf = a.buf
+    lo, hi = a.data_off, a.data_off + a.npages * PAGE
+    seen = set()
+    out = {}
+    heads = [ht.woff + 8 * slot for slot in range(WHEEL)] + [ht.poff]
+    for ho in heads:
+        toff = _U64.unpack_from(buf, ho)[0]
+        while toff:
+            assert lo <= toff < hi and toff not in seen, f"wheel chain at {ho}: bad link {toff}"
+            seen.add(toff)
+            assert buf[a._pd((toff - a.data_off) // PAGE)] == cls(24)
+            nxt, b, label, _ex = _TK.unpack_from(buf, toff)
+            out[(b, label)] = out.get((b, label), 0) + 1
+            toff = nxt
     return out

@@ -63,14 +63,16 @@ class Death:
         return f"<killed {self.pid} before {self.where}>"
 
 
-def _stopper(ls, i, nth, w):
+def _stopper(ls, i, nth, w, only):
     """A sys.settrace function: at the nth line of shm/ code run while this
-    process owns lock i of ls, say where and SIGSTOP (the parent kills us)."""
+    process owns lock i of ls (i None: any of its locks), say where and
+    SIGSTOP (the parent kills us)."""
     me = os.getpid()
     seen = [0]
+    which = range(ls.n) if i is None else (i,)
 
     def line(frame, event, _arg):
-        if event == "line" and ls.owner(i) == me:
+        if event == "line" and any(ls.owner(j) == me for j in which):
             seen[0] += 1
             if seen[0] == nth:
                 code = frame.f_code
@@ -82,16 +84,21 @@ def _stopper(ls, i, nth, w):
         f = frame.f_code.co_filename
         # not inside locks.py itself: a stop between taking a semaphore and writing
         # its owner word is the zero-owner window (locks.py ZERO_OWNER_GRACE)
-        return line if f.startswith(_SHM_DIR) and f != _LOCKS_PY else None
+        if not f.startswith(_SHM_DIR) or f == _LOCKS_PY:
+            return None
+        return line if only is None or os.path.basename(f) in only else None
 
     return call
 
 
-def kill_inside(ls, i, nth, fn, *args):
+def kill_inside(ls, i, nth, fn, *args, only=None):
     """Fork a child that runs fn(*args) and kill -9 it just before the nth line
-    of shm/ code it runs while owning lock i of `ls` (lines of nested calls,
-    e.g. the arena allocator under a bucket lock, count too).  The code under
-    test is not patched: the child stops itself from a line tracer.
+    of shm/ code it runs while owning lock i of `ls` (i None: any of them;
+    lines of nested calls, e.g. the arena allocator under a bucket lock, count
+    too).  The code under
+    test is not patched: the child stops itself from a line tracer.  only: a
+    set of shm/ file names to stop in (e.g. leave out the arena's lines, which
+    test_dead_holder_arena.py covers).
     -> Death, or None when fn returned before its nth such line."""
     r, w = os.pipe()
     pid = os.fork()
@@ -99,7 +106,7 @@ def kill_inside(ls, i, nth, fn, *args):
         os.close(r)
         code = 1
         try:
-            sys.settrace(_stopper(ls, i, nth, w))
+            sys.settrace(_stopper(ls, i, nth, w, only))
             fn(*args)
             sys.settrace(None)
             code = 0
@@ -143,15 +150,17 @@ def recover_rest(held):
             ls.release(i)
 
 
-def sweep(make, op, lock_of, after, check):
+def sweep(make, op, lock_of, after, check, only=None):
     """Kill a child before every line it runs under one lock, each time on a fresh
     structure, and check the recovery.  make() -> (arena, state, locksets): a new
     arena (destroyed here) with the structure under test, and every LockSet the
-    child could hold.  lock_of(state) -> (lockset, i): the lock the deaths happen
-    under.  op(state) runs in the child.  After each death after(state, death)
-    (a normal operation that needs that lock) must finish within 1 s; then every
+    child could hold.  lock_of(state) -> (lockset, i): the lock the deaths
+    happen under (i None: any of the set's).  op(state) runs in the child.
+    After each death after(state, death) (a normal operation that needs that
+    lock) must finish within 1 s; then every
     other lock the child held is taken over too, each exactly once, and
-    check(state, death) must pass.  -> the Death of every point."""
+    check(state, death) must pass.  only: as for kill_inside.
+    -> the Death of every point."""
     deaths = []
     n = 1
     while True:
@@ -159,11 +168,11 @@ def sweep(make, op, lock_of, after, check):
         d = None
         try:
             ls, i = lock_of(state)
-            d = kill_inside(ls, i, n, op, state)
+            d = kill_inside(ls, i, n, op, state, only=only)
             if d is None:
                 return deaths
             held = held_by(d.pid, *locksets)
-            assert (ls, i) in held
+            assert any(hl is ls and i in (None, hi) for hl, hi in held)
             t0 = time.monotonic()
             after(state, d)
             assert time.monotonic() - t0 < 1.0
