@@ -136,6 +136,7 @@ class ShmArena:
         # unlike struct.pack_into which zero-fills first); little endian hosts
         self.words = self.buf.cast("I")
         self.qwords = self.buf.cast("Q")
+        self.doubles = self.buf.cast("d")   # f64 fields (tm deadlines)
         self.lock_fd = seg._fd        # fcntl recovery locks (see locks.py)
         self.owner_pid = os.getpid()
         self.static_off = HDR
@@ -399,7 +400,9 @@ class ShmArena:
         if self.closed:
             return
         self.closed = True
-        for v in (self.words, self.qwords):
+        # every cast view must go, or the segment cannot close: a view kept
+        # elsewhere makes SharedMemory's own close (at garbage collection) raise
+        for v in (self.words, self.qwords, self.doubles):
             try:
                 v.release()
             except Exception:

@@ -11,6 +11,7 @@ from shm.arena import FREE_PAGE, _CLS_HEAD, _FREE_HEAD, _INUSE, _PD, _U32
 from shm.hashtable import _B, _E, _EH
 from shm.htable import WHEEL, _TK
 from shm.slots import CLASS_OF, NCLASS, NSLOTS, PAGE, SLOT_SIZES
+from shm.tm_table import _HDR, _I32, _U16
 
 _U64 = struct.Struct("<Q")
 
@@ -133,3 +134,43 @@ def check_wheel(ht):
             out[(b, label)] = out.get((b, label), 0) + 1
             toff = nxt
     return out
+
+
+def check_tm_table(t):
+    """A TmTable's chains end and link only live slots of their bucket whose
+    blob holds a key of that hash; the free stack holds distinct free slots;
+    every slot is live or on the stack (none lost) and the counter is the
+    number not on the stack.
+    -> ({key: (index, label, payload)} chained, {index: key} live but in no chain)."""
+    buf = t.buf
+    a = t.arena
+    top = _I32.unpack_from(buf, t.o_free)[0]
+    assert 0 <= top <= t.nslots
+    stack = struct.unpack_from("<%di" % top, buf, t.o_free + 4)
+    assert len(set(stack)) == top, "a slot twice on the free stack"
+    hdrs = [_HDR.unpack_from(buf, t.o_slots + 40 * i) for i in range(t.nslots)]
+    assert all(not hdrs[i][1] for i in stack), "a live slot on the free stack"
+    chained = {}
+    chained_idx = set()
+    for bucket in range(t.nbuckets):
+        idx = _I32.unpack_from(buf, t.o_buckets + 4 * bucket)[0]
+        while idx >= 0:
+            assert idx < t.nslots and idx not in chained_idx, f"bucket {bucket}: bad link {idx}"
+            chained_idx.add(idx)
+            label, used, kh, off, nxt, blen, _dl = hdrs[idx]
+            assert used and kh % t.nbuckets == bucket
+            klen = _U16.unpack_from(buf, off)[0]
+            assert 2 + klen <= blen <= a.slot_size(off)
+            key = bytes(buf[off + 2:off + 2 + klen])
+            assert t.key_hash(key) == kh
+            chained[key] = (idx, label, bytes(buf[off + 2 + klen:off + blen]))
+            idx = nxt
+    loose = {}
+    for i, (label, used, kh, off, _n, blen, _dl) in enumerate(hdrs):
+        if used and i not in chained_idx:
+            klen = _U16.unpack_from(buf, off)[0]
+            loose[i] = bytes(buf[off + 2:off + 2 + klen])
+    lost = set(range(t.nslots)) - set(stack) - {i for i, h in enumerate(hdrs) if h[1]}
+    assert not lost, f"slots neither live nor free: {sorted(lost)}"
+    assert t.count() == t.nslots - top
+    return chained, loose

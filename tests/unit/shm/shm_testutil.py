@@ -63,10 +63,11 @@ class Death:
         return f"<killed {self.pid} before {self.where}>"
 
 
-def _stopper(ls, i, nth, w, only):
+def _stopper(ls, i, nth, w, only, at):
     """A sys.settrace function: at the nth line of shm/ code run while this
-    process owns lock i of ls (i None: any of its locks), say where and
-    SIGSTOP (the parent kills us)."""
+    process owns lock i of ls (i None: any of its locks), or at the first
+    such line that is `at` (function name, line number), say where and
+    SIGSTOP (the parent kills or continues us)."""
     me = os.getpid()
     seen = [0]
     which = range(ls.n) if i is None else (i,)
@@ -74,7 +75,7 @@ def _stopper(ls, i, nth, w, only):
     def line(frame, event, _arg):
         if event == "line" and any(ls.owner(j) == me for j in which):
             seen[0] += 1
-            if seen[0] == nth:
+            if (seen[0] == nth) if at is None else ((frame.f_code.co_name, frame.f_lineno) == at):
                 code = frame.f_code
                 os.write(w, f"{os.path.basename(code.co_filename)}:{code.co_name}:{frame.f_lineno}".encode())
                 os.kill(me, signal.SIGSTOP)
@@ -95,18 +96,28 @@ def kill_inside(ls, i, nth, fn, *args, only=None):
     """Fork a child that runs fn(*args) and kill -9 it just before the nth line
     of shm/ code it runs while owning lock i of `ls` (i None: any of them;
     lines of nested calls, e.g. the arena allocator under a bucket lock, count
-    too).  The code under
-    test is not patched: the child stops itself from a line tracer.  only: a
-    set of shm/ file names to stop in (e.g. leave out the arena's lines, which
-    test_dead_holder_arena.py covers).
+    too).  The code under test is not patched: the child stops itself from a
+    line tracer.  only: a set of shm/ file names to stop in (e.g. leave out
+    the arena's lines, which test_dead_holder_arena.py covers).
     -> Death, or None when fn returned before its nth such line."""
+    d = stop_inside(ls, i, nth, fn, *args, only=only)
+    if d is not None:
+        os.kill(d.pid, signal.SIGKILL)
+        os.waitpid(d.pid, 0)
+    return d
+
+
+def stop_inside(ls, i, nth, fn, *args, only=None, at=None):
+    """kill_inside without the kill: the child is left stopped (SIGSTOP) there,
+    alive and holding its locks; the caller continues or kills it and reaps it.
+    at: (function name, line number) to stop at instead of the nth line."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
         code = 1
         try:
-            sys.settrace(_stopper(ls, i, nth, w, only))
+            sys.settrace(_stopper(ls, i, nth, w, only, at))
             fn(*args)
             sys.settrace(None)
             code = 0
@@ -131,8 +142,6 @@ def kill_inside(ls, i, nth, fn, *args, only=None):
         raise AssertionError("child never reached its stop line")
     _p, status = os.waitpid(pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
     return Death(pid, where)
 
 
@@ -150,40 +159,59 @@ def recover_rest(held):
             ls.release(i)
 
 
-def sweep(make, op, lock_of, after, check, only=None):
+def sweep(make, op, lock_of, after, check, only=None, reuse=False):
     """Kill a child before every line it runs under one lock, each time on a fresh
     structure, and check the recovery.  make() -> (arena, state, locksets): a new
     arena (destroyed here) with the structure under test, and every LockSet the
     child could hold.  lock_of(state) -> (lockset, i): the lock the deaths
     happen under (i None: any of the set's).  op(state) runs in the child.
     After each death after(state, death) (a normal operation that needs that
-    lock) must finish within 1 s; then every
-    other lock the child held is taken over too, each exactly once, and
-    check(state, death) must pass.  only: as for kill_inside.
-    -> the Death of every point."""
+    lock) must finish within 1 s; then every other lock the child held is
+    taken over too, each exactly once, and check(state, death) must pass.
+    only: as for kill_inside.  reuse: make() once and put its arena's bytes
+    back before each death (lock words and counters included; every lock is
+    free again by then), for structures with hundreds of semaphores that are
+    slow to make.  -> the Death of every point."""
     deaths = []
     n = 1
-    while True:
-        arena, state, locksets = make()
-        d = None
-        try:
-            ls, i = lock_of(state)
-            d = kill_inside(ls, i, n, op, state, only=only)
+    made = make() if reuse else None
+    snapshot = bytes(made[0].buf) if reuse else None
+    try:
+        while True:
+            arena, state, locksets = made or make()
+            if reuse:
+                arena.buf[:] = snapshot
+            try:
+                d = _one_death(n, state, locksets, op, lock_of, after, check, only)
+            finally:
+                if not reuse:
+                    arena.destroy()
             if d is None:
                 return deaths
-            held = held_by(d.pid, *locksets)
-            assert any(hl is ls and i in (None, hi) for hl, hi in held)
-            t0 = time.monotonic()
-            after(state, d)
-            assert time.monotonic() - t0 < 1.0
-            recover_rest(held)
-            for hl, hi in held:
-                assert hl.takeovers(hi) == 1, f"{hl.name} lock {hi} taken over {hl.takeovers(hi)} times"
-                assert hl.owner(hi) == 0
-            check(state, d)
             deaths.append(d)
-        except AssertionError as e:
-            raise AssertionError(f"death point {n} ({d}): {e}") from e
-        finally:
-            arena.destroy()
-        n += 1
+            n += 1
+    finally:
+        if reuse:
+            made[0].destroy()
+
+
+def _one_death(n, state, locksets, op, lock_of, after, check, only):
+    d = None
+    try:
+        ls, i = lock_of(state)
+        d = kill_inside(ls, i, n, op, state, only=only)
+        if d is None:
+            return None
+        held = held_by(d.pid, *locksets)
+        assert any(hl is ls and i in (None, hi) for hl, hi in held)
+        t0 = time.monotonic()
+        after(state, d)
+        assert time.monotonic() - t0 < 1.0
+        recover_rest(held)
+        for hl, hi in held:
+            assert hl.takeovers(hi) == 1, f"{hl.name} lock {hi} taken over {hl.takeovers(hi)} times"
+            assert hl.owner(hi) == 0
+        check(state, d)
+        return d
+    except AssertionError as e:
+        raise AssertionError(f"death point {n} ({d}): {e}") from e
