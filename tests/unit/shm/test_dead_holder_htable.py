@@ -185,3 +185,27 @@ def test_kill9_holding_sht_lock_the_next_lock_key_takes_it_over_within_a_second(
     assert [ht.ulocks.takeovers(j) for j in range(ht.ulocks.n) if j != i] == [0] * 15
     os.close(r)
     os.close(w)
+
+
+# -- $shv: the arena's own htable (shm/shv.py), no autoexpire -------------------------
+def test_death_inside_a_shv_set(fast_slice):
+    def make_shv():
+        a = ShmArena.create(2 << 20)
+        for n in range(4):
+            a.shv.set(f"v{n}", n)
+        return a, a.shv, (a.shv.t.locks, a._cls_locks, a._page_lock)
+
+    def lock_of(shv):
+        return shv.t.locks, zlib.crc32(b"gw") & shv.t.mask & shv.t.smask
+
+    def after_shv(shv, _d):
+        assert shv.set("gw", "after")         # same key, same stripe
+
+    def chk(shv, _d):
+        entries = check_hashtable(shv.t)
+        check_arena(shv.arena)
+        assert sorted(entries) == [b"gw", b"v0", b"v1", b"v2", b"v3"]
+        assert shv.get("gw") == "after" and [shv.get(f"v{n}") for n in range(4)] == [0, 1, 2, 3]
+
+    deaths = sweep(make_shv, lambda shv: shv.set("gw", "sip:gw1.example.net"), lock_of, after_shv, chk)
+    assert len(deaths) > 10
