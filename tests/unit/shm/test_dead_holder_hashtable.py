@@ -66,7 +66,7 @@ def run(op, touched, new=None, torn=None):
             assert v in (OLD.get(touched), new) or (torn and torn(d, v)), (d, v)
         seen.append(len(got))
 
-    deaths = sweep(make, op, lambda t: (t.locks, 0), after, chk)
+    deaths = sweep(make, op, lambda t: (t.locks, 0), after, chk, reuse=True)
     return deaths, seen
 
 
@@ -113,7 +113,8 @@ def test_death_inside_clear(fast_slice):
         assert t.count() == len(entries) + 1
         assert alloc_sound(t.arena, 100, 40) == 40
 
-    deaths = sweep(lambda: make(KEYS[:4]), lambda t: t.clear(), lambda t: (t.locks, 0), after, chk)
+    deaths = sweep(lambda: make(KEYS[:4]), lambda t: t.clear(), lambda t: (t.locks, 0), after, chk,
+                   reuse=True)
     assert len(deaths) > 10 and any("free" in d.where for d in deaths)
 
 

@@ -67,7 +67,7 @@ def stripe_sweep(op, touched, new=None, torn=None):
     def chk(ht, d):
         seen.append(len(check(ht, touched, new, torn and (lambda v: torn(d, v)))))
 
-    deaths = sweep(make, op, lambda ht: (ht.t.locks, 0), after, chk)
+    deaths = sweep(make, op, lambda ht: (ht.t.locks, 0), after, chk, reuse=True)
     return deaths, seen
 
 
@@ -107,7 +107,8 @@ def test_death_filing_an_expiry_ticket(fast_slice):
     def chk(ht, _d):
         check(ht, "new", "fresh")
 
-    deaths = sweep(make, lambda ht: ht.set("new", "fresh"), lambda ht: (ht.wlocks, None), after_w, chk)
+    deaths = sweep(make, lambda ht: ht.set("new", "fresh"), lambda ht: (ht.wlocks, None), after_w, chk,
+                   reuse=True)
     assert any("_file_ticket" in d.where for d in deaths)
 
 
@@ -122,17 +123,17 @@ def make_due():
         ht.set_expire(k, 10 * EXPIRE)
     secs = [ex // TICKS for es in check_hashtable(ht.t).values() for _b, _l, _v, _i, _f, ex in es
             if ex < now_ticks() + 2 * EXPIRE * TICKS]
-    ht._last_sec = min(secs) - 1           # this pass looks at those seconds only
-    return a, (ht, (max(secs) + 1) * TICKS + 1), locks
+    return a, (ht, min(secs), (max(secs) + 1) * TICKS + 1), locks
 
 
 def expire(state, _death=None):
-    ht, now = state
+    ht, first, now = state
+    ht._last_sec = first - 1               # this pass looks at the due seconds only
     ht.expire_tick(now)
 
 
 def check_expired(state, _d):
-    ht, _now = state
+    ht = state[0]
     check_arena(ht.arena)
     assert tickets_missing(ht) == []
     assert sorted(k.decode() for k in check_hashtable(ht.t)) == sorted(KEEP)
@@ -141,12 +142,12 @@ def check_expired(state, _d):
 
 
 def test_death_inside_the_expiry_pass_holding_a_wheel_lock(fast_slice):
-    deaths = sweep(make_due, expire, lambda st: (st[0].wlocks, None), expire, check_expired)
+    deaths = sweep(make_due, expire, lambda st: (st[0].wlocks, None), expire, check_expired, reuse=True)
     assert any("_expire_slot" in d.where for d in deaths)
 
 
 def test_death_inside_the_expiry_pass_holding_the_bucket_lock(fast_slice):
-    deaths = sweep(make_due, expire, lambda st: (st[0].t.locks, 0), expire, check_expired)
+    deaths = sweep(make_due, expire, lambda st: (st[0].t.locks, 0), expire, check_expired, reuse=True)
     assert any("_unlink_l" in d.where for d in deaths)
 
 
@@ -155,7 +156,7 @@ def test_death_anywhere_in_the_expiry_pass(fast_slice):
     # locks too (after an entry is deleted, before its ticket leaves pending...);
     # in htable.py and hashtable.py lines only (the arena's: test_dead_holder_arena.py)
     deaths = sweep(make_due, expire, lambda st: (st[0].plock, 0), expire, check_expired,
-                   only=("htable.py", "hashtable.py"))
+                   only=("htable.py", "hashtable.py"), reuse=True)
     assert any("_drain" in d.where for d in deaths) and any("_file_ticket" in d.where for d in deaths)
 
 
@@ -207,5 +208,6 @@ def test_death_inside_a_shv_set(fast_slice):
         assert sorted(entries) == [b"gw", b"v0", b"v1", b"v2", b"v3"]
         assert shv.get("gw") == "after" and [shv.get(f"v{n}") for n in range(4)] == [0, 1, 2, 3]
 
-    deaths = sweep(make_shv, lambda shv: shv.set("gw", "sip:gw1.example.net"), lock_of, after_shv, chk)
+    deaths = sweep(make_shv, lambda shv: shv.set("gw", "sip:gw1.example.net"), lock_of, after_shv, chk,
+                   reuse=True)
     assert len(deaths) > 10
