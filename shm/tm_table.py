@@ -332,9 +332,9 @@ class TmTable:
                         _I32.pack_into(buf, coff, nxt)
                         break
                     cur = cnext
-            # who frees it, before it stops being live (it is out of its chain:
-            # a second delete() that reads this pid as keyhash finds no chain
-            # to walk and just finishes the job)
+            # who frees it, before it stops being live (it is out of its chain
+            # already: a second delete() that takes this pid for the keyhash
+            # looks in another bucket, unlinks nothing and finishes the job)
             pid = os.getpid()
             self.w64[(hoff + 8) >> 3] = pid
             self.w32[(hoff + 4) >> 2] = 0          # used = 0 first: lock-free readers stop here
