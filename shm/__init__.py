@@ -15,7 +15,7 @@ Arena (`shm.arena`)
     arena.free(off)
     arena.slot_size(off)                     # real capacity of the slot
     arena.buf                                # memoryview over the segment (struct.*_from/_into)
-    arena.words / arena.qwords               # u32 / u64 cast views: plain stores, no zero-fill
+    arena.words / arena.qwords / arena.doubles  # u32 / u64 / f64 cast views: plain stores, no zero-fill
     arena.shv                                # the $shv store (always there)
     arena.stats()                            # pages used, failed allocs, ...
     arena.destroy()                          # main at shutdown: unlink + close

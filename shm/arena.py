@@ -53,6 +53,16 @@ robust lock per class protects its partial pages, one lock the free-page list.
 A page whose last slot is freed goes back to the free-page list (unless it is
 the class's only partial page), so memory freed by one size serves another.
 Offsets handed out are absolute byte offsets in the segment (never 0).
+
+A holder killed mid-operation: each page descriptor is written with one store,
+but the lists linking them take a few more, so a death can leave a full page
+at the head of a partial list (the next alloc would hand out a slot past the
+page's end), a page on no list, or a wrong page count.  The lists are
+therefore derived data: after a takeover (locks.py) `_repair_class(c)` rebuilds
+class c's partial list from the descriptors of its pages and `_repair_pages`
+the free-page list from the pages marked free.  That holds because a page's
+class byte only changes under that class's lock, and a page is marked free
+only while on the free list or under the page lock (docs/contracts.md, shm).
 """
 import os
 import re
@@ -126,6 +136,7 @@ class ShmArena:
         # unlike struct.pack_into which zero-fills first); little endian hosts
         self.words = self.buf.cast("I")
         self.qwords = self.buf.cast("Q")
+        self.doubles = self.buf.cast("d")   # f64 fields (tm deadlines)
         self.lock_fd = seg._fd        # fcntl recovery locks (see locks.py)
         self.owner_pid = os.getpid()
         self.static_off = HDR
@@ -145,8 +156,8 @@ class ShmArena:
         for p in range(self.npages):
             _PD.pack_into(buf, self._pd(p), FREE_PAGE, 0, 0, 0, p + 2 if p + 1 < self.npages else 0, 0)
         _U32.pack_into(buf, _FREE_HEAD, 1)
-        self._cls_locks = LockSet(self, NCLASS, "arena classes")
-        self._page_lock = LockSet(self, 1, "arena pages")
+        self._cls_locks = LockSet(self, NCLASS, "arena classes", on_recover=self._repair_class)
+        self._page_lock = LockSet(self, 1, "arena pages", on_recover=self._repair_pages)
         self.closed = False
         # $shv is always there: made here in main before fork (its bucket array is
         # static); pv_shm.mod_init only applies modparam shvset values to it
@@ -232,21 +243,22 @@ class ShmArena:
             p1 = _U32.unpack_from(buf, _FREE_HEAD)[0]
             if p1 == 0:
                 p1 = self._steal_empty_page(c)
-                if p1 == 0:
-                    return 0
-                return self._adopt(c, p1)
-            nxt = _U32.unpack_from(buf, self._pd(p1 - 1) + 12)[0]
-            _U32.pack_into(buf, _FREE_HEAD, nxt)
-            _U32.pack_into(buf, _INUSE, _U32.unpack_from(buf, _INUSE)[0] + 1)
+            else:
+                nxt = _U32.unpack_from(buf, self._pd(p1 - 1) + 12)[0]
+                _U32.pack_into(buf, _FREE_HEAD, nxt)
+                _U32.pack_into(buf, _INUSE, _U32.unpack_from(buf, _INUSE)[0] + 1)
+                # marked before the page lock goes: a free-marked page off the free
+                # list would be given back by _repair_pages while we still use it
+                self._mark(c, p1)
         finally:
             self._page_lock.release(0)
-        return self._adopt(c, p1)
-
-    def _adopt(self, c, p1):
-        buf = self.buf
-        _PD.pack_into(buf, self._pd(p1 - 1), c, 0, 0, 0, 0, 0)
-        _U32.pack_into(buf, _CLS_HEAD + 4 * c, p1)
+        if p1:
+            _U32.pack_into(buf, _CLS_HEAD + 4 * c, p1)
         return p1
+
+    def _mark(self, c, p1):
+        """Make page p1 an empty page of class c, on no list yet."""
+        _PD.pack_into(self.buf, self._pd(p1 - 1), c, 0, 0, 0, 0, 0)
 
     def _steal_empty_page(self, c):
         """No free page left: take an empty page another class keeps cached
@@ -264,6 +276,8 @@ class ShmArena:
                     _k, used, _cv, _fh, nxt, prev = _PD.unpack_from(buf, pd)
                     if used == 0:
                         self._unlink_partial(k, nxt, prev)
+                        # re-classed under k's lock: _repair_class(k) must not relink it
+                        self._mark(c, p1)
                         return p1
                     p1 = nxt
             finally:
@@ -337,6 +351,38 @@ class ShmArena:
         finally:
             self._page_lock.release(0)
 
+    # -- recovery after a dead lock holder (see the module docstring) ----------
+    def _repair_class(self, c):
+        """Relink every page of class c with a free slot, in page order (class lock held)."""
+        buf = self.buf
+        partial = []
+        for p in range(self.npages):
+            pd = self._pd(p)
+            if buf[pd] != c:
+                continue
+            if _PD.unpack_from(buf, pd)[1] < NSLOTS[c]:
+                partial.append(p)
+            else:
+                _PD_LINKS.pack_into(buf, pd + 12, 0, 0)
+        self._relink(partial)
+        _U32.pack_into(buf, _CLS_HEAD + 4 * c, partial[0] + 1 if partial else 0)
+        log.warn("shm", f"arena: class {c} list rebuilt ({len(partial)} partial pages)")
+
+    def _repair_pages(self, _i):
+        """Thread every free-marked page onto the free-page list, recount (page lock held)."""
+        buf = self.buf
+        free = [p for p in range(self.npages) if buf[self._pd(p)] == FREE_PAGE]
+        self._relink(free)
+        _U32.pack_into(buf, _FREE_HEAD, free[0] + 1 if free else 0)
+        _U32.pack_into(buf, _INUSE, self.npages - len(free))
+        log.warn("shm", f"arena: free-page list rebuilt ({len(free)} free pages)")
+
+    def _relink(self, pages):
+        """Doubly link `pages` (page numbers) in that order."""
+        for j, p in enumerate(pages):
+            nxt = pages[j + 1] + 1 if j + 1 < len(pages) else 0
+            _PD_LINKS.pack_into(self.buf, self._pd(p) + 12, nxt, pages[j - 1] + 1 if j else 0)
+
     # -- stats and lifetime ---------------------------------------------------
     def stats(self):
         buf = self.buf
@@ -354,7 +400,9 @@ class ShmArena:
         if self.closed:
             return
         self.closed = True
-        for v in (self.words, self.qwords):
+        # every cast view must go, or the segment cannot close: a view kept
+        # elsewhere makes SharedMemory's own close (at garbage collection) raise
+        for v in (self.words, self.qwords, self.doubles):
             try:
                 v.release()
             except Exception:

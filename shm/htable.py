@@ -19,6 +19,16 @@ entries that come due, never to the table size.  Reads never return an
 expired entry (checked on access, as Kamailio's ht_cell_pkg_copy does), so
 the timer only reclaims memory and its period does not affect correctness.
 
+A process killed at any point never leaves an entry without a ticket (it
+would never be reclaimed, nor reach event_route[htable:expired]): a new
+entry's ticket is filed before the entry is linked, and a pass moves the
+slot's chain to a pending head in shm (not a local variable), takes each
+ticket off it only once the ticket is dealt with, and re-files on a new
+ticket.  A dead pass's leftovers are drained by the next one (the pass lock
+is robust; `_repair_pass` clears a slot whose chain the pass had copied but
+not yet cleared).  The worst a death costs is a duplicate ticket, or one
+expired event.
+
 Ticket (arena slot, 32-byte class):
     0   8  u64 next ticket in the wheel slot chain
     8   4  u32 bucket
@@ -26,6 +36,9 @@ Ticket (arena slot, 32-byte class):
     16  4  u32 expires (ticks) when filed
 
 Wheel (static area): WHEEL x u64 chain heads, guarded by WLOCKS stripes.
+Pass (static area, 16 bytes, guarded by the pass lock):
+    0   8  u64 pending: the tickets the running pass took from the wheel
+    8   4  u32 wheel slot + 1 whose chain is being moved to pending (0 = none)
 
 Semantics follow Kamailio's htable (src/modules/htable/ht_api.c, ht_var.c):
 missing key reads $null, or initval when the table has one; $shtinc on a
@@ -36,6 +49,7 @@ import os
 import re
 import struct
 import time
+import weakref
 
 from asyncd.core import log
 from shm.hashtable import ShmHashTable, _EH, _E, _NEXT, _KV, _SPIN, _MAXHOP, _Torn, hk_struct
@@ -54,6 +68,8 @@ _VMFI = struct.Struct("<IIIq")       # vlen, flags, expires, ival at +20
 _KCVFE = struct.Struct("<HBxIII")    # klen, cls, vlen, flags, expires at +16
 _EXP = struct.Struct("<I")
 _TK = struct.Struct("<QIII")
+_PEND = struct.Struct("<QI")
+_U32 = struct.Struct("<I")
 _crc = __import__("zlib").crc32
 _mono = time.monotonic
 
@@ -123,10 +139,12 @@ class HTable:
         # blocks the internal bucket locks (Kamailio uses recursive slot locks)
         self.ulocks = LockSet(arena, 16, f"htable {name} sht_lock")
         self._uheld = {}
-        _tables.append(self)
+        _tables.add(self)
         if autoexpire:
             self.woff = arena.static_alloc(8 * WHEEL)
             self.wlocks = LockSet(arena, WLOCKS, f"htable {name} expiry")
+            self.poff = arena.static_alloc(16)
+            self.plock = LockSet(arena, 1, f"htable {name} expiry pass", on_recover=self._repair_pass)
             self._last_sec = None
 
     # -- lookups -------------------------------------------------------------------------
@@ -232,7 +250,6 @@ class HTable:
         b = h & self._mask
         s = b & self._smask
         t = self.t
-        ticket = 0
         self._lock(s)
         try:
             off = self._locate(c, b)
@@ -254,16 +271,20 @@ class HTable:
                     _MFI.pack_into(buf, off + 24, flags, ex, iv)
             else:
                 ex = now_ticks() + 1 + self.exp_ticks if self.exp_ticks else 0
-                off, label = t._link_l(b, kb, vb, h, flags, ex, iv)
+                self._ticket_first(b, ex)
+                off, _label = t._link_l(b, kb, vb, h, flags, ex, iv)
                 if not off:
                     return self._full(key)
-                if ex:
-                    ticket = (label, ex)
         finally:
             self._unlock(s)
-        if ticket:
-            self._file_ticket(0, b, ticket[0], ticket[1])
         return True
+
+    def _ticket_first(self, b, ex):
+        """File the ticket of the entry about to be linked into bucket b (stripe
+        lock held): a death in between leaves a ticket for nothing, which the
+        pass drops, never an entry without one."""
+        if ex:
+            self._file_ticket(0, b, _U32.unpack_from(self.buf, self._boff + 16 * b + 8)[0], ex)
 
     def _prev_of(self, b, target):
         buf = self.buf
@@ -287,7 +308,6 @@ class HTable:
         kb, h = c[0], c[1]
         b = h & self._mask
         s = b & self._smask
-        ticket = 0
         self._lock(s)
         try:
             off = self._locate(c, b)
@@ -313,16 +333,13 @@ class HTable:
                 return None
             iv = _wrap(self.initval + delta)
             ex = now_ticks() + 1 + self.exp_ticks if self.exp_ticks else 0
-            off, label = self.t._link_l(b, kb, b"", h, 0, ex, iv)
+            self._ticket_first(b, ex)
+            off, _label = self.t._link_l(b, kb, b"", h, 0, ex, iv)
             if not off:
                 self._full(key)
                 return None
-            if ex:
-                ticket = (label, ex)
         finally:
             self._unlock(s)
-        if ticket:
-            self._file_ticket(0, b, ticket[0], ticket[1])
         return iv
 
     # -- expiry ------------------------------------------------------------------
@@ -386,24 +403,40 @@ class HTable:
         if last is None:
             last = cur - WHEEL
         first = max(last + 1, cur - WHEEL)
-        removed = 0
-        for sec in range(first, cur):
-            removed += self._expire_slot(sec % WHEEL, now, expired)
+        self.plock.acquire(0)
+        try:
+            removed = self._drain(now, expired)      # what a killed pass left
+            for sec in range(first, cur):
+                removed += self._expire_slot(sec % WHEEL, now, expired)
+        finally:
+            self.plock.release(0)
         self._last_sec = cur - 1
         return removed
 
     def _expire_slot(self, slot, now, expired=None):
+        """Move the slot's chain to the pending head, then drain it (pass lock held)."""
         ls = slot % WLOCKS
         ho = self.woff + 8 * slot
         buf = self.buf
         self.wlocks.acquire(ls)
         try:
-            toff = _NEXT.unpack_from(buf, ho)[0]
-            _NEXT.pack_into(buf, ho, 0)
+            chain = _NEXT.unpack_from(buf, ho)[0]
+            if chain:
+                # pending first: a death before the slot is cleared leaves the chain
+                # in both, and _repair_pass clears the slot
+                _PEND.pack_into(buf, self.poff, chain, slot + 1)
+                _NEXT.pack_into(buf, ho, 0)
+                _U32.pack_into(buf, self.poff + 8, 0)
         finally:
             self.wlocks.release(ls)
-        removed = 0
+        return self._drain(now, expired)
+
+    def _drain(self, now, expired):
+        """Deal with every pending ticket; each leaves pending only when done."""
+        buf = self.buf
         t = self.t
+        removed = 0
+        toff = _NEXT.unpack_from(buf, self.poff)[0]
         while toff:
             nxt, b, label, _tex = _TK.unpack_from(buf, toff)
             s = b & self._smask
@@ -424,11 +457,29 @@ class HTable:
             finally:
                 self._unlock(s)
             if refile:
-                self._file_ticket(toff, b, label, refile)
-            else:
-                self.arena.free(toff)
+                # a new ticket before this one leaves pending: never none, at worst two
+                self._file_ticket(0, b, label, refile)
+            _NEXT.pack_into(buf, self.poff, nxt)
+            self.arena.free(toff)
             toff = nxt
         return removed
+
+    def _repair_pass(self, _i):
+        """The pass lock's holder died: if it died between copying a slot's chain
+        to pending and clearing the slot, clear the slot (pending is drained next)."""
+        buf = self.buf
+        pending, ps = _PEND.unpack_from(buf, self.poff)
+        if not ps:
+            return
+        slot = ps - 1
+        ho = self.woff + 8 * slot
+        self.wlocks.acquire(slot % WLOCKS)
+        try:
+            if pending and _NEXT.unpack_from(buf, ho)[0] == pending:
+                _NEXT.pack_into(buf, ho, 0)
+            _U32.pack_into(buf, self.poff + 8, 0)
+        finally:
+            self.wlocks.release(slot % WLOCKS)
 
     # -- whole-table operations ---------------------------------------------------------
     def items(self):
@@ -544,5 +595,7 @@ def _after_fork():
         ht._uheld = {}
 
 
-_tables = []
+# weak: a table dropped with its arena (tests make hundreds) must not keep the
+# arena's mapping and its lock semaphores alive (one mmap each)
+_tables = weakref.WeakSet()
 os.register_at_fork(after_in_child=_after_fork)

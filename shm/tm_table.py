@@ -39,7 +39,17 @@ the blob and retries when it moved. Chains are matched on the 64-bit key
 hash alone (SipHash, seeded per run), so a lookup never reads a blob that a
 concurrent put() may be freeing.
 
-Locks (multiprocessing, created before fork): bucket stripes guard chains,
+A process killed inside insert() or delete() (docs/contracts.md, shm): chains
+change by single stores, so they stay whole; a slot it had taken off the free
+stack but not linked, or unlinked but not pushed back, would be lost for good,
+so a free slot off the stack carries the pid of the process handling it in
+its keyhash word (a free slot's keyhash is read by nobody) and, after a
+takeover of a bucket stripe or the allocator lock, `_reclaim_l` pushes back
+every such slot whose process is dead and recounts.  A slot linked but not
+yet chained (or unchained, not yet freed) stays live and tm's sweep frees it
+at its deadline.
+
+Locks (robust, shm/locks.py, created before fork): bucket stripes guard chains,
 slot stripes (re-entrant: a failure route relaying again re-enters its own
 transaction) guard slot contents, one allocator lock guards the free stacks.
 Order: bucket -> slot -> alloc; never the reverse. None is held across I/O by
@@ -50,7 +60,8 @@ import os
 import struct
 import time
 
-from shm.locks import LockSet
+from asyncd.core import log
+from shm.locks import LockSet, pid_alive
 
 _HDR = struct.Struct("<IIqQiId")          # one slot header, 40 bytes
 _I32 = struct.Struct("<i")
@@ -58,6 +69,7 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _H_MARK, _H_REFUSED, _H_BUSY = 12, 16, 24     # header offsets (see the layout above)
+_PID_MAX = 1 << 22          # Linux's pid_max ceiling: a larger keyhash is a key's hash, not a pid
 
 N_BUCKET_LOCKS = 64
 N_SLOT_LOCKS = 512
@@ -98,10 +110,11 @@ class TmTable:
         self.buf = arena.buf
         self.w32 = arena.words
         self.w64 = arena.qwords
-        self.f64 = arena.buf.cast("d")
-        self.bucket_locks = LockSet(arena, N_BUCKET_LOCKS, "tm buckets")
+        self.f64 = arena.doubles
+        self.bucket_locks = LockSet(arena, N_BUCKET_LOCKS, "tm buckets", on_recover=self._recover)
+        # a cell's stripe guards its payload only: nothing structural to repair
         self.slot_locks = LockSet(arena, N_SLOT_LOCKS, "tm cells")
-        self.alloc_lock = LockSet(arena, 1, "tm slots")
+        self.alloc_lock = LockSet(arena, 1, "tm slots", on_recover=lambda _i: self._reclaim_l())
         self._format()
 
     def _format(self):
@@ -120,10 +133,12 @@ class TmTable:
         if top <= 0:
             return -1
         top -= 1
+        idx = _I32.unpack_from(self.buf, self.o_free + 4 + top * 4)[0]
+        self.w64[(self.o_slots + idx * 40 + 8) >> 3] = os.getpid()    # before it leaves the stack
         _I32.pack_into(self.buf, self.o_free, top)
         used = _U32.unpack_from(self.buf, self.o_hdr)[0]
         _U32.pack_into(self.buf, self.o_hdr, used + 1)
-        return _I32.unpack_from(self.buf, self.o_free + 4 + top * 4)[0]
+        return idx
 
     def _push_slot(self, idx):
         top = _I32.unpack_from(self.buf, self.o_free)[0]
@@ -133,6 +148,35 @@ class TmTable:
         _U32.pack_into(self.buf, self.o_hdr, used - 1)
         if _U32.unpack_from(self.buf, self.o_hdr + _H_MARK)[0]:
             _U32.pack_into(self.buf, self.o_hdr + _H_MARK, 0)   # room again: the next insert tries
+
+    def _reclaim_l(self):
+        """Push back the free slots off the stack whose handling process is dead;
+        recount (alloc_lock held).  Keyhash words are read before the used
+        words: an insert stores used before keyhash (x86 keeps store order), so
+        a keyhash that is no longer a pid comes with used != 0."""
+        buf = self.buf
+        n = self.nslots
+        top = _I32.unpack_from(buf, self.o_free)[0]
+        free = set(struct.unpack_from("<%di" % top, buf, self.o_free + 4))
+        region = buf[self.o_slots:self.o_slots + n * 40]
+        owners = region.cast("q")[1::5].tolist()
+        used = region.cast("I")[1::10].tolist()
+        back = [i for i in range(n) if not used[i] and i not in free
+                and 0 < owners[i] < _PID_MAX and not pid_alive(owners[i])]
+        for j, i in enumerate(back):
+            _I32.pack_into(buf, self.o_free + 4 + (top + j) * 4, i)
+        _I32.pack_into(buf, self.o_free, top + len(back))
+        _U32.pack_into(buf, self.o_hdr, n - top - len(back))
+        if back:
+            log.warn("tm", f"{len(back)} transaction slot(s) of dead processes reclaimed")
+
+    def _recover(self, _stripe):
+        """A bucket stripe's holder died (inside insert or delete)."""
+        self.alloc_lock.acquire(0)
+        try:
+            self._reclaim_l()
+        finally:
+            self.alloc_lock.release(0)
 
     # ---- public API -------------------------------------------------------
     def lock(self, index):
@@ -303,8 +347,13 @@ class TmTable:
                         _I32.pack_into(buf, coff, nxt)
                         break
                     cur = cnext
+            # who frees it, before it stops being live (it is out of its chain
+            # already: a second delete() that takes this pid for the keyhash
+            # looks in another bucket, unlinks nothing and finishes the job)
+            pid = os.getpid()
+            self.w64[(hoff + 8) >> 3] = pid
             self.w32[(hoff + 4) >> 2] = 0          # used = 0 first: lock-free readers stop here
-            _HDR.pack_into(buf, hoff, lab, 0, 0, 0, -1, 0, 0.0)
+            _HDR.pack_into(buf, hoff, lab, 0, pid, 0, -1, 0, 0.0)
             self.arena.free(off)
             self.alloc_lock.acquire(0)
             self._push_slot(index)

@@ -8,6 +8,7 @@ import signal
 import struct
 import time
 
+from shm import locks
 from shm.locks import LockSet
 from shm_testutil import fork, wait_all
 
@@ -58,6 +59,35 @@ def test_dead_holder_is_taken_over_within_a_second(arena):
     assert ls.takeovers(0) == 1
     ls.release(0)
     # the lock is a normal lock again afterwards
+    assert ls.try_acquire(0)
+    ls.release(0)
+    os.close(r)
+    os.close(w)
+
+
+def test_holder_killed_before_writing_its_owner_word_is_taken_over(arena, monkeypatch):
+    # the few bytecodes between taking the semaphore and writing the pid: the
+    # owner word still says 0, so the waiter falls back on ZERO_OWNER_GRACE
+    monkeypatch.setattr(locks, "ZERO_OWNER_GRACE", 0.3)
+    ls = LockSet(arena, 1, "t")
+    r, w = os.pipe()
+
+    def holder():
+        assert ls._acq[0](False)         # acquire()'s first step, and no further
+        os.write(w, b"x")
+        time.sleep(60)
+
+    pid = fork(holder)
+    assert os.read(r, 1) == b"x"
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert ls.owner(0) == 0 and not ls.try_acquire(0)
+    t0 = time.monotonic()
+    ls.acquire(0)
+    took = time.monotonic() - t0
+    assert 0.3 <= took < 1.0
+    assert ls.takeovers(0) == 1 and ls.owner(0) == os.getpid()
+    ls.release(0)
     assert ls.try_acquire(0)
     ls.release(0)
     os.close(r)
