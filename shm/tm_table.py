@@ -131,6 +131,7 @@ class TmTable:
     def _pop_slot(self):
         top = _I32.unpack_from(self.buf, self.o_free)[0]
         if top <= 0:
+            self._bump(_H_REFUSED)      # the table is full: counted, insert raises TableFull
             return -1
         top -= 1
         idx = _I32.unpack_from(self.buf, self.o_free + 4 + top * 4)[0]
@@ -213,8 +214,6 @@ class TmTable:
                 return (False,) + found
             self.alloc_lock.acquire(0)
             idx = self._pop_slot()
-            if idx < 0:
-                self._bump(_H_REFUSED)
             self.alloc_lock.release(0)
             if idx < 0:
                 raise TableFull("transaction table full (%d slots)" % self.nslots)
