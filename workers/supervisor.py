@@ -373,7 +373,8 @@ class Supervisor:
         set_title(child.desc)
         log.configure(rank=child.idx)
         self.script.child_init_modules(proc, child.rank)
-        if child.rank == 1 and child.forks == 1 and "core:worker-one-init" in getattr(self.script, "event_routes", ()):
+        first = child.rank == 1 and child.forks == 1     # "once": not again in a respawned rank 1
+        if first and "core:worker-one-init" in getattr(self.script, "event_routes", ()):
             _worker_one_init(self.script, proc)
         os.write(self.ready_w, child.idx.to_bytes(4, "little"))
         os.close(self.ready_w)

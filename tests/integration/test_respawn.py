@@ -16,7 +16,6 @@ import socket
 import time
 from collections import Counter
 
-import pytest
 
 from tests.helpers import SipClient, run_server
 from tests.helpers.async_cfg import PRE, cfg, final

@@ -131,4 +131,3 @@ def test_kill_each_role_under_relay_load():
                 titles, rate=300)
     finally:
         uas.stop()
-
