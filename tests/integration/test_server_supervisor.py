@@ -99,19 +99,24 @@ def kill_group(p):
     p.wait(5)
 
 
-def test_child_failing_at_boot_stops_server_with_clear_message(tmp_path):
-    p, port, pidf = start(tmp_path, "bootfail")
+def run_until_it_stops(tmp_path, mode, timeout):
+    """Start the stand-in in `mode`, wait for it to stop by itself: (rc, port, log)."""
+    p, port, _pidf = start(tmp_path, mode)
     try:
-        rc = p.wait(10)
+        rc = p.wait(timeout)
     finally:
         kill_group(p)
-    log = (tmp_path / "log").read_text()
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"asyncd_{p.pid}_")]
+    return rc, port, (tmp_path / "log").read_text()
+
+
+def test_child_failing_at_boot_stops_server_with_clear_message(tmp_path):
+    rc, port, log = run_until_it_stops(tmp_path, "bootfail", 10)
     assert rc == 3, log
+    assert not (tmp_path / "pid").exists()
     assert "udp receiver child=1 sock=127.0.0.1:%d: failed while booting" % port in log
     assert "cannot open the database" in log
     assert "failed while booting" in log and "stopping asyncd" in log
-    assert not pidf.exists()
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"asyncd_{p.pid}_")]
 
 
 def test_module_processes_forked_after_receivers_and_killed_if_stubborn(tmp_path):
@@ -145,18 +150,12 @@ def test_module_processes_forked_after_receivers_and_killed_if_stubborn(tmp_path
 def test_flapping_guard_stops_a_child_that_dies_on_every_start(tmp_path):
     """respawn_max=5 within respawn_window=10 s (the defaults): the 6th death
     in the window stops the server with a line naming the process."""
-    p, port, pidf = start(tmp_path, "crashloop")
-    try:
-        rc = p.wait(15)
-    finally:
-        kill_group(p)
-    log = (tmp_path / "log").read_text()
+    rc, _port, log = run_until_it_stops(tmp_path, "crashloop", 15)
     assert rc == 1, log
     assert log.count("(crashing timer, rank -1) exited with status 7; respawning it") == 5, log
     assert ("(crashing timer, rank -1) exited with status 7; it died 6 times within 10 s "
             "(respawn_max=5, respawn_window=10): stopping asyncd") in log, log
     assert "(slow timer" not in log       # the healthy process never died
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"asyncd_{p.pid}_")]
 
 
 def test_module_proc_order_and_ranks(tmp_path):

@@ -28,6 +28,27 @@ def fork(fn, *args):
     return pid
 
 
+def kill_holder(take):
+    """Fork a child that runs take() (it grabs a lock), wait until it did,
+    kill -9 it and reap it: the lock is left held by a dead pid."""
+    r, w = os.pipe()
+
+    def holder():
+        take()
+        os.write(w, b"x")
+        time.sleep(60)
+
+    pid = fork(holder)
+    try:
+        assert os.read(r, 1) == b"x"
+    finally:
+        os.close(r)
+        os.close(w)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return pid
+
+
 def wait_all(pids, timeout):
     """Wait for every pid; kill leftovers after `timeout`. -> {pid: exit status}."""
     deadline = time.monotonic() + timeout

@@ -12,14 +12,12 @@ one-second bound with the real slice is shown by the first test.
 
 Runs in: the pytest process and the processes it forks.
 """
-import os
-import signal
 import time
 
 from shm.arena import ShmArena, _CLS_HEAD, _FREE_HEAD, _U32
 from shm.slots import MAX_ALLOC, NSLOTS
 from shm_invariants import alloc_sound, check_arena, cls
-from shm_testutil import fork, sweep
+from shm_testutil import kill_holder, sweep
 
 
 def small_arena():
@@ -48,17 +46,7 @@ def arena_sweep(setup, op, lock_of, after):
 def test_kill9_holding_a_class_lock_the_next_alloc_takes_it_over_within_a_second(arena):
     c = cls(100)
     keep = arena.alloc(100)
-    r, w = os.pipe()
-
-    def holder():
-        arena._cls_locks.acquire(c)          # as alloc() takes it
-        os.write(w, b"x")
-        time.sleep(60)
-
-    pid = fork(holder)
-    assert os.read(r, 1) == b"x"
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    kill_holder(lambda: arena._cls_locks.acquire(c))      # as alloc() takes it
     t0 = time.monotonic()
     o = arena.alloc(100)
     assert o and time.monotonic() - t0 < 1.0
@@ -66,8 +54,6 @@ def test_kill9_holding_a_class_lock_the_next_alloc_takes_it_over_within_a_second
     arena.free(o)
     arena.free(keep)
     check_arena(arena)
-    os.close(r)
-    os.close(w)
 
 
 def _fill_but_one(a):

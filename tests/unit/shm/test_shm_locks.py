@@ -10,7 +10,7 @@ import time
 
 from shm import locks
 from shm.locks import LockSet
-from shm_testutil import fork, wait_all
+from shm_testutil import fork, kill_holder, wait_all
 
 _Q = struct.Struct("<Q")
 
@@ -70,17 +70,11 @@ def test_holder_killed_before_writing_its_owner_word_is_taken_over(arena, monkey
     # owner word still says 0, so the waiter falls back on ZERO_OWNER_GRACE
     monkeypatch.setattr(locks, "ZERO_OWNER_GRACE", 0.3)
     ls = LockSet(arena, 1, "t")
-    r, w = os.pipe()
 
-    def holder():
+    def take():
         assert ls._acq[0](False)         # acquire()'s first step, and no further
-        os.write(w, b"x")
-        time.sleep(60)
 
-    pid = fork(holder)
-    assert os.read(r, 1) == b"x"
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    kill_holder(take)
     assert ls.owner(0) == 0 and not ls.try_acquire(0)
     t0 = time.monotonic()
     ls.acquire(0)
@@ -90,8 +84,6 @@ def test_holder_killed_before_writing_its_owner_word_is_taken_over(arena, monkey
     ls.release(0)
     assert ls.try_acquire(0)
     ls.release(0)
-    os.close(r)
-    os.close(w)
 
 
 def test_waiters_do_not_steal_from_a_live_holder(arena):
