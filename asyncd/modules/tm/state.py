@@ -48,12 +48,13 @@ class TmState:
     """Filled in main by tm's mod_init; every child inherits it by fork."""
     __slots__ = ("script", "table", "timers", "secret", "fr_ms", "fr_inv_ms", "wt_ms", "t1", "t2",
                  "max_inv_ms", "max_noninv_ms", "auto_inv_100", "auto_inv_100_reason",
-                 "failure_reply_mode", "proc", "addrs", "claims", "mine")
+                 "failure_reply_mode", "proc", "addrs", "claims", "claim0", "mine")
 
     def __init__(self):
         self.script = self.table = self.timers = self.proc = self.claims = None
         self.addrs = {}
         self.mine = -1
+        self.claim0 = 0
 
     def configure(self, script, mp):
         """tm's mod_init: `mp` holds every modparam of the export table."""
@@ -74,7 +75,8 @@ class TmState:
         self.proc = None
         self.addrs = {}
         off = script.shm.static_alloc(8 * CLAIM_SLOTS, align=8)
-        self.claims = script.shm.qwords[off >> 3:(off >> 3) + CLAIM_SLOTS]
+        self.claims = script.shm.qwords      # the arena's own view (released with it): no slice
+        self.claim0 = off >> 3
         script.shm.buf[off:off + 8 * CLAIM_SLOTS] = bytes(8 * CLAIM_SLOTS)
 
     def child_init(self, proc):
@@ -82,7 +84,7 @@ class TmState:
         self.proc = proc
         self.addrs = {}
         idx = getattr(proc, "index", None)
-        self.mine = idx if isinstance(idx, int) and 0 < idx < CLAIM_SLOTS else -1
+        self.mine = self.claim0 + idx if isinstance(idx, int) and 0 < idx < CLAIM_SLOTS else -1
 
 
 S = TmState()
