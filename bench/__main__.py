@@ -56,6 +56,8 @@ def cmd_list(args) -> int:
 def soak_overrides(args) -> dict:
     """The soak settings given on the command line (only those given)."""
     over = {"rate": args.rate, "duration_s": args.duration, "sample_s": args.sample_s}
+    if args.rate is not None:      # the case's own source describes its default, not this rate
+        over["rate_source"] = "--rate on the command line"
     return {k: v for k, v in over.items() if v is not None}
 
 
