@@ -116,10 +116,11 @@ def test_soak_is_not_in_the_ci_suite_nor_in_full_nor_all():
 def test_command_line_overrides_and_quick_mode():
     args = type("Args", (), {"rate": 100, "duration": 120.0, "sample_s": None})()
     over = soak_overrides(args)
-    assert over == {"rate": 100, "duration_s": 120.0}
+    assert over == {"rate": 100, "duration_s": 120.0, "rate_source": "--rate on the command line"}
     case = cm.load_cases()["soak_relay"]
     c = case.for_mode(False).with_soak(over)
     assert c.soak["rate"] == 100 and c.soak["duration_s"] == 120.0 and c.soak["sample_s"] == 60
+    assert c.soak["rate_source"] == "--rate on the command line"
     assert case.soak["rate"] == 1500                         # the loaded case is not modified
     assert cm.load_cases()["stateless"].with_soak(over).soak is None
     q = case.for_mode(True)
