@@ -225,12 +225,13 @@ def soak_markdown(r: dict) -> list:
              f"for {_fmt(s['duration_s'])} s{source}; achieved {_fmt(s['achieved_rate'])}/s, "
              f"{_fmt(s['calls'])} calls, SIPp exit {s['sipp_rc']}; a sample every {_fmt(s['sample_s'])} s "
              "(0: idle, before the load; end: after SIPp exited).", "",
-             f"| {unit} | t s | calls ok | failed | retrans | PSS MB | fds | processes |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| {unit} | t s | calls ok | failed | retrans | PSS MB | PSS own MB | fds | processes |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for x in s["samples"]:
         at = "end" if x["minute"] is None else str(x["minute"])
         lines.append(f"| {at} | {_fmt(x['t_s'], 1)} | {_fmt(x['successful'])} | {_fmt(x['failed'])} "
-                     f"| {_fmt(x['retransmissions'])} | {x['pss_mb']:.1f} | {x['fds']} | {x['processes']} |")
+                     f"| {_fmt(x['retransmissions'])} | {x['pss_mb']:.1f} "
+                     f"| {_own(x)} | {x['fds']} | {x['processes']} |")
     lines += ["", f"Verdict: {describe_verdict(s['verdict'], unit)}"]
     return lines
 
@@ -249,3 +250,9 @@ def _drops(r: dict) -> Optional[int]:
     if not parts:
         return None
     return sum(p.get("RcvbufErrors", 0) for p in parts)
+
+
+def _own(sample):
+    """A soak sample's own-pages PSS (samples recorded before it existed: –)."""
+    v = sample.get("pss_own_mb")
+    return "–" if v is None else f"{v:.1f}"

@@ -64,7 +64,11 @@ def verdict(samples: list, limit_pct: float = 5.0, completed: bool = True) -> di
            "baseline_minute": BASELINE_SAMPLE if window else None, "pss_limit_pct": limit_pct}
     checks = {"failed_calls": out["failed"] == 0, "pss": None, "fds": None}
     if window:
-        pss = [s["pss_mb"] for s in window]
+        # judged on the pages asyncd allocates (sysstats.ProcessTree.pss_own_bytes) when
+        # sampled: total PSS also moves with the other processes sharing its files
+        key = "pss_own_mb" if all("pss_own_mb" in s for s in window) else "pss_mb"
+        out["pss_judged"] = "anonymous + shared memory" if key == "pss_own_mb" else "total"
+        pss = [s[key] for s in window]
         fds = [s["fds"] for s in window]
         procs = [s["processes"] for s in window]
         out.update(baseline_pss_mb=pss[0], pss_drift_pct=pss_drift_pct(pss),
@@ -86,7 +90,8 @@ def describe_verdict(v: dict, unit: str = "minute") -> str:
     """One line: PASS / FAIL / not judged, then the figures."""
     bits = [f"{v['failed']} failed calls"]
     if v.get("baseline_minute") is not None:
-        bits.append(f"PSS {v['pss_drift_pct']:+.2f} % from {unit} {v['baseline_minute']} "
+        what = " (own pages)" if v.get("pss_judged") == "anonymous + shared memory" else ""
+        bits.append(f"PSS{what} {v['pss_drift_pct']:+.2f} % from {unit} {v['baseline_minute']} "
                     f"({v['baseline_pss_mb']} MB; limit ±{v['pss_limit_pct']:g} %)")
         bits.append(f"fds {v['fds_min']}..{v['fds_max']}"
                     + (" (flat)" if v["fds_min"] == v["fds_max"] else " (NOT flat)"))
@@ -151,7 +156,8 @@ def _counters(uac: sipp.SippTotals, uas: Optional[sipp.SippTotals]) -> dict:
 
 def take_sample(tree: ProcessTree, minute: Optional[int], t_s: float, counters: dict) -> dict:
     return {"minute": minute, "t_s": round(t_s, 1), **counters,
-            "pss_mb": round(tree.pss_bytes() / MB, 2), "fds": tree.fd_count(),
+            "pss_mb": round(tree.pss_bytes() / MB, 2), "pss_own_mb": round(tree.pss_own_bytes() / MB, 2),
+            "fds": tree.fd_count(),
             "processes": tree.count()}
 
 
@@ -163,7 +169,8 @@ def sample_unit(sample_s: float) -> str:
 def _log_sample(opts, s: dict, unit: str) -> None:
     at = "end" if s["minute"] is None else f"{unit} {s['minute']}"
     opts.log(f"    soak {at} ({s['t_s']:g} s): {s['successful']:,} calls ok, {s['failed']} failed, "
-             f"{s['retransmissions']} retrans; PSS {s['pss_mb']:.1f} MB; {s['fds']} fds; "
+             f"{s['retransmissions']} retrans; PSS {s['pss_mb']:.1f} MB "
+             f"(own {s.get('pss_own_mb', 0):.1f}); {s['fds']} fds; "
              f"{s['processes']} processes")
 
 

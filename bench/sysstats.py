@@ -68,6 +68,23 @@ class ProcessTree:
                 continue
         return total
 
+    def pss_own_bytes(self) -> int:
+        """PSS of the pages the tree itself allocated: anonymous memory and
+        shared memory (Pss_Anon + Pss_Shmem of /proc/<pid>/smaps_rollup). The
+        file-backed rest (the Python binary, libraries) is shared with every
+        other process mapping the same files, so it moves when they start or
+        exit: not a signal of the server's own growth."""
+        total = 0
+        for p in self._members():
+            try:
+                with open(f"/proc/{p.pid}/smaps_rollup") as f:
+                    for line in f:
+                        if line.startswith(("Pss_Anon:", "Pss_Shmem:")):
+                            total += int(line.split()[1]) * 1024
+            except (OSError, ValueError):
+                continue
+        return total
+
     def fd_count(self) -> int:
         """Open file descriptors of the whole tree (the entries of each /proc/<pid>/fd)."""
         total = 0
