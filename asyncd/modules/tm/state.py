@@ -35,6 +35,15 @@ TIMER_SLOTS = 16384     # a locked section arms 1-3 entries (~25 bytes each): se
 # what a missing timer leaves behind).
 TIMER_PER_CELL = 8
 
+# fr timers are armed as a probe this many seconds ahead, then at their
+# deadline only if the branch still waits: most transactions end within
+# milliseconds (a resumed task, a relayed call answered), and an entry kept
+# until fr_timer (30 s) or fr_inv_timer (120 s) is mostly dead weight in the
+# timer's heap and journal (cancel is by marking): 90,000 of them at 3,000/s
+# of async_task_route, ~45 MB of PSS in the timer process (docs/benchmarks.md,
+# the issue 12 soak).
+FR_PROBE = 1.0
+
 # Claims: one u64 per process-table slot, (tindex << 32) | tlabel of the
 # transaction the process is working on (a request route that created it, a
 # resumed route), 0 when none. A process that dies leaves its claim behind;
@@ -160,9 +169,12 @@ def arm_retr(h, bno, interval_ms):
 
 
 def arm_fr(h, cell, bno, deadline):
+    """The branch's fr deadline is `deadline`; the entry armed for it is a
+    probe FR_PROBE s ahead when the deadline is further off (tm/timer.py
+    on_timer re-arms it at the deadline if the branch still waits)."""
     cell.branches[bno][BR_FR] = deadline    # the fr timer this entry stands for
     h.dirty = True
-    h.timers.append([K_FR, deadline, h.index, h.label, bno, 0])
+    h.timers.append([K_FR, min(deadline, now() + FR_PROBE), h.index, h.label, bno, 0])
 
 
 def arm_rpl_retr(h, cell):

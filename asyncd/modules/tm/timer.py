@@ -58,8 +58,12 @@ def on_timer(proc, e):
             _retr_request(h, cell, arg, interval)
         elif kind == K_FR:
             br = cell.branches[arg] if arg < len(cell.branches) else None
-            if br is not None and br[BR_STATUS] < 200 and abs(br[BR_FR] - due) < 1e-6:
-                on_reply(proc, h, cell, arg, None, 408)
+            if br is not None and br[BR_STATUS] < 200:
+                if abs(br[BR_FR] - due) < 1e-6:
+                    on_reply(proc, h, cell, arg, None, 408)
+                elif due < br[BR_FR]:
+                    # a probe (tm/state.py FR_PROBE) and the branch still waits: fire at the deadline
+                    h.timers.append([K_FR, br[BR_FR], h.index, h.label, arg, 0])
         else:
             _retr_reply(h, cell, arg, interval)
     finally:
