@@ -395,8 +395,7 @@ class Supervisor:
 
     def sleep(self):
         try:
-            fds = [self.wake_r] if self.ready_r < 0 else [self.wake_r, self.ready_r]
-            rd, _, _ = select.select(fds, [], [], 1.0)
+            rd, _, _ = select.select([self.wake_r, self.ready_r], [], [], 1.0)
         except InterruptedError:
             return
         if self.wake_r in rd:
@@ -407,8 +406,6 @@ class Supervisor:
                 pass
 
     def read_ready(self):
-        if self.ready_r < 0:
-            return
         try:
             data = os.read(self.ready_r, 4096)
         except (BlockingIOError, InterruptedError):
@@ -539,9 +536,10 @@ class Supervisor:
             self.children.pop(pid, None)
 
     def cleanup(self):
-        if self.ready_w >= 0:
-            os.close(self.ready_w)
-            self.ready_w = -1
+        for fd in (self.ready_r, self.ready_w):
+            if fd >= 0:
+                os.close(fd)
+        self.ready_r = self.ready_w = -1
         if self.respawned:
             log.notice(MOD, f"{self.respawned} dead process(es) were respawned")
         if self.counters is not None:
