@@ -15,11 +15,11 @@ resumed route (docs/kamailio-tm.md §3).
 from asyncd.core import log
 from asyncd.core.errors import ScriptExit
 from asyncd.core.route_types import FAILURE_ROUTE
-from asyncd.modules.tm.cell import (B_BLIND, BR_FLAGS, BR_STATUS, F_CANCELED, F_CONTINUE, F_FINAL,
+from asyncd.modules.tm.cell import (B_BLIND, BR_FLAGS, BR_REQ, BR_STATUS, F_CANCELED, F_CONTINUE, F_FINAL,
                                     F_NOISY, F_SUSPENDED, F_WAIT, Handle)
 from asyncd.modules.tm.lookup import rebuild_request
 from asyncd.modules.tm.reply import fake_ctx, reply_cell, save_ctx_state
-from asyncd.modules.tm.state import MOD, S, arm_fr, claim, flush, now, unclaim
+from asyncd.modules.tm.state import MOD, S, arm_fr, arm_retr, claim, flush, now, unclaim
 
 AUTO_500 = "I'm terribly sorry, server error occurred (1/TM)"
 
@@ -149,13 +149,27 @@ def t_continue(proc, tindex, tlabel, runner):
         unclaim()
 
 
+def _rearm_pending(h, cell):
+    """The dead process may have relayed a branch and died before its timers
+    were armed (they leave when the lock is dropped, state.flush), or even
+    before the request was sent: a retransmission timer per pending branch
+    sends the request again at T1 and arms its fr timer on that first run
+    (tm/timer.py _retr_request), so the transaction cannot be left without
+    timers. If they were armed, the branch is retransmitted twice as often
+    until it answers: harmless."""
+    for bno, br in enumerate(cell.branches):
+        if br[BR_STATUS] < 200 and br[BR_REQ]:
+            arm_retr(h, bno, S.t1)
+
+
 def t_abandon(proc, tindex, tlabel):
     """The process that was continuing (tindex, tlabel) died (docs/kamailio-async.md
     §10.7): the resumed route may have run in part, so it is not run again;
     the transaction gets its final reply now instead of at its fr_timer.
     The dead process may have held the cell's lock: the robust lock takes it
-    over. Nothing is changed when a final reply is out or relayed branches
-    are pending (the route got that far and wrote the cell back); otherwise
+    over. Nothing is changed when a final reply is out; relayed branches
+    pending (the route got that far) are left to their replies, with their
+    retransmission timers armed again (_rearm_pending); otherwise
     the suspension ends as a resume that fails does (t_continue step 9: 500;
     a CANCEL meanwhile got its 487 from e2e_cancel, which takes the lock over
     too). Returns 1 replied, 0 nothing to do, -1 not found or no reply could
@@ -165,7 +179,10 @@ def t_abandon(proc, tindex, tlabel):
     if cell is None:
         return -1
     try:
-        if cell.flags & F_FINAL or cell.has_pending(with_blind=False):
+        if cell.flags & F_FINAL:
+            return 0
+        if cell.has_pending(with_blind=False):
+            _rearm_pending(h, cell)
             return 0
         try:
             msg = rebuild_request(cell, proc)
