@@ -35,6 +35,9 @@ class _Stop(Exception):
 
 
 class Receiver:
+    proto = "udp"
+    conid = 0
+
     def __init__(self, proc, sock_index):
         self.build_reply = build_reply
         self.reply_addr = reply_addr
@@ -52,6 +55,7 @@ class Receiver:
         self.reply_route = (self.script.run_reply_route
                             if getattr(self.script, "has_reply_route", False) else None)
         self.ours = _our_addresses(self.script, proc.sockets)
+        self.sock_addrs = getattr(self.script, "sock_addrs", None) or ()
         self.idle = False
         self.n_req = self.n_rpl = self.n_drop = self.n_bad = 0
         self.counters = getattr(self.script, "msg_counters", None)
@@ -111,10 +115,12 @@ class Receiver:
                     self.n_drop += 1
                 return
             try:
-                msg = self.parse_msg(data, src, self.local, self.sock_index, "udp")
+                msg = self.parse_msg(data, src, self.local, self.sock_index, self.proto)
             except self.parse_error as e:
                 self.malformed(data, src, e)
                 return
+            if self.conid:
+                msg.conid = self.conid
             if msg.is_request:
                 self.n_req += 1
                 self.on_request(msg)
@@ -167,8 +173,21 @@ class Receiver:
             self.n_drop += 1
             return
         dest = via_dest(v2)
-        if not self.proc.send(strip_top_via(msg), dest, msg.sock):
+        sock = self.via_sock(v2, msg.sock)
+        if not self.proc.send(strip_top_via(msg), dest, sock):
             log.err(MOD, f"cannot forward reply {msg.status} to {dest[0]}:{dest[1]}")
+
+    def via_sock(self, via, sock):
+        """A listen socket of the Via's transport (a reply that came over TCP may go
+        back over UDP): the one it came on when that matches, else the first."""
+        want = (via.transport or "udp").lower()
+        addrs = self.sock_addrs
+        if sock < len(addrs) and addrs[sock][0] == want:
+            return sock
+        for i, a in enumerate(addrs):
+            if a[0] == want:
+                return i
+        return sock
 
     # -- malformed input ----------------------------------------------------
     def malformed(self, data, src, e):

@@ -50,14 +50,16 @@ from asyncd import __version__
 from asyncd.core import log
 from asyncd.core.context import ProcState
 from asyncd.core.net import local_ips, sock_name
-from asyncd.core.procs import PROC_MAIN, ROLE_RECEIVER, ROLE_TASK_WORKER, ROLE_TIMER, ProcRow
+from asyncd.core.procs import (PROC_MAIN, PROC_TCP_MAIN, ROLE_RECEIVER, ROLE_TASK_WORKER,
+                               ROLE_TCP_MAIN, ROLE_TCP_RECEIVER, ROLE_TIMER, ProcRow)
 from asyncd.ipc import async_task
+from asyncd.ipc.tcp import TcpConf, TcpPlan
 from asyncd.sip import faked_request
 from asyncd.sip.build import DEFAULT_SERVER_LINE, set_server_header
 from shm import arena as shm_arena
 from shm.locks import pid_alive
 from shm.proctable import ProcTable
-from workers import receiver, task_worker, timer
+from workers import receiver, task_worker, tcp_main, tcp_receiver, timer
 from workers.receiver import Counters
 
 try:
@@ -79,7 +81,8 @@ SIGNAMES = {getattr(signal, n): n for n in dir(signal) if n.startswith("SIG") an
 
 TITLE_PREFIX = "asyncd: "
 # the loop of each role (asyncd.core.procs): run(proc, row, instance)
-ROLES = {ROLE_RECEIVER: receiver.run, ROLE_TASK_WORKER: task_worker.run, ROLE_TIMER: timer.run}
+ROLES = {ROLE_RECEIVER: receiver.run, ROLE_TASK_WORKER: task_worker.run, ROLE_TIMER: timer.run,
+         ROLE_TCP_MAIN: tcp_main.run, ROLE_TCP_RECEIVER: tcp_receiver.run}
 
 
 def set_title(desc):
@@ -117,6 +120,7 @@ class Supervisor:
         self.listen_override = list(listen_override)
         self.sockets = []          # socket objects, index = msg.sock
         self.sock_addrs = []       # (proto, ip, port)
+        self.tcp = None            # asyncd.ipc.tcp.TcpPlan when a TCP socket listens
         self.children = {}         # pid -> Child
         self.plan = []             # every Child, in fork order
         self.sig_queue = []
@@ -246,34 +250,69 @@ class Supervisor:
         self.counters = Counters(self.arena, len(self.plan) + 1)
         self.script.msg_counters = self.counters
 
+    def tcp_enabled(self):
+        return not _truthy(self.script.core.get("disable_tcp", 0))
+
     def listen_addrs(self):
+        """(proto, ip, port) to bind. A listen line without a protocol means
+        every enabled one, UDP and TCP, as in Kamailio; no listen line at all,
+        every local IPv4 address on port 5060 (docs/kamailio-tcp.md §1)."""
         addrs = self.listen_override or list(self.script.core.get("listen") or [])
+        tcp = self.tcp_enabled()
         out = []
         for proto, ip, port in addrs:
-            if proto != "udp":
-                log.warn(MOD, f"only UDP is supported for now: ignoring listen={proto}:{ip}:{port}")
-                continue
-            out.append((proto, ip, int(port or 5060)))
+            port = int(port or 5060)
+            if proto is None:
+                out.append(("udp", ip, port))
+                if tcp:
+                    out.append(("tcp", ip, port))
+            elif proto == "tcp" and not tcp:
+                log.warn(MOD, f"disable_tcp=yes: ignoring listen=tcp:{sock_name(ip, port)}")
+            elif proto in ("udp", "tcp"):
+                out.append((proto, ip, port))
+            else:
+                log.warn(MOD, f"{proto} is not supported: ignoring listen={proto}:{sock_name(ip, port)}")
         if not addrs:
             # Kamailio listens on every local address when the cfg has no listen line.
-            out = [("udp", ip, 5060) for ip in local_ips(socket.AF_INET)]
+            for ip in local_ips(socket.AF_INET):
+                out.append(("udp", ip, 5060))
+                if tcp:
+                    out.append(("tcp", ip, 5060))
         if not out:
-            raise StartupError("no UDP listen socket configured")
-        return out
+            raise StartupError("no UDP or TCP listen socket configured")
+        # Kamailio's order: the UDP sockets first (each gets its receivers), then TCP
+        return [a for a in out if a[0] == "udp"] + [a for a in out if a[0] == "tcp"]
 
     def bind_sockets(self):
-        for proto, ip, port in self.listen_addrs():
+        addrs = self.listen_addrs()
+        if any(p == "tcp" for p, _i, _p in addrs):
+            core = self.script.core
+            n = int(core.get("tcp_children") or 0) or self.opts.children or int(core.get("children") or 8)
+            self.tcp = TcpPlan(TcpConf(core), n)
+            self.script.tcp = self.tcp
+        for proto, ip, port in addrs:
             family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-            s = socket.socket(family, socket.SOCK_DGRAM)
+            index = len(self.sockets)
+            if proto == "udp":
+                s = socket.socket(family, socket.SOCK_DGRAM)
+            else:
+                s = socket.socket(family, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((ip, port))
+                if proto == "tcp":
+                    s.listen(1024)
             except OSError as e:
                 s.close()
-                raise StartupError(f"cannot bind udp:{sock_name(ip, port)}: {e.strerror}") from e
-            _grow_rcvbuf(s)
-            self.sockets.append(s)
+                raise StartupError(f"cannot bind {proto}:{sock_name(ip, port)}: {e.strerror}") from e
+            if proto == "udp":
+                _grow_rcvbuf(s)
+                self.sockets.append(s)
+            else:
+                self.tcp.listen[index] = s
+                self.sockets.append(self.tcp.sender(index, s.getsockname()[:2]))
             self.sock_addrs.append((proto, ip, port))
-        lines = "\n".join(f"             udp: {sock_name(ip, port)}" for _, ip, port in self.sock_addrs)
+        lines = "\n".join(f"             {proto}: {sock_name(ip, port)}" for proto, ip, port in self.sock_addrs)
         sys.stdout.write(f"Listening on \n{lines}\nAliases: \n\n")
         sys.stdout.flush()
 
@@ -288,11 +327,18 @@ class Supervisor:
         n = self.opts.children or int(self.script.core.get("children") or 8)
         rows = [ProcRow(ROLE_RECEIVER, f"udp receiver child={{i}} sock={sock_name(ip, port)}",
                         1 + si * n, n, si)
-                for si, (_, ip, port) in enumerate(self.sock_addrs)]
+                for si, (proto, ip, port) in enumerate(self.sock_addrs) if proto == "udp"]
         rows += async_task.framework().proc_rows()
         for mod in self.script.modules:
             if mod.procs is not None:
                 rows += list(mod.procs(self.script) or ())
+        if self.tcp is not None:
+            # Kamailio forks the tcp readers and tcp main last (tcp_init_children);
+            # the readers are SIP workers: positive ranks after the udp receivers'
+            first = 1 + sum(r.count for r in rows if r.role == ROLE_RECEIVER)
+            rows += [ProcRow(ROLE_TCP_RECEIVER, "tcp receiver (generic) child={i}", first,
+                             self.tcp.n, self.tcp),
+                     ProcRow(ROLE_TCP_MAIN, "tcp main process", PROC_TCP_MAIN, 1, self.tcp)]
         for r in rows:
             if not isinstance(r, ProcRow) or r.role not in ROLES:
                 raise StartupError(f"bad process row {r!r}")
@@ -558,6 +604,16 @@ class Supervisor:
             self.rundir = None
         for s in self.sockets:
             s.close()
+        if self.tcp is not None:
+            st = self.tcp.stats()
+            log.notice(MOD, f"tcp: {st['passive_open']} connections accepted, "
+                       f"{st['connect_success']} opened ({st['connect_failed']} failed); refused "
+                       f"{st['local_reject']} over tcp_max_connections and {st['iplimit_reject']} "
+                       f"over tcp_accept_iplimit; closed {st['read_timeout']} on read timeout, "
+                       f"{st['send_timeout']} on send timeout, {st['bad_framing'] + st['msg_too_big']} "
+                       f"on bad framing")
+            self.tcp.close()
+            self.tcp = None
         if self.opts.pid_file and self.announced:
             try:
                 os.unlink(self.opts.pid_file)

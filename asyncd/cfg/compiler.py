@@ -415,14 +415,13 @@ def _finish(script, gen):
         script._named.setdefault("0", script._req)
     script.continuations = {cid: ns[pyname] for cid, pyname in gen.conts.items()}
     c = script.core
-    tcp = [n for n in c.get("ignored", ()) if n.startswith(("tcp_", "tls_", "sctp_"))]
+    other = [n for n in c.get("ignored", ()) if n.startswith(("tcp_", "tls_", "sctp_"))]
     wants = c.get("enable_tls") or c.get("enable_sctp") or \
-        any(p != "udp" for p, _h, _port in c.get("listen", ()))
-    if wants or (tcp and not c.get("disable_tcp")):
-        log.warn("core", "asyncd serves UDP only: TCP/TLS/SCTP sockets and parameters "
-                 f"are accepted and ignored ({', '.join(tcp) or 'listen/enable_*'})")
-    elif tcp:
-        log.info("core", "TCP/TLS parameters accepted and ignored (UDP only, disable_tcp=yes)")
+        any(p not in (None, "udp", "tcp") for p, _h, _port in c.get("listen", ()))
+    if wants:
+        log.warn("core", "asyncd serves UDP and TCP only: TLS/SCTP/WS sockets are ignored")
+    if other:
+        log.info("core", f"parameters accepted and ignored: {', '.join(other)}")
 
 
 def dump_source(script):

@@ -70,6 +70,13 @@ TABLE = {
     "route_locks_size": ("int", 0), "ip_free_bind": ("int", 0), "local_rport": ("bool", 0),
     "fork_delay": ("int", 0), "exit_timeout": ("int", 60), "dst_blocklist_init": ("bool", 1),
     "use_dst_blocklist": ("bool", 0), "dst_blacklist_init": ("bool", 1),
+    # TCP (docs/kamailio-tcp.md): Kamailio's names and defaults; tcp_children 0 = `children`
+    "tcp_children": ("int", 0), "tcp_max_connections": ("int", 2048),
+    "tcp_accept_iplimit": ("int", 1024), "tcp_connection_lifetime": ("int", 120),
+    "tcp_connect_timeout": ("int", 10), "tcp_send_timeout": ("int", 10),
+    "tcp_msg_read_timeout": ("int", 20), "tcp_accept_no_cl": ("bool", 0),
+    "tcp_crlf_ping": ("bool", 1), "tcp_conn_wq_max": ("int", 32 * 1024),
+    "tcp_no_connect": ("bool", 0),
     # asyncd's own (docs/architecture.md, "Respawn"): Kamailio has no respawn
     "respawn": ("bool", 1), "respawn_max": ("int", 5), "respawn_window": ("int", 10),
 }
@@ -96,9 +103,10 @@ def _as_int(name, value, loc):
 
 
 def parse_listen(value, loc):
-    """`[proto:]host[:port]` -> (proto, host, port); UDP/5060 by default."""
+    """`[proto:]host[:port]` -> (proto, host, port); port 5060 by default, proto
+    None when not given (Kamailio: every enabled protocol, UDP and TCP)."""
     text = str(value).strip()
-    proto = "udp"
+    proto = None
     low = text.lower()
     for p in ("udp", "tcp", "tls", "sctp", "ws", "wss"):
         if low.startswith(p + ":"):

@@ -25,12 +25,15 @@ from typing import Any, Callable, Optional
 PROC_MAIN = 0
 PROC_TIMER = -1
 PROC_RPC = -2
+PROC_TCP_MAIN = -4
 PROC_NOCHLDINIT = -128
 
 # the roles: each is one loop in workers/<role>.py
 ROLE_RECEIVER = "receiver"          # handlers: the listen socket's index
 ROLE_TASK_WORKER = "task_worker"    # handlers: the asyncd.ipc.async_task group
 ROLE_TIMER = "timer"                # handlers: TimerHandlers
+ROLE_TCP_MAIN = "tcp_main"          # handlers: the asyncd.ipc.tcp TcpPlan
+ROLE_TCP_RECEIVER = "tcp_receiver"  # handlers: the TcpPlan (instance i reads channel i)
 
 # a timer handler's answers (anything else, None included, counts as RAN)
 RAN, SKIPPED, RETRY = True, False, "retry"

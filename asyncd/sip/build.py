@@ -75,6 +75,10 @@ def reply_addr(msg):
     Via has rport (any value) or force_rport() was called, else the sent-by
     port or 5060. maddr is not honoured: as in Kamailio (update_sock_struct_from_ip),
     replies never go to an address the request merely names (reflection)."""
+    if msg.proto != "udp":
+        # a stream: back over the connection the request came on, which tcp main
+        # finds by this peer address (RFC 3261 18.2.2; it falls back to the Via)
+        return msg.src
     v = msg.via1
     if v.rport is not None or msg.force_rport:
         return (msg.src[0], msg.src[1])

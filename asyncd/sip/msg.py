@@ -61,6 +61,7 @@ class SipMsg:
     is_request = True
     faked = False           # the core faked request (faked_request): no transaction, no suspend
     flags = 0
+    conid = 0               # $conid: the TCP connection it came on (0: UDP)
     body = b""
     _vias1 = _cseq = _cl = _callid = None
     _via_v = _cseq_v = None  # the top Via and CSeq values, cut out by the eager pass

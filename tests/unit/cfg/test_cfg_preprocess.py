@@ -95,7 +95,7 @@ async_tkv_gname="tkv"
 async_tkv_evcb="core:tkv"
 """)
     c = s.core
-    assert c["listen"] == [("udp", "127.0.0.1", 5071), ("udp", "127.0.0.2", 5060), ("udp", "::1", 5072)]
+    assert c["listen"] == [("udp", "127.0.0.1", 5071), (None, "127.0.0.2", 5060), ("udp", "::1", 5072)]
     assert (c["children"], c["debug"], c["log_stderror"], c["fork"], c["auto_aliases"]) == (3, -1, 1, 0, 0)
     assert c["log_facility"] == "LOG_LOCAL0" and c["alias"] == ["example.com", "my-host.example.org"]
     assert c["memlog"] == 5 and c["disable_tcp"] == 1 and c["async_tkv_evcb"] == "core:tkv"

@@ -1,0 +1,168 @@
+"""SIP over TCP between processes: the channels to and from the `tcp main
+process`, the frames on them, and the sender every process writes through.
+
+Runs in: main (TcpPlan is made before the fork), `tcp main process` (owns
+every connection), `tcp receiver (generic) child=<i>` (runs the script on
+what tcp main read), and every process that sends on TCP (replies from udp
+receivers, task workers and the tm `timer`; relayed requests).
+
+The process that owns a connection is the only one that reads or writes it
+(docs/kamailio-tcp.md, "asyncd"): TLS will keep its session state in that
+one process. Everything else talks to it through kernel datagram channels
+made by main before the fork (AF_UNIX SOCK_DGRAM socketpairs; main keeps
+both ends open for the life of the server, so a datagram queued for a
+process that dies waits for its replacement instead of being lost):
+
+- *to tcp main* (one channel, every process writes its shared end): a send
+  request `[op, conid, sock, port, ip, data]`. tcp main writes the bytes to
+  the connection with that id, else to the one to (ip, port), else opens one
+  (requests), or for a reply whose connection is gone, to the top Via's
+  received/sent-by (RFC 3261 §18.2.2).
+- *to tcp receiver i* (one channel each): a complete message as framed by
+  tcp main `[conid, sock, port, ip, message]`. A connection is pinned to one
+  receiver for its life, so its messages run in the order they arrived, as
+  Kamailio's tcp reader does.
+
+A socketpair's datagrams are not capped by `net.unix.max_dgram_qlen` (the
+two ends are each other's peer), only by the send buffer: 8 MB here.
+"""
+import mmap
+import socket
+import struct
+
+MAX_MSG = 65535           # Kamailio's BUF_SIZE: the largest message over a stream (tcp_read.c)
+CHAN_BUF = 8 << 20        # send buffer of each channel
+CHAN_DGRAM = MAX_MSG + 512
+
+# op of a frame to tcp main
+OP_SEND, OP_SEND_NC, OP_ALIAS, OP_CLOSE = 1, 2, 3, 4
+
+_TX = struct.Struct("<BIHHB")    # op, conid, sock index, port, len(ip); then ip, data
+_RX = struct.Struct("<IHHB")     # conid, sock index, peer port, len(ip); then ip, message
+
+# statistics (Kamailio's tcp: group names, src/core/tcp_stats.h), u64 words in a shared page
+STATS = ("established", "passive_open", "connect_success", "connect_failed", "local_reject",
+         "con_timeout", "con_reset", "send_timeout", "sendq_full", "current_opened_connections",
+         "current_write_queue_size", "iplimit_reject", "read_timeout", "msg_too_big",
+         "bad_framing", "crlf_pings", "msgs_in", "msgs_out", "lifetime_closed")
+S = {name: i for i, name in enumerate(STATS)}
+
+
+def pack_tx(op, conid, sock, ip, port, data=b""):
+    b = ip.encode()
+    return _TX.pack(op, conid, sock, port, len(b)) + b + data
+
+
+def unpack_tx(buf):
+    op, conid, sock, port, n = _TX.unpack_from(buf)
+    o = _TX.size
+    return op, conid, sock, buf[o:o + n].decode(), port, buf[o + n:]
+
+
+def pack_rx(conid, sock, ip, port, data):
+    b = ip.encode()
+    return _RX.pack(conid, sock, port, len(b)) + b + data
+
+
+def unpack_rx(buf):
+    conid, sock, port, n = _RX.unpack_from(buf)
+    o = _RX.size
+    return conid, sock, (buf[o:o + n].decode(), port), buf[o + n:]
+
+
+def _pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for s in (a, b):
+        for opt, force in ((socket.SO_SNDBUF, 32), (socket.SO_RCVBUF, 33)):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, force, CHAN_BUF)    # SO_*BUFFORCE: root only
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, opt, CHAN_BUF)
+    return a, b
+
+
+class TcpConf:
+    """The core parameters tcp main enforces (Kamailio's names; defaults in
+    asyncd/core/params.py TABLE, meanings in docs/kamailio-tcp.md)."""
+
+    def __init__(self, core):
+        def get(name, default):
+            v = core.get(name)
+            return default if v is None else int(v)
+        self.max_connections = get("tcp_max_connections", 2048)
+        self.accept_iplimit = get("tcp_accept_iplimit", 1024)
+        self.lifetime = get("tcp_connection_lifetime", 120)
+        self.connect_timeout = get("tcp_connect_timeout", 10)
+        self.send_timeout = get("tcp_send_timeout", 10)
+        self.msg_read_timeout = get("tcp_msg_read_timeout", 20)
+        self.accept_no_cl = bool(get("tcp_accept_no_cl", 0))
+        self.crlf_ping = bool(get("tcp_crlf_ping", 1))
+        self.max_msg = get("tcp_max_msg_size", MAX_MSG) or MAX_MSG
+        self.conn_wq_max = get("tcp_conn_wq_max", 32 * 1024)
+        self.no_connect = bool(get("tcp_no_connect", 0))
+
+
+class TcpSender:
+    """What `proc.sockets[i]` is for a TCP listen socket i: `sendto` asks tcp
+    main to write (ProcState.send stays one call for every transport), and
+    `getsockname` is the listen address (Via, $Ri/$Rp)."""
+
+    __slots__ = ("chan", "index", "addr")
+
+    def __init__(self, chan, index, addr):
+        self.chan, self.index, self.addr = chan, index, addr
+
+    def getsockname(self):
+        return self.addr
+
+    def sendto(self, data, addr, op=OP_SEND, conid=0):
+        b = addr[0].encode()
+        self.chan.send(_TX.pack(op, conid, self.index, int(addr[1]), len(b)) + b + data)
+        return len(data)
+
+    def alias(self, conid, ip, port):
+        """force_tcp_alias(): replies and requests to (ip, port) may use connection conid."""
+        self.sendto(b"", (ip, port), OP_ALIAS, conid)
+
+    def close(self):
+        pass
+
+
+class TcpPlan:
+    """Made in main before the fork: the channels, the shared counters and the
+    connection-id sequence. `listen` maps a socket index to its bound,
+    listening socket (only tcp main accepts on them)."""
+
+    def __init__(self, conf, nreceivers):
+        self.conf = conf
+        self.n = nreceivers
+        self.listen = {}                  # socket index -> listening socket
+        self.tx_w, self.tx_r = _pair()    # any process -> tcp main
+        self.tx_w.settimeout(1.0)         # a stalled tcp main must not freeze a sender for long
+        self.rx = [_pair() for _ in range(max(1, nreceivers))]   # (tcp main end, receiver end)
+        self._mm = mmap.mmap(-1, mmap.PAGESIZE)
+        self.words = memoryview(self._mm).cast("Q")   # 0: last conid; 8..: STATS
+
+    def sender(self, index, addr):
+        return TcpSender(self.tx_w, index, addr)
+
+    def next_conid(self):
+        """Connection ids are never reused, also across a respawn of tcp main:
+        a reply for a dead connection must not reach a new one."""
+        self.words[0] += 1
+        return self.words[0]
+
+    def stat(self, name):
+        return self.words[8 + S[name]]
+
+    def stats(self):
+        return {name: self.words[8 + i] for i, name in enumerate(STATS)}
+
+    def close(self):
+        for s in self.listen.values():
+            s.close()
+        for s in (self.tx_w, self.tx_r):
+            s.close()
+        for a, b in self.rx:
+            a.close()
+            b.close()

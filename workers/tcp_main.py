@@ -1,0 +1,534 @@
+"""The `tcp main process`: owns every TCP connection, accepts, reads, frames,
+writes, connects and closes; runs no script.
+
+Runs in: `tcp main process` (rank PROC_TCP_MAIN), one per server; a dead one
+is respawned like any child (its connections close with it: the peers see
+the reset and reconnect; the listen sockets and the channels are held by main
+and survive).
+
+Kamailio splits this between `tcp main` (accept, connection table, timers)
+and the tcp readers, which read and frame the connections passed to them
+(src/core/tcp_main.c tcp_main_loop, src/core/tcp_read.c tcp_read_req).
+asyncd reads and frames here and sends each complete message to the tcp
+receiver the connection is pinned to (asyncd.ipc.tcp): one process owns a
+connection's bytes both ways, which is what TLS needs, and a receiver busy
+in a slow route never holds up reads of other connections.
+
+One selectors (epoll) loop, all sockets non-blocking:
+- listen sockets: accept; over `tcp_max_connections` or
+  `tcp_accept_iplimit` the new connection is closed at once, logged
+  (rate-limited) and counted (`local_reject`, `iplimit_reject`);
+- connections: recv → asyncd.sip.stream.StreamFramer → a message to the
+  receiver, a CRLF pong to a CRLFCRLF ping (RFC 5626 §3.5.1), or, when
+  framing is lost (RFC 3261 §18.3: Content-Length missing or bad, message
+  over the limit), a 400/513 when one can be built and then close;
+- the channel from every other process: send requests (asyncd.ipc.tcp);
+- the channels to the receivers, only while one has a backlog.
+A sweep every 0.25 s closes connections whose partial message is older than
+`tcp_msg_read_timeout` (slowloris), whose queued writes did not move for
+`tcp_send_timeout` (a peer that never reads), whose connect did not finish
+in `tcp_connect_timeout`, or that were idle for `tcp_connection_lifetime`.
+"""
+import errno
+import os
+import selectors
+import socket
+import time
+from collections import deque
+
+from asyncd.core import log
+from asyncd.ipc.tcp import (OP_ALIAS, OP_CLOSE, OP_SEND_NC, S, pack_rx, unpack_tx)
+from asyncd.sip import SipParseError, build_reply, parse_msg
+from asyncd.sip.stream import BAD, MSG, PING, StreamFramer
+
+MOD = "core"
+SWEEP = 0.25
+RX_BACKLOG = 1 << 20       # bytes queued for one receiver before its connections stop being read
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+class Conn:
+    __slots__ = ("id", "sock", "fd", "index", "peer", "rcv", "framer", "out", "outlen",
+                 "born", "last", "msg_start", "stall", "connecting", "deadline", "closing",
+                 "paused", "aliases", "incoming", "events")
+
+    def __init__(self, cid, sock, index, peer, rcv, framer, incoming, now):
+        self.id, self.sock, self.fd, self.index, self.peer = cid, sock, sock.fileno(), index, peer
+        self.rcv, self.framer, self.incoming = rcv, framer, incoming
+        self.out = deque()
+        self.outlen = 0
+        self.born = self.last = now
+        self.msg_start = 0.0
+        self.stall = 0.0
+        self.connecting = False
+        self.deadline = 0.0
+        self.closing = False
+        self.paused = False
+        self.aliases = []
+        self.events = 0
+
+
+class TcpMain:
+    def __init__(self, proc, plan):
+        self.proc = proc
+        self.plan = plan
+        self.conf = plan.conf
+        self.sel = selectors.DefaultSelector()
+        self.conns = {}          # conid -> Conn
+        self.by_fd = {}          # fd -> Conn
+        self.by_addr = {}        # (ip, port) -> Conn: the peer address, and force_tcp_alias aliases
+        self.per_ip = {}         # peer ip -> open incoming connections
+        self.rx_back = [deque() for _ in plan.rx]
+        self.rx_bytes = [0] * len(plan.rx)
+        self.rx_paused = [set() for _ in plan.rx]
+        self.rr = 0
+        self.words = plan.words
+        self.addrs = {i: s.getsockname()[:2] for i, s in plan.listen.items()}
+        self._warned = {}
+
+    # -- counters and rate-limited warnings ---------------------------------
+    def count(self, name, n=1):
+        self.words[8 + S[name]] += n
+
+    def warn_limited(self, key, text):
+        now = time.monotonic()
+        if now - self._warned.get(key, 0.0) >= 1.0:
+            self._warned[key] = now
+            log.warn(MOD, text)
+
+    # -- loop ---------------------------------------------------------------
+    def loop(self):
+        sel = self.sel
+        for i, s in self.plan.listen.items():
+            s.setblocking(False)
+            sel.register(s, READ, ("listen", i))
+        self.plan.tx_r.setblocking(False)
+        sel.register(self.plan.tx_r, READ, ("tx", None))
+        for a, _b in self.plan.rx:
+            a.setblocking(False)
+        self.words[8 + S["current_opened_connections"]] = 0
+        proc = self.proc
+        next_sweep = time.monotonic() + SWEEP
+        while not proc.stopping:
+            timeout = max(0.0, next_sweep - time.monotonic())
+            try:
+                events = sel.select(timeout)
+            except InterruptedError:
+                continue
+            for key, mask in events:
+                kind, arg = key.data
+                try:
+                    if kind == "conn":
+                        self.on_conn(arg, mask)
+                    elif kind == "tx":
+                        self.on_tx()
+                    elif kind == "listen":
+                        self.on_accept(key.fileobj, arg)
+                    else:
+                        self.flush_rx(arg)
+                except Exception as e:  # noqa: BLE001 - one connection's trouble must not stop the others
+                    log.err(MOD, f"tcp: {kind}: {e!r}")
+                    if kind == "conn":
+                        self.close(arg, "error")
+            now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + SWEEP
+                self.sweep(now)
+        for c in list(self.conns.values()):
+            self.close(c, None)
+
+    # -- accept ----------------------------------------------------------------
+    def on_accept(self, lsock, index):
+        conf = self.conf
+        for _ in range(64):
+            try:
+                s, peer = lsock.accept()
+            except OSError as e:
+                if e.errno in _AGAIN:
+                    return
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    self.warn_limited("emfile", f"tcp: cannot accept on {self.addrs[index]}: {e.strerror}")
+                return
+            peer = (peer[0], peer[1])
+            if len(self.conns) >= conf.max_connections:
+                s.close()
+                self.count("local_reject")
+                self.warn_limited("max", f"tcp: maximum number of connections exceeded "
+                                         f"(tcp_max_connections={conf.max_connections}): "
+                                         f"refused {peer[0]}:{peer[1]}")
+                continue
+            if conf.accept_iplimit and self.per_ip.get(peer[0], 0) >= conf.accept_iplimit:
+                s.close()
+                self.count("iplimit_reject")
+                self.warn_limited(("ip", peer[0]), f"tcp: too many connections from {peer[0]} "
+                                                   f"(tcp_accept_iplimit={conf.accept_iplimit}): "
+                                                   f"refused {peer[0]}:{peer[1]}")
+                continue
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c = self.add(s, index, peer, incoming=True)
+            self.per_ip[peer[0]] = self.per_ip.get(peer[0], 0) + 1
+            self.count("passive_open")
+            self.count("established")
+            c.events = READ
+            self.sel.register(s, READ, ("conn", c))
+
+    def add(self, s, index, peer, incoming):
+        now = time.monotonic()
+        c = Conn(self.plan.next_conid(), s, index, peer, self.pick_receiver(),
+                 StreamFramer(self.conf.max_msg, self.conf.accept_no_cl), incoming, now)
+        self.conns[c.id] = c
+        self.by_fd[c.fd] = c
+        self.by_addr.setdefault(peer, c)
+        self.count("current_opened_connections")
+        return c
+
+    def pick_receiver(self):
+        """Round-robin over the receivers (Kamailio hands a new connection to
+        the reader with the fewest; with equal work that is the same)."""
+        self.rr = (self.rr + 1) % len(self.plan.rx)
+        return self.rr
+
+    # -- reading ------------------------------------------------------------
+    def on_conn(self, c, mask):
+        if c.connecting:
+            self.on_connected(c)
+            return
+        if mask & WRITE:
+            self.write(c)
+        if mask & READ and c.id in self.conns:
+            self.read(c)
+
+    def read(self, c):
+        try:
+            data = c.sock.recv(65536)
+        except OSError as e:
+            if e.errno in _AGAIN:
+                return
+            self.count("con_reset")
+            self.close(c, f"read error: {e.strerror}")
+            return
+        now = time.monotonic()
+        c.last = now
+        if not data:
+            ev = c.framer.eof()
+            if ev:
+                self.bad(c, ev[0], eof=True)
+            self.close(c, None)
+            return
+        partial = c.framer.partial
+        for ev in c.framer.feed(data):
+            kind = ev[0]
+            if kind == MSG:
+                self.deliver(c, ev[1])
+            elif kind == PING:
+                self.count("crlf_pings")
+                if self.conf.crlf_ping:
+                    self.queue(c, b"\r\n")
+            elif kind == BAD:
+                self.bad(c, ev)
+                return
+        if c.framer.partial:
+            if not partial or not c.msg_start:
+                c.msg_start = now
+        else:
+            c.msg_start = 0.0
+
+    def bad(self, c, ev, eof=False):
+        """Framing is lost (RFC 3261 §18.3): answer when the header block makes a
+        reply possible, then close once the reply is written."""
+        _, code, reason, head = ev
+        if code == 513:
+            self.count("msg_too_big")
+        else:
+            self.count("bad_framing")
+        log.warn(MOD, f"tcp: {reason} from {c.peer[0]}:{c.peer[1]} (connection {c.id}); closing")
+        if head and not eof:
+            reply = _reply_to_head(head, code, reason, c, self.addrs)
+            if reply:
+                self.queue(c, reply)
+        c.closing = True
+        self.set_events(c)
+        if not c.out:
+            self.close(c, None)
+
+    def deliver(self, c, data):
+        self.count("msgs_in")
+        r = c.rcv
+        frame = pack_rx(c.id, c.index, c.peer[0], c.peer[1], data)
+        if not self.rx_back[r]:
+            try:
+                self.plan.rx[r][0].send(frame)
+                return
+            except BlockingIOError:
+                self.sel.register(self.plan.rx[r][0], WRITE, ("rx", r))
+        self.rx_back[r].append(frame)
+        self.rx_bytes[r] += len(frame)
+        if self.rx_bytes[r] > RX_BACKLOG and not c.paused:
+            c.paused = True            # TCP flow control pushes back on the peer
+            self.rx_paused[r].add(c)
+            self.set_events(c)
+
+    def flush_rx(self, r):
+        q = self.rx_back[r]
+        s = self.plan.rx[r][0]
+        while q:
+            try:
+                s.send(q[0])
+            except BlockingIOError:
+                return
+            self.rx_bytes[r] -= len(q.popleft())
+        self.sel.unregister(s)
+        for c in self.rx_paused[r]:
+            c.paused = False
+            if c.id in self.conns:
+                self.set_events(c)
+        self.rx_paused[r].clear()
+
+    # -- writing --------------------------------------------------------------
+    def queue(self, c, data):
+        if not data:
+            return True
+        if c.outlen + len(data) > max(self.conf.conn_wq_max, len(data)) and c.out:
+            self.count("sendq_full")
+            self.warn_limited(("wq", c.id), f"tcp: write queue of connection {c.id} to "
+                                            f"{c.peer[0]}:{c.peer[1]} is full; closing it")
+            self.close(c, None)
+            return False
+        if not c.out and not c.connecting:
+            try:
+                n = c.sock.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError as e:
+                self.count("con_reset")
+                self.close(c, f"write error: {e.strerror}")
+                return False
+            c.last = time.monotonic()
+            if n == len(data):
+                self.count("msgs_out")
+                return True
+            data = data[n:]
+            c.stall = c.last
+        elif not c.out:
+            c.stall = time.monotonic()
+        c.out.append(data)
+        c.outlen += len(data)
+        self.count("current_write_queue_size", len(data))
+        self.count("msgs_out")
+        self.set_events(c)
+        return True
+
+    def write(self, c):
+        while c.out:
+            data = c.out[0]
+            try:
+                n = c.sock.send(data)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self.count("con_reset")
+                self.close(c, f"write error: {e.strerror}")
+                return
+            c.last = c.stall = time.monotonic()
+            c.outlen -= n
+            self.words[8 + S["current_write_queue_size"]] -= n
+            if n < len(data):
+                c.out[0] = data[n:]
+                return
+            c.out.popleft()
+        if c.closing:
+            self.close(c, None)
+        else:
+            self.set_events(c)
+
+    def set_events(self, c):
+        ev = 0 if (c.paused or c.closing) else READ
+        if c.out or c.connecting:
+            ev |= WRITE
+        if ev != c.events:
+            if c.events == 0:
+                self.sel.register(c.sock, ev, ("conn", c))
+            elif ev == 0:
+                self.sel.unregister(c.sock)
+            else:
+                self.sel.modify(c.sock, ev, ("conn", c))
+            c.events = ev
+
+    # -- requests from the other processes ---------------------------------------
+    def on_tx(self):
+        recv = self.plan.tx_r.recv
+        for _ in range(256):
+            try:
+                buf = recv(70000)
+            except BlockingIOError:
+                return
+            try:
+                self.handle_tx(buf)
+            except Exception as e:  # noqa: BLE001 - a bad request must not stop the loop
+                log.err(MOD, f"tcp: send request failed: {e!r}")
+
+    def handle_tx(self, buf):
+        op, conid, index, ip, port, data = unpack_tx(buf)
+        c = self.conns.get(conid) if conid else None
+        if op == OP_ALIAS:
+            if c is not None and (ip, port) not in self.by_addr:
+                self.by_addr[(ip, port)] = c
+                c.aliases.append((ip, port))
+            return
+        if op == OP_CLOSE:
+            if c is not None:
+                self.close(c, None)
+            return
+        if c is None:
+            c = self.by_addr.get((ip, port))
+        if c is None and _is_reply(data):
+            # RFC 3261 §18.2.2: the request's connection is gone: the top Via's
+            # received address and sent-by port (or 5060)
+            alt = _via_target(data, index, self.addrs)
+            if alt is not None:
+                ip, port = alt
+                c = self.by_addr.get(alt)
+        if c is None:
+            if op == OP_SEND_NC or self.conf.no_connect:
+                log.warn(MOD, f"tcp: no connection to {ip}:{port} and connecting is not "
+                              f"allowed: message dropped")
+                return
+            c = self.connect(index, ip, port)
+            if c is None:
+                return
+        self.queue(c, data)
+
+    def connect(self, index, ip, port):
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        local = self.addrs.get(index)
+        try:
+            if local and local[0] not in ("0.0.0.0", "::") and (":" in local[0]) == (family == socket.AF_INET6):
+                s.bind((local[0], 0))
+            rc = s.connect_ex((ip, port))
+        except OSError as e:
+            s.close()
+            self.count("connect_failed")
+            log.err(MOD, f"tcp: cannot connect to {ip}:{port}: {e.strerror}")
+            return None
+        if rc not in (0, errno.EINPROGRESS):
+            s.close()
+            self.count("connect_failed")
+            log.err(MOD, f"tcp: cannot connect to {ip}:{port}: {os.strerror(rc)}")
+            return None
+        c = self.add(s, index, (ip, port), incoming=False)
+        c.connecting = True
+        c.deadline = time.monotonic() + self.conf.connect_timeout
+        c.events = WRITE
+        self.sel.register(s, WRITE, ("conn", c))
+        return c
+
+    def on_connected(self, c):
+        err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.count("connect_failed")
+            self.close(c, f"connect failed: {os.strerror(err)}")
+            return
+        c.connecting = False
+        c.last = c.stall = time.monotonic()
+        self.count("connect_success")
+        self.count("established")
+        self.set_events(c)
+
+    # -- timers and closing ---------------------------------------------------
+    def sweep(self, now):
+        conf = self.conf
+        for c in list(self.conns.values()):
+            if c.connecting:
+                if now >= c.deadline:
+                    self.count("connect_failed")
+                    self.close(c, f"connect timeout ({conf.connect_timeout} s)")
+            elif c.out and now - c.stall >= conf.send_timeout:
+                self.count("send_timeout")
+                self.close(c, f"send timeout: nothing written for {conf.send_timeout} s "
+                              f"({c.outlen} bytes queued)")
+            elif c.msg_start and conf.msg_read_timeout and now - c.msg_start >= conf.msg_read_timeout:
+                self.count("read_timeout")
+                self.close(c, f"message not complete after tcp_msg_read_timeout="
+                              f"{conf.msg_read_timeout} s ({c.framer.buffered} bytes)")
+            elif now - c.last >= conf.lifetime and not c.out:
+                self.count("con_timeout")
+                self.count("lifetime_closed")
+                self.close(c, None)
+
+    def close(self, c, why):
+        if self.conns.pop(c.id, None) is None:
+            return
+        if why:
+            log.info(MOD, f"tcp: closing connection {c.id} with {c.peer[0]}:{c.peer[1]}: {why}")
+        self.by_fd.pop(c.fd, None)
+        for a in [c.peer] + c.aliases:
+            if self.by_addr.get(a) is c:
+                del self.by_addr[a]
+        if c.incoming:
+            n = self.per_ip.get(c.peer[0], 1) - 1
+            if n > 0:
+                self.per_ip[c.peer[0]] = n
+            else:
+                self.per_ip.pop(c.peer[0], None)
+        if c.outlen:
+            self.words[8 + S["current_write_queue_size"]] -= c.outlen
+        self._dec_current()
+        if c.events:
+            try:
+                self.sel.unregister(c.sock)
+            except (KeyError, ValueError):
+                pass
+        self.rx_paused[c.rcv].discard(c)
+        try:
+            c.sock.close()
+        except OSError:
+            pass
+
+    def _dec_current(self):
+        w = 8 + S["current_opened_connections"]
+        if self.words[w]:
+            self.words[w] -= 1
+
+
+def _reply_to_head(head, code, reason, c, addrs):
+    """`code reason` for the request whose header block is `head`, or None."""
+    try:
+        m = parse_msg(bytes(head), c.peer, addrs.get(c.index, ("", 0)), c.index, "tcp")
+    except SipParseError as e:
+        m = e.msg
+    except Exception:  # noqa: BLE001 - too broken to answer
+        return None
+    if m is None or not m.is_request or m.method == "ACK":
+        return None
+    try:
+        return build_reply(m, code, reason)
+    except Exception:  # noqa: BLE001 - too broken to answer
+        return None
+
+
+def _is_reply(data):
+    return data[:8] == b"SIP/2.0 "
+
+
+def _via_target(data, index, addrs):
+    """(received or sent-by host, sent-by port or 5060) of a reply's top Via."""
+    try:
+        m = parse_msg(data, ("0.0.0.0", 0), addrs.get(index, ("", 0)), index, "tcp")
+        v = m.via1
+        if v is None:
+            return None
+        host = v.received or v.host.strip("[]")
+        return (host, v.port or 5060)
+    except Exception:  # noqa: BLE001 - no usable Via: nowhere to go
+        return None
+
+
+def run(proc, row, instance):
+    """The loop of the `tcp main process` row: its handlers are the TcpPlan."""
+    TcpMain(proc, row.handlers).loop()

@@ -1,0 +1,80 @@
+"""TCP receiver: run the script on the messages tcp main framed.
+
+Runs in: `tcp receiver (generic) child=<i>` (tcp_children of them).
+
+Each receiver reads its own channel from the `tcp main process`
+(asyncd.ipc.tcp): one datagram per complete SIP message, with the
+connection id, the listen socket it came on and the peer address. From
+there it is the udp receiver's path (workers/receiver.py `Receiver`): the
+same hooks, routes, 400 for what does not parse, counters; `$proto` is
+`tcp` and `$conid` the connection. Replies and forwarded requests leave
+through `proc.send`, which hands TCP sends to tcp main.
+
+A message waits in the kernel channel, held open by main, until this
+process reads it: a replacement forked for a dead receiver reads what
+its predecessor had not (the message being run when it died is lost, as a
+UDP datagram would be; a transaction it held gets its reply from tm).
+"""
+import signal
+
+from asyncd.core import log
+from asyncd.ipc.tcp import CHAN_DGRAM, unpack_rx
+from workers.receiver import Receiver, _Stop
+
+MOD = "core"
+
+
+class TcpReceiver(Receiver):
+    proto = "tcp"
+
+    def __init__(self, proc, plan, instance):
+        first = min(plan.listen) if plan.listen else 0
+        super().__init__(proc, first)
+        self.chan = plan.rx[instance][1]
+        self.locals = {i: s.getsockname()[:2] for i, s in plan.listen.items()}
+
+    def loop(self):
+        signal.signal(signal.SIGTERM, self.on_term)
+        signal.signal(signal.SIGQUIT, self.on_term)
+        recv = self.chan.recv
+        handle = self.handle
+        proc = self.proc
+        locals_ = self.locals
+        n = 0
+        try:
+            while not proc.stopping:
+                try:
+                    self.idle = True
+                    if proc.stopping:
+                        break
+                    buf = recv(CHAN_DGRAM)
+                    self.idle = False
+                except _Stop:
+                    break
+                except OSError as e:
+                    self.idle = False
+                    log.err(MOD, f"tcp receiver: channel read failed: {e}")
+                    continue
+                try:
+                    conid, sock, src, data = unpack_rx(buf)
+                except Exception as e:  # noqa: BLE001 - a frame we cannot read is dropped
+                    log.err(MOD, f"tcp receiver: bad frame from tcp main: {e!r}")
+                    continue
+                self.conid = conid
+                self.sock_index = sock
+                self.local = locals_.get(sock, self.local)
+                handle(data, src)
+                n += 1
+                if n >= 256:
+                    n = 0
+                    self.flush_counters()
+        except _Stop:
+            pass
+        finally:
+            self.idle = False
+            self.flush_counters()
+
+
+def run(proc, row, instance):
+    """The loop of a tcp receiver row's process: the row's handlers are the TcpPlan."""
+    TcpReceiver(proc, row.handlers, instance).loop()
