@@ -45,32 +45,67 @@ def resolve(host, port):
     return (ip, int(port or 5060))
 
 
-def _target(msg, host, port):
-    """(ruri, (ip, port)) where this branch goes: explicit host/port, else $du, else R-URI."""
+def _target(msg, host, port, proto=None):
+    """(ruri, (ip, port), transport) where this branch goes: explicit host/port,
+    else $du, else R-URI; the transport is the explicit one (t_relay_to_tcp),
+    else the URI's `transport` parameter, else UDP (RFC 3263 §4.1 without
+    NAPTR/SRV: UDP for sip:, TLS for sips:)."""
     ruri = msg.new_uri or msg.ruri
     if host is not None:
-        return ruri, resolve(str(host), port or 5060)
+        return ruri, resolve(str(host), port or 5060), proto or "udp"
     u = parse_uri(msg.dst_uri or ruri)
-    return ruri, resolve(u.host, u.port or 5060)
+    if proto is None:
+        proto = u.transport or ("tls" if u.scheme == "sips" else "udp")
+    return ruri, resolve(u.host, u.port or 5060), proto
 
 
-def t_relay(ctx, host=None, port=None):
+def out_sock(msg, proto, dst):
+    """The socket a branch to `dst` over `proto` leaves from (Kamailio
+    get_send_socket): force_send_socket() when the script set one, else the
+    one the request came on when its protocol matches, else the first listen
+    socket of that protocol and address family; None when there is none."""
+    forced = getattr(msg, "force_sock", None)
+    if forced is not None:
+        return forced
+    sock = msg.sock or 0
+    addrs = getattr(S.script, "sock_addrs", None)
+    if not addrs:
+        return sock
+    if sock < len(addrs) and addrs[sock][0] == proto:
+        return sock
+    v6 = ":" in dst[0]
+    for i, (p, ip, _port) in enumerate(addrs):
+        if p == proto and (":" in ip) == v6:
+            return i
+    return None
+
+
+def _transport(sock):
+    addrs = getattr(S.script, "sock_addrs", None)
+    return addrs[sock][0].upper() if addrs and sock < len(addrs) else "UDP"
+
+
+def t_relay(ctx, host=None, port=None, proto=None):
     """1 relayed, 0 retransmission absorbed (ends the script), -1 error."""
     msg = ctx.msg
     if msg.method == "ACK" and ctx.t is None:
-        return _forward_ack(ctx, host, port)
+        return _forward_ack(ctx, host, port, proto)
     try:
-        ruri, dst = _target(msg, host, port)
+        ruri, dst, proto = _target(msg, host, port, proto)
     except Exception as e:
         log.err(MOD, f"bad destination: {e!r}")
         return relay_error(ctx, E_BAD_ADDRESS)
     if dst is None:
         log.err(MOD, "cannot resolve the destination")
         return relay_error(ctx, E_BAD_ADDRESS)
+    sock = out_sock(msg, proto, dst)
+    if sock is None:
+        log.err(MOD, f"no {proto} socket to send to {dst[0]}:{dst[1]}")
+        return relay_error(ctx, E_NO_SOCKET)
     if ctx.t is None:
         pend = ctx.extra.get("tm") if ctx.extra else None
         if not (pend and pend.get("on_branch")) and not getattr(S.script, "has_onsend_route", False):
-            return _relay_new(ctx, ruri, dst)
+            return _relay_new(ctx, ruri, dst, sock)
         rc = t_newtran(ctx)
         if rc <= 0:
             return 0 if rc == 0 else -1
@@ -90,9 +125,8 @@ def t_relay(ctx, host=None, port=None):
                 return -1
         bno = len(cell.branches)
         vb = make_branch(h.index, h.label, bno)
-        sock = msg.sock or 0
         ip, p = sock_addr(ctx.proc, sock)
-        data = build_request_fwd(msg, ruri, via_line(ip, p, vb))
+        data = build_request_fwd(msg, ruri, via_line(ip, p, vb, _transport(sock)))
         if getattr(S.script, "has_onsend_route", False) and not run_onsend(ctx, data, dst, sock):
             raise _SendDropped()
         fr = min(now() + cell.fr_ms / 1000.0, cell.eol)
@@ -164,6 +198,7 @@ def _run_droppable(ctx, run, what, *args, route_type=None):
 # Kamailio's error.h codes and err2reason_phrase texts for what t_relay can fail on
 E_BAD_ADDRESS = (478, "Unresolvable destination")
 E_SEND = (477, "Unfortunately error on sending to next hop occurred")
+E_NO_SOCKET = (500, "No socket to send from")
 
 
 def record_error(ctx, err):
@@ -193,7 +228,7 @@ def relay_error(ctx, err):
     return -1
 
 
-def _relay_new(ctx, ruri, dst):
+def _relay_new(ctx, ruri, dst, sock):
     """The common case, t_relay() with no transaction yet: the cell is stored
     once, already holding its first branch (one table insert, no re-read)."""
     msg = ctx.msg
@@ -204,7 +239,6 @@ def _relay_new(ctx, ruri, dst):
         log.err(MOD, f"cannot create transaction: {e!r}")
         return -1
     cell.key = key
-    sock = msg.sock or 0
     ip, p = sock_addr(ctx.proc, sock)
     out = []
     if cell.flags & F_INVITE and S.auto_inv_100:
@@ -220,7 +254,7 @@ def _relay_new(ctx, ruri, dst):
 
     def make(index, label):
         vb = make_branch(index, label, 0)
-        data = build_request_fwd(msg, ruri, via_line(ip, p, vb))
+        data = build_request_fwd(msg, ruri, via_line(ip, p, vb, _transport(sock)))
         cell.branches.append([ruri, list(dst), sock, vb, data, 0, b"", 0, fr])
         made.append(data)
         return cell.encode()
@@ -259,21 +293,23 @@ def _run_branch_route(ctx, h, cell):
                           route_type=BRANCH_ROUTE)
 
 
-def _forward_ack(ctx, host, port):
+def _forward_ack(ctx, host, port, proto=None):
     """ACK for a 2xx is end to end: forwarded statelessly (Kamailio t_relay on
     an ACK without transaction)."""
     msg = ctx.msg
     try:
-        ruri, dst = _target(msg, host, port)
+        ruri, dst, proto = _target(msg, host, port, proto)
     except Exception:
         return -1
     if dst is None:
         return -1
+    sock = out_sock(msg, proto, dst)
+    if sock is None:
+        return -1
     v = msg.via1
     br = "z9hG4bKsl%x" % (hash((S.secret, v.branch if v else msg.callid, msg.cseq_num)) & 0xFFFFFFFF)
-    sock = msg.sock or 0
     ip, p = sock_addr(ctx.proc, sock)
-    data = build_request_fwd(msg, ruri, via_line(ip, p, br))
+    data = build_request_fwd(msg, ruri, via_line(ip, p, br, _transport(sock)))
     ctx.proc.send(data, dst, sock)
     ctx.relayed = True
     return 1

@@ -82,11 +82,19 @@ def w_t_precheck_trans(ctx, site):
     return 1 if lookup_request(ctx) is not None else -1
 
 
-def w_t_relay(ctx, site, host=None, port=None):
-    rc = fwd.t_relay(ctx, host, port)
+def w_t_relay(ctx, site, host=None, port=None, proto=None):
+    rc = fwd.t_relay(ctx, host, port, proto)
     if rc > 0 and ctx.t is not None:
         ctx.t.done = True
     return rc
+
+
+def w_t_relay_to_udp(ctx, site, host=None, port=None):
+    return w_t_relay(ctx, site, host, port, "udp")
+
+
+def w_t_relay_to_tcp(ctx, site, host=None, port=None):
+    return w_t_relay(ctx, site, host, port, "tcp")
 
 
 def w_t_reply(ctx, site, code, reason):
@@ -454,8 +462,10 @@ EXPORTS = ModuleExports(
         FuncExport("t_precheck_trans", (), w_t_precheck_trans, REQUEST_ROUTE),
         FuncExport("t_relay", (), w_t_relay, RF),
         FuncExport("t_relay", (P.STR, P.INT), w_t_relay, RF),
-        FuncExport("t_relay_to_udp", (), w_t_relay, RF),
-        FuncExport("t_relay_to_udp", (P.STR, P.INT), w_t_relay, RF),
+        FuncExport("t_relay_to_udp", (), w_t_relay_to_udp, RF),
+        FuncExport("t_relay_to_udp", (P.STR, P.INT), w_t_relay_to_udp, RF),
+        FuncExport("t_relay_to_tcp", (), w_t_relay_to_tcp, RF),
+        FuncExport("t_relay_to_tcp", (P.STR, P.INT), w_t_relay_to_tcp, RF),
         FuncExport("t_reply", (P.INT, P.STR), w_t_reply, RF),
         FuncExport("t_on_failure", (P.ROUTE,), w_t_on_failure, RFB, _fixup_route),
         FuncExport("t_on_reply", (P.ROUTE,), w_t_on_reply, RFB, _fixup_route),

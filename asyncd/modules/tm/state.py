@@ -57,13 +57,14 @@ class TmState:
     """Filled in main by tm's mod_init; every child inherits it by fork."""
     __slots__ = ("script", "table", "timers", "secret", "fr_ms", "fr_inv_ms", "wt_ms", "t1", "t2",
                  "max_inv_ms", "max_noninv_ms", "auto_inv_100", "auto_inv_100_reason",
-                 "failure_reply_mode", "proc", "addrs", "claims", "claim0", "mine")
+                 "failure_reply_mode", "proc", "addrs", "claims", "claim0", "mine", "reliable")
 
     def __init__(self):
         self.script = self.table = self.timers = self.proc = self.claims = None
         self.addrs = {}
         self.mine = -1
         self.claim0 = 0
+        self.reliable = frozenset()
 
     def configure(self, script, mp):
         """tm's mod_init: `mp` holds every modparam of the export table."""
@@ -83,6 +84,10 @@ class TmState:
                                 rundir=lambda: script.rundir)
         self.proc = None
         self.addrs = {}
+        # sockets on a reliable transport: no retransmission timers there (RFC 3261
+        # 17.1.1.2 timer A, 17.1.2.2 timer E, 17.2.1 timer G are for unreliable ones)
+        self.reliable = frozenset(i for i, a in enumerate(getattr(script, "sock_addrs", None) or ())
+                                  if a[0] != "udp")
         off = script.shm.static_alloc(8 * CLAIM_SLOTS, align=8)
         self.claims = script.shm.qwords      # the arena's own view (released with it): no slice
         self.claim0 = off >> 3

@@ -80,6 +80,8 @@ def _retr_request(h, cell, bno, interval):
     if interval == S.t1 and not (cell.flags & F_INVITE and br[BR_FLAGS] & B_PROV):
         # first run: the branch outlived T1, now its fr timer is worth a heap entry
         h.timers.append([K_FR, br[BR_FR], h.index, h.label, bno, 0])
+    if br[BR_SOCK] in S.reliable:
+        return                                  # timers A/E are for unreliable transports only
     if cell.flags & F_INVITE:
         if br[BR_FLAGS] & B_PROV:
             return
@@ -97,7 +99,8 @@ def _retr_reply(h, cell, started_ms, interval):
     if time.monotonic() * 1000 - started_ms >= 64 * S.t1:
         arm_wait(h, cell)
         return
-    h.out.append((cell.uas_reply, tuple(cell.reply_to), cell.sock))
+    if cell.sock not in S.reliable:             # timer G: unreliable transports only; H still runs
+        h.out.append((cell.uas_reply, tuple(cell.reply_to), cell.sock))
     nxt = min(interval * 2, S.t2)
     h.timers.append([K_RPL, time.monotonic() + nxt / 1000.0, h.index, h.label, started_ms, nxt])
 
