@@ -70,13 +70,14 @@ TABLE = {
     "route_locks_size": ("int", 0), "ip_free_bind": ("int", 0), "local_rport": ("bool", 0),
     "fork_delay": ("int", 0), "exit_timeout": ("int", 60), "dst_blocklist_init": ("bool", 1),
     "use_dst_blocklist": ("bool", 0), "dst_blacklist_init": ("bool", 1),
-    # TCP (docs/kamailio-tcp.md): Kamailio's names and defaults; tcp_children 0 = `children`
+    # TCP (docs/kamailio-tcp.md): Kamailio's names and defaults (tcp_accept_iplimit and
+    # tcp_msg_read_timeout are Kamailio 5.7.3's); tcp_children 0 = `children`
     "tcp_children": ("int", 0), "tcp_max_connections": ("int", 2048),
     "tcp_accept_iplimit": ("int", 1024), "tcp_connection_lifetime": ("int", 120),
     "tcp_connect_timeout": ("int", 10), "tcp_send_timeout": ("int", 10),
     "tcp_msg_read_timeout": ("int", 20), "tcp_accept_no_cl": ("bool", 0),
     "tcp_crlf_ping": ("bool", 1), "tcp_conn_wq_max": ("int", 32 * 1024),
-    "tcp_no_connect": ("bool", 0),
+    "tcp_no_connect": ("bool", 0), "tcp_rd_buf_size": ("int", 16384),
     # asyncd's own (docs/architecture.md, "Respawn"): Kamailio has no respawn
     "respawn": ("bool", 1), "respawn_max": ("int", 5), "respawn_window": ("int", 10),
 }

@@ -30,7 +30,7 @@ import mmap
 import socket
 import struct
 
-MAX_MSG = 65535           # Kamailio's BUF_SIZE: the largest message over a stream (tcp_read.c)
+MAX_MSG = 65535           # the largest message a channel carries (Kamailio's BUF_SIZE)
 CHAN_BUF = 8 << 20        # send buffer of each channel
 CHAN_DGRAM = MAX_MSG + 512
 
@@ -97,7 +97,8 @@ class TcpConf:
         self.msg_read_timeout = get("tcp_msg_read_timeout", 20)
         self.accept_no_cl = bool(get("tcp_accept_no_cl", 0))
         self.crlf_ping = bool(get("tcp_crlf_ping", 1))
-        self.max_msg = get("tcp_max_msg_size", MAX_MSG) or MAX_MSG
+        # Kamailio reads a message into one tcp_rd_buf_size buffer: the largest is one byte less
+        self.max_msg = max(256, min(get("tcp_rd_buf_size", 16384), MAX_MSG + 1) - 1)
         self.conn_wq_max = get("tcp_conn_wq_max", 32 * 1024)
         self.no_connect = bool(get("tcp_no_connect", 0))
 
