@@ -23,14 +23,16 @@ class RrState:
     """The append_fromtag modparam: set in main by mod_init, inherited by
     every child. (The addresses that mean us are cached per process in
     proc.extra["rr_ours"]: they come from that process's sockets.)"""
-    __slots__ = ("append_fromtag",)
+    __slots__ = ("append_fromtag", "double_rr")
 
     def __init__(self):
         self.append_fromtag = None
+        self.double_rr = 1
 
     def configure(self, mp):
         """`mp` holds every modparam of the export table."""
         self.append_fromtag = bool(mp["append_fromtag"])
+        self.double_rr = int(mp["enable_double_rr"])
 
 
 S = RrState()
@@ -74,19 +76,53 @@ def is_myself(ctx, uri):
     return (host, u.port or 5060) in _our_addrs(ctx)
 
 
+def _rr_uri(ip, port, proto, tail):
+    """Our Record-Route URI for a socket: `;transport=` for anything but UDP (a
+    later in-dialog request must reach us over the same transport)."""
+    host = "[%s]" % ip if ":" in ip else ip
+    tp = "" if proto in (None, "udp") else ";transport=" + proto
+    return "sip:%s:%d%s%s" % (host, port, tp, tail)
+
+
+class _DoubleRR:
+    """Kamailio's enable_double_rr: when a request leaves from another socket
+    (UDP in, TCP out; another interface) than it came on, two Record-Routes
+    with `;r2=on`, the outbound one on top, so each side of the dialog routes
+    back to the socket it knows (rr's record_route and loose_route, r2).
+    Called by tm for the socket a branch leaves from."""
+    __slots__ = ("pos", "inbound", "tail", "addrs", "always")
+
+    def __init__(self, pos, inbound, tail, addrs, always):
+        self.pos, self.inbound, self.tail, self.addrs, self.always = pos, inbound, tail, addrs, always
+
+    def __call__(self, sock):
+        """(outbound RR line, inbound RR line) replacing our single one, or None."""
+        if not 0 <= sock < len(self.addrs):
+            return None
+        out = self.addrs[sock]
+        if out == self.inbound and not self.always:
+            return None
+        line = "Record-Route: <%s>\r\n"
+        tail = ";r2=on" + self.tail
+        return (line % _rr_uri(out[1], out[2], out[0], tail),
+                line % _rr_uri(self.inbound[1], self.inbound[2], self.inbound[0], tail))
+
+
 def record_route(ctx, params=None):
     msg = ctx.msg
     ip, port = msg.dst[0], msg.dst[1]
-    uri = "sip:%s:%d;lr" % (ip, port)
+    tail = ";lr"
     try:
         ft = msg.from_tag
     except Exception:
         ft = None
     if ft and S.append_fromtag:
-        uri += ";ftag=" + ft
+        tail += ";ftag=" + ft
     if params:
-        uri += params if params.startswith(";") else ";" + params
+        tail += params if params.startswith(";") else ";" + params
+    uri = _rr_uri(ip, port, msg.proto, tail)
     existing = msg.hdrs("record-route")
+    pos = len(msg.hdr_adds)
     if existing and "record-route" not in msg.hdr_removes:
         # ours must be the topmost value (RFC 3261 16.6 step 4) but added headers
         # go last: move the received ones after it, order kept
@@ -95,6 +131,9 @@ def record_route(ctx, params=None):
         msg.hdr_adds.extend("Record-Route: %s\r\n" % v for v in existing)
     else:
         msg.hdr_adds.append("Record-Route: <%s>\r\n" % uri)
+    addrs = getattr(ctx.proc.script, "sock_addrs", None)
+    if S.double_rr and addrs and 0 <= (msg.sock or 0) < len(addrs):
+        msg.rr_out = _DoubleRR(pos, addrs[msg.sock or 0], tail, addrs, S.double_rr == 2)
     return 1
 
 
@@ -117,6 +156,8 @@ def loose_route(ctx):
     if is_myself(ctx, first):
         routes.pop(0)
         changed = True
+        if routes and ";r2=on" in first.lower() and is_myself(ctx, _uri_of(routes[0])):
+            routes.pop(0)       # the other half of our double Record-Route
         if not routes:
             msg.hdr_removes.add("route")
             return 1            # last hop of the route set: route by the R-URI
@@ -164,8 +205,9 @@ EXPORTS = ModuleExports(
         FuncExport("record_route", (P.STR,), w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
         FuncExport("loose_route", (), w_loose_route, REQUEST_ROUTE),
     ],
-    # Kamailio's rr modparams, accepted so stock cfgs load unchanged; only
-    # append_fromtag changes what asyncd does (no ;ftag= when 0).
+    # Kamailio's rr modparams, accepted so stock cfgs load unchanged; append_fromtag
+    # (no ;ftag= when 0) and enable_double_rr (0 never, 1 when the sockets differ, 2 always)
+    # change what asyncd does.
     params=[ParamExport("enable_full_lr", int, 0), ParamExport("append_fromtag", int, 1),
             ParamExport("enable_double_rr", int, 1), ParamExport("add_username", int, 0),
             ParamExport("enable_socket_mismatch_warning", int, 1),
