@@ -37,7 +37,8 @@ import time
 from collections import deque
 
 from asyncd.core import log
-from asyncd.ipc.tcp import (OP_ALIAS, OP_CLOSE, OP_SEND_NC, S, pack_rx, unpack_tx)
+from asyncd.ipc.tcp import (OP_ALIAS, OP_CLOSE, OP_SEND, OP_SEND_NC, S, SND_CLOSE, SND_NO_CONNECT,
+                            pack_rx, unpack_tx)
 from asyncd.sip import SipParseError, build_reply, parse_msg
 from asyncd.sip.stream import BAD, MSG, PING, StreamFramer
 
@@ -372,6 +373,9 @@ class TcpMain:
 
     def handle_tx(self, buf):
         op, conid, index, ip, port, data = unpack_tx(buf)
+        flags, op = op >> 4, op & 15
+        if op == OP_SEND_NC:
+            op, flags = OP_SEND, flags | SND_NO_CONNECT
         c = self.conns.get(conid) if conid else None
         if op == OP_ALIAS:
             if c is not None and (ip, port) not in self.by_addr:
@@ -392,14 +396,19 @@ class TcpMain:
                 ip, port = alt
                 c = self.by_addr.get(alt)
         if c is None:
-            if op == OP_SEND_NC or self.conf.no_connect:
+            if flags & SND_NO_CONNECT or self.conf.no_connect:
                 log.warn(MOD, f"tcp: no connection to {ip}:{port} and connecting is not "
                               f"allowed: message dropped")
                 return
             c = self.connect(index, ip, port)
             if c is None:
                 return
-        self.queue(c, data)
+        if self.queue(c, data) and flags & SND_CLOSE and c.id in self.conns:
+            c.closing = True                    # set_*_close(): once what is queued is written
+            if not c.out:
+                self.close(c, None)
+            else:
+                self.set_events(c)
 
     def connect(self, index, ip, port):
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -408,7 +417,8 @@ class TcpMain:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         local = self.addrs.get(index)
         try:
-            if local and local[0] not in ("0.0.0.0", "::") and (":" in local[0]) == (family == socket.AF_INET6):
+            same_family = local and (":" in local[0]) == (family == socket.AF_INET6)
+            if same_family and local[0] not in ("0.0.0.0", "::"):
                 s.bind((local[0], 0))
             rc = s.connect_ex((ip, port))
         except OSError as e:

@@ -149,13 +149,83 @@ def w_log_2(ctx, site, level, text):
     return 1
 
 
+# TCP send flags (Kamailio's SND_F_FORCE_CON_REUSE / SND_F_CON_CLOSE, src/core/ip_addr.h):
+# set on the message, honoured where a reply (rpl_flags) or a forwarded request
+# (fwd_flags) is handed to tcp main (asyncd.ipc.tcp SND_NO_CONNECT, SND_CLOSE)
+_NO_CONNECT, _CLOSE = 1, 2
+
+
 def w_set_reply_no_connect(ctx, site):
-    """set_reply_no_connect() & co. tune TCP connections; asyncd is UDP-only,
-    so they succeed and change nothing (stock kamailio.cfg calls one)."""
+    """A reply to this request uses the connection it came on, or none: never a new one."""
+    ctx.msg.rpl_flags |= _NO_CONNECT
     return 1
 
 
-w_set_forward_no_connect = w_set_reply_close = w_set_forward_close = w_set_reply_no_connect
+def w_set_forward_no_connect(ctx, site):
+    """The forwarded request uses an open connection to the next hop, or fails."""
+    ctx.msg.fwd_flags |= _NO_CONNECT
+    return 1
+
+
+def w_set_reply_close(ctx, site):
+    """The connection the request came on is closed once the reply is written."""
+    ctx.msg.rpl_flags |= _CLOSE
+    return 1
+
+
+def w_set_forward_close(ctx, site):
+    """The connection the request goes out on is closed once it is written."""
+    ctx.msg.fwd_flags |= _CLOSE
+    return 1
+
+
+def w_force_tcp_alias(ctx, site, port=None):
+    """Kamailio's force_tcp_alias([port]): whatever is sent to the source IP and
+    `port` (default: the top Via's port, else 5060) reuses the connection this
+    request came on (phones behind NAT listen on the Via port but connect from
+    another one). -1 for a request that did not come over TCP."""
+    msg = ctx.msg
+    if msg.proto != "tcp" or not msg.conid:
+        return -1
+    if port is None:
+        v = msg.via1
+        port = (v.port if v is not None else None) or 5060
+    try:
+        ctx.proc.sockets[msg.sock].alias(msg.conid, msg.src[0], int(port))
+    except (AttributeError, IndexError, OSError, ValueError) as e:
+        log.err("core", f"force_tcp_alias(): {e!r}", where=site.loc.where)
+        return -1
+    return 1
+
+
+def w_force_send_socket(ctx, site, spec):
+    """force_send_socket([proto:]ip[:port]): forwarded requests leave from this
+    listen socket (Kamailio's FORCE_SEND_SOCKET_T); -1 when it is not one of ours."""
+    index = _find_socket(ctx.proc.script, str(spec))
+    if index is None:
+        log.err("core", f"force_send_socket(): '{spec}' is not a listen socket", where=site.loc.where)
+        return -1
+    ctx.msg.force_sock = index
+    return 1
+
+
+def _find_socket(script, spec):
+    text = spec.strip()
+    proto = None
+    low = text.lower()
+    for p in ("udp", "tcp", "tls", "sctp"):
+        if low.startswith(p + ":"):
+            proto, text = p, text[len(p) + 1:]
+            break
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = text.partition(":")
+    for i, (p, ip, pt) in enumerate(getattr(script, "sock_addrs", None) or ()):
+        if (proto is None or p == proto) and ip == host and (not port or int(port) == pt):
+            return i
+    return None
 
 
 def w_add_local_rport(ctx, site):
@@ -199,6 +269,9 @@ EXPORTS = ModuleExports(
         FuncExport("set_forward_no_connect", (), w_set_forward_no_connect),
         FuncExport("set_reply_close", (), w_set_reply_close),
         FuncExport("set_forward_close", (), w_set_forward_close),
+        FuncExport("force_tcp_alias", (), w_force_tcp_alias),
+        FuncExport("force_tcp_alias", (P.INT,), w_force_tcp_alias),
+        FuncExport("force_send_socket", (P.STR,), w_force_send_socket),
         FuncExport("log", (P.STR,), w_log_1),
         FuncExport("log", (P.INT, P.STR), w_log_2),
         FuncExport("true", (), w_true),

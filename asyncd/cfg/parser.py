@@ -463,6 +463,10 @@ class Parser:
                 self.advance()
                 self.advance()
                 args = []
+                if t.value == "force_send_socket" and self.tok.kind in (ID, IPV4, IPV6, INT):
+                    # Kamailio's grammar takes the socket unquoted: force_send_socket(tcp:IP:PORT)
+                    ploc = self.loc(self.tok)
+                    args.append(N.Const(self.param_value(), loc=ploc))
                 if not self.tok.is_op(")"):
                     while True:
                         args.append(self.expression())

@@ -34,8 +34,9 @@ MAX_MSG = 65535           # the largest message a channel carries (Kamailio's BU
 CHAN_BUF = 8 << 20        # send buffer of each channel
 CHAN_DGRAM = MAX_MSG + 512
 
-# op of a frame to tcp main
+# op of a frame to tcp main (low nibble), and send flags (high nibble, from a 3-tuple address)
 OP_SEND, OP_SEND_NC, OP_ALIAS, OP_CLOSE = 1, 2, 3, 4
+SND_NO_CONNECT, SND_CLOSE = 1, 2
 
 _TX = struct.Struct("<BIHHB")    # op, conid, sock index, port, len(ip); then ip, data
 _RX = struct.Struct("<IHHB")     # conid, sock index, peer port, len(ip); then ip, message
@@ -117,6 +118,10 @@ class TcpSender:
         return self.addr
 
     def sendto(self, data, addr, op=OP_SEND, conid=0):
+        """addr is (ip, port) or (ip, port, flags): SND_NO_CONNECT (set_*_no_connect(): use an
+        open connection or drop), SND_CLOSE (set_*_close(): close it once this is written)."""
+        if len(addr) > 2:
+            op |= addr[2] << 4
         b = addr[0].encode()
         self.chan.send(_TX.pack(op, conid, self.index, int(addr[1]), len(b)) + b + data)
         return len(data)

@@ -280,6 +280,7 @@ PVS = [
     PvExport("Rp", _dst(1), None, None, False),
     PvExport("pr", _const(lambda c: c.msg.proto), None, None, False),
     PvExport("proto", _const(lambda c: c.msg.proto), None, None, False),
+    PvExport("conid", _const(lambda c: c.msg.conid or None), None, None, False),
     PvExport("ua", _hdr_first("User-Agent"), None, None, False),
     PvExport("du", _du, _du_set, None, False),
     PvExport("mb", _mb, None, None, False),

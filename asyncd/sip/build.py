@@ -77,8 +77,9 @@ def reply_addr(msg):
     replies never go to an address the request merely names (reflection)."""
     if msg.proto != "udp":
         # a stream: back over the connection the request came on, which tcp main
-        # finds by this peer address (RFC 3261 18.2.2; it falls back to the Via)
-        return msg.src
+        # finds by this peer address (RFC 3261 18.2.2; it falls back to the Via);
+        # set_reply_no_connect()/set_reply_close() ride along as a third item
+        return (msg.src[0], msg.src[1], msg.rpl_flags) if msg.rpl_flags else msg.src
     v = msg.via1
     if v.rport is not None or msg.force_rport:
         return (msg.src[0], msg.src[1])

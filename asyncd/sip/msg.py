@@ -62,6 +62,9 @@ class SipMsg:
     faked = False           # the core faked request (faked_request): no transaction, no suspend
     flags = 0
     conid = 0               # $conid: the TCP connection it came on (0: UDP)
+    fwd_flags = rpl_flags = 0   # TCP send flags: set_forward_no_connect() & co. (core_funcs)
+    force_sock = None       # force_send_socket(): index of the socket requests leave from
+    rr_out = None           # rr: builds the outbound Record-Route of a double RR (rr.record_route)
     body = b""
     _vias1 = _cseq = _cl = _callid = None
     _via_v = _cseq_v = None  # the top Via and CSeq values, cut out by the eager pass

@@ -64,7 +64,7 @@ def out_sock(msg, proto, dst):
     get_send_socket): force_send_socket() when the script set one, else the
     one the request came on when its protocol matches, else the first listen
     socket of that protocol and address family; None when there is none."""
-    forced = getattr(msg, "force_sock", None)
+    forced = msg.force_sock
     if forced is not None:
         return forced
     sock = msg.sock or 0
@@ -78,6 +78,21 @@ def out_sock(msg, proto, dst):
         if p == proto and (":" in ip) == v6:
             return i
     return None
+
+
+def _fwd_data(msg, ruri, via, sock):
+    """The request as this branch sends it; with a double Record-Route when
+    rr asked for one and the branch leaves from another socket (rr._DoubleRR)."""
+    rr = msg.rr_out
+    pair = rr(sock) if rr is not None else None
+    if pair is None:
+        return build_request_fwd(msg, ruri, via)
+    adds = msg.hdr_adds
+    msg.hdr_adds = adds[:rr.pos] + list(pair) + adds[rr.pos + 1:]
+    try:
+        return build_request_fwd(msg, ruri, via)
+    finally:
+        msg.hdr_adds = adds
 
 
 def _transport(sock):
@@ -102,6 +117,8 @@ def t_relay(ctx, host=None, port=None, proto=None):
     if sock is None:
         log.err(MOD, f"no {proto} socket to send to {dst[0]}:{dst[1]}")
         return relay_error(ctx, E_NO_SOCKET)
+    if msg.fwd_flags and sock in S.reliable:
+        dst = (dst[0], dst[1], msg.fwd_flags)     # set_forward_no_connect()/_close(): for tcp main
     if ctx.t is None:
         pend = ctx.extra.get("tm") if ctx.extra else None
         if not (pend and pend.get("on_branch")) and not getattr(S.script, "has_onsend_route", False):
@@ -126,7 +143,7 @@ def t_relay(ctx, host=None, port=None, proto=None):
         bno = len(cell.branches)
         vb = make_branch(h.index, h.label, bno)
         ip, p = sock_addr(ctx.proc, sock)
-        data = build_request_fwd(msg, ruri, via_line(ip, p, vb, _transport(sock)))
+        data = _fwd_data(msg, ruri, via_line(ip, p, vb, _transport(sock)), sock)
         if getattr(S.script, "has_onsend_route", False) and not run_onsend(ctx, data, dst, sock):
             raise _SendDropped()
         fr = min(now() + cell.fr_ms / 1000.0, cell.eol)
@@ -254,7 +271,7 @@ def _relay_new(ctx, ruri, dst, sock):
 
     def make(index, label):
         vb = make_branch(index, label, 0)
-        data = build_request_fwd(msg, ruri, via_line(ip, p, vb, _transport(sock)))
+        data = _fwd_data(msg, ruri, via_line(ip, p, vb, _transport(sock)), sock)
         cell.branches.append([ruri, list(dst), sock, vb, data, 0, b"", 0, fr])
         made.append(data)
         return cell.encode()
@@ -306,10 +323,12 @@ def _forward_ack(ctx, host, port, proto=None):
     sock = out_sock(msg, proto, dst)
     if sock is None:
         return -1
+    if msg.fwd_flags and sock in S.reliable:
+        dst = (dst[0], dst[1], msg.fwd_flags)
     v = msg.via1
     br = "z9hG4bKsl%x" % (hash((S.secret, v.branch if v else msg.callid, msg.cseq_num)) & 0xFFFFFFFF)
     ip, p = sock_addr(ctx.proc, sock)
-    data = build_request_fwd(msg, ruri, via_line(ip, p, br, _transport(sock)))
+    data = _fwd_data(msg, ruri, via_line(ip, p, br, _transport(sock)), sock)
     ctx.proc.send(data, dst, sock)
     ctx.relayed = True
     return 1

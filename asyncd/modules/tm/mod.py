@@ -283,6 +283,9 @@ def _get_T_rpl(ctx, spec, index):
 _SND_NAMES = ("ip", "port", "proto", "sproto", "af", "buf", "len")
 
 
+_PROTO_IDS = {"udp": 1, "tcp": 2, "tls": 3, "sctp": 4}      # Kamailio's PROTO_* (src/core/ip_addr.h)
+
+
 def _parse_snd(inner):
     if inner not in _SND_NAMES:
         raise ValueError(f"unknown $snd name '{inner}' (one of {', '.join(_SND_NAMES)})")
@@ -298,10 +301,10 @@ def _get_snd(ctx, spec, index):
         return ip
     if spec == "port":
         return port
-    if spec == "proto":
-        return 1                            # PROTO_UDP
-    if spec == "sproto":
-        return "udp"
+    if spec in ("proto", "sproto"):
+        addrs = getattr(S.script, "sock_addrs", None) or ()
+        proto = addrs[_sock][0] if _sock < len(addrs) else "udp"
+        return proto if spec == "sproto" else _PROTO_IDS.get(proto, 0)
     if spec == "af":
         return 10 if ":" in ip else 2       # AF_INET6 / AF_INET
     if spec == "buf":
