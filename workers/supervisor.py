@@ -312,7 +312,8 @@ class Supervisor:
                 self.tcp.listen[index] = s
                 self.sockets.append(self.tcp.sender(index, s.getsockname()[:2]))
             self.sock_addrs.append((proto, ip, port))
-        lines = "\n".join(f"             {proto}: {sock_name(ip, port)}" for proto, ip, port in self.sock_addrs)
+        lines = "\n".join(f"             {proto}: {sock_name(ip, port)}"
+                          for proto, ip, port in self.sock_addrs)
         sys.stdout.write(f"Listening on \n{lines}\nAliases: \n\n")
         sys.stdout.flush()
 
@@ -723,8 +724,6 @@ def _child_log_exc(text):
     if log.enabled(log.L_ERR):
         for line in traceback.format_exc().rstrip().splitlines():
             log.log(log.L_ERR, MOD, line)
-
-
 
 
 def _worker_one_init(script, proc):

@@ -118,7 +118,8 @@ def _reply_to(msg, code, reason, extra=()):
     keep = [ln for ln in lines if ln.split(":", 1)[0].lower() in
             ("via", "from", "to", "call-id", "cseq", "record-route")]
     keep = [ln + ";tag=uas1" if ln.lower().startswith("to:") and "tag=" not in ln else ln for ln in keep]
-    return ("\r\n".join([f"SIP/2.0 {code} {reason}"] + keep + list(extra) + ["Content-Length: 0", "", ""])).encode()
+    lines = [f"SIP/2.0 {code} {reason}"] + keep + list(extra) + ["Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode()
 
 
 def test_pvs_and_proto_condition_over_tcp_and_udp(run_server):
