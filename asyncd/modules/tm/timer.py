@@ -99,7 +99,9 @@ def _retr_reply(h, cell, started_ms, interval):
     if time.monotonic() * 1000 - started_ms >= 64 * S.t1:
         arm_wait(h, cell)
         return
-    if cell.sock not in S.reliable:             # timer G: unreliable transports only; H still runs
+    if cell.sock not in S.reliable or cell.uas_status < 300:
+        # timer G is for unreliable transports only (H still runs); a 2xx of our own is
+        # retransmitted on every transport (RFC 3261 13.3.1.4; docs/kamailio-tcp.md §7)
         h.out.append((cell.uas_reply, tuple(cell.reply_to), cell.sock))
     nxt = min(interval * 2, S.t2)
     h.timers.append([K_RPL, time.monotonic() + nxt / 1000.0, h.index, h.label, started_ms, nxt])
