@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from tests.helpers import REPO_ROOT, free_udp_port
+from tests.helpers.sipclient import build_request
 from tests.integration.test_server import SL_CFG, receiver_titles
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -87,7 +88,9 @@ def test_embedded_default_cfg_shows_the_async_module(run_server, sip_client):
         assert titles[0] == "asyncd: main process - attendant"
         assert sorted(titles[1:]) == sorted(receiver_titles(srv.port, 2) + [
             "asyncd: Async Task Worker - default", "asyncd: Async Task Worker - default",
-            "asyncd: Async Task Worker - tkv", "asyncd: timer", "asyncd: ASYNC MOD TIMER"])
+            "asyncd: Async Task Worker - tkv", "asyncd: timer", "asyncd: ASYNC MOD TIMER",
+            "asyncd: tcp receiver (generic) child=0", "asyncd: tcp receiver (generic) child=1",
+            "asyncd: tcp main process"])
         c = sip_client(srv.addr)
         # keepalive: stateless, straight from the receiver
         r = c.final("OPTIONS", ruri=f"sip:127.0.0.1:{srv.port}")
@@ -103,6 +106,18 @@ def test_embedded_default_cfg_shows_the_async_module(run_server, sip_client):
         m = srv.wait_log(r"\d+\((\d+)\) INFO: <script> .*tkv event: type=1 key=MESSAGE val=from=tester "
                          r"to=test call-id=%s" % re.escape(callid))
         assert " ".join(psutil.Process(int(m.group(1))).cmdline()).strip() == "asyncd: Async Task Worker - tkv"
+        # over TCP too: the reply comes back on the connection from the task worker
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as t:
+            data, _, callid = build_request("MESSAGE", f"sip:test@127.0.0.1:{srv.port}",
+                                            t.getsockname(), body="hello", rport=False)
+            t.sendall(data.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP", 1))
+            got = b""
+            while b"Content-Length: 0\r\n\r\n" not in got:
+                chunk = t.recv(65536)
+                assert chunk, f"connection closed; got {got!r}"
+                got += chunk
+        assert got.startswith(b"SIP/2.0 200 OK") and callid.encode() in got
+        srv.wait_log(r"resumed MESSAGE from tester \(call-id %s\)" % re.escape(callid))
         # no ZeroMQ context or other thread in the attendant, even with every role running
         assert psutil.Process(srv.pid).num_threads() == 1
         assert srv.stop() == 0 and srv.stop_elapsed < 2.0
