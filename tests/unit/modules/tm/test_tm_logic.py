@@ -558,3 +558,34 @@ def test_branch_route_runs_per_branch_and_drop_cancels_it(net_factory):
     assert not _reqs(net, net.uas[0], "MESSAGE"), "a dropped branch is never sent"
     from asyncd.core.route_types import BRANCH_ROUTE
     assert seen == [BRANCH_ROUTE, BRANCH_ROUTE]
+
+
+def test_reply_lumps_go_into_a_local_reply_once(net_factory):
+    """append_to_reply before t_reply, and in a resumed route before its reply: each
+    header once, as Kamailio's build_res_buf_from_sip_req adds msg->reply_lump
+    (src/core/msg_translator.c)."""
+    state = {}
+
+    def request(ctx):
+        tm_api.t_newtran(ctx)
+        ctx.msg.reply_lumps.append("X-Where: request\r\n")
+        if ctx.msg.method == "OPTIONS":
+            return tm_api.t_reply(ctx, 200, "OK")
+        state["id"] = tm_api.t_suspend(ctx)[1:]
+        return 0
+
+    def resumed(ctx):
+        ctx.msg.reply_lumps.append("X-Where: resumed\r\n")
+        tm_api.t_reply(ctx, 202, "Accepted")
+
+    net = net_factory({"request": request}, {"wt_timer": 200})
+    opt, _, _ = build_request("OPTIONS", "sip:bob@127.0.0.1", net.uac.getsockname())
+    net.send(net.uac, opt)
+    assert net.run(1, lambda: _rpls(net, net.uac, 200))
+    assert _rpls(net, net.uac, 200)[0].hdrs("x-where") == ["request"]
+    msg, _, _ = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(), body="x")
+    net.send(net.uac, msg)
+    assert net.run(1, lambda: "id" in state)
+    assert tm_api.t_continue(net.proc, *state["id"], resumed) == 0
+    assert net.run(1, lambda: _rpls(net, net.uac, 202))
+    assert _rpls(net, net.uac, 202)[0].hdrs("x-where") == ["request", "resumed"]
