@@ -589,3 +589,24 @@ def test_reply_lumps_go_into_a_local_reply_once(net_factory):
     assert tm_api.t_continue(net.proc, *state["id"], resumed) == 0
     assert net.run(1, lambda: _rpls(net, net.uac, 202))
     assert _rpls(net, net.uac, 202)[0].hdrs("x-where") == ["request", "resumed"]
+
+
+def test_resumed_request_keeps_its_transport(net_factory):
+    """$proto in a resumed route is the transport the request came on (Kamailio's
+    fake_req copies msg->rcv, src/modules/tm/t_reply.c): a request received on a
+    TCP socket is not re-read as UDP."""
+    state = {}
+
+    def request(ctx):
+        tm_api.t_newtran(ctx)
+        state["id"] = tm_api.t_suspend(ctx)[1:]
+        return 0
+
+    net = net_factory({"request": request}, {"wt_timer": 200})
+    net.script.sock_addrs = [("tcp", *net.paddr)]    # socket 0 as main lists it: a TCP one
+    msg, _, _ = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(), body="x")
+    net.send(net.uac, msg)
+    assert net.run(1, lambda: "id" in state)
+    seen = []
+    assert tm_api.t_continue(net.proc, *state["id"], lambda ctx: seen.append(ctx.msg.proto)) == 0
+    assert seen == ["tcp"]
