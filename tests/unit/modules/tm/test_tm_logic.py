@@ -610,3 +610,18 @@ def test_resumed_request_keeps_its_transport(net_factory):
     seen = []
     assert tm_api.t_continue(net.proc, *state["id"], lambda ctx: seen.append(ctx.msg.proto)) == 0
     assert seen == ["tcp"]
+
+
+def test_unacked_local_final_ends_at_timer_h_not_at_the_next_g_tick(net_factory):
+    """Timer H is 64*T1 from the final reply (RFC 3261 17.2.1), whatever T2 is: with
+    T1 20 ms and T2 4 s, timer G's doubling ticks at 20, 60, 140, 300, 620, 1260 ms and
+    next at 2540 ms; H must not wait for that tick (1280 ms, then wt_timer)."""
+    net = net_factory({"request": lambda ctx: (tm_api.t_newtran(ctx), tm_api.t_reply(ctx, 486, "Busy"))[1]},
+                      {"retr_timer1": 20, "retr_timer2": 4000, "wt_timer": 100})
+    data, _, _ = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname())
+    t0 = time.monotonic()
+    net.send(net.uac, data)
+    assert net.run(0.5, lambda: _rpls(net, net.uac, 486))
+    assert net.run(3, lambda: tm_api.table_count() == 0), "never freed"
+    took = time.monotonic() - t0
+    assert 1.28 + 0.1 <= took < 1.28 + 0.1 + 0.4, took
