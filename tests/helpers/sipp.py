@@ -10,8 +10,9 @@ retransmissions" means (TESTING-NOTES.md).
 `transport` is SIPp's `-t` mode: None keeps SIPp's default (u1: UDP),
 "t1" is TCP over one connection, "tn" TCP with a connection per call.
 SIPp's default `-max_socket` (50000) is above the usual `ulimit -n`; over
-TCP it then warns and exits 1, so every TCP run passes a limit that fits. `trace_msg=True` keeps the messages SIPp sent and
-received (`-trace_msg`) in `SippResult.messages` / `SippUas.messages()`.
+TCP it then warns and exits 1, so every TCP run passes a limit that fits.
+`trace_msg=True` keeps the messages SIPp sent and received (`-trace_msg`)
+in `SippResult.messages` / `SippUas.messages()`.
 """
 import os
 import shutil
