@@ -14,7 +14,7 @@ so any process finds it with no search (tm/reply.py). Kamailio: t_lookup.c
 (t_lookup_request, matching_3261), t_funcs.h (the branch).
 """
 from asyncd.modules.tm.cell import Handle
-from asyncd.modules.tm.state import S
+from asyncd.modules.tm.state import S, sock_proto
 from asyncd.sip import parse_msg
 
 BRANCH_PREFIX = "z9hG4bKtm"
@@ -81,8 +81,10 @@ def lookup_request(ctx):
 
 def rebuild_request(cell, proc):
     """A private message from the stored request (Kamailio fake_req): R-URI and
-    $du as at creation, message flags and saved lumps restored."""
-    msg = parse_msg(cell.req, tuple(cell.src), tuple(cell.dst), cell.sock, "udp")
+    $du as at creation, message flags and saved lumps restored, and the
+    transport it came on ($proto), as fake_req copies msg->rcv
+    (src/modules/tm/t_reply.c)."""
+    msg = parse_msg(cell.req, tuple(cell.src), tuple(cell.dst), cell.sock, sock_proto(cell.sock))
     msg.new_uri = cell.new_uri
     msg.dst_uri = cell.dst_uri
     msg.flags = cell.msg_flags

@@ -53,9 +53,10 @@ def reply_cell(h, cell, msg, code, reason, extra_headers=()):
         msg = rebuild_request(cell, S.proc)
     if code > 100 and not cell.to_tag:
         cell.to_tag = msg.to_tag or stable_to_tag(msg)
-    extra = list(extra_headers) + list(getattr(msg, "reply_lumps", None) or ())
+    # build_reply adds msg.reply_lumps itself: once, as Kamailio's
+    # build_res_buf_from_sip_req does (src/core/msg_translator.c)
     data = build_reply(msg, code, reason, to_tag=(cell.to_tag if code > 100 else None),
-                       extra_headers=extra)
+                       extra_headers=extra_headers)
     cell.uas_status = code
     cell.uas_reply = data
     h.dirty = True

@@ -144,6 +144,12 @@ def sock_addr(proc, sock):
     return a
 
 
+def sock_proto(sock):
+    """The transport of our socket `sock` ("udp", "tcp"): that of a request it received."""
+    addrs = getattr(S.script, "sock_addrs", None)
+    return addrs[sock][0] if addrs and 0 <= sock < len(addrs) else "udp"
+
+
 # ---- what a locked section leaves behind (Handle.release calls flush) ---------
 def flush(h, locked=False):
     """Send what a locked section queued (called by Handle.release with the

@@ -96,15 +96,20 @@ def _retr_reply(h, cell, started_ms, interval):
     """Timer G until the ACK, given up after 64*T1 (Timer H), RFC 3261 17.2.1."""
     if not cell.flags & F_FINAL or cell.flags & F_ACKED or not cell.flags & F_LOCAL:
         return
-    if time.monotonic() * 1000 - started_ms >= 64 * S.t1:
+    left = started_ms + 64 * S.t1 - time.monotonic() * 1000
+    if left <= 0:
         arm_wait(h, cell)
         return
-    if cell.sock not in S.reliable or cell.uas_status < 300:
-        # timer G is for unreliable transports only (H still runs); a 2xx of our own is
+    if cell.sock in S.reliable and cell.uas_status >= 300:
+        # timer G is for unreliable transports only: on to H; a 2xx of our own is
         # retransmitted on every transport (RFC 3261 13.3.1.4; docs/kamailio-tcp.md §7)
+        nxt = int(left) + 1
+    else:
         h.out.append((cell.uas_reply, tuple(cell.reply_to), cell.sock))
-    nxt = min(interval * 2, S.t2)
-    h.timers.append([K_RPL, time.monotonic() + nxt / 1000.0, h.index, h.label, started_ms, nxt])
+        nxt = min(interval * 2, S.t2)
+    # G's interval doubles up to T2, which may pass 64*T1 by up to T2: H still fires on time
+    due = time.monotonic() + min(nxt, left) / 1000.0
+    h.timers.append([K_RPL, due, h.index, h.label, started_ms, nxt])
 
 
 def free(index, label):

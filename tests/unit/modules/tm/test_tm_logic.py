@@ -558,3 +558,70 @@ def test_branch_route_runs_per_branch_and_drop_cancels_it(net_factory):
     assert not _reqs(net, net.uas[0], "MESSAGE"), "a dropped branch is never sent"
     from asyncd.core.route_types import BRANCH_ROUTE
     assert seen == [BRANCH_ROUTE, BRANCH_ROUTE]
+
+
+def test_reply_lumps_go_into_a_local_reply_once(net_factory):
+    """append_to_reply before t_reply, and in a resumed route before its reply: each
+    header once, as Kamailio's build_res_buf_from_sip_req adds msg->reply_lump
+    (src/core/msg_translator.c)."""
+    state = {}
+
+    def request(ctx):
+        tm_api.t_newtran(ctx)
+        ctx.msg.reply_lumps.append("X-Where: request\r\n")
+        if ctx.msg.method == "OPTIONS":
+            return tm_api.t_reply(ctx, 200, "OK")
+        state["id"] = tm_api.t_suspend(ctx)[1:]
+        return 0
+
+    def resumed(ctx):
+        ctx.msg.reply_lumps.append("X-Where: resumed\r\n")
+        tm_api.t_reply(ctx, 202, "Accepted")
+
+    net = net_factory({"request": request}, {"wt_timer": 200})
+    opt, _, _ = build_request("OPTIONS", "sip:bob@127.0.0.1", net.uac.getsockname())
+    net.send(net.uac, opt)
+    assert net.run(1, lambda: _rpls(net, net.uac, 200))
+    assert _rpls(net, net.uac, 200)[0].hdrs("x-where") == ["request"]
+    msg, _, _ = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(), body="x")
+    net.send(net.uac, msg)
+    assert net.run(1, lambda: "id" in state)
+    assert tm_api.t_continue(net.proc, *state["id"], resumed) == 0
+    assert net.run(1, lambda: _rpls(net, net.uac, 202))
+    assert _rpls(net, net.uac, 202)[0].hdrs("x-where") == ["request", "resumed"]
+
+
+def test_resumed_request_keeps_its_transport(net_factory):
+    """$proto in a resumed route is the transport the request came on (Kamailio's
+    fake_req copies msg->rcv, src/modules/tm/t_reply.c): a request received on a
+    TCP socket is not re-read as UDP."""
+    state = {}
+
+    def request(ctx):
+        tm_api.t_newtran(ctx)
+        state["id"] = tm_api.t_suspend(ctx)[1:]
+        return 0
+
+    net = net_factory({"request": request}, {"wt_timer": 200})
+    net.script.sock_addrs = [("tcp", *net.paddr)]    # socket 0 as main lists it: a TCP one
+    msg, _, _ = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(), body="x")
+    net.send(net.uac, msg)
+    assert net.run(1, lambda: "id" in state)
+    seen = []
+    assert tm_api.t_continue(net.proc, *state["id"], lambda ctx: seen.append(ctx.msg.proto)) == 0
+    assert seen == ["tcp"]
+
+
+def test_unacked_local_final_ends_at_timer_h_not_at_the_next_g_tick(net_factory):
+    """Timer H is 64*T1 from the final reply (RFC 3261 17.2.1), whatever T2 is: with
+    T1 20 ms and T2 4 s, timer G's doubling ticks at 20, 60, 140, 300, 620, 1260 ms and
+    next at 2540 ms; H must not wait for that tick (1280 ms, then wt_timer)."""
+    net = net_factory({"request": lambda ctx: (tm_api.t_newtran(ctx), tm_api.t_reply(ctx, 486, "Busy"))[1]},
+                      {"retr_timer1": 20, "retr_timer2": 4000, "wt_timer": 100})
+    data, _, _ = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname())
+    t0 = time.monotonic()
+    net.send(net.uac, data)
+    assert net.run(0.5, lambda: _rpls(net, net.uac, 486))
+    assert net.run(3, lambda: tm_api.table_count() == 0), "never freed"
+    took = time.monotonic() - t0
+    assert 1.28 + 0.1 <= took < 1.28 + 0.1 + 0.4, took
