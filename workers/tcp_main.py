@@ -21,7 +21,10 @@ One selectors (epoll) loop, all sockets non-blocking:
 - connections: recv → asyncd.sip.stream.StreamFramer → a message to the
   receiver, a CRLF pong to a CRLFCRLF ping (RFC 5626 §3.5.1), or, when
   framing is lost (RFC 3261 §18.3: Content-Length missing or bad, message
-  over the limit), a 400/513 when one can be built and then close;
+  over the limit), a 400/513 when one can be built and then close; at the
+  peer's EOF or lost framing a connection that delivered messages is not
+  closed before its receiver has run them and their replies are written
+  (the drain marker, asyncd.ipc.tcp), at most `tcp_send_timeout` later;
 - the channel from every other process: send requests (asyncd.ipc.tcp);
 - the channels to the receivers, only while one has a backlog.
 A sweep every 0.25 s closes connections whose partial message is older than
@@ -37,7 +40,7 @@ import time
 from collections import deque
 
 from asyncd.core import log
-from asyncd.ipc.tcp import (OP_ALIAS, OP_CLOSE, OP_SEND_NC, S, pack_rx, unpack_tx)
+from asyncd.ipc.tcp import (OP_ALIAS, OP_CLOSE, OP_SEND_NC, S, pack_drain, pack_rx, unpack_tx)
 from asyncd.sip import SipParseError, build_reply, parse_msg
 from asyncd.sip.stream import BAD, MSG, PING, StreamFramer
 
@@ -52,7 +55,7 @@ _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 class Conn:
     __slots__ = ("id", "sock", "fd", "index", "peer", "rcv", "framer", "out", "outlen",
                  "born", "last", "msg_start", "stall", "connecting", "deadline", "closing",
-                 "paused", "aliases", "incoming", "events")
+                 "draining", "delivered", "paused", "aliases", "incoming", "events")
 
     def __init__(self, cid, sock, index, peer, rcv, framer, incoming, now):
         self.id, self.sock, self.fd, self.index, self.peer = cid, sock, sock.fileno(), index, peer
@@ -64,7 +67,9 @@ class Conn:
         self.stall = 0.0
         self.connecting = False
         self.deadline = 0.0
-        self.closing = False
+        self.closing = False        # no more reads; closed once drained and written
+        self.draining = False       # waiting for the receiver's OP_CLOSE (deadline: until when)
+        self.delivered = False      # a message went to the receiver
         self.paused = False
         self.aliases = []
         self.events = 0
@@ -216,7 +221,8 @@ class TcpMain:
             ev = c.framer.eof()
             if ev:
                 self.bad(c, ev[0], eof=True)
-            self.close(c, None)
+            else:
+                self.finish(c)
             return
         partial = c.framer.partial
         for ev in c.framer.feed(data):
@@ -249,15 +255,30 @@ class TcpMain:
             reply = _reply_to_head(head, code, reason, c, self.addrs)
             if reply:
                 self.queue(c, reply)
+        self.finish(c)
+
+    def finish(self, c):
+        """Read no more; close once the receiver has run what this connection sent and
+        the replies are written (a half-closed peer still gets them)."""
+        if c.id not in self.conns:
+            return
         c.closing = True
+        c.msg_start = 0.0
+        if c.delivered:
+            c.draining = True
+            c.deadline = time.monotonic() + self.conf.send_timeout
+            self.to_receiver(c, pack_drain(c.id, c.index, c.peer[0], c.peer[1]))
         self.set_events(c)
-        if not c.out:
+        if not c.out and not c.draining:
             self.close(c, None)
 
     def deliver(self, c, data):
         self.count("msgs_in")
+        c.delivered = True
+        self.to_receiver(c, pack_rx(c.id, c.index, c.peer[0], c.peer[1], data))
+
+    def to_receiver(self, c, frame):
         r = c.rcv
-        frame = pack_rx(c.id, c.index, c.peer[0], c.peer[1], data)
         if not self.rx_back[r]:
             try:
                 self.plan.rx[r][0].send(frame)
@@ -339,7 +360,7 @@ class TcpMain:
                 c.out[0] = data[n:]
                 return
             c.out.popleft()
-        if c.closing:
+        if c.closing and not c.draining:
             self.close(c, None)
         else:
             self.set_events(c)
@@ -380,7 +401,11 @@ class TcpMain:
             return
         if op == OP_CLOSE:
             if c is not None:
-                self.close(c, None)
+                c.draining = False
+                c.closing = True
+                self.set_events(c)
+                if not c.out:
+                    self.close(c, None)
             return
         if c is None:
             c = self.by_addr.get((ip, port))
@@ -452,6 +477,9 @@ class TcpMain:
                 self.count("send_timeout")
                 self.close(c, f"send timeout: nothing written for {conf.send_timeout} s "
                               f"({c.outlen} bytes queued)")
+            elif c.draining and now >= c.deadline:
+                self.close(c, f"its receiver did not finish its last messages within "
+                              f"tcp_send_timeout={conf.send_timeout} s")
             elif c.msg_start and conf.msg_read_timeout and now - c.msg_start >= conf.msg_read_timeout:
                 self.count("read_timeout")
                 self.close(c, f"message not complete after tcp_msg_read_timeout="

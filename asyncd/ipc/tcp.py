@@ -21,7 +21,12 @@ process that dies waits for its replacement instead of being lost):
 - *to tcp receiver i* (one channel each): a complete message as framed by
   tcp main `[conid, sock, port, ip, message]`. A connection is pinned to one
   receiver for its life, so its messages run in the order they arrived, as
-  Kamailio's tcp reader does.
+  Kamailio's tcp reader does. An empty message is a *drain marker*: tcp main
+  sends it after the last message of a connection it is closing (the peer's
+  EOF, or framing lost), and the receiver answers OP_CLOSE once it has run
+  every message before it, so their replies, which reach tcp main before the
+  OP_CLOSE, are written before the close (Kamailio's reader answers a message
+  before it reads what follows it: src/core/tcp_read.c tcp_read_req).
 
 A socketpair's datagrams are not capped by `net.unix.max_dgram_qlen` (the
 two ends are each other's peer), only by the send buffer: 8 MB here.
@@ -34,7 +39,7 @@ MAX_MSG = 65535           # the largest message a channel carries (Kamailio's BU
 CHAN_BUF = 8 << 20        # send buffer of each channel
 CHAN_DGRAM = MAX_MSG + 512
 
-# op of a frame to tcp main
+# op of a frame to tcp main; OP_CLOSE closes the connection once what is queued for it is written
 OP_SEND, OP_SEND_NC, OP_ALIAS, OP_CLOSE = 1, 2, 3, 4
 
 _TX = struct.Struct("<BIHHB")    # op, conid, sock index, port, len(ip); then ip, data
@@ -62,6 +67,11 @@ def unpack_tx(buf):
 def pack_rx(conid, sock, ip, port, data):
     b = ip.encode()
     return _RX.pack(conid, sock, port, len(b)) + b + data
+
+
+def pack_drain(conid, sock, ip, port):
+    """The drain marker of a connection (see the module docstring)."""
+    return pack_rx(conid, sock, ip, port, b"")
 
 
 def unpack_rx(buf):
