@@ -12,11 +12,14 @@ stream (RFC 3261 §18.3: no, bad or conflicting Content-Length) is answered
 message that never completes is closed after tcp_msg_read_timeout (Kamailio
 5.7.3's name); over tcp_rd_buf_size - 1 bytes is 513 (RFC 3261 §21.5.14).
 """
+import contextlib
 import itertools
 import os
 import random
 import re
+import resource
 import select
+import signal
 import socket
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import run_server
+from tests.helpers import SipClient, run_server
 from tests.helpers.sipclient import Reply
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "rfc4475"
@@ -311,6 +314,99 @@ def test_unfinished_corpus_message_closed_at_our_half_close(srv, tag):
 
 # -- 2. framing across reads, keepalives, limits, read timeout ----------------------------------
 
+def test_message_split_at_every_offset_is_answered(srv):
+    """Two sends with a pause between them, cut at each byte of a request with a body: every
+    cut is answered once, in order."""
+    p = Peer(srv.addr)
+    template = request(1, body=b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n")
+    for i in range(1, len(template)):
+        m = request(i, body=b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n")
+        p.send(m[:i])
+        time.sleep(0.002)
+        p.send(m[i:])
+        r = p.reply(3.0)
+        assert r is not None and r.status == 200, f"split at {i}"
+        assert cseqs([r]) == [i]
+    assert p.buf == b"" and p.eof_at is None
+    p.close()
+
+
+def test_two_messages_in_one_send_get_two_replies(srv):
+    p = Peer(srv.addr)
+    p.send(request(1) + request(2, body=b"hello"))
+    rs = p.replies(2)
+    assert statuses(rs) == [(200, "OK")] * 2 and cseqs(rs) == [1, 2]
+    # and a message with the head of the next, then the rest
+    a, b = request(3), request(4)
+    p.send(a + b[:40])
+    assert cseqs(p.replies(1)) == [3]
+    p.send(b[40:])
+    assert cseqs(p.replies(1)) == [4]
+    p.close()
+
+
+def test_crlf_ping_is_answered_and_a_pong_ignored(srv):
+    """RFC 5626 §3.5.1: CRLFCRLF is answered CRLF at once; a lone CRLF (a pong) is dropped."""
+    p = Peer(srv.addr)
+    t0 = p.send(b"\r\n\r\n")
+    assert p.raw(2, 1.0) == b"\r\n"
+    assert time.monotonic() - t0 < 0.5
+    p.send(b"\r\n")
+    assert p.raw(1, 0.3) == b""             # nothing comes back
+    p.send(request(1))
+    r = p.reply()
+    assert r is not None and r.status == 200 and r.raw.startswith(b"SIP/2.0 200 ")
+    p.send(b"\r\n\r\n" + request(2))      # a ping then a message: the pong first
+    assert p.raw(2) == b"\r\n"
+    assert cseqs(p.replies(1)) == [2]
+    assert p.eof_at is None
+    p.close()
+
+
+def test_message_size_limit_is_tcp_rd_buf_size_minus_one(srv):
+    """tcp_rd_buf_size 16384 (the default): a 16383-byte message is answered, a 16384-byte one
+    gets 513 and a close (Kamailio closes without a reply), a header block that does not end
+    within the limit is closed unanswered."""
+    base = len(request(1, body=b""))
+    for size, want in ((16383, [(200, "OK")]), (16384, [(513, "Message Too Large")])):
+        body = b"x" * (size - base - (len(str(size - base)) - 1))
+        m = request(1, body=body)
+        assert len(m) == size
+        p = Peer(srv.addr)
+        p.send(m)
+        assert statuses(p.replies(1)) == want, size
+        assert (p.closed(0.5) is not None) == (size == 16384), size
+        p.close()
+    p = Peer(srv.addr)
+    head = request(1)[:-2]     # no blank line: the head goes on and on
+    p.send(head + b"X-Filler: " + b"y" * 20000 + b"\r\n")
+    assert p.closed(2.0) is not None
+    assert p.buf == b""
+    p.close()
+    srv.wait_log(r"tcp: Message Too Large from 127\.0\.0\.1:\d+ \(connection \d+\); closing")
+
+
+def test_stalled_partial_message_closed_after_read_timeout(srv):
+    """tcp_msg_read_timeout=1: half a message, then nothing: closed 1-2.5 s later; a message
+    trickled byte by byte is closed as well (the clock runs from its first byte)."""
+    m = request(1, body=b"0123456789")
+    p = Peer(srv.addr)
+    t0 = p.send(m[:-5])
+    t = p.closed(4.0)
+    assert t is not None and 1.0 <= t - t0 <= 2.5, t and t - t0
+    assert p.buf == b""
+    p.close()
+    p = Peer(srv.addr)
+    t0 = time.monotonic()
+    for i in range(len(m)):
+        if p.closed(0.15) is not None:
+            break
+        with contextlib.suppress(OSError):
+            p.send(m[i:i + 1])
+    assert p.eof_at is not None and 1.0 <= p.eof_at - t0 <= 2.5, p.eof_at and p.eof_at - t0
+    p.close()
+    srv.wait_log(r"message not complete after tcp_msg_read_timeout=1 s")
+
 
 def test_half_closed_peer_gets_its_replies(srv):
     """A client that sends its requests and then its FIN (shutdown SHUT_WR) still gets every
@@ -345,4 +441,205 @@ def test_half_closed_peer_waits_for_its_receiver_at_most_send_timeout():
         assert p.buf == b""
         srv.wait_log(r"tcp: closing connection \d+ with 127\.0\.0\.1:\d+: its receiver did not "
                      r"finish its last messages within tcp_send_timeout=1 s")
+        p.close()
+
+
+# -- 3. many connections, limits -------------------------------------------------------------------
+
+def _raise_nofile(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        if hard != resource.RLIM_INFINITY and hard < n:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {n}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+
+
+def _cpu(p, secs):
+    c0 = p.cpu_times()
+    t0 = time.monotonic()
+    time.sleep(secs)
+    c1 = p.cpu_times()
+    return (c1.user + c1.system - c0.user - c0.system) / (time.monotonic() - t0)
+
+
+def test_thousand_idle_connections_while_udp_is_answered():
+    """1,000 connections held open (tcp_max_connections 2048 and tcp_accept_iplimit 1024 by
+    default); UDP OPTIONS answered all along; then every connection still answers; tcp main
+    idles (its 0.25 s sweep only) meanwhile."""
+    _raise_nofile(4096)
+    with run_server(cfg()) as srv, SipClient(srv.addr) as udp:
+        peers = []
+        try:
+            for _ in range(10):
+                peers += [Peer(srv.addr) for _ in range(100)]
+                r = udp.final(timeout=2.0)
+                assert r is not None and r.status == 200
+            tcp_main = srv.find("asyncd: tcp main process")[0]
+            deadline = time.monotonic() + 5
+            while tcp_main.num_fds() < 1000 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert tcp_main.num_fds() >= 1000
+            cpu = _cpu(tcp_main, 2.0)
+            assert cpu < 0.15, f"tcp main uses {cpu:.0%} of a CPU with 1,000 idle connections"
+            for i, p in enumerate(peers):
+                p.send(request(i + 1))
+            for i, p in enumerate(peers):
+                rs = p.replies(1, 5.0)
+                assert cseqs(rs) == [i + 1], (i, rs)
+            assert udp.final(timeout=2.0).status == 200
+        finally:
+            for p in peers:
+                p.close()
+    assert summary(srv)["accepted"] == 1000
+
+
+def test_connection_flood_over_tcp_max_connections_is_refused():
+    """tcp_max_connections=50: the 30 extra connections are closed at once (Kamailio's
+    handle_new_connect), one rate-limited WARNING, counted in the exit line; the 50 work and a
+    place freed is taken again."""
+    with run_server(cfg("tcp_max_connections=50")) as srv:
+        # from many loopback addresses, so tcp_accept_iplimit (1024) is not what refuses them
+        peers = [Peer(srv.addr, src_ip=f"127.0.{9 + i // 200}.{1 + i % 200}") for i in range(80)]
+        try:
+            watch(peers, 3.0, closed=30)
+            watch(peers, 0.3)               # and no more
+            assert [p.eof_at is not None for p in peers] == [False] * 50 + [True] * 30
+            for i, p in enumerate(peers[:50]):
+                p.send(request(i + 1))
+            for i, p in enumerate(peers[:50]):
+                assert cseqs(p.replies(1)) == [i + 1]
+            peers[0].close()
+            time.sleep(0.2)
+            p = Peer(srv.addr)
+            peers.append(p)
+            p.send(request(7))
+            assert cseqs(p.replies(1)) == [7] and p.eof_at is None
+            srv.wait_log(r"WARNING: .*tcp: maximum number of connections exceeded "
+                         r"\(tcp_max_connections=50\): refused 127\.0\.\d+\.\d+:\d+")
+        finally:
+            for p in peers:
+                p.close()
+    assert summary(srv)["max_reject"] == 30
+    assert len(re.findall(r"maximum number of connections exceeded", srv.log())) <= 2
+
+
+def test_accept_iplimit_refuses_extra_connections_from_one_address():
+    with run_server(cfg("tcp_accept_iplimit=5")) as srv:
+        peers = [Peer(srv.addr) for _ in range(7)]
+        try:
+            watch(peers, 3.0, closed=2)
+            watch(peers, 0.3)
+            assert [p.eof_at is not None for p in peers] == [False] * 5 + [True] * 2
+            other = Peer(srv.addr, src_ip="127.0.0.2")      # another address: its own count
+            peers.append(other)
+            for i, p in enumerate(peers[:5] + [other]):
+                p.send(request(i + 1))
+                assert cseqs(p.replies(1)) == [i + 1]
+            peers[0].close()
+            time.sleep(0.2)
+            again = Peer(srv.addr)
+            peers.append(again)
+            again.send(request(9))
+            assert cseqs(again.replies(1)) == [9]
+            srv.wait_log(r"WARNING: .*tcp: too many connections from 127\.0\.0\.1 "
+                         r"\(tcp_accept_iplimit=5\): refused 127\.0\.0\.1:\d+")
+        finally:
+            for p in peers:
+                p.close()
+    assert summary(srv)["ip_reject"] == 2
+
+
+# -- 4. a peer that never reads ---------------------------------------------------------------------
+
+def test_peer_that_never_reads_is_closed_after_send_timeout():
+    """A client with a tiny receive buffer asks for 150 replies of 60 kB (9 MB: more than the
+    kernel buffers, which grow to net.ipv4.tcp_wmem's 4 MB) and reads none: the others are
+    served meanwhile, and tcp main closes the stuck connection once its queue has not moved
+    for tcp_send_timeout=1 s (the write queue limit is raised so it is the time-out, not
+    sendq_full, that closes it)."""
+    with run_server(cfg("tcp_send_timeout=1\ntcp_conn_wq_max=16777216")) as srv, \
+            SipClient(srv.addr) as udp:
+        stuck = Peer(srv.addr, rcvbuf=4096)
+        other = Peer(srv.addr)
+        try:
+            t0 = stuck.send(b"".join(request(i, headers=["X-Big: 1"]) for i in range(1, 151)))
+            m = None
+            while m is None:
+                other.send(request(1))
+                assert cseqs(other.replies(1, 1.0)) == [1]
+                assert udp.final(timeout=1.0).status == 200
+                m = re.search(r"tcp: closing connection \d+ with 127\.0\.0\.1:%d: send timeout: "
+                              r"nothing written for 1 s \((\d+) bytes queued\)"
+                              % stuck.sock.getsockname()[1], srv.log())
+                assert time.monotonic() - t0 < 3.0, "not closed within 3 s"
+                time.sleep(0.05)
+            took = time.monotonic() - t0
+            assert 1.0 <= took <= 3.0, took
+            assert int(m.group(1)) > 0
+            # what the client can still read ends well short of 150 replies
+            stuck.closed(5.0)
+            assert stuck.eof_at is not None
+            assert len(stuck.buf) < 150 * len(PAD)
+            other.send(request(2))
+            assert cseqs(other.replies(1)) == [2]
+        finally:
+            stuck.close()
+            other.close()
+    assert summary(srv)["send_timeout"] == 1
+
+
+# -- 5. respawn --------------------------------------------------------------------------------------
+
+def test_killed_tcp_main_is_respawned_and_listen_socket_survives():
+    """kill -9 of the `tcp main process`: its connections die with it, a new one is forked at
+    once (docs/architecture.md, "Respawn"), a connection made while it was gone is accepted by
+    its replacement (main holds the listen socket), UDP never stopped."""
+    with run_server(cfg()) as srv, SipClient(srv.addr) as udp:
+        old = Peer(srv.addr)
+        old.send(request(1))
+        assert cseqs(old.replies(1)) == [1]
+        (victim,) = pids(srv, "tcp main process")
+        os.kill(victim, signal.SIGKILL)
+        _wait_dead(victim)
+        during = Peer(srv.addr)         # the kernel completes it on main's listen socket
+        during.send(request(2))
+        assert old.closed(2.0) is not None
+        m = srv.wait_log(rf"child process {victim} \(tcp main process, rank -4\) terminated by "
+                         r"signal 9 \(SIGKILL, perhaps out of memory\); respawning it", 2.0)
+        assert m
+        new = int(srv.wait_log(r"respawned tcp main process \(rank -4\) as pid (\d+)", 2.0).group(1))
+        assert new != victim
+        deadline = time.monotonic() + 2.0           # its title is set once it runs
+        while pids(srv, "tcp main process") != {new} and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pids(srv, "tcp main process") == {new}
+        assert cseqs(during.replies(1, 3.0)) == [2]
+        after = Peer(srv.addr)
+        after.send(request(3))
+        assert cseqs(after.replies(1)) == [3]
+        assert udp.final(timeout=2.0).status == 200
+        for p in (old, during, after):
+            p.close()
+
+
+def test_killed_tcp_receiver_is_respawned_and_its_queued_messages_served():
+    """kill -9 of the only tcp receiver while it runs a message: the replacement reads the
+    messages queued on its channel (main holds it open) and answers them on the same
+    connection; only the message being run is lost, as a UDP datagram would be."""
+    with run_server(cfg(tcp_children=1)) as srv:
+        p = Peer(srv.addr)
+        p.send(request(1, headers=["X-Sleep: 1"]) + b"".join(request(i) for i in range(2, 7)))
+        victim = int(srv.wait_log(r"SLEEP pid=(\d+)", 3.0).group(1))
+        assert victim in pids(srv, "tcp receiver (generic) child=0")
+        t_kill = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        rs = p.replies(5, 3.0)
+        assert cseqs(rs) == [2, 3, 4, 5, 6], rs
+        assert time.monotonic() - t_kill < 1.5
+        srv.wait_log(rf"child process {victim} \(tcp receiver \(generic\) child=0, rank \d+\) "
+                     r"terminated by signal 9")
+        srv.wait_log(r"respawned tcp receiver \(generic\) child=0 \(rank \d+\) as pid \d+")
+        assert p.eof_at is None
+        p.send(request(7))
+        assert cseqs(p.replies(1)) == [7]
         p.close()
