@@ -17,7 +17,10 @@ in a slow route never holds up reads of other connections.
 One selectors (epoll) loop, all sockets non-blocking:
 - listen sockets: accept; over `tcp_max_connections` or
   `tcp_accept_iplimit` the new connection is closed at once, logged
-  (rate-limited) and counted (`local_reject`, `iplimit_reject`);
+  (rate-limited) and counted (`local_reject`, `iplimit_reject`); out of
+  file descriptors (EMFILE), the listen sockets are left alone until the
+  next sweep: the connection stays in the kernel's backlog and its socket
+  readable, so retrying at once spun the loop at 100 % CPU;
 - connections: recv → asyncd.sip.stream.StreamFramer → a message to the
   receiver, a CRLF pong to a CRLFCRLF ping (RFC 5626 §3.5.1), or, when
   framing is lost (RFC 3261 §18.3: Content-Length missing or bad, message
@@ -40,6 +43,7 @@ import time
 from collections import deque
 
 from asyncd.core import log
+from asyncd.core.net import sock_name
 from asyncd.ipc.tcp import (OP_ALIAS, OP_CLOSE, OP_SEND_NC, S, pack_drain, pack_rx, unpack_tx)
 from asyncd.sip import SipParseError, build_reply, parse_msg
 from asyncd.sip.stream import BAD, MSG, PING, StreamFramer
@@ -50,6 +54,7 @@ RX_BACKLOG = 1 << 20       # bytes queued for one receiver before its connection
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+_NO_FD = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Conn:
@@ -91,6 +96,7 @@ class TcpMain:
         self.rr = 0
         self.words = plan.words
         self.addrs = {i: s.getsockname()[:2] for i, s in plan.listen.items()}
+        self.accepting = False   # the listen sockets are in the selector
         self._warned = {}
 
     # -- counters and rate-limited warnings ---------------------------------
@@ -106,9 +112,9 @@ class TcpMain:
     # -- loop ---------------------------------------------------------------
     def loop(self):
         sel = self.sel
-        for i, s in self.plan.listen.items():
+        for s in self.plan.listen.values():
             s.setblocking(False)
-            sel.register(s, READ, ("listen", i))
+        self.watch_listen(True)
         self.plan.tx_r.setblocking(False)
         sel.register(self.plan.tx_r, READ, ("tx", None))
         for a, _b in self.plan.rx:
@@ -153,8 +159,10 @@ class TcpMain:
             except OSError as e:
                 if e.errno in _AGAIN:
                     return
-                if e.errno in (errno.EMFILE, errno.ENFILE):
-                    self.warn_limited("emfile", f"tcp: cannot accept on {self.addrs[index]}: {e.strerror}")
+                if e.errno in _NO_FD:
+                    self.watch_listen(False)
+                    self.warn_limited("emfile", f"tcp: cannot accept on tcp:{sock_name(*self.addrs[index])}: "
+                                                f"{e.strerror}; accepting again in {SWEEP} s")
                 return
             peer = (peer[0], peer[1])
             if len(self.conns) >= conf.max_connections:
@@ -179,6 +187,17 @@ class TcpMain:
             self.count("established")
             c.events = READ
             self.sel.register(s, READ, ("conn", c))
+
+    def watch_listen(self, on):
+        """Accept (or stop accepting, the backlog waits in the kernel) on every listen socket."""
+        if on == self.accepting:
+            return
+        self.accepting = on
+        for i, s in self.plan.listen.items():
+            if on:
+                self.sel.register(s, READ, ("listen", i))
+            else:
+                self.sel.unregister(s)
 
     def add(self, s, index, peer, incoming):
         now = time.monotonic()
@@ -468,6 +487,8 @@ class TcpMain:
     # -- timers and closing ---------------------------------------------------
     def sweep(self, now):
         conf = self.conf
+        if not self.accepting:
+            self.watch_listen(True)
         for c in list(self.conns.values()):
             if c.connecting:
                 if now >= c.deadline:

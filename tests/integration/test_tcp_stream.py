@@ -493,6 +493,32 @@ def test_thousand_idle_connections_while_udp_is_answered():
     assert summary(srv)["accepted"] == 1000
 
 
+def test_out_of_file_descriptors_tcp_main_waits_instead_of_spinning():
+    """tcp main's RLIMIT_NOFILE lowered to what it holds + 10 and 40 clients connect: the
+    first are accepted, the others wait in the kernel's backlog while accept fails with
+    EMFILE, and tcp main must not retry at once (the listen socket stays readable: that
+    spun at 100 % CPU). Given its descriptors back, it accepts and answers the others."""
+    with run_server(cfg()) as srv:
+        tcp_main = srv.find("asyncd: tcp main process")[0]
+        soft, hard = tcp_main.rlimit(psutil.RLIMIT_NOFILE)
+        tcp_main.rlimit(psutil.RLIMIT_NOFILE, (tcp_main.num_fds() + 10, hard))
+        peers = [Peer(srv.addr) for _ in range(40)]
+        try:
+            srv.wait_log(r"WARNING: .*tcp: cannot accept on tcp:127\.0\.0\.1:%d: Too many open files"
+                         % srv.port)
+            cpu = _cpu(tcp_main, 1.0)
+            assert cpu < 0.2, f"tcp main uses {cpu:.0%} of a CPU while out of descriptors"
+            tcp_main.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+            for i, p in enumerate(peers):
+                p.send(request(i + 1))
+            for i, p in enumerate(peers):
+                assert cseqs(p.replies(1)) == [i + 1], i
+        finally:
+            for p in peers:
+                p.close()
+    assert summary(srv)["accepted"] == 40
+
+
 def test_connection_flood_over_tcp_max_connections_is_refused():
     """tcp_max_connections=50: the 30 extra connections are closed at once (Kamailio's
     handle_new_connect), one rate-limited WARNING, counted in the exit line; the 50 work and a
