@@ -31,7 +31,9 @@ process that dies waits for its replacement instead of being lost):
 A socketpair's datagrams are not capped by `net.unix.max_dgram_qlen` (the
 two ends are each other's peer), only by the send buffer: 8 MB here.
 """
+import errno
 import mmap
+import os
 import socket
 import struct
 
@@ -127,6 +129,13 @@ class TcpSender:
         return self.addr
 
     def sendto(self, data, addr, op=OP_SEND, conid=0):
+        """Raises OSError(EMSGSIZE) for a message over MAX_MSG, as a UDP socket does for an
+        oversized datagram: tcp main reads at most CHAN_DGRAM bytes of a datagram, and a
+        longer one arrived cut short and went out as a truncated message that broke the
+        peer's framing of everything after it. Kamailio builds no message over BUF_SIZE."""
+        if len(data) > MAX_MSG:
+            raise OSError(errno.EMSGSIZE, f"{os.strerror(errno.EMSGSIZE)} ({len(data)} bytes, "
+                                          f"{MAX_MSG} at most over TCP)")
         b = addr[0].encode()
         self.chan.send(_TX.pack(op, conid, self.index, int(addr[1]), len(b)) + b + data)
         return len(data)

@@ -57,6 +57,9 @@ request_route {
     if (is_present_hf("X-Big")) {
         append_to_reply("X-Pad: %(pad)s\\r\\n");
     }
+    if (is_present_hf("X-Huge")) {
+        append_to_reply("X-Pad: %(pad)s%(pad)s\\r\\n");
+    }
     sl_send_reply("200", "OK");
 }
 """
@@ -384,6 +387,20 @@ def test_message_size_limit_is_tcp_rd_buf_size_minus_one(srv):
     assert p.buf == b""
     p.close()
     srv.wait_log(r"tcp: Message Too Large from 127\.0\.0\.1:\d+ \(connection \d+\); closing")
+
+
+def test_message_over_65535_bytes_is_not_sent_cut_short(srv):
+    """A reply of 120 kB (over Kamailio's BUF_SIZE, 65535) fails to send, as a datagram that
+    size does over UDP, and sl logs it; the connection goes on cleanly. It used to reach tcp
+    main cut at its channel's datagram size and go out truncated: the peer framed the next
+    reply into it."""
+    p = Peer(srv.addr)
+    p.send(request(1, headers=["X-Huge: 1"]) + request(2))
+    assert cseqs(p.replies(1)) == [2]
+    assert p.raw(1, 0.3) == b"" and p.eof_at is None
+    srv.wait_log(r"ERROR: <sl> .*sl_send_reply\(\): send to \('127\.0\.0\.1', %d\) failed"
+                 % p.sock.getsockname()[1])
+    p.close()
 
 
 def test_stalled_partial_message_closed_after_read_timeout(srv):
