@@ -243,10 +243,11 @@ class TcpMain:
             else:
                 self.finish(c)
             return
-        partial = c.framer.partial
+        new = False             # a message ended here: what is left unfinished is the next one
         for ev in c.framer.feed(data):
             kind = ev[0]
             if kind == MSG:
+                new = True
                 self.deliver(c, ev[1])
             elif kind == PING:
                 self.count("crlf_pings")
@@ -255,11 +256,12 @@ class TcpMain:
             elif kind == BAD:
                 self.bad(c, ev)
                 return
-        if c.framer.partial:
-            if not partial or not c.msg_start:
-                c.msg_start = now
-        else:
+        # tcp_msg_read_timeout runs from the first byte of the unfinished message, so a
+        # stream whose reads always end inside the next message is not taken for a stall
+        if not c.framer.partial:
             c.msg_start = 0.0
+        elif new or not c.msg_start:
+            c.msg_start = now
 
     def bad(self, c, ev, eof=False):
         """Framing is lost (RFC 3261 §18.3): answer when the header block makes a

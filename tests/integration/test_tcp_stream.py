@@ -425,6 +425,26 @@ def test_stalled_partial_message_closed_after_read_timeout(srv):
     srv.wait_log(r"message not complete after tcp_msg_read_timeout=1 s")
 
 
+def test_steady_stream_cut_mid_message_is_not_a_stalled_message(srv):
+    """Messages back to back for 1.6 s, every send ending inside the next message (a busy
+    trunk's segments rarely end where a message does): each message completes well within
+    tcp_msg_read_timeout=1 s, so nothing is closed and every one is answered. The clock
+    starts again at each new message, not at the first one left unfinished."""
+    p = Peer(srv.addr)
+    msgs = [request(i) for i in range(1, 34)]
+    cut = len(msgs[0]) // 2
+    p.send(msgs[0][:cut])
+    t0 = time.monotonic()
+    for i in range(32):
+        time.sleep(0.05)
+        p.send(msgs[i][cut:] + msgs[i + 1][:cut])
+    assert time.monotonic() - t0 >= 1.6
+    p.send(msgs[32][cut:])
+    assert cseqs(p.replies(33, 3.0)) == list(range(1, 34))
+    assert p.eof_at is None
+    p.close()
+
+
 def test_half_closed_peer_gets_its_replies(srv):
     """A client that sends its requests and then its FIN (shutdown SHUT_WR) still gets every
     reply before the close, as from Kamailio, whose reader answers a message before it reads
