@@ -454,7 +454,8 @@ class TcpMain:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         local = self.addrs.get(index)
         try:
-            if local and local[0] not in ("0.0.0.0", "::") and (":" in local[0]) == (family == socket.AF_INET6):
+            same_family = local and (":" in local[0]) == (family == socket.AF_INET6)
+            if same_family and local[0] not in ("0.0.0.0", "::"):
                 s.bind((local[0], 0))
             rc = s.connect_ex((ip, port))
         except OSError as e:
