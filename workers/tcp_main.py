@@ -51,6 +51,7 @@ from asyncd.sip.stream import BAD, MSG, PING, StreamFramer
 MOD = "core"
 SWEEP = 0.25
 RX_BACKLOG = 1 << 20       # bytes queued for one receiver before its connections stop being read
+WARN_KEYS = 1024           # rate-limited warnings remembered before the stale ones are dropped
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
@@ -98,16 +99,26 @@ class TcpMain:
         self.addrs = {i: s.getsockname()[:2] for i, s in plan.listen.items()}
         self.accepting = False   # the listen sockets are in the selector
         self._warned = {}
+        self._warn_prune = WARN_KEYS
 
     # -- counters and rate-limited warnings ---------------------------------
     def count(self, name, n=1):
         self.words[8 + S[name]] += n
 
     def warn_limited(self, key, text):
+        """One WARNING a second per key at most (a flood must not flood the log). Keys name
+        connections and addresses: the ones older than a second are dropped when the dict
+        doubles (from WARN_KEYS), or every refused address and full queue ever seen stayed."""
         now = time.monotonic()
-        if now - self._warned.get(key, 0.0) >= 1.0:
-            self._warned[key] = now
-            log.warn(MOD, text)
+        warned = self._warned
+        if now - warned.get(key, -1.0e9) < 1.0:
+            return
+        if len(warned) >= self._warn_prune:
+            for k in [k for k, t in warned.items() if now - t >= 1.0]:
+                del warned[k]
+            self._warn_prune = max(WARN_KEYS, 2 * len(warned))
+        warned[key] = now
+        log.warn(MOD, text)
 
     # -- loop ---------------------------------------------------------------
     def loop(self):
