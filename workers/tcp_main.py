@@ -34,6 +34,8 @@ A sweep every 0.25 s closes connections whose partial message is older than
 `tcp_msg_read_timeout` (slowloris), whose queued writes did not move for
 `tcp_send_timeout` (a peer that never reads), whose connect did not finish
 in `tcp_connect_timeout`, or that were idle for `tcp_connection_lifetime`.
+A connection tcp main stopped reading because its receiver is behind
+(RX_BACKLOG) is not read-timed-out or idle meanwhile: the wait is ours.
 """
 import errno
 import os
@@ -334,9 +336,14 @@ class TcpMain:
                 return
             self.rx_bytes[r] -= len(q.popleft())
         self.sel.unregister(s)
+        now = time.monotonic()
         for c in self.rx_paused[r]:
             c.paused = False
             if c.id in self.conns:
+                # the read and idle clocks start again: the peer waited for us
+                c.last = now
+                if c.msg_start:
+                    c.msg_start = now
                 self.set_events(c)
         self.rx_paused[r].clear()
 
@@ -515,6 +522,8 @@ class TcpMain:
             elif c.draining and now >= c.deadline:
                 self.close(c, f"its receiver did not finish its last messages within "
                               f"tcp_send_timeout={conf.send_timeout} s")
+            elif c.paused:
+                continue        # we stopped reading it (its receiver is behind): no read/idle time-out
             elif c.msg_start and conf.msg_read_timeout and now - c.msg_start >= conf.msg_read_timeout:
                 self.count("read_timeout")
                 self.close(c, f"message not complete after tcp_msg_read_timeout="

@@ -21,6 +21,7 @@ import resource
 import select
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -443,6 +444,30 @@ def test_steady_stream_cut_mid_message_is_not_a_stalled_message(srv):
     assert cseqs(p.replies(33, 3.0)) == list(range(1, 34))
     assert p.eof_at is None
     p.close()
+
+
+def test_connection_held_back_for_a_busy_receiver_is_not_timed_out():
+    """The only receiver sleeps 2 s while another connection sends 2,000 requests of 12 kB
+    (24 MB, over the 16 MB its channel takes and tcp main's 1 MB backlog): the channel fills, tcp main stops reading that connection (TCP flow control pushes back
+    on the client) and must not close it for tcp_msg_read_timeout=1 s meanwhile, since the
+    wait is the server's; once the receiver is back every request is answered, in order."""
+    with run_server(cfg(tcp_children=1)) as srv:
+        a, b = Peer(srv.addr), Peer(srv.addr)
+        a.send(request(1, headers=["X-Sleep: 1"]))
+        srv.wait_log(r"SLEEP pid=\d+", 3.0)
+        n = 2000
+        data = b"".join(request(i, body=b"x" * 12000) for i in range(1, n + 1))
+        sender = threading.Thread(target=b.send, args=(data,))
+        sender.start()
+        try:
+            rs = b.replies(n, 20.0)
+        finally:
+            sender.join(20.0)
+        assert cseqs(rs) == list(range(1, n + 1)) and b.eof_at is None, (len(rs), b.eof_at)
+        assert cseqs(a.replies(1)) == [1]
+        a.close()
+        b.close()
+    assert summary(srv)["read_timeout"] == 0
 
 
 def test_half_closed_peer_gets_its_replies(srv):
