@@ -19,8 +19,8 @@ One selectors (epoll) loop, all sockets non-blocking:
   `tcp_accept_iplimit` the new connection is closed at once, logged
   (rate-limited) and counted (`local_reject`, `iplimit_reject`); out of
   file descriptors (EMFILE), the listen sockets are left alone until the
-  next sweep: the connection stays in the kernel's backlog and its socket
-  readable, so retrying at once spun the loop at 100 % CPU;
+  next sweep: the connection stays in the kernel's backlog and the socket
+  readable, so retrying at once would spin the loop at 100 % CPU;
 - connections: recv → asyncd.sip.stream.StreamFramer → a message to the
   receiver, a CRLF pong to a CRLFCRLF ping (RFC 5626 §3.5.1), or, when
   framing is lost (RFC 3261 §18.3: Content-Length missing or bad, message

@@ -130,9 +130,9 @@ class TcpSender:
 
     def sendto(self, data, addr, op=OP_SEND, conid=0):
         """Raises OSError(EMSGSIZE) for a message over MAX_MSG, as a UDP socket does for an
-        oversized datagram: tcp main reads at most CHAN_DGRAM bytes of a datagram, and a
-        longer one arrived cut short and went out as a truncated message that broke the
-        peer's framing of everything after it. Kamailio builds no message over BUF_SIZE."""
+        oversized datagram: tcp main reads at most CHAN_DGRAM bytes of a datagram, so a
+        longer one would go out cut short and break the peer's framing of everything after
+        it. Kamailio builds no message over BUF_SIZE."""
         if len(data) > MAX_MSG:
             raise OSError(errno.EMSGSIZE, f"{os.strerror(errno.EMSGSIZE)} ({len(data)} bytes, "
                                           f"{MAX_MSG} at most over TCP)")
