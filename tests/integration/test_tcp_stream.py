@@ -448,9 +448,10 @@ def test_steady_stream_cut_mid_message_is_not_a_stalled_message(srv):
 
 def test_connection_held_back_for_a_busy_receiver_is_not_timed_out():
     """The only receiver sleeps 2 s while another connection sends 2,000 requests of 12 kB
-    (24 MB, over the 16 MB its channel takes and tcp main's 1 MB backlog): the channel fills, tcp main stops reading that connection (TCP flow control pushes back
-    on the client) and must not close it for tcp_msg_read_timeout=1 s meanwhile, since the
-    wait is the server's; once the receiver is back every request is answered, in order."""
+    (24 MB, over the 16 MB its channel takes and tcp main's 1 MB backlog): the channel
+    fills, tcp main stops reading that connection (TCP flow control pushes back on the
+    client) and must not close it for tcp_msg_read_timeout=1 s meanwhile, since the wait is
+    the server's; once the receiver is back every request is answered, in order."""
     with run_server(cfg(tcp_children=1)) as srv:
         a, b = Peer(srv.addr), Peer(srv.addr)
         a.send(request(1, headers=["X-Sleep: 1"]))
