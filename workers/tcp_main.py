@@ -17,17 +17,25 @@ in a slow route never holds up reads of other connections.
 One selectors (epoll) loop, all sockets non-blocking:
 - listen sockets: accept; over `tcp_max_connections` or
   `tcp_accept_iplimit` the new connection is closed at once, logged
-  (rate-limited) and counted (`local_reject`, `iplimit_reject`);
+  (rate-limited) and counted (`local_reject`, `iplimit_reject`); out of
+  file descriptors (EMFILE), the listen sockets are left alone until the
+  next sweep: the connection stays in the kernel's backlog and the socket
+  readable, so retrying at once would spin the loop at 100 % CPU;
 - connections: recv → asyncd.sip.stream.StreamFramer → a message to the
   receiver, a CRLF pong to a CRLFCRLF ping (RFC 5626 §3.5.1), or, when
   framing is lost (RFC 3261 §18.3: Content-Length missing or bad, message
-  over the limit), a 400/513 when one can be built and then close;
+  over the limit), a 400/513 when one can be built and then close; at the
+  peer's EOF or lost framing a connection that delivered messages is not
+  closed before its receiver has run them and their replies are written
+  (the drain marker, asyncd.ipc.tcp), at most `tcp_send_timeout` later;
 - the channel from every other process: send requests (asyncd.ipc.tcp);
 - the channels to the receivers, only while one has a backlog.
 A sweep every 0.25 s closes connections whose partial message is older than
 `tcp_msg_read_timeout` (slowloris), whose queued writes did not move for
 `tcp_send_timeout` (a peer that never reads), whose connect did not finish
 in `tcp_connect_timeout`, or that were idle for `tcp_connection_lifetime`.
+A connection tcp main stopped reading because its receiver is behind
+(RX_BACKLOG) is not read-timed-out or idle meanwhile: the wait is ours.
 """
 import errno
 import os
@@ -37,23 +45,26 @@ import time
 from collections import deque
 
 from asyncd.core import log
+from asyncd.core.net import sock_name
 from asyncd.ipc.tcp import (OP_ALIAS, OP_CLOSE, OP_SEND, OP_SEND_NC, S, SND_CLOSE, SND_NO_CONNECT,
-                            pack_rx, unpack_tx)
+                            pack_drain, pack_rx, unpack_tx)
 from asyncd.sip import SipParseError, build_reply, parse_msg
 from asyncd.sip.stream import BAD, MSG, PING, StreamFramer
 
 MOD = "core"
 SWEEP = 0.25
 RX_BACKLOG = 1 << 20       # bytes queued for one receiver before its connections stop being read
+WARN_KEYS = 1024           # rate-limited warnings remembered before the stale ones are dropped
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+_NO_FD = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Conn:
     __slots__ = ("id", "sock", "fd", "index", "peer", "rcv", "framer", "out", "outlen",
                  "born", "last", "msg_start", "stall", "connecting", "deadline", "closing",
-                 "paused", "aliases", "incoming", "events")
+                 "draining", "delivered", "paused", "aliases", "incoming", "events")
 
     def __init__(self, cid, sock, index, peer, rcv, framer, incoming, now):
         self.id, self.sock, self.fd, self.index, self.peer = cid, sock, sock.fileno(), index, peer
@@ -65,7 +76,9 @@ class Conn:
         self.stall = 0.0
         self.connecting = False
         self.deadline = 0.0
-        self.closing = False
+        self.closing = False        # no more reads; closed once drained and written
+        self.draining = False       # waiting for the receiver's OP_CLOSE (deadline: until when)
+        self.delivered = False      # a message went to the receiver
         self.paused = False
         self.aliases = []
         self.events = 0
@@ -87,24 +100,35 @@ class TcpMain:
         self.rr = 0
         self.words = plan.words
         self.addrs = {i: s.getsockname()[:2] for i, s in plan.listen.items()}
+        self.accepting = False   # the listen sockets are in the selector
         self._warned = {}
+        self._warn_prune = WARN_KEYS
 
     # -- counters and rate-limited warnings ---------------------------------
     def count(self, name, n=1):
         self.words[8 + S[name]] += n
 
     def warn_limited(self, key, text):
+        """One WARNING a second per key at most (a flood must not flood the log). Keys name
+        connections and addresses: the ones older than a second are dropped when the dict
+        doubles (from WARN_KEYS), or every refused address and full queue ever seen stayed."""
         now = time.monotonic()
-        if now - self._warned.get(key, 0.0) >= 1.0:
-            self._warned[key] = now
-            log.warn(MOD, text)
+        warned = self._warned
+        if now - warned.get(key, -1.0e9) < 1.0:
+            return
+        if len(warned) >= self._warn_prune:
+            for k in [k for k, t in warned.items() if now - t >= 1.0]:
+                del warned[k]
+            self._warn_prune = max(WARN_KEYS, 2 * len(warned))
+        warned[key] = now
+        log.warn(MOD, text)
 
     # -- loop ---------------------------------------------------------------
     def loop(self):
         sel = self.sel
-        for i, s in self.plan.listen.items():
+        for s in self.plan.listen.values():
             s.setblocking(False)
-            sel.register(s, READ, ("listen", i))
+        self.watch_listen(True)
         self.plan.tx_r.setblocking(False)
         sel.register(self.plan.tx_r, READ, ("tx", None))
         for a, _b in self.plan.rx:
@@ -149,8 +173,10 @@ class TcpMain:
             except OSError as e:
                 if e.errno in _AGAIN:
                     return
-                if e.errno in (errno.EMFILE, errno.ENFILE):
-                    self.warn_limited("emfile", f"tcp: cannot accept on {self.addrs[index]}: {e.strerror}")
+                if e.errno in _NO_FD:
+                    self.watch_listen(False)
+                    self.warn_limited("emfile", f"tcp: cannot accept on tcp:{sock_name(*self.addrs[index])}: "
+                                                f"{e.strerror}; accepting again in {SWEEP} s")
                 return
             peer = (peer[0], peer[1])
             if len(self.conns) >= conf.max_connections:
@@ -175,6 +201,17 @@ class TcpMain:
             self.count("established")
             c.events = READ
             self.sel.register(s, READ, ("conn", c))
+
+    def watch_listen(self, on):
+        """Accept (or stop accepting, the backlog waits in the kernel) on every listen socket."""
+        if on == self.accepting:
+            return
+        self.accepting = on
+        for i, s in self.plan.listen.items():
+            if on:
+                self.sel.register(s, READ, ("listen", i))
+            else:
+                self.sel.unregister(s)
 
     def add(self, s, index, peer, incoming):
         now = time.monotonic()
@@ -217,12 +254,14 @@ class TcpMain:
             ev = c.framer.eof()
             if ev:
                 self.bad(c, ev[0], eof=True)
-            self.close(c, None)
+            else:
+                self.finish(c)
             return
-        partial = c.framer.partial
+        new = False             # a message ended here: what is left unfinished is the next one
         for ev in c.framer.feed(data):
             kind = ev[0]
             if kind == MSG:
+                new = True
                 self.deliver(c, ev[1])
             elif kind == PING:
                 self.count("crlf_pings")
@@ -231,11 +270,12 @@ class TcpMain:
             elif kind == BAD:
                 self.bad(c, ev)
                 return
-        if c.framer.partial:
-            if not partial or not c.msg_start:
-                c.msg_start = now
-        else:
+        # tcp_msg_read_timeout runs from the first byte of the unfinished message, so a
+        # stream whose reads always end inside the next message is not taken for a stall
+        if not c.framer.partial:
             c.msg_start = 0.0
+        elif new or not c.msg_start:
+            c.msg_start = now
 
     def bad(self, c, ev, eof=False):
         """Framing is lost (RFC 3261 §18.3): answer when the header block makes a
@@ -250,15 +290,30 @@ class TcpMain:
             reply = _reply_to_head(head, code, reason, c, self.addrs)
             if reply:
                 self.queue(c, reply)
+        self.finish(c)
+
+    def finish(self, c):
+        """Read no more; close once the receiver has run what this connection sent and
+        the replies are written (a half-closed peer still gets them)."""
+        if c.id not in self.conns:
+            return
         c.closing = True
+        c.msg_start = 0.0
+        if c.delivered:
+            c.draining = True
+            c.deadline = time.monotonic() + self.conf.send_timeout
+            self.to_receiver(c, pack_drain(c.id, c.index, c.peer[0], c.peer[1]))
         self.set_events(c)
-        if not c.out:
+        if not c.out and not c.draining:
             self.close(c, None)
 
     def deliver(self, c, data):
         self.count("msgs_in")
+        c.delivered = True
+        self.to_receiver(c, pack_rx(c.id, c.index, c.peer[0], c.peer[1], data))
+
+    def to_receiver(self, c, frame):
         r = c.rcv
-        frame = pack_rx(c.id, c.index, c.peer[0], c.peer[1], data)
         if not self.rx_back[r]:
             try:
                 self.plan.rx[r][0].send(frame)
@@ -282,9 +337,14 @@ class TcpMain:
                 return
             self.rx_bytes[r] -= len(q.popleft())
         self.sel.unregister(s)
+        now = time.monotonic()
         for c in self.rx_paused[r]:
             c.paused = False
             if c.id in self.conns:
+                # the read and idle clocks start again: the peer waited for us
+                c.last = now
+                if c.msg_start:
+                    c.msg_start = now
                 self.set_events(c)
         self.rx_paused[r].clear()
 
@@ -340,7 +400,7 @@ class TcpMain:
                 c.out[0] = data[n:]
                 return
             c.out.popleft()
-        if c.closing:
+        if c.closing and not c.draining:
             self.close(c, None)
         else:
             self.set_events(c)
@@ -384,7 +444,11 @@ class TcpMain:
             return
         if op == OP_CLOSE:
             if c is not None:
-                self.close(c, None)
+                c.draining = False
+                c.closing = True
+                self.set_events(c)
+                if not c.out:
+                    self.close(c, None)
             return
         if c is None:
             c = self.by_addr.get((ip, port))
@@ -453,6 +517,8 @@ class TcpMain:
     # -- timers and closing ---------------------------------------------------
     def sweep(self, now):
         conf = self.conf
+        if not self.accepting:
+            self.watch_listen(True)
         for c in list(self.conns.values()):
             if c.connecting:
                 if now >= c.deadline:
@@ -462,6 +528,11 @@ class TcpMain:
                 self.count("send_timeout")
                 self.close(c, f"send timeout: nothing written for {conf.send_timeout} s "
                               f"({c.outlen} bytes queued)")
+            elif c.draining and now >= c.deadline:
+                self.close(c, f"its receiver did not finish its last messages within "
+                              f"tcp_send_timeout={conf.send_timeout} s")
+            elif c.paused:
+                continue        # we stopped reading it (its receiver is behind): no read/idle time-out
             elif c.msg_start and conf.msg_read_timeout and now - c.msg_start >= conf.msg_read_timeout:
                 self.count("read_timeout")
                 self.close(c, f"message not complete after tcp_msg_read_timeout="

@@ -8,7 +8,10 @@ connection id, the listen socket it came on and the peer address. From
 there it is the udp receiver's path (workers/receiver.py `Receiver`): the
 same hooks, routes, 400 for what does not parse, counters; `$proto` is
 `tcp` and `$conid` the connection. Replies and forwarded requests leave
-through `proc.send`, which hands TCP sends to tcp main.
+through `proc.send`, which hands TCP sends to tcp main. An empty message
+is tcp main's drain marker for a connection it is closing: every message
+before it has run and its replies are on their way, so the answer is
+OP_CLOSE (asyncd.ipc.tcp).
 
 A message waits in the kernel channel, held open by main, until this
 process reads it: a replacement forked for a dead receiver reads what
@@ -18,7 +21,7 @@ UDP datagram would be; a transaction it held gets its reply from tm).
 import signal
 
 from asyncd.core import log
-from asyncd.ipc.tcp import CHAN_DGRAM, unpack_rx
+from asyncd.ipc.tcp import CHAN_DGRAM, OP_CLOSE, pack_tx, unpack_rx
 from workers.receiver import Receiver, _Stop
 
 MOD = "core"
@@ -31,6 +34,7 @@ class TcpReceiver(Receiver):
         first = min(plan.listen) if plan.listen else 0
         super().__init__(proc, first)
         self.chan = plan.rx[instance][1]
+        self.tx = plan.tx_w
         self.locals = {i: s.getsockname()[:2] for i, s in plan.listen.items()}
 
     def loop(self):
@@ -60,6 +64,9 @@ class TcpReceiver(Receiver):
                 except Exception as e:  # noqa: BLE001 - a frame we cannot read is dropped
                     log.err(MOD, f"tcp receiver: bad frame from tcp main: {e!r}")
                     continue
+                if not data:
+                    self.drained(conid, sock, src)
+                    continue
                 self.conid = conid
                 self.sock_index = sock
                 self.local = locals_.get(sock, self.local)
@@ -73,6 +80,12 @@ class TcpReceiver(Receiver):
         finally:
             self.idle = False
             self.flush_counters()
+
+    def drained(self, conid, sock, src):
+        try:
+            self.tx.send(pack_tx(OP_CLOSE, conid, sock, src[0], src[1]))
+        except OSError as e:   # tcp main closes it at its deadline anyway
+            log.err(MOD, f"tcp receiver: cannot ask tcp main to close connection {conid}: {e}")
 
 
 def run(proc, row, instance):

@@ -21,12 +21,19 @@ process that dies waits for its replacement instead of being lost):
 - *to tcp receiver i* (one channel each): a complete message as framed by
   tcp main `[conid, sock, port, ip, message]`. A connection is pinned to one
   receiver for its life, so its messages run in the order they arrived, as
-  Kamailio's tcp reader does.
+  Kamailio's tcp reader does. An empty message is a *drain marker*: tcp main
+  sends it after the last message of a connection it is closing (the peer's
+  EOF, or framing lost), and the receiver answers OP_CLOSE once it has run
+  every message before it, so their replies, which reach tcp main before the
+  OP_CLOSE, are written before the close (Kamailio's reader answers a message
+  before it reads what follows it: src/core/tcp_read.c tcp_read_req).
 
 A socketpair's datagrams are not capped by `net.unix.max_dgram_qlen` (the
 two ends are each other's peer), only by the send buffer: 8 MB here.
 """
+import errno
 import mmap
+import os
 import socket
 import struct
 
@@ -34,7 +41,8 @@ MAX_MSG = 65535           # the largest message a channel carries (Kamailio's BU
 CHAN_BUF = 8 << 20        # send buffer of each channel
 CHAN_DGRAM = MAX_MSG + 512
 
-# op of a frame to tcp main (low nibble), and send flags (high nibble, from a 3-tuple address)
+# op of a frame to tcp main (low nibble), and send flags (high nibble, from a 3-tuple address);
+# OP_CLOSE closes the connection once what is queued for it is written
 OP_SEND, OP_SEND_NC, OP_ALIAS, OP_CLOSE = 1, 2, 3, 4
 SND_NO_CONNECT, SND_CLOSE = 1, 2
 
@@ -63,6 +71,11 @@ def unpack_tx(buf):
 def pack_rx(conid, sock, ip, port, data):
     b = ip.encode()
     return _RX.pack(conid, sock, port, len(b)) + b + data
+
+
+def pack_drain(conid, sock, ip, port):
+    """The drain marker of a connection (see the module docstring)."""
+    return pack_rx(conid, sock, ip, port, b"")
 
 
 def unpack_rx(buf):
@@ -119,7 +132,14 @@ class TcpSender:
 
     def sendto(self, data, addr, op=OP_SEND, conid=0):
         """addr is (ip, port) or (ip, port, flags): SND_NO_CONNECT (set_*_no_connect(): use an
-        open connection or drop), SND_CLOSE (set_*_close(): close it once this is written)."""
+        open connection or drop), SND_CLOSE (set_*_close(): close it once this is written).
+        Raises OSError(EMSGSIZE) for a message over MAX_MSG, as a UDP socket does for an
+        oversized datagram: tcp main reads at most CHAN_DGRAM bytes of a datagram, so a
+        longer one would go out cut short and break the peer's framing of everything after
+        it. Kamailio builds no message over BUF_SIZE."""
+        if len(data) > MAX_MSG:
+            raise OSError(errno.EMSGSIZE, f"{os.strerror(errno.EMSGSIZE)} ({len(data)} bytes, "
+                                          f"{MAX_MSG} at most over TCP)")
         if len(addr) > 2:
             op |= addr[2] << 4
         b = addr[0].encode()
