@@ -314,18 +314,41 @@ class TcpMain:
 
     def to_receiver(self, c, frame):
         r = c.rcv
-        if not self.rx_back[r]:
-            try:
-                self.plan.rx[r][0].send(frame)
-                return
-            except BlockingIOError:
-                self.sel.register(self.plan.rx[r][0], WRITE, ("rx", r))
-        self.rx_back[r].append(frame)
-        self.rx_bytes[r] += len(frame)
+        if self.rx_send(r, frame):
+            return
         if self.rx_bytes[r] > RX_BACKLOG and not c.paused:
             c.paused = True            # TCP flow control pushes back on the peer
             self.rx_paused[r].add(c)
             self.set_events(c)
+
+    def rx_send(self, r, frame):
+        """True when the frame went straight to receiver r, else it waits in r's backlog."""
+        if not self.rx_back[r]:
+            try:
+                self.plan.rx[r][0].send(frame)
+                return True
+            except BlockingIOError:
+                self.sel.register(self.plan.rx[r][0], WRITE, ("rx", r))
+        self.rx_back[r].append(frame)
+        self.rx_bytes[r] += len(frame)
+        return False
+
+    def unsent(self, index, peer, items, why):
+        """Requests that could not leave because the connection to `peer` could not
+        be opened: each gets a local `477` as if the next hop had sent it, through a
+        receiver, so tm ends the branch now (failure_route, or the reply upstream)
+        instead of at fr_timer. Kamailio's t_relay() fails at once for a refused
+        connect (src/core/tcp_main.c tcpconn_1st_send; E_SEND: 477)."""
+        for data in items:
+            if not data or _is_reply(data) or data[:4] in (b"ACK ", b"CANC"):
+                continue
+            try:
+                m = parse_msg(bytes(data), self.addrs.get(index, ("", 0)), peer, index, "tcp")
+                reply = build_reply(m, 477, "Unfortunately error on sending to next hop occurred"
+                                            f" ({why})")
+            except Exception:  # noqa: BLE001 - not a request we can answer: its fr timer will
+                continue
+            self.rx_send(self.pick_receiver(), pack_rx(0, index, peer[0], peer[1], reply))
 
     def flush_rx(self, r):
         q = self.rx_back[r]
@@ -466,6 +489,7 @@ class TcpMain:
                 return
             c = self.connect(index, ip, port)
             if c is None:
+                self.unsent(index, (ip, port), [data], "connect failed")
                 return
         if self.queue(c, data) and flags & SND_CLOSE and c.id in self.conns:
             c.closing = True                    # set_*_close(): once what is queued is written
@@ -476,6 +500,12 @@ class TcpMain:
 
     def connect(self, index, ip, port):
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        try:
+            socket.inet_pton(family, ip)
+        except OSError:
+            # a host name (a crafted Via with no received): resolving it would block the loop
+            log.err(MOD, f"tcp: cannot connect to {ip}:{port}: not an IP address")
+            return None
         s = socket.socket(family, socket.SOCK_STREAM)
         s.setblocking(False)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -506,6 +536,7 @@ class TcpMain:
         err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self.count("connect_failed")
+            self.unsent(c.index, c.peer, list(c.out), os.strerror(err))
             self.close(c, f"connect failed: {os.strerror(err)}")
             return
         c.connecting = False
@@ -523,6 +554,7 @@ class TcpMain:
             if c.connecting:
                 if now >= c.deadline:
                     self.count("connect_failed")
+                    self.unsent(c.index, c.peer, list(c.out), "connect timeout")
                     self.close(c, f"connect timeout ({conf.connect_timeout} s)")
             elif c.out and now - c.stall >= conf.send_timeout:
                 self.count("send_timeout")

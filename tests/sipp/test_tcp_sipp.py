@@ -339,11 +339,10 @@ def test_408_from_the_timer_reaches_the_tcp_client(srv, peers, service):
         assert len(cancels) == 6 and {tr for tr, _ in cancels} == {"TCP"}
 
 
-@pytest.mark.xfail(strict=True, reason="asyncd connects in tcp main and tm is not told the connect "
-                   "failed: the branch ends by fr_timer (408). Kamailio 5.6 tries the connect in "
-                   "the sending process (src/core/tcp_main.c tcpconn_1st_send), t_relay() fails "
-                   "and sl_reply_error() answers 477 at once")
 def test_relay_to_a_refused_tcp_port_fails_at_once(srv):
+    """A TCP next hop that refuses the connection ends the branch at once with 477, as
+    Kamailio's t_relay() fails at once (src/core/tcp_main.c tcpconn_1st_send): tcp main
+    hands tm a local 477 for the request it could not send (workers/tcp_main.py unsent)."""
     got = _invite_over_tcp(srv, "dead", lambda codes: any(c >= 200 for c in codes), 3.0)
     finals = [(c, t) for c, t in got if c >= 200]
     assert finals and finals[0][0] == 477 and finals[0][1] < 0.5, got
