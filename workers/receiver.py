@@ -70,10 +70,14 @@ class Receiver:
         if self.idle:
             raise _Stop()
 
+    def read(self):
+        """The next (data, src) to handle, or None for nothing: here a datagram."""
+        return self.sock.recvfrom(BUFSIZE)
+
     def loop(self):
         signal.signal(signal.SIGTERM, self.on_term)
         signal.signal(signal.SIGQUIT, self.on_term)
-        recvfrom = self.sock.recvfrom
+        read = self.read
         handle = self.handle
         proc = self.proc
         n = 0
@@ -83,15 +87,17 @@ class Receiver:
                     self.idle = True
                     if proc.stopping:
                         break
-                    data, src = recvfrom(BUFSIZE)
+                    got = read()
                     self.idle = False
                 except _Stop:
                     break
                 except OSError as e:
                     self.idle = False
-                    log.err(MOD, f"recvfrom on {self.local}: {e}")
+                    log.err(MOD, f"reading {self.proto} messages for {self.local}: {e}")
                     continue
-                handle(data, src)
+                if got is None:
+                    continue
+                handle(*got)
                 n += 1
                 if n >= FLUSH_EVERY:
                     n = 0
@@ -267,4 +273,3 @@ def _our_addresses(script, sockets):
             host = m.group(1).strip("[]").lower()
             ours.update((host, p) for p in ([int(m.group(2))] if m.group(2) else ports))
     return ours
-

@@ -18,11 +18,9 @@ process reads it: a replacement forked for a dead receiver reads what
 its predecessor had not (the message being run when it died is lost, as a
 UDP datagram would be; a transaction it held gets its reply from tm).
 """
-import signal
-
 from asyncd.core import log
 from asyncd.ipc.tcp import CHAN_DGRAM, OP_CLOSE, pack_tx, unpack_rx
-from workers.receiver import Receiver, _Stop
+from workers.receiver import Receiver
 
 MOD = "core"
 
@@ -37,49 +35,23 @@ class TcpReceiver(Receiver):
         self.tx = plan.tx_w
         self.locals = {i: s.getsockname()[:2] for i, s in plan.listen.items()}
 
-    def loop(self):
-        signal.signal(signal.SIGTERM, self.on_term)
-        signal.signal(signal.SIGQUIT, self.on_term)
-        recv = self.chan.recv
-        handle = self.handle
-        proc = self.proc
-        locals_ = self.locals
-        n = 0
+    def read(self):
+        """The next message from tcp main's channel as (data, src), with the connection
+        id, listen socket and local address set for handle(); None for a drain marker
+        (answered here) or a frame that cannot be read."""
+        buf = self.chan.recv(CHAN_DGRAM)
         try:
-            while not proc.stopping:
-                try:
-                    self.idle = True
-                    if proc.stopping:
-                        break
-                    buf = recv(CHAN_DGRAM)
-                    self.idle = False
-                except _Stop:
-                    break
-                except OSError as e:
-                    self.idle = False
-                    log.err(MOD, f"tcp receiver: channel read failed: {e}")
-                    continue
-                try:
-                    conid, sock, src, data = unpack_rx(buf)
-                except Exception as e:  # noqa: BLE001 - a frame we cannot read is dropped
-                    log.err(MOD, f"tcp receiver: bad frame from tcp main: {e!r}")
-                    continue
-                if not data:
-                    self.drained(conid, sock, src)
-                    continue
-                self.conid = conid
-                self.sock_index = sock
-                self.local = locals_.get(sock, self.local)
-                handle(data, src)
-                n += 1
-                if n >= 256:
-                    n = 0
-                    self.flush_counters()
-        except _Stop:
-            pass
-        finally:
-            self.idle = False
-            self.flush_counters()
+            conid, sock, src, data = unpack_rx(buf)
+        except Exception as e:  # noqa: BLE001 - a frame we cannot read is dropped
+            log.err(MOD, f"tcp receiver: bad frame from tcp main: {e!r}")
+            return None
+        if not data:
+            self.drained(conid, sock, src)
+            return None
+        self.conid = conid
+        self.sock_index = sock
+        self.local = self.locals.get(sock, self.local)
+        return data, src
 
     def drained(self, conid, sock, src):
         try:

@@ -70,6 +70,23 @@ request_route {
 """
 
 
+def _listener():
+    """A TCP next hop on a free loopback port: (listening socket, port)."""
+    port = free_udp_port()
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", port))
+    lst.listen(8)
+    lst.settimeout(5)
+    return lst, port
+
+
+def _udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    u.settimeout(5)
+    return u
+
+
 def _tcp(port):
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -137,9 +154,7 @@ def test_pvs_and_proto_condition_over_tcp_and_udp(run_server):
         assert (proto, pr, ri, rp, si, sp) == ("tcp", "tcp", "127.0.0.1", str(port), local[0], str(local[1]))
         assert int(conid) > 0
         # the same request over UDP: no X-Tcp, no connection id
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind(("127.0.0.1", 0))
-        u.settimeout(5)
+        u = _udp()
         data, _, _ = build_request("OPTIONS", f"sip:pv@127.0.0.1:{port}", u.getsockname())
         u.sendto(data, ("127.0.0.1", port))
         r = u.recv(65536).decode()
@@ -151,16 +166,10 @@ def test_pvs_and_proto_condition_over_tcp_and_udp(run_server):
 
 
 def test_udp_in_tcp_out_double_record_route_and_back(run_server):
-    uas_port = free_udp_port()
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", uas_port))
-    lst.listen(8)
-    lst.settimeout(5)
+    lst, uas_port = _listener()
     with run_server(CFG, defines={"UAS": uas_port}) as srv:
         port = srv.port
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind(("127.0.0.1", 0))
-        u.settimeout(5)
+        u = _udp()
         data, _, callid = build_request("INVITE", f"sip:totcp@127.0.0.1:{port}", u.getsockname(),
                                         rport=False)
         u.sendto(data, ("127.0.0.1", port))
@@ -219,10 +228,7 @@ def test_force_tcp_alias_reuses_the_connection_for_the_via_port(run_server):
 
 
 def test_set_forward_no_connect_never_opens_a_connection(run_server):
-    uas_port = free_udp_port()
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", uas_port))
-    lst.listen(8)
+    lst, uas_port = _listener()
     with run_server(CFG, defines={"UAS": uas_port}) as srv:
         port = srv.port
         s = _tcp(port)
@@ -244,16 +250,10 @@ def test_set_forward_no_connect_never_opens_a_connection(run_server):
 
 
 def test_force_send_socket_tcp_sends_over_tcp(run_server):
-    uas_port = free_udp_port()
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", uas_port))
-    lst.listen(8)
-    lst.settimeout(5)
+    lst, uas_port = _listener()
     with run_server(CFG, defines={"UAS": uas_port}) as srv:
         port = srv.port
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind(("127.0.0.1", 0))
-        u.settimeout(5)
+        u = _udp()
         data, _, _ = build_request("MESSAGE", f"sip:forced@127.0.0.1:{port}", u.getsockname(), body="x")
         u.sendto(data, ("127.0.0.1", port))
         conn, _ = lst.accept()
@@ -266,11 +266,7 @@ def test_force_send_socket_tcp_sends_over_tcp(run_server):
 
 def test_reply_after_the_connection_closed_goes_to_the_via_sent_by(run_server):
     """RFC 3261 18.2.2: the connection is gone: open one to the Via's sent-by port."""
-    via_port = free_udp_port()
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", via_port))
-    lst.listen(8)
-    lst.settimeout(5)
+    lst, via_port = _listener()
     with run_server(CFG) as srv:
         port = srv.port
         s = _tcp(port)
