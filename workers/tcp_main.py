@@ -10,7 +10,7 @@ Kamailio splits this between `tcp main` (accept, connection table, timers)
 and the tcp readers, which read and frame the connections passed to them
 (src/core/tcp_main.c tcp_main_loop, src/core/tcp_read.c tcp_read_req).
 asyncd reads and frames here and sends each complete message to the tcp
-receiver the connection is pinned to (asyncd.ipc.tcp): one process owns a
+receiver its Call-ID hashes to (deliver; asyncd.ipc.tcp): one process owns a
 connection's bytes both ways, which is what TLS needs, and a receiver busy
 in a slow route never holds up reads of other connections.
 
@@ -39,6 +39,7 @@ A connection tcp main stopped reading because its receiver is behind
 """
 import errno
 import os
+import re
 import selectors
 import socket
 import time
@@ -52,6 +53,7 @@ from asyncd.sip import SipParseError, build_reply, parse_msg
 from asyncd.sip.stream import BAD, MSG, PING, StreamFramer
 
 MOD = "core"
+_CALLID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.I)
 SWEEP = 0.25
 RX_BACKLOG = 1 << 20       # bytes queued for one receiver before its connections stop being read
 WARN_KEYS = 1024           # rate-limited warnings remembered before the stale ones are dropped
@@ -64,7 +66,7 @@ _NO_FD = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 class Conn:
     __slots__ = ("id", "sock", "fd", "index", "peer", "rcv", "framer", "out", "outlen",
                  "born", "last", "msg_start", "stall", "connecting", "deadline", "closing",
-                 "draining", "delivered", "paused", "aliases", "incoming", "events")
+                 "draining", "rcvs", "paused", "aliases", "incoming", "events")
 
     def __init__(self, cid, sock, index, peer, rcv, framer, incoming, now):
         self.id, self.sock, self.fd, self.index, self.peer = cid, sock, sock.fileno(), index, peer
@@ -77,8 +79,8 @@ class Conn:
         self.connecting = False
         self.deadline = 0.0
         self.closing = False        # no more reads; closed once drained and written
-        self.draining = False       # waiting for the receiver's OP_CLOSE (deadline: until when)
-        self.delivered = False      # a message went to the receiver
+        self.draining = 0           # OP_CLOSEs awaited, one per receiver in rcvs (deadline: until when)
+        self.rcvs = set()           # the receivers its messages went to
         self.paused = False
         self.aliases = []
         self.events = 0
@@ -98,6 +100,7 @@ class TcpMain:
         self.rx_bytes = [0] * len(plan.rx)
         self.rx_paused = [set() for _ in plan.rx]
         self.rr = 0
+        self.nrx = len(plan.rx)
         self.words = plan.words
         self.addrs = {i: s.getsockname()[:2] for i, s in plan.listen.items()}
         self.accepting = False   # the listen sockets are in the selector
@@ -299,21 +302,34 @@ class TcpMain:
             return
         c.closing = True
         c.msg_start = 0.0
-        if c.delivered:
-            c.draining = True
+        if c.rcvs:
+            c.draining = len(c.rcvs)
             c.deadline = time.monotonic() + self.conf.send_timeout
-            self.to_receiver(c, pack_drain(c.id, c.index, c.peer[0], c.peer[1]))
+            marker = pack_drain(c.id, c.index, c.peer[0], c.peer[1])
+            for r in c.rcvs:
+                self.to_receiver(c, marker, r)
         self.set_events(c)
         if not c.out and not c.draining:
             self.close(c, None)
 
     def deliver(self, c, data):
+        """A message goes to the receiver its Call-ID hashes to: one call's requests and
+        replies (INVITE, CANCEL, ACK, BYE) run in one receiver in the order they came,
+        as Kamailio's reader runs a connection's; different calls on one connection (a
+        trunk) spread over all receivers."""
         self.count("msgs_in")
-        c.delivered = True
-        self.to_receiver(c, pack_rx(c.id, c.index, c.peer[0], c.peer[1], data))
-
-    def to_receiver(self, c, frame):
         r = c.rcv
+        if self.nrx > 1:
+            end = data.find(b"\r\n\r\n")
+            m = _CALLID.search(data, 0, end if end > 0 else len(data))
+            if m is not None:
+                r = hash(m.group(1).strip()) % self.nrx
+        c.rcvs.add(r)
+        self.to_receiver(c, pack_rx(c.id, c.index, c.peer[0], c.peer[1], data), r)
+
+    def to_receiver(self, c, frame, r=None):
+        if r is None:
+            r = c.rcv
         if self.rx_send(r, frame):
             return
         if self.rx_bytes[r] > RX_BACKLOG and not c.paused:
@@ -467,7 +483,10 @@ class TcpMain:
             return
         if op == OP_CLOSE:
             if c is not None:
-                c.draining = False
+                if c.draining > 1:
+                    c.draining -= 1             # another receiver still runs its messages
+                    return
+                c.draining = 0
                 c.closing = True
                 self.set_events(c)
                 if not c.out:
@@ -597,7 +616,8 @@ class TcpMain:
                 self.sel.unregister(c.sock)
             except (KeyError, ValueError):
                 pass
-        self.rx_paused[c.rcv].discard(c)
+        for r in c.rcvs | {c.rcv}:
+            self.rx_paused[r].discard(c)
         try:
             c.sock.close()
         except OSError:

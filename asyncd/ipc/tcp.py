@@ -19,9 +19,10 @@ process that dies waits for its replacement instead of being lost):
   (requests), or for a reply whose connection is gone, to the top Via's
   received/sent-by (RFC 3261 §18.2.2).
 - *to tcp receiver i* (one channel each): a complete message as framed by
-  tcp main `[conid, sock, port, ip, message]`. A connection is pinned to one
-  receiver for its life, so its messages run in the order they arrived, as
-  Kamailio's tcp reader does. An empty message is a *drain marker*: tcp main
+  tcp main `[conid, sock, port, ip, message]`. A message goes to the
+  receiver its Call-ID hashes to, so one call's messages run in the order
+  they arrived, as Kamailio's tcp reader runs a connection's, while the
+  calls of one busy connection (a trunk) use every receiver. An empty message is a *drain marker*: tcp main
   sends it after the last message of a connection it is closing (the peer's
   EOF, or framing lost), and the receiver answers OP_CLOSE once it has run
   every message before it, so their replies, which reach tcp main before the
