@@ -14,7 +14,7 @@ receiver its Call-ID hashes to (deliver; asyncd.ipc.tcp): one process owns a
 connection's bytes both ways, which is what TLS needs, and a receiver busy
 in a slow route never holds up reads of other connections.
 
-One selectors (epoll) loop, all sockets non-blocking:
+One epoll loop (Poller), all sockets non-blocking:
 - listen sockets: accept; over `tcp_max_connections` or
   `tcp_accept_iplimit` the new connection is closed at once, logged
   (rate-limited) and counted (`local_reject`, `iplimit_reject`); out of
@@ -40,7 +40,7 @@ A connection tcp main stopped reading because its receiver is behind
 import errno
 import os
 import re
-import selectors
+import select
 import socket
 import time
 from collections import deque
@@ -57,10 +57,49 @@ _CALLID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.I)
 SWEEP = 0.25
 RX_BACKLOG = 1 << 20       # bytes queued for one receiver before its connections stop being read
 WARN_KEYS = 1024           # rate-limited warnings remembered before the stale ones are dropped
-READ = selectors.EVENT_READ
-WRITE = selectors.EVENT_WRITE
+READ, WRITE = 1, 2         # what a connection wants, as selectors names them
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 _NO_FD = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class Poller:
+    """selectors' register/modify/unregister/select over select.epoll, without its
+    per-event key objects: select() gives (data, READ|WRITE) pairs. tcp main runs
+    two to four events per request; this is its hot loop."""
+
+    def __init__(self):
+        self.ep = select.epoll()
+        self.data = {}
+
+    @staticmethod
+    def _flags(events):
+        return (select.EPOLLIN if events & READ else 0) | (select.EPOLLOUT if events & WRITE else 0)
+
+    def register(self, sock, events, data):
+        fd = sock.fileno()
+        self.ep.register(fd, self._flags(events))
+        self.data[fd] = data
+
+    def modify(self, sock, events, data):
+        fd = sock.fileno()
+        self.ep.modify(fd, self._flags(events))
+        self.data[fd] = data
+
+    def unregister(self, sock):
+        fd = sock.fileno()
+        self.data.pop(fd, None)
+        self.ep.unregister(fd)
+
+    def select(self, timeout):
+        data = self.data
+        out = []
+        for fd, ev in self.ep.poll(timeout):
+            d = data.get(fd)
+            if d is not None:
+                # as selectors: an error or hang-up wakes both a reader and a writer
+                out.append((d, (WRITE if ev & ~select.EPOLLIN else 0) |
+                            (READ if ev & ~select.EPOLLOUT else 0)))
+        return out
 
 
 class Conn:
@@ -91,7 +130,7 @@ class TcpMain:
         self.proc = proc
         self.plan = plan
         self.conf = plan.conf
-        self.sel = selectors.DefaultSelector()
+        self.sel = Poller()
         self.conns = {}          # conid -> Conn
         self.by_fd = {}          # fd -> Conn
         self.by_addr = {}        # (ip, port) -> Conn: the peer address, and force_tcp_alias aliases
@@ -145,15 +184,14 @@ class TcpMain:
                 events = sel.select(timeout)
             except InterruptedError:
                 continue
-            for key, mask in events:
-                kind, arg = key.data
+            for (kind, arg), mask in events:
                 try:
                     if kind == "conn":
                         self.on_conn(arg, mask)
                     elif kind == "tx":
                         self.on_tx()
                     elif kind == "listen":
-                        self.on_accept(key.fileobj, arg)
+                        self.on_accept(self.plan.listen[arg], arg)
                     else:
                         self.flush_rx(arg)
                 except Exception as e:  # noqa: BLE001 - one connection's trouble must not stop the others
@@ -614,7 +652,7 @@ class TcpMain:
         if c.events:
             try:
                 self.sel.unregister(c.sock)
-            except (KeyError, ValueError):
+            except (KeyError, ValueError, OSError):
                 pass
         for r in c.rcvs | {c.rcv}:
             self.rx_paused[r].discard(c)
