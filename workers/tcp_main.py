@@ -175,7 +175,9 @@ class TcpMain:
         sel.register(self.plan.tx_r, READ, ("tx", None))
         for a, _b in self.plan.rx:
             a.setblocking(False)
+        # a respawned tcp main starts with no connection: the gauges of the dead one are void
         self.words[8 + S["current_opened_connections"]] = 0
+        self.words[8 + S["current_write_queue_size"]] = 0
         proc = self.proc
         next_sweep = time.monotonic() + SWEEP
         while not proc.stopping:
