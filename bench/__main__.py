@@ -6,6 +6,8 @@ Runs in: the bench harness process.
     python -m bench run full --server both            # the full table (about 10-13 min)
     python -m bench run quick --server asyncd --quick # seconds: the CI smoke run
     python -m bench run soak --server asyncd          # opt-in: 2 x 30 min at half the max clean rate
+    python -m bench run tcp --server both             # the TCP cases (SIPp -t t1) beside Kamailio
+    python -m bench run stateless --fixed-rates 1000,3000  # latency runs at these rates, no search
     python -m bench report bench/results/<run>/results.json
 
 Each run writes ``results.json`` (machine, Python, commit, Kamailio and
@@ -69,6 +71,17 @@ def default_budget(cases: list, servers: list) -> float:
     return DEFAULT_BUDGET_S + soaks
 
 
+def rate_list(text: str) -> list:
+    """--fixed-rates 1000,3000 -> [1000, 3000]"""
+    try:
+        rates = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of calls/s: {text!r}") from None
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError(f"not a list of calls/s: {text!r}")
+    return rates
+
+
 def cmd_run(args) -> int:
     try:
         selected = cases_mod.resolve_suite(args.suite)
@@ -88,10 +101,12 @@ def cmd_run(args) -> int:
         for c in selected:
             c.sipp = c.soak = None
     over = soak_overrides(args)
-    effective = [c.for_mode(args.quick).with_soak(over) for c in selected]
+    effective = [c.for_mode(args.quick).with_soak(over).with_fixed_rates(args.fixed_rates)
+                 for c in selected]
     budget_s = args.budget if args.budget is not None else default_budget(effective, servers)
     opts = runner.RunOptions(servers=servers, quick=args.quick, workdir=work.resolve(),
-                             budget=runner.Budget(budget_s), step_s=args.step_s, soak=over)
+                             budget=runner.Budget(budget_s), step_s=args.step_s, soak=over,
+                             fixed_rates=args.fixed_rates)
     opts.log(f"bench: suite {args.suite} ({len(selected)} cases) on {', '.join(servers)}"
              f"{' (quick)' if args.quick else ''}; results in {out}")
     t0 = time.monotonic()
@@ -108,7 +123,7 @@ def cmd_run(args) -> int:
     }
     doc = {"meta": meta,
            "cases": [{"name": c.name, "title": c.title, "cfg": c.cfg.name, "servers": list(c.servers),
-                      "note": c.note, "mem_mb": c.mem_mb,
+                      "note": c.note, "mem_mb": c.mem_mb, "transport": c.transport,
                       "load": c.describe_load()} for c in effective],
            "results": report.strip_raw(results), "ratios": report.compute_ratios(results)}
     pngs = []
@@ -158,6 +173,10 @@ def main(argv=None) -> int:
     r.add_argument("--sample-s", type=float, default=None,
                    help="soak cases: seconds between samples (default 60; the verdict starts at "
                         "the second sample)")
+    r.add_argument("--fixed-rates", type=rate_list, default=None, metavar="R1,R2,...",
+                   help="run each case's latency phase (built-in sender, as long as its own) once "
+                        "at each of these rates, and no SIPp clean-rate search: a same-run "
+                        "comparison at given loads")
     r.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     return {"list": cmd_list, "report": cmd_report, "run": cmd_run}[args.cmd](args)

@@ -12,11 +12,13 @@ load to apply, and which servers can run it. Two ways to declare one:
        servers = ["asyncd", "kamailio"]   # who can run the cfg at all
        note = "..."                       # shown for a server left out
        mem_mb = 256                       # -m for both servers
+       transport = "tcp"                  # "udp" (default) or "tcp": how the load reaches the cfg
        [sipp]        # clean-rate search with SIPp
        scenario = "options_uac.xml"; rates = [...]; step_s = 10; refine = 1
        uas = "uas.xml"                    # relay cases: a SIPp UAS behind the server
        [latency]     # built-in sender, fixed rate, per-request latency
        rate = 1000; count = 3000; nominal_ms = 0; drain_s = 2
+       rates = [1000, 3000]               # optional: one run per rate, each as long as `count` at `rate`
        [throughput]  # async_task_data / tkv: deliveries counted by the cfg, stepped
        rates = [2000, 4000, 8000]; step_s = 3; timeout_s = 5   # like the SIPp search
        [soak]        # one SIPp load at a fixed rate for a long time, sampled (bench/soak.py)
@@ -29,6 +31,12 @@ load to apply, and which servers can run it. Two ways to declare one:
    comments at its top, each prefixed ``# bench:``, for example
    ``# bench: latency = {rate = 200, count = 400, nominal_ms = 1000}``.
    With no such lines it gets a latency run at 200/s.
+
+A ``transport = "tcp"`` case sends its latency run over one TCP connection
+(bench/sender_tcp.py) and its SIPp steps with ``-t t1`` (``[sipp] tcp_mode``
+says otherwise, e.g. ``"tn"``: a connection per call); its cfg listens on
+TCP only. Only ``[latency]`` and ``[sipp]`` run over TCP: the data counter
+and the soak's UAS are UDP.
 
 A case with ``opt_in = true`` (the half-hour soak cases) runs only when a
 suite or its own name asks for it: "all" leaves it out.
@@ -44,6 +52,7 @@ from typing import Optional
 
 CASES_DIR = Path(__file__).resolve().parent / "cases"
 SERVERS = ("asyncd", "kamailio")
+TRANSPORTS = ("udp", "tcp")
 
 DEFAULT_SIPP = {"scenario": "options_uac.xml", "rates": [1000, 2000, 5000], "step_s": 10,
                 "refine": 1, "recv_timeout_ms": 4000, "cooldown_s": 1.0, "min_rate_fraction": 0.9,
@@ -88,6 +97,7 @@ class Case:
     quick: dict = field(default_factory=dict)
     kind: str = "load"          # "timer" when the latency run measures a nominal delay
     opt_in: bool = False        # left out of "all": runs only when named (a suite or itself)
+    transport: str = "udp"      # "tcp": the cfg listens on TCP, the latency run and SIPp use TCP
 
     def for_mode(self, quick: bool) -> "Case":
         """The case with its --quick overrides applied (defaults, then its own)."""
@@ -109,24 +119,53 @@ class Case:
         c.soak = {**self.soak, **over}
         return c
 
+    def with_fixed_rates(self, rates) -> "Case":
+        """The case for --fixed-rates: its latency run at each rate, no clean-rate search."""
+        if not rates or self.latency is None:
+            return self
+        c = copy.copy(self)
+        c.latency = {**self.latency, "rates": list(rates)}
+        c.sipp = None
+        return c
+
     def describe_load(self) -> str:
         bits = []
         if self.latency:
             lat = self.latency
             nominal = f", delay {lat['nominal_ms']} ms" if lat.get("nominal_ms") else ""
-            bits.append(f"sender {lat['rate']}/s x {lat['count']}{nominal}")
+            rates = latency_rates(lat)
+            if rates == [lat["rate"]]:
+                bits.append(f"sender {lat['rate']}/s x {lat['count']}{nominal}")
+            else:
+                bits.append(f"sender {' and '.join(f'{r}/s' for r in rates)}, "
+                            f"{lat['count'] / lat['rate']:g} s each{nominal}")
         if self.throughput:
             t = self.throughput
             bits.append(f"data steps {t['rates']} x {t['step_s']} s")
         if self.sipp:
             s = self.sipp
-            bits.append(f"SIPp {s['scenario']} steps {s['rates']} x {s['step_s']} s")
+            over = f" over TCP (-t {s['tcp_mode']})" if self.transport == "tcp" else ""
+            bits.append(f"SIPp {s['scenario']}{over} steps {s['rates']} x {s['step_s']} s")
         if self.soak:
             s = self.soak
             uas = f" to a SIPp UAS ({s['uas']})" if s.get("uas") else ""
             bits.append(f"soak: SIPp {s['scenario']}{uas} at {s['rate']}/s for {s['duration_s']:g} s, "
                         f"sampled every {s['sample_s']:g} s")
+        if self.transport == "tcp" and self.latency:
+            bits[0] += " over one TCP connection"
         return "; ".join(bits)
+
+
+def latency_rates(lat: dict) -> list:
+    """The rates of a latency phase: its `rates`, or its one `rate`."""
+    return list(lat.get("rates") or [lat["rate"]])
+
+
+def at_rate(lat: dict, rate: int) -> dict:
+    """A latency phase's settings for one of its rates: as long as `count` at `rate`."""
+    if rate == lat["rate"]:
+        return lat
+    return {**lat, "rate": rate, "count": max(1, round(lat["count"] * rate / lat["rate"]))}
 
 
 def _from_dict(name: str, d: dict, cfg_default: Optional[Path] = None) -> Case:
@@ -144,10 +183,18 @@ def _from_dict(name: str, d: dict, cfg_default: Optional[Path] = None) -> Case:
     if not (sipp or latency or throughput or soak):
         latency = dict(DEFAULT_LATENCY)
     kind = "timer" if latency and latency.get("nominal_ms") else "load"
+    transport = d.get("transport", "udp")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"case {name}: unknown transport {transport!r}")
+    if transport == "tcp":
+        if throughput or soak or (sipp and sipp.get("uas")):
+            raise ValueError(f"case {name}: over TCP only [latency] and [sipp] without a UAS run")
+        if sipp:
+            sipp.setdefault("tcp_mode", "t1")
     return Case(name=name, title=d.get("title", name), cfg=cfg, servers=servers,
                 note=d.get("note", ""), mem_mb=int(d.get("mem_mb", 256)), sipp=sipp,
                 latency=latency, throughput=throughput, soak=soak, quick=d.get("quick", {}), kind=kind,
-                opt_in=bool(d.get("opt_in", False)))
+                opt_in=bool(d.get("opt_in", False)), transport=transport)
 
 
 def header_toml(cfg_text: str) -> dict:

@@ -87,9 +87,15 @@ def strip_raw(results: list) -> list:
     for r in results:
         r2 = dict(r)
         if isinstance(r2.get("latency"), dict):
-            r2["latency"] = {k: v for k, v in r2["latency"].items() if not k.startswith("_")}
+            r2["latency"] = _no_raw(r2["latency"])
+        if r2.get("latency_at"):
+            r2["latency_at"] = [_no_raw(x) for x in r2["latency_at"]]
         out.append(r2)
     return out
+
+
+def _no_raw(d: dict) -> dict:
+    return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
 def write_json(doc: dict, path: Path) -> None:
@@ -113,7 +119,10 @@ def _fmt_ratio(v) -> str:
 
 
 def _lat_cell(r: dict) -> str:
-    lat = r.get("latency") or {}
+    return _lat_text(r.get("latency") or {})
+
+
+def _lat_text(lat: dict) -> str:
     s = lat.get("delay_error_ms") or lat.get("latency_ms")
     if not s:
         return "–"
@@ -209,10 +218,27 @@ def markdown(doc: dict) -> str:
             b = row.get("bounds", {})
             cells = [b.get(k, "") + _fmt_ratio(row.get(k)) if k in row else "–" for k, _ in keys]
             lines.append(f"| {row['case']} | " + " | ".join(cells) + " |")
+    if any(r.get("latency_at") for r in doc["results"]):
+        lines += [""] + fixed_rate_markdown(doc["results"])
     for r in doc["results"]:
         if r.get("soak"):
             lines += [""] + soak_markdown(r)
     return "\n".join(lines) + "\n"
+
+
+def fixed_rate_markdown(results: list) -> list:
+    """One row per latency run of the cases that ran at several rates (`latency_at`)."""
+    lines = ["Latency runs at fixed rates (built-in sender, after its warm-up; server CPU "
+             "and PSS of that run):", "",
+             "| case | server | rate /s | answered | latency ms (min / p50 / p90 / p99 / max) "
+             "| server CPU ms/req | PSS MB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for x in r.get("latency_at") or ():
+            lines.append(f"| {r['case']} | {r['server']} | {_fmt(x['rate'])} "
+                         f"| {_fmt(x['answered'])}/{_fmt(x['sent'])} | {_lat_text(x)} "
+                         f"| {_fmt(x['server_cpu_ms_per_req'], 3)} | {_fmt(x['pss_mb'], 1)} |")
+    return lines
 
 
 def soak_markdown(r: dict) -> list:

@@ -4,7 +4,8 @@ Runs in: the bench harness process.
 
 For each (case, server): start the server on the case's cfg, then
 1. latency (built-in sender at a fixed rate: latency or timer delay,
-   server CPU per request at the same load for both servers),
+   server CPU per request at the same load for both servers; once per
+   rate when the case or --fixed-rates gives several),
 2. throughput (async_task_data / tkv: everything sent must be delivered,
    as counted by the cfg with $shtinc),
 3. the clean-rate search (SIPp steps; clean = every call successful, zero
@@ -25,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from bench import sender, sipp, soak, stats
-from bench.cases import Case
-from bench.servers import Server, ServerStartError, free_udp_port, kamailio_binary
+from bench import sender, sender_tcp, sipp, soak, stats
+from bench.cases import Case, at_rate, latency_rates
+from bench.servers import Server, ServerStartError, free_port, free_udp_port, kamailio_binary
 from bench.sysstats import ProcessTree, read_udp_counters, udp_drops_delta
 
 MB = 1024 * 1024
@@ -54,6 +55,7 @@ class RunOptions:
     budget: Budget
     step_s: Optional[float] = None
     soak: dict = field(default_factory=dict)    # --rate / --duration / --sample-s for soak cases
+    fixed_rates: Optional[list] = None          # --fixed-rates: latency runs at these, no search
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
@@ -78,6 +80,7 @@ class _Meter:
 
 
 def run_latency(srv: Server, tree: ProcessTree, cfg: dict, opts: "RunOptions") -> dict:
+    send = sender_tcp.run if srv.transport == "tcp" else sender.run
     # Warm-up, same rate, not counted: every process's first requests pay one-off costs
     # (copy-on-write faults on the pages they touch, first connects, the interpreter
     # specialising the hot code), ~1-3 ms here for either server, which would otherwise
@@ -88,11 +91,11 @@ def run_latency(srv: Server, tree: ProcessTree, cfg: dict, opts: "RunOptions") -
         n_warm = max(n_warm, int(cfg["rate"] * WARMUP_S))
     warm = None
     if n_warm > 0:
-        warm = sender.run(srv.port, cfg["rate"], n_warm, user=cfg["user"],
-                          drain_s=cfg["drain_s"] + cfg["nominal_ms"] / 1000.0)
+        warm = send(srv.port, cfg["rate"], n_warm, user=cfg["user"],
+                    drain_s=cfg["drain_s"] + cfg["nominal_ms"] / 1000.0)
     with _Meter(tree) as m:
-        res = sender.run(srv.port, cfg["rate"], cfg["count"], user=cfg["user"],
-                         drain_s=cfg["drain_s"] + cfg["nominal_ms"] / 1000.0)
+        res = send(srv.port, cfg["rate"], cfg["count"], user=cfg["user"],
+                   drain_s=cfg["drain_s"] + cfg["nominal_ms"] / 1000.0)
     lat = res.latencies_us
     out = {"rate": cfg["rate"], "sent": res.sent, "answered": res.answered,
            "unanswered": res.unanswered, "non_2xx": res.non_2xx, "duplicates": res.duplicates,
@@ -114,6 +117,18 @@ def run_latency(srv: Server, tree: ProcessTree, cfg: dict, opts: "RunOptions") -
         out["early"] = sum(1 for v in lat if v < nominal * 1000)
     out["_raw_ms"] = [v / 1000 for v in lat]
     return out
+
+
+def run_latency_rates(srv: Server, tree: ProcessTree, cfg: dict, opts: "RunOptions") -> list:
+    """run_latency at each rate the phase lists (`rates`, or --fixed-rates), in order."""
+    rates = latency_rates(cfg)
+    runs = []
+    for rate in rates:
+        if opts.budget.exceeded() or srv.proc.poll() is not None:
+            break
+        runs.append(run_latency(srv, tree, at_rate(cfg, rate), opts))
+        _log_phase(opts, f"latency at {rate}/s", runs[-1])
+    return runs
 
 
 def run_throughput(srv: Server, tree: ProcessTree, cfg: dict, opts: "RunOptions") -> dict:
@@ -170,7 +185,7 @@ def _sum_drops(items) -> dict:
 def _sipp_step(srv: Server, tree: ProcessTree, cfg: dict, rate: int, step_s: float,
                workdir: Path, tag: str) -> stats.StepOutcome:
     calls = max(1, int(rate * step_s))
-    uac_port = free_udp_port(exclude={srv.port})
+    uac_port = free_port(srv.transport, exclude={srv.port})
     uas_port = free_udp_port(exclude={srv.port, uac_port}) if cfg.get("uas") else None
     stat = str(workdir / f"{tag}-{rate}-uac.csv")
     recv_ms = cfg["recv_timeout_ms"]
@@ -186,7 +201,8 @@ def _sipp_step(srv: Server, tree: ProcessTree, cfg: dict, rate: int, step_s: flo
             target, rsa = f"127.0.0.1:{srv.port}", None
         cmd = sipp.uac_command(cfg["scenario"], target, uac_port, rate, calls, stat,
                                service=cfg["service"], rsa=rsa, recv_timeout_ms=recv_ms,
-                               global_timeout_s=int(step_s + recv_ms / 1000 + 20))
+                               global_timeout_s=int(step_s + recv_ms / 1000 + 20),
+                               transport=srv.transport, tcp_mode=cfg.get("tcp_mode", "t1"))
         uac = sipp.SippProcess(cmd, stat, str(workdir / f"{tag}-{rate}-uac.log"), cwd=str(workdir))
         run = uac.finish(timeout_s=step_s + recv_ms / 1000 + 30)
         uas_run = uas.stop() if uas else None
@@ -268,8 +284,8 @@ def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
     if opts.budget.exceeded():
         out.update(status="skipped", reason="time budget")
         return out
-    srv = Server(kind=kind, cfg=str(case.cfg), port=free_udp_port(), mem_mb=case.mem_mb,
-                 workdir=opts.workdir)
+    srv = Server(kind=kind, cfg=str(case.cfg), port=free_port(case.transport), mem_mb=case.mem_mb,
+                 workdir=opts.workdir, transport=case.transport)
     opts.log(f"  {case.name} on {kind} (port {srv.port})")
     try:
         srv.start()
@@ -282,9 +298,15 @@ def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
     cpu0 = tree.cpu_seconds()
     pss = []
     try:
+        if case.latency and latency_rates(case.latency) != [case.latency["rate"]]:
+            # rates of its own: the first is the case's row (ratios, plots), all are in latency_at
+            runs = run_latency_rates(srv, tree, case.latency, opts)
+            if runs:
+                out["latency"], out["latency_at"] = runs[0], runs
+                pss += [r["pss_mb"] for r in runs]
         for phase, fn in (("latency", run_latency), ("throughput", run_throughput)):
             cfg = getattr(case, phase)
-            if cfg is None or opts.budget.exceeded() or srv.proc.poll() is not None:
+            if cfg is None or phase in out or opts.budget.exceeded() or srv.proc.poll() is not None:
                 continue
             out[phase] = fn(srv, tree, cfg, opts)
             pss.append(out[phase].get("pss_mb", 0))
@@ -315,17 +337,17 @@ def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
 def _log_phase(opts: RunOptions, phase: str, d: dict) -> None:
     if "error" in d:
         opts.log(f"    {phase}: {d['error']}")
-    elif phase == "latency":
+    elif phase.startswith("latency"):
         lat = d.get("delay_error_ms") or d.get("latency_ms") or {}
         what = "delay error" if "delay_error_ms" in d else "latency"
-        opts.log(f"    latency: {d['answered']}/{d['sent']} answered; {what} ms p50 {lat.get('p50')} "
+        opts.log(f"    {phase}: {d['answered']}/{d['sent']} answered; {what} ms p50 {lat.get('p50')} "
                  f"p99 {lat.get('p99')} max {lat.get('max')}; CPU {d['server_cpu_ms_per_req']} ms/req")
 
 
 def run_cases(cases: list, opts: RunOptions) -> list:
     results = []
     for case in cases:
-        c = case.for_mode(opts.quick).with_soak(opts.soak)
+        c = case.for_mode(opts.quick).with_soak(opts.soak).with_fixed_rates(opts.fixed_rates)
         for kind in opts.servers:
             results.append(run_case(c, kind, opts))
     return results

@@ -67,10 +67,10 @@ def open_socket() -> socket.socket:
 class _Template:
     """Request i as bytes with the least work per send: two joins."""
 
-    def __init__(self, port: int, lport: int, user: str, tag: str):
+    def __init__(self, port: int, lport: int, user: str, tag: str, transport: str = "UDP"):
         self.cid_mark = f"Call-ID: {tag}-".encode()
         self.head = (f"OPTIONS sip:{user}@127.0.0.1:{port} SIP/2.0\r\n"
-                     f"Via: SIP/2.0/UDP 127.0.0.1:{lport};rport;branch=z9hG4bK{tag}-").encode()
+                     f"Via: SIP/2.0/{transport} 127.0.0.1:{lport};rport;branch=z9hG4bK{tag}-").encode()
         self.mid = (f"\r\nMax-Forwards: 70\r\n"
                     f"From: <sip:bench@127.0.0.1>;tag={tag}\r\n"
                     f"To: <sip:{user}@127.0.0.1>\r\n"

@@ -9,6 +9,8 @@ preprocessor define (-A LPORT=PORT; every bench cfg guards it with
 asyncd has no such pool). A server is ready when it answers an OPTIONS
 whose R-URI user is "ping" (every bench cfg answers it first thing), so
 the harness never measures a server that is still forking its children.
+A TCP case's cfg listens on TCP only, so its probe goes over one TCP
+connection (bench/tcp.py), reconnecting until the server accepts.
 
 Stopping is by pid: SIGTERM to the main process (both stop their own
 children), SIGKILL to the whole tree if it is not gone within a few
@@ -28,6 +30,7 @@ from typing import Optional
 
 import psutil
 
+from bench import tcp
 from bench.sipp import version_output
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,6 +77,21 @@ def free_udp_port(exclude=()) -> int:
     raise RuntimeError("no free UDP port")
 
 
+def free_tcp_port(exclude=()) -> int:
+    """A port free for TCP on 127.0.0.1 (a TCP case's server, SIPp's -p over TCP)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in exclude:
+            return port
+    raise RuntimeError("no free TCP port")
+
+
+def free_port(transport: str, exclude=()) -> int:
+    return free_tcp_port(exclude) if transport == "tcp" else free_udp_port(exclude)
+
+
 def server_command(kind: str, cfg: str, port: int, mem_mb: int, defines=None) -> list:
     defs = [f"LPORT={port}"] + [f"{k}={v}" for k, v in (defines or {}).items()]
     if kind == "asyncd":
@@ -88,9 +106,9 @@ def server_command(kind: str, cfg: str, port: int, mem_mb: int, defines=None) ->
     return cmd
 
 
-def ping_request(port: int, lport: int, n: int, user: str = "ping") -> bytes:
+def ping_request(port: int, lport: int, n: int, user: str = "ping", transport: str = "UDP") -> bytes:
     return (f"OPTIONS sip:{user}@127.0.0.1:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK-benchping-{os.getpid()}-{n};rport\r\n"
+            f"Via: SIP/2.0/{transport} 127.0.0.1:{lport};branch=z9hG4bK-benchping-{os.getpid()}-{n};rport\r\n"
             "Max-Forwards: 70\r\n"
             f"From: <sip:bench@127.0.0.1>;tag=bp{os.getpid()}\r\n"
             f"To: <sip:{user}@127.0.0.1>\r\n"
@@ -99,8 +117,10 @@ def ping_request(port: int, lport: int, n: int, user: str = "ping") -> bytes:
             "Content-Length: 0\r\n\r\n").encode()
 
 
-def query(port: int, user: str, timeout: float = 0.5) -> Optional[bytes]:
+def query(port: int, user: str, timeout: float = 0.5, transport: str = "udp") -> Optional[bytes]:
     """One OPTIONS to sip:user@127.0.0.1:port; the first final reply, or None."""
+    if transport == "tcp":
+        return tcp_query(port, user, timeout)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         s.settimeout(timeout)
@@ -117,6 +137,22 @@ def query(port: int, user: str, timeout: float = 0.5) -> Optional[bytes]:
     return None
 
 
+def tcp_query(port: int, user: str, timeout: float = 0.5) -> Optional[bytes]:
+    """query() over a new TCP connection (its Via names the connection's local port)."""
+    try:
+        with tcp.connect(port, timeout) as s:
+            s.sendall(ping_request(port, s.getsockname()[1], 0, user, transport="TCP"))
+            framer = tcp.Framer()
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                for msg in tcp.recv_messages(s, framer, end - time.monotonic()):
+                    if msg[8:9] != b"1":          # skip provisional replies
+                        return msg
+    except OSError:
+        return None
+    return None
+
+
 @dataclass
 class Server:
     kind: str
@@ -125,6 +161,7 @@ class Server:
     mem_mb: int
     workdir: Path
     defines: Optional[dict] = None
+    transport: str = "udp"          # what the cfg listens on: the probe's transport
     proc: Optional[subprocess.Popen] = None
     start_s: Optional[float] = None
 
@@ -165,6 +202,8 @@ class Server:
         One socket for all probes, so a cfg that answers late (a cfg without
         the "ping" shortcut that suspends every request) is still seen.
         """
+        if self.transport == "tcp":
+            return self._wait_ready_tcp(deadline)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", 0))
             s.settimeout(0.3)
@@ -181,6 +220,35 @@ class Server:
                 except (socket.timeout, ConnectionRefusedError):
                     continue
         return False
+
+    def _wait_ready_tcp(self, deadline: float) -> bool:
+        """The same over TCP: connect until the server accepts, then probe every 0.3 s on
+        that one connection (a new one if the server closes it); any reply means ready.
+        Accepting is not enough: the listening socket exists before the processes that
+        read it (Kamailio's tcp main is forked last)."""
+        conn, framer, n = None, None, 0
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    return False
+                if conn is None:
+                    try:
+                        conn, framer = tcp.connect(self.port, timeout=0.3), tcp.Framer()
+                    except OSError:
+                        time.sleep(0.1)
+                        continue
+                n += 1
+                try:
+                    conn.sendall(ping_request(self.port, conn.getsockname()[1], n, transport="TCP"))
+                    if tcp.recv_messages(conn, framer, 0.3):
+                        return True
+                except OSError:         # ConnectionError included: closed by the server
+                    conn.close()
+                    conn = None
+            return False
+        finally:
+            if conn is not None:
+                conn.close()
 
     def stop(self, grace_s: float = 8.0) -> Optional[int]:
         """SIGTERM to the main pid, then SIGKILL to whatever of its tree is left."""

@@ -180,7 +180,8 @@ class SippRun:
 def uac_command(scenario: str, target: str, local_port: int, rate: int, calls: int,
                 stat_file: str, service: str = "bench", rsa: Optional[str] = None,
                 recv_timeout_ms: int = 5000, global_timeout_s: int = 60,
-                limit: Optional[int] = None, buff_size: int = DEFAULT_BUFF) -> list:
+                limit: Optional[int] = None, buff_size: int = DEFAULT_BUFF,
+                transport: str = "udp", tcp_mode: str = "t1") -> list:
     cmd = [sipp_binary() or "sipp", "-sf", str(SCENARIO_DIR / scenario), "-s", service, target,
            "-i", "127.0.0.1", "-p", str(local_port), "-m", str(calls), "-r", str(rate),
            "-rp", "1000", "-nostdin", "-trace_stat", "-stf", stat_file, "-fd", "1",
@@ -192,6 +193,10 @@ def uac_command(scenario: str, target: str, local_port: int, rate: int, calls: i
         cmd += ["-l", str(limit)]
     if rsa:
         cmd += ["-rsa", rsa]
+    if transport == "tcp":
+        # t1: every call on one connection; tn: a connection per call. Over TCP SIPp
+        # never retransmits (RFC 3261 17.1.2.2: timer E only on unreliable transports).
+        cmd += ["-t", tcp_mode]
     return cmd
 
 

@@ -1,8 +1,10 @@
 """The bench harness end to end, in --quick mode (seconds), so it never rots.
 
 Runs `python -m bench run quick --quick` as a user would: against asyncd
-(the CI case), and against Kamailio when it is installed. Skips cleanly,
-with the reason, when SIPp is missing.
+(the CI case), and against Kamailio when it is installed; and the TCP case
+`stateless_tcp` the same way (one TCP connection for the latency run, SIPp
+`-t t1` for 1 s at 200/s). Skips cleanly, with the reason, when SIPp is
+missing.
 """
 import json
 import shutil
@@ -19,8 +21,8 @@ pytestmark = [pytest.mark.skipif(shutil.which("sipp") is None,
               pytest.mark.sipp]
 
 
-def run_quick(server, out):
-    r = subprocess.run([sys.executable, "-m", "bench", "run", "quick", "--server", server, "--quick",
+def run_quick(server, out, suite="quick"):
+    r = subprocess.run([sys.executable, "-m", "bench", "run", suite, "--server", server, "--quick",
                         "--out", str(out), "--no-plots", "--budget", "90"],
                        cwd=str(REPO), capture_output=True, text=True, timeout=150)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -66,3 +68,16 @@ def test_quick_run_against_kamailio(tmp_path):
     doc, r = run_quick("kamailio", tmp_path)
     check_stateless(doc, "kamailio", r.stderr)
     assert doc["meta"]["kamailio_version"].startswith("5.")
+
+
+def test_quick_tcp_run_against_asyncd(tmp_path):
+    doc, r = run_quick("asyncd", tmp_path, suite="stateless_tcp")
+    [res] = doc["results"]
+    assert res["status"] == "ok", (res.get("reason"), res.get("log_tail"), r.stderr[-2000:])
+    assert [c["transport"] for c in doc["cases"]] == ["tcp"]
+    lat = res["latency"]
+    assert lat["sent"] == 200 and lat["answered"] == 200 and lat["non_2xx"] == 0
+    [step] = res["sipp"]["steps"]
+    assert step["rate"] == 200 and step["successful"] == step["calls"] > 0
+    assert step["failed"] == 0 and step["retransmissions"] == 0      # SIPp never retransmits on TCP
+    assert res["processes"] == 4      # main, 2 tcp receivers, tcp main: no UDP receiver

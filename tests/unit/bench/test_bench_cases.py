@@ -21,10 +21,12 @@ def test_the_issue_cases_exist():
 def test_cfg_runs_unchanged_on_both_servers(name):
     text = ALL[name].cfg.read_text()
     assert "#!ifndef LPORT" in text and "#!define LPORT" in text
-    assert "listen=udp:127.0.0.1:LPORT" in text
+    # one transport per case: a TCP listener in a UDP case would add processes to it
+    listens = [ln for ln in text.splitlines() if ln.startswith("listen=")]
+    assert listens == [f"listen={ALL[name].transport}:127.0.0.1:LPORT"]
     assert 'mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"' in text
     # the readiness probe: every cfg answers OPTIONS sip:ping@ (stateless answers everything)
-    assert '$rU == "ping"' in text or ALL[name].cfg.name == "stateless.cfg"
+    assert '$rU == "ping"' in text or ALL[name].cfg.name in ("stateless.cfg", "stateless_tcp.cfg")
 
 
 def test_kamailio_only_cases_say_why():
@@ -76,3 +78,75 @@ def test_cli_list_and_unknown_suite(capsys):
     out = capsys.readouterr().out
     assert "full" in out and "tkv_emit" in out and "asyncd only" in out
     assert main(["run", "no-such-suite", "--server", "asyncd"]) == 2
+
+
+def test_tcp_cases_listen_on_tcp_with_as_many_readers_as_children():
+    tcp_cases = {n: c for n, c in ALL.items() if c.transport == "tcp"}
+    assert {"stateless_tcp", "task_route_tcp"} <= set(tcp_cases)
+    assert cm.load_suites(cases=ALL)["tcp"]["cases"] == ["stateless_tcp", "task_route_tcp"]
+    for c in tcp_cases.values():
+        text = c.cfg.read_text()
+        assert "tcp_children=2" in text.splitlines() and "children=2" in text.splitlines()
+        assert c.sipp["tcp_mode"] == "t1" and c.latency["rates"] == [1000, 3000]
+        assert c.servers == ("asyncd", "kamailio")
+
+
+@pytest.mark.parametrize("udp, tcp", [("stateless", "stateless_tcp"), ("task_route", "task_route_tcp")])
+def test_a_tcp_case_is_its_udp_case_over_tcp(udp, tcp):
+    """Same routing, memory, latency rate and SIPp ladder; only the transport lines differ."""
+    u, t = ALL[udp], ALL[tcp]
+    assert u.transport == "udp" and t.transport == "tcp" and u.mem_mb == t.mem_mb
+    assert {k: v for k, v in t.sipp.items() if k != "tcp_mode"} == u.sipp
+    assert t.latency["rate"] == u.latency["rate"] and t.latency["count"] == u.latency["count"]
+
+    def routing(case):
+        text = case.cfg.read_text()
+        return text[text.index("mpath="):]
+    assert routing(u) == routing(t)
+
+
+def test_udp_cases_keep_their_load_description():
+    assert ALL["stateless"].describe_load() == ("sender 1000/s x 3000; SIPp options_uac.xml steps "
+                                                "[5000, 10000, 15000, 20000] x 10 s")
+    assert "tcp_mode" not in ALL["stateless"].sipp and "rates" not in ALL["stateless"].latency
+    assert ALL["stateless_tcp"].describe_load() == (
+        "sender 1000/s and 3000/s, 3 s each over one TCP connection; SIPp options_uac.xml over TCP "
+        "(-t t1) steps [5000, 10000, 15000, 20000] x 10 s")
+
+
+def test_transport_must_be_known_and_tcp_runs_latency_and_sipp_only(tmp_path):
+    cfg = tmp_path / "a.cfg"
+    guard = "#!ifndef LPORT\n#!define LPORT 1\n#!endif\n"
+    cfg.write_text('# bench: transport = "sctp"\n' + guard)
+    with pytest.raises(ValueError, match="transport"):
+        cm.load_cases(tmp_path)
+    cfg.write_text('# bench: transport = "tcp"\n# bench: throughput = {rates = [1]}\n' + guard)
+    with pytest.raises(ValueError, match="TCP"):
+        cm.load_cases(tmp_path)
+    cfg.write_text('# bench: transport = "tcp"\n# bench: sipp = {tcp_mode = "tn"}\n' + guard)
+    assert cm.load_cases(tmp_path)["a"].sipp["tcp_mode"] == "tn"
+
+
+def test_latency_rates_keep_the_run_length():
+    lat = ALL["stateless_tcp"].latency
+    assert cm.latency_rates(lat) == [1000, 3000]
+    assert cm.at_rate(lat, 1000) is lat
+    three = cm.at_rate(lat, 3000)
+    assert three["rate"] == 3000 and three["count"] == 9000 and lat["count"] == 3000
+    assert cm.latency_rates(ALL["stateless"].latency) == [1000]
+
+
+def test_fixed_rates_replace_the_latency_rates_and_drop_the_search():
+    c = ALL["task_route"].with_fixed_rates([1000, 3000])
+    assert c.latency["rates"] == [1000, 3000] and c.sipp is None
+    assert ALL["task_route"].sipp is not None and "rates" not in ALL["task_route"].latency
+    assert ALL["task_route"].with_fixed_rates(None) is ALL["task_route"]
+    assert ALL["relay"].with_fixed_rates([1000]) is ALL["relay"]      # no latency phase: as it is
+
+
+def test_cli_fixed_rates():
+    from bench.__main__ import rate_list
+    assert rate_list("1000,3000") == [1000, 3000]
+    for bad in ("", "x", "1000,-1"):
+        with pytest.raises(Exception):
+            rate_list(bad)

@@ -120,3 +120,31 @@ def test_data_marginal_failure_rule():
     assert data_marginal_failure(StepOutcome(2000, False, dict(base, answered=5995)))
     assert not data_marginal_failure(StepOutcome(2000, False, dict(base, answered=5990)))
     assert not data_marginal_failure(StepOutcome(2000, False, dict(base, complete=False)))
+
+
+def test_latency_runs_at_several_rates_get_their_own_table():
+    a = _res("t_tcp", "asyncd", rate=6000, p50=0.3)
+    k = _res("t_tcp", "kamailio", rate=12000, p50=0.1)
+    for r, cpu in ((a, 0.3), (k, 0.05)):
+        three = dict(r["latency"], rate=3000, sent=9000, answered=9000, pss_mb=30.0,
+                     server_cpu_ms_per_req=cpu)
+        r["latency"].update(rate=1000, sent=3000, answered=3000, pss_mb=20.0)
+        r["latency_at"] = [r["latency"], three]
+    doc = {"meta": {"started": "t", "mode": "full", "suite": "s", "duration_s": 1.0,
+                    "machine": {"cpu_count": 2, "cpu_model": "cpu", "memory_gib": 1, "kernel": "k",
+                                "python": "3.11", "commit": "abc"}},
+           "results": report.strip_raw([a, k]), "ratios": report.compute_ratios([a, k])}
+    md = report.markdown(doc)
+    assert "Latency runs at fixed rates" in md
+    assert "| t_tcp | asyncd | 3,000 | 9,000/9,000 | 0.1 / 0.3 / 0.3 / 0.6 / 0.9 | 0.3 | 30 |" in md
+    assert "| t_tcp | kamailio | 1,000 | 3,000/3,000 |" in md
+    assert "_raw_ms" not in json.dumps(doc["results"])
+    assert "_raw_ms" in a["latency_at"][1]                # the plots' copy keeps them
+
+
+def test_a_run_without_several_rates_has_no_fixed_rate_table():
+    doc = {"meta": {"started": "t", "mode": "full", "suite": "s", "duration_s": 1.0,
+                    "machine": {"cpu_count": 2, "cpu_model": "cpu", "memory_gib": 1, "kernel": "k",
+                                "python": "3.11", "commit": "abc"}},
+           "results": report.strip_raw(RESULTS), "ratios": report.compute_ratios(RESULTS)}
+    assert "fixed rates" not in report.markdown(doc)

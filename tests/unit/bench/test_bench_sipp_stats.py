@@ -61,3 +61,12 @@ def test_uac_command_has_the_load_and_statistics_flags():
     assert cmd[cmd.index("-rsa") + 1] == "127.0.0.1:5080"
     assert Path(cmd[cmd.index("-sf") + 1]).exists()
     assert "-nr" not in cmd          # retransmissions are what "clean" counts
+    assert "-t" not in cmd           # UDP: SIPp's default transport, the command as it always was
+
+
+def test_uac_command_over_tcp():
+    args = ("options_uac.xml", "127.0.0.1:5071", 6000, 500, 5000, "/tmp/s.csv")
+    udp = sipp.uac_command(*args)
+    cmd = sipp.uac_command(*args, transport="tcp")
+    assert cmd[:len(udp)] == udp and cmd[len(udp):] == ["-t", "t1"]
+    assert sipp.uac_command(*args, transport="tcp", tcp_mode="tn")[-2:] == ["-t", "tn"]
