@@ -76,7 +76,10 @@ class FakeTcpServer:
                     conns[c] = tcp.Framer()
                     self.accepted += 1
                     continue
-                data = s.recv(65536)
+                try:
+                    data = s.recv(65536)
+                except ConnectionResetError:    # the probe closed with our reply unread
+                    data = b""
                 if not data:
                     conns.pop(s)
                     s.close()
