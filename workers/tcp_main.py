@@ -140,6 +140,7 @@ class TcpMain:
         self.rx_paused = [set() for _ in plan.rx]
         self.rr = 0
         self.nrx = len(plan.rx)
+        self.batch = None        # on_tx: connection -> bytes to send when the batch ends
         self.words = plan.words
         self.addrs = {i: s.getsockname()[:2] for i, s in plan.listen.items()}
         self.accepting = False   # the listen sockets are in the selector
@@ -428,7 +429,7 @@ class TcpMain:
         self.rx_paused[r].clear()
 
     # -- writing --------------------------------------------------------------
-    def queue(self, c, data):
+    def queue(self, c, data, msgs=1):
         if not data:
             return True
         if c.outlen + len(data) > max(self.conf.conn_wq_max, len(data)) and c.out:
@@ -448,7 +449,7 @@ class TcpMain:
                 return False
             c.last = time.monotonic()
             if n == len(data):
-                self.count("msgs_out")
+                self.count("msgs_out", msgs)
                 return True
             data = data[n:]
             c.stall = c.last
@@ -457,7 +458,7 @@ class TcpMain:
         c.out.append(data)
         c.outlen += len(data)
         self.count("current_write_queue_size", len(data))
-        self.count("msgs_out")
+        self.count("msgs_out", msgs)
         self.set_events(c)
         return True
 
@@ -499,16 +500,30 @@ class TcpMain:
 
     # -- requests from the other processes ---------------------------------------
     def on_tx(self):
+        """Up to 256 send requests per wake-up; what they write to one connection
+        goes out in one send() at the end (under load a trunk's replies come in
+        tens per wake-up: one system call instead of one each)."""
         recv = self.plan.tx_r.recv
-        for _ in range(256):
-            try:
-                buf = recv(70000)
-            except BlockingIOError:
-                return
-            try:
-                self.handle_tx(buf)
-            except Exception as e:  # noqa: BLE001 - a bad request must not stop the loop
-                log.err(MOD, f"tcp: send request failed: {e!r}")
+        self.batch = {}
+        try:
+            for _ in range(256):
+                try:
+                    buf = recv(70000)
+                except BlockingIOError:
+                    return
+                try:
+                    self.handle_tx(buf)
+                except Exception as e:  # noqa: BLE001 - a bad request must not stop the loop
+                    log.err(MOD, f"tcp: send request failed: {e!r}")
+        finally:
+            batch, self.batch = self.batch, None
+            for c in list(batch):
+                self.flush_batch(c, batch)
+
+    def flush_batch(self, c, batch):
+        parts = batch.pop(c, None)
+        if parts and c.id in self.conns:
+            self.queue(c, parts[0] if len(parts) == 1 else b"".join(parts), len(parts))
 
     def handle_tx(self, buf):
         op, conid, index, ip, port, data = unpack_tx(buf)
@@ -523,6 +538,8 @@ class TcpMain:
             return
         if op == OP_CLOSE:
             if c is not None:
+                if self.batch:
+                    self.flush_batch(c, self.batch)     # what it was sent before goes first
                 if c.draining > 1:
                     c.draining -= 1             # another receiver still runs its messages
                     return
@@ -550,6 +567,16 @@ class TcpMain:
             if c is None:
                 self.unsent(index, (ip, port), [data], "connect failed")
                 return
+        batch = self.batch
+        if batch is not None and not flags & SND_CLOSE:
+            parts = batch.get(c)
+            if parts is None:
+                batch[c] = [data]
+            else:
+                parts.append(data)
+            return
+        if batch:
+            self.flush_batch(c, batch)
         if self.queue(c, data) and flags & SND_CLOSE and c.id in self.conns:
             c.closing = True                    # set_*_close(): once what is queued is written
             if not c.out:
