@@ -7,11 +7,11 @@ the Via (RFC 3261 18.2.2).
 Runs in: the pytest process; asyncd is a subprocess, the peers are plain
 sockets on loopback.
 """
-import re
 import socket
 import struct
 import time
 
+from bench.tcp import Framer
 from tests.helpers.net import free_udp_port
 from tests.helpers.sipclient import build_request
 
@@ -100,29 +100,23 @@ def _tcp_request(method, ruri, sock, via_port=None, **kw):
 
 
 class StreamReader:
-    """Messages off one TCP connection, framed by Content-Length."""
+    """Messages off one TCP connection, cut by the bench harness's framer."""
 
     def __init__(self, sock):
-        self.sock, self.buf = sock, b""
+        self.sock, self.framer, self.ready = sock, Framer(), []
 
     def next(self, timeout=5.0):
         end = time.monotonic() + timeout
-        while True:
-            head_end = self.buf.find(b"\r\n\r\n")
-            if head_end >= 0:
-                m = re.search(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*(\d+)", self.buf[:head_end + 2], re.I)
-                n = int(m.group(1)) if m else 0
-                if len(self.buf) >= head_end + 4 + n:
-                    msg, self.buf = self.buf[:head_end + 4 + n], self.buf[head_end + 4 + n:]
-                    return msg.decode()
+        while not self.ready:
             left = end - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"no complete message; have {self.buf[:200]!r}")
+                raise TimeoutError(f"no complete message; have {bytes(self.framer.buf[:200])!r}")
             self.sock.settimeout(left)
             chunk = self.sock.recv(65536)
             if not chunk:
-                raise ConnectionError(f"closed; have {self.buf[:200]!r}")
-            self.buf += chunk
+                raise ConnectionError(f"closed; have {bytes(self.framer.buf[:200])!r}")
+            self.ready += self.framer.feed(chunk)
+        return self.ready.pop(0).decode()
 
 
 def _hdrs(msg, name):
