@@ -18,7 +18,7 @@ import os
 import random
 import re
 import resource
-import select
+import selectors
 import signal
 import socket
 import threading
@@ -88,6 +88,15 @@ def request(cseq=1, headers=(), body=b"", method="OPTIONS", callid=None):
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def readable(socks, timeout):
+    """The sockets of `socks` with something to read within timeout. epoll, not
+    select(): the 1,000-connection test's descriptors may pass FD_SETSIZE (1024)."""
+    with selectors.DefaultSelector() as sel:
+        for s in socks:
+            sel.register(s, selectors.EVENT_READ)
+        return [key.fileobj for key, _ in sel.select(timeout)]
+
+
 _CL = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*(\d+)", re.I)
 
 
@@ -115,7 +124,7 @@ class Peer:
         if self.eof_at is not None:
             return False
         left = max(0.0, deadline - time.monotonic())
-        if not select.select([self.sock], [], [], left)[0]:
+        if not readable([self.sock], left):
             return False
         try:
             data = self.sock.recv(1 << 20)
@@ -186,7 +195,7 @@ def watch(peers, timeout, closed=None):
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        for s in select.select(list(live), [], [], left)[0]:
+        for s in readable(list(live), left):
             p = live[s]
             p.fill(0)
             if p.eof_at is not None:
@@ -254,7 +263,7 @@ def _udp_replies(socks, until):
     """First lines of the datagrams reaching the sockets before `until`, by tag."""
     out = {}
     while time.monotonic() < until:
-        for s in select.select(list(socks), [], [], max(0.0, until - time.monotonic()))[0]:
+        for s in readable(list(socks), max(0.0, until - time.monotonic())):
             out.setdefault(socks[s], []).append(s.recv(70000).split(b"\r\n")[0])
     return out
 
