@@ -47,8 +47,8 @@ from collections import deque
 
 from asyncd.core import log
 from asyncd.core.net import sock_name
-from asyncd.ipc.tcp import (OP_ALIAS, OP_CLOSE, OP_SEND, OP_SEND_NC, S, SND_CLOSE, SND_NO_CONNECT,
-                            pack_drain, pack_rx, unpack_tx)
+from asyncd.ipc.tcp import (OP_ALIAS, OP_CLOSE, S, SND_CLOSE, SND_NO_CONNECT, pack_drain, pack_rx,
+                            unpack_tx)
 from asyncd.sip import SipParseError, build_reply, parse_msg
 from asyncd.sip.stream import BAD, MSG, PING, StreamFramer
 
@@ -103,16 +103,16 @@ class Poller:
 
 
 class Conn:
-    __slots__ = ("id", "sock", "fd", "index", "peer", "rcv", "framer", "out", "outlen",
-                 "born", "last", "msg_start", "stall", "connecting", "deadline", "closing",
+    __slots__ = ("id", "sock", "index", "peer", "rcv", "framer", "out", "outlen",
+                 "last", "msg_start", "stall", "connecting", "deadline", "closing",
                  "draining", "rcvs", "paused", "aliases", "incoming", "events")
 
     def __init__(self, cid, sock, index, peer, rcv, framer, incoming, now):
-        self.id, self.sock, self.fd, self.index, self.peer = cid, sock, sock.fileno(), index, peer
+        self.id, self.sock, self.index, self.peer = cid, sock, index, peer
         self.rcv, self.framer, self.incoming = rcv, framer, incoming
         self.out = deque()
         self.outlen = 0
-        self.born = self.last = now
+        self.last = now
         self.msg_start = 0.0
         self.stall = 0.0
         self.connecting = False
@@ -132,7 +132,6 @@ class TcpMain:
         self.conf = plan.conf
         self.sel = Poller()
         self.conns = {}          # conid -> Conn
-        self.by_fd = {}          # fd -> Conn
         self.by_addr = {}        # (ip, port) -> Conn: the peer address, and force_tcp_alias aliases
         self.per_ip = {}         # peer ip -> open incoming connections
         self.rx_back = [deque() for _ in plan.rx]
@@ -262,7 +261,6 @@ class TcpMain:
         c = Conn(self.plan.next_conid(), s, index, peer, self.pick_receiver(),
                  StreamFramer(self.conf.max_msg, self.conf.accept_no_cl), incoming, now)
         self.conns[c.id] = c
-        self.by_fd[c.fd] = c
         self.by_addr.setdefault(peer, c)
         self.count("current_opened_connections")
         return c
@@ -528,8 +526,6 @@ class TcpMain:
     def handle_tx(self, buf):
         op, conid, index, ip, port, data = unpack_tx(buf)
         flags, op = op >> 4, op & 15
-        if op == OP_SEND_NC:
-            op, flags = OP_SEND, flags | SND_NO_CONNECT
         c = self.conns.get(conid) if conid else None
         if op == OP_ALIAS:
             if c is not None and (ip, port) not in self.by_addr:
@@ -657,7 +653,6 @@ class TcpMain:
                               f"{conf.msg_read_timeout} s ({c.framer.buffered} bytes)")
             elif now - c.last >= conf.lifetime and not c.out:
                 self.count("con_timeout")
-                self.count("lifetime_closed")
                 self.close(c, None)
 
     def close(self, c, why):
@@ -665,7 +660,6 @@ class TcpMain:
             return
         if why:
             log.info(MOD, f"tcp: closing connection {c.id} with {c.peer[0]}:{c.peer[1]}: {why}")
-        self.by_fd.pop(c.fd, None)
         for a in [c.peer] + c.aliases:
             if self.by_addr.get(a) is c:
                 del self.by_addr[a]

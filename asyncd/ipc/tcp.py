@@ -44,7 +44,7 @@ CHAN_DGRAM = MAX_MSG + 512
 
 # op of a frame to tcp main (low nibble), and send flags (high nibble, from a 3-tuple address);
 # OP_CLOSE closes the connection once what is queued for it is written
-OP_SEND, OP_SEND_NC, OP_ALIAS, OP_CLOSE = 1, 2, 3, 4
+OP_SEND, OP_ALIAS, OP_CLOSE = 1, 3, 4
 SND_NO_CONNECT, SND_CLOSE = 1, 2
 
 _TX = struct.Struct("<BIHHB")    # op, conid, sock index, port, len(ip); then ip, data
@@ -54,7 +54,7 @@ _RX = struct.Struct("<IHHB")     # conid, sock index, peer port, len(ip); then i
 STATS = ("established", "passive_open", "connect_success", "connect_failed", "local_reject",
          "con_timeout", "con_reset", "send_timeout", "sendq_full", "current_opened_connections",
          "current_write_queue_size", "iplimit_reject", "read_timeout", "msg_too_big",
-         "bad_framing", "crlf_pings", "msgs_in", "msgs_out", "lifetime_closed")
+         "bad_framing", "crlf_pings", "msgs_in", "msgs_out")
 S = {name: i for i, name in enumerate(STATS)}
 
 
@@ -178,9 +178,6 @@ class TcpPlan:
         a reply for a dead connection must not reach a new one."""
         self.words[0] += 1
         return self.words[0]
-
-    def stat(self, name):
-        return self.words[8 + S[name]]
 
     def stats(self):
         return {name: self.words[8 + i] for i, name in enumerate(STATS)}
