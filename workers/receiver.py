@@ -20,7 +20,7 @@ import struct
 import traceback
 
 from asyncd.core import log
-from asyncd.core.net import local_ips
+from asyncd.core.net import local_ips, proto_socket
 from asyncd.core.route_types import CORE_ONREPLY_ROUTE, REQUEST_ROUTE
 from asyncd.sip import SipParseError, build_reply, parse_msg, reply_addr
 from asyncd.sip.build import strip_top_via, via_dest
@@ -186,14 +186,8 @@ class Receiver:
     def via_sock(self, via, sock):
         """A listen socket of the Via's transport (a reply that came over TCP may go
         back over UDP): the one it came on when that matches, else the first."""
-        want = (via.transport or "udp").lower()
-        addrs = self.sock_addrs
-        if sock < len(addrs) and addrs[sock][0] == want:
-            return sock
-        for i, a in enumerate(addrs):
-            if a[0] == want:
-                return i
-        return sock
+        i = proto_socket(self.sock_addrs, (via.transport or "udp").lower(), sock)
+        return sock if i is None else i
 
     # -- malformed input ----------------------------------------------------
     def malformed(self, data, src, e):

@@ -11,6 +11,18 @@ def sock_name(ip, port):
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+def proto_socket(addrs, proto, sock, v6=None):
+    """Index into `addrs` ((proto, ip, port) per listen socket) of a socket speaking
+    `proto`: `sock` itself when it does, else the first one of that protocol (and of
+    that address family when v6 is True/False); None when there is none."""
+    if 0 <= sock < len(addrs) and addrs[sock][0] == proto:
+        return sock
+    for i, (p, ip, _port) in enumerate(addrs):
+        if p == proto and (v6 is None or (":" in ip) == v6):
+            return i
+    return None
+
+
 def local_ips(family=None):
     """Addresses of this host's interfaces (all families, or one), sorted; loopback at worst."""
     # imported here: only a wildcard or missing `listen` needs it, and psutil

@@ -11,6 +11,7 @@ import socket
 
 from asyncd.core import log
 from asyncd.core.errors import ScriptExit
+from asyncd.core.net import proto_socket
 from asyncd.core.route_types import BRANCH_ROUTE, REQUEST_ROUTE
 from asyncd.modules.tm.cancel import send_cancel
 from asyncd.modules.tm.cell import (B_BLIND, B_CANCEL, B_PROV, BR_FLAGS, BR_STATUS, F_CANCELED,
@@ -19,7 +20,7 @@ from asyncd.modules.tm.lookup import make_branch, request_key
 from asyncd.modules.tm.newtran import new_cell, t_newtran
 from asyncd.modules.tm.reply import reply_cell, resend_last
 from asyncd.modules.tm.state import (K_FR, K_RETR, MOD, S, arm, arm_fr, arm_retr, claim, flush,
-                                     hard_deadline, now, sock_addr)
+                                     hard_deadline, now, sock_addr, sock_proto)
 from asyncd.sip import parse_uri
 from asyncd.sip.build import build_reply, build_request_fwd, reply_addr, via_line
 from shm.tm_table import TableFull
@@ -71,13 +72,7 @@ def out_sock(msg, proto, dst):
     addrs = getattr(S.script, "sock_addrs", None)
     if not addrs:
         return sock
-    if sock < len(addrs) and addrs[sock][0] == proto:
-        return sock
-    v6 = ":" in dst[0]
-    for i, (p, ip, _port) in enumerate(addrs):
-        if p == proto and (":" in ip) == v6:
-            return i
-    return None
+    return proto_socket(addrs, proto, sock, ":" in dst[0])
 
 
 def _fwd_data(msg, ruri, via, sock):
@@ -96,8 +91,7 @@ def _fwd_data(msg, ruri, via, sock):
 
 
 def _transport(sock):
-    addrs = getattr(S.script, "sock_addrs", None)
-    return addrs[sock][0].upper() if addrs and sock < len(addrs) else "UDP"
+    return sock_proto(sock).upper()
 
 
 def t_relay(ctx, host=None, port=None, proto=None):

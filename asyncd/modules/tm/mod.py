@@ -16,7 +16,7 @@ from asyncd.modules.tm import api, fwd, newtran, reply, suspend
 from asyncd.modules.tm import timer as tm_timer
 from asyncd.modules.tm.cell import F_CANCELED, F_FINAL, F_SUSPENDED, Cell, Handle
 from asyncd.modules.tm.lookup import lookup_request, rebuild_request, request_key, ack2xx_key
-from asyncd.modules.tm.state import MOD, S, arm_wait, flush, left_claim, unclaim
+from asyncd.modules.tm.state import MOD, S, arm_wait, flush, left_claim, sock_proto, unclaim
 from asyncd.sip import build_reply, parse_msg, reply_addr
 
 RF = REQUEST_ROUTE | FAILURE_ROUTE
@@ -302,8 +302,7 @@ def _get_snd(ctx, spec, index):
     if spec == "port":
         return port
     if spec in ("proto", "sproto"):
-        addrs = getattr(S.script, "sock_addrs", None) or ()
-        proto = addrs[_sock][0] if _sock < len(addrs) else "udp"
+        proto = sock_proto(_sock)
         return proto if spec == "sproto" else _PROTO_IDS.get(proto, 0)
     if spec == "af":
         return 10 if ":" in ip else 2       # AF_INET6 / AF_INET
