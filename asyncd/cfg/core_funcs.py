@@ -8,6 +8,7 @@ They are always available, like Kamailio's core actions.
 """
 from asyncd.core import log
 from asyncd.core.exports import FuncExport, ModuleExports, P
+from asyncd.core.params import split_socket
 from asyncd.sip.uri import parse_cur_uri
 
 MAX_FLAG = 31
@@ -210,18 +211,10 @@ def w_force_send_socket(ctx, site, spec):
 
 
 def _find_socket(script, spec):
-    text = spec.strip()
-    proto = None
-    low = text.lower()
-    for p in ("udp", "tcp", "tls", "sctp"):
-        if low.startswith(p + ":"):
-            proto, text = p, text[len(p) + 1:]
-            break
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = text.partition(":")
+    parts = split_socket(spec)
+    if parts is None:
+        return None
+    proto, host, port = parts
     for i, (p, ip, pt) in enumerate(getattr(script, "sock_addrs", None) or ()):
         if (proto is None or p == proto) and ip == host and (not port or int(port) == pt):
             return i

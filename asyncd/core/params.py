@@ -103,9 +103,10 @@ def _as_int(name, value, loc):
     raise _err(loc, f"core parameter '{name}' needs an integer, got '{value}'")
 
 
-def parse_listen(value, loc):
-    """`[proto:]host[:port]` -> (proto, host, port); port 5060 by default, proto
-    None when not given (Kamailio: every enabled protocol, UDP and TCP)."""
+def split_socket(value):
+    """`[proto:]host[:port]` (listen=, -l, force_send_socket()) -> (proto or None,
+    host, port text or None); None when a bracketed IPv6 host is not closed or is
+    followed by anything but `:port`."""
     text = str(value).strip()
     proto = None
     low = text.lower()
@@ -113,20 +114,27 @@ def parse_listen(value, loc):
         if low.startswith(p + ":"):
             proto, text = p, text[len(p) + 1:]
             break
-    port = 5060 if proto != "tls" else 5061
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
-            raise _err(loc, f"bad listen address '{value}'")
+            return None
         host, rest = text[1:end], text[end + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise _err(loc, f"bad listen address '{value}'")
-            port = rest[1:]
-    else:
-        host, _, p = text.partition(":")
-        if p:
-            port = p
+        if rest and not rest.startswith(":"):
+            return None
+        return proto, host, (rest[1:] if rest else None)
+    host, _, port = text.partition(":")
+    return proto, host, (port or None)
+
+
+def parse_listen(value, loc):
+    """`[proto:]host[:port]` -> (proto, host, port); port 5060 by default, proto
+    None when not given (Kamailio: every enabled protocol, UDP and TCP)."""
+    parts = split_socket(value)
+    if parts is None:
+        raise _err(loc, f"bad listen address '{value}'")
+    proto, host, port = parts
+    if port is None:
+        port = 5060 if proto != "tls" else 5061
     try:
         port = int(port)
     except ValueError:
