@@ -266,9 +266,9 @@ class TcpMain:
         return c
 
     def pick_receiver(self):
-        """Round-robin over the receivers: a connection's fallback receiver (a message
-        with no Call-ID, a drain marker when it sent nothing) and the one a local 477
-        goes to; messages go by Call-ID (deliver)."""
+        """Round-robin over the receivers: a connection's fallback receiver (for a
+        message with no Call-ID) and the one a local 477 goes to; messages go by
+        Call-ID (deliver)."""
         self.rr = (self.rr + 1) % self.nrx
         return self.rr
 
