@@ -66,26 +66,25 @@ def asyncd_version() -> Optional[str]:
         return None
 
 
-def free_udp_port(exclude=()) -> int:
-    """A port free for UDP on 127.0.0.1 (bind to 0 and let the kernel choose)."""
+def _free_port(kind, exclude) -> int:
+    """A port free on 127.0.0.1 for sockets of `kind` (bind to 0 and let the kernel choose)."""
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with socket.socket(socket.AF_INET, kind) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         if port not in exclude:
             return port
-    raise RuntimeError("no free UDP port")
+    raise RuntimeError(f"no free {'UDP' if kind == socket.SOCK_DGRAM else 'TCP'} port")
+
+
+def free_udp_port(exclude=()) -> int:
+    """A port free for UDP on 127.0.0.1."""
+    return _free_port(socket.SOCK_DGRAM, exclude)
 
 
 def free_tcp_port(exclude=()) -> int:
     """A port free for TCP on 127.0.0.1 (a TCP case's server, SIPp's -p over TCP)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in exclude:
-            return port
-    raise RuntimeError("no free TCP port")
+    return _free_port(socket.SOCK_STREAM, exclude)
 
 
 def free_port(transport: str, exclude=()) -> int:
