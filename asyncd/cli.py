@@ -62,6 +62,8 @@ def build_parser():
                    help="detach from the terminal (logs go to syslog unless -E)")
     p.add_argument("--dump-compiled", action="store_true",
                    help="print the Python source the cfg compiles to (with -c: then exit)")
+    p.add_argument("-Y", dest="run_dir", metavar="DIR",
+                   help="runtime directory for control sockets and FIFOs (core param run_dir)")
     p.add_argument("-V", "-v", dest="version", action="store_true", help="print version and exit")
     return p
 
@@ -103,6 +105,8 @@ def main(argv=None):
     except OSError as e:
         sys.stderr.write(f"ERROR: cannot read config file: {e}\n")
         return EXIT_CFG_ERROR
+    if opts.run_dir:
+        script.core["run_dir"] = opts.run_dir
     if opts.dump_compiled:
         sys.stdout.write(script.source)
         sys.stdout.flush()

@@ -50,7 +50,7 @@ from asyncd import __version__
 from asyncd.core import log
 from asyncd.core.context import ProcState
 from asyncd.core.net import local_ips, sock_name
-from asyncd.core.procs import (PROC_MAIN, PROC_TCP_MAIN, ROLE_RECEIVER, ROLE_TASK_WORKER,
+from asyncd.core.procs import (PROC_MAIN, PROC_TCP_MAIN, ROLE_RECEIVER, ROLE_RPC, ROLE_TASK_WORKER,
                                ROLE_TCP_MAIN, ROLE_TCP_RECEIVER, ROLE_TIMER, ProcRow)
 from asyncd.ipc import async_task
 from asyncd.ipc.tcp import TcpConf, TcpPlan
@@ -59,7 +59,7 @@ from asyncd.sip.build import DEFAULT_SERVER_LINE, set_server_header
 from shm import arena as shm_arena
 from shm.locks import pid_alive
 from shm.proctable import ProcTable
-from workers import receiver, task_worker, tcp_main, tcp_receiver, timer
+from workers import receiver, rpc_server, task_worker, tcp_main, tcp_receiver, timer
 from workers.receiver import Counters
 
 try:
@@ -82,7 +82,7 @@ SIGNAMES = {getattr(signal, n): n for n in dir(signal) if n.startswith("SIG") an
 TITLE_PREFIX = "asyncd: "
 # the loop of each role (asyncd.core.procs): run(proc, row, instance)
 ROLES = {ROLE_RECEIVER: receiver.run, ROLE_TASK_WORKER: task_worker.run, ROLE_TIMER: timer.run,
-         ROLE_TCP_MAIN: tcp_main.run, ROLE_TCP_RECEIVER: tcp_receiver.run}
+         ROLE_TCP_MAIN: tcp_main.run, ROLE_TCP_RECEIVER: tcp_receiver.run, ROLE_RPC: rpc_server.run}
 
 
 def set_title(desc):

@@ -14,11 +14,12 @@ import linecache
 import socket
 from itertools import count
 
-from asyncd.core import log, params
+from asyncd.core import core_rpc, log, params
 from asyncd.core.context import RunCtx
 from asyncd.core.errors import CfgError, ScriptExit
 from asyncd.core.registry import UnknownModule, load_module, script_name
 from asyncd.core.net import local_ips
+from asyncd.core.rpc import Registry
 from asyncd.core.route_types import (BRANCH_ROUTE, CORE_ONREPLY_ROUTE, EVENT_ROUTE, FAILURE_ROUTE,
                                      ONSEND_ROUTE, REQUEST_ROUTE, TM_ONREPLY_ROUTE)
 from asyncd.cfg import core_funcs, nodes as N
@@ -61,6 +62,7 @@ class Script:
         self._req = None
         self._named = {}
         self._self_hosts = None
+        self.rpc = None                 # asyncd.core.rpc.Registry: core and module RPC methods
 
     # -- lookups -----------------------------------------------------------------
     def has_route(self, name):
@@ -279,6 +281,20 @@ def _func_table(modules):
     return table
 
 
+def _rpc_table(script):
+    """The core's RPC methods, then each loaded module's (asyncd.core.rpc.Registry)."""
+    reg = Registry()
+    try:
+        for e in core_rpc.RPC:
+            reg.register(e, "core")
+        for m in script.modules:
+            for e in m.rpc:
+                reg.register(e, m.name)
+    except ValueError as e:
+        raise CfgError(str(e), script.filename, 0, 0) from None
+    return reg
+
+
 def _load(script, path, loc):
     name = script_name(path)
     try:
@@ -376,6 +392,7 @@ def compile_cfg(path=None, text=None, defines=None, filename=None):
         elif r.kind == "onsend":
             script.has_onsend_route = True
     script._funcs = _func_table(script.modules)
+    script.rpc = _rpc_table(script)
     pvtable = PvTable(script.modules)
     gen = CodeGen(script, script._funcs, pvtable, script.core.get("max_while_loops", 100))
     try:

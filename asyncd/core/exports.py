@@ -93,6 +93,8 @@ class ModuleExports:
     # message-path hooks, see docs/contracts.md: request_in, request_done, reply_in
     hooks: dict = field(default_factory=dict)
     depends: tuple = ()
+    # RPC methods: asyncd.core.rpc.RpcExport rows (Kamailio's rpc_export_t array)
+    rpc: list = field(default_factory=list)
 
     def param_defaults(self):
         """{modparam: default} as the compiler starts `script.modparams[name]`

@@ -78,9 +78,13 @@ TABLE = {
     "tcp_msg_read_timeout": ("int", 20), "tcp_accept_no_cl": ("bool", 0),
     "tcp_crlf_ping": ("bool", 1), "tcp_conn_wq_max": ("int", 32 * 1024),
     "tcp_no_connect": ("bool", 0), "tcp_rd_buf_size": ("int", 16384),
+    # where the control sockets and FIFOs go (Kamailio's RUN_DIR; -Y overrides it)
+    "run_dir": ("str", "/run/kamailio"),
     # asyncd's own (docs/architecture.md, "Respawn"): Kamailio has no respawn
     "respawn": ("bool", 1), "respawn_max": ("int", 5), "respawn_window": ("int", 10),
 }
+# other spellings Kamailio's cfg lexer accepts for the same parameter (src/core/cfg.lex)
+SPELLINGS = {"rundir": "run_dir"}
 IGNORED_PREFIXES = ("tcp_", "tls_", "sctp_", "dst_blocklist_", "dst_blacklist_", "dns_cache_",
                     "ws_", "mem_", "shm_", "pkg_")
 
@@ -193,6 +197,7 @@ def _apply_group(core, g, loc):
 
 def apply(core, name, value, loc):
     """Apply one `name=value` in file order."""
+    name = SPELLINGS.get(name, name)
     entry = TABLE.get(name)
     if entry is None:
         if name.startswith(IGNORED_PREFIXES) or "." in name:

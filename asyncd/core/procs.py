@@ -34,6 +34,7 @@ ROLE_TASK_WORKER = "task_worker"    # handlers: the asyncd.ipc.async_task group
 ROLE_TIMER = "timer"                # handlers: TimerHandlers
 ROLE_TCP_MAIN = "tcp_main"          # handlers: the asyncd.ipc.tcp TcpPlan
 ROLE_TCP_RECEIVER = "tcp_receiver"  # handlers: the TcpPlan (instance i reads channel i)
+ROLE_RPC = "rpc"                    # handlers: RpcHandlers (ctl handler, JSONRPCS FIFO/DATAGRAM)
 
 # a timer handler's answers (anything else, None included, counts as RAN)
 RAN, SKIPPED, RETRY = True, False, "retry"
@@ -83,3 +84,19 @@ class TimerHandlers:
     on_due: dict = field(default_factory=dict)
     early: dict = field(default_factory=dict)
     every: tuple = ()
+
+
+@dataclass(frozen=True)
+class RpcHandlers:
+    """What a ROLE_RPC process (workers/rpc_server.py) serves.
+
+    open(proc, instance) -> list of endpoints, called once in the child
+    after child_init. An endpoint is any object with `fileno()` and
+    `on_readable(proc)`; on_readable returns a list of new endpoints to
+    watch as well (a connection a listener accepted) or None, and an
+    endpoint whose `closed` attribute turns true is dropped from the loop
+    (the endpoint closes its own socket). The listening sockets themselves
+    are made in mod_init, so a bad address is a startup error and a
+    respawned process serves the same sockets.
+    """
+    open: Callable
