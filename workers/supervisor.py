@@ -249,6 +249,7 @@ class Supervisor:
         self.script.proctable = self.proctable
         self.counters = Counters(self.arena, len(self.plan) + 1)
         self.script.msg_counters = self.counters
+        self.script.stats.allocate(self.arena, len(self.plan) + 1)
 
     def tcp_enabled(self):
         return not _truthy(self.script.core.get("disable_tcp", 0))
@@ -407,6 +408,7 @@ class Supervisor:
         proc.pid = os.getpid()
         proc.sockets = self.sockets
         proc.index = child.idx
+        proc.cnt = self.script.stats.row(child.idx)
 
         def on_term(signum, frame):
             proc.stopping = True

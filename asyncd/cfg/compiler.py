@@ -15,6 +15,7 @@ import socket
 from itertools import count
 
 from asyncd.core import core_rpc, log, params
+from asyncd.core.counters import Stats
 from asyncd.core.context import RunCtx
 from asyncd.core.errors import CfgError, ScriptExit
 from asyncd.core.registry import UnknownModule, load_module, script_name
@@ -63,6 +64,7 @@ class Script:
         self._named = {}
         self._self_hosts = None
         self.rpc = None                 # asyncd.core.rpc.Registry: core and module RPC methods
+        self.stats = Stats()            # statistics: registered in mod_init, rows made before fork
 
     # -- lookups -----------------------------------------------------------------
     def has_route(self, name):

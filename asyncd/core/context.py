@@ -2,6 +2,7 @@
 
 Runs in: every process.
 """
+from collections import defaultdict
 
 
 class ProcState:
@@ -18,6 +19,9 @@ class ProcState:
         self.async_gname = None   # $async(gname) in core async workers
         self.stopping = False
         self.extra = {}           # per-module private state, keyed by module name
+        # this process's statistics row (asyncd.core.counters.Stats.row): cnt[handle] += n;
+        # a private dict until the supervisor binds the shm row after fork
+        self.cnt = defaultdict(int)
 
     def send(self, data, addr, sock_index=0):
         """Send a datagram from one of our UDP sockets. Never raises."""
