@@ -35,6 +35,7 @@ Header:
     28  4  u32 pages in use
     32  8  u64 failed allocations (counter, best effort)
     40  8  u64 offset of the process table (proctable.py)
+    48  4  u32 most pages ever in use at once (core.shmmem max_used)
     64  4*NCLASS  u32 partial-page list head per size class (page + 1)
 
 Page descriptor (32 bytes):
@@ -95,6 +96,7 @@ _CLS_HEAD = 64
 _FREE_HEAD = 24
 _INUSE = 28
 _FAILED = 32
+_PEAK = 48
 
 _counter = [0]
 
@@ -246,7 +248,10 @@ class ShmArena:
             else:
                 nxt = _U32.unpack_from(buf, self._pd(p1 - 1) + 12)[0]
                 _U32.pack_into(buf, _FREE_HEAD, nxt)
-                _U32.pack_into(buf, _INUSE, _U32.unpack_from(buf, _INUSE)[0] + 1)
+                inuse = _U32.unpack_from(buf, _INUSE)[0] + 1
+                _U32.pack_into(buf, _INUSE, inuse)
+                if inuse > _U32.unpack_from(buf, _PEAK)[0]:
+                    _U32.pack_into(buf, _PEAK, inuse)
                 # marked before the page lock goes: a free-marked page off the free
                 # list would be given back by _repair_pages while we still use it
                 self._mark(c, p1)
@@ -394,6 +399,32 @@ class ShmArena:
             "static_size": self.static_end - self.static_off,
             "failed_allocs": _U64.unpack_from(buf, _FAILED)[0],
         }
+
+    def usage(self):
+        """Kamailio's shm summary (core.shmmem, the shmem: statistics;
+        src/core/mem/shm.h shm_info): bytes of the segment, taken (static
+        area, page descriptors and the pages in use: `real_used`), handed
+        out (static area plus the live slots: `used`), free, the most ever
+        taken, and `fragments`: pages with free slots between live ones
+        (allocations of another size cannot use them)."""
+        buf = self.buf
+        fixed = self.data_off - self.static_off
+        static_used = _U64.unpack_from(buf, 16)[0] - self.static_off
+        inuse = _U32.unpack_from(buf, _INUSE)[0]
+        peak = max(inuse, _U32.unpack_from(buf, _PEAK)[0])
+        live = frags = 0
+        for p in range(self.npages):
+            c, used, _carved, _h, _n, _p = _PD.unpack_from(buf, self._pd(p))
+            if c == FREE_PAGE or not used:
+                continue
+            size = SLOT_SIZES[c]
+            live += used * size
+            if used < PAGE // size:
+                frags += 1
+        total = self.size - self.static_off
+        real_used = fixed + inuse * PAGE
+        return {"total": total, "free": total - real_used, "used": static_used + live,
+                "real_used": real_used, "max_used": fixed + peak * PAGE, "fragments": frags}
 
     def close(self):
         """Drop the mapping (main at shutdown); children just exit."""

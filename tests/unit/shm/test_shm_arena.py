@@ -123,3 +123,22 @@ def test_killed_run_segment_is_cleaned_by_next_run():
     assert name.startswith("asyncd_") and os.path.exists("/dev/shm/" + name)
     arena_mod.cleanup_stale(verbose=False)
     assert not os.path.exists("/dev/shm/" + name)
+
+
+def test_usage_is_kamailios_shm_summary():
+    """core.shmmem / shmem: numbers: used follows live slots, max_used keeps the peak."""
+    a = ShmArena.create(8 << 20)
+    try:
+        u0 = a.usage()
+        assert set(u0) == {"total", "free", "used", "real_used", "max_used", "fragments"}
+        assert u0["total"] == u0["free"] + u0["real_used"]
+        offs = [a.alloc(100) for _ in range(1000)]
+        u1 = a.usage()
+        assert u1["used"] - u0["used"] == 1000 * 128 and u1["real_used"] > u0["real_used"]
+        for o in offs:
+            a.free(o)
+        u2 = a.usage()
+        assert u2["used"] == u0["used"] and u2["max_used"] == u1["max_used"] > u2["real_used"]
+    finally:
+        a.close()
+        a.unlink()
