@@ -111,6 +111,13 @@ class Stats:
                                     "little", signed=True)
         return total - self._bases()[h]
 
+    def get_raw(self, h):
+        """The sum of the rows, the last reset not taken off (cnt.get_raw)."""
+        v = self.get(h)
+        if self.defs[h].func is None and self.buf is not None:
+            v += self._bases()[h]
+        return v
+
     def reset(self, h):
         """Kamailio's reset_stat: reads 0 from now on (not for NO_RESET or computed ones)."""
         d = self.defs[h]

@@ -10,6 +10,7 @@ Replies and missing headers read as $null, as in Kamailio.
 import os
 import time
 
+from asyncd.core import log
 from asyncd.core.exports import ModuleExports, PvExport
 from asyncd.sip.uri import parse_cur_uri, parse_uri_cached
 from asyncd.cfg.pvcore import fmt, parse_format
@@ -250,6 +251,24 @@ def _af(ctx, s, i):
     return "ipv6" if ":" in (ctx.msg.src[0] or "") else "ipv4"
 
 
+def _stat_get(ctx, name, idx):
+    """$stat(name): a statistic by its bare name (kex's get_stat), as the
+    unsigned int Kamailio's pv_get_stat returns; $null, with a warning, when
+    there is none (src/modules/pv/pv_stats.c)."""
+    stats = ctx.proc.script.stats
+    h = stats.find(name, qualified=False)
+    if h is None:
+        log.warn("pv", f"No stat variable ``{name}''")
+        return None
+    return stats.get(h) & 0xFFFFFFFF
+
+
+def _stat_parse(inner):
+    if not inner:
+        raise ValueError("empty $stat name")
+    return inner
+
+
 PVS = [
     PvExport("var", _var_get, _var_set, _var_parse, True),
     PvExport("vz", _var_get, _var_set, _var_parse, True),
@@ -308,6 +327,7 @@ PVS = [
     PvExport("rv", _const(lambda c: c.msg.version), None, None, False),
     PvExport("af", _af, None, None, False),
     PvExport("mF", _const(lambda c: "%x" % c.flags), None, None, False),
+    PvExport("stat", _stat_get, None, _stat_parse, True),
 ]
 FUNCTIONS = []
 PARAMS = []
