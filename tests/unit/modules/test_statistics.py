@@ -212,3 +212,19 @@ def test_bad_counter_names_are_startup_errors():
         compile_cfg(text=HEAD + 'request_route { cnt_inc("nope"); }')
     with pytest.raises(CfgError, match="has no sense"):
         compile_cfg(text=HEAD + 'request_route { update_stat("mystat", "0"); }')
+
+
+def test_cnt_pv_counts_avp_and_xavp_values():
+    from tests.unit.cfg.cfg_helpers import Runner
+    r = Runner("""request_route {
+        $avp(a) = 1; $avp(a) = 2; $avp(a) = 3;
+        $xavp(k=>s) = "x"; $xavp(k[0]=>s) = "y"; $xavp(k=>s) = "z";
+        $var(na) = $cnt($avp(a)); $var(nz) = $cnt($avp(zz));
+        $var(nk) = $cnt($xavp(k)); $var(nks) = $cnt($xavp(k=>s));
+        $var(nk1s) = $cnt($xavp(k[1]=>s)); $var(nk5) = $cnt($xavp(k[5]));
+    }""")
+    r.run()
+    # k[0] = {s: [z]}, k[1] = {s: [y, x]}: no index means every entry (pv_core.c pv_get_cnt)
+    assert r.vars == {"na": 3, "nz": 0, "nk": 2, "nks": 3, "nk1s": 2, "nk5": 0}
+    with pytest.raises(CfgError):
+        compile_cfg(text='loadmodule "pv.so"\nrequest_route { $var(x) = $cnt($var(y)); }')
