@@ -54,6 +54,7 @@ class Stats:
         self.off = 0
         self.nslots = 0
         self.stride = 0
+        self._bare_names = None         # (number of defs, {bare name: first handle})
 
     # -- main, before the fork -------------------------------------------
     def register(self, group, name, flags=0, func=None, doc=""):
@@ -156,7 +157,7 @@ class Stats:
         return h
 
     def _bare(self):
-        cached = getattr(self, "_bare_names", None)
+        cached = self._bare_names
         if cached is None or cached[0] != len(self.defs):
             names = {}
             for h, d in enumerate(self.defs):
