@@ -9,6 +9,14 @@ be built (RFC 3261 8.1.3.5 / 16.3 spirit: tell the sender what was wrong),
 otherwise it is dropped and counted; a bug in a route or module is logged
 and the loop goes on.
 
+Counting: Kamailio's core: statistics (asyncd.core.core_stats), bumped where
+Kamailio counts them: rcv_requests(_<method>) and rcv_replies(_<class>...)
+before the script, as kex's pre-script callbacks do (src/modules/kex/
+core_stats.c km_cb_req_stats, km_cb_rpl_stats, km_cb_rpl_stats_by_method);
+bad_msg_hdr for what does not parse (src/core/parser/msg_parser.c);
+fwd_replies / drop_replies in stateless reply forwarding (src/core/forward.c
+forward_reply). Each is one `cnt[h] += 1` on this process's shm row.
+
 Replies: modules' `reply_in` hooks first (tm). If none takes the reply, the
 core runs `reply_route` and forwards the reply statelessly to the second
 Via after removing ours, or drops it if the top Via is not ours (RFC 3261
@@ -16,10 +24,9 @@ Via after removing ours, or drops it if the top Via is not ours (RFC 3261
 """
 import re
 import signal
-import struct
 import traceback
 
-from asyncd.core import log
+from asyncd.core import core_stats, log
 from asyncd.core.net import local_ips, proto_socket
 from asyncd.core.route_types import CORE_ONREPLY_ROUTE, REQUEST_ROUTE
 from asyncd.sip import SipParseError, build_reply, parse_msg, reply_addr
@@ -27,7 +34,6 @@ from asyncd.sip.build import strip_top_via, via_dest
 
 MOD = "core"
 BUFSIZE = 65536
-FLUSH_EVERY = 256     # counters go to the shm process table every N datagrams (and at exit)
 
 
 class _Stop(Exception):
@@ -57,12 +63,9 @@ class Receiver:
         self.ours = _our_addresses(self.script, proc.sockets)
         self.sock_addrs = getattr(self.script, "sock_addrs", None) or ()
         self.idle = False
-        self.n_req = self.n_rpl = self.n_drop = self.n_bad = 0
-        self.counters = getattr(self.script, "msg_counters", None)
-        self.slot = getattr(proc, "index", None)
-        if self.counters is not None and self.slot is not None:
-            # a respawned receiver carries on from what its slot's dead process flushed
-            self.n_req, self.n_rpl, self.n_drop, self.n_bad = self.counters.read(self.slot)
+        # this process's statistics row (a respawned receiver takes over its slot's row)
+        self.cnt = proc.cnt
+        self.cs = self.script.core_stats or core_stats.register(self.script)
 
     # -- loop -------------------------------------------------------------
     def on_term(self, signum, frame):
@@ -80,7 +83,6 @@ class Receiver:
         read = self.read
         handle = self.handle
         proc = self.proc
-        n = 0
         try:
             while not proc.stopping:
                 try:
@@ -98,19 +100,10 @@ class Receiver:
                 if got is None:
                     continue
                 handle(*got)
-                n += 1
-                if n >= FLUSH_EVERY:
-                    n = 0
-                    self.flush_counters()
         except _Stop:
             pass
         finally:
             self.idle = False
-            self.flush_counters()
-
-    def flush_counters(self):
-        if self.counters is not None and self.slot is not None:
-            self.counters.write(self.slot, self.n_req, self.n_rpl, self.n_drop, self.n_bad)
 
     # -- one datagram -----------------------------------------------------
     def handle(self, data, src):
@@ -118,7 +111,7 @@ class Receiver:
             if len(data) < 16:
                 # CRLF keepalives (RFC 5626 3.5.1) and runts: nothing to say
                 if data.strip():
-                    self.n_drop += 1
+                    self.cnt[self.cs.bad_msg_hdr] += 1
                 return
             try:
                 msg = self.parse_msg(data, src, self.local, self.sock_index, self.proto)
@@ -128,20 +121,22 @@ class Receiver:
             if self.conid:
                 msg.conid = self.conid
             if msg.is_request:
-                self.n_req += 1
                 self.on_request(msg)
             else:
-                self.n_rpl += 1
                 self.on_reply(msg)
         except _Stop:
             raise
         except Exception as e:  # noqa: BLE001 - the loop must survive anything a message triggers
-            self.n_drop += 1
             log.err(MOD, f"error processing a message from {src[0]}:{src[1]}: {e!r}")
             if log.enabled(log.L_DBG):
                 log.dbg(MOD, traceback.format_exc())
 
     def on_request(self, msg):
+        cnt, cs = self.cnt, self.cs
+        cnt[cs.rcv_requests] += 1
+        h = cs.req_method.get(msg.method, cs.unsupported_methods)
+        if h >= 0:
+            cnt[h] += 1
         script = self.script
         ctx = script.new_ctx(msg, self.proc, REQUEST_ROUTE)
         for hook in self.req_in:
@@ -154,6 +149,19 @@ class Receiver:
                 hook(ctx)
 
     def on_reply(self, msg):
+        cnt, cs = self.cnt, self.cs
+        status = msg.status
+        cnt[cs.rcv_replies] += 1
+        cls = status // 100
+        h = cs.rpl_class[cls] if 0 <= cls < 10 else -1
+        if h >= 0:
+            cnt[h] += 1
+            h = cs.rpl_code.get(status, -1)
+            if h >= 0:
+                cnt[h] += 1
+            by_method = cs.rpl_method.get(msg.cseq_method)
+            if by_method is not None:
+                cnt[by_method[cls - 1]] += 1
         ctx = self.script.new_ctx(msg, self.proc, CORE_ONREPLY_ROUTE)
         # Kamailio's receive_msg runs reply_route for every reply before tm sees it;
         # `drop` there ends the reply's processing, tm's included
@@ -170,18 +178,21 @@ class Receiver:
     def forward_reply(self, msg):
         v1 = msg.via1
         if v1 is None or (v1.host.strip("[]").lower(), v1.port or 5060) not in self.ours:
-            self.n_drop += 1
+            self.cnt[self.cs.drop_replies] += 1
             if log.enabled(log.L_DBG):
                 log.dbg(MOD, f"reply {msg.status} not for us (top Via {v1.host if v1 else None}); dropped")
             return
         v2 = msg.via2
         if v2 is None:  # we were the last hop: nobody to relay to
-            self.n_drop += 1
+            self.cnt[self.cs.drop_replies] += 1
             return
         dest = via_dest(v2)
         sock = self.via_sock(v2, msg.sock)
         if not self.proc.send(strip_top_via(msg), dest, sock):
+            self.cnt[self.cs.drop_replies] += 1
             log.err(MOD, f"cannot forward reply {msg.status} to {dest[0]}:{dest[1]}")
+        else:
+            self.cnt[self.cs.fwd_replies] += 1
 
     def via_sock(self, via, sock):
         """A listen socket of the Via's transport (a reply that came over TCP may go
@@ -192,17 +203,17 @@ class Receiver:
     # -- malformed input ----------------------------------------------------
     def malformed(self, data, src, e):
         """400 (or 505/416, the parser says which) with the parser's reason, when the request's
-        Via/From/To/Call-ID/CSeq allow a reply (RFC 3261 8.2.6); else drop and count."""
+        Via/From/To/Call-ID/CSeq allow a reply (RFC 3261 8.2.6); else drop. Counted
+        as bad_msg_hdr either way (Kamailio counts a header it cannot parse there)."""
+        self.cnt[self.cs.bad_msg_hdr] += 1
         reason = e.reason or "Bad Request"
         if e.can_reply and e.msg is not None and e.msg.is_request and e.msg.method != "ACK":
             try:
                 data = self.build_reply(e.msg, e.code, reason)
                 if self.proc.send(data, self.reply_addr(e.msg), self.sock_index):
-                    self.n_bad += 1
                     return
             except Exception as ex:  # noqa: BLE001 - too broken to answer after all
                 reason = f"{reason}; no reply possible: {ex!r}"
-        self.n_drop += 1
         if log.enabled(log.L_DBG):
             log.dbg(MOD, f"dropped malformed datagram ({len(data)} bytes) from {src[0]}:{src[1]}: {reason}")
 
@@ -214,39 +225,6 @@ def run(proc, row, instance):
 
 
 # -- helpers -------------------------------------------------------------------
-
-class Counters:
-    """Per-process message counters in shm, written only by their own process, summed by main.
-
-    Layout (arena static area): one row of 4 x u64 per process-table slot:
-        0   requests received      8   replies received
-        16  datagrams dropped (malformed and unanswerable, not for us, runts)
-        24  400-class replies sent to malformed requests
-    """
-    NAMES = ("requests", "replies", "dropped", "bad_replied")
-    _ROW = struct.Struct("<4Q")
-
-    def __init__(self, arena, nslots):
-        self.buf = arena.buf
-        self.n = nslots
-        self.off = arena.static_alloc(self._ROW.size * nslots)
-
-    def write(self, slot, *values):
-        if 0 <= slot < self.n:
-            self._ROW.pack_into(self.buf, self.off + slot * self._ROW.size, *values)
-
-    def read(self, slot):
-        if 0 <= slot < self.n:
-            return self._ROW.unpack_from(self.buf, self.off + slot * self._ROW.size)
-        return (0, 0, 0, 0)
-
-    def totals(self):
-        tot = [0, 0, 0, 0]
-        for i in range(self.n):
-            for k, v in enumerate(self._ROW.unpack_from(self.buf, self.off + i * self._ROW.size)):
-                tot[k] += v
-        return dict(zip(self.NAMES, tot))
-
 
 _ALIAS = re.compile(r"^(?:(?:udp|tcp|tls|sctp|wss?):)?(\[[^\]]+\]|[^:]+)(?::(\d+))?$", re.I)
 

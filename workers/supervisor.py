@@ -60,7 +60,6 @@ from shm import arena as shm_arena
 from shm.locks import pid_alive
 from shm.proctable import ProcTable
 from workers import receiver, rpc_server, task_worker, tcp_main, tcp_receiver, timer
-from workers.receiver import Counters
 
 try:
     from setproctitle import setproctitle as _setproctitle
@@ -126,7 +125,6 @@ class Supervisor:
         self.sig_queue = []
         self.arena = None
         self.proctable = None
-        self.counters = None
         self.rundir = None
         self.wake_r = self.wake_w = -1
         self.ready_r = self.ready_w = -1
@@ -243,12 +241,10 @@ class Supervisor:
             set_server_header(DEFAULT_SERVER_LINE)
 
     def make_tables(self):
-        """Process table and message counters, sized to the plan, in the arena's static area."""
+        """Process table and statistics rows, sized to the plan, in the arena's static area."""
         self.proctable = ProcTable(self.arena, len(self.plan) + 1)
         self.proctable.set(0, os.getpid(), PROC_MAIN, "main process - attendant")
         self.script.proctable = self.proctable
-        self.counters = Counters(self.arena, len(self.plan) + 1)
-        self.script.msg_counters = self.counters
         self.script.stats.allocate(self.arena, len(self.plan) + 1)
 
     def tcp_enabled(self):
@@ -591,12 +587,8 @@ class Supervisor:
         self.ready_r = self.ready_w = -1
         if self.respawned:
             log.notice(MOD, f"{self.respawned} dead process(es) were respawned")
-        if self.counters is not None:
-            c = self.counters.totals()
-            log.notice(MOD, f"received {c['requests']} requests, {c['replies']} replies; "
-                       f"dropped {c['dropped']} datagrams; answered {c['bad_replied']} "
-                       f"malformed requests with an error reply")
-            self.counters = None
+        if self.script.stats.buf is not None and self.arena is not None:
+            self.log_core_stats()
         if self.modules_inited:
             self.script.destroy_modules()
         if self.arena is not None:
@@ -626,6 +618,18 @@ class Supervisor:
             self.exit_code = EXIT_STARTUP
         if self.exit_code == 0:
             log.notice(MOD, "all processes stopped, shared memory released")
+
+    def log_core_stats(self):
+        """The exit summary: Kamailio's core: statistics (asyncd.core.core_stats),
+        read from the processes' rows before the arena goes."""
+        st = self.script.stats
+
+        def v(name):
+            h = st.handle("core", name)
+            return st.get(h) if h is not None else 0
+        log.notice(MOD, f"received {v('rcv_requests')} requests, {v('rcv_replies')} replies; "
+                   f"{v('bad_msg_hdr')} malformed (core:bad_msg_hdr); forwarded "
+                   f"{v('fwd_replies')} replies statelessly, dropped {v('drop_replies')}")
 
     def cleanup_stale_rundirs(self):
         base = tempfile.gettempdir()

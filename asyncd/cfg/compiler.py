@@ -14,7 +14,7 @@ import linecache
 import socket
 from itertools import count
 
-from asyncd.core import core_rpc, log, params
+from asyncd.core import core_rpc, core_stats, log, params
 from asyncd.core.counters import Stats
 from asyncd.core.context import RunCtx
 from asyncd.core.errors import CfgError, ScriptExit
@@ -65,6 +65,7 @@ class Script:
         self._self_hosts = None
         self.rpc = None                 # asyncd.core.rpc.Registry: core and module RPC methods
         self.stats = Stats()            # statistics: registered in mod_init, rows made before fork
+        self.core_stats = None          # asyncd.core.core_stats.CoreStats: core: handles
 
     # -- lookups -----------------------------------------------------------------
     def has_route(self, name):
@@ -132,7 +133,10 @@ class Script:
 
     # -- lifecycle ---------------------------------------------------------------
     def init_modules(self):
-        """Every mod_init in load order (main process, after shm creation, before fork)."""
+        """Every mod_init in load order (main process, after shm creation, before fork);
+        first the core's statistics (asyncd.core.core_stats: always, kex or not)."""
+        if getattr(self, "core_stats", None) is None:
+            core_stats.register(self)
         for m in self.modules:
             if m.mod_init is not None:
                 m.mod_init(self)

@@ -29,6 +29,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 NO_RESET = 1          # Kamailio's STAT_NO_RESET: reset leaves it alone
+# a module's own bookkeeping kept in these rows (tm's t_proc_stats, which Kamailio
+# keeps in a per-process array of its own, src/modules/tm/t_stats.c): read by
+# handle, never listed (not a Kamailio statistic: no group or name an operator sees)
+INTERNAL = 2
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Stats:
         self.off = 0
         self.nslots = 0
         self.stride = 0
+        self._bare_names = None         # (number of defs, {bare name: first handle})
 
     # -- main, before the fork -------------------------------------------
     def register(self, group, name, flags=0, func=None, doc=""):
@@ -107,6 +112,13 @@ class Stats:
                                     "little", signed=True)
         return total - self._bases()[h]
 
+    def get_raw(self, h):
+        """The sum of the rows, the last reset not taken off (cnt.get_raw)."""
+        v = self.get(h)
+        if self.defs[h].func is None and self.buf is not None:
+            v += self._bases()[h]
+        return v
+
     def reset(self, h):
         """Kamailio's reset_stat: reads 0 from now on (not for NO_RESET or computed ones)."""
         d = self.defs[h]
@@ -120,11 +132,36 @@ class Stats:
         """Group names in registration order."""
         seen = []
         for d in self.defs:
-            if d.group not in seen:
+            if d.group not in seen and not d.flags & INTERNAL:
                 seen.append(d.group)
         return seen
 
     def items(self, group=None):
         """[(group, name, value)] in registration order, of one group or all."""
         return [(d.group, d.name, self.get(h)) for h, d in enumerate(self.defs)
-                if group is None or d.group == group]
+                if (group is None or d.group == group) and not d.flags & INTERNAL]
+
+    def find(self, name, qualified=True):
+        """A handle by bare name, as Kamailio's get_stat() (the first group that
+        has it), or with `qualified` also by `group:name` / `group.name` (kex's
+        stats.fetch fallback); None when unknown or INTERNAL."""
+        h = self._bare().get(name)
+        if h is None and qualified:
+            for sep in (".", ":"):
+                g, s, n = name.partition(sep)
+                if s and f"{g}:{n}" in self.by_name:
+                    h = self.by_name[f"{g}:{n}"]
+                    break
+        if h is None or self.defs[h].flags & INTERNAL:
+            return None
+        return h
+
+    def _bare(self):
+        cached = self._bare_names
+        if cached is None or cached[0] != len(self.defs):
+            names = {}
+            for h, d in enumerate(self.defs):
+                if not d.flags & INTERNAL:
+                    names.setdefault(d.name, h)
+            cached = self._bare_names = (len(self.defs), names)
+        return cached[1]

@@ -10,10 +10,12 @@ Replies and missing headers read as $null, as in Kamailio.
 import os
 import time
 
+from asyncd.core import log
 from asyncd.core.exports import ModuleExports, PvExport
 from asyncd.sip.uri import parse_cur_uri, parse_uri_cached
 from asyncd.cfg.pvcore import fmt, parse_format
 from asyncd.modules import pv_shm
+from shm.avp import avp_name
 
 
 # -- $var: per-process script variables (pv_svar.c) ------------------------------
@@ -250,6 +252,61 @@ def _af(ctx, s, i):
     return "ipv6" if ":" in (ctx.msg.src[0] or "") else "ipv4"
 
 
+def _stat_get(ctx, name, idx):
+    """$stat(name): a statistic by its bare name (kex's get_stat), as the
+    unsigned int Kamailio's pv_get_stat returns; $null, with a warning, when
+    there is none (src/modules/pv/pv_stats.c)."""
+    stats = ctx.proc.script.stats
+    h = stats.find(name, qualified=False)
+    if h is None:
+        log.warn("pv", f"No stat variable ``{name}''")
+        return None
+    return stats.get(h) & 0xFFFFFFFF
+
+
+def _cnt_parse(inner):
+    """$cnt($avp(name)) / $cnt($xavp(root[i]=>field[j])): the pv to count."""
+    text = (inner or "").strip()
+    for kind in ("avp", "xavp"):
+        if text.startswith(f"${kind}(") and text.endswith(")"):
+            body = text[len(kind) + 2:-1]
+            if kind == "avp":
+                return ("avp", avp_name(body.strip()))
+            return pv_shm._xparse("xavp")(body)
+    raise ValueError("$cnt() counts an $avp(...) or an $xavp(...)")
+
+
+def _cnt_get(ctx, spec, idx):
+    """$cnt: how many values (src/modules/pv/pv_core.c pv_get_cnt). For an
+    XAVP, no index or [*] means all (not index 0): $cnt($xavp(k)) counts the
+    roots k, $cnt($xavp(k=>s)) the fields s of all of them, an index n counts
+    1 when that entry exists."""
+    if spec[0] == "avp":
+        return ctx.avps.count(spec[1]) if ctx.avps is not None else 0
+    _kind, root, ri, field, fi = spec
+    items = (ctx.xavps.xavp.get(root) if ctx.xavps is not None else None) or []
+    roots = _pick(items, pv_shm._ridx(ctx, ri))
+    if field is None:
+        return len(roots)
+    fi = pv_shm._ridx(ctx, fi)
+    return sum(len(_pick(r.get(field) or [], fi)) for r in roots if type(r) is dict)
+
+
+def _pick(items, i):
+    if i is None or i == "*":
+        return list(items)
+    try:
+        return [items[i]]
+    except (IndexError, TypeError):
+        return []
+
+
+def _stat_parse(inner):
+    if not inner:
+        raise ValueError("empty $stat name")
+    return inner
+
+
 PVS = [
     PvExport("var", _var_get, _var_set, _var_parse, True),
     PvExport("vz", _var_get, _var_set, _var_parse, True),
@@ -308,6 +365,8 @@ PVS = [
     PvExport("rv", _const(lambda c: c.msg.version), None, None, False),
     PvExport("af", _af, None, None, False),
     PvExport("mF", _const(lambda c: "%x" % c.flags), None, None, False),
+    PvExport("stat", _stat_get, None, _stat_parse, True),
+    PvExport("cnt", _cnt_get, None, _cnt_parse, True),
 ]
 FUNCTIONS = []
 PARAMS = []

@@ -12,9 +12,21 @@ same To-tag (stable_to_tag hashes what is constant across retransmissions).
 `send_reply` is stateful when the request has a transaction (ctx.t set by
 tm), as Kamailio's sl module does through the tm API; otherwise it is
 `sl_send_reply`.
+
+Statistics: the sl: group and the `sl.stats` RPC, Kamailio 5.6's names
+(src/modules/sl/sl_stats.c): a reply sent counts by its code as
+update_sl_stats does (1xx and 700+ in xxx_replies: Kamailio's 1xx_replies
+never moves), a reply that cannot be built or sent in `failures`;
+sent_replies is their sum. Like Kamailio's (computed from sl's own
+per-process array) they do not reset. sent_err_replies and received_ACKs
+stay 0: Kamailio 5.6 never adds the first into its total, and asyncd's sl
+has no filter of ACKs to its own replies (sl_filter_ACK) to count in the
+second (docs/operations.md "Statistics").
 """
 from asyncd.core import log
+from asyncd.core.counters import NO_RESET
 from asyncd.core.exports import FuncExport, ModuleExports, P
+from asyncd.core.rpc import RpcExport
 from asyncd.core.route_types import (BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE,
                                      REQUEST_ROUTE)
 from asyncd.modules.tm import api as tm_api
@@ -48,11 +60,14 @@ def sl_send_reply(ctx, code, reason, extra_headers=None):
     try:
         data = build_reply(msg, code, reason, extra_headers=headers)
     except Exception as e:  # a header too broken to copy: say so, never raise into the route
+        ctx.proc.cnt[ST.failures] += 1
         log.err(MOD, f"sl_send_reply(): cannot build reply: {e}", _where(ctx))
         return -1
     if not ctx.proc.send(data, reply_addr(msg), msg.sock):
+        ctx.proc.cnt[ST.failures] += 1
         log.err(MOD, f"sl_send_reply(): send to {reply_addr(msg)} failed", _where(ctx))
         return -1
+    ctx.proc.cnt[ST.by_code[code]] += 1
     if code >= 200:
         ctx.replied = True
     return 1
@@ -97,8 +112,56 @@ def _fixup_code(site):
             site.arg_error(0, f"reply code {code} out of range 100..699")
 
 
+# -- statistics (src/modules/sl/sl_stats.c) -------------------------------------
+# reply types in Kamailio's order (sl_stats.h enum reply_type), then the others
+REPLY_TYPES = ("1xx", "200", "202", "2xx", "300", "301", "302", "3xx", "400", "401", "403",
+               "404", "407", "408", "483", "4xx", "500", "5xx", "6xx", "xxx")
+OTHERS = ("sent_replies", "sent_err_replies", "failures", "received_ACKs")
+
+
+def reply_type(code):
+    """update_sl_stats(): the reply type a sent reply counts as."""
+    if code < 200 or code >= 700:
+        return "xxx"
+    if str(code) in REPLY_TYPES:
+        return str(code)
+    return f"{code // 100}xx"
+
+
+class SlStats:
+    """Handles of the sl: group; by_code[code] is the handle a reply of that code bumps."""
+
+    def __init__(self):
+        self.types = {}
+        self.by_code = [0] * 700        # until mod_init: a process without shm rows bumps a dict
+        self.failures = self.sent_err_replies = self.received_ACKs = 0
+
+    def register(self, stats):
+        self.types = {t: stats.register("sl", f"{t}_replies", NO_RESET) for t in REPLY_TYPES}
+        sent = list(self.types.values())
+        stats.register("sl", "sent_replies", func=lambda: sum(stats.get(h) for h in sent))
+        for name in OTHERS[1:]:
+            setattr(self, name, stats.register("sl", name, NO_RESET))
+        self.by_code = [self.types[reply_type(c)] for c in range(700)]
+
+
+ST = SlStats()
+
+
+def mod_init(script):
+    ST.register(script.stats)
+
+
+def rpc_stats(call):
+    """sl.stats: the replies sent, by type (Kamailio's order; no 1xx)."""
+    stats = call.script.stats
+    call.add({t: stats.get(ST.types[t]) for t in REPLY_TYPES[1:]})
+
+
 EXPORTS = ModuleExports(
     name="sl",
+    mod_init=mod_init,
+    rpc=[RpcExport("sl.stats", rpc_stats, "The stateless replies sent, by code.")],
     functions=[
         FuncExport("sl_send_reply", (P.INT, P.STR), w_sl_send_reply, REQUEST_ROUTE, _fixup_code),
         FuncExport("sl_reply_error", (), w_sl_reply_error, REQUEST_ROUTE),

@@ -8,11 +8,16 @@ request's route), async task workers and timer-driven event routes
 The usual pattern: suspend, keep `$T(id_index)`/`$T(id_label)` somewhere
 shared ($sht, $shv), exit; later any process calls t_continue with them and
 route[rtname] runs as a failure route with the stored request and AVPs.
+
+Statistics: the tmx: group, Kamailio 5.6's names and formulas (src/modules/
+tmx/tmx_mod.c mod_stats[]), all computed on read from tm's counts
+(asyncd/modules/tm/stats.py), so, as in Kamailio, none of them resets.
 """
 from asyncd.core import log
 from asyncd.core.exports import FuncExport, ModuleExports, P, PvExport
 from asyncd.core.route_types import REQUEST_ROUTE, FAILURE_ROUTE, ANY_ROUTE, BRANCH_ROUTE
 from asyncd.modules.tm import api as tm_api
+from asyncd.modules.tm import stats as tm_stats
 
 MOD = "tmx"
 
@@ -71,8 +76,35 @@ def _branch_idx(ctx, spec, index):
     return b if isinstance(b, int) and b >= 0 else 0
 
 
+# (name, formula over tm's totals) in tmx_mod.c's order
+STATS = (
+    ("UAS_transactions", lambda t: t["transactions"]),
+    ("UAC_transactions", lambda t: t["client_transactions"]),
+    ("2xx_transactions", lambda t: t["completed_2xx"]),
+    ("3xx_transactions", lambda t: t["completed_3xx"]),
+    ("4xx_transactions", lambda t: t["completed_4xx"]),
+    ("5xx_transactions", lambda t: t["completed_5xx"]),
+    ("6xx_transactions", lambda t: t["completed_6xx"]),
+    ("inuse_transactions", lambda t: t["transactions"] - t["deleted"]),
+    ("active_transactions", lambda t: t["transactions"] - t["waiting"]),
+    ("rpl_received", lambda t: t["rpl_received"]),
+    ("rpl_absorbed", lambda t: t["rpl_received"] - (t["rpl_sent"] - t["rpl_generated"])),
+    ("rpl_generated", lambda t: t["rpl_generated"]),
+    ("rpl_relayed", lambda t: t["rpl_sent"] - t["rpl_generated"]),
+    ("rpl_sent", lambda t: t["rpl_sent"]),
+)
+
+
+def mod_init(script):
+    """Register tmx: (tm's mod_init ran first: tmx depends on tm)."""
+    stats = script.stats
+    for name, formula in STATS:
+        stats.register("tmx", name, func=lambda f=formula: max(0, f(tm_stats.totals(stats))))
+
+
 EXPORTS = ModuleExports(
     name="tmx",
+    mod_init=mod_init,
     functions=[
         FuncExport("t_suspend", (), w_t_suspend, REQUEST_ROUTE | FAILURE_ROUTE),
         FuncExport("t_continue", (P.INT, P.INT, P.ROUTE), w_t_continue, ANY_ROUTE, _fixup_continue),

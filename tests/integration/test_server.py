@@ -173,13 +173,13 @@ def test_random_and_truncated_datagrams_change_nothing(run_server, sip_client):
         for _ in range(10):
             assert c.final("OPTIONS").status == 200
         assert "Traceback" not in srv.log()
-    # the attendant's exit summary counts what the receivers dropped and answered
-    m = re.search(r"received (\d+) requests, (\d+) replies; dropped (\d+) datagrams; "
-                  r"answered (\d+) malformed", srv.log())
+    # the attendant's exit summary: the core: statistics (rcv_requests, rcv_replies,
+    # bad_msg_hdr for what did not parse, answered or not)
+    m = re.search(r"received (\d+) requests, (\d+) replies; (\d+) malformed", srv.log())
     assert m, srv.log()[-2000:]
-    requests, replies, dropped, answered = map(int, m.groups())
-    assert requests >= 10 and dropped > 100 and answered > 10
-    assert requests + replies + dropped + answered >= 900
+    requests, replies, malformed = map(int, m.groups())
+    assert requests >= 10 and malformed > 100
+    assert requests + replies + malformed >= 900
 
 
 def test_malformed_request_gets_400_with_reason(run_server, sip_client):

@@ -281,8 +281,13 @@ def _relay_new(ctx, ruri, dst, sock):
     if not created:
         resend_last(ctx.proc, h)
         return 0
+    cnt, st = S.cnt, S.st
+    cnt[st.transactions] += 1
+    cnt[st.t_created] += 1
     send = ctx.proc.send
     for data, addr, s in out:
+        cnt[st.rpl_generated] += 1    # the automatic 100 (t_reply.c _reply_light)
+        cnt[st.rpl_sent] += 1
         send(data, addr, s)
     send(made[0], dst, sock)
     t = now()

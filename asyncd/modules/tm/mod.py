@@ -12,7 +12,9 @@ from asyncd.core import log
 from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
 from asyncd.core.route_types import ANY_ROUTE, BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE, REQUEST_ROUTE
+from asyncd.core.rpc import RpcExport
 from asyncd.modules.tm import api, fwd, newtran, reply, suspend
+from asyncd.modules.tm import stats as tm_stats
 from asyncd.modules.tm import timer as tm_timer
 from asyncd.modules.tm.cell import F_CANCELED, F_FINAL, F_SUSPENDED, Cell, Handle
 from asyncd.modules.tm.lookup import lookup_request, rebuild_request, request_key, ack2xx_key
@@ -415,6 +417,7 @@ def _unreleased(ctx, h):
 def mod_init(script):
     """Main, before fork: the parameters, the shm table, the timer feed."""
     S.configure(script, script.modparams["tm"])
+    tm_stats.register(script)
 
 
 def mod_destroy(script):
@@ -503,4 +506,5 @@ EXPORTS = ModuleExports(
     mod_destroy=mod_destroy,
     procs=procs,
     hooks={"request_in": request_in, "request_done": request_done, "reply_in": reply_in},
+    rpc=[RpcExport("tm.stats", tm_stats.rpc_stats, "The transactions and replies tm handled.")],
 )

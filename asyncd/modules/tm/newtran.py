@@ -107,6 +107,9 @@ def t_newtran(ctx, suspend=False):
     h.new = created
     if created:
         claim(index, label)       # ours until the route ends (request_done) or hands it over
+        cnt, st = S.cnt, S.st
+        cnt[st.transactions] += 1
+        cnt[st.t_created] += 1
     if not created:
         resend_last(ctx.proc, h)
         return 0

@@ -61,7 +61,11 @@ def reply_cell(h, cell, msg, code, reason, extra_headers=()):
     cell.uas_reply = data
     h.dirty = True
     h.out.append((data, tuple(cell.reply_to), cell.sock))
+    cnt, st = S.cnt, S.st             # t_reply.c _reply_light: update_reply_stats, generated, sent
+    cnt[st.rpl_generated] += 1
+    cnt[st.rpl_sent] += 1
     if code >= 200:
+        cnt[st.by_class[code // 100]] += 1
         cell.flags |= F_FINAL | F_LOCAL
         if cell.flags & F_INVITE:
             if code < 300:
@@ -102,12 +106,14 @@ def reply_in(ctx):
     if ids is None:
         return False
     if msg.cseq_method == "CANCEL":
+        S.cnt[S.st.rpl_received] += 1
         return True                           # the 200 to our CANCEL ends there
     index, label, bno = ids
     h = Handle(S.table, index, label)
     cell = h.acquire()
     if cell is None:
         return False                          # gone: core forwards 2xx retransmissions statelessly
+    S.cnt[S.st.rpl_received] += 1             # t_reply.c reply_received: t_stats_rpl_received
     try:
         on_reply(ctx.proc, h, cell, bno, msg, msg.status)
     except Exception as e:
@@ -127,6 +133,7 @@ def on_reply(proc, h, cell, bno, msg, status):
         # a retransmitted final from downstream
         if msg is not None and cell.flags & F_INVITE:
             if 200 <= status < 300:
+                _relayed(status)
                 h.out.append((strip_top_via(msg), tuple(cell.reply_to), cell.sock))
             elif status >= 300:
                 send_ack(h, cell, br, msg)
@@ -147,6 +154,7 @@ def on_reply(proc, h, cell, bno, msg, status):
             data = strip_top_via(msg)
             cell.uas_status = status
             cell.uas_reply = data
+            S.cnt[S.st.rpl_sent] += 1
             h.out.append((data, tuple(cell.reply_to), cell.sock))
         return
     if msg is None and cell.flags & F_INVITE and br[BR_FLAGS] & B_PROV and not br[BR_FLAGS] & B_BLIND:
@@ -156,6 +164,7 @@ def on_reply(proc, h, cell, bno, msg, status):
         br[BR_REQ] = b""
         if cell.flags & F_INVITE or not cell.flags & F_FINAL:
             data = strip_top_via(msg)
+            _relayed(status)
             h.out.append((data, tuple(cell.reply_to), cell.sock))
             if not cell.flags & F_FINAL:
                 cell.uas_status = status
@@ -173,6 +182,13 @@ def on_reply(proc, h, cell, bno, msg, status):
         cell.flags &= ~F_SUSPENDED             # docs/kamailio-tm.md §4: the timeout ends the suspension
     if not cell.flags & F_FINAL and not cell.has_pending():
         final_decision(proc, h, cell)
+
+
+def _relayed(code):
+    """A final reply relayed upstream (t_reply.c relay_reply: update_reply_stats, rpl_sent)."""
+    cnt, st = S.cnt, S.st
+    cnt[st.rpl_sent] += 1
+    cnt[st.by_class[code // 100]] += 1
 
 
 def _prio(code):
@@ -223,6 +239,7 @@ def final_decision(proc, h, cell):
         cell.uas_status = code
         cell.uas_reply = data
         cell.flags |= F_FINAL
+        _relayed(code)
         h.out.append((data, tuple(cell.reply_to), cell.sock))
         arm_wait(h, cell)
     else:

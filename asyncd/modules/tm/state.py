@@ -15,6 +15,7 @@ the monotonic clock); the `timer` process runs them (tm/timer.py).
 """
 import random
 import time
+from collections import defaultdict
 
 from asyncd.core import log
 from asyncd.ipc.timers import TimerFeed
@@ -52,12 +53,30 @@ FR_PROBE = 1.0
 # sweep (docs/architecture.md, "Respawn").
 CLAIM_SLOTS = 1024
 
+# tm's own counts (Kamailio's struct t_proc_stats, src/modules/tm/t_stats.h), kept
+# as INTERNAL rows of script.stats: tm.stats and the tmx: statistics read them
+# (asyncd/modules/tm/stats.py). A process bumps `S.cnt[S.st.<name>] += 1`.
+COUNTS = ("waiting", "transactions", "client_transactions", "completed_2xx", "completed_3xx",
+          "completed_4xx", "completed_5xx", "completed_6xx", "rpl_received", "rpl_generated",
+          "rpl_sent", "deleted", "t_created", "t_freed", "delayed_free")
+
+
+class TmCounts:
+    """Handles of COUNTS (all 0 until tm's mod_init registers them); by_class[code // 100]
+    is the completed_<class>xx handle of a final reply (-1 for a provisional)."""
+
+    def __init__(self):
+        for name in COUNTS:
+            setattr(self, name, 0)
+        self.by_class = [-1] * 10
+
 
 class TmState:
     """Filled in main by tm's mod_init; every child inherits it by fork."""
     __slots__ = ("script", "table", "timers", "secret", "fr_ms", "fr_inv_ms", "wt_ms", "t1", "t2",
                  "max_inv_ms", "max_noninv_ms", "auto_inv_100", "auto_inv_100_reason",
-                 "failure_reply_mode", "proc", "addrs", "claims", "claim0", "mine", "reliable")
+                 "failure_reply_mode", "proc", "addrs", "claims", "claim0", "mine", "reliable",
+                 "cnt", "st")
 
     def __init__(self):
         self.script = self.table = self.timers = self.proc = self.claims = None
@@ -65,6 +84,8 @@ class TmState:
         self.mine = -1
         self.claim0 = 0
         self.reliable = frozenset()
+        self.cnt = defaultdict(int)       # this process's statistics row once child_init ran
+        self.st = TmCounts()
 
     def configure(self, script, mp):
         """tm's mod_init: `mp` holds every modparam of the export table."""
@@ -96,6 +117,7 @@ class TmState:
     def child_init(self, proc):
         """Per process: who sends what tm queued, and its own caches."""
         self.proc = proc
+        self.cnt = proc.cnt
         self.addrs = {}
         idx = getattr(proc, "index", None)
         self.mine = self.claim0 + idx if isinstance(idx, int) and 0 < idx < CLAIM_SLOTS else -1
@@ -196,6 +218,7 @@ def arm_rpl_retr(h, cell):
 def arm_wait(h, cell):
     if cell.flags & F_WAIT:
         return
+    S.cnt[S.st.waiting] += 1          # t_funcs.c put_on_wait: t_stats_wait()
     cell.flags |= F_WAIT
     h.dirty = True
     h.timers.append([K_WAIT, now() + S.wt_ms / 1000.0, h.index, h.label, 0, 0])

@@ -126,7 +126,11 @@ def free(index, label):
                     table.delete(a[0], a[1])
     except Exception as e:
         log.err(MOD, f"freeing {index}:{label}: {e!r}")
-    table.delete(index, label)
+        obj = None
+    if table.delete(index, label) and obj is not None and len(obj) == len(Cell.__slots__):
+        cnt, st = S.cnt, S.st         # h_table.h remove_from_hash_table: t_stats_deleted
+        cnt[st.deleted] += 1
+        cnt[st.t_freed] += 1
 
 
 def sweep(proc):
