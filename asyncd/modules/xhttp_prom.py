@@ -243,7 +243,7 @@ def _store_call(method):
 
 # -- RPC ------------------------------------------------------------------------------------------
 def _rpc_name(call, what):
-    got = call.scan("S")
+    got = call.scan("S") if call.params else None
     if not got or not got[0]:
         raise RpcFault(400, f"required {what} identifier")
     return got[0]

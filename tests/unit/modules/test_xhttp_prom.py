@@ -87,3 +87,51 @@ def test_collector_families_are_prometheus_client_metrics(collector):
     assert fams["kamailio_gg01"].type == "gauge"
     assert fams["kamailio_hh01"].type == "histogram"
     assert fams["kamailio_sl_200_replies"].type == "unknown"
+
+
+class _Script:
+    def __init__(self, stats):
+        self.stats = stats
+
+
+def _rpc(handler, script, *params):
+    from asyncd.core.rpc import RpcCall
+    call = RpcCall(script, None, "x", params)
+    handler(call)
+    return call.values
+
+
+def test_rpc_methods_and_script_functions(arena, monkeypatch):
+    from asyncd.core.rpc import RpcFault
+    from asyncd.modules import xhttp_prom as xp
+    st = PromStore(arena, [parse_metric(COUNTER, "name=c; label=a"), parse_metric(GAUGE, "name=g"),
+                           parse_metric(HISTOGRAM, "name=h; buckets=1:2")])
+    monkeypatch.setattr(xp.S, "store", st)
+    monkeypatch.setattr(xp.S, "beginning", "kamailio_")
+    monkeypatch.setattr(xp.S, "spec", "")
+    script = _Script(Stats())
+    names = {e.name for e in xp.EXPORTS.rpc}
+    assert names == {"xhttp_prom.counter_reset", "xhttp_prom.counter_inc", "xhttp_prom.gauge_reset",
+                     "xhttp_prom.gauge_set", "xhttp_prom.histogram_observe",
+                     "xhttp_prom.metric_list_print"}
+    _rpc(xp.rpc_counter_inc, script, "c", 4, "x")
+    _rpc(xp.rpc_gauge_set, script, "g", "1.5")
+    _rpc(xp.rpc_histogram_observe, script, "h", 1.5)
+    assert xp.w_counter_inc(None, None, "c", 2, "x") == 1
+    assert xp.w_counter_inc(None, None, "c", -1, "x") == -1        # negative refused
+    assert xp.w_counter_inc(None, None, "c", 1) == -1              # label count
+    assert xp.w_gauge_set(None, None, "nope", "1") == -1
+    assert xp.w_histogram_observe(None, None, "h", "0.5") == 1
+    text = _rpc(xp.rpc_metric_list_print, script)[0]
+    assert 'kamailio_c{a="x"} 6 ' in text and "kamailio_g 1.500000 " in text
+    assert 'kamailio_h_bucket{le="1.000000"} 1 ' in text and "kamailio_h_count 2 " in text
+    assert "internal statistics" not in text
+    _rpc(xp.rpc_counter_reset, script, "c", "x")
+    _rpc(xp.rpc_gauge_reset, script, "g")
+    assert 'kamailio_c{a="x"} 0 ' in _rpc(xp.rpc_metric_list_print, script)[0]
+    for handler, params, code in ((xp.rpc_counter_inc, ("c",), 400), (xp.rpc_gauge_set, (), 400),
+                                  (xp.rpc_counter_inc, ("nope", 1), 500),
+                                  (xp.rpc_gauge_set, ("c", 1.0, "x"), 500)):
+        with pytest.raises(RpcFault) as e:
+            _rpc(handler, script, *params)
+        assert e.value.code == code
