@@ -9,7 +9,8 @@ Kamailio 5.6 (src/modules/xhttp/xhttp_mod.c): mod_init registers a non-SIP
 hook (here `hooks["nonsip_in"]`, docs/contracts.md); for an HTTP request whose
 URL passes `url_skip` / `url_match` (POSIX extended regexes; Python's `re`
 here) the hook runs event_route[xhttp:request]; `xhttp_reply(code, reason,
-ctype, body)` answers over the request's connection; `$hu` is the URL. A
+ctype, body)` answers over the request's connection; `$hu` is the URL
+(`{url.path}` / `{url.querystring}` split it: asyncd/cfg/transformations.py). A
 request the route does not answer gets nothing (the client waits, as with
 Kamailio); the connection stays open for the next request.
 

@@ -37,7 +37,7 @@ event_route[xhttp:request] {
     }
     if ($hu =~ "^/echo") {
         append_to_reply("X-Method: $rm\r\n");
-        xhttp_reply("200", "OK", "text/plain", "$hu [$rb]");
+        xhttp_reply("200", "OK", "text/plain", "$hu [$rb] $(hu{url.path}) [$(hu{url.querystring})]");
         exit;
     }
     xhttp_reply("404", "Not Found", "text/html", "<html><body>Not Found $hu</body></html>");
@@ -94,12 +94,12 @@ def test_get_post_keepalive_404_and_url_skip(run_server, sip_client):
         assert r.getheader("Content-Type") == "text/plain"
         assert r.getheader("X-Method") == "GET"
         assert r.getheader("Server", "").startswith("asyncd")
-        assert r.read() == b"/echo/one?x=1 []"
+        assert r.read() == b"/echo/one?x=1 [] /echo/one [x=1]"
         sock = conn.sock
         # keep-alive: the second request goes over the same connection
         conn.request("POST", "/echo/two", body=b"hello", headers={"Content-Type": "text/plain"})
         r = conn.getresponse()
-        assert r.status == 200 and r.read() == b"/echo/two [hello]"
+        assert r.status == 200 and r.read() == b"/echo/two [hello] /echo/two []"
         assert conn.sock is sock
         conn.request("GET", "/missing")
         r = conn.getresponse()

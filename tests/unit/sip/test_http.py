@@ -3,6 +3,7 @@ without tcp_accept_no_cl, pipelining, chunked refused), parse_msg marking them
 `http` (Kamailio's parse_fline HTTP flag), and asyncd.sip.http replies.
 """
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from asyncd.sip import SipParseError, parse_msg
 from asyncd.sip.http import build_http_reply, wants_close
@@ -68,3 +69,20 @@ def test_reply_shape_and_connection_rules():
     assert wants_close(parse_msg(b"GET / HTTP/1.0\r\n\r\n"))
     assert not wants_close(parse_msg(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"))
     assert not wants_close(parse_msg(GET))
+
+
+@settings(max_examples=200, deadline=None)
+@given(path=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40),
+       body=st.binary(max_size=60), junk=st.binary(max_size=80), cut=st.integers(0, 400))
+def test_http_requests_frame_and_parse_however_they_arrive(path, body, junk, cut):
+    req = b"POST " + path.encode() + b" HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body)
+    stream = req + body + GET
+    f = StreamFramer(accept_no_cl=True)
+    got = f.feed(stream[:cut]) + f.feed(stream[cut:])
+    assert got == [(MSG, req + body), (MSG, GET)]
+    m = parse_msg(got[0][1])
+    assert m.http and m.ruri == path and m.body == body
+    try:                     # anything after an HTTP request line: parsed or SipParseError only
+        parse_msg(b"GET /x HTTP/1.1\r\n" + junk)
+    except SipParseError:
+        pass
