@@ -28,7 +28,7 @@ import traceback
 
 from asyncd.core import core_stats, log
 from asyncd.core.net import local_ips, proto_socket
-from asyncd.core.route_types import CORE_ONREPLY_ROUTE, REQUEST_ROUTE
+from asyncd.core.route_types import CORE_ONREPLY_ROUTE, EVENT_ROUTE, REQUEST_ROUTE
 from asyncd.sip import SipParseError, build_reply, parse_msg, reply_addr
 from asyncd.sip.build import strip_top_via, via_dest
 
@@ -58,6 +58,7 @@ class Receiver:
         self.req_in = [m.hooks["request_in"] for m in mods if m.hooks.get("request_in")]
         self.req_done = [m.hooks["request_done"] for m in mods if m.hooks.get("request_done")]
         self.rpl_in = [m.hooks["reply_in"] for m in mods if m.hooks.get("reply_in")]
+        self.nonsip_in = [m.hooks["nonsip_in"] for m in mods if m.hooks.get("nonsip_in")]
         self.reply_route = (self.script.run_reply_route
                             if getattr(self.script, "has_reply_route", False) else None)
         self.ours = _our_addresses(self.script, proc.sockets)
@@ -132,6 +133,9 @@ class Receiver:
                 log.dbg(MOD, traceback.format_exc())
 
     def on_request(self, msg):
+        if msg.http:
+            self.on_nonsip(msg)
+            return
         cnt, cs = self.cnt, self.cs
         cnt[cs.rcv_requests] += 1
         h = cs.req_method.get(msg.method, cs.unsupported_methods)
@@ -147,6 +151,19 @@ class Receiver:
         finally:
             for hook in self.req_done:
                 hook(ctx)
+
+    def on_nonsip(self, msg):
+        """An HTTP request: the modules' nonsip_in hooks in load order until one
+        takes it (Kamailio's nonsip_msg_run_hooks, src/core/receive.c); with no
+        taker it is dropped and counted, as Kamailio drops it (no SIP route runs)."""
+        ctx = self.script.new_ctx(msg, self.proc, EVENT_ROUTE)
+        for hook in self.nonsip_in:
+            if hook(ctx):
+                return
+        self.cnt[self.cs.drop_requests] += 1
+        if log.enabled(log.L_DBG):
+            log.dbg(MOD, f"non-SIP request {msg.method} {msg.ruri} from {msg.src[0]}:{msg.src[1]}"
+                         f" not taken by any module; dropped")
 
     def on_reply(self, msg):
         cnt, cs = self.cnt, self.cs

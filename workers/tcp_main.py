@@ -50,6 +50,7 @@ from asyncd.core.net import sock_name
 from asyncd.ipc.tcp import (OP_ALIAS, OP_CLOSE, S, SND_CLOSE, SND_NO_CONNECT, pack_drain, pack_rx,
                             unpack_tx)
 from asyncd.sip import SipParseError, build_reply, parse_msg
+from asyncd.sip.http import build_http_reply
 from asyncd.sip.stream import BAD, MSG, PING, StreamFramer
 
 MOD = "core"
@@ -702,6 +703,8 @@ def _reply_to_head(head, code, reason, c, addrs):
     if m is None or not m.is_request or m.method == "ACK":
         return None
     try:
+        if m.http:
+            return build_http_reply(m.version, code, reason)
         return build_reply(m, code, reason)
     except Exception:  # noqa: BLE001 - too broken to answer
         return None

@@ -138,6 +138,9 @@ _TABLE = {
     "param.count": (0, 1, lambda a: lambda v: _param_count(_to_str(v), a[0] if a else ";")),
     "nameaddr.uri": (0, 0, lambda a: _nameaddr("uri")),
     "nameaddr.name": (0, 0, lambda a: _nameaddr("name")),
+    # xhttp's (src/modules/xhttp/xhttp_trans.c): the URL before / after the first '?'
+    "url.path": (0, 0, lambda a: lambda v: _to_str(v).partition("?")[0]),
+    "url.querystring": (0, 0, lambda a: lambda v: _to_str(v).partition("?")[2]),
 }
 
 

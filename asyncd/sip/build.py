@@ -134,6 +134,11 @@ def set_server_header(line):
     _server_line[0] = (line or "").strip()
 
 
+def server_line():
+    """The configured Server header line ("" for none), for replies built elsewhere (HTTP)."""
+    return _server_line[0]
+
+
 def _tail(server, blen):
     line = _server_line[0] if server is None else ("Server: %s" % server if server else "")
     t = _tails.get((line, blen))

@@ -40,6 +40,7 @@ _FOLDED_RE = re.compile(r"\n[ \t]")
 _METHOD_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _RURI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"]+\Z")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.I)
+_HTTP_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
 # the whole well-formed Request-Line in one match (the common case)
 _REQLINE_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) ([A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"]+) SIP/2\.0\Z")
 _REQUIRED = (("via", "Via"), ("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
@@ -60,6 +61,7 @@ class SipMsg:
     force_rport = False
     is_request = True
     faked = False           # the core faked request (faked_request): no transaction, no suspend
+    http = False            # an HTTP/1.x request line (a non-SIP request: the nonsip_in hooks)
     flags = 0
     conid = 0               # $conid: the TCP connection it came on (0: UDP)
     fwd_flags = rpl_flags = 0   # TCP send flags: set_forward_no_connect() & co. (core_funcs)
@@ -482,6 +484,15 @@ def _bad_request_line(m, line):
     if len(parts) != 3 or m.method is None:
         raise SipParseError("Bad Request-Line")
     ruri, ver = parts[1], parts[2]
+    if ver.upper() in _HTTP_VERSIONS:
+        # Kamailio's parse_first_line flags an HTTP/1.x request line as not SIP
+        # (src/core/parser/parse_fline.c, FLINE_FLAG_PROTO_HTTP); receive_msg hands
+        # it to the non-SIP hooks (xhttp). The target is any non-empty token.
+        m.http = True
+        m.version = ver
+        if not ruri:
+            raise SipParseError("Bad Request-Line")
+        return ruri
     if ver.upper() != "SIP/2.0":
         if _VERSION_RE.match(ver):
             raise SipParseError("Version Not Supported", code=505)
@@ -497,6 +508,9 @@ def _checks(m, buf, start):
     cseq = first.get("cseq")
     if via is None or cseq is None or "from" not in first or "to" not in first \
             or "call-id" not in first:
+        if m.http:      # HTTP needs none of them (the non-SIP branch only)
+            _http_body(m, buf, start)
+            return
         for key, name in _REQUIRED:
             if key not in first:
                 raise SipParseError("Missing %s header" % name)
@@ -519,6 +533,19 @@ def _checks(m, buf, start):
         raise SipParseError("Content-Length mis-match")
     # octets past Content-Length are discarded (RFC 3261 18.3, RFC 4475 3.1.1.8)
     m.body = buf[start:start + n] if n != blen else buf[start:]
+
+
+def _http_body(m, buf, start):
+    """The body of an HTTP request: Content-Length bytes, or the rest of what the
+    stream framer cut (no Content-Length: tcp_accept_no_cl, the head ends it)."""
+    v = m._v1("content-length")
+    if v is None:
+        m.body = buf[start:]
+        return
+    if not (v.isascii() and v.isdigit()) or len(v) > 10 or int(v) > len(buf) - start:
+        raise SipParseError("Bad Content-Length")
+    m._cl = int(v)
+    m.body = buf[start:start + m._cl]
 
 
 def _can_reply(m):

@@ -27,6 +27,11 @@ Choices (where the RFCs leave room):
   code says why the connection was closed. A head plus Content-Length over
   max_msg is BAD 513 with the head (a reply can be built from it).
 - Only CRLF line ends frame a head (RFC 3261 7: CRLF is the line end).
+- HTTP/1.x requests (xhttp) frame the same way: Content-Length, or with
+  accept_no_cl the blank line ends a message without one (a GET). A head
+  with Transfer-Encoding and no Content-Length is BAD 501: chunked bodies are
+  not read (Kamailio 5.6's default build neither, src/core/tcp_read.c
+  READ_HTTP11).
 
 Hot path: a whole message in one feed, nothing buffered, costs one find of
 the blank line, one regex pass over the head for Content-Length and one
@@ -47,6 +52,7 @@ _CRLF2 = b"\r\n\r\n"
 # 7.3.1). Only header lines match: each starts after a line end.
 _CL_RE = re.compile(rb"\n(?:content-length|l)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.I)
 _LWS = b" \t\r\n"
+_TE_RE = re.compile(rb"\ntransfer-encoding[ \t]*:", re.I)
 
 
 def _content_length(b, start, hend):
@@ -136,6 +142,10 @@ class StreamFramer:
                 if cl is None:
                     if not self.accept_no_cl:
                         return self._bad(events, 400, "Missing Content-Length", bytes(b[start:hend]))
+                    if _TE_RE.search(b, start, hend) is not None:
+                        # HTTP chunked bodies are not read, as Kamailio 5.6 built without
+                        # READ_HTTP11 (src/core/tcp_read.c); RFC 7230 3.3.1: 501
+                        return self._bad(events, 501, "Not Implemented", bytes(b[start:hend]))
                     cl = 0
                 elif isinstance(cl, str):
                     return self._bad(events, 400, cl, bytes(b[start:hend]))
