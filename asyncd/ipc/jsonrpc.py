@@ -134,15 +134,16 @@ def _string(s):
 def number(d):
     """print_number: a whole number in C int range as %d; other whole
     numbers as %.0f; tiny or huge ones as %e; the rest as %f. Every number
-    is a C double there, so big ints lose what a double loses."""
+    is a C double there, so big ints lose what a double loses. An infinite
+    one (a request's 1e999) is null here."""
     if isinstance(d, int) and _INT_MIN <= d <= _INT_MAX:
         return str(d)
     try:
         d = float(d)
     except OverflowError:
-        d = math.copysign(math.inf, d)
+        d = math.inf if d > 0 else -math.inf
     if not math.isfinite(d):
-        return "%e" % d
+        return "null"       # srjson prints C's "inf", which no JSON client reads
     if abs(int(d) - d) <= _DBL_EPSILON and _INT_MIN <= d <= _INT_MAX:
         return "%d" % int(d)
     if abs(math.floor(d) - d) <= _DBL_EPSILON:
@@ -309,7 +310,7 @@ class FifoSplitter:
     counting only braces outside "..." and '...' strings (a quote escaped by
     the byte before it does not count). A request longer than FIFO_BUF_IN
     is dropped (Kamailio: "input data too large") and the rest of it, up to
-    its balancing brace, skipped. `stale` drops a half request that saw no
+    its balancing brace, skipped (junk with no brace yet is just dropped). `stale` drops a half request that saw no
     byte for that long: its writer is gone (Kamailio would glue it to the
     next request and lose both)."""
 
@@ -350,7 +351,10 @@ class FifoSplitter:
             elif not self.skipping and len(self.buf) >= self.limit - 1:
                 dropped += 1
                 self.buf = bytearray()
-                self.skipping = True
+                if self.found:
+                    self.skipping = True    # skip to its balancing brace
+                else:
+                    self._reset()           # junk before any brace: nothing to skip
         return docs, dropped
 
     def _scan(self, b):
