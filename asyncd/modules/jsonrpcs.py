@@ -242,7 +242,10 @@ class FifoEndpoint:
         for _ in range(dropped):
             log.warn(MOD, f"input data too large (more than {self.split.limit - 1} bytes): request dropped")
         for doc in docs:
-            _serve_fifo(proc, doc)
+            try:
+                _serve_fifo(proc, doc)
+            except Exception as e:  # noqa: BLE001 - the loop would drop the FIFO: never let it
+                log.err(MOD, f"request failed: {type(e).__name__}: {e}")
 
 
 def _read_available(fd):
@@ -308,8 +311,12 @@ def _open_reply_fifo(name):
                 log.err(MOD, f"no client at {path}")
                 return None
             time.sleep(0.08)
-    st, lst = os.fstat(fd), os.lstat(path)
-    if (not stat.S_ISFIFO(st.st_mode) or st.st_nlink > 1 or stat.S_ISLNK(lst.st_mode)
+    try:
+        st, lst = os.fstat(fd), os.lstat(path)
+    except OSError as e:        # removed since we opened it
+        st = lst = None
+        log.err(MOD, f"security: stat of {path} failed: {e.strerror}")
+    if (st is None or not stat.S_ISFIFO(st.st_mode) or st.st_nlink > 1 or stat.S_ISLNK(lst.st_mode)
             or (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino)):
         log.err(MOD, f"security: {path} is not a plain FIFO of its own")
         os.close(fd)
@@ -362,8 +369,12 @@ class DgramEndpoint:
                 log.err(MOD, f"recvfrom: {e.strerror}")
                 return
             data = data.strip()
-            if data:
+            if not data:
+                continue
+            try:
                 _serve_dgram(proc, self.sock, data, addr)
+            except Exception as e:  # noqa: BLE001 - the loop would drop the socket: never let it
+                log.err(MOD, f"request failed: {type(e).__name__}: {e}")
 
 
 def _serve_dgram(proc, sock, data, addr):

@@ -199,3 +199,15 @@ def test_dgram_endpoint_answers_and_survives_a_vanished_client(tmp, inited):
     ep.on_readable(proc)            # the first reply has nowhere to go: logged, not raised
     assert json.loads(c.recv(65536))["result"] == "z"
     c.close()
+
+
+def test_fifo_endpoint_never_raises_into_the_loop(tmp, inited, monkeypatch):
+    s = inited('modparam("jsonrpcs", "transport", 2)')
+    ep = jsonrpcs._open_fifo(ProcState(s), 0)[0]
+
+    def broken(proc, doc):
+        raise OSError("disk on fire")
+    monkeypatch.setattr(jsonrpcs, "_serve_fifo", broken)
+    os.write(jsonrpcs.S.fifo_wfd, b'{"jsonrpc": "2.0", "method": "core.echo", "reply_name": "r"}')
+    ep.on_readable(ProcState(s))        # logged, not raised: the loop keeps the endpoint
+    assert not ep.closed
