@@ -182,7 +182,7 @@ def _as_nobody(fn):
 def test_a_non_root_client_cannot_use_fifo_or_socket(srv):
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to the nobody user")
-    control = os.path.join(srv.rundir, "..", "open.fifo")
+    control = os.path.join(srv.rundir, "open.fifo")     # beside it, open to all
     os.mkfifo(control, 0o666)
     os.chmod(control, 0o666)
     fifo = os.path.join(srv.rundir, "kamailio_rpc.fifo")
