@@ -13,10 +13,12 @@ import subprocess
 import tempfile
 import time
 
+import psutil
 import pytest
 
 from tests.helpers.kamailio import KAMCTL, SKIP_KAMAILIO, run_kamailio
 from tests.helpers.server import run_server
+from tests.helpers.sipclient import SipClient
 from bench.servers import kamailio_binary
 
 CFG = """
@@ -25,7 +27,11 @@ children=1
 listen=udp:127.0.0.1:LPORT
 loadmodule "jsonrpcs.so"
 loadmodule "sl.so"
-request_route { sl_send_reply("200", "ok"); exit; }
+request_route {
+    jsonrpc_exec('{"jsonrpc": "2.0", "method": "$rU", "params": ["$rm"], "id": 1}');
+    sl_send_reply("200", "$jsonrpl(code) $jsonrpl(text)");
+    exit;
+}
 """
 _names = itertools.count()
 NOBODY = 65534
@@ -157,11 +163,25 @@ def test_several_requests_in_one_write_each_get_their_reply(srv):
         assert json.loads(read_reply(fd2))["result"] == ["two"]
 
 
+def test_the_fifo_process_does_not_spin_once_writers_are_gone(srv):
+    proc = psutil.Process(pid_of(srv, "JSONRPCS FIFO"))
+    fifo_call(srv.rundir, req("jsonrpc.echo"))        # a writer came and went
+    before = sum(proc.cpu_times()[:2])
+    time.sleep(0.5)
+    assert sum(proc.cpu_times()[:2]) - before < 0.1
+
+
 def test_datagram_request_reply(srv):
     out = json.loads(dgram_call(srv.rundir, req("jsonrpc.echo", "q", 5, rid="x")))
     assert out == {"jsonrpc": "2.0", "result": ["q", 5], "id": "x"}
     err = json.loads(dgram_call(srv.rundir, req("no.such")))
     assert err["error"] == {"code": 500, "message": "Method Not Found"}
+
+
+def test_jsonrpc_exec_in_the_route_and_jsonrpl(srv):
+    with SipClient(srv.addr) as c:
+        assert c.final(ruri=f"sip:jsonrpc.echo@127.0.0.1:{srv.port}").reason == "200 OK"
+        assert c.final(ruri=f"sip:no.such@127.0.0.1:{srv.port}").reason == "500 Method Not Found"
 
 
 def _as_nobody(fn):
