@@ -209,6 +209,7 @@ def mod_init(script):
             init(script, mp)
         except CfgError:
             if transport & bit:
+                mod_destroy(script)     # startup stops: leave no FIFO behind (no mod_destroy then)
                 raise
             log.info(MOD, f"{param} transport left out: {mp[param]}")
 

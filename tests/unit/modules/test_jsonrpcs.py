@@ -211,3 +211,10 @@ def test_fifo_endpoint_never_raises_into_the_loop(tmp, inited, monkeypatch):
     os.write(jsonrpcs.S.fifo_wfd, b'{"jsonrpc": "2.0", "method": "core.echo", "reply_name": "r"}')
     ep.on_readable(ProcState(s))        # logged, not raised: the loop keeps the endpoint
     assert not ep.closed
+
+
+def test_a_failing_datagram_socket_leaves_no_fifo_behind(tmp):
+    s = compiled(tmp, 'modparam("jsonrpcs", "dgram_socket", "udp:127.0.0.1:80")')
+    with pytest.raises(CfgError):
+        jsonrpcs.mod_init(s)
+    assert os.listdir(os.path.join(tmp, "run")) == []
