@@ -130,7 +130,9 @@ class Lexer:
         if kind == "id":
             return Token(ID, val, self.file, line, col)
         if kind == "int":
-            return Token(INT, int(val), self.file, line, col)
+            # Kamailio's cfg.lex OCTNUMBER: 0[0-7]+ is octal (modparam("jsonrpcs", "fifo_mode", 0600))
+            octal = len(val) > 1 and val[0] == "0" and val.isdigit() and "8" not in val and "9" not in val
+            return Token(INT, int(val, 8) if octal else int(val), self.file, line, col)
         if kind == "hex":
             return Token(INT, int(val, 16), self.file, line, col)
         if kind == "ipv4":
