@@ -16,7 +16,7 @@ has the operator's view. Differences, on purpose:
   WARNING and do nothing;
 - parameters are always converted as `autoconversion=1` would (a number
   where a method wants a string is accepted): asyncd.core.rpc scans one
-  way for every transport; setting the modparam logs a WARNING;
+  way for every transport; `autoconversion=0` logs a WARNING;
 - a request whose header declares more than the 65535-byte stream buffer
   closes the connection at once (Kamailio waits until its buffer is full);
 - a reply the client does not read within 1 s (Kamailio: 10 ms per write,
@@ -218,8 +218,9 @@ def _warn_unimplemented(mp):
         log.warn(MOD, f"fifo control sockets are not supported; ignoring fifo={mp['fifo']}")
     if mp.get("binrpc_buffer_size") is not None:
         log.warn(MOD, "binrpc_buffer_size has no effect in asyncd (no method uses rpc->rpl_printf)")
-    if mp.get("autoconversion") is not None:
-        log.warn(MOD, "autoconversion: asyncd always converts parameters (as autoconversion=1)")
+    if mp.get("autoconversion") == 0:
+        log.warn(MOD, "autoconversion=0 is not supported: asyncd always converts parameters "
+                      "(as autoconversion=1)")
 
 
 def mod_init(script):
