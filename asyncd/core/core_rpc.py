@@ -126,15 +126,11 @@ def rpc_psa(call):
         call.add({"index": i, "pid": pid, "status": 1, "rank": rank, "description": desc})
 
 
-def _ctime(t):
-    return time.ctime(t)
-
-
 def rpc_uptime(call):
     """core.uptime: {now, up_since, uptime}: two ctime strings and seconds."""
     now = time.time()
     start = getattr(call.script, "start_time", None) or now
-    call.add({"now": _ctime(now), "up_since": _ctime(start), "uptime": int(now - start)})
+    call.add({"now": time.ctime(now), "up_since": time.ctime(start), "uptime": int(now - start)})
 
 
 def rpc_pwd(call):

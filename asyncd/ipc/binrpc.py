@@ -35,7 +35,7 @@ members have no names (binrpc_run.c rpc_array_add), and so does this codec:
 a Python list is a struct of plain records; a dict or an
 asyncd.core.rpc.Struct is a struct of avps.
 """
-import struct
+import re
 
 from asyncd.core.rpc import Struct
 
@@ -77,6 +77,7 @@ class BinrpcError(Exception):
     def __init__(self, code, detail=""):
         self.code = code
         self.detail = detail
+        self.method = None      # decode_request: the method, when only a parameter was bad
         super().__init__(ERROR_TEXT.get(code, "unknown/invalid error code"))
 
 
@@ -233,9 +234,7 @@ class _Reader:
                 named.append((name, v))
                 continue
             v = self.value(depth)
-            if isinstance(v, _End):
-                if v.rtype != rtype and not (rtype == T_STRUCT or v.rtype == T_STRUCT):
-                    raise BinrpcError(E_RECORD, "mismatched end tag")
+            if isinstance(v, _End):     # either end tag closes: ctl sends arrays as structs
                 return _members(named, plain)
             plain.append(v)
 
@@ -276,11 +275,15 @@ def decode_request(body):
         raise BinrpcError(E_TYPE if r.more() else E_EOP, "no method name")
     method = r.value()
     params = []
-    while r.more():
-        v = r.value()
-        if isinstance(v, _End):
-            raise BinrpcError(E_RECORD, "end tag without a start")
-        params.append(v)
+    try:
+        while r.more():
+            v = r.value()
+            if isinstance(v, _End):
+                raise BinrpcError(E_RECORD, "end tag without a start")
+            params.append(v)
+    except BinrpcError as e:
+        e.method = method       # the method was readable: the caller may still name it
+        raise
     return method, params
 
 
@@ -454,21 +457,18 @@ def encode_request(method, params, cookie):
     return encode_packet(REQ, body, cookie)
 
 
+_KAMCMD_INT = re.compile(r"\s*[+-]?\d+")
+_KAMCMD_FLOAT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def kamcmd_arg(text):
     """kamcmd's parse_arg: an int when the whole text is one (strtol, base
-    10), else a float (strtod), else a string; a leading `s:` forces a
-    string."""
-    t = text.strip()
-    try:
-        if t and t == text and (t.lstrip("+-").isdigit()):
-            return int(t, 10)
-    except ValueError:
-        pass
-    try:
-        if t == text and t.lower() not in ("nan", "inf", "-inf", "+inf", "infinity"):
-            return float(t)
-    except ValueError:
-        pass
+    10), else a float when it is one (strtod, decimal forms), else a
+    string; a leading `s:` forces a string."""
+    if _KAMCMD_INT.fullmatch(text):
+        return int(text)
+    if _KAMCMD_FLOAT.fullmatch(text):
+        return float(text)
     return text[2:] if text.startswith("s:") else text
 
 

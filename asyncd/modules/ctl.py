@@ -284,11 +284,15 @@ def serve(proc, pkt):
     cookie = pkt.cookie
     if pkt.type != binrpc.REQ:
         return binrpc.encode_fault(400, f"bad request: {binrpc.ERROR_TEXT[binrpc.E_BADPKT]}", cookie)
+    script = proc.script
     try:
         method, params = pkt.request()
     except binrpc.BinrpcError as e:
-        return binrpc.encode_fault(400, f"bad request method: {e}", cookie)
-    script = proc.script
+        if e.method is None:
+            return binrpc.encode_fault(400, f"bad request method: {e}", cookie)
+        if script.rpc.lookup(e.method) is None:
+            return binrpc.encode_fault(500, f"command {e.method} not found", cookie)
+        return binrpc.encode_fault(400, f"bad request: {e}", cookie)
     try:
         call = script.rpc.call(script, proc, method, params, transport="binrpc", scan_fault=scan_fault)
     except KeyError:

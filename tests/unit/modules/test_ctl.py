@@ -86,3 +86,14 @@ def test_a_path_that_is_not_a_socket_is_a_startup_error():
         with pytest.raises(RuntimeError, match="exists and is not a socket"):
             ctl.mod_init(s)
         assert os.path.exists(f.name)
+
+
+def test_a_bad_parameter_record_is_a_bad_request_unless_the_method_is_unknown():
+    s = _script()
+    proc = ProcState(s, -2, "ctl handler", "rpc")
+    for method, want in (("core.echo", (400, "bad request: record doesn't match type")),
+                         ("no.such", (500, "command no.such not found"))):
+        body = binrpc.encode_request(method, [], 1)[4:] + bytes([0x0F])
+        req = binrpc.Packet(binrpc.REQ, 5, body)
+        (pkt,) = binrpc.StreamParser().feed(ctl.serve(proc, req))
+        assert pkt.fault() == want
