@@ -197,7 +197,8 @@ def rpc_modules(call):
 
 
 RPC = [
-    RpcExport("system.listMethods", rpc_list_methods, "Lists all RPC methods supported by the server.", RET_ARRAY),
+    RpcExport("system.listMethods", rpc_list_methods, "Lists all RPC methods supported by the server.",
+              RET_ARRAY),
     RpcExport("system.methodSignature", rpc_method_signature, "Returns signature of given method."),
     RpcExport("system.methodHelp", rpc_method_help, "Print the help string for given method."),
     RpcExport("core.prints", rpc_prints, "Returns its string parameters.", RET_ARRAY),

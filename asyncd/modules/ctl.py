@@ -161,8 +161,9 @@ def _bind_inet(cs):
     if host == "*":
         host = "0.0.0.0"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM if cs.kind == "tcp" else socket.SOCK_DGRAM)
-    s = socket.socket(family, socket.SOCK_STREAM if cs.kind == "tcp" else socket.SOCK_DGRAM)
+    kind = socket.SOCK_STREAM if cs.kind == "tcp" else socket.SOCK_DGRAM
+    infos = socket.getaddrinfo(host, port, family, kind)
+    s = socket.socket(family, kind)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(infos[0][4])
@@ -369,7 +370,8 @@ class Conn:
             data = b""
         if not data:
             if self.parser.pending():
-                log.err(MOD, f"unexpected EOF on {self.cs.name}: half a packet ({self.parser.pending()} bytes)")
+                log.err(MOD, f"unexpected EOF on {self.cs.name}: half a packet "
+                             f"({self.parser.pending()} bytes)")
             self.close()
             return None
         self.last = time.monotonic()

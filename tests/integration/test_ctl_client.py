@@ -77,7 +77,8 @@ def test_rpc_types_arguments_as_kamcmd(srv):
 def test_fault_exit_status_and_text(srv):
     r = ctl("-s", srv.sock, "rpc", "core.printi", "abc")
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr == "error: 400 - error at parameter 0: expected integer type but record doesn't match type\n"
+    assert r.stderr == ("error: 400 - error at parameter 0: expected integer type but record doesn't "
+                        "match type\n")
     r = ctl("-s", srv.sock, "rpc", "no.such")
     assert r.returncode == 1 and r.stderr == "error: 500 - command no.such not found\n"
 

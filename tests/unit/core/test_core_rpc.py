@@ -33,8 +33,8 @@ def call(s, method, *params):
 def test_process_lists(s):
     assert call(s, "core.ps") == [100, "main process - attendant", 101, "udp receiver child=0 sock=x"]
     assert call(s, "core.psx")[1] == {"IDX": 1, "PID": 101, "DSC": "udp receiver child=0 sock=x"}
-    assert call(s, "core.psa")[0] == {"index": 0, "pid": 100, "status": 1, "rank": 0,
-                                       "description": "main process - attendant"}
+    want = {"index": 0, "pid": 100, "status": 1, "rank": 0, "description": "main process - attendant"}
+    assert call(s, "core.psa")[0] == want
 
 
 def test_shmmem_units_and_bad_unit(s):

@@ -38,7 +38,8 @@ def test_bad_socket_names(spec):
 
 def test_scan_fault_wording():
     f = ctl.scan_fault(0, "int", "abc")
-    assert (f.code, f.text) == (400, "error at parameter 0: expected integer type but record doesn't match type")
+    assert (f.code, f.text) == (400, "error at parameter 0: expected integer type but "
+                                     "record doesn't match type")
     f = ctl.scan_fault(2, "string", None)
     assert f.text == "error at parameter 2: expected string type but end of packet encountered"
 
