@@ -2,9 +2,10 @@
 (and `asyncd-ctl`) can call every RPC method of the server.
 
 Runs in: main process (modparams, the run directory, the sockets made and
-bound in mod_init, unix socket files removed in mod_destroy), the `ctl
-handler` process (rank PROC_RPC, role ROLE_RPC: the endpoints below, run
-by workers/rpc_server.py).
+bound in mod_init, unix socket files removed in mod_destroy), every child
+(child_init closes its copies of the sockets), the `ctl handler` process
+(rank PROC_RPC, role ROLE_RPC: the endpoints below, run by
+workers/rpc_server.py).
 
 Kamailio: src/modules/ctl (ctl.c exports and mod_init, ctrl_socks.c
 parse_listen_id for the socket names, init_socks.c binding and
@@ -45,6 +46,7 @@ DEFAULT_NAME = "kamailio_ctl"   # ctl_defaults.h DEFAULT_CTL_SOCKET_NAME
 MAX_CONNECTIONS = 128           # io_listener.h MAX_IO_READ_CONNECTIONS
 SEND_TIMEOUT = 1.0              # s a reply may wait for the client to read
 DGRAM_MAX = 65535               # io_listener.c DGRAM_BUF_SIZE
+TITLE = "ctl handler"
 KINDS = {"unix": "unixs", "unixs": "unixs", "unixd": "unixd", "udp": "udp", "tcp": "tcp",
          "fifo": "fifo"}
 # socket_proto_name() of ctl's ctrl_socks.c: the names ctl.listen and ctl.who show
@@ -248,6 +250,18 @@ def mod_init(script):
             raise RuntimeError(f"ctl: cannot open control socket {spec}: {e}") from None
         S.sockets.append(cs)
         log.info(MOD, f"listening on binrpc {KIND_NAMES[cs.kind]} {cs.name}")
+
+
+def child_init(proc, rank):
+    """Every child but the ctl handler closes its copies of the control
+    sockets (ctl.c mod_child); main keeps them for the next respawn."""
+    if proc.desc == TITLE:
+        return
+    for cs in S.sockets:
+        if cs.sock is not None:
+            cs.sock.close()
+            cs.sock = None
+        cs.ino = None           # never unlinked from a child
 
 
 def mod_destroy(script):
@@ -494,7 +508,7 @@ def procs(script):
     when a socket is open."""
     if not S.sockets:
         return []
-    return [ProcRow(ROLE_RPC, "ctl handler", PROC_RPC, 1, RpcHandlers(open=_open, tick=_tick))]
+    return [ProcRow(ROLE_RPC, TITLE, PROC_RPC, 1, RpcHandlers(open=_open, tick=_tick))]
 
 
 # -- ctl.* methods (ctl.c ctl_rpc, io_listener.c) --------------------------------------
@@ -550,6 +564,7 @@ EXPORTS = ModuleExports(
         ParamExport("stream_timeout", int, 120),     # asyncd's own (see the module docstring)
     ],
     mod_init=mod_init,
+    child_init=child_init,
     mod_destroy=mod_destroy,
     procs=procs,
     rpc=[
