@@ -2,7 +2,9 @@
 names (ctrl_socks.c parse_listen_id), the scan fault wording
 (binrpc_run.c rpc_scan), one request served in process, mod_init's
 sockets and mod_destroy's cleanup."""
+import grp
 import os
+import pwd
 import stat
 import tempfile
 
@@ -98,3 +100,30 @@ def test_a_bad_parameter_record_is_a_bad_request_unless_the_method_is_unknown():
         req = binrpc.Packet(binrpc.REQ, 5, body)
         (pkt,) = binrpc.StreamParser().feed(ctl.serve(proc, req))
         assert pkt.fault() == want
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_user_and_group_own_the_socket_file():
+    d = tempfile.mkdtemp(prefix="ctlu-")
+    path = os.path.join(d, "c.sock")
+    group = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
+    s = _script(f'modparam("ctl", "binrpc", "{path}")\nmodparam("ctl", "user", "nobody")\n'
+                f'modparam("ctl", "group", "{group}")\n')
+    ctl.mod_init(s)
+    try:
+        st = os.stat(path)
+        assert (st.st_uid, st.st_gid) == (pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid)
+    finally:
+        ctl.mod_destroy(s)
+    os.rmdir(d)
+
+
+def test_binrpc_max_body_size_turns_a_long_reply_into_kamailios_fault():
+    s = _script()
+    old = ctl.S.max_body
+    ctl.S.max_body = 64
+    try:
+        pkt = _serve(s, "system.listMethods")
+    finally:
+        ctl.S.max_body = old
+    assert pkt.fault() == (500, "Internal server error processing 's': buffer too small (overflow) (-2)")
