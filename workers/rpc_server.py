@@ -22,6 +22,14 @@ MOD = "core"
 POLL_S = 0.2        # how soon a stop request is seen
 
 
+def tick(fn, proc):
+    """The row's tick; a bug in it is logged, never the end of the process."""
+    try:
+        fn(proc)
+    except Exception as ex:  # noqa: BLE001 - the loop outlives a broken handler
+        log.err(MOD, f"{proc.desc}: tick: {type(ex).__name__}: {ex}")
+
+
 def run(proc, row, idx):
     """Loop until proc.stopping: poll the endpoints, run the readable ones."""
     ep = select.epoll()
@@ -64,6 +72,8 @@ def run(proc, row, idx):
                     continue
                 if getattr(e, "closed", False):
                     drop(fd)
+            if row.handlers.tick is not None:
+                tick(row.handlers.tick, proc)
     finally:
         for fd in list(watched):
             drop(fd)

@@ -202,6 +202,7 @@ class Supervisor:
 
     # -- setup before fork ----------------------------------------------
     def setup(self):
+        self.script.start_time = time.time()    # core.uptime's up_since (Kamailio's up_since, main.c)
         _no_resource_tracker()
         shm_arena.cleanup_stale()
         self.cleanup_stale_rundirs()

@@ -130,8 +130,8 @@ class Lexer:
         if kind == "id":
             return Token(ID, val, self.file, line, col)
         if kind == "int":
-            # Kamailio's cfg.lex OCTNUMBER: 0[0-7]+ is octal (modparam("jsonrpcs", "fifo_mode", 0600))
-            octal = len(val) > 1 and val[0] == "0" and val.isdigit() and "8" not in val and "9" not in val
+            # a leading 0 means octal, as Kamailio's OCTNUMBER (src/core/cfg.lex): mode=0600
+            octal = len(val) > 1 and val[0] == "0" and all(ch in "01234567" for ch in val)
             return Token(INT, int(val, 8) if octal else int(val), self.file, line, col)
         if kind == "hex":
             return Token(INT, int(val, 16), self.file, line, col)

@@ -98,5 +98,11 @@ class RpcHandlers:
     (the endpoint closes its own socket). The listening sockets themselves
     are made in mod_init, so a bad address is a startup error and a
     respawned process serves the same sockets.
+
+    tick(proc), optional: called after every poll round (at least every
+    0.2 s), for time-outs no socket event would report (Kamailio's
+    io_listen_loop closes idle stream connections on its poll time-out,
+    src/modules/ctl/io_listener.c).
     """
     open: Callable
+    tick: Optional[Callable] = None

