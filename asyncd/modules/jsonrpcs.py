@@ -36,7 +36,9 @@ from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
 from asyncd.core.procs import PROC_RPC, ROLE_RPC, ProcRow, RpcHandlers
 from asyncd.core.rpc import RET_ARRAY, RpcExport, RpcFault
+from asyncd.core.route_types import REQUEST_ROUTE
 from asyncd.ipc.jsonrpc import DGRAM_BUF, FifoSplitter, ParseError, execute
+from asyncd.modules import xhttp
 
 MOD = "jsonrpcs"
 T_HTTP, T_FIFO, T_DGRAM = 1, 2, 4       # `transport` bits; 0 means every one available
@@ -54,7 +56,7 @@ class JsonrpcsState:
     respawned one serves the same ones. `plain` is Kamailio's plain reply
     of the last jsonrpc_exec() in this process: (code, text, body)."""
     __slots__ = ("pretty", "fifo_path", "fifo_rfd", "fifo_wfd", "reply_dir", "dgram_path",
-                 "dgram_sock", "dgram_workers", "plain")
+                 "dgram_sock", "dgram_workers", "plain", "http")
 
     def __init__(self):
         self.pretty = True
@@ -62,6 +64,7 @@ class JsonrpcsState:
         self.fifo_rfd = self.fifo_wfd = -1
         self.dgram_sock = None
         self.dgram_workers = 1
+        self.http = False           # the HTTP transport is bound to xhttp (jsonrpc_dispatch)
         self.plain = (0, None, None)
 
 
@@ -202,6 +205,7 @@ def mod_init(script):
     if transport & T_HTTP and script.module("xhttp") is None:
         raise CfgError(f"{MOD}: cannot bind to XHTTP API (transport {transport} asks for HTTP: "
                        "loadmodule \"xhttp.so\")")
+    S.http = (transport == 0 or transport & T_HTTP) and script.module("xhttp") is not None
     for bit, param, init in ((T_FIFO, "fifo_name", _fifo_init), (T_DGRAM, "dgram_socket", _dgram_init)):
         if not (transport == 0 or transport & bit) or not mp[param]:
             continue
@@ -486,6 +490,26 @@ def handle_request(script, proc, body):
     return rpl.code, rpl.text, rpl.body
 
 
+def w_jsonrpc_dispatch(ctx, site):
+    """jsonrpc_dispatch() in event_route[xhttp:request]: run the JSON-RPC
+    request in the HTTP body and answer it on the same connection with
+    `application/json` (Kamailio's ki_jsonrpcs_dispatch). Not an HTTP
+    request: 1, nothing done (NONSIP_MSG_PASS); the HTTP transport not
+    enabled by `transport`, or a body that is not JSON: -1 and no reply, the
+    route decides."""
+    msg = ctx.msg
+    if not msg.http:
+        return 1
+    if not S.http:
+        log.err(MOD, "jsonrpc over http not initialized - check transport param")
+        return -1
+    rpl = handle_request(ctx.proc.script, ctx.proc, msg.body or b"")
+    if rpl is None:
+        return -1
+    code, reason, body = rpl
+    return 1 if xhttp.send(ctx, code, reason, "application/json", body) else -1
+
+
 def rpc_echo(call):
     """jsonrpc.echo: its first parameter as a string and, when there is
     one, its second as a number (jsonrpc_rpc_echo)."""
@@ -501,6 +525,7 @@ EXPORTS = ModuleExports(
     name=MOD,
     functions=[
         FuncExport("jsonrpc_exec", (P.STR,), w_jsonrpc_exec),
+        FuncExport("jsonrpc_dispatch", (), w_jsonrpc_dispatch, REQUEST_ROUTE),
     ],
     params=[
         ParamExport("pretty_format", int, 1),
