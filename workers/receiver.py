@@ -20,6 +20,7 @@ import struct
 import traceback
 
 from asyncd.core import log
+from asyncd.core.cfg_groups import updater
 from asyncd.core.net import local_ips, proto_socket
 from asyncd.core.route_types import CORE_ONREPLY_ROUTE, REQUEST_ROUTE
 from asyncd.sip import SipParseError, build_reply, parse_msg, reply_addr
@@ -80,6 +81,7 @@ class Receiver:
         read = self.read
         handle = self.handle
         proc = self.proc
+        cfg_update = updater(proc.script)     # Kamailio's cfg_update() per message
         n = 0
         try:
             while not proc.stopping:
@@ -97,6 +99,7 @@ class Receiver:
                     continue
                 if got is None:
                     continue
+                cfg_update()
                 handle(*got)
                 n += 1
                 if n >= FLUSH_EVERY:

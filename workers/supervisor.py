@@ -250,6 +250,9 @@ class Supervisor:
         self.counters = Counters(self.arena, len(self.plan) + 1)
         self.script.msg_counters = self.counters
         self.script.stats.allocate(self.arena, len(self.plan) + 1)
+        # the cfg framework's shm fields; debug starts at the level logging runs at (-d included)
+        self.script.cfg.set_default("core", "debug", log.state.level)
+        self.script.cfg.allocate(self.arena)
 
     def tcp_enabled(self):
         return not _truthy(self.script.core.get("disable_tcp", 0))
