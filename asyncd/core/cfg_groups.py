@@ -38,6 +38,7 @@ from asyncd.core import log
 
 STR_MAX = 256
 _LEN = struct.Struct("<H")
+_Q = struct.Struct("<q")
 
 
 class CfgError(ValueError):
@@ -79,9 +80,10 @@ class CfgGroups:
         self.local = {}             # (group, name) -> this process's value
         self.offs = {}              # (group, name) -> field offset
         self.buf = None
-        self.gen = None             # memoryview 'q' of the generation word
+        self.gen = None             # offset of the generation word (no view kept: the arena can close)
         self.seen = 0
         self.pending = {}           # (group, name) -> value: cfg.set_delayed, per process
+        self.startup = {}           # (group, name) -> the value at allocate(): cfg.reset
 
     # -- main, before the fork ---------------------------------------------
     def declare(self, group, variables):
@@ -110,21 +112,22 @@ class CfgGroups:
                 size += 8 if v.type is int else STR_MAX
         base = arena.static_alloc(size)
         self.buf = arena.buf
-        self.gen = self.buf[base:base + 8].cast("q")
+        self.gen = base
         self.offs = {k: base + off for k, off in self.offs.items()}
         for key, off in self.offs.items():
             self._write(off, self.var(*key), self.local[key])
-        self.seen = self.gen[0]
+        self.seen = _Q.unpack_from(self.buf, base)[0]
+        self.startup = dict(self.local)
 
     # -- any process ------------------------------------------------------
     def update(self):
         """Kamailio's cfg_update(): apply what changed since the last call."""
         gen = self.gen
-        if gen is not None and gen[0] != self.seen:
+        if gen is not None and _Q.unpack_from(self.buf, gen)[0] != self.seen:
             self._apply()
 
     def _apply(self):
-        self.seen = self.gen[0]
+        self.seen = _Q.unpack_from(self.buf, self.gen)[0]
         for key, off in self.offs.items():
             v = self.var(*key)
             value = self._read(off, v)
@@ -147,14 +150,21 @@ class CfgGroups:
         """This process's value (KeyError for an unknown variable)."""
         return self.local[(group, name)]
 
+    def current(self, group, name):
+        """The newest committed value, from shm (KeyError for an unknown
+        variable): what cfg.get reports, as Kamailio's cfg_get_by_name."""
+        off = self.offs.get((group, name))
+        if off is None:
+            return self.local[(group, name)]
+        return self._read(off, self.var(group, name))
+
     def check(self, group, name, value):
         """-> the value to store, converted and fixed up; CfgError when the
         variable is unknown or refuses it (Kamailio's cfg_set_now checks)."""
         v = self.var(group, name)
         if v is None:
             raise CfgError(f"variable not found: {group}.{name}")
-        if not isinstance(value, v.input_type) or isinstance(value, bool):
-            raise CfgError(f"{group}.{name}: wrong type of value")
+        value = _convert(value, v.input_type, f"{group}.{name}")
         if v.fixup is not None:
             value = v.fixup(value)
         if v.type is int and (v.lo or v.hi) and not v.lo <= value <= v.hi:
@@ -177,7 +187,7 @@ class CfgGroups:
             return
         for key, value in changes.items():
             self._write(self.offs[key], self.var(*key), value)
-        self.gen[0] += 1
+        _Q.pack_into(self.buf, self.gen, _Q.unpack_from(self.buf, self.gen)[0] + 1)
         self.update()
 
     # -- delayed changes (cfg.set_delayed / commit / rollback / diff) -------
@@ -199,7 +209,7 @@ class CfgGroups:
     # -- shm fields ------------------------------------------------------
     def _write(self, off, v, value):
         if v.type is int:
-            struct.pack_into("<q", self.buf, off, int(value))
+            _Q.pack_into(self.buf, off, int(value))
             return
         b = str(value).encode("utf-8", "surrogateescape")[:STR_MAX - 2]
         _LEN.pack_into(self.buf, off, len(b))
@@ -207,9 +217,24 @@ class CfgGroups:
 
     def _read(self, off, v):
         if v.type is int:
-            return struct.unpack_from("<q", self.buf, off)[0]
+            return _Q.unpack_from(self.buf, off)[0]
         (n,) = _LEN.unpack_from(self.buf, off)
         return bytes(self.buf[off + 2:off + 2 + n]).decode("utf-8", "surrogateescape")
+
+
+def _convert(value, want, what):
+    """A setter's value as the variable's input type: Kamailio's
+    cfg_ctx.c convert_val turns a number into a string and back."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise CfgError(f"{what}: wrong type of value")
+    if want is int and isinstance(value, str):
+        try:
+            return int(value.strip(), 0)
+        except ValueError:
+            raise CfgError(f"{what}: not an integer: {value!r}") from None
+    if want is str and isinstance(value, int):
+        return str(value)
+    return value
 
 
 def updater(script):
