@@ -61,6 +61,9 @@ class PvShmState:
         if arena is None:
             return
         self.shv = arena.shv
+        # Kamailio makes the shvset names while it reads the modparams, before
+        # the routes that name others: keep that order for pv.shvGet
+        used, self.declared = self.declared, {}
         for spec in mp["shvset"]:
             try:
                 name, value = parse_shvset(spec)
@@ -69,6 +72,7 @@ class PvShmState:
             self.declared[name] = None
             if not self.shv.set(name, value):
                 raise RuntimeError("pv: no shared memory for shvset values")
+        self.declared.update(used)
 
 
 S = PvShmState()
