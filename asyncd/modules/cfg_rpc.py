@@ -30,7 +30,7 @@ F_GROUP_SYNTAX = 'Wrong group syntax. Use either "group", or "group[id]"'
 F_GROUP_ID = 'Wrong group syntax. Use "group[id]"'
 
 
-def _group(call, text, need_id=False):
+def _group(text, need_id=False):
     """Kamailio's cfg_get_group_id: "group" or "group[id]" -> (name, id or None)."""
     m = _GROUP.match(text)
     if m is None or (need_id and m.group(2) is None):
@@ -39,7 +39,7 @@ def _group(call, text, need_id=False):
 
 
 def _set(call, group, var, value, delayed=False):
-    name, gid = _group(call, group)
+    name, gid = _group(group)
     cfg = call.script.cfg
     try:
         if gid is not None:
@@ -89,7 +89,7 @@ def rpc_set_delayed_string(call):
 
 def rpc_del(call):
     group, _var = call.scan("SS")
-    _group(call, group, need_id=True)
+    _group(group, need_id=True)
     raise RpcFault(400, "Failed to delete the value")
 
 
@@ -115,7 +115,7 @@ def rpc_get(call):
         got = call.scan("S*S")
     except RpcFault:
         raise RpcFault(500, "Failed to get the parameters") from None
-    name, _gid = _group(call, got[0])
+    name, _gid = _group(got[0])
     cfg = call.script.cfg
     if len(got) == 2 and got[1]:
         v = cfg.var(name, got[1])
@@ -132,7 +132,7 @@ def rpc_get(call):
 def rpc_reset(call):
     """cfg.reset GROUP: every variable back to its startup value."""
     group, = call.scan("S")
-    name, gid = _group(call, group)
+    name, gid = _group(group)
     cfg = call.script.cfg
     try:
         for v in cfg.groups.get(name, ()):
@@ -179,13 +179,13 @@ def rpc_diff(call):
 
 def rpc_add_group_inst(call):
     group, = call.scan("S")
-    _group(call, group, need_id=True)
+    _group(group, need_id=True)
     raise RpcFault(400, "Failed to add the group instance")
 
 
 def rpc_del_group_inst(call):
     group, = call.scan("S")
-    _group(call, group, need_id=True)
+    _group(group, need_id=True)
     raise RpcFault(400, "Failed to delete the group instance")
 
 

@@ -77,7 +77,7 @@ class HtableRpc:
         flags = 0 if type(value) is int else AVP_VAL_STR
         call.add({"item": {"name": key, "value": value, "flags": flags, "expire": expire}})
 
-    def _set(self, call, fmt, what):
+    def _set(self, call, fmt):
         name, key, value = _scan(call, fmt, "Not enough parameters (htable name, key name and value)")
         ht = self._table(name)
         if not ht.set(key, value):
@@ -85,10 +85,10 @@ class HtableRpc:
         call.add("Ok. Key set to new value.")
 
     def sets(self, call):
-        self._set(call, "SS.S", "str")
+        self._set(call, "SS.S")
 
     def seti(self, call):
-        self._set(call, "SS.d", "int")
+        self._set(call, "SS.d")
 
     def setex(self, call):
         name, key, exval = _scan(call, "SS.d", "Not enough parameters (htable name, item name and expire)")
