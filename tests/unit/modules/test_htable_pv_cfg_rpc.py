@@ -175,3 +175,21 @@ def test_cfg_faults(script):
     assert fault(script, "cfg.del", "core", "debug") == (400, 'Wrong group syntax. Use "group[id]"')
     assert fault(script, "cfg.help", "core", "nope") == (400, "Failed to get the variable description")
     assert fault(script, "cfg.seti", "core")[0] == 500            # the transport's scan fault
+
+
+def test_tm_timers_are_a_runtime_cfg_group():
+    from asyncd.modules.tm.state import S as tm_state
+    s = compile_cfg(text='loadmodule "tm.so"\nloadmodule "cfg_rpc.so"\n'
+                         'modparam("tm", "fr_timer", 4000)\nrequest_route { exit; }\n')
+    s.shm = ShmArena.create(16 << 20)
+    try:
+        s.init_modules()
+        s.cfg.allocate(s.shm)
+        assert call(s, "cfg.get", "tm", "fr_timer") == [4000]
+        call(s, "cfg.seti", "tm", "fr_timer", 2500)
+        assert tm_state.fr_ms == 2500           # what the next t_newtran copies
+        assert fault(s, "cfg.seti", "tm", "wt_timer", 0) == (400, "Failed to set the variable")
+        assert "tm: fr_inv_timer" in call(s, "cfg.list", "tm")
+    finally:
+        s.destroy_modules()
+        s.shm.destroy()
