@@ -495,6 +495,18 @@ class HTable:
                 out.append((_dec(kb), _dec(vb) if fl & F_STR else iv))
         return out
 
+    def lookup(self, key):
+        """-> (value, expires in ticks, 0 = never) of a live entry; None when
+        the key is absent or expired (initval not applied: htable.get says
+        "doesn't exist" as Kamailio's ht_cell_pkg_copy)."""
+        r = self.t.find(_enc(str(key)))
+        if r is None:
+            return None
+        _b, _l, vb, iv, fl, ex = r
+        if ex and ex <= now_ticks():
+            return None
+        return (_dec(vb) if fl & F_STR else iv), ex
+
     def count_match(self, spec, by_value):
         """$shtcn / $shtcv: Kamailio's operators `~~` re, `~%` ends with, `%~` starts
         with, `==` equal, `eq` int equal (values), `**` all; no operator = regex."""
@@ -587,6 +599,11 @@ class HTable:
         else:
             self._uheld[i] = n - 1
         return True
+
+
+def key_hash(key):
+    """The 32-bit hash a key's bucket is taken from (bucket = hash & mask)."""
+    return _crc(_enc(str(key)))
 
 
 def _after_fork():

@@ -27,6 +27,7 @@ import signal
 import traceback
 
 from asyncd.core import core_stats, log
+from asyncd.core.cfg_groups import updater
 from asyncd.core.net import local_ips, proto_socket
 from asyncd.core.route_types import CORE_ONREPLY_ROUTE, EVENT_ROUTE, REQUEST_ROUTE
 from asyncd.sip import SipParseError, build_reply, parse_msg, reply_addr
@@ -84,6 +85,7 @@ class Receiver:
         read = self.read
         handle = self.handle
         proc = self.proc
+        cfg_update = updater(proc.script)     # Kamailio's cfg_update() per message
         try:
             while not proc.stopping:
                 try:
@@ -100,6 +102,7 @@ class Receiver:
                     continue
                 if got is None:
                     continue
+                cfg_update()
                 handle(*got)
         except _Stop:
             pass

@@ -17,6 +17,7 @@ import gc
 import select
 
 from asyncd.core import log
+from asyncd.core.cfg_groups import updater
 
 MOD = "core"
 POLL_S = 0.2        # how soon a stop request is seen
@@ -54,6 +55,7 @@ def run(proc, row, idx):
 
     watch(row.handlers.open(proc, idx))
     gc.freeze()     # what we inherited from main is never garbage: keep it out of GC scans
+    cfg_update = updater(proc.script)     # Kamailio's cfg_update() per request
     try:
         while not proc.stopping:
             try:
@@ -65,6 +67,7 @@ def run(proc, row, idx):
                 if e is None:
                     continue
                 try:
+                    cfg_update()
                     watch(e.on_readable(proc))
                 except Exception as ex:  # noqa: BLE001 - one bad request never ends the process
                     log.err(MOD, f"{proc.desc}: {type(ex).__name__}: {ex}")

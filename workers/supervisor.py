@@ -48,6 +48,7 @@ from multiprocessing import resource_tracker
 
 from asyncd import __version__
 from asyncd.core import log
+from asyncd.core.cfg_groups import updater
 from asyncd.core.context import ProcState
 from asyncd.core.net import local_ips, sock_name
 from asyncd.core.procs import (PROC_MAIN, PROC_TCP_MAIN, ROLE_RECEIVER, ROLE_RPC, ROLE_TASK_WORKER,
@@ -247,6 +248,9 @@ class Supervisor:
         self.proctable.set(0, os.getpid(), PROC_MAIN, "main process - attendant")
         self.script.proctable = self.proctable
         self.script.stats.allocate(self.arena, len(self.plan) + 1)
+        # the cfg framework's shm fields; debug starts at the level logging runs at (-d included)
+        self.script.cfg.set_default("core", "debug", log.state.level)
+        self.script.cfg.allocate(self.arena)
 
     def tcp_enabled(self):
         return not _truthy(self.script.core.get("disable_tcp", 0))
@@ -432,8 +436,10 @@ class Supervisor:
             self.sig_queue.append(signum)
 
     def main_loop(self):
+        cfg_update = updater(self.script)      # cfg.seti core debug: the attendant's lines too
         while self.exit_code is None:
             self.sleep()
+            cfg_update()
             self.read_ready()
             self.dispatch_signals()
             if self.exit_code is None:

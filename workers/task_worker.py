@@ -23,6 +23,7 @@ import zmq
 
 from asyncd import ipc
 from asyncd.core import log
+from asyncd.core.cfg_groups import updater
 from asyncd.ipc import async_task, codec
 from asyncd.ipc.dispatch import HANDED, IDLE
 
@@ -75,6 +76,7 @@ def run(proc, row, widx):
     usleep = group.usleep / 1e6 if group.usleep > 0 else 0.0
     spin = disp.spin if not usleep else None
     mono = time.monotonic
+    cfg_update = updater(proc.script)     # Kamailio's cfg_update() per task
     # Spinning pays off only when the group's next task is likely to arrive
     # within SPIN: at 1,000/s (gap 1 ms) a spinning worker catches little and
     # burns half a core that the receivers need (p99 0.8 -> 1.2 ms measured).
@@ -101,6 +103,8 @@ def run(proc, row, widx):
                 frame = disp.claim(widx)
                 if frame is None:
                     continue
+            cfg_update()
+            group.disp.record_wait(widx)
             t0 = mono()
             skipped = _execute(proc, group, frame, handlers)
             # next backlog task (we stay busy) or None (idle again, docs/kamailio-async.md §10.7)

@@ -46,6 +46,7 @@ import time
 from collections import deque
 
 from asyncd.core import log
+from asyncd.core.cfg_groups import updater
 from asyncd.core.net import sock_name
 from asyncd.ipc.tcp import (OP_ALIAS, OP_CLOSE, S, SND_CLOSE, SND_NO_CONNECT, pack_drain, pack_rx,
                             unpack_tx)
@@ -181,7 +182,9 @@ class TcpMain:
         self.words[8 + S["current_write_queue_size"]] = 0
         proc = self.proc
         next_sweep = time.monotonic() + SWEEP
+        cfg_update = updater(proc.script)     # Kamailio's cfg_update() per loop turn
         while not proc.stopping:
+            cfg_update()
             timeout = max(0.0, next_sweep - time.monotonic())
             try:
                 events = sel.select(timeout)

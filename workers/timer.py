@@ -44,6 +44,7 @@ import zmq
 
 from asyncd import ipc
 from asyncd.core import log
+from asyncd.core.cfg_groups import updater
 from asyncd.core.procs import RETRY, SKIPPED
 from asyncd.ipc import codec
 
@@ -203,8 +204,10 @@ def run(proc, row, idx):
         loop.recover()      # bound first: a wake-up sent from here on is not lost
     gc.freeze()     # what we inherited from main is never garbage: keep it out of GC scans
     mono = time.monotonic
+    cfg_update = updater(proc.script)     # Kamailio's cfg_update() per loop turn
     try:
         while not proc.stopping:
+            cfg_update()
             if sock is not None:
                 loop.drain(sock)
                 loop.fire()

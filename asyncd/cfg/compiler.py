@@ -15,6 +15,7 @@ import socket
 from itertools import count
 
 from asyncd.core import core_rpc, core_stats, log, params
+from asyncd.core.cfg_groups import CfgGroups, core_vars
 from asyncd.core.counters import Stats
 from asyncd.core.context import RunCtx
 from asyncd.core.errors import CfgError, ScriptExit
@@ -66,6 +67,7 @@ class Script:
         self.rpc = None                 # asyncd.core.rpc.Registry: core and module RPC methods
         self.stats = Stats()            # statistics: registered in mod_init, rows made before fork
         self.core_stats = None          # asyncd.core.core_stats.CoreStats: core: handles
+        self.cfg = CfgGroups()          # runtime cfg groups (cfg.get/cfg.seti): core's at compile, modules' in mod_init
 
     # -- lookups -----------------------------------------------------------------
     def has_route(self, name):
@@ -399,6 +401,7 @@ def compile_cfg(path=None, text=None, defines=None, filename=None):
             script.has_onsend_route = True
     script._funcs = _func_table(script.modules)
     script.rpc = _rpc_table(script)
+    script.cfg.declare("core", core_vars(script.core))
     pvtable = PvTable(script.modules)
     gen = CodeGen(script, script._funcs, pvtable, script.core.get("max_while_loops", 100))
     try:

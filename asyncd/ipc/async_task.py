@@ -158,6 +158,27 @@ class Framework:
     def stats(self):
         return {g.name: g.disp.stats() for g in self.groups}
 
+    def group_stats(self):
+        """One dict per group, in list order (async.stats, the metrics
+        exporter): name, workers, busy (workers holding a task), queued
+        (tasks in the backlog), accepted, rejected, run, skipped, pending
+        (accepted == run + skipped + pending)."""
+        out = []
+        for g in self.groups:
+            d = g.disp
+            row = {"name": g.name, "workers": g.workers, "busy": d.busy(), "queued": d.queued()}
+            row.update(d.stats())
+            out.append(row)
+        return out
+
+    def wait_histogram(self, gname):
+        """The queue wait of group `gname` (push -> a worker starts the task):
+        (bounds_seconds, cumulative_counts, sum_seconds, count), Prometheus's
+        histogram shape (cumulative_counts ends with +Inf); None for an
+        unknown group."""
+        g = self.by_name.get(gname)
+        return None if g is None else g.disp.wait_histogram()
+
 
 _fw = None
 

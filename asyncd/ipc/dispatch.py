@@ -68,8 +68,17 @@ Shared block layout (int64 words, then slots):
     16+4i        consumer i: state (0 idle, 1 handed, 2 running)
     17+4i        run[i]      18+4i skipped[i]    19+4i (spare)
   then n inbox slots (consumer i's frame), then `ring` backlog slots;
-  a slot is SLOT bytes: u32 length + frame bytes
+  a slot is SLOT bytes: u32 length, f64 push time (CLOCK_MONOTONIC, s),
+  frame bytes; the time travels with the frame from ring to inbox
+
+Queue-wait histogram (a second anonymous mapping, int64 words, one row per
+consumer, written only by that consumer, so no lock; readers sum the rows):
+    row i: WAIT_BOUNDS buckets + the +Inf bucket (counts, not cumulative),
+           then count, then sum of waits in ns
+The wait is push -> the moment the consumer starts the frame
+(record_wait(), called by workers/task_worker.py before it runs it).
 """
+import bisect
 import mmap
 import struct
 import time
@@ -82,7 +91,11 @@ from asyncd.ipc import Pushers
 from shm.locks import robust_lock
 
 SLOT = 64 * 1024
-MAX_FRAME = SLOT - 4     # the largest frame a slot holds
+_HDR = struct.Struct("<Id")  # slot header: frame length, push time
+MAX_FRAME = SLOT - _HDR.size     # the largest frame a slot holds
+# queue-wait histogram bounds (s): 0.5 ms .. 1 s, then +Inf
+WAIT_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_HROW = len(WAIT_BOUNDS) + 3     # buckets + Inf, count, sum_ns
 NAP = 0.00002            # spin(): sleep between looks at the ring
 IDLE, HANDED, RUNNING = 0, 1, 2
 
@@ -108,6 +121,8 @@ class Dispatcher:
         self.c = memoryview(self._mm).cast("q")
         self._awm = mmap.mmap(-1, 8 * max(self.n, 1))
         self.aw = memoryview(self._awm).cast("q")       # awake flags
+        self._hm = mmap.mmap(-1, 8 * _HROW * max(self.n, 1))
+        self.hist = memoryview(self._hm).cast("q")      # queue-wait rows
         self._lock = robust_lock(f"dispatch {name}")
         self._lock.on_recover = self._repair
         self._acquire = partial(self._lock.acquire, 0)
@@ -140,12 +155,20 @@ class Dispatcher:
 
     def _put(self, off, frame):
         mm = self._mm
-        _LEN.pack_into(mm, off, len(frame))
-        mm[off + 4:off + 4 + len(frame)] = frame
+        _HDR.pack_into(mm, off, len(frame), time.monotonic())
+        mm[off + _HDR.size:off + _HDR.size + len(frame)] = frame
 
     def _get(self, off):
         (ln,) = _LEN.unpack_from(self._mm, off)
-        return self._mm[off + 4:off + 4 + ln]       # mmap slices are bytes
+        return self._mm[off + _HDR.size:off + _HDR.size + ln]       # mmap slices are bytes
+
+    def _move(self, src, dst):
+        """Copy a slot (header with its push time, and frame) -> the frame."""
+        mm = self._mm
+        (ln,) = _LEN.unpack_from(mm, src)
+        end = _HDR.size + ln
+        mm[dst:dst + end] = mm[src:src + end]
+        return mm[dst + _HDR.size:dst + end]
 
     def _inbox(self, i):
         return self._inbox_off + SLOT * i
@@ -289,8 +312,7 @@ class Dispatcher:
         head = c[_HEAD]
         if c[_TAIL] <= head:
             return None
-        frame = self._get(self._ring_slot(head))
-        self._put(self._inbox_off + SLOT * i, frame)
+        frame = self._move(self._ring_slot(head), self._inbox_off + SLOT * i)
         st = _CONS + _PER * i
         c[_JOURNAL], c[_JOURNAL + 1] = _HEAD, head
         c[_JOURNAL + 2], c[_JOURNAL + 3] = st, c[st]
@@ -395,6 +417,34 @@ class Dispatcher:
         finally:
             self._release()
 
+    def record_wait(self, i):
+        """Consumer i starts the frame in its inbox: add its queue wait (now
+        - push time) to row i of the histogram. A few µs, no lock."""
+        (_ln, pushed) = _HDR.unpack_from(self._mm, self._inbox(i))
+        wait = max(0.0, time.monotonic() - pushed)
+        row = _HROW * i
+        h = self.hist
+        h[row + bisect.bisect_left(WAIT_BOUNDS, wait)] += 1
+        h[row + _HROW - 2] += 1
+        h[row + _HROW - 1] += int(wait * 1e9)
+
+    def wait_histogram(self):
+        """-> (bounds_seconds, cumulative_counts, sum_seconds, count): the
+        Prometheus histogram shape; cumulative_counts has one more entry
+        than bounds (+Inf, equal to count)."""
+        h = self.hist
+        nb = len(WAIT_BOUNDS) + 1
+        sums = [0] * _HROW
+        for i in range(self.n):
+            row = _HROW * i
+            for k in range(_HROW):
+                sums[k] += h[row + k]
+        cum, total = [], 0
+        for k in range(nb):
+            total += sums[k]
+            cum.append(total)
+        return WAIT_BOUNDS, cum, sums[_HROW - 1] / 1e9, sums[_HROW - 2]
+
     # ---- introspection -------------------------------------------------
 
     def state(self, i):
@@ -406,6 +456,14 @@ class Dispatcher:
         if i is not None:
             return int(c[_CONS + _PER * i] != IDLE)
         return sum(self.outstanding(k) for k in range(self.n)) + (c[_TAIL] - c[_HEAD])
+
+    def busy(self):
+        """Consumers holding a frame (handed or running)."""
+        return sum(self.outstanding(k) for k in range(self.n))
+
+    def queued(self):
+        """Frames in the backlog ring, waiting for a consumer."""
+        return self.c[_TAIL] - self.c[_HEAD]
 
     def stats(self):
         c = self.c

@@ -28,6 +28,7 @@ from asyncd.core.procs import PROC_TIMER, RETRY, ROLE_TIMER, ProcRow, TimerHandl
 from asyncd.core.route_types import ANY_ROUTE, FAILURE_ROUTE, REQUEST_ROUTE
 from asyncd.ipc import async_task, codec
 from asyncd.ipc.timers import TimerFeed
+from asyncd.modules import async_rpc
 from asyncd.modules.tm import api as tm_api
 from asyncd.sip import faked_request
 
@@ -522,6 +523,12 @@ def mod_destroy(script):
         (log.notice if st["rejected"] else log.info)(MOD, f"{name}: " + _fmt(st))
 
 
+def _timer_feeds():
+    """async.stats: the timer feeds as mod_init made them, with their process titles."""
+    return [("ASYNC MOD TIMER", _st.secs, _st.workers),
+            ("ASYNC MOD MS TIMER", _st.ms if _st.secs is not None else None, 1)]
+
+
 def _fmt(s):
     return ", ".join(f"{k}={v}" for k, v in s.items())
 
@@ -592,6 +599,7 @@ EXPORTS = ModuleExports(
     child_init=child_init,
     mod_destroy=mod_destroy,
     procs=procs,
+    rpc=async_rpc.rpc_exports(_timer_feeds),
 )
 
 _st = _State()       # until mod_init: the export table's defaults

@@ -22,6 +22,7 @@ Differences, on purpose:
   the entry is gone and no lock is held ($shtrecord(key), $shtrecord(value));
   Kamailio runs it with the slot locked.
 - no database loading or DMQ replication.
+RPC methods (htable.dump, htable.get, ...) are in asyncd/modules/htable_rpc.py.
 """
 import re
 
@@ -32,6 +33,7 @@ from asyncd.core.context import ProcState
 from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
 from asyncd.core.procs import PROC_TIMER, ROLE_TIMER, Periodic, ProcRow, TimerHandlers
+from asyncd.modules.htable_rpc import HtableRpc
 from asyncd.sip import faked_request
 from shm.htable import HTable
 
@@ -45,7 +47,7 @@ class HtableState:
     own iterator snapshots, and the HTable Timer sets `record` while an
     expired entry's event route runs. `pv_table` caches the pv classes
     $sht keys are parsed with (startup)."""
-    __slots__ = ("tables", "missing_logged", "iters", "record", "pv_table")
+    __slots__ = ("tables", "missing_logged", "iters", "record", "pv_table", "specs", "db_url")
 
     def __init__(self):
         self.tables = {}                # name -> shm.htable.HTable
@@ -53,10 +55,13 @@ class HtableState:
         self.iters = {}                 # iterator name -> [table, items, position]
         self.record = None              # (key, value) of the expired entry
         self.pv_table = None            # made on the first key with variables
+        self.specs = {}                 # name -> the table's parsed definition (htable.listTables)
+        self.db_url = ""                # modparam db_url (htable.reload / htable.store)
 
     def configure(self, script, mp):
         """mod_init: one HTable in shm per `htable` modparam."""
         self.tables, self.missing_logged, self.iters, self.record = {}, set(), {}, None
+        self.specs, self.db_url = {}, str(mp.get("db_url") or "")
         for spec in mp["htable"]:
             try:
                 name, p = parse_table_spec(spec)
@@ -64,6 +69,7 @@ class HtableState:
                 raise CfgError(f"htable: {e}") from None
             if name in self.tables:
                 raise CfgError(f"htable: table {name!r} defined twice")
+            self.specs[name] = p
             self.tables[name] = HTable(script.shm, name, p["size"], p["autoexpire"], p["initval"],
                                        p["updateexpire"])
 
@@ -503,4 +509,5 @@ EXPORTS = ModuleExports(
     mod_init=mod_init,
     procs=procs,
     mod_destroy=mod_destroy,
+    rpc=HtableRpc(S).exports(),
 )

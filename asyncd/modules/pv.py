@@ -383,4 +383,5 @@ EXPORTS = ModuleExports(
     pvs=PVS,
     mod_init=pv_shm.mod_init,
     child_init=pv_shm.child_init,
+    rpc=pv_shm.RPC,
 )

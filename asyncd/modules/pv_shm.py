@@ -9,6 +9,9 @@ from here into the "pv" module's exports.
 
 - $shv(name): shared by all processes (shm/shv.py), as Kamailio's
   src/modules/pv/pv_shv.c; an unset one reads 0; `$null` resets it to 0.
+  The names the cfg uses and "shvset" gives exist for the RPC methods
+  pv.shvGet / pv.shvSet (pv_shv.c rpc_shv_get / rpc_shv_set): others are
+  "Variable not found", as in Kamailio, where only those names exist.
 - modparam("pv", "varset", "name=i:1" | "name=s:text"): initial $var values,
   applied to each process's private vars in child_init (pv_svar.c).
 - $avp(name), $(avp(name)[n]), $(avp(name)[*]): per-message stack
@@ -23,6 +26,7 @@ import re
 from asyncd.core import log
 from asyncd.core.errors import CfgError
 from asyncd.core.exports import ParamExport, PvExport
+from asyncd.core.rpc import RpcExport, RpcFault, Struct
 from asyncd.cfg.fixups import Loc
 from asyncd.cfg.pvcore import PvTable, fmt, parse_format
 from shm.avp import AvpList, XavpList, avp_name
@@ -36,12 +40,13 @@ class PvShmState:
     inherited by every child: the $shv store (in shm), the parsed "varset"
     values that child_init gives each process, and the pv classes that
     dynamic names ($avp($var(n)), [$var(i)]) are parsed with (startup)."""
-    __slots__ = ("shv", "varset", "pv_table")
+    __slots__ = ("shv", "varset", "pv_table", "declared")
 
     def __init__(self):
         self.shv = None                 # shm.shv store
         self.varset = []                # (name, value) for each process's $var
         self.pv_table = None            # made on the first dynamic name
+        self.declared = {}              # $shv names the cfg uses or shvset sets (ordered set)
 
     def configure(self, script, mp):
         """mod_init: parse "varset"; with shm, attach $shv and apply "shvset"."""
@@ -56,13 +61,18 @@ class PvShmState:
         if arena is None:
             return
         self.shv = arena.shv
+        # Kamailio makes the shvset names while it reads the modparams, before
+        # the routes that name others: keep that order for pv.shvGet
+        used, self.declared = self.declared, {}
         for spec in mp["shvset"]:
             try:
                 name, value = parse_shvset(spec)
             except ValueError as e:
                 raise CfgError(f"pv: {e}") from None
+            self.declared[name] = None
             if not self.shv.set(name, value):
                 raise RuntimeError("pv: no shared memory for shvset values")
+        self.declared.update(used)
 
 
 S = PvShmState()
@@ -83,6 +93,7 @@ def _shv_parse(inner):
     name = (inner or "").strip()
     if not name:
         raise ValueError("empty $shv name")
+    S.declared[name] = None
     return name
 
 
@@ -220,6 +231,55 @@ def child_init(proc, rank):
     return 0
 
 
+# -- RPC: pv.shvGet / pv.shvSet (pv_shv.c rpc_shv_get, rpc_shv_set) ---------------------------
+def _shv_item(name):
+    value = S.shv.get(name) if S.shv is not None else 0
+    if type(value) is int:
+        return {"name": name, "type": "int", "value": value}
+    return {"name": name, "type": "string", "value": value}
+
+
+def rpc_shv_get(call):
+    """pv.shvGet [NAME]: one variable, or {items: {shv: {...}, shv: ...}}
+    (the member name repeats: a Struct) for all, newest name first."""
+    if call.params:
+        name, = call.scan("S")
+        if name not in S.declared:
+            raise RpcFault(404, "Variable not found")
+        call.add(_shv_item(name))
+        return
+    items = Struct(("shv", _shv_item(n)) for n in reversed(list(S.declared)))
+    call.add({"items": items})
+
+
+def _shv_scan(call, fmt, text):
+    try:
+        return call.scan(fmt)
+    except RpcFault:
+        raise RpcFault(500, text + " (Parameters: varname type value)") from None
+
+
+def rpc_shv_set(call):
+    """pv.shvSet NAME int|str VALUE."""
+    _shv_scan(call, "S", "Missing parameter varname")
+    name, kind = _shv_scan(call, "SS", "Missing parameter type")
+    if kind.lower() == "int":
+        value = _shv_scan(call, "SSd", "Missing integer parameter value")[2]
+    elif kind.lower() == "str":
+        value = _shv_scan(call, "SSS", "Missing parameter value")[2]
+    else:
+        raise RpcFault(500, "Unknown parameter type (Types: int or str)")
+    if name not in S.declared:
+        raise RpcFault(404, "Variable not found")
+    if S.shv is None or not S.shv.set(name, value):
+        raise RpcFault(500, "Cannot set shared variable value")
+    call.add("Ok. Variable set to new value.")
+
+
+RPC = [
+    RpcExport("pv.shvGet", rpc_shv_get, "Reads one shared variable ($shv), or all of them."),
+    RpcExport("pv.shvSet", rpc_shv_set, "Sets a shared variable ($shv): NAME int|str VALUE."),
+]
 FUNCTIONS = []
 PARAMS = [ParamExport("shvset", str, None, multi=True),
           ParamExport("varset", str, None, multi=True)]

@@ -9,6 +9,7 @@ udp receivers (hooks, request/failure/onreply routes), the `timer` process
 """
 from asyncd.cfg.pvcore import PvTable, parse_pv
 from asyncd.core import log
+from asyncd.core.cfg_groups import CfgVar
 from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
 from asyncd.core.route_types import ANY_ROUTE, BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE, REQUEST_ROUTE
@@ -415,9 +416,31 @@ def _unreleased(ctx, h):
 
 # ---- lifecycle ----------------------------------------------------------------------
 def mod_init(script):
-    """Main, before fork: the parameters, the shm table, the timer feed."""
+    """Main, before fork: the parameters, the shm table, the timer feed, the
+    runtime cfg group "tm"."""
     S.configure(script, script.modparams["tm"])
     tm_stats.register(script)
+    if script.cfg.buf is None:
+        script.cfg.declare("tm", _cfg_vars())
+
+
+# the timers of Kamailio's runtime cfg group "tm" (src/modules/tm/config.c),
+# in ms: a new transaction copies fr_timer, fr_inv_timer and the lifetimes
+# when it is created (newtran.py), wt_timer is read when the wait timer is
+# armed, so `cfg.seti tm fr_timer 5000` applies to transactions created
+# after the change in each process, as in Kamailio
+_CFG_TIMERS = (("fr_timer", "fr_ms", "final response timer for non-INVITE and INVITE before a provisional (ms)"),
+               ("fr_inv_timer", "fr_inv_ms", "final response timer for INVITE after a provisional (ms)"),
+               ("wt_timer", "wt_ms", "time a transaction is kept after its final reply (ms)"),
+               ("max_inv_lifetime", "max_inv_ms", "longest life of an INVITE transaction (ms)"),
+               ("max_noninv_lifetime", "max_noninv_ms", "longest life of a non-INVITE transaction (ms)"))
+
+
+def _cfg_vars():
+    def setter(attr):
+        return lambda value: setattr(S, attr, int(value))
+    return [CfgVar(name, int, doc, getattr(S, attr), lo=1, hi=(1 << 31) - 1, on_change=setter(attr))
+            for name, attr, doc in _CFG_TIMERS]
 
 
 def mod_destroy(script):

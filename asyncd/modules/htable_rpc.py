@@ -1,0 +1,173 @@
+"""The htable module's RPC methods: htable.dump, get, sets, seti, setex,
+setxs, setxi, delete, flush, listTables, stats, reload, store.
+
+Runs in: the processes that serve RPC (ctl handler, JSONRPCS FIFO/DATAGRAM).
+The tables are the shm ones every process shares (shm/htable.py), so a
+value set here is what the next $sht read in any process sees.
+
+Kamailio: src/modules/htable/htable.c, the htable_rpc_* functions (names,
+parameters, faults and reply shapes are 5.6's). Kamailio's table has
+2^size slots; asyncd's has at least 1024 buckets (asyncd/modules/htable.py)
+but reports Kamailio's geometry: a key's slot is its hash & (2^size - 1),
+so `entry` in htable.dump stays below `size` in htable.listTables and
+`slots` in htable.stats. Differences, on purpose: no database, so
+htable.reload and htable.store always fail (with Kamailio's wording for the
+step that fails: no db_url, or no connection), and no DMQ.
+"""
+import time
+
+from asyncd.core.rpc import RET_ARRAY, RpcExport, RpcFault
+from shm.htable import TICKS, key_hash, now_ticks
+
+F_NO_TABLE = "No such htable"
+AVP_VAL_STR = 2         # Kamailio's usr_avp.h flag, reported by htable.get as `flags`
+
+
+def _scan(call, fmt, text):
+    """call.scan, with the method's own fault when parameters are missing or
+    do not convert (Kamailio's handlers check scan's count themselves)."""
+    try:
+        return call.scan(fmt)
+    except RpcFault:
+        raise RpcFault(500, text) from None
+
+
+class HtableRpc:
+    """The methods, bound to the htable module's state (its `tables` and the
+    table specs), which mod_init fills before the fork."""
+
+    def __init__(self, state):
+        self.st = state
+
+    def _table(self, name):
+        ht = self.st.tables.get(name)
+        if ht is None:
+            raise RpcFault(500, F_NO_TABLE)
+        return ht
+
+    @staticmethod
+    def slots(ht):
+        """Kamailio's slot count for the table: 2^size."""
+        return 1 << max(1, min(int(ht.size), 31))
+
+    def dump(self, call):
+        """One struct per non-empty slot: entry, size, slot (array of items)."""
+        name, = _scan(call, "S", "No htable name given")
+        ht = self._table(name)
+        mask = self.slots(ht) - 1
+        by_slot = {}
+        for key, value in ht.items():
+            by_slot.setdefault(key_hash(key) & mask, []).append((key, value))
+        for i in sorted(by_slot):
+            items = [{"name": k, "value": v, "type": "int" if type(v) is int else "str"}
+                     for k, v in by_slot[i]]
+            call.add({"entry": i, "size": len(items), "slot": items})
+
+    def get(self, call):
+        name, key = _scan(call, "SS", "Not enough parameters (htable name and key name)")
+        ht = self._table(name)
+        found = ht.lookup(key)
+        if found is None:
+            raise RpcFault(500, "Key name doesn't exist in htable.")
+        value, ex = found
+        expire = "NEVER"
+        if ex:
+            wall = time.time() + (ex - now_ticks()) / TICKS
+            expire = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall))
+        flags = 0 if type(value) is int else AVP_VAL_STR
+        call.add({"item": {"name": key, "value": value, "flags": flags, "expire": expire}})
+
+    def _set(self, call, fmt):
+        name, key, value = _scan(call, fmt, "Not enough parameters (htable name, key name and value)")
+        ht = self._table(name)
+        if not ht.set(key, value):
+            raise RpcFault(500, "Failed to set the item")
+        call.add("Ok. Key set to new value.")
+
+    def sets(self, call):
+        self._set(call, "SS.S")
+
+    def seti(self, call):
+        self._set(call, "SS.d")
+
+    def setex(self, call):
+        name, key, exval = _scan(call, "SS.d", "Not enough parameters (htable name, item name and expire)")
+        ht = self._table(name)
+        if not ht.set_expire(key, exval):
+            raise RpcFault(500, "Failed to set the item")
+        call.add("Ok")
+
+    def _setx(self, call, fmt):
+        name, key, value, exval = _scan(
+            call, fmt, "Not enough parameters (htable name, key name, value and expire)")
+        ht = self.st.tables.get(name)
+        if ht is None or not ht.set(key, value):
+            raise RpcFault(500, "Failed to set the item")
+        if exval:
+            ht.set_expire(key, exval)
+        call.add("Ok. Key set to new value.")
+
+    def setxs(self, call):
+        self._setx(call, "SS.Sd")
+
+    def setxi(self, call):
+        self._setx(call, "SS.dd")
+
+    def delete(self, call):
+        name, key = _scan(call, "SS", "Not enough parameters (htable name & key name")
+        ht = self._table(name)
+        if ht.lookup(key) is None or not ht.delete(key):
+            raise RpcFault(404, "Key not found in htable.")
+        call.add("Ok. Key deleted.")
+
+    def flush(self, call):
+        name, = _scan(call, "S", "No htable name given")
+        self._table(name).reset()
+        call.add("Ok. Htable flushed.")
+
+    def _tables(self):
+        """Kamailio lists the last defined table first (its list is prepended)."""
+        tables = list(self.st.tables.values())
+        if not tables:
+            raise RpcFault(500, "No htables")
+        return reversed(tables)
+
+    def list_tables(self, call):
+        for ht in self._tables():
+            spec = self.st.specs.get(ht.name, {})
+            call.add({"name": ht.name, "dbtable": str(spec.get("dbtable", "")),
+                      "dbmode": int(spec.get("dbmode", 0)), "expire": int(ht.autoexpire),
+                      "updateexpire": int(ht.updateexpire), "size": self.slots(ht),
+                      "dmqreplicate": int(spec.get("dmqreplicate", 0))})
+
+    def stats(self, call):
+        for ht in self._tables():
+            n = self.slots(ht)
+            per = [0] * n
+            for key, _v in ht.items():
+                per[key_hash(key) & (n - 1)] += 1
+            call.add({"name": ht.name, "slots": n, "all": sum(per), "min": min(per), "max": max(per)})
+
+    def _no_db(self, call):
+        if not self.st.db_url:
+            raise RpcFault(500, "No htable db_url")
+        raise RpcFault(500, "Failed to init htable db connection")
+
+    def exports(self):
+        return [
+            RpcExport("htable.dump", self.dump, "Dumps the items of a hash table, slot by slot.", RET_ARRAY),
+            RpcExport("htable.delete", self.delete, "Deletes one key of a hash table."),
+            RpcExport("htable.get", self.get, "Reads one key of a hash table."),
+            RpcExport("htable.sets", self.sets, "Sets one key of a hash table to a string."),
+            RpcExport("htable.seti", self.seti, "Sets one key of a hash table to an integer."),
+            RpcExport("htable.setex", self.setex, "Sets the expiry of one key of a hash table."),
+            RpcExport("htable.setxs", self.setxs, "Sets one key to a string, with its expiry."),
+            RpcExport("htable.setxi", self.setxi, "Sets one key to an integer, with its expiry."),
+            RpcExport("htable.listTables", self.list_tables, "Lists the hash tables.", RET_ARRAY),
+            RpcExport("htable.reload", self._no_db, "Reloads a hash table from its database "
+                      "(asyncd: no database, always fails)."),
+            RpcExport("htable.store", self._no_db, "Stores a hash table to its database "
+                      "(asyncd: no database, always fails)."),
+            RpcExport("htable.stats", self.stats, "Item counts of every hash table.", RET_ARRAY),
+            RpcExport("htable.flush", self.flush, "Deletes every item of a hash table."),
+        ]
