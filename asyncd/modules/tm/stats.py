@@ -27,9 +27,7 @@ from asyncd.modules.tm.state import COUNTS, S
 
 def register(script):
     """tm's mod_init: the counts as INTERNAL statistics; their handles into S.st."""
-    stats = getattr(script, "stats", None)
-    if stats is None:                  # a bare script object (tests): counts stay private
-        return
+    stats = script.stats
     st = S.st
     for name in COUNTS:
         setattr(st, name, stats.register("tm", name, INTERNAL))

@@ -89,7 +89,7 @@ def test_udp_dgram_socket(tmp, inited):
     c.settimeout(2)
     c.sendto(b'{"jsonrpc": "2.0", "method": "core.echo", "params": ["u"], "id": 1}', ("127.0.0.1", port))
     ep.on_readable(ProcState(s))
-    assert json.loads(c.recv(65536))["result"] == "u"
+    assert json.loads(c.recv(65536))["result"] == ["u"]     # core.echo is RET_ARRAY
     c.close()
 
 
@@ -128,7 +128,7 @@ def test_jsonrpc_exec_keeps_the_reply_for_jsonrpl(tmp):
     s.run_request_route(s.new_ctx(parse_msg(OPTIONS, ("127.0.0.1", 5999), ("127.0.0.1", 5060)), proc))
     v = proc.vars
     assert (v["c"], v["t"]) == (200, "OK")
-    assert json.loads(v["b"]) == {"jsonrpc": "2.0", "result": "a", "id": 1}
+    assert json.loads(v["b"]) == {"jsonrpc": "2.0", "result": ["a"], "id": 1}
     assert (v["r1"], v["c2"]) == (-1, 200)      # not JSON: false, the last reply stays
     assert (v["c3"], v["t3"]) == (500, "Method Not Found")
 
@@ -197,7 +197,7 @@ def test_dgram_endpoint_answers_and_survives_a_vanished_client(tmp, inited):
     c.settimeout(2)
     c.sendto(b'{"jsonrpc": "2.0", "method": "core.echo", "params": ["z"], "id": 2}', path)
     ep.on_readable(proc)            # the first reply has nowhere to go: logged, not raised
-    assert json.loads(c.recv(65536))["result"] == "z"
+    assert json.loads(c.recv(65536))["result"] == ["z"]
     c.close()
 
 

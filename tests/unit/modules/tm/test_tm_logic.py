@@ -12,7 +12,9 @@ import time
 
 import pytest
 
+from asyncd.core.cfg_groups import CfgGroups
 from asyncd.core.context import ProcState, RunCtx
+from asyncd.core.counters import Stats
 from asyncd.core.errors import ScriptExit
 from asyncd.core.route_types import FAILURE_ROUTE, REQUEST_ROUTE
 from asyncd.modules import tm
@@ -37,6 +39,8 @@ class FakeScript:
         self.modules = [tm.EXPORTS]
         self.rundir = None
         self.core = {}
+        self.cfg = CfgGroups()          # tm declares its runtime cfg group in mod_init
+        self.stats = Stats()
 
     def new_ctx(self, msg, proc, route_type=REQUEST_ROUTE):
         return RunCtx(msg, proc, route_type)
