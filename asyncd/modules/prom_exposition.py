@@ -32,15 +32,17 @@ class StatsSpecError(ValueError):
 class KamailioCollector:
     """prometheus_client's Collector protocol: collect() yields the families."""
 
-    def __init__(self, store, stats, beginning="kamailio_", spec=""):
+    def __init__(self, store, stats, beginning="kamailio_", spec="", tasks=None):
         self.store = store          # shm.prom.PromStore or None (no user metric)
         self.stats = stats          # asyncd.core.counters.Stats
         self.beginning = beginning
         self.spec = spec            # xhttp_prom_stats: "", "all", "group:", "group:name" or "name"
+        self.tasks = tasks          # asyncd.ipc.async_task.Framework or None
 
     def collect(self):
         yield from self.collect_user()
         yield from self.collect_stats()
+        yield from self.collect_async()
 
     # -- user metrics ----------------------------------------------------------------------
     def collect_user(self, now=None):
@@ -89,6 +91,34 @@ class KamailioCollector:
             out.append(fam)
         return out
 
+    # -- asyncd's task groups (Kamailio has none) ----------------------------------------------
+    def collect_async(self, now=None):
+        """Per task group, with a `group` label: gauges workers, busy, queued;
+        counters accepted, rejected, run; the histogram queue_wait_seconds
+        (push to a worker starting the task). Shown with the statistics when
+        xhttp_prom_stats is "all" or "async:" (docs/operations.md)."""
+        if self.tasks is None or self.spec not in ("all", "async:"):
+            return []
+        ts = time.time() if now is None else now
+        rows = self.tasks.group_stats()
+        if not rows:
+            return []
+        out = []
+        for key, kind in ASYNC_SERIES:
+            name = f"{self.beginning}async_{key}"
+            fam = Metric(name, "", kind)
+            fam.name = name
+            for row in rows:
+                fam.add_sample(name, {"group": row["name"]}, row[key], ts)
+            out.append(fam)
+        name = f"{self.beginning}async_queue_wait_seconds"
+        fam = Metric(name, "", HISTOGRAM)
+        for row in rows:
+            bounds, cum, total, count = self.tasks.wait_histogram(row["name"])
+            _histogram_samples(fam, name, {"group": row["name"]}, bounds, (count, total, cum), ts)
+        out.append(fam)
+        return out
+
     def heading(self):
         """The comment line before the statistics (None when none are shown)."""
         spec = self.spec
@@ -99,6 +129,10 @@ class KamailioCollector:
         if spec.endswith(":"):
             return f"# Kamailio statistics for group: {spec}"
         return f"# Kamailio statistics for: {spec}"
+
+
+ASYNC_SERIES = (("workers", GAUGE), ("busy", GAUGE), ("queued", GAUGE),
+                 ("accepted", COUNTER), ("rejected", COUNTER), ("run", COUNTER))
 
 
 def _histogram_samples(fam, name, labels, buckets, v, ts):
@@ -139,4 +173,9 @@ def render(collector, stats=True):
             out.append("\n" + head + "\n")
             for fam in stats:
                 out.extend(_line(s, COUNTER) for s in fam.samples)
+        tasks = collector.collect_async(now)
+        if tasks:
+            out.append("\n# asyncd async task groups\n")
+            for fam in tasks:
+                out.extend(_line(s, fam.type) for s in fam.samples)
     return "".join(out)

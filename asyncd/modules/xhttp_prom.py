@@ -28,6 +28,7 @@ from asyncd.core import log
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport
 from asyncd.core.route_types import ANY_ROUTE, EVENT_ROUTE, REQUEST_ROUTE
 from asyncd.core.rpc import RpcExport, RpcFault
+from asyncd.ipc import async_task
 from asyncd.ipc.tcp import MAX_MSG
 from asyncd.modules import xhttp
 from asyncd.modules.prom_exposition import KamailioCollector, StatsSpecError, render
@@ -127,7 +128,7 @@ def mod_init(script):
 
 
 def collector(script):
-    return KamailioCollector(S.store, script.stats, S.beginning, S.spec)
+    return KamailioCollector(S.store, script.stats, S.beginning, S.spec, async_task.framework())
 
 
 # -- script functions ----------------------------------------------------------------------------

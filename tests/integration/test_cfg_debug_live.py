@@ -4,26 +4,13 @@ and `cfg.get core debug` reads the new level back (Kamailio's cfg_rpc, with
 cfg_update() at the start of every message).
 
 Runs in: the pytest process; starts the real server and runs kamcmd.
-Needs the ctl module (BINRPC transport); skipped until it is in the tree.
 """
-import tempfile
-
 import pytest
 
-from asyncd.core.registry import UnknownModule, load_module
 from tests.helpers import SipClient
 from tests.helpers.kamailio import KAMCMD, SKIP_KAMCMD, kamcmd
 
-try:
-    load_module("ctl")
-    HAVE_CTL = True
-except UnknownModule:
-    HAVE_CTL = False
-
-pytestmark = [
-    pytest.mark.skipif(not HAVE_CTL, reason="the ctl module (BINRPC for kamcmd) is not in this tree"),
-    pytest.mark.skipif(KAMCMD is None, reason=SKIP_KAMCMD),
-]
+pytestmark = pytest.mark.skipif(KAMCMD is None, reason=SKIP_KAMCMD)
 
 CFG = r'''
 debug=2
@@ -47,8 +34,8 @@ def _options(srv, call_id):
     assert r is not None and r.status == 200
 
 
-def test_cfg_seti_core_debug_makes_the_receiver_log_debug_lines(run_server):
-    rundir = tempfile.mkdtemp(prefix="asyncd-cfgrpc-")
+def test_cfg_seti_core_debug_makes_the_receiver_log_debug_lines(run_server, tmp_path):
+    rundir = str(tmp_path / "run")
     with run_server(CFG, args=("-Y", rundir)) as srv:
         sock = f"unix:{rundir}/kamailio_ctl"
         assert kamcmd(sock, "cfg.get", "core", "debug").stdout.strip() == "2"
