@@ -13,6 +13,8 @@ that `asyncd -c` accepts the cfg as written and that the tm table is empty
 in the exit log (wt_timer is shortened with -A WT=... so the wait ends
 before the stop).
 """
+import http.client
+import json
 import os
 import re
 import shutil
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.kamailio import KAMCMD, kamcmd
 from tests.helpers.net import free_udp_port
 from tests.helpers.server import REPO_ROOT, run_server
 from tests.helpers.sipp import SippUas, run_sipp
@@ -265,8 +268,8 @@ def test_stock_snippets(sip_client):
 
 
 STOCK = Path("/etc/kamailio/kamailio.cfg")
-HAVE = {"async", "cfgutils", "corex", "htable", "kex", "maxfwd", "pv", "rr", "siputils", "sl",
-        "textops", "tm", "tmx", "xlog"}
+HAVE = {"async", "cfg_rpc", "cfgutils", "corex", "counters", "ctl", "htable", "jsonrpcs", "kex",
+        "maxfwd", "pv", "rr", "siputils", "sl", "textops", "tm", "tmx", "xhttp", "xlog"}
 
 
 def _stock_for_asyncd(text):
@@ -283,16 +286,22 @@ def _stock_for_asyncd(text):
 
 
 @pytest.mark.skipif(not STOCK.exists(), reason="Kamailio's stock cfg not installed")
-def test_kamailio_stock_cfg_runs(tmp_path, sip_client):
+@pytest.mark.parametrize("jsonrpc", [False, True], ids=["stock", "WITH_JSONRPC"])
+def test_kamailio_stock_cfg_runs(tmp_path, sip_client, jsonrpc):
     """/etc/kamailio/kamailio.cfg (Debian's kamailio package), missing modules taken out:
-    checks, starts with -l, answers as Kamailio's stock cfg does without registrar."""
+    checks, starts with -l, answers as Kamailio's stock cfg does without registrar; its
+    ctl, jsonrpcs, cfg_rpc, counters and kex are there, so the real kamcmd and (with
+    WITH_JSONRPC) JSON-RPC over HTTP answer."""
     cfg = tmp_path / "kamailio.cfg"
     cfg.write_text(_stock_for_asyncd(STOCK.read_text()))
-    p = subprocess.run([sys.executable, "-m", "asyncd", "-c", "-f", str(cfg)], capture_output=True,
+    defines = ["-A", "WITH_JSONRPC"] if jsonrpc else []
+    p = subprocess.run([sys.executable, "-m", "asyncd", "-c", "-f", str(cfg), *defines], capture_output=True,
                        text=True, cwd=REPO_ROOT, timeout=30)
     assert p.returncode == 0, p.stderr
     port = free_udp_port()
-    with run_server(cfg_path=str(cfg), port=port, args=["-l", f"udp:127.0.0.1:{port}", "-n", "2"]) as srv:
+    rundir = tmp_path / "run"
+    listen = ["-l", f"udp:127.0.0.1:{port}"] + (["-l", f"tcp:127.0.0.1:{port}"] if jsonrpc else [])
+    with run_server(cfg_path=str(cfg), port=port, args=[*listen, "-n", "2", "-Y", str(rundir), *defines]) as srv:
         c = sip_client(srv.addr)
         host = f"127.0.0.1:{port}"
         r = c.final("OPTIONS", f"sip:{host}")
@@ -303,6 +312,16 @@ def test_kamailio_stock_cfg_runs(tmp_path, sip_client):
         assert (r.status, r.reason) == (403, "Not relaying")          # AUTH: not for us
         r = c.final("BYE", f"sip:bob@{host}", to_tag="x")
         assert (r.status, r.reason) == (404, "Not here")              # WITHINDLG
+        if KAMCMD is not None:
+            out = kamcmd(f"unix:{rundir}/kamailio_ctl", "core.psx").stdout
+            for title in ("ctl handler", "JSONRPCS FIFO", "JSONRPCS DATAGRAM"):
+                assert title in out, out
+        if jsonrpc:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("POST", "/RPC", body='{"jsonrpc": "2.0", "method": "core.uptime", "id": 1}')
+            rsp = conn.getresponse()
+            assert rsp.status == 200 and "uptime" in json.loads(rsp.read())["result"]
+            conn.close()
         srv.stop()
         log = srv.log()
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
