@@ -179,22 +179,20 @@ def _run(what, fn, name, *rest):
     return 1
 
 
-def w_counter_reset(ctx, site, name, *lv):
-    try:
-        labels = _labels(lv)
-    except PromError as e:
-        log.err(MOD, str(e))
-        return -1
-    return _run("Cannot reset counter:", _store_call("counter_reset"), name, labels)
+def _w_reset(kind):
+    """prom_counter_reset / prom_gauge_reset (name, label values...)."""
+    def w_reset(ctx, site, name, *lv):
+        try:
+            labels = _labels(lv)
+        except PromError as e:
+            log.err(MOD, str(e))
+            return -1
+        return _run(f"Cannot reset {kind}:", _store_call(f"{kind}_reset"), name, labels)
+    return w_reset
 
 
-def w_gauge_reset(ctx, site, name, *lv):
-    try:
-        labels = _labels(lv)
-    except PromError as e:
-        log.err(MOD, str(e))
-        return -1
-    return _run("Cannot reset gauge:", _store_call("gauge_reset"), name, labels)
+w_counter_reset = _w_reset("counter")
+w_gauge_reset = _w_reset("gauge")
 
 
 def w_counter_inc(ctx, site, name, number, *lv):
