@@ -132,7 +132,7 @@ class KamailioCollector:
 
 
 ASYNC_SERIES = (("workers", GAUGE), ("busy", GAUGE), ("queued", GAUGE),
-                 ("accepted", COUNTER), ("rejected", COUNTER), ("run", COUNTER))
+                ("accepted", COUNTER), ("rejected", COUNTER), ("run", COUNTER))
 
 
 def _histogram_samples(fam, name, labels, buckets, v, ts):

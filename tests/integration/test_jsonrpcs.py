@@ -293,7 +293,7 @@ def test_bad_datagrams_cost_only_that_request(srv):
 def test_kill_9_of_the_fifo_process_is_respawned_and_answers(srv):
     pid = pid_of(srv, "JSONRPCS FIFO")
     os.kill(pid, signal.SIGKILL)
-    srv.wait_log(rf"respawned JSONRPCS FIFO \(rank -2\) as pid \d+", timeout=5)
+    srv.wait_log(r"respawned JSONRPCS FIFO \(rank -2\) as pid \d+", timeout=5)
     assert json.loads(fifo_call(srv.rundir, req("jsonrpc.echo", "back")))["result"] == ["back"]
     assert pid_of(srv, "JSONRPCS FIFO") != pid
 
@@ -312,7 +312,6 @@ def kamctl(srv, *args):
     finally:
         os.unlink(os.path.join(home, ".kamctlrc"))
         os.rmdir(home)
-
 
 
 def test_kamctl_rpc(srv):

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from asyncd.cfg.compiler import compile_cfg
 from asyncd.core.rpc import RET_ARRAY, RpcExport, RpcFault, Struct
-from asyncd.ipc.jsonrpc import FifoSplitter, Pairs, ParseError, decode, dumps, execute, number
+from asyncd.ipc.jsonrpc import FifoSplitter, Pairs, ParseError, dumps, execute, number
 
 CFG = 'loadmodule "jsonrpcs.so"\nrequest_route { exit; }\n'
 
