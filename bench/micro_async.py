@@ -92,6 +92,7 @@ class Rig:
         self.proc.pid = os.getpid()
         self.proc.sockets = sup.sockets
         self.proc.index = 1
+        self.proc.cnt = script.stats.row(1)     # the statistics row, as _child_boot binds it
         for mod in script.modules:
             if mod.child_init is not None:
                 mod.child_init(self.proc, 1)
@@ -101,6 +102,7 @@ class Rig:
         self.drain_timer()
 
     def close(self):
+        self.proc.cnt.release()         # the arena cannot close while a view of it is exported
         self.sup.cleanup()
 
     def drain_timer(self):

@@ -102,7 +102,7 @@ def receiver_case():
 
     class Proc:
         stopping = False
-        index = None
+        index = 1
         sockets = [sock]
         sent = 0
 
@@ -112,6 +112,7 @@ def receiver_case():
     proc = Proc()
     proc.script = script
     script.init_modules()
+    proc.cnt = script.stats.row(1)      # a private int64 row: what a server row costs, no shm
     script.child_init_modules(proc, 1)
     handle = Receiver(proc, 0).handle
     handle(OPTIONS, SIPP)
