@@ -26,9 +26,7 @@ has the operator's view. Differences, on purpose:
   IO_STREAM_CONN_TIMEOUT) closes a stream connection idle that long,
   including one that sent half a packet and stalled.
 """
-import grp
 import os
-import pwd
 import select
 import socket
 import stat
@@ -38,6 +36,7 @@ from asyncd.core import log
 from asyncd.core.exports import ModuleExports, ParamExport
 from asyncd.core.procs import PROC_RPC, ROLE_RPC, ProcRow, RpcHandlers
 from asyncd.core.rpc import RpcExport, RpcFault
+from asyncd.core.runtime import group2gid, run_dir, user2uid
 from asyncd.ipc import binrpc
 
 MOD = "ctl"
@@ -185,35 +184,19 @@ def _open_socket(cs, mode, uid, gid):
 
 
 def _ids(mp):
-    """user/group modparams -> (uid, gid), -1 for unset (ctl.c fix_user, fix_group)."""
-    uid = gid = -1
-    if mp.get("user"):
-        try:
-            uid = pwd.getpwnam(mp["user"]).pw_uid
-        except KeyError:
-            uid = int(mp["user"]) if str(mp["user"]).isdigit() else _bad(f"unknown user {mp['user']!r}")
-    if mp.get("group"):
-        try:
-            gid = grp.getgrnam(mp["group"]).gr_gid
-        except KeyError:
-            gid = int(mp["group"]) if str(mp["group"]).isdigit() else _bad(f"unknown group {mp['group']!r}")
-    return uid, gid
-
-
-def _bad(text):
-    raise RuntimeError(f"ctl: {text}")
+    """user/group modparams -> (uid, gid), -1 for unset (ctl.c fix_user, fix_group:
+    a user's own group is not taken)."""
+    try:
+        return user2uid(mp.get("user"))[0], group2gid(mp.get("group"))
+    except KeyError:
+        raise RuntimeError(f"ctl: unknown user/group {mp.get('user')!r}/{mp.get('group')!r}") from None
 
 
 def _run_dir(script):
-    """Kamailio's main.c makes the runtime directory, mode 0700, when it is
-    missing (one level, as mkdir(2))."""
-    d = str(script.core.get("run_dir") or "/run/kamailio")
-    if not os.path.isdir(d):
-        try:
-            os.mkdir(d, 0o700)
-        except OSError as e:
-            raise RuntimeError(f"ctl: failed to create runtime dir {d}: {e.strerror}") from None
-    return d
+    try:
+        return run_dir(script)
+    except OSError as e:
+        raise RuntimeError(f"ctl: {e.strerror}") from None
 
 
 def _warn_unimplemented(mp):
@@ -235,8 +218,8 @@ def mod_init(script):
     S.max_body = (mp["binrpc_max_body_size"] if mp["binrpc_max_body_size"] > 0 else 4) * 1024
     S.struct_max = (mp["binrpc_struct_max_body_size"] if mp["binrpc_struct_max_body_size"] > 0 else 1) * 1024
     S.stream_timeout = max(1, int(mp["stream_timeout"]))
-    run_dir = _run_dir(script)
-    specs = list(mp["binrpc"]) or [f"unix:{run_dir}/{DEFAULT_NAME}"]
+    rdir = _run_dir(script)
+    specs = list(mp["binrpc"]) or [f"unix:{rdir}/{DEFAULT_NAME}"]
     uid, gid = _ids(mp)
     for spec in specs:
         try:

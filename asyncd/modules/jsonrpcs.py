@@ -23,9 +23,7 @@ differs on purpose:
 - dgram_timeout is accepted and, as in Kamailio 5.6, not used.
 """
 import errno
-import grp
 import os
-import pwd
 import select
 import socket
 import stat
@@ -36,6 +34,7 @@ from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
 from asyncd.core.procs import PROC_RPC, ROLE_RPC, ProcRow, RpcHandlers
 from asyncd.core.rpc import RET_ARRAY, RpcExport, RpcFault
+from asyncd.core.runtime import group2gid, run_dir, user2uid
 from asyncd.core.route_types import REQUEST_ROUTE
 from asyncd.ipc.jsonrpc import DGRAM_BUF, FifoSplitter, ParseError, execute
 from asyncd.modules import xhttp
@@ -75,31 +74,22 @@ S = JsonrpcsState()
 def _in_run_dir(script, name):
     """A relative name lives in the runtime dir (`-Y`, core param run_dir), as
     jsonrpc_fifo_mod_init / jsonrpc_dgram_mod_init place it; the dir is made
-    when missing."""
+    when missing (asyncd.core.runtime)."""
     if name.startswith("/"):
         return name
-    run_dir = str(script.core.get("run_dir") or "/run/kamailio")
     try:
-        os.makedirs(run_dir, mode=0o755, exist_ok=True)
+        return os.path.join(run_dir(script), name)
     except OSError as e:
-        raise CfgError(f"{MOD}: cannot create the runtime directory {run_dir}: {e.strerror}") from None
-    return os.path.join(run_dir, name)
+        raise CfgError(f"{MOD}: {e.strerror}") from None
 
 
 def _owner(user, group, what):
     """user2uid / group2gid: a name or a number; a user name also gives its
     group unless `group` says otherwise. -> (uid, gid), -1 for unchanged."""
-    uid = gid = -1
     try:
-        if isinstance(user, int) or (isinstance(user, str) and user.isdigit()):
-            uid = int(user)
-        elif user:
-            pw = pwd.getpwnam(user)
-            uid, gid = pw.pw_uid, pw.pw_gid
-        if isinstance(group, int) or (isinstance(group, str) and group.isdigit()):
-            gid = int(group)
-        elif group:
-            gid = grp.getgrnam(group).gr_gid
+        uid, gid = user2uid(user)
+        if group is not None and group != "":
+            gid = group2gid(group)
     except KeyError:
         raise CfgError(f"{MOD}: bad {what} user/group {user!r}/{group!r}") from None
     return uid, gid

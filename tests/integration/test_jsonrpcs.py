@@ -125,7 +125,7 @@ def req(method, *params, rid=1):
 def srv():
     top = tempfile.mkdtemp(prefix="jsonrpcs-it-")
     os.chmod(top, 0o755)                 # so that `nobody` reaches the FIFO and meets its own mode
-    rundir = os.path.join(top, "run")   # made by the module
+    rundir = os.path.join(top, "run")   # made by the module (0700)
     with run_server(CFG, args=("-Y", rundir)) as s:
         s.rundir = rundir
         yield s
@@ -203,6 +203,9 @@ def _as_nobody(fn):
 def test_a_non_root_client_cannot_use_fifo_or_socket(srv):
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to the nobody user")
+    # the run dir is made 0700 (Kamailio's main.c); opened here so that what refuses
+    # nobody below is the FIFO's and the socket's own mode
+    os.chmod(srv.rundir, 0o755)
     control = os.path.join(srv.rundir, "open.fifo")     # beside it, open to all
     os.mkfifo(control, 0o666)
     os.chmod(control, 0o666)
