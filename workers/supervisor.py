@@ -636,8 +636,8 @@ class Supervisor:
             return st.get(h) if h is not None else 0
         log.notice(MOD, f"received {v('rcv_requests')} requests, {v('rcv_replies')} replies; "
                    f"{v('bad_msg_hdr')} malformed (core:bad_msg_hdr); forwarded "
-                   f"{v('fwd_replies')} replies statelessly, dropped {v('drop_replies')}; "
-                   f"dropped {v('drop_requests')} requests no module took (core:drop_requests)")
+                   f"{v('fwd_replies')} replies statelessly and dropped {v('drop_replies')}; "
+                   f"{v('drop_requests')} non-SIP requests no module took (core:drop_requests)")
 
     def cleanup_stale_rundirs(self):
         base = tempfile.gettempdir()
