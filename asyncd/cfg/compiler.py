@@ -137,7 +137,7 @@ class Script:
     def init_modules(self):
         """Every mod_init in load order (main process, after shm creation, before fork);
         first the core's statistics (asyncd.core.core_stats: always, kex or not)."""
-        if getattr(self, "core_stats", None) is None:
+        if self.core_stats is None:
             core_stats.register(self)
         for m in self.modules:
             if m.mod_init is not None:
