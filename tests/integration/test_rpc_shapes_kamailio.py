@@ -80,6 +80,7 @@ class KamailioRpc:
     def close(self):
         self.sock.close()
         os.unlink(self.me)
+        os.rmdir(os.path.dirname(self.me))
 
 
 def asyncd_rpc(s):
