@@ -43,12 +43,14 @@ class RegistrarCfg:
         self.path_mode = 2
         self.rcv_param = "received"
         self.received_avp = ""
+        self.use_expired_contacts = 0
         self.st_accepted = self.st_rejected = 0
 
     def configure(self, mp):
         for k in ("default_expires", "min_expires", "max_expires", "min_expires_mode",
                   "default_q", "max_contacts", "retry_after", "append_branches",
-                  "case_sensitive", "method_filtering", "use_path", "path_mode"):
+                  "case_sensitive", "method_filtering", "use_path", "path_mode",
+                  "use_expired_contacts"):
             setattr(self, k, int(mp[k]))
         self.rcv_param = str(mp["received_param"] or "")
         avp = str(mp["received_avp"] or "").strip()

@@ -15,16 +15,10 @@ Branch). tm's t_relay sends one branch per entry (parallel forking).
 import time
 
 from asyncd.core import log
-from asyncd.modules.registrar_save import RegError, extract_aor
+from asyncd.modules.registrar_save import METHOD_BITS, RegError, extract_aor
 from asyncd.sip.uri import parse_cur_uri
 from shm.usrloc import (C_CFLAGS, C_INSTANCE, C_METHODS, C_PATH, C_Q, C_RECEIVED, C_RUID,
                         C_SOCK, C_URI, FULL, valid)
-
-# Kamailio's METHOD_* bits (src/core/parser/msg_parser.h), for method_filtering
-METHOD_BITS = {"INVITE": 1, "CANCEL": 2, "ACK": 4, "BYE": 8, "INFO": 16, "REGISTER": 32,
-               "SUBSCRIBE": 64, "NOTIFY": 128, "MESSAGE": 256, "OPTIONS": 512, "PRACK": 1024,
-               "UPDATE": 2048, "REFER": 4096, "PUBLISH": 8192, "KDMQ": 16384}
-
 
 class Branch:
     """One entry of the destination set (Kamailio's struct branch, dset.c)."""
@@ -72,7 +66,9 @@ def _set_ruri(ctx, br):
     msg.new_uri = br.uri
     msg.dst_uri = br.dst_uri
     if br.path:
-        msg.hdr_adds.append(f"Route: {br.path}\r\n")
+        # the R-URI branch's Path as Route; tm gives the dset branches their own
+        msg.path_route = f"Route: {br.path}\r\n"
+        msg.hdr_adds.append(msg.path_route)
     if ctx.extra is None:
         ctx.extra = {}
     ctx.extra["bflags"] = br.flags
@@ -83,23 +79,24 @@ def _contact_branches(ctx, cfg, ul, d, uri):
     try:
         aor = _aor_of(ctx, cfg, ul, uri)
     except RegError:
-        return -1, []
+        return -3, []
     contacts = d.get(aor)
     if not contacts:
         return -1, []
     now = int(time.time())
-    live = [c for c in contacts if valid(c, now)]
+    live = [c for c in contacts if valid(c, now) or cfg.use_expired_contacts]
     if not live:
-        return -2, []
+        return -1, []
     usable = [c for c in live if _allowed(cfg, ctx, c)]
     if not usable:
-        return -3, []
+        return -2, []
     return 1, [_branch_of(cfg, c) for c in usable]
 
 
 def lookup(ctx, cfg, ul, table, uri=None, to_dset=False):
-    """lookup("location"[, uri]): 1 found, -1 no such AOR (or no contacts),
-    -2 contacts but none valid, -3 method not allowed by any.
+    """lookup("location"[, uri]) as lookup.c lookup_helper: 1 found, -1 no such
+    AOR or no valid contact, -2 valid contacts but none allows the request's
+    method (method_filtering), -3 the AOR cannot be parsed.
     lookup_to_dset: every contact to the destination set, the R-URI untouched."""
     d = ul.domain(table)
     if d is None:

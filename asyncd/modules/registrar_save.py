@@ -47,6 +47,37 @@ R_UL_INS_C = (500, "Server Internal Error", "usrloc_contact_insert failed")
 R_UL_GET_R = (500, "Server Internal Error", "usrloc_record_get failed")
 
 
+# Kamailio's METHOD_* bits (src/core/parser/msg_parser.h): a contact's `methods`
+METHOD_BITS = {"INVITE": 1, "CANCEL": 2, "ACK": 4, "BYE": 8, "INFO": 16, "REGISTER": 32,
+               "SUBSCRIBE": 64, "NOTIFY": 128, "MESSAGE": 256, "OPTIONS": 512, "PRACK": 1024,
+               "UPDATE": 2048, "REFER": 4096, "PUBLISH": 8192, "KDMQ": 16384, "GET": 32768,
+               "POST": 65536, "PUT": 131072, "DELETE": 262144}
+METHOD_OTHER = 524288
+ALL_METHODS = -1       # stored as 0xFFFFFFFF by Kamailio, shown -1 by ul.dump
+
+
+def methods_of(text):
+    """parse_methods: a comma separated method list -> bit mask."""
+    bits = 0
+    for m in text.split(","):
+        m = m.strip().strip('"').upper()
+        if m:
+            bits |= METHOD_BITS.get(m, METHOD_OTHER)
+    return bits
+
+
+def allowed_methods(msg, params):
+    """get_allowed_methods (save.c): the Contact's `methods` param, else the
+    Allow headers, else every method."""
+    m = params.get("methods")
+    if m:
+        return methods_of(m)
+    allow = msg.hdrs("Allow")
+    if allow:
+        return methods_of(",".join(allow))
+    return ALL_METHODS
+
+
 class RegError(Exception):
     def __init__(self, r):
         super().__init__(r[2])
@@ -82,13 +113,18 @@ def _q_of(params):
 
 
 def _expires_hf(msg):
-    """get_expires_hf: the Expires header's seconds, -1 when absent."""
+    """get_expires_hf: the Expires header's seconds; -1 when absent or not a
+    number (parse_expires.c takes it for an RFC 2543 date: "not valid", no
+    error); an empty one is a parse error."""
     v = msg.hdr("Expires")
     if v is None:
         return -1
     v = v.strip()
-    if not v.isdigit():
+    if not v:
         raise RegError(R_PARSE_EXP)
+    v = v.split()[0]
+    if len(v) > 10 or not v.isdigit():
+        return -1
     return int(v)
 
 
@@ -153,7 +189,7 @@ def _info(ctx, cfg, now):
     return {"callid": callid, "cseq": cseq, "user_agent": ua, "sock": sock,
             "received": received, "path": path, "flags": 0,
             "cflags": (ctx.extra or {}).get("bflags", 0),     # branch 0's flags (setbflag)
-            "conid": msg.conid or -1}
+            "conid": msg.conid or -1, "msg": msg}
 
 
 def _new(c, ci, expires, q, now):
@@ -163,7 +199,8 @@ def _new(c, ci, expires, q, now):
     return new_contact(c.uri, expires, Q_UNSPECIFIED if q is None else q, ci["callid"],
                        ci["cseq"], ci["flags"], ci["cflags"], ci["path"], ci["received"],
                        ci["user_agent"], ci["sock"], inst.strip('"'),
-                       int(reg_id) if reg_id.isdigit() else 0, new_ruid(), -1, ci["conid"], now)
+                       int(reg_id) if reg_id.isdigit() else 0, new_ruid(),
+                       allowed_methods(ci["msg"], p), ci["conid"], now)
 
 
 def _updated(old, c, ci, expires, q, now):

@@ -112,7 +112,7 @@ def _set_targets(ctx, dset, proto):
     saved = msg.new_uri, msg.dst_uri
     out = []
     try:
-        for uri, du in [saved] + [(br.uri, br.dst_uri) for br in dset]:
+        for uri, du, path in [saved + (None,)] + [(b.uri, b.dst_uri, b.path) for b in dset]:
             msg.new_uri, msg.dst_uri = uri, du
             try:
                 ruri, dst, pr = _target(msg, None, None, proto)
@@ -123,7 +123,7 @@ def _set_targets(ctx, dset, proto):
             if sock is None:
                 log.err(MOD, f"no socket or address for the branch to {uri}")
                 continue
-            out.append((ruri, dst, sock))
+            out.append((ruri, dst, sock, path))
     finally:
         msg.new_uri, msg.dst_uri = saved
     return out
@@ -151,14 +151,21 @@ def _relay_set(ctx, dset, proto):
             return -1
         if cell.flags & F_CANCELED and (cell.flags & (F_IN_FAILURE | F_CONTINUE)):
             return -1                       # Kamailio refuses new branches of a CANCELed T
-        for ruri, dst, sock in targets:
-            if cell.on_branch and _run_branch_route(ctx, h, cell) is False:
-                continue
+        adds = ctx.msg.hdr_adds
+        own = getattr(ctx.msg, "path_route", None)     # the R-URI branch's Path (registrar)
+        base = [a for a in adds if a is not own]
+        for ruri, dst, sock, path in targets:
+            if path is not None:        # a dset branch: its own Path as Route, if any
+                ctx.msg.hdr_adds = base + ([f"Route: {path}\r\n"] if path else [])
             try:
+                if cell.on_branch and _run_branch_route(ctx, h, cell) is False:
+                    continue
                 _add_branch(ctx, h, cell, ruri, dst, sock)
                 added += 1
             except _SendDropped:
                 log.err(MOD, "onsend_route dropped the request")
+            finally:
+                ctx.msg.hdr_adds = adds
     finally:
         h.release(flush)
     if not added:
