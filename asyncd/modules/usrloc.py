@@ -3,7 +3,7 @@
 Runs in: main process (modparams; tables created in mod_init before fork),
 every process that runs a route (registrar's save/lookup through `domain()`),
 the RPC processes (ul.* methods, asyncd/modules/usrloc_rpc.py) and the
-"ULTimer" process (expiry, `_expire_tick`).
+"USRLOC Timer" process (expiry, `_expire_tick`).
 
 Kamailio: src/modules/usrloc (usrloc_mod.c exports, udomain.c/urecord.c
 semantics). A table ("udomain", e.g. "location") exists once a registrar
@@ -13,7 +13,7 @@ shared memory (shm/usrloc.py). Storage only: the SIP rules are registrar's.
 Differences, on purpose (docs/kamailio-registrar.md):
 - db_mode 0 only: no database backend exists; other values, and `preload`,
   are startup errors.
-- expiry runs in one "ULTimer" process every timer_interval seconds whatever
+- expiry runs in one "USRLOC Timer" process every timer_interval seconds whatever
   timer_procs says (Kamailio: the core timer when timer_procs is 0).
 - the AoR's HashID in ul.dump is the crc32 asyncd hashes records with, not
   Kamailio's core_hash.
@@ -111,7 +111,7 @@ def mod_init(script):
 
 
 def _expire_tick(proc):
-    """ULTimer, every timer_interval: drop expired contacts (nodb_timer)."""
+    """USRLOC Timer, every timer_interval: drop expired contacts (nodb_timer)."""
     now = int(time.time())
     for d in S.domains.values():
         try:
@@ -125,7 +125,7 @@ def procs(script):
         return []
     every = max(1, int(script.modparams[MOD]["timer_interval"]))
     tick = TimerHandlers(every=(Periodic(float(every), _expire_tick, aligned=True),))
-    return [ProcRow(ROLE_TIMER, "ULTimer", PROC_TIMER, 1, tick)]
+    return [ProcRow(ROLE_TIMER, "USRLOC Timer", PROC_TIMER, 1, tick)]
 
 
 def mod_destroy(script):
