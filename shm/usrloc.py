@@ -81,6 +81,28 @@ def insert_sorted(contacts, c, desc_time_order=False):
     contacts.append(c)
 
 
+def update_in_place(contacts, i, c, desc_time_order=False):
+    """Put updated contact c at index i's place as Kamailio's
+    update_contact_pos (ucontact.c): with desc_time_order to the front; else
+    it stays while its q still fits between its neighbours, and otherwise
+    goes before the first contact of q >= its own (Kamailio walks for the
+    smaller q first here, so a raised q can land behind lower ones: kept,
+    lookups must pick what Kamailio picks)."""
+    del contacts[i]
+    if desc_time_order:
+        contacts.insert(0, c)
+        return
+    q = c[C_Q]
+    if (i == 0 or q <= contacts[i - 1][C_Q]) and (i >= len(contacts) or q >= contacts[i][C_Q]):
+        contacts.insert(i, c)
+        return
+    for j, o in enumerate(contacts):
+        if o[C_Q] >= q:
+            contacts.insert(j, c)
+            return
+    contacts.append(c)
+
+
 def find_contact(contacts, mode, uri, callid="", path=""):
     """Index of the stored contact a Contact matches (get_ucontact's match step), -1 if none."""
     for i, c in enumerate(contacts):

@@ -19,7 +19,7 @@ from asyncd.sip.hdrs import SipParseError
 from asyncd.sip.uri import parse_uri_cached, unescape
 from shm.usrloc import (C_EXPIRES, C_INSTANCE, C_Q, C_RECEIVED, C_REGID, C_URI, C_CALLID,
                         C_CSEQ, C_LASTMOD, C_RUID, FULL, Q_UNSPECIFIED, find_contact,
-                        insert_sorted, new_contact, new_ruid, valid)
+                        insert_sorted, new_contact, new_ruid, update_in_place, valid)
 
 # save() flags (registrar.h REG_SAVE_*_FL)
 F_MEM = 1 << 0          # memory only (always, with db_mode 0)
@@ -232,10 +232,10 @@ def _apply(cfg, ul, contacts, req, ci, now, flags):
                 if old[C_LASTMOD] + ul.cseq_delay > now:
                     continue                    # a retransmission: nothing changes
                 raise RegError(R_INV_CSEQ)
-        del out[i]
         if expires == 0:
+            del out[i]
             continue
-        insert_sorted(out, _updated(old, c, ci, expires, q, now), ul.desc_time_order)
+        update_in_place(out, i, _updated(old, c, ci, expires, q, now), ul.desc_time_order)
     if flags & F_REPL:
         keep = {c.uri for c, e, _q in req if e}
         out = [o for o in out if o[C_URI] in keep]

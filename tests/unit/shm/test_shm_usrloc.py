@@ -4,9 +4,9 @@ modes, expiry, a full arena, and records written by forked processes.
 Runs in: the pytest process and the processes it forks.
 """
 from shm.arena import ShmArena
-from shm.usrloc import (C_CALLID, C_EXPIRES, C_URI, CONTACT_CALLID, CONTACT_CALLID_ONLY,
+from shm.usrloc import (C_CALLID, C_EXPIRES, C_Q, C_URI, CONTACT_CALLID, CONTACT_CALLID_ONLY,
                         CONTACT_ONLY, CONTACT_PATH, FULL, ULStore, find_contact, insert_sorted,
-                        new_contact, valid)
+                        new_contact, update_in_place, valid)
 from shm_testutil import fork, wait_all
 
 
@@ -97,3 +97,15 @@ def test_records_written_by_forked_processes(arena):
     assert len(ul.get("shared")) == 400               # no lost update across processes
     assert all(len(ul.get(f"own{p}")) == 100 for p in range(4))
     assert ul.users() == 5 and ul.contacts() == 800
+
+
+def test_update_position_as_update_contact_pos():
+    cs = [new_contact(u, 0, q) for u, q in (("a", 900), ("b", 500), ("c", 100))]
+    update_in_place(cs, 1, new_contact("b", 0, 600))          # still fits: stays
+    assert [c[C_URI] for c in cs] == ["a", "b", "c"]
+    update_in_place(cs, 2, new_contact("c", 0, 950))          # Kamailio's walk: to the end
+    assert [c[C_URI] for c in cs] == ["a", "b", "c"]
+    update_in_place(cs, 0, new_contact("a", 0, 50))           # before the first q >= 50
+    assert [c[C_Q] for c in cs] == [50, 600, 950]
+    update_in_place(cs, 2, new_contact("c", 0, 100), desc_time_order=True)
+    assert cs[0][C_URI] == "c"
