@@ -14,6 +14,7 @@ Differences, on purpose (docs/kamailio-registrar.md):
 """
 from asyncd.core import log
 from asyncd.core.counters import NO_RESET
+from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport
 from asyncd.core.route_types import (BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE,
                                      REQUEST_ROUTE)
@@ -125,6 +126,9 @@ def w_unregister(ctx, site, table, uri, ruid=None):
 
 # -- statistics (registrar.c mod_stats) -------------------------------------------------------
 def mod_init(script):
+    for dep in ("usrloc", "sl"):
+        if dep not in script.modparams:     # Kamailio: "can't bind usrloc" / "can't load SL API"
+            raise CfgError(f'registrar: needs the {dep} module (loadmodule "{dep}.so")')
     CFG.configure(script.modparams[MOD])
     st = script.stats
     CFG.st_accepted = st.register(MOD, "accepted_regs")
@@ -143,7 +147,7 @@ _REQ = REQUEST_ROUTE | FAILURE_ROUTE
 
 EXPORTS = ModuleExports(
     name=MOD,
-    depends=("usrloc",),
+    depends=("usrloc", "sl"),
     functions=[
         FuncExport("save", (P.STR,), w_save, _REQ | ONREPLY_ROUTE, _fix_save),
         FuncExport("save", (P.STR, P.STR), w_save, _REQ | ONREPLY_ROUTE, _fix_save),

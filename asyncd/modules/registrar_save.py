@@ -41,6 +41,7 @@ R_PARSE_CONT = (400, "Bad Request", "Contact parse error")
 R_STAR_EXP = (400, "Bad Request", "* used in contact and expires is not zero")
 R_STAR_CONT = (400, "Bad Request", "* used in contact and more than 1 contact")
 R_CONTACT_LEN = (400, "Bad Request", "Contact/received too long")
+R_CALLID_LEN = (400, "Bad Request", "Callid too long")
 R_TOO_MANY = (503, "Service Unavailable", "Too many registered contacts")
 R_LOW_EXP = (423, "Interval Too Brief", "Interval too brief")
 R_UL_INS_C = (500, "Server Internal Error", "usrloc_contact_insert failed")
@@ -178,6 +179,8 @@ def _info(ctx, cfg, now):
     callid = msg.callid
     if not callid:
         raise RegError(R_CID_MISS)
+    if len(callid) > 255:           # CALLID_MAX_SIZE (usrloc.h)
+        raise RegError(R_CALLID_LEN)
     try:
         cseq = int(msg.cseq_num)
     except (TypeError, ValueError):

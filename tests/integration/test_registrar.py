@@ -355,3 +355,20 @@ def test_ul_rpc_replies_same_as_kamailio(tmp_path):
     with run_server(_cfg(), args=("-Y", rundir)) as s:
         ours = _rpc_flow(s.port, f"unix:{rundir}/kamailio_ctl")
     assert ours == theirs
+
+
+@pytest.mark.parametrize("contact, headers, code", [
+    ("<sip:x@h>;q=abc", [], 400),
+    ("<sip:x@h>;q=0.5.1", [], 400),
+    ("<" + "sip:" + "a" * 600 + "@h>", [], 400),
+    ("<sip:x@h>;expires=abc", [], 200),             # not a number: default_expires
+    ("<sip:x@h>", ["Expires: 99999999999999"], 200),
+    ("*", ["Expires: 0", "Contact: <sip:y@h>"], 400),
+    ("<sip:x@h>", ["Call-ID-Pad: x"], 200),
+])
+def test_bad_registers_get_replies_and_the_server_lives(srv, contact, headers, code):
+    with SipClient(("127.0.0.1", srv.port)) as c:
+        r = _register_as(c, srv.port, "bad", contact, headers)
+        assert r.status == code
+        assert _register(c, srv.port, "bad").status == 200
+    assert "Traceback" not in srv.log()
