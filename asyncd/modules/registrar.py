@@ -10,15 +10,16 @@ this file holds the export table, the modparams and the statistics.
 Differences, on purpose (docs/kamailio-registrar.md):
 - no GRUU in replies (pub-gruu/temp-gruu), no outbound (RFC 5626) checks, no
   expires_range randomisation, no xavp_cfg/xavp_rcd, no Path 420 checks;
-- reg_fetch_contacts/$ulc are not provided.
+- reg_fetch_contacts/$ulc (registrar_pv.py): $ulc(p=>aorhash) is asyncd's crc32.
 """
 from asyncd.core import log
 from asyncd.core.counters import NO_RESET
 from asyncd.core.errors import CfgError
-from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport
+from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
 from asyncd.core.route_types import (BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE,
                                      REQUEST_ROUTE)
 from asyncd.modules import registrar_lookup as rl
+from asyncd.modules import registrar_pv as rpv
 from asyncd.modules import usrloc
 from asyncd.modules.registrar_save import save
 
@@ -124,6 +125,14 @@ def w_unregister(ctx, site, table, uri, ruid=None):
     return rl.unregister(ctx, CFG, usrloc.S, table, uri, ruid)
 
 
+def w_reg_fetch_contacts(ctx, site, table, uri, profile):
+    return rpv.fetch_contacts(CFG, usrloc.S, table, uri, profile)
+
+
+def w_reg_free_contacts(ctx, site, profile):
+    return rpv.free_contacts(profile)
+
+
 # -- statistics (registrar.c mod_stats) -------------------------------------------------------
 def mod_init(script):
     for dep in ("usrloc", "sl"):
@@ -164,7 +173,11 @@ EXPORTS = ModuleExports(
         FuncExport("registered", (P.STR, P.STR, P.INT, P.INT), w_registered, _ROUTES, _fix_table),
         FuncExport("unregister", (P.STR, P.STR), w_unregister, _ROUTES, _fix_table),
         FuncExport("unregister", (P.STR, P.STR, P.STR), w_unregister, _ROUTES, _fix_table),
+        FuncExport("reg_fetch_contacts", (P.STR, P.STR, P.STR), w_reg_fetch_contacts, _ROUTES,
+                   _fix_table),
+        FuncExport("reg_free_contacts", (P.STR,), w_reg_free_contacts, _ROUTES),
     ],
+    pvs=[PvExport("ulc", rpv.get_ulc, None, rpv.parse_ulc, True)],
     params=[
         ParamExport("default_expires", int, 3600),
         ParamExport("default_expires_range", int, 0),

@@ -28,6 +28,10 @@ request_route {
     if (method == "REGISTER") { save("location", "0x02"); exit; }
     if ($rU == "gone") { unregister("location", "sip:bob@h"); exit; }
     $var(reg) = registered("location");
+    $var(fetched) = reg_fetch_contacts("location", "$ru", "p");
+    $var(count) = $(ulc(p=>count));
+    $var(addr1) = $(ulc(p=>addr)[1]);
+    $var(q0) = $(ulc(p=>q)[0]);
     $var(rc) = lookup("location");
 }
 '''
@@ -82,6 +86,8 @@ def test_save_lookup_dset_registered_unregister(script):
     assert ctx.proc.vars["rc"] == 1 and ctx.proc.vars["reg"] == 1
     assert ctx.msg.new_uri == "sip:high@10.0.0.3"               # highest q first
     assert [b.uri for b in ctx.msg.dset] == ["sip:low@10.0.0.2"]
+    v = ctx.proc.vars                                            # reg_fetch_contacts + $ulc
+    assert (v["fetched"], v["count"], v["addr1"], v["q0"]) == (1, 2, "sip:low@10.0.0.2", 900)
     ctx, _p = _run(script, _invite("nobody"))
     assert ctx.proc.vars["rc"] == -1 and ctx.proc.vars["reg"] == -1
     st = script.stats
