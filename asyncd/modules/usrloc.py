@@ -25,7 +25,8 @@ from asyncd.core.errors import CfgError
 from asyncd.core.exports import ModuleExports, ParamExport
 from asyncd.core.procs import PROC_TIMER, ROLE_TIMER, Periodic, ProcRow, TimerHandlers
 from asyncd.modules.usrloc_rpc import UlRpc
-from shm.usrloc import ULStore
+from shm.usrloc import (C_CFLAGS, C_PATH, C_RECEIVED, C_RUID, C_SOCK, C_URI, ULStore,
+                        valid)
 
 MOD = "usrloc"
 
@@ -81,6 +82,22 @@ def want_domain(name):
 
 def domain(name):
     return S.domain(name)
+
+
+def get_all_ucontacts(flags=0):
+    """Kamailio's ul API get_all_ucontacts (dlist.c), for nathelper's NAT
+    pinging: (contact, received, path, socket, cflags, ruid) of every valid
+    contact of every table whose cflags hold all of `flags` (e.g.
+    1 << nat_bflag). A snapshot; no lock is held afterwards."""
+    now = int(time.time())
+    out = []
+    for d in S.domains.values():
+        for _slot, _aor, contacts in d.records():
+            for c in contacts:
+                if valid(c, now) and c[C_CFLAGS] & flags == flags:
+                    out.append((c[C_URI], c[C_RECEIVED], c[C_PATH], c[C_SOCK], c[C_CFLAGS],
+                                c[C_RUID]))
+    return out
 
 
 def count_expired(proc, n):

@@ -114,3 +114,15 @@ def test_a_child_saves_the_parent_looks_up(script):
     assert set(wait_all([pid], 20).values()) == {0}
     ctx, _p = _run(script, _invite("kid"))
     assert ctx.msg.new_uri == "sip:kid@10.0.0.9"
+
+
+def test_get_all_ucontacts_by_cflags(script):
+    _run(script, _register("n1", "<sip:n1@10.0.0.5>"))
+    d = usrloc.S.domains["location"]
+
+    def natted(cs):
+        return [c[:6] + (1 << 6,) + c[7:] for c in cs], None
+    d.update("n1", natted)
+    _run(script, _register("n2", "<sip:n2@10.0.0.6>"))
+    assert [c[0] for c in usrloc.get_all_ucontacts(1 << 6)] == ["sip:n1@10.0.0.5"]
+    assert sorted(c[0] for c in usrloc.get_all_ucontacts()) == ["sip:n1@10.0.0.5", "sip:n2@10.0.0.6"]
