@@ -95,7 +95,87 @@ def _transport(sock):
 
 
 def t_relay(ctx, host=None, port=None, proto=None):
-    """1 relayed, 0 retransmission absorbed (ends the script), -1 error."""
+    """1 relayed, 0 retransmission absorbed (ends the script), -1 error.
+    With a destination set (registrar's lookup() with append_branches,
+    `msg.dset`), a branch for the R-URI and one per entry: parallel forking."""
+    dset = getattr(ctx.msg, "dset", None)
+    if dset and host is None and ctx.msg.method != "ACK":
+        ctx.msg.dset = None                 # used up, as Kamailio's after t_forward_nonack
+        return _relay_set(ctx, dset, proto)
+    return _relay_one(ctx, host, port, proto)
+
+
+def _set_targets(ctx, dset, proto):
+    """[(ruri, dst, sock)] of the R-URI branch and each dset entry (the request's
+    own R-URI and $du put back); unusable entries are logged and left out."""
+    msg = ctx.msg
+    saved = msg.new_uri, msg.dst_uri
+    out = []
+    try:
+        for uri, du, path in [saved + (None,)] + [(b.uri, b.dst_uri, b.path) for b in dset]:
+            msg.new_uri, msg.dst_uri = uri, du
+            try:
+                ruri, dst, pr = _target(msg, None, None, proto)
+            except Exception as e:
+                log.err(MOD, f"bad destination {uri}: {e!r}")
+                continue
+            sock = None if dst is None else out_sock(msg, pr, dst)
+            if sock is None:
+                log.err(MOD, f"no socket or address for the branch to {uri}")
+                continue
+            out.append((ruri, dst, sock, path))
+    finally:
+        msg.new_uri, msg.dst_uri = saved
+    return out
+
+
+def _relay_set(ctx, dset, proto):
+    """All the branches added under one hold of the cell and sent together (as
+    Kamailio's t_forward_nonack builds every branch before sending): a reply to
+    the first never finds the transaction with only some of them."""
+    targets = _set_targets(ctx, dset, proto)
+    if not targets:
+        return relay_error(ctx, E_BAD_ADDRESS)
+    if ctx.t is None:
+        rc = t_newtran(ctx)
+        if rc <= 0:
+            return 0 if rc == 0 else -1
+    h = ctx.t
+    cell = h.acquire()
+    if cell is None:
+        return -1
+    added = 0
+    try:
+        if cell.flags & F_FINAL:
+            log.warn(MOD, "a final reply was already sent")
+            return -1
+        if cell.flags & F_CANCELED and (cell.flags & (F_IN_FAILURE | F_CONTINUE)):
+            return -1                       # Kamailio refuses new branches of a CANCELed T
+        adds = ctx.msg.hdr_adds
+        own = getattr(ctx.msg, "path_route", None)     # the R-URI branch's Path (registrar)
+        base = [a for a in adds if a is not own]
+        for ruri, dst, sock, path in targets:
+            if path is not None:        # a dset branch: its own Path as Route, if any
+                ctx.msg.hdr_adds = base + ([f"Route: {path}\r\n"] if path else [])
+            try:
+                if cell.on_branch and _run_branch_route(ctx, h, cell) is False:
+                    continue
+                _add_branch(ctx, h, cell, ruri, dst, sock)
+                added += 1
+            except _SendDropped:
+                log.err(MOD, "onsend_route dropped the request")
+            finally:
+                ctx.msg.hdr_adds = adds
+    finally:
+        h.release(flush)
+    if not added:
+        return relay_error(ctx, E_SEND)
+    ctx.relayed = True
+    h.done = True
+    return 1
+
+
+def _relay_one(ctx, host=None, port=None, proto=None):
     msg = ctx.msg
     if msg.method == "ACK" and ctx.t is None:
         return _forward_ack(ctx, host, port, proto)
@@ -134,27 +214,7 @@ def t_relay(ctx, host=None, port=None, proto=None):
         if cell.on_branch:
             if _run_branch_route(ctx, h, cell) is False:
                 return -1
-        bno = len(cell.branches)
-        vb = make_branch(h.index, h.label, bno)
-        ip, p = sock_addr(ctx.proc, sock)
-        data = _fwd_data(msg, ruri, via_line(ip, p, vb, _transport(sock)), sock)
-        if getattr(S.script, "has_onsend_route", False) and not run_onsend(ctx, data, dst, sock):
-            raise _SendDropped()
-        fr = min(now() + cell.fr_ms / 1000.0, cell.eol)
-        cell.branches.append([ruri, list(dst), sock, vb, data, 0, b"", 0, fr])
-        cell.msg_flags = ctx.flags
-        if ctx.avps is not None:
-            cell.avps = ctx.avps.dumps()
-        if ctx.xavps is not None:
-            cell.xavps = ctx.xavps.dumps()
-        if ctx.route_type == 1:
-            h.saved = (cell.avps if ctx.avps is not None else None,
-                       cell.xavps if ctx.xavps is not None else None)
-        h.dirty = True
-        h.out.append((data, dst, sock))
-        arm_retr(h, bno, S.t1)
-        if fr - now() <= S.t1 / 1000.0:
-            arm_fr(h, cell, bno, fr)            # else armed by the first Timer A/E run
+        _add_branch(ctx, h, cell, ruri, dst, sock)
     except _SendDropped:
         send_dropped = True
     finally:
@@ -170,6 +230,32 @@ def t_relay(ctx, host=None, port=None, proto=None):
 
 class _SendDropped(Exception):
     pass
+
+
+def _add_branch(ctx, h, cell, ruri, dst, sock):
+    """One more branch of the held cell, queued on h.out (sent at release)."""
+    msg = ctx.msg
+    bno = len(cell.branches)
+    vb = make_branch(h.index, h.label, bno)
+    ip, p = sock_addr(ctx.proc, sock)
+    data = _fwd_data(msg, ruri, via_line(ip, p, vb, _transport(sock)), sock)
+    if getattr(S.script, "has_onsend_route", False) and not run_onsend(ctx, data, dst, sock):
+        raise _SendDropped()
+    fr = min(now() + cell.fr_ms / 1000.0, cell.eol)
+    cell.branches.append([ruri, list(dst), sock, vb, data, 0, b"", 0, fr])
+    cell.msg_flags = ctx.flags
+    if ctx.avps is not None:
+        cell.avps = ctx.avps.dumps()
+    if ctx.xavps is not None:
+        cell.xavps = ctx.xavps.dumps()
+    if ctx.route_type == 1:
+        h.saved = (cell.avps if ctx.avps is not None else None,
+                   cell.xavps if ctx.xavps is not None else None)
+    h.dirty = True
+    h.out.append((data, dst, sock))
+    arm_retr(h, bno, S.t1)
+    if fr - now() <= S.t1 / 1000.0:
+        arm_fr(h, cell, bno, fr)            # else armed by the first Timer A/E run
 
 
 def run_onsend(ctx, data, dst, sock):

@@ -61,9 +61,10 @@ def test_user_mistake_messages(body, where, text):
 
 
 def test_unknown_module_lists_the_modules_we_have():
-    msg = _err('loadmodule "usrloc.so"\nrequest_route {\n exit;\n}\n')
-    assert "asyncd has: " in msg and "tm" in msg and "htable" in msg
+    msg = _err('loadmodule "carrierroute.so"\nrequest_route {\n exit;\n}\n')
+    assert "asyncd has: " in msg and "tm" in msg and "htable" in msg and "usrloc" in msg
     assert "tm_api" not in msg and "pv_shm" not in msg        # helpers are not modules
+    assert "registrar_save" not in msg and "usrloc_rpc" not in msg
 
 
 def test_no_hint_when_nothing_is_close():
