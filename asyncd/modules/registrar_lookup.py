@@ -104,7 +104,7 @@ def lookup(ctx, cfg, ul, table, uri=None, to_dset=False):
     rc, branches = _contact_branches(ctx, cfg, ul, d, uri)
     if rc < 0:
         return rc
-    dset = getattr(ctx.msg, "dset", None) or []
+    dset = ctx.msg.dset or []
     if to_dset:
         ctx.msg.dset = dset + branches
         return 1
@@ -121,7 +121,7 @@ def lookup_branches(ctx, cfg, ul, table):
     if d is None:
         return -1
     msg = ctx.msg
-    old = list(getattr(msg, "dset", None) or [])
+    old = list(msg.dset or [])
     msg.dset = []
     found = lookup(ctx, cfg, ul, table) > 0
     for br in old:

@@ -67,6 +67,8 @@ class SipMsg:
     fwd_flags = rpl_flags = 0   # TCP send flags: set_forward_no_connect() & co. (core_funcs)
     force_sock = None       # force_send_socket(): index of the socket requests leave from
     rr_out = None           # rr: builds the outbound Record-Route of a double RR (rr.record_route)
+    dset = None             # registrar lookup(): the destination set (extra branches t_relay forks to)
+    path_route = None       # registrar lookup(): the Route line added for the R-URI contact's Path
     body = b""
     _vias1 = _cseq = _cl = _callid = None
     _via_v = _cseq_v = None  # the top Via and CSeq values, cut out by the eager pass

@@ -98,7 +98,7 @@ def t_relay(ctx, host=None, port=None, proto=None):
     """1 relayed, 0 retransmission absorbed (ends the script), -1 error.
     With a destination set (registrar's lookup() with append_branches,
     `msg.dset`), a branch for the R-URI and one per entry: parallel forking."""
-    dset = getattr(ctx.msg, "dset", None)
+    dset = ctx.msg.dset
     if dset and host is None and ctx.msg.method != "ACK":
         ctx.msg.dset = None                 # used up, as Kamailio's after t_forward_nonack
         return _relay_set(ctx, dset, proto)
@@ -152,7 +152,7 @@ def _relay_set(ctx, dset, proto):
         if cell.flags & F_CANCELED and (cell.flags & (F_IN_FAILURE | F_CONTINUE)):
             return -1                       # Kamailio refuses new branches of a CANCELed T
         adds = ctx.msg.hdr_adds
-        own = getattr(ctx.msg, "path_route", None)     # the R-URI branch's Path (registrar)
+        own = ctx.msg.path_route     # the R-URI branch's Path (registrar)
         base = [a for a in adds if a is not own]
         for ruri, dst, sock, path in targets:
             if path is not None:        # a dset branch: its own Path as Route, if any
