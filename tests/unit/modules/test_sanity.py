@@ -176,3 +176,21 @@ def test_str2valid_uint():
     assert not sanity.str2valid_uint("4294967297")
     assert not sanity.str2valid_uint("12345678901") and not sanity.str2valid_uint("-1")
     assert not sanity.str2valid_uint("")
+
+
+def test_reply_checks_as_the_stock_reply_route(env):
+    """The stock reply_route's sanity_check("17604", "6") on replies: request-only checks
+    are not in that mask; a failure never answers a reply (sanity.c sanity_reply)."""
+    e = env()
+    ok = (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\n"
+          b"From: <sip:x@y>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\n"
+          b"Content-Length: 0\r\n\r\n")
+    for raw, want in ((ok, 1), (ok.replace(b"To: <sip:a@b>", b"To: <name:x>"), 0),
+                      (ok.replace(b"\r\n\r\n", b"\r\n\r\nabc"), 0)):
+        ctx = e.script.new_ctx(parse_msg(raw, ("127.0.0.1", 9), ("127.0.0.1", 5060)), e.proc)
+        e.sent.clear()
+        assert sanity.w_sanity_check(ctx, 17604, 6) == want
+        assert e.sent == []
+    # every bit on a reply: the R-URI and CSeq-method checks pass there
+    ctx = e.script.new_ctx(parse_msg(ok, ("127.0.0.1", 9), ("127.0.0.1", 5060)), e.proc)
+    assert sanity.w_sanity_check(ctx, 32767, 15) == 1
