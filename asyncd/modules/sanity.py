@@ -332,39 +332,43 @@ def _nameaddr(msg, key, what):
         return None
 
 
-def _check_hdr_uri(ctx, msg, key, what, reason):
+def _hdr_uri_state(msg, key, what):
+    """'ok', 'missing' (no header or empty body) or 'bad' (header or URI does not parse)."""
     na = _nameaddr(msg, key, what)
-    if na == "missing" or na is None or not _uri_ok(na.uri):
-        log.warn(MOD, f"invalid {what} header or uri")
-        if na == "missing":
-            return _noreply(msg)
-        return _reply(ctx, 400, reason)
-    return PASSED
+    if na == "missing":
+        return na
+    return "ok" if na is not None and _uri_ok(na.uri) else "bad"
 
 
-def _check_contact_uri(ctx, msg):
+def _contact_state(msg):
+    """'ok', 'bad header' or 'bad uri' (the first Contact's URI; '*' passes)."""
     try:
         contacts = msg.contacts
     except SipParseError:
-        log.warn(MOD, "failed to parse Contact headers")
-        return _reply(ctx, 400, "Bad Contact Header")
+        return "bad header"
     if contacts and contacts[0].uri != "*" and not _uri_ok(contacts[0].uri):
-        log.warn(MOD, "failed to parse Contact uri")
-        return _reply(ctx, 400, "Bad Contact URI")
-    return PASSED
+        return "bad uri"
+    return "ok"
 
 
 def check_parse_uris(ctx, msg, checks):
     if checks & URI_RURI and msg.is_request and not _uri_ok(msg.cur_uri):
         log.warn(MOD, "failed to parse request uri")
         return _reply(ctx, 400, "Bad Request URI")
-    if checks & URI_FROM and _check_hdr_uri(ctx, msg, "from", "From", "Invalid From Header") != PASSED:
-        return FAILED
-    # "Ivalid" as Kamailio 5.6 writes it (sanity.c check_parse_uris)
-    if checks & URI_TO and _check_hdr_uri(ctx, msg, "to", "To", "Ivalid To Header") != PASSED:
-        return FAILED
-    if checks & URI_CONTACT:
-        return _check_contact_uri(ctx, msg)
+    # "Ivalid" as Kamailio 5.6 writes it
+    for bit, key, what, reason in ((URI_FROM, "from", "From", "Invalid From Header"),
+                                   (URI_TO, "to", "To", "Ivalid To Header")):
+        state = _hdr_uri_state(msg, key, what) if checks & bit else "ok"
+        if state != "ok":
+            log.warn(MOD, f"invalid {what} header or uri")
+            return _noreply(msg) if state == "missing" else _reply(ctx, 400, reason)
+    state = _contact_state(msg) if checks & URI_CONTACT else "ok"
+    if state == "bad header":
+        log.warn(MOD, "failed to parse Contact headers")
+        return _reply(ctx, 400, "Bad Contact Header")
+    if state == "bad uri":
+        log.warn(MOD, "failed to parse Contact uri")
+        return _reply(ctx, 400, "Bad Contact URI")
     return PASSED
 
 
