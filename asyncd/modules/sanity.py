@@ -31,7 +31,7 @@ from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport
 from asyncd.core.route_types import ONREPLY_ROUTE, REQUEST_ROUTE
 from asyncd.modules import sl
 from asyncd.sip.hdrs import SipParseError, parse_nameaddr, split_commas
-from asyncd.sip.uri import parse_uri
+from asyncd.sip.uri import parse_uri_cached
 
 MOD = "sanity"
 
@@ -149,11 +149,7 @@ def _uri_ok(text):
         return False
     if text[:4].lower() == "urn:":
         return len(text) > 4
-    try:
-        parse_uri(text)
-    except SipParseError:
-        return False
-    return True
+    return parse_uri_cached(text) is not None
 
 
 def check_ruri_sip_version(ctx, msg):
@@ -177,12 +173,11 @@ def check_ruri_scheme(ctx, msg):
 
 
 def check_required_headers(ctx, msg):
+    """A header line that does not parse never gets here: the receiver's parser
+    refuses the message (asyncd/sip/msg.py), so sanity's 400 "Bad Headers" is not sent."""
     for key in ("from", "to", "call-id", "cseq"):
         if msg._count(key) == 0:
             return _noreply(msg)
-    if any(key == "" for key, _, _ in msg._hl):
-        log.err(MOD, "failed to parse headers")
-        return _reply(ctx, 400, "Bad Headers")
     for key in ("from", "to", "call-id", "cseq"):
         if msg._count(key) > 1:
             return FAILED
@@ -322,12 +317,12 @@ def check_proxy_require(ctx, msg):
 
 
 def _nameaddr(msg, key, what):
-    """The header's name-addr, or None when it cannot be parsed (missing: 'missing')."""
-    v = msg._v1(key)
-    if not v:
+    """The header's parsed name-addr (cached on the message), 'missing' (no header
+    or an empty body: Kamailio's "no reply" case) or None when it does not parse."""
+    if not msg._v1(key):
         return "missing"
     try:
-        return parse_nameaddr(v, what)
+        return msg.from_ if key == "from" else msg.to
     except SipParseError:
         return None
 
@@ -421,9 +416,6 @@ def _check_one_cred(ctx, value):
 
 
 def check_digest_only(ctx, msg):
-    if any(key == "" for key, _, _ in msg._hl):
-        log.err(MOD, "failed to parse proxy require header")
-        return _reply(ctx, 400, "Bad Headers")
     for value in _auth_values(msg):
         rc = _check_one_cred(ctx, value)
         if rc != PASSED:
@@ -458,23 +450,32 @@ def check_duptags(ctx, msg):
     return PASSED
 
 
+def _request_only(check):
+    """On a reply the R-URI and CSeq-method checks pass (module docstring)."""
+    return lambda ctx, msg, uri_checks: check(ctx, msg) if msg.is_request else PASSED
+
+
+def _msg_only(check):
+    return lambda ctx, msg, uri_checks: check(ctx, msg)
+
+
 # (bit, check) in the order sanity_mod.c sanity_check() runs them
 _CHECKS = (
-    (RURI_SIP_VERSION, lambda c, m, u: check_ruri_sip_version(c, m) if m.is_request else PASSED),
-    (RURI_SCHEME, lambda c, m, u: check_ruri_scheme(c, m) if m.is_request else PASSED),
-    (REQUIRED_HEADERS, lambda c, m, u: check_required_headers(c, m)),
-    (VIA1_HEADER, lambda c, m, u: check_via1_header(c, m)),
-    (VIA_SIP_VERSION, lambda c, m, u: check_via_sip_version(c, m)),
-    (VIA_PROTOCOL, lambda c, m, u: check_via_protocol(c, m)),
-    (CSEQ_METHOD, lambda c, m, u: check_cseq_method(c, m) if m.is_request else PASSED),
-    (CSEQ_VALUE, lambda c, m, u: check_cseq_value(c, m)),
-    (CL, lambda c, m, u: check_cl(c, m)),
-    (EXPIRES_VALUE, lambda c, m, u: check_expires_value(c, m)),
-    (PROXY_REQUIRE, lambda c, m, u: check_proxy_require(c, m)),
+    (RURI_SIP_VERSION, _request_only(check_ruri_sip_version)),
+    (RURI_SCHEME, _request_only(check_ruri_scheme)),
+    (REQUIRED_HEADERS, _msg_only(check_required_headers)),
+    (VIA1_HEADER, _msg_only(check_via1_header)),
+    (VIA_SIP_VERSION, _msg_only(check_via_sip_version)),
+    (VIA_PROTOCOL, _msg_only(check_via_protocol)),
+    (CSEQ_METHOD, _request_only(check_cseq_method)),
+    (CSEQ_VALUE, _msg_only(check_cseq_value)),
+    (CL, _msg_only(check_cl)),
+    (EXPIRES_VALUE, _msg_only(check_expires_value)),
+    (PROXY_REQUIRE, _msg_only(check_proxy_require)),
     (PARSE_URIS, check_parse_uris),
     (CHECK_DIGEST, check_digest),
     (CHECK_AUTHORIZATION, check_authorization),
-    (CHECK_DUPTAGS, lambda c, m, u: check_duptags(c, m)),
+    (CHECK_DUPTAGS, _msg_only(check_duptags)),
 )
 
 
@@ -483,15 +484,15 @@ def sanity_check(ctx, msg_checks, uri_checks):
     msg = ctx.msg
     if S.noreply:
         msg._sanity_info = None
-    for bit, check in _CHECKS:
-        if msg_checks & bit:
-            try:
+    try:
+        for bit, check in _CHECKS:
+            if msg_checks & bit:
                 rc = check(ctx, msg, uri_checks)
-            except SipParseError as e:      # a header too broken for the check itself
-                log.warn(MOD, f"check failed to parse the message: {e.reason}")
-                rc = _noreply(msg)
-            if rc != PASSED:
-                return rc
+                if rc != PASSED:
+                    return rc
+    except SipParseError as e:      # a header too broken for the check itself
+        log.warn(MOD, f"check failed to parse the message: {e.reason}")
+        return _noreply(msg)
     return PASSED
 
 
