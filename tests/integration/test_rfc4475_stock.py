@@ -192,7 +192,10 @@ def test_rfc4475_through_the_stock_cfg(asyncd_answers):
     assert set(RFC) == set(MANIFEST) and len(MANIFEST) == 50
     for tag, answer in asyncd_answers.items():
         want = OURS.get(tag, ("403 Not relaying",))
-        assert (codes(answer) if tag == "wsinv" else answer) == want, (tag, answer)
+        if tag == "wsinv":      # relayed by its Route: 478 when that host does not resolve
+            assert codes(answer)[:1] == ("100",) and codes(answer)[1:] in ((), ("478",)), answer
+        else:
+            assert answer == want, (tag, answer)
         assert meets_rfc(tag, answer) != (tag in DEVIATIONS), (tag, answer, RFC[tag])
 
 
