@@ -8,7 +8,9 @@ record_route() adds `Record-Route: <sip:IP:PORT;lr;ftag=...>` for the socket
 the request came in on. loose_route() consumes a top Route that is ours and
 routes by the next one ($du), or by a foreign top Route directly; it also
 undoes a strict router's R-URI rewrite (16.4). Returns 1 when the request was
-routed by Route headers, -1 when there were none (an initial request).
+routed by Route headers, -1 when there were none (an initial request), -3
+when an initial request's preloaded Route set was only us (Kamailio's
+RR_PRELOADED: false in the script, the Route is removed all the same).
 add_rr_param() adds to our Record-Route (before or after record_route());
 check_route_param() and is_direction() read the parameters of the Route
 that loose_route() found to be ours (Kamailio: record.c, loose.c).
@@ -150,6 +152,14 @@ def _uri_of(value):
     return v.split(";", 1)[0]
 
 
+def _preloaded(msg):
+    """loose.c is_preloaded(): no To tag (a To that does not parse counts as none)."""
+    try:
+        return not msg.to_tag
+    except Exception:
+        return True
+
+
 def loose_route(ctx):
     msg = ctx.msg
     routes = []
@@ -167,7 +177,9 @@ def loose_route(ctx):
             routes.pop(0)       # the other half of our double Record-Route
         if not routes:
             msg.hdr_removes.add("route")
-            return 1            # last hop of the route set: route by the R-URI
+            # last hop of the route set: route by the R-URI. An initial request (no
+            # To tag) had it preloaded: Kamailio's RR_PRELOADED, -3 (loose.c after_loose)
+            return -3 if _preloaded(msg) else 1
         first = _uri_of(routes[0])
     try:
         pu = parse_uri(first)

@@ -114,3 +114,19 @@ def test_check_route_param_and_is_direction(env):
     assert e.run(plain, **dlg)[1] == ["200 n=0 d=down"]
     # the top Route is not ours: no routed params
     assert e.run("Route: <sip:192.0.2.7;lr;nat=yes>\r\n", **dlg)[1] == ["200 n=0 d=down"]
+
+
+def test_loose_route_preloaded_route_to_us_is_false(env):
+    """Kamailio 5.6.3 (loose.c after_loose): our Route as the whole preloaded route set of
+    an initial request returns RR_PRELOADED (-3): false, the Route removed."""
+    e = env("""request_route {
+        loose_route(); $var(rc) = $rc;
+        sl_send_reply("200", "rc=$var(rc)");
+    }""")
+    ours = f"Route: <sip:127.0.0.1:{e.port};lr>\r\n"
+    msg, replies = e.run(ours, ruri="sip:b@192.0.2.9")
+    assert replies == ["200 rc=-3"] and "route" in msg.hdr_removes
+    assert e.run(ours, ruri="sip:b@192.0.2.9", to="<sip:a@b>;tag=tt")[1] == ["200 rc=1"]
+    # a preloaded set that goes on past us is routed (RR_DRIVEN)
+    two = ours + "Route: <sip:192.0.2.7;lr>\r\n"
+    assert e.run(two, ruri="sip:b@192.0.2.9")[1] == ["200 rc=1"]
