@@ -8,8 +8,15 @@ record_route() adds `Record-Route: <sip:IP:PORT;lr;ftag=...>` for the socket
 the request came in on. loose_route() consumes a top Route that is ours and
 routes by the next one ($du), or by a foreign top Route directly; it also
 undoes a strict router's R-URI rewrite (16.4). Returns 1 when the request was
-routed by Route headers, -1 when there were none (an initial request).
+routed by Route headers, -1 when there were none (an initial request), -3
+when an initial request's preloaded Route set was only us (Kamailio's
+RR_PRELOADED: false in the script, the Route is removed all the same).
+add_rr_param() adds to our Record-Route (before or after record_route());
+check_route_param() and is_direction() read the parameters of the Route
+that loose_route() found to be ours (Kamailio: record.c, loose.c).
 """
+import re
+
 from asyncd.core import log
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport
 from asyncd.core.route_types import REQUEST_ROUTE, FAILURE_ROUTE, BRANCH_ROUTE
@@ -120,9 +127,10 @@ def record_route(ctx, params=None):
         tail += ";ftag=" + ft
     if params:
         tail += params if params.startswith(";") else ";" + params
+    tail += getattr(msg, "_rr_params", "")      # add_rr_param() before record_route()
     uri = _rr_uri(ip, port, msg.proto, tail)
     existing = msg.hdrs("record-route")
-    pos = len(msg.hdr_adds)
+    pos = msg._rr_pos = len(msg.hdr_adds)
     if existing and "record-route" not in msg.hdr_removes:
         # ours must be the topmost value (RFC 3261 16.6 step 4) but added headers
         # go last: move the received ones after it, order kept
@@ -144,6 +152,14 @@ def _uri_of(value):
     return v.split(";", 1)[0]
 
 
+def _preloaded(msg):
+    """loose.c is_preloaded(): no To tag (a To that does not parse counts as none)."""
+    try:
+        return not msg.to_tag
+    except Exception:
+        return True
+
+
 def loose_route(ctx):
     msg = ctx.msg
     routes = []
@@ -156,11 +172,14 @@ def loose_route(ctx):
     if is_myself(ctx, first):
         routes.pop(0)
         changed = True
+        msg._rr_routed = _uri_params(first)
         if routes and ";r2=on" in first.lower() and is_myself(ctx, _uri_of(routes[0])):
             routes.pop(0)       # the other half of our double Record-Route
         if not routes:
             msg.hdr_removes.add("route")
-            return 1            # last hop of the route set: route by the R-URI
+            # last hop of the route set: route by the R-URI. An initial request (no
+            # To tag) had it preloaded: Kamailio's RR_PRELOADED, -3 (loose.c after_loose)
+            return -3 if _preloaded(msg) else 1
         first = _uri_of(routes[0])
     try:
         pu = parse_uri(first)
@@ -180,6 +199,76 @@ def loose_route(ctx):
         for r in routes:
             msg.hdr_adds.append("Route: %s\r\n" % r)
     return 1
+
+
+def _uri_params(uri):
+    """The parameters of a Route URI with their leading ';' (Kamailio's routed_params,
+    loose.c: what check_route_param() and is_direction() look at)."""
+    semi = uri.find(";")
+    return uri[semi:].split("?", 1)[0] if semi >= 0 else ""
+
+
+def add_rr_param(ctx, param):
+    """record.c add_rr_param(): into our Record-Route when record_route() ran on this
+    message (both of a double Record-Route), else kept for the record_route() to come."""
+    msg = ctx.msg
+    pos = getattr(msg, "_rr_pos", None)
+    if pos is None or pos >= len(msg.hdr_adds):
+        msg._rr_params = getattr(msg, "_rr_params", "") + param
+        return 1
+    line = msg.hdr_adds[pos]
+    gt = line.rfind(">")
+    msg.hdr_adds[pos] = line[:gt] + param + line[gt:]
+    if msg.rr_out is not None:
+        msg.rr_out.tail += param
+    return 1
+
+
+def check_route_param(ctx, rx):
+    """loose.c check_route_param(): the regex (case-insensitive, as Kamailio's
+    fixup_regexp_null compiles it) against the params of the Route that was ours."""
+    params = getattr(ctx.msg, "_rr_routed", "")
+    if not params:
+        return -1
+    return 1 if re.search(rx.pattern, params, rx.flags | re.I) else -1
+
+
+def is_direction(ctx, direction):
+    """loose.c is_direction(): upstream when the ftag of our Route differs from the
+    From tag; downstream otherwise (no ftag, no From tag)."""
+    params = getattr(ctx.msg, "_rr_routed", "")
+    ftag = ""
+    for p in params.split(";")[1:]:
+        name, _, val = p.partition("=")
+        if name.strip().lower() == "ftag":
+            ftag = val.strip()
+            break
+    try:
+        tag = ctx.msg.from_tag
+    except Exception:
+        tag = None
+    flow = "upstream" if ftag and tag and tag != ftag else "downstream"
+    return 1 if flow == direction else -1
+
+
+def _fixup_direction(site):
+    a = site.args[0]
+    if a.literal and str(a.value).lower() not in ("upstream", "downstream"):
+        site.arg_error(0, f"is_direction(): unknown direction {a.value!r} (upstream, downstream)")
+    if not S.append_fromtag:
+        site.arg_error(0, 'usage of "is_direction" function requires parameter "append_fromtag" enabled')
+
+
+def w_add_rr_param(ctx, site, param):
+    return add_rr_param(ctx, param)
+
+
+def w_check_route_param(ctx, site, rx):
+    return check_route_param(ctx, rx)
+
+
+def w_is_direction(ctx, site, direction):
+    return is_direction(ctx, direction.lower())
 
 
 def w_record_route(ctx, site, params=None):
@@ -204,6 +293,9 @@ EXPORTS = ModuleExports(
         FuncExport("record_route", (), w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
         FuncExport("record_route", (P.STR,), w_record_route, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
         FuncExport("loose_route", (), w_loose_route, REQUEST_ROUTE),
+        FuncExport("add_rr_param", (P.STR,), w_add_rr_param, REQUEST_ROUTE | BRANCH_ROUTE | FAILURE_ROUTE),
+        FuncExport("check_route_param", (P.REGEX,), w_check_route_param, REQUEST_ROUTE),
+        FuncExport("is_direction", (P.STR,), w_is_direction, REQUEST_ROUTE, _fixup_direction),
     ],
     # Kamailio's rr modparams, accepted so stock cfgs load unchanged; append_fromtag
     # (no ;ftag= when 0) and enable_double_rr (0 never, 1 when the sockets differ, 2 always)

@@ -86,6 +86,11 @@ def w_has_body_1(ctx, site, mime):
     return 1 if ct == mime.strip().lower() else -1
 
 
+def w_starts_with(ctx, site, text, prefix):
+    """textops.c ki_starts_with(): 1 when `text` begins with `prefix` (case-sensitive)."""
+    return 1 if len(text) >= len(prefix) and text.startswith(prefix) else -1
+
+
 EXPORTS = ModuleExports(
     name="textops",
     functions=[
@@ -99,5 +104,6 @@ EXPORTS = ModuleExports(
         FuncExport("append_to_reply", (P.STR,), w_append_to_reply, REQ_ROUTES),
         FuncExport("has_body", (), w_has_body_0, ANY_ROUTE),
         FuncExport("has_body", (P.STR,), w_has_body_1, ANY_ROUTE),
+        FuncExport("starts_with", (P.STR, P.STR), w_starts_with, ANY_ROUTE),
     ],
 )

@@ -76,6 +76,11 @@ def _branch_idx(ctx, spec, index):
     return b if isinstance(b, int) and b >= 0 else 0
 
 
+def w_t_is_branch_route(ctx, site):
+    """tmx_mod.c t_is_branch_route(): 1 while a branch_route runs."""
+    return 1 if ctx.route_type == BRANCH_ROUTE else -1
+
+
 # (name, formula over tm's totals) in tmx_mod.c's order
 STATS = (
     ("UAS_transactions", lambda t: t["transactions"]),
@@ -107,6 +112,7 @@ EXPORTS = ModuleExports(
     mod_init=mod_init,
     functions=[
         FuncExport("t_suspend", (), w_t_suspend, REQUEST_ROUTE | FAILURE_ROUTE),
+        FuncExport("t_is_branch_route", (), w_t_is_branch_route, ANY_ROUTE),
         FuncExport("t_continue", (P.INT, P.INT, P.ROUTE), w_t_continue, ANY_ROUTE, _fixup_continue),
     ],
     pvs=[PvExport("T_branch_idx", _branch_idx, None, None, False)],

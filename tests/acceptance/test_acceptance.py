@@ -269,19 +269,17 @@ def test_stock_snippets(sip_client):
 
 STOCK = Path("/etc/kamailio/kamailio.cfg")
 HAVE = {"async", "cfg_rpc", "cfgutils", "corex", "counters", "ctl", "htable", "jsonrpcs", "kex",
-        "maxfwd", "pv", "registrar", "rr", "siputils", "sl", "textops", "tm", "tmx", "usrloc", "xhttp",
-        "xlog"}
+        "maxfwd", "pv", "registrar", "rr", "sanity", "siputils", "sl", "textops", "tm", "tmx", "usrloc",
+        "xhttp", "xlog"}
 
 
 def _stock_for_asyncd(text):
     """Kamailio's own stock cfg with what asyncd lacks taken out, as a user
-    would: loadmodule/modparam of missing modules, sanity_check (sanity)
-    replaced by true(), t_is_set() guards dropped."""
+    would: loadmodule/modparam of missing modules, t_is_set() guards dropped."""
     text = re.sub(r'modparam\("([^"]+)",(?:[^()"]|"[^"]*")*\)',
                   lambda m: m.group(0) if m.group(1) in HAVE else "# removed modparam", text, flags=re.S)
     text = re.sub(r'loadmodule\s+"([^"]+?)(?:\.so)?"',
                   lambda m: m.group(0) if m.group(1) in HAVE else "# removed loadmodule", text)
-    text = re.sub(r'sanity_check\([^)]*\)', "true()", text)
     return re.sub(r'if\(!t_is_set\("[a-z_]*"\)\) ', "", text)
 
 
