@@ -24,8 +24,9 @@ RPL = (b"SIP/2.0 404 Not Here\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-1
 
 
 def run(body, buf=REQ, route_type=None):
+    req, rpl = (body, "") if route_type is None else ("", body)
     s = compile_cfg(text='loadmodule "textops.so"\nloadmodule "textopsx.so"\nloadmodule "pv.so"\n'
-                         'request_route {\n%s\n}\nonreply_route[R] {\n%s\n}\n' % (body, body))
+                         'request_route {\n%s\n}\nonreply_route[R] {\n%s\n}\n' % (req, rpl))
     proc = ProcState(script=s)
     ctx = s.new_ctx(parse_msg(buf, ("10.0.0.1", 5060), ("127.0.0.1", 5060)), proc)
     if route_type is None:
