@@ -42,8 +42,8 @@ class EchoUas:
                 in (b"via", b"v", b"from", b"f", b"call-id", b"i", b"cseq")]
         to = next(h for h in head[1:] if h.split(b":", 1)[0].strip().lower() in (b"to", b"t"))
         reason = b"OK" if code == 200 else b"Busy Here" if code == 486 else b"Nope"
-        lines = [b"SIP/2.0 %d %s" % (code, reason)] + keep + [to + b";tag=" + self.to_tag.encode(),
-                                                            b"Content-Length: 0", b"", b""]
+        tail = [to + b";tag=" + self.to_tag.encode(), b"Content-Length: 0", b"", b""]
+        lines = [b"SIP/2.0 %d %s" % (code, reason)] + keep + tail
         return b"\r\n".join(lines)
 
     def close(self):
