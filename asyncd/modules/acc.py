@@ -27,6 +27,7 @@ from asyncd.modules.tm.cell import BR_REPLY, BR_RURI, BR_STATUS, F_INVITE
 from asyncd.modules.tm.lookup import rebuild_request
 from asyncd.modules.tm.state import S as TM, TMCB_ON_FAILURE, TMCB_RESPONSE_OUT
 from asyncd.sip import parse_msg
+from asyncd.sip.build import stable_to_tag
 from asyncd.sip.hdrs import parse_nameaddr
 
 MOD = "acc"
@@ -222,7 +223,8 @@ def on_missed(h, cell, code, bno, reply=None, reason=None):
     ctx = _request_ctx(cell, bno)
     to_tag, code_s, why = _reply_fields(cell, code, reason, reply)
     if reply is None:
-        to_tag = cell.to_tag or ""     # env_set_totag: the tag of tm's own reply
+        # env_set_totag: the tag tm gives its own reply (tm's t_get_reply_totag)
+        to_tag = cell.to_tag or ctx.msg.to_tag or stable_to_tag(ctx.msg)
     acc_log_request(ctx, ACC_MISSED, to_tag, code_s, why)
     cell.msg_flags &= ~(1 << S.missed_flag)
     h.dirty = True

@@ -7,6 +7,7 @@ log_extra; nothing for a request without the flags.
 Runs in: the pytest process, against one asyncd and one Kamailio on 127.0.0.1.
 """
 import re
+import socket
 import time
 
 import pytest
@@ -136,3 +137,46 @@ def test_acc_lines_on_kamailio_are_the_same():
         exchange(k.port)
         lines = wait_lines(k.log, len(EXPECTED))
     assert lines == EXPECTED, k.log()[-3000:]
+
+
+def timeout_case(port, get_log):
+    """An INVITE whose branch never answers: tm's 408 is the missed call,
+    and the line's to_tag is the tag of that 408."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        with SipClient(("127.0.0.1", port)) as c:
+            r = c.final("INVITE", "sip:486@example.com", callid="acc-t", from_tag="ftt",
+                        headers=[f"X-Uas: {silent.getsockname()[1]}"], timeout=5.0)
+    finally:
+        silent.close()
+    assert r is not None and r.status == 408
+    tag = re.search(r";tag=([^;]+)", r.hdr("to")).group(1)
+    lines = [ln for ln in wait_lines(get_log, 1) if "call_id=acc-t;" in ln]
+    return tag, lines
+
+
+FR = 'modparam("tm", "fr_timer", 500)\nmodparam("tm", "fr_inv_timer", 500)\nrequest_route {'
+
+
+@pytest.mark.server
+def test_a_timed_out_invite_is_a_missed_call_with_tms_to_tag():
+    with run_server(CFG.replace("request_route {", FR, 1)) as srv:
+        tag, lines = timeout_case(srv.port, srv.log)
+    assert lines == ["ACC: call missed: timestamp=T;method=INVITE;from_tag=ftt;to_tag=%s;call_id=acc-t;"
+                     "code=408;reason=Request Timeout;src_user=tester;src_domain=127.0.0.1;"
+                     "src_ip=127.0.0.1;dst_ouser=486;dst_user=486;dst_domain=example.com" % tag]
+
+
+@pytest.mark.kamailio
+def test_a_timed_out_invite_on_kamailio():
+    try:
+        kamailio_binary()
+    except Exception:
+        pytest.skip(SKIP_KAMAILIO)
+    text = CFG.replace("children=1", "children=1\nloadmodule \"ctl.so\"").replace("request_route {", FR, 1)
+    with run_kamailio(text) as k:
+        tag, lines = timeout_case(k.port, k.log)
+    assert lines == ["ACC: call missed: timestamp=T;method=INVITE;from_tag=ftt;to_tag=%s;call_id=acc-t;"
+                     "code=408;reason=Request Timeout;src_user=tester;src_domain=127.0.0.1;"
+                     "src_ip=127.0.0.1;dst_ouser=486;dst_user=486;dst_domain=example.com" % tag]
