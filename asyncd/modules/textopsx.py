@@ -95,10 +95,15 @@ def w_msg_apply_changes(ctx, site):
         return -1
     drop = {canon(n) for n in m.hdr_removes}
     lines = _head_lines(m, drop) + _pending_lines(m)
-    rc = update_buffer(m, _assemble(m.first_line, lines, m.body))
+    first = m.first_line
+    if m.is_request and m.new_uri is not None:
+        # the new R-URI goes into the request line, as build_req_buf_from_sip_req writes it
+        first = "%s %s %s" % (m.method, m.new_uri, m.version)
+    rc = update_buffer(m, _assemble(first, lines, m.body))
     if rc > 0:
         m.hdr_adds = []
         m.hdr_removes = set()
+        m.new_uri = None
     return rc
 
 

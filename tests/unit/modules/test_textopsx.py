@@ -38,15 +38,16 @@ def run(body, buf=REQ, route_type=None):
 
 
 def test_msg_apply_changes_makes_pending_header_changes_visible():
-    v, m = run('remove_hf("X-A"); append_hf("X-C: 3\\r\\n");'
+    v, m = run('remove_hf("X-A"); append_hf("X-C: 3\\r\\n"); $rU = "carol";'
                '$var(before) = $hdr(X-A); $var(r) = msg_apply_changes();'
-               '$var(after) = $hdr(X-A); $var(c) = $hdr(X-C);')
+               '$var(after) = $hdr(X-A); $var(c) = $hdr(X-C); $var(ou) = $ou;')
     assert v["before"] == "1" and v["r"] == 1
     assert v["after"] == 0 and m.hdr("X-A") is None       # $var() = $null is 0
     assert v["c"] == "3"
     assert m.body == b"body" and m.hdr("Content-Length") == "4"
     assert not m.hdr_adds and not m.hdr_removes
     assert m.hdr("X-B") == "2"
+    assert v["ou"] == "sip:carol@example.com" and m.new_uri is None   # the request line took it
 
 
 def test_append_and_remove_hf_value():
