@@ -95,3 +95,10 @@ def table_count():
     """Transactions (and 2xx ACK aliases) held in shm right now."""
     t = S.table
     return t.count() if t is not None else 0
+
+
+def register_tmcb(kind, owner, fn):
+    """Kamailio's register_tmcb for every transaction (kind: state.TMCB_*):
+    called from another module's mod_init; `owner` names it (a second
+    registration by the same owner replaces the first)."""
+    S.cbs[kind][owner] = fn

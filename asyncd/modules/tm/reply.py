@@ -20,8 +20,8 @@ from asyncd.modules.tm.cell import (B_BLIND, B_CANCEL, B_CANCEL_SENT, B_DISCARD,
                                     BR_REPLY, BR_REQ, BR_STATUS, F_CANCELED, F_FINAL, F_IN_FAILURE,
                                     F_INVITE, F_LOCAL, F_SUSPENDED, Cell, Handle)
 from asyncd.modules.tm.lookup import ack2xx_key, parse_branch, rebuild_request
-from asyncd.modules.tm.state import (MOD, S, arm_fr, arm_rpl_retr, arm_wait, flush, hard_deadline,
-                                     now)
+from asyncd.modules.tm.state import (MOD, TMCB_ON_FAILURE, TMCB_RESPONSE_OUT, S, arm_fr,
+                                     arm_rpl_retr, arm_wait, flush, hard_deadline, now, run_tmcb)
 from asyncd.sip.build import build_reply, stable_to_tag, strip_top_via
 from shm.avp import AvpList, XavpList
 
@@ -74,6 +74,7 @@ def reply_cell(h, cell, msg, code, reason, extra_headers=()):
         else:
             arm_wait(h, cell)
         cancel_pending(h, cell)
+        run_tmcb(TMCB_RESPONSE_OUT, h, cell, code, reason, None)
     return 1
 
 
@@ -156,6 +157,7 @@ def on_reply(proc, h, cell, bno, msg, status):
             cell.uas_reply = data
             S.cnt[S.st.rpl_sent] += 1
             h.out.append((data, tuple(cell.reply_to), cell.sock))
+            run_tmcb(TMCB_RESPONSE_OUT, h, cell, status, msg.reason, msg.buf)
         return
     if msg is None and cell.flags & F_INVITE and br[BR_FLAGS] & B_PROV and not br[BR_FLAGS] & B_BLIND:
         send_cancel(h, cell, br)               # fr_inv_timer hit a ringing branch
@@ -166,6 +168,7 @@ def on_reply(proc, h, cell, bno, msg, status):
             data = strip_top_via(msg)
             _relayed(status)
             h.out.append((data, tuple(cell.reply_to), cell.sock))
+            run_tmcb(TMCB_RESPONSE_OUT, h, cell, status, msg.reason, msg.buf)
             if not cell.flags & F_FINAL:
                 cell.uas_status = status
                 cell.uas_reply = data
@@ -219,6 +222,8 @@ def final_decision(proc, h, cell):
     code = cell.branches[bi][BR_STATUS] if bi >= 0 else 500
     if cell.flags & F_CANCELED:
         code = 487 if code == 408 else code
+    if not cell.flags & F_IN_FAILURE:
+        run_tmcb(TMCB_ON_FAILURE, h, cell, code, bi)
     if cell.on_failure and not cell.flags & F_IN_FAILURE:
         route, cell.on_failure = cell.on_failure, None     # one shot, as Kamailio
         nb = len(cell.branches)
@@ -242,10 +247,18 @@ def final_decision(proc, h, cell):
         _relayed(code)
         h.out.append((data, tuple(cell.reply_to), cell.sock))
         arm_wait(h, cell)
+        run_tmcb(TMCB_RESPONSE_OUT, h, cell, code, _reason_of(data), None if bi < 0 else data)
     else:
         reason = {408: TIMEOUT_REASON, 487: "Request Terminated"}.get(
             code, "I'm terribly sorry, server error occurred (1/TM)")
         reply_cell(h, cell, None, code, reason)
+
+
+def _reason_of(data):
+    """The reason phrase of a stored reply's status line."""
+    line = data[:data.find(b"\r\n")].decode("utf-8", "replace")
+    parts = line.split(" ", 2)
+    return parts[2] if len(parts) > 2 else ""
 
 
 def fake_ctx(proc, h, cell, route_type):

@@ -36,6 +36,12 @@ TIMER_SLOTS = 16384     # a locked section arms 1-3 entries (~25 bytes each): se
 # what a missing timer leaves behind).
 TIMER_PER_CELL = 8
 
+# transaction callback kinds (Kamailio's TMCB_*, src/modules/tm/t_hooks.h):
+# RESPONSE_OUT fn(h, cell, code, reason, reply bytes or None for a local reply),
+# after a reply went upstream; ON_FAILURE fn(h, cell, code, branch) when every
+# branch failed, before the failure_route
+TMCB_RESPONSE_OUT, TMCB_ON_FAILURE = "response_out", "on_failure"
+
 # fr timers are armed as a probe this many seconds ahead, then at their
 # deadline only if the branch still waits: most transactions end within
 # milliseconds (a resumed task, a relayed call answered), and an entry kept
@@ -76,7 +82,7 @@ class TmState:
     __slots__ = ("script", "table", "timers", "secret", "fr_ms", "fr_inv_ms", "wt_ms", "t1", "t2",
                  "max_inv_ms", "max_noninv_ms", "auto_inv_100", "auto_inv_100_reason",
                  "failure_reply_mode", "proc", "addrs", "claims", "claim0", "mine", "reliable",
-                 "cnt", "st")
+                 "cnt", "st", "cbs")
 
     def __init__(self):
         self.script = self.table = self.timers = self.proc = self.claims = None
@@ -86,6 +92,9 @@ class TmState:
         self.reliable = frozenset()
         self.cnt = defaultdict(int)       # this process's statistics row once child_init ran
         self.st = TmCounts()
+        # other modules' transaction callbacks (Kamailio's register_tmcb), kind ->
+        # {owner: fn}: registered in main by their mod_init, inherited by fork
+        self.cbs = {TMCB_RESPONSE_OUT: {}, TMCB_ON_FAILURE: {}}
 
     def configure(self, script, mp):
         """tm's mod_init: `mp` holds every modparam of the export table."""
@@ -124,6 +133,17 @@ class TmState:
 
 
 S = TmState()
+
+
+def run_tmcb(kind, *args):
+    """Run the callbacks of `kind` (cell held by the caller); one that raises
+    is logged and the others still run (src/modules/tm/t_hooks.c
+    run_trans_callbacks)."""
+    for owner, fn in S.cbs[kind].items():
+        try:
+            fn(*args)
+        except Exception as e:
+            log.err(MOD, f"{owner}: transaction callback failed: {e!r}")
 
 
 def now():
