@@ -268,9 +268,9 @@ def test_stock_snippets(sip_client):
 
 
 STOCK = Path("/etc/kamailio/kamailio.cfg")
-HAVE = {"async", "cfg_rpc", "cfgutils", "corex", "counters", "ctl", "htable", "jsonrpcs", "kex",
-        "maxfwd", "pv", "registrar", "rr", "sanity", "siputils", "sl", "textops", "tm", "tmx", "usrloc",
-        "xhttp", "xlog"}
+HAVE = {"acc", "async", "cfg_rpc", "cfgutils", "corex", "counters", "ctl", "htable", "jsonrpcs", "kex",
+        "maxfwd", "nathelper", "pike", "pv", "registrar", "rr", "sanity", "siputils", "sl", "textops",
+        "textopsx", "tm", "tmx", "usrloc", "xhttp", "xlog"}
 
 
 def _stock_for_asyncd(text):
