@@ -45,10 +45,12 @@ class Kamailio:
 
 
 @contextlib.contextmanager
-def run_kamailio(cfg_text, port=None, ready_file="kamailio_ctl", ready_timeout=15.0):
+def run_kamailio(cfg_text, port=None, ready_file="kamailio_ctl", ready_timeout=15.0, args=()):
     """Start Kamailio on `cfg_text` (it should listen on udp:127.0.0.1:LPORT; the port is
-    passed as `-A LPORT=<port>`), wait until `ready_file` exists in its runtime dir (the ctl
-    socket by default), yield a Kamailio; SIGTERM its process group on exit."""
+    passed as `-A LPORT=<port>`; a cfg without LPORT, e.g. the stock one, gets its
+    sockets from `args`: `("-l", f"udp:127.0.0.1:{port}")`), wait until `ready_file`
+    exists in its runtime dir (the ctl socket by default), yield a Kamailio; SIGTERM its
+    process group on exit. `args` go last on Kamailio's command line."""
     port = port or free_udp_port()
     workdir = tempfile.mkdtemp(prefix="kamailio-test-")
     rundir = os.path.join(workdir, "run")
@@ -56,7 +58,7 @@ def run_kamailio(cfg_text, port=None, ready_file="kamailio_ctl", ready_timeout=1
     Path(cfg).write_text(cfg_text)
     log_path = os.path.join(workdir, "kamailio.log")
     cmd = [kamailio_binary(), "-DD", "-E", "-m", "64", "-M", "8", "-Y", rundir, "-f", cfg,
-           "-A", f"LPORT={port}"]
+           "-A", f"LPORT={port}", *map(str, args)]
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 cwd=workdir, start_new_session=True)

@@ -5,11 +5,12 @@ on Kamailio 5.6.3 with the same cfg.
 Runs in: the pytest process; asyncd (and Kamailio) run as real servers on
 loopback, one receiver each so answers come in the order the datagrams went.
 
-The cfg is /etc/kamailio/kamailio.cfg as a user would run it on asyncd:
-modules asyncd lacks taken out, `children=1`, a loopback `listen`, and
-until the registrar lands save("location") / lookup("location") replaced by
-is_method("REGISTER") (true where it is called) / is_method("NONE") (false),
-expressions Kamailio's cfg parser takes too. Each message goes out once as
+The cfg is Kamailio's stock kamailio.cfg, unchanged: the byte-exact copy in
+tests/acceptance/stock/ (its README), default defines, save()/lookup() of
+the real registrar. Only the command line adds to it, the same for both
+servers: `-l udp:127.0.0.1:<port>` (the stock cfg has no listen) and `-n 1`
+(one receiver, so answers come in the order the datagrams went), and `-Y`
+a temp runtime dir. Each message goes out once as
 one datagram from 127.0.0.N:5060 (5050 too: quotbal's Via names that port):
 replies without rport go to the source IP and the Via's port (RFC 3261
 18.2.2), so the test sees the replies the receiver sends before the script
@@ -19,13 +20,16 @@ by REQINIT) after each message ends its answer; no answer is a drop.
 Through this cfg a request that passes parsing and sanity_check("17895",
 "7") reaches routing, which answers "403 Not relaying" (R-URI not ours),
 483, or 100+478 (wsinv's Route names a host that does not resolve):
-that is what CFG below stands for. RFC is what the MANIFEST.tsv's
+that is what CFG below stands for. No corpus message reaches save() or
+lookup(): the three REGISTERs (regbadct, regaut01, regescrt) are for
+sip:example.com, which route AUTH answers 403 before route REGISTRAR, on
+both servers (the registrar's flows are tests/acceptance/test_stock_flows.py).
+RFC is what the MANIFEST.tsv's
 expected_proxy_behaviour column asks (as codes), DEVIATIONS where asyncd
 knowingly answers otherwise and why (docs/kamailio-sanity.md).
 """
 import csv
 import random
-import re
 import socket
 import time
 from pathlib import Path
@@ -38,13 +42,9 @@ from tests.helpers.net import free_udp_port
 from tests.helpers.server import run_server
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "rfc4475"
-STOCK = Path("/etc/kamailio/kamailio.cfg")
+STOCK = Path(__file__).resolve().parents[1] / "acceptance" / "stock" / "kamailio.cfg"
 with open(CORPUS / "MANIFEST.tsv", newline="", encoding="utf-8") as _f:
     MANIFEST = {row["tag"]: row for row in csv.DictReader(_f, delimiter="\t")}
-# modules the stock cfg loads that asyncd has (the others are taken out)
-HAVE = {"cfg_rpc", "corex", "counters", "ctl", "htable", "jsonrpcs", "kex", "maxfwd", "pv", "rr",
-        "sanity", "siputils", "sl", "textops", "tm", "tmx", "xhttp", "xlog"}
-
 CFG, DROP = "cfg", "drop"
 REJECT = {"400", "416", "420", "483", "501", "505"}
 # what RFC 4475 (the MANIFEST's expected_proxy_behaviour) asks: CFG (routing decides),
@@ -89,17 +89,9 @@ OURS = {   # what asyncd answers through the stock cfg
 }   # every other tag: ("403 Not relaying",)
 
 
-def stock_cfg(kamailio=False):
-    """The stock cfg as this test runs it (see the module docstring)."""
-    text = STOCK.read_text()
-    if not kamailio:
-        text = re.sub(r'modparam\("([^"]+)",(?:[^()"]|"[^"]*")*\)',
-                      lambda m: m.group(0) if m.group(1) in HAVE else "# removed modparam", text, flags=re.S)
-        text = re.sub(r'loadmodule\s+"([^"]+?)(?:\.so)?"',
-                      lambda m: m.group(0) if m.group(1) in HAVE else "# removed loadmodule", text)
-    text = text.replace('save("location")', 'is_method("REGISTER")')
-    text = text.replace('lookup("location")', 'is_method("NONE")').replace("children=8", "children=1")
-    return text.replace("#!KAMAILIO\n", "#!KAMAILIO\nlisten=udp:127.0.0.1:LPORT\n", 1)
+def stock_args(port):
+    """The command line both servers get beside the unchanged cfg (module docstring)."""
+    return ["-l", f"udp:127.0.0.1:{port}", "-n", "1"]
 
 
 def _client_socks():
@@ -174,11 +166,9 @@ def meets_rfc(tag, answer):
 
 @pytest.fixture(scope="module")
 def asyncd_answers(tmp_path_factory):
-    if not STOCK.exists():
-        pytest.skip("Kamailio's stock cfg not installed")
     port = free_udp_port()
     run = tmp_path_factory.mktemp("stock") / "run"
-    with run_server(stock_cfg(), port=port, args=["-l", f"udp:127.0.0.1:{port}", "-n", "1", "-Y", str(run)]) as srv:
+    with run_server(cfg_path=str(STOCK), port=port, args=[*stock_args(port), "-Y", str(run)]) as srv:
         answers = replay(port)
         srv.stop()
         log = srv.log()
@@ -209,7 +199,8 @@ def test_rfc4475_stock_cfg_against_kamailio(asyncd_answers):
     `&&` of REQINIT counts as true)."""
     if kamailio_binary() is None:
         pytest.skip(SKIP_KAMAILIO)
-    with run_kamailio(stock_cfg(kamailio=True)) as k:
+    port = free_udp_port()
+    with run_kamailio(STOCK.read_text(), port=port, args=stock_args(port)) as k:
         theirs = replay(k.port)
     differ = {t: (theirs[t], ours) for t, ours in asyncd_answers.items() if theirs[t] != ours}
     same_codes = [t for t in MANIFEST if meets_rfc(t, theirs[t])]
