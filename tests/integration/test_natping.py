@@ -8,12 +8,13 @@ bytes; a contact registered without NAT gets nothing.
 Runs in: the pytest process, against one asyncd and one Kamailio on 127.0.0.1.
 """
 import re
+import tempfile
 import time
 
 import pytest
 
 from bench.servers import kamailio_binary
-from tests.helpers.kamailio import SKIP_KAMAILIO, run_kamailio
+from tests.helpers.kamailio import KAMCMD, SKIP_KAMAILIO, kamcmd, run_kamailio
 from tests.helpers.server import run_server
 from tests.helpers.sipclient import SipClient
 
@@ -22,6 +23,7 @@ debug=2
 log_stderror=yes
 children=1
 listen=udp:127.0.0.1:LPORT
+loadmodule "ctl.so"
 loadmodule "sl.so"
 loadmodule "pv.so"
 loadmodule "textops.so"
@@ -53,7 +55,7 @@ request_route {
     sl_send_reply("404", "Not here");
 }
 '''
-WAIT = 2.6      # seconds of listening: 2 or 3 pings at a 1 s interval
+WAIT = 4.0      # the longest wait for a client's first two keepalives (1 s apart)
 
 
 def register(c, user, nated):
@@ -83,33 +85,44 @@ def shape(data, lport):
     return text.replace(str(lport), "LPORT")
 
 
-def pings(port):
-    """What each registered socket received in WAIT seconds."""
+def pings(port, ctl):
+    """Each registered socket's first two keepalives (at most WAIT s), and the core's
+    reply counters once the SIP-pinged client answered a ping."""
     with SipClient(("127.0.0.1", port)) as sipper, SipClient(("127.0.0.1", port)) as udper, \
             SipClient(("127.0.0.1", port)) as plain:
         register(sipper, "sipper", True)
         register(udper, "udper", True)
         register(plain, "plain", False)
         got = {}
-        end = time.monotonic() + WAIT
         for name, c in (("sipper", sipper), ("udper", udper), ("plain", plain)):
-            got[name] = [r.raw for r in c.collect(max(0.05, end - time.monotonic()))]
+            rs = c.collect(WAIT if name != "plain" else 0.3, until=lambda rs: len(rs) >= 2)
+            got[name] = [r.raw for r in rs]
+            got[name + "_gap"] = rs[1].t_recv - rs[0].t_recv if len(rs) > 1 else None
+            # (the next clients' first keepalives wait in their socket buffers meanwhile)
         # a reply to a ping is absorbed by the pinger's filter, not relayed or logged
         if got["sipper"]:
             req = got["sipper"][0].decode()
             hdrs = [h for h in req.split("\r\n")[1:] if h and not h.startswith("Content-Length")]
             sipper.send_raw(("SIP/2.0 200 OK\r\n" + "\r\n".join(hdrs) + "\r\nContent-Length: 0\r\n\r\n")
                             .encode())
-            time.sleep(0.2)
+            time.sleep(0.3)
+        if KAMCMD:
+            out = kamcmd(ctl, "stats.get_statistics", "rcv_replies", "drop_replies").stdout
+            got["stats"] = sorted(re.findall(r"(\w+_replies) = (\d+)", out))
     return got
 
 
-def check(got, port):
-    assert 2 <= len(got["sipper"]) <= 3, got
-    assert 2 <= len(got["udper"]) <= 3, got
+def check(got, port, log=""):
+    assert len(got["sipper"]) == 2 and len(got["udper"]) == 2, (got, log[-3000:])
+    assert 0.5 < got["sipper_gap"] < 1.8, got     # the first client's were timed as they came
     assert got["plain"] == [], got
     assert all(d == b"\x00\x00\x00\x00" for d in got["udper"]), got
     assert shape(got["sipper"][0], port) == EXPECTED, got["sipper"][0]
+    # the 200 to a ping is received, and absorbed by the filter: not a dropped reply
+    assert got.get("stats", STATS) == STATS, got
+
+
+STATS = [("drop_replies", "0"), ("rcv_replies", "1")]
 
 
 EXPECTED = ("OPTIONS sip:sipper@192.168.1.5:5060 SIP/2.0\r\n"
@@ -123,11 +136,12 @@ EXPECTED = ("OPTIONS sip:sipper@192.168.1.5:5060 SIP/2.0\r\n"
 
 @pytest.mark.server
 def test_natping_on_asyncd():
-    with run_server(CFG) as srv:
-        got = pings(srv.port)
+    with tempfile.TemporaryDirectory(prefix="natping-") as rundir, \
+            run_server(CFG, args=("-Y", rundir)) as srv:
+        got = pings(srv.port, f"unix:{rundir}/kamailio_ctl")
         titles = srv.titles()
         log = srv.log()
-    check(got, srv.port)
+    check(got, srv.port, log)
     assert sum("TIMER NH" in t for t in titles) == 1, titles
     assert "ERROR" not in log, log[-3000:]
 
@@ -138,6 +152,7 @@ def test_natping_on_kamailio():
         kamailio_binary()
     except Exception:
         pytest.skip(SKIP_KAMAILIO)
-    with run_kamailio(CFG.replace("children=1", "children=1\nloadmodule \"ctl.so\"")) as k:
-        got = pings(k.port)
-    check(got, k.port)
+    with run_kamailio(CFG) as k:
+        got = pings(k.port, k.ctl)
+        log = k.log()
+    check(got, k.port, log)
