@@ -2,7 +2,8 @@
 
 Runs in: main process (created in usrloc's mod_init, before fork), every
 child that runs a route (save/lookup: udp and tcp receivers, async task
-workers), the RPC processes (ul.* methods) and the "USRLOC Timer" process (expiry).
+workers), the RPC processes (ul.* methods), the "USRLOC Timer" process (expiry) and
+nathelper's "TIMER NH" processes (records by partition).
 
 Built on ShmHashTable (hashtable.py): one entry per address of record (the
 key, bytes), its value all the record's contacts, marshalled as one list of

@@ -2,8 +2,9 @@
 
 Runs in: main process (modparams; tables created in mod_init before fork),
 every process that runs a route (registrar's save/lookup through `domain()`),
-the RPC processes (ul.* methods, asyncd/modules/usrloc_rpc.py) and the
-"USRLOC Timer" process (expiry, `_expire_tick`).
+the RPC processes (ul.* methods, asyncd/modules/usrloc_rpc.py), the
+"USRLOC Timer" process (expiry, `_expire_tick`) and nathelper's "TIMER NH"
+processes (`get_all_ucontacts`, asyncd/modules/nathelper_ping.py).
 
 Kamailio: src/modules/usrloc (usrloc_mod.c exports, udomain.c/urecord.c
 semantics). A table ("udomain", e.g. "location") exists once a registrar
