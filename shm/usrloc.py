@@ -2,7 +2,8 @@
 
 Runs in: main process (created in usrloc's mod_init, before fork), every
 child that runs a route (save/lookup: udp and tcp receivers, async task
-workers), the RPC processes (ul.* methods) and the "USRLOC Timer" process (expiry).
+workers), the RPC processes (ul.* methods), the "USRLOC Timer" process (expiry) and
+nathelper's "TIMER NH" processes (records by partition).
 
 Built on ShmHashTable (hashtable.py): one entry per address of record (the
 key, bytes), its value all the record's contacts, marshalled as one list of
@@ -151,11 +152,13 @@ class ULStore:
     def slot_of(self, aor):
         return self.t.index_of(_enc(aor))
 
-    def records(self):
-        """[(slot, aor, contacts)] of every record, a snapshot bucket by bucket."""
+    def records(self, part=None):
+        """[(slot, aor, contacts)] of every record, a snapshot bucket by bucket;
+        part = (idx, max): only buckets b with b % max == idx (usrloc dlist.c
+        get_all_mem_ucontacts's partitions, for nathelper's pinger)."""
         out = []
         t = self.t
-        for b in range(t.nbuckets):
+        for b in (range(part[0], t.nbuckets, part[1]) if part else range(t.nbuckets)):
             if not _NEXT.unpack_from(t.buf, t.boff + 16 * b)[0]:
                 continue
             for _l, kb, vb, _iv, _fl, _ex in t.iter_bucket(b):

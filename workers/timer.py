@@ -2,7 +2,8 @@
 
 Runs in: every process of a ROLE_TIMER row: tm's `timer`, the ASYNC
 module's `ASYNC MOD TIMER` (× modparam workers) and `ASYNC MOD MS TIMER`,
-htable's `HTable Timer` (rank PROC_TIMER).
+htable's `HTable Timer`, usrloc's `USRLOC Timer`, nathelper's `TIMER NH`
+(× natping_processes) (rank PROC_TIMER).
 
 One heap per process, keyed by CLOCK_MONOTONIC due times (stamped by the
 producer when it armed the entry; the clock is system-wide, so every

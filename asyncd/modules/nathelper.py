@@ -2,7 +2,8 @@
 fix_nated_register(), add_contact_alias(), set_contact_alias(),
 handle_ruri_alias(), add_rcv_param(), is_rfc1918().
 
-Runs in: every process running routes.
+Runs in: every process running routes (the pinger's processes:
+asyncd/modules/nathelper_ping.py).
 
 Kamailio: src/modules/nathelper/nathelper.c (nat_uac_test and its tests,
 fix_nated_contact, add_contact_alias_0, set_contact_alias,
@@ -11,10 +12,10 @@ src/core/dset.c uri_add_rcv_alias, src/core/parser/msg_parser.c
 get_src_uri. Kamailio changes the Contact with lumps; asyncd writes the
 changed Contact into the message at once (textopsx.update_buffer), so $ct
 reads the new value right away; calling one of these twice on a message
-fails as in Kamailio. Not here (docs/kamailio-nat-acc.md "nathelper"): the
-NAT pinger (no usrloc in this tree: natping_interval > 0 is accepted with
-a WARNING), fix_nated_sdp, the 3-parameter add_contact_alias and the
-rtpproxy/rtpengine side.
+fails as in Kamailio. The NAT pinger (natping_interval, the "TIMER NH"
+processes) is asyncd/modules/nathelper_ping.py. Not here
+(docs/kamailio-nat-acc.md "nathelper"): fix_nated_sdp, the 3-parameter
+add_contact_alias and the rtpproxy/rtpengine side.
 """
 import ipaddress
 import re
@@ -25,6 +26,7 @@ from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport
 from asyncd.core.route_types import (ANY_ROUTE, BRANCH_ROUTE, FAILURE_ROUTE, LOCAL_ROUTE,
                                      ONREPLY_ROUTE, REQUEST_ROUTE)
+from asyncd.modules import nathelper_ping
 from asyncd.modules.textopsx import update_buffer
 from asyncd.sip.hdrs import split_commas
 
@@ -360,9 +362,7 @@ def mod_init(script):
         if len(pieces) != 1 or isinstance(pieces[0], str) or pieces[0] is None:
             raise CfgError(f"nathelper: received_avp {avp!r} is not a pseudo-variable")
         S.received_avp = pieces[0]
-    if int(mp["natping_interval"]) > 0:
-        log.warn(MOD, "natping_interval is set, but asyncd's nathelper has no NAT pinger "
-                      "(no usrloc in this build): no keepalives are sent")
+    nathelper_ping.S.configure(script, mp)
 
 
 EXPORTS = ModuleExports(
@@ -384,10 +384,12 @@ EXPORTS = ModuleExports(
             ParamExport("natping_processes", int, 1), ParamExport("natping_socket", str, ""),
             ParamExport("received_avp", str, ""), ParamExport("force_socket", str, ""),
             ParamExport("sipping_from", str, ""), ParamExport("sipping_method", str, "OPTIONS"),
-            ParamExport("sipping_bflag", int, -1),
+            ParamExport("sipping_bflag", int, -1), ParamExport("natping_disable_bflag", int, -1),
             ParamExport("nortpproxy_str", str, "a=nortpproxy:yes"),
             ParamExport("keepalive_timeout", int, 0), ParamExport("udpping_from_path", int, 0),
             ParamExport("append_sdp_oldmediaip", int, 1), ParamExport("filter_server_id", int, 0),
             ParamExport("nat_addr_mode", int, 1)],
     mod_init=mod_init,
+    procs=nathelper_ping.procs,
+    hooks={"reply_in": nathelper_ping.reply_in},
 )

@@ -2,8 +2,9 @@
 
 Runs in: main process (modparams; tables created in mod_init before fork),
 every process that runs a route (registrar's save/lookup through `domain()`),
-the RPC processes (ul.* methods, asyncd/modules/usrloc_rpc.py) and the
-"USRLOC Timer" process (expiry, `_expire_tick`).
+the RPC processes (ul.* methods, asyncd/modules/usrloc_rpc.py), the
+"USRLOC Timer" process (expiry, `_expire_tick`) and nathelper's "TIMER NH"
+processes (`get_all_ucontacts`, asyncd/modules/nathelper_ping.py).
 
 Kamailio: src/modules/usrloc (usrloc_mod.c exports, udomain.c/urecord.c
 semantics). A table ("udomain", e.g. "location") exists once a registrar
@@ -19,6 +20,7 @@ Differences, on purpose (docs/kamailio-registrar.md):
   Kamailio's core_hash.
 """
 import time
+import zlib
 
 from asyncd.core import log
 from asyncd.core.errors import CfgError
@@ -84,19 +86,21 @@ def domain(name):
     return S.domain(name)
 
 
-def get_all_ucontacts(flags=0):
-    """Kamailio's ul API get_all_ucontacts (dlist.c), for nathelper's NAT
-    pinging: (contact, received, path, socket, cflags, ruid) of every valid
-    contact of every table whose cflags hold all of `flags` (e.g.
-    1 << nat_bflag). A snapshot; no lock is held afterwards."""
+def get_all_ucontacts(flags=0, part=None):
+    """Kamailio's ul API get_all_ucontacts (dlist.c get_all_mem_ucontacts), for
+    nathelper's NAT pinging: (contact, received, path, socket, cflags, ruid,
+    aorhash) of every valid contact of every table whose cflags hold all of
+    `flags` (e.g. 1 << nat_bflag); with part = (part_idx, part_max) only the
+    slots whose number % part_max == part_idx. aorhash is asyncd's crc32 (as
+    ul.dump's HashID). A snapshot; no lock is held afterwards."""
     now = int(time.time())
     out = []
     for d in S.domains.values():
-        for _slot, _aor, contacts in d.records():
+        for _slot, aor, contacts in d.records(part):
             for c in contacts:
                 if valid(c, now) and c[C_CFLAGS] & flags == flags:
                     out.append((c[C_URI], c[C_RECEIVED], c[C_PATH], c[C_SOCK], c[C_CFLAGS],
-                                c[C_RUID]))
+                                c[C_RUID], zlib.crc32(aor.encode("utf-8", "surrogateescape"))))
     return out
 
 
