@@ -3,6 +3,8 @@ cfg: tests/integration/test_bench_on_kamailio.py.)"""
 import pytest
 
 from bench import cases as cm
+from bench import sipp
+from bench.servers import Server
 
 ALL = cm.load_cases()
 
@@ -150,3 +152,25 @@ def test_cli_fixed_rates():
     for bad in ("", "x", "1000,-1"):
         with pytest.raises(Exception):
             rate_list(bad)
+
+
+def test_register_case_saves_10000_distinct_users_on_both_servers():
+    c = ALL["register"]
+    assert c.servers == ("asyncd", "kamailio") and c.latency is None
+    assert c.sipp["scenario"] == "register_uac.xml" and c.sipp["users"] == 10000
+    assert c.sipp["uas"] is None and not c.sipp.get("register")
+    scenario = (sipp.SCENARIO_DIR / "register_uac.xml").read_text()
+    assert "REGISTER sip:" in scenario and "To: <sip:[field0]@" in scenario
+    assert "Contact: <sip:[field0]@[field1]>" in scenario
+    text = c.cfg.read_text()
+    assert 'modparam("usrloc", "db_mode", 0)' in text and 'save("location")' in text
+    assert c.for_mode(True).sipp["users"] == 10000
+
+
+def test_case_args_are_formatted_per_server(tmp_path):
+    srv = Server(kind="kamailio", cfg="x.cfg", port=5099, mem_mb=64, workdir=tmp_path,
+                 args=("-l", "udp:127.0.0.1:{port}", "-Y", "{run_dir}"))
+    cmd = srv.command()
+    assert cmd[-4:] == ["-l", "udp:127.0.0.1:5099", "-Y", str(tmp_path / "run-kamailio-5099")]
+    assert Server(kind="asyncd", cfg="x.cfg", port=5099, mem_mb=64,
+                  workdir=tmp_path).command()[-2:] == ["-A", "LPORT=5099"]
