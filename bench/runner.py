@@ -196,13 +196,15 @@ def _sipp_step(srv: Server, tree: ProcessTree, cfg: dict, rate: int, step_s: flo
     recv_ms = cfg["recv_timeout_ms"]
     with _Meter(tree) as m:
         uas = None
-        if uas_port:
+        if cfg.get("uas"):
             uas_stat = str(workdir / f"{tag}-{rate}-uas.csv")
             uas = sipp.SippProcess(sipp.uas_command(cfg["uas"], uas_port, uas_stat), uas_stat,
                                    str(workdir / f"{tag}-{rate}-uas.log"), cwd=str(workdir))
             time.sleep(0.3)
+        if cfg.get("uas") and not cfg.get("register"):
+            # the R-URI names the UAS, every request goes to the server (-rsa)
             target, rsa = f"127.0.0.1:{uas_port}", f"127.0.0.1:{srv.port}"
-        else:
+        else:       # the R-URI names the server: its own answer, or lookup() of a registered user
             target, rsa = f"127.0.0.1:{srv.port}", None
         cmd = sipp.uac_command(cfg["scenario"], target, uac_port, rate, calls, stat,
                                service=cfg["service"], rsa=rsa, recv_timeout_ms=recv_ms,
