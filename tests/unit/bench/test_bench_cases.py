@@ -205,7 +205,7 @@ def test_stock_call_registers_every_user_then_calls_them_through_a_record_routin
     assert (sipp.SCENARIO_DIR / s["uas"]).read_text().count("[last_Record-Route:]") == 2
     q = c.for_mode(True).sipp
     assert q["users"] == 1000 and q["register"] == {"scenario": "register_uac.xml", "rate": 500}
-    assert q["step_s"] == 2 and q["rates"] == [50, 100]
+    assert q["step_s"] == 3 and q["rates"] == [50, 100]
 
 
 def test_registrar_suite():
