@@ -149,7 +149,11 @@ class Case:
         if self.sipp:
             s = self.sipp
             over = f" over TCP (-t {s['tcp_mode']})" if self.transport == "tcp" else ""
-            bits.append(f"SIPp {s['scenario']}{over} steps {s['rates']} x {s['step_s']} s")
+            users = ""
+            if s.get("users"):
+                reg = s.get("register")
+                users = (f" to {s['users']} users" + (f" registered first at {reg['rate']}/s" if reg else ""))
+            bits.append(f"SIPp {s['scenario']}{over}{users} steps {s['rates']} x {s['step_s']} s")
         if self.soak:
             s = self.soak
             uas = f" to a SIPp UAS ({s['uas']})" if s.get("uas") else ""

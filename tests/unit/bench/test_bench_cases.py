@@ -212,3 +212,11 @@ def test_registrar_suite():
     suites = cm.load_suites(cases=ALL)
     assert suites["registrar"]["cases"] == ["register", "stock_call"]
     assert "register" not in suites["full"]["cases"]
+
+
+def test_registrar_cases_describe_their_users():
+    assert ALL["register"].describe_load() == (
+        "SIPp register_uac.xml to 10000 users steps [1000, 2000, 4000, 6000, 8000, 10000] x 10 s")
+    assert ALL["stock_call"].describe_load() == (
+        "SIPp invite_registered_uac.xml to 10000 users registered first at 1000/s "
+        "steps [100, 250, 500, 1000, 1500, 2000] x 10 s")
