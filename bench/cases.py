@@ -13,9 +13,12 @@ load to apply, and which servers can run it. Two ways to declare one:
        note = "..."                       # shown for a server left out
        mem_mb = 256                       # -m for both servers
        transport = "tcp"                  # "udp" (default) or "tcp": how the load reaches the cfg
+       args = ["-l", "udp:127.0.0.1:{port}"]   # extra options for both servers ({port}, {run_dir})
        [sipp]        # clean-rate search with SIPp
        scenario = "options_uac.xml"; rates = [...]; step_s = 10; refine = 1
        uas = "uas.xml"                    # relay cases: a SIPp UAS behind the server
+       users = 10000                      # -inf: calls go to this many distinct users, in order
+       register = {scenario = "register_uac.xml", rate = 1000}   # first REGISTER every user once
        [latency]     # built-in sender, fixed rate, per-request latency
        rate = 1000; count = 3000; nominal_ms = 0; drain_s = 2
        rates = [1000, 3000]               # optional: one run per rate, each as long as `count` at `rate`
@@ -98,6 +101,7 @@ class Case:
     kind: str = "load"          # "timer" when the latency run measures a nominal delay
     opt_in: bool = False        # left out of "all": runs only when named (a suite or itself)
     transport: str = "udp"      # "tcp": the cfg listens on TCP, the latency run and SIPp use TCP
+    args: tuple = ()            # extra server options for both servers ("{port}", "{run_dir}")
 
     def for_mode(self, quick: bool) -> "Case":
         """The case with its --quick overrides applied (defaults, then its own)."""
@@ -145,7 +149,11 @@ class Case:
         if self.sipp:
             s = self.sipp
             over = f" over TCP (-t {s['tcp_mode']})" if self.transport == "tcp" else ""
-            bits.append(f"SIPp {s['scenario']}{over} steps {s['rates']} x {s['step_s']} s")
+            users = ""
+            if s.get("users"):
+                reg = s.get("register")
+                users = (f" to {s['users']} users" + (f" registered first at {reg['rate']}/s" if reg else ""))
+            bits.append(f"SIPp {s['scenario']}{over}{users} steps {s['rates']} x {s['step_s']} s")
         if self.soak:
             s = self.soak
             uas = f" to a SIPp UAS ({s['uas']})" if s.get("uas") else ""
@@ -194,7 +202,8 @@ def _from_dict(name: str, d: dict, cfg_default: Optional[Path] = None) -> Case:
     return Case(name=name, title=d.get("title", name), cfg=cfg, servers=servers,
                 note=d.get("note", ""), mem_mb=int(d.get("mem_mb", 256)), sipp=sipp,
                 latency=latency, throughput=throughput, soak=soak, quick=d.get("quick", {}), kind=kind,
-                opt_in=bool(d.get("opt_in", False)), transport=transport)
+                opt_in=bool(d.get("opt_in", False)), transport=transport,
+                args=tuple(str(a) for a in d.get("args", ())))
 
 
 def header_toml(cfg_text: str) -> dict:

@@ -138,6 +138,8 @@ def _rate_cell(r: dict) -> str:
     s = r.get("sipp")
     if not s:
         return "–"
+    if "error" in s:            # e.g. stock_call's registration before the search
+        return s["error"]
     if not s.get("steps"):
         return "not run"
     best = s.get("max_clean_rate") or 0

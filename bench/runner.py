@@ -183,26 +183,33 @@ def _sum_drops(items) -> dict:
 
 
 def _sipp_step(srv: Server, tree: ProcessTree, cfg: dict, rate: int, step_s: float,
-               workdir: Path, tag: str) -> stats.StepOutcome:
+               workdir: Path, tag: str, uas_port: Optional[int] = None) -> stats.StepOutcome:
     calls = max(1, int(rate * step_s))
-    uac_port = free_port(srv.transport, exclude={srv.port})
-    uas_port = free_udp_port(exclude={srv.port, uac_port}) if cfg.get("uas") else None
+    uac_port = free_port(srv.transport, exclude={srv.port, uas_port})
+    if cfg.get("uas") and uas_port is None:
+        uas_port = free_udp_port(exclude={srv.port, uac_port})
     stat = str(workdir / f"{tag}-{rate}-uac.csv")
+    # users: a step's calls go to (or register) `users` distinct users, in order; their
+    # Contacts name the UAS when there is one (case stock_call), else SIPp itself
+    inf = (sipp.users_file(workdir / f"{tag}-{rate}-users.csv", int(cfg["users"]),
+                           f"127.0.0.1:{uas_port or uac_port}") if cfg.get("users") else None)
     recv_ms = cfg["recv_timeout_ms"]
     with _Meter(tree) as m:
         uas = None
-        if uas_port:
+        if cfg.get("uas"):
             uas_stat = str(workdir / f"{tag}-{rate}-uas.csv")
             uas = sipp.SippProcess(sipp.uas_command(cfg["uas"], uas_port, uas_stat), uas_stat,
                                    str(workdir / f"{tag}-{rate}-uas.log"), cwd=str(workdir))
             time.sleep(0.3)
+        if cfg.get("uas") and not cfg.get("register"):
+            # the R-URI names the UAS, every request goes to the server (-rsa)
             target, rsa = f"127.0.0.1:{uas_port}", f"127.0.0.1:{srv.port}"
-        else:
+        else:       # the R-URI names the server: its own answer, or lookup() of a registered user
             target, rsa = f"127.0.0.1:{srv.port}", None
         cmd = sipp.uac_command(cfg["scenario"], target, uac_port, rate, calls, stat,
                                service=cfg["service"], rsa=rsa, recv_timeout_ms=recv_ms,
                                global_timeout_s=int(step_s + recv_ms / 1000 + 20),
-                               transport=srv.transport, tcp_mode=cfg.get("tcp_mode", "t1"))
+                               transport=srv.transport, tcp_mode=cfg.get("tcp_mode", "t1"), inf=inf)
         uac = sipp.SippProcess(cmd, stat, str(workdir / f"{tag}-{rate}-uac.log"), cwd=str(workdir))
         run = uac.finish(timeout_s=step_s + recv_ms / 1000 + 30)
         uas_run = uas.stop() if uas else None
@@ -250,11 +257,38 @@ def data_marginal_failure(out: stats.StepOutcome) -> bool:
     return d.get("sent", 0) - d.get("answered", 0) <= max(1, d.get("sent", 0) // 1000)
 
 
+def register_users(srv: Server, tree: ProcessTree, cfg: dict, uas_port: int, workdir: Path,
+                   tag: str) -> dict:
+    """Before a call search (`[sipp] register`): REGISTER every one of `users` once, each
+    Contact naming the UAS port the call steps will use, so the cfg's lookup() finds them.
+    One SIPp run at the registration's own rate; it must be all 200s."""
+    reg = cfg["register"]
+    users = int(cfg["users"])
+    step = {**cfg, "scenario": reg["scenario"], "uas": None}
+    out = _sipp_step(srv, tree, step, int(reg["rate"]), users / int(reg["rate"]), workdir,
+                     f"{tag}-register", uas_port=uas_port)
+    d = out.data
+    if d["successful"] != users or d["failed"]:
+        d["error"] = f"registration: {d['successful']}/{users} users registered, {d['failed']} failed"
+    return d
+
+
 def run_sipp(srv: Server, tree: ProcessTree, cfg: dict, opts: RunOptions, tag: str) -> dict:
     step_s = opts.step_s or cfg["step_s"]
+    registration, uas_port = None, None
+    if cfg.get("register"):
+        uas_port = free_udp_port(exclude={srv.port})
+        registration = register_users(srv, tree, cfg, uas_port, opts.workdir, tag)
+        opts.log(f"    registered {registration['successful']}/{cfg['users']} users at "
+                 f"{registration['achieved_rate']}/s")
+        if "error" in registration:
+            return {"scenario": cfg["scenario"], "uas": cfg.get("uas"), "step_s": step_s,
+                    "registration": registration, "error": registration["error"], "steps": [],
+                    "max_clean_rate": 0, "max_clean_achieved": 0, "ceiling": None,
+                    "at_best": None, "cut_short": opts.budget.exceeded()}
 
     def probe(rate):
-        out = _sipp_step(srv, tree, cfg, rate, step_s, opts.workdir, tag)
+        out = _sipp_step(srv, tree, cfg, rate, step_s, opts.workdir, tag, uas_port=uas_port)
         d = out.data
         opts.log(f"    SIPp {rate}/s x {step_s:g}s: {d['successful']} ok, {d['failed']} failed, "
                  f"{d['retransmissions']} retrans, {d['achieved_rate']}/s "
@@ -270,7 +304,8 @@ def run_sipp(srv: Server, tree: ProcessTree, cfg: dict, opts: RunOptions, tag: s
             "steps": [s.data for s in res.steps], "max_clean_rate": res.max_clean_rate,
             "max_clean_achieved": res.best.data["achieved_rate"] if res.best else 0,
             "ceiling": res.ceiling, "at_best": res.best.data if res.best else None,
-            "cut_short": opts.budget.exceeded()}
+            "cut_short": opts.budget.exceeded(),
+            **({"registration": registration} if registration else {})}
 
 
 def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
@@ -285,7 +320,7 @@ def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
         out.update(status="skipped", reason="time budget")
         return out
     srv = Server(kind=kind, cfg=str(case.cfg), port=free_port(case.transport), mem_mb=case.mem_mb,
-                 workdir=opts.workdir, transport=case.transport)
+                 workdir=opts.workdir, transport=case.transport, args=tuple(case.args))
     opts.log(f"  {case.name} on {kind} (port {srv.port})")
     try:
         srv.start()

@@ -91,7 +91,8 @@ def free_port(transport: str, exclude=()) -> int:
     return free_tcp_port(exclude) if transport == "tcp" else free_udp_port(exclude)
 
 
-def server_command(kind: str, cfg: str, port: int, mem_mb: int, defines=None) -> list:
+def server_command(kind: str, cfg: str, port: int, mem_mb: int, defines=None, extra=()) -> list:
+    """The command line of a server; `extra` (a case's `args`, already formatted) goes last."""
     defs = [f"LPORT={port}"] + [f"{k}={v}" for k, v in (defines or {}).items()]
     if kind == "asyncd":
         cmd = [sys.executable, "-m", "asyncd", "-DD", "-E", "-m", str(mem_mb), "-f", cfg]
@@ -102,7 +103,7 @@ def server_command(kind: str, cfg: str, port: int, mem_mb: int, defines=None) ->
         raise ValueError(f"unknown server {kind!r}")
     for d in defs:
         cmd += ["-A", d]
-    return cmd
+    return cmd + list(extra)
 
 
 def ping_request(port: int, lport: int, n: int, user: str = "ping", transport: str = "UDP") -> bytes:
@@ -161,6 +162,7 @@ class Server:
     workdir: Path
     defines: Optional[dict] = None
     transport: str = "udp"          # what the cfg listens on: the probe's transport
+    args: tuple = ()                # a case's extra options: "{port}", "{run_dir}" filled in
     proc: Optional[subprocess.Popen] = None
     start_s: Optional[float] = None
 
@@ -178,9 +180,20 @@ class Server:
         except OSError:
             return ""
 
+    @property
+    def run_dir(self) -> Path:
+        """-Y for a case that names it: control sockets of its own, not /run/kamailio."""
+        return self.workdir / f"run-{self.kind}-{self.port}"
+
+    def command(self) -> list:
+        extra = [a.format(port=self.port, run_dir=self.run_dir) for a in self.args]
+        return server_command(self.kind, self.cfg, self.port, self.mem_mb, self.defines, extra)
+
     def start(self, timeout_s: float = 30.0) -> None:
-        cmd = server_command(self.kind, self.cfg, self.port, self.mem_mb, self.defines)
+        cmd = self.command()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if any("{run_dir}" in a for a in self.args):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

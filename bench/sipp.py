@@ -164,6 +164,16 @@ def read_stat_progress(path, window: int = 65536) -> SippTotals:
     return totals_from_rows(parse_stat_csv(text))
 
 
+# --- injection files --------------------------------------------------------
+
+def users_file(path, users: int, contact_hostport: str) -> str:
+    """A SIPp -inf file of `users` distinct users, read in order (SEQUENTIAL: call n takes
+    line n mod users): field0 the user name, field1 the host:port its Contact names."""
+    lines = ["SEQUENTIAL"] + [f"bench{i:05d};{contact_hostport};" for i in range(users)]
+    Path(path).write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
 # --- running ---------------------------------------------------------------
 
 @dataclass
@@ -181,7 +191,7 @@ def uac_command(scenario: str, target: str, local_port: int, rate: int, calls: i
                 stat_file: str, service: str = "bench", rsa: Optional[str] = None,
                 recv_timeout_ms: int = 5000, global_timeout_s: int = 60,
                 limit: Optional[int] = None, buff_size: int = DEFAULT_BUFF,
-                transport: str = "udp", tcp_mode: str = "t1") -> list:
+                transport: str = "udp", tcp_mode: str = "t1", inf: Optional[str] = None) -> list:
     cmd = [sipp_binary() or "sipp", "-sf", str(SCENARIO_DIR / scenario), "-s", service, target,
            "-i", "127.0.0.1", "-p", str(local_port), "-m", str(calls), "-r", str(rate),
            "-rp", "1000", "-nostdin", "-trace_stat", "-stf", stat_file, "-fd", "1",
@@ -193,6 +203,8 @@ def uac_command(scenario: str, target: str, local_port: int, rate: int, calls: i
         cmd += ["-l", str(limit)]
     if rsa:
         cmd += ["-rsa", rsa]
+    if inf:
+        cmd += ["-inf", inf]
     if transport == "tcp":
         # t1: every call on one connection; tn: a connection per call. Over TCP SIPp
         # never retransmits (RFC 3261 17.1.2.2: timer E only on unreliable transports).

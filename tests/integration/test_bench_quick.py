@@ -3,7 +3,9 @@
 Runs `python -m bench run quick --quick` as a user would: against asyncd
 (the CI case), and against Kamailio when it is installed; and the TCP case
 `stateless_tcp` the same way (one TCP connection for the latency run, SIPp
-`-t t1` for 1 s at 200/s). Skips cleanly, with the reason, when SIPp is
+`-t t1` for 1 s at 200/s); and the suite `registrar` against asyncd (REGISTER from
+distinct users to save("location"); the stock kamailio.cfg registering 1,000 users
+and calling them through a SIPp UAS). Skips cleanly, with the reason, when SIPp is
 missing.
 """
 import json
@@ -81,3 +83,20 @@ def test_quick_tcp_run_against_asyncd(tmp_path):
     assert step["rate"] == 200 and step["successful"] == step["calls"] > 0
     assert step["failed"] == 0 and step["retransmissions"] == 0      # SIPp never retransmits on TCP
     assert res["processes"] == 4      # main, 2 tcp receivers, tcp main: no UDP receiver
+
+
+def test_quick_registrar_run_against_asyncd(tmp_path):
+    doc, r = run_quick("asyncd", tmp_path, suite="registrar")
+    res = {x["case"]: x for x in doc["results"]}
+    assert list(res) == ["register", "stock_call"]
+    for name, x in res.items():
+        assert x["status"] == "ok", (name, x.get("reason"), x.get("log_tail"), r.stderr[-2000:])
+        for step in x["sipp"]["steps"]:
+            # every REGISTER answered 200 / every call completed (a late reply on the shared
+            # box may cost a retransmission, as in check_stateless, never a call)
+            assert step["failed"] == 0 and step["successful"] == step["calls"] > 0, (name, step)
+            assert step["retransmissions"] <= step["calls"] // 100, (name, step)
+    assert [s["rate"] for s in res["register"]["sipp"]["steps"]][:1] == [200]
+    reg = res["stock_call"]["sipp"]["registration"]
+    assert reg["successful"] == reg["calls"] == 1000 and reg["failed"] == 0
+    assert [s["rate"] for s in res["stock_call"]["sipp"]["steps"]][:1] == [50]

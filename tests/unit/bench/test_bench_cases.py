@@ -1,8 +1,12 @@
 """Case and suite definitions (bench/cases.py, bench/cases/*). (`kamailio -c` on every case
 cfg: tests/integration/test_bench_on_kamailio.py.)"""
+from pathlib import Path
+
 import pytest
 
 from bench import cases as cm
+from bench import sipp
+from bench.servers import Server
 
 ALL = cm.load_cases()
 
@@ -17,7 +21,10 @@ def test_the_issue_cases_exist():
         assert not s.get("missing"), (name, s["missing"])
 
 
-@pytest.mark.parametrize("name", sorted(ALL))
+STOCK = Path("/etc/kamailio/kamailio.cfg")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in ALL.items() if c.cfg.name != "stock.cfg"))
 def test_cfg_runs_unchanged_on_both_servers(name):
     text = ALL[name].cfg.read_text()
     assert "#!ifndef LPORT" in text and "#!define LPORT" in text
@@ -150,3 +157,66 @@ def test_cli_fixed_rates():
     for bad in ("", "x", "1000,-1"):
         with pytest.raises(Exception):
             rate_list(bad)
+
+
+def test_register_case_saves_10000_distinct_users_on_both_servers():
+    c = ALL["register"]
+    assert c.servers == ("asyncd", "kamailio") and c.latency is None
+    assert c.sipp["scenario"] == "register_uac.xml" and c.sipp["users"] == 10000
+    assert c.sipp["uas"] is None and not c.sipp.get("register")
+    scenario = (sipp.SCENARIO_DIR / "register_uac.xml").read_text()
+    assert "REGISTER sip:" in scenario and "To: <sip:[field0]@" in scenario
+    assert "Contact: <sip:[field0]@[field1]>" in scenario
+    text = c.cfg.read_text()
+    assert 'modparam("usrloc", "db_mode", 0)' in text and 'save("location")' in text
+    assert c.for_mode(True).sipp["users"] == 10000
+
+
+def test_case_args_are_formatted_per_server(tmp_path):
+    srv = Server(kind="kamailio", cfg="x.cfg", port=5099, mem_mb=64, workdir=tmp_path,
+                 args=("-l", "udp:127.0.0.1:{port}", "-Y", "{run_dir}"))
+    cmd = srv.command()
+    assert cmd[-4:] == ["-l", "udp:127.0.0.1:5099", "-Y", str(tmp_path / "run-kamailio-5099")]
+    assert Server(kind="asyncd", cfg="x.cfg", port=5099, mem_mb=64,
+                  workdir=tmp_path).command()[-2:] == ["-A", "LPORT=5099"]
+
+
+def test_stock_call_runs_the_stock_cfg_as_shipped_with_its_socket_on_the_command_line():
+    c = ALL["stock_call"]
+    text = c.cfg.read_text()
+    assert c.cfg.name == "stock.cfg" and text.startswith("#!KAMAILIO")
+    assert 'save("location")' in text and 'lookup("location")' in text and "record_route()" in text
+    if STOCK.exists():                  # Debian's kamailio package: the copy is byte for byte
+        assert text == STOCK.read_text()
+    # no listen line, no LPORT: the socket, the children and the runtime dir are options
+    assert not [ln for ln in text.splitlines() if ln.startswith("listen=")]
+    assert c.args == ("-l", "udp:127.0.0.1:{port}", "-n", "2", "-Y", "{run_dir}")
+    assert c.servers == ("asyncd", "kamailio") and c.mem_mb == 1024
+
+
+def test_stock_call_registers_every_user_then_calls_them_through_a_record_routing_uas():
+    c = ALL["stock_call"]
+    s = c.sipp
+    assert s["users"] == 10000 and s["register"] == {"scenario": "register_uac.xml", "rate": 1000}
+    assert s["scenario"] == "invite_registered_uac.xml" and s["uas"] == "uas_rr.xml"
+    uac = (sipp.SCENARIO_DIR / s["scenario"]).read_text()
+    assert "INVITE sip:[field0]@[remote_ip]:[remote_port]" in uac
+    assert uac.count("[routes]") == 2 and uac.count("[next_url] SIP/2.0") == 2 and 'rrs="true"' in uac
+    assert (sipp.SCENARIO_DIR / s["uas"]).read_text().count("[last_Record-Route:]") == 2
+    q = c.for_mode(True).sipp
+    assert q["users"] == 1000 and q["register"] == {"scenario": "register_uac.xml", "rate": 500}
+    assert q["step_s"] == 3 and q["rates"] == [50, 100]
+
+
+def test_registrar_suite():
+    suites = cm.load_suites(cases=ALL)
+    assert suites["registrar"]["cases"] == ["register", "stock_call"]
+    assert "register" not in suites["full"]["cases"]
+
+
+def test_registrar_cases_describe_their_users():
+    assert ALL["register"].describe_load() == (
+        "SIPp register_uac.xml to 10000 users steps [1000, 2000, 4000, 6000, 8000, 10000] x 10 s")
+    assert ALL["stock_call"].describe_load() == (
+        "SIPp invite_registered_uac.xml to 10000 users registered first at 1000/s "
+        "steps [100, 250, 500, 1000, 1500, 2000] x 10 s")

@@ -148,3 +148,9 @@ def test_a_run_without_several_rates_has_no_fixed_rate_table():
                                 "python": "3.11", "commit": "abc"}},
            "results": report.strip_raw(RESULTS), "ratios": report.compute_ratios(RESULTS)}
     assert "fixed rates" not in report.markdown(doc)
+
+
+def test_a_search_stopped_before_its_first_step_says_why():
+    err = "registration: 3/1000 users registered, 0 failed"
+    assert report._rate_cell({"sipp": {"error": err, "steps": []}}) == err
+    assert report._rate_cell({"sipp": {"steps": []}}) == "not run"

@@ -1,7 +1,7 @@
 """run_case outcomes that start no server: unsupported, time budget. (A start failure and a
 full tiny case on Kamailio: tests/integration/test_bench_on_kamailio.py.)"""
 from bench import cases as cm
-from bench import runner
+from bench import runner, stats
 
 
 def opts(tmp_path, budget=60.0, servers=("kamailio",)):
@@ -23,3 +23,42 @@ def test_budget_exhausted_skips_without_starting(tmp_path):
     o, logs = opts(tmp_path, budget=-1)
     r = runner.run_case(case, "kamailio", o)
     assert r["status"] == "skipped" and r["reason"] == "time budget" and logs == []
+
+
+class _Srv:
+    port = 5099
+    transport = "udp"
+
+    class proc:
+        @staticmethod
+        def poll():
+            return None
+
+
+def test_registration_runs_once_before_the_search_and_a_short_one_stops_it(tmp_path, monkeypatch):
+    """stock_call: every user is registered once (Contacts naming the steps' UAS port) before the
+    call steps; a registration that is not all 200s ends the search with the reason."""
+    calls = []
+
+    def fake_step(srv, tree, cfg, rate, step_s, workdir, tag, uas_port=None):
+        calls.append((cfg["scenario"], cfg["uas"], rate, step_s, tag, uas_port))
+        ok = cfg["scenario"] != "register_uac.xml" or registered[0]
+        n = int(rate * step_s) if ok else 3
+        return stats.StepOutcome(rate=rate, clean=ok, data={
+            "rate": rate, "calls": int(rate * step_s), "successful": n, "failed": 0,
+            "achieved_rate": rate, "retransmissions": 0, "reasons": []})
+    monkeypatch.setattr(runner, "_sipp_step", fake_step)
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
+    cfg = cm.load_cases()["stock_call"].for_mode(True).sipp
+    o, logs = opts(tmp_path)
+    registered = [True]
+    out = runner.run_sipp(_Srv(), None, cfg, o, "t")
+    assert calls[0][:5] == ("register_uac.xml", None, 500, 2.0, "t-register")
+    assert [c[0] for c in calls[1:]] == ["invite_registered_uac.xml"] * 2
+    assert {c[5] for c in calls} == {calls[0][5]} and calls[0][5] not in (None, 5099)
+    assert out["registration"]["successful"] == 1000 and out["max_clean_rate"] == 100
+    calls.clear()
+    registered[0] = False
+    out = runner.run_sipp(_Srv(), None, cfg, o, "t")
+    assert len(calls) == 1 and out["steps"] == [] and out["max_clean_rate"] == 0
+    assert out["error"] == "registration: 3/1000 users registered, 0 failed"

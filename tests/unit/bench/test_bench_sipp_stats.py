@@ -70,3 +70,19 @@ def test_uac_command_over_tcp():
     cmd = sipp.uac_command(*args, transport="tcp")
     assert cmd[:len(udp)] == udp and cmd[len(udp):] == ["-t", "t1"]
     assert sipp.uac_command(*args, transport="tcp", tcp_mode="tn")[-2:] == ["-t", "tn"]
+
+
+def test_uac_command_with_an_injection_file():
+    args = ("register_uac.xml", "127.0.0.1:5071", 6000, 500, 5000, "/tmp/s.csv")
+    cmd = sipp.uac_command(*args, inf="/tmp/users.csv")
+    assert cmd[cmd.index("-inf") + 1] == "/tmp/users.csv"
+    assert "-inf" not in sipp.uac_command(*args)
+
+
+def test_users_file_is_sequential_distinct_users_with_their_contact(tmp_path):
+    path = sipp.users_file(tmp_path / "u.csv", 10000, "127.0.0.1:5090")
+    lines = Path(path).read_text().splitlines()
+    assert lines[0] == "SEQUENTIAL" and len(lines) == 10001
+    users = [ln.split(";")[0] for ln in lines[1:]]
+    assert len(set(users)) == 10000 and users[0] == "bench00000"
+    assert all(ln.split(";")[1] == "127.0.0.1:5090" for ln in lines[1:])
