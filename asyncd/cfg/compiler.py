@@ -11,6 +11,7 @@ module mod_init runs later and separately (`init_modules()`), so
 `asyncd -c` checks a cfg, fixups included, without starting anything.
 """
 import linecache
+import re
 import socket
 from itertools import count
 
@@ -325,6 +326,8 @@ def _load(script, path, loc):
 
 
 def _modparam(script, mod, param, value, loc, vloc):
+    if any(ch in mod for ch in _REGEX_CHARS):
+        return _modparam_regex(script, mod, param, value, loc, vloc)
     ex = script.module(mod)
     if ex is None:
         raise loc.error(f"modparam for module '{mod}', which is not loaded "
@@ -335,15 +338,42 @@ def _modparam(script, mod, param, value, loc, vloc):
     else:
         raise loc.error(f"module '{mod}' has no parameter '{param}'"
                         f"{did_you_mean(param, [q.name for q in ex.params])}")
+    _set_modparam(script, mod, p, value, vloc)
+
+
+_REGEX_CHARS = set("|*+?()[]^$\\")
+
+
+def _modparam_regex(script, pattern, param, value, loc, vloc):
+    """modparam("nathelper|registrar", ...): the module name is a regular
+    expression over the loaded modules (case-insensitive, whole name), and
+    the value goes to every match that has the parameter, as Kamailio's
+    set_mod_param_regex (src/core/modparam.c); none at all is an error."""
+    try:
+        rx = re.compile(f"^(?:{pattern})$", re.I)
+    except re.error as e:
+        raise loc.error(f"bad module name regular expression '{pattern}': {e}")
+    done = 0
+    for ex in script.modules:
+        if rx.match(ex.name):
+            for p in ex.params:
+                if p.name == param:
+                    _set_modparam(script, ex.name, p, value, vloc)
+                    done += 1
+    if not done:
+        raise loc.error(f"parameter '{param}' not found in any module matching '{pattern}'")
+
+
+def _set_modparam(script, mod, p, value, vloc):
     want = p.type
     ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
     if not ok:
         tname = "an integer" if want is int else "a string"
-        raise vloc.error(f"modparam(\"{mod}\", \"{param}\"): value must be {tname}, got {value!r}")
+        raise vloc.error(f"modparam(\"{mod}\", \"{p.name}\"): value must be {tname}, got {value!r}")
     if p.multi:
-        script.modparams[mod][param].append(value)
+        script.modparams[mod][p.name].append(value)
     else:
-        script.modparams[mod][param] = value
+        script.modparams[mod][p.name] = value
 
 
 def compile_cfg(path=None, text=None, defines=None, filename=None):

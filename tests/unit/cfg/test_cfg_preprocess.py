@@ -136,6 +136,21 @@ def test_modparams_defaults_types_and_multi():
     assert s.modparams["xlog"]["prefix"] == "<script>: "
 
 
+def test_modparam_module_name_is_a_regex_over_the_loaded_modules():
+    """modparam("nathelper|registrar", ...) as the stock kamailio.cfg writes it (Kamailio's
+    set_mod_param_regex): every loaded match that has the parameter gets it."""
+    head = 'loadmodule "sl.so"\nloadmodule "tm.so"\nloadmodule "usrloc.so"\nloadmodule "registrar.so"\n' \
+           'loadmodule "nathelper.so"\n'
+    s = compile_cfg(text=head + 'modparam("nathelper|registrar", "received_avp", "$avp(RECEIVED)")\n')
+    assert s.modparams["nathelper"]["received_avp"] == s.modparams["registrar"]["received_avp"] == "$avp(RECEIVED)"
+    s = compile_cfg(text=head + 'modparam("NAT.*", "natping_interval", 30)\n')
+    assert s.modparams["nathelper"]["natping_interval"] == 30
+    with pytest.raises(CfgError) as ei:
+        compile_cfg(text=head + 'modparam("nathelper|registrar", "nope", 1)\n', filename="m.cfg")
+    assert "parameter 'nope' not found in any module matching 'nathelper|registrar'" in ei.value.message
+    assert (ei.value.line, ei.value.col) == (6, 1)
+
+
 def test_broken_module_only_breaks_cfgs_that_load_it(tmp_path, monkeypatch):
     import asyncd.modules as pkg
     bad = os.path.join(pkg.__path__[0], "zz_broken_for_test.py")
