@@ -270,14 +270,16 @@ def test_stock_snippets(sip_client):
 STOCK = HERE / "stock" / "kamailio.cfg"    # Debian's, byte-exact (stock/README.md)
 
 
-@pytest.mark.parametrize("jsonrpc", [False, True], ids=["stock", "WITH_JSONRPC"])
-def test_kamailio_stock_cfg_runs(tmp_path, sip_client, jsonrpc):
+@pytest.mark.parametrize("define", [None, "WITH_JSONRPC", "WITH_ANTIFLOOD"])
+def test_kamailio_stock_cfg_runs(tmp_path, sip_client, define):
     """Kamailio's stock kamailio.cfg (Debian's, the unchanged copy in stock/):
     checks, starts with -l, answers as Kamailio's stock cfg does (registrar included); its
     ctl, jsonrpcs, cfg_rpc, counters and kex are there, so the real kamcmd and (with
-    WITH_JSONRPC) JSON-RPC over HTTP answer."""
+    WITH_JSONRPC) JSON-RPC over HTTP answer; WITH_ANTIFLOOD loads pike and the ipban
+    htable (loopback is `myself`, so REQINIT skips pike, as on Kamailio)."""
     cfg = STOCK
-    defines = ["-A", "WITH_JSONRPC"] if jsonrpc else []
+    jsonrpc = define == "WITH_JSONRPC"
+    defines = ["-A", define] if define else []
     p = subprocess.run([sys.executable, "-m", "asyncd", "-c", "-f", str(cfg), *defines], capture_output=True,
                        text=True, cwd=REPO_ROOT, timeout=30)
     assert p.returncode == 0, p.stderr
