@@ -26,6 +26,7 @@ import re
 import signal
 import traceback
 
+from asyncd.cfg.pvcore import fmt
 from asyncd.core import core_stats, log
 from asyncd.core.cfg_groups import updater
 from asyncd.core.net import local_ips, proto_socket
@@ -67,6 +68,7 @@ class Receiver:
         self.idle = False
         # this process's statistics row (a respawned receiver takes over its slot's row)
         self.cnt = proc.cnt
+        self.log_prefix = self.script.log_prefix       # parsed core param, or None
         self.cs = self.script.core_stats or core_stats.register(self.script)
 
     # -- loop -------------------------------------------------------------
@@ -124,7 +126,9 @@ class Receiver:
                 return
             if self.conid:
                 msg.conid = self.conid
-            if msg.is_request:
+            if self.log_prefix is not None:
+                self.prefixed(msg)
+            elif msg.is_request:
                 self.on_request(msg)
             else:
                 self.on_reply(msg)
@@ -134,6 +138,22 @@ class Receiver:
             log.err(MOD, f"error processing a message from {src[0]}:{src[1]}: {e!r}")
             if log.enabled(log.L_DBG):
                 log.dbg(MOD, traceback.format_exc())
+
+    def prefixed(self, msg):
+        """The message with the cfg's log_prefix on every line it logs, as
+        Kamailio's receive_msg sets it (log_prefix_set) and clears it after."""
+        try:
+            log.set_prefix(fmt(self.script.new_ctx(msg, self.proc), self.log_prefix))
+        except Exception as e:  # noqa: BLE001 - a prefix that cannot be made is no reason to drop
+            log.set_prefix("")
+            log.dbg(MOD, f"log_prefix: {e!r}")
+        try:
+            if msg.is_request:
+                self.on_request(msg)
+            else:
+                self.on_reply(msg)
+        finally:
+            log.set_prefix("")
 
     def on_request(self, msg):
         if msg.http:

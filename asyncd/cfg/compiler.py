@@ -30,7 +30,7 @@ from asyncd.cfg.codegen import CodeGen, runtime_namespace
 from asyncd.cfg.hints import did_you_mean, loadable_modules
 from asyncd.cfg.parser import parse_tokens
 from asyncd.cfg.preprocess import preprocess
-from asyncd.cfg.pvcore import PvTable
+from asyncd.cfg.pvcore import PvTable, parse_format
 from asyncd.sip.uri import parse_uri_cached
 
 _serial = count(1)
@@ -66,6 +66,7 @@ class Script:
         self._named = {}
         self._self_hosts = None
         self.rpc = None                 # asyncd.core.rpc.Registry: core and module RPC methods
+        self.log_prefix = None          # core param log_prefix, parsed: pieces for pvcore.fmt
         self.stats = Stats()            # statistics: registered in mod_init, rows made before fork
         self.core_stats = None          # asyncd.core.core_stats.CoreStats: core: handles
         self.cfg = CfgGroups()          # runtime cfg groups (cfg.get/cfg.seti): core's at compile, modules' in mod_init
@@ -433,6 +434,10 @@ def compile_cfg(path=None, text=None, defines=None, filename=None):
     script.rpc = _rpc_table(script)
     script.cfg.declare("core", core_vars(script.core))
     pvtable = PvTable(script.modules)
+    if script.core.get("log_prefix"):
+        # Kamailio's log_prefix: a format with variables, evaluated for each message
+        # the receivers handle (src/core/dprint.c log_prefix_set)
+        script.log_prefix = parse_format(str(script.core["log_prefix"]), None, pvtable)
     gen = CodeGen(script, script._funcs, pvtable, script.core.get("max_while_loops", 100))
     try:
         gen.gen_routes(routes)

@@ -32,6 +32,7 @@ class _State:
         self.rank = 0
         self.facility = syslog.LOG_DAEMON
         self.out = sys.stderr
+        self.prefix = ""          # log_prefix of the message being handled (set_prefix)
 
 
 state = _State()
@@ -50,6 +51,13 @@ def configure(level=None, to_stderr=None, rank=None, facility=None):
             syslog.openlog("asyncd", syslog.LOG_PID, facility)
 
 
+def set_prefix(text):
+    """Kamailio's log_prefix_set(): every line until the next call carries
+    `text` after the level, as Kamailio's ` NOTICE: {1 1 OPTIONS id} <script>:
+    ...` (src/core/dprint.h LOG_FX with log_prefix_val); "" ends it."""
+    state.prefix = text
+
+
 def enabled(level):
     return level <= state.level
 
@@ -60,7 +68,7 @@ def log(level, module, text, where=""):
         return
     name = LEVEL_NAMES.get(level, "INFO")
     loc = f" [{where}]" if where else ""
-    line = f"{state.rank:2d}({os.getpid()}) {name}: <{module}>{loc}: {text}"
+    line = f"{state.rank:2d}({os.getpid()}) {name}: {state.prefix}<{module}>{loc}: {text}"
     if state.stderr:
         try:
             state.out.write(line if line.endswith("\n") else line + "\n")
