@@ -125,7 +125,8 @@ def test_stock_proxy_sipp_calls_complete(uas):
         r = run_sipp(srv.addr, builtin="uac", calls=30, rate=30, timeout=20)
         assert r.rc == 0 and r.successful == 30 and r.failed == 0, r.summary()
         log = _stop_clean(srv)
-    assert len(re.findall(r"INFO: <script> .*reply 200 OK for", log)) >= 60     # INVITE + BYE
+    # the cfg's log_prefix ({$mt $hdr(CSeq) $ci}) sits between the level and <script>
+    assert len(re.findall(r"INFO: \{[^}]*\} <script> .*reply 200 OK for", log)) >= 60     # INVITE + BYE
     assert len(re.findall(r"BYE for \S+ without Route, callee service", log)) == 30
     assert "received 90 requests" in log
 
