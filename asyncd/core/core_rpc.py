@@ -30,10 +30,7 @@ def rpc_list_methods(call):
 
 def rpc_method_help(call):
     """system.methodHelp NAME: the method's doc text."""
-    try:
-        name, = call.scan("s")
-    except RpcFault:
-        raise RpcFault(400, "Method Name Expected") from None
+    name, = call.scan("s", fault=(400, "Method Name Expected"))
     export = call.script.rpc.lookup(name)
     if export is None:
         raise RpcFault(400, "command not found")

@@ -85,10 +85,18 @@ class RpcCall:
     def add(self, value):
         self.values.append(value)
 
-    def scan(self, fmt):
+    def scan(self, fmt, fault=None):
         """Kamailio's rpc->scan: one character per parameter; `*` makes the
         rest optional; `.` converts a string to the wanted number (and back)
-        as BINRPC's auto-conversion does. -> list of converted values."""
+        as BINRPC's auto-conversion does. -> list of converted values.
+        `fault` = (code, text): the method's own fault for a missing or
+        unconvertible parameter (Kamailio's handlers check scan's count and
+        call rpc->fault themselves); without it, the transport's wording."""
+        if fault is not None:
+            try:
+                return self.scan(fmt)
+            except RpcFault:
+                raise RpcFault(*fault) from None
         out = []
         optional = False
         i = 0

@@ -111,10 +111,7 @@ def _readable(cfg, group, var):
 
 def rpc_get(call):
     """cfg.get GROUP [VAR]: one value, or a struct of the group's readable ones."""
-    try:
-        got = call.scan("S*S")
-    except RpcFault:
-        raise RpcFault(500, "Failed to get the parameters") from None
+    got = call.scan("S*S", fault=(500, "Failed to get the parameters"))
     name, _gid = _group(got[0])
     cfg = call.script.cfg
     if len(got) == 2 and got[1]:

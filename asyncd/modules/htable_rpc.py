@@ -23,15 +23,6 @@ F_NO_TABLE = "No such htable"
 AVP_VAL_STR = 2         # Kamailio's usr_avp.h flag, reported by htable.get as `flags`
 
 
-def _scan(call, fmt, text):
-    """call.scan, with the method's own fault when parameters are missing or
-    do not convert (Kamailio's handlers check scan's count themselves)."""
-    try:
-        return call.scan(fmt)
-    except RpcFault:
-        raise RpcFault(500, text) from None
-
-
 class HtableRpc:
     """The methods, bound to the htable module's state (its `tables` and the
     table specs), which mod_init fills before the fork."""
@@ -52,7 +43,7 @@ class HtableRpc:
 
     def dump(self, call):
         """One struct per non-empty slot: entry, size, slot (array of items)."""
-        name, = _scan(call, "S", "No htable name given")
+        name, = call.scan("S", fault=(500, "No htable name given"))
         ht = self._table(name)
         mask = self.slots(ht) - 1
         by_slot = {}
@@ -64,7 +55,7 @@ class HtableRpc:
             call.add({"entry": i, "size": len(items), "slot": items})
 
     def get(self, call):
-        name, key = _scan(call, "SS", "Not enough parameters (htable name and key name)")
+        name, key = call.scan("SS", fault=(500, "Not enough parameters (htable name and key name)"))
         ht = self._table(name)
         found = ht.lookup(key)
         if found is None:
@@ -78,7 +69,7 @@ class HtableRpc:
         call.add({"item": {"name": key, "value": value, "flags": flags, "expire": expire}})
 
     def _set(self, call, fmt):
-        name, key, value = _scan(call, fmt, "Not enough parameters (htable name, key name and value)")
+        name, key, value = call.scan(fmt, fault=(500, "Not enough parameters (htable name, key name and value)"))
         ht = self._table(name)
         if not ht.set(key, value):
             raise RpcFault(500, "Failed to set the item")
@@ -91,15 +82,15 @@ class HtableRpc:
         self._set(call, "SS.d")
 
     def setex(self, call):
-        name, key, exval = _scan(call, "SS.d", "Not enough parameters (htable name, item name and expire)")
+        name, key, exval = call.scan("SS.d", fault=(500, "Not enough parameters (htable name, item name and expire)"))
         ht = self._table(name)
         if not ht.set_expire(key, exval):
             raise RpcFault(500, "Failed to set the item")
         call.add("Ok")
 
     def _setx(self, call, fmt):
-        name, key, value, exval = _scan(
-            call, fmt, "Not enough parameters (htable name, key name, value and expire)")
+        name, key, value, exval = call.scan(
+            fmt, fault=(500, "Not enough parameters (htable name, key name, value and expire)"))
         ht = self.st.tables.get(name)
         if ht is None or not ht.set(key, value):
             raise RpcFault(500, "Failed to set the item")
@@ -114,14 +105,14 @@ class HtableRpc:
         self._setx(call, "SS.dd")
 
     def delete(self, call):
-        name, key = _scan(call, "SS", "Not enough parameters (htable name & key name")
+        name, key = call.scan("SS", fault=(500, "Not enough parameters (htable name & key name"))
         ht = self._table(name)
         if ht.lookup(key) is None or not ht.delete(key):
             raise RpcFault(404, "Key not found in htable.")
         call.add("Ok. Key deleted.")
 
     def flush(self, call):
-        name, = _scan(call, "S", "No htable name given")
+        name, = call.scan("S", fault=(500, "No htable name given"))
         self._table(name).reset()
         call.add("Ok. Htable flushed.")
 

@@ -253,10 +253,7 @@ def rpc_shv_get(call):
 
 
 def _shv_scan(call, fmt, text):
-    try:
-        return call.scan(fmt)
-    except RpcFault:
-        raise RpcFault(500, text + " (Parameters: varname type value)") from None
+    return call.scan(fmt, fault=(500, text + " (Parameters: varname type value)"))
 
 
 def rpc_shv_set(call):

@@ -65,13 +65,6 @@ def aor_hash(aor):
     return zlib.crc32(aor.encode("utf-8", "surrogateescape"))
 
 
-def _scan(call, fmt, text):
-    try:
-        return call.scan(fmt)
-    except RpcFault:
-        raise RpcFault(500, text) from None
-
-
 def _is_set(p):
     """ul_rpc_is_param_set: "", "." and "0" mean not given."""
     return bool(p) and p not in (".", "0")
@@ -117,7 +110,7 @@ class UlRpc:
         call.add({"Domains": domains})
 
     def lookup(self, call):
-        table, aor = _scan(call, "SS", F_PARAMS)
+        table, aor = call.scan("SS", fault=(500, F_PARAMS))
         d = self._domain(table)
         aor = self._fix_aor(aor)
         contacts = d.get(aor)
@@ -130,12 +123,12 @@ class UlRpc:
         call.add({"AoR": aor, "Contacts": live})
 
     def rm(self, call):
-        table, aor = _scan(call, "SS", F_PARAMS)
+        table, aor = call.scan("SS", fault=(500, F_PARAMS))
         d = self._domain(table)
         d.delete(self._fix_aor(aor))       # a missing AOR is no error (delete_urecord)
 
     def rm_contact(self, call):
-        table, aor, uri = _scan(call, "SSS", "Not enough parameters (table, AOR and contact)")
+        table, aor, uri = call.scan("SSS", fault=(500, "Not enough parameters (table, AOR and contact)"))
         d = self._domain(table)
         aor = self._fix_aor(aor)
 
@@ -159,10 +152,7 @@ class UlRpc:
         """Nothing to write: db_mode 0 has no database (synchronize_all_udomains)."""
 
     def add(self, call):
-        try:
-            p = call.scan("SSSdfSuuu*SS")
-        except RpcFault:
-            raise RpcFault(500, "Not enough parameters or wrong format") from None
+        p = call.scan("SSSdfSuuu*SS", fault=(500, "Not enough parameters or wrong format"))
         table, aor, uri, expires, q, path, flags, cflags, methods = p[:9]
         received = p[9] if len(p) > 9 and _is_set(p[9]) else ""
         sock = p[10] if len(p) > 10 and _is_set(p[10]) else ""
@@ -195,7 +185,8 @@ class UlRpc:
             RpcExport("ul.rm_contact", self.rm_contact, "Delete a contact from an AOR record"),
             RpcExport("ul.flush", self.flush, "Flush the usrloc memory cache to DB"),
             RpcExport("ul.add", self.add, "Add a new contact for an address of record"),
-            RpcExport("ul.db_users", self.db_unsupported, "Tell number of different unexpired users (AoRs) in database"),
+            RpcExport("ul.db_users", self.db_unsupported,
+                      "Tell number of different unexpired users (AoRs) in database"),
             RpcExport("ul.db_contacts", self.db_unsupported, "Tell number of unexpired contacts in database"),
             RpcExport("ul.db_expired_contacts", self.db_unsupported, "Tell number of expired contacts in database"),
         ]

@@ -297,12 +297,7 @@ def rpc_histogram_observe(call):
 
 
 def _rpc_number(call, kind):
-    if len(call.params) < 2:
-        raise RpcFault(400, "required number argument")
-    try:
-        return call.scan("S" + kind)[1]
-    except RpcFault:
-        raise RpcFault(400, "required number argument") from None
+    return call.scan("S" + kind, fault=(400, "required number argument"))[1]
 
 
 def rpc_metric_list_print(call):

@@ -62,3 +62,17 @@ def test_run_dir_has_kamailio_spellings():
     assert s.core["run_dir"] == "/tmp/r1"
     with pytest.raises(CfgError):
         compile_cfg(text='run_dirx="/tmp/r1"\n' + CFG)
+
+
+def test_scan_with_the_methods_own_fault():
+    """call.scan(fmt, fault=(code, text)): a handler's own fault for a missing or bad
+    parameter (Kamailio's handlers check scan's count), the transport's otherwise."""
+    def h(call):
+        call.add(call.scan("sd", fault=(500, "Not enough parameters")))
+    reg = Registry()
+    reg.register(RpcExport("t.f", h))
+    assert reg.call(None, None, "t.f", ["a", "2"]).values == [["a", 2]]
+    for bad in ([], ["a"], ["a", "x"]):
+        with pytest.raises(RpcFault) as e:
+            reg.call(None, None, "t.f", bad)
+        assert (e.value.code, e.value.text) == (500, "Not enough parameters")
