@@ -31,6 +31,14 @@ def run_dir(script):
     return d
 
 
+def set_perms(path, mode, uid, gid):
+    """A control socket's or FIFO's mode, and its owner and group unless both
+    are -1 (unset). Raises OSError."""
+    os.chmod(path, mode)
+    if uid != -1 or gid != -1:
+        os.chown(path, uid, gid)
+
+
 def user2uid(user):
     """-> (uid, gid of the user or -1); -1, -1 for no user. KeyError when unknown."""
     if user is None or user == "":

@@ -36,7 +36,7 @@ from asyncd.core import log
 from asyncd.core.exports import ModuleExports, ParamExport
 from asyncd.core.procs import PROC_RPC, ROLE_RPC, ProcRow, RpcHandlers
 from asyncd.core.rpc import RpcExport, RpcFault
-from asyncd.core.runtime import group2gid, run_dir, user2uid
+from asyncd.core.runtime import group2gid, run_dir, set_perms, user2uid
 from asyncd.ipc import binrpc
 
 MOD = "ctl"
@@ -141,9 +141,7 @@ def _bind_unix(cs, mode, uid, gid):
     try:
         s.bind(cs.path)
         cs.ino = os.lstat(cs.path).st_ino
-        os.chmod(cs.path, mode)
-        if uid != -1 or gid != -1:
-            os.chown(cs.path, uid, gid)
+        set_perms(cs.path, mode, uid, gid)
     except OSError:
         s.close()
         raise

@@ -34,7 +34,7 @@ from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
 from asyncd.core.procs import PROC_RPC, ROLE_RPC, ProcRow, RpcHandlers
 from asyncd.core.rpc import RET_ARRAY, RpcExport, RpcFault
-from asyncd.core.runtime import group2gid, run_dir, user2uid
+from asyncd.core.runtime import group2gid, run_dir, set_perms, user2uid
 from asyncd.core.route_types import REQUEST_ROUTE
 from asyncd.ipc.jsonrpc import DGRAM_BUF, FifoSplitter, ParseError, execute
 from asyncd.modules import xhttp
@@ -130,9 +130,7 @@ def _fifo_init(script, mp):
     uid, gid = _owner(mp["fifo_user"], mp["fifo_group"], "fifo")
     try:
         os.mkfifo(path, mode)
-        os.chmod(path, mode)
-        if uid != -1 or gid != -1:
-            os.chown(path, uid, gid)
+        set_perms(path, mode, uid, gid)
         S.fifo_rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         S.fifo_wfd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
     except OSError as e:
@@ -172,9 +170,7 @@ def _dgram_init(script, mp):
     try:
         s.bind(addr)
         if family == socket.AF_UNIX:
-            os.chmod(addr, mode)
-            if uid != -1 or gid != -1:
-                os.chown(addr, uid, gid)
+            set_perms(addr, mode, uid, gid)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
         s.setblocking(False)
     except OSError as e:
