@@ -247,7 +247,8 @@ def final_decision(proc, h, cell):
         _relayed(code)
         h.out.append((data, tuple(cell.reply_to), cell.sock))
         arm_wait(h, cell)
-        run_tmcb(TMCB_RESPONSE_OUT, h, cell, code, _reason_of(data), None if bi < 0 else data)
+        if S.cbs[TMCB_RESPONSE_OUT]:       # the reason is cut from the reply only for a listener
+            run_tmcb(TMCB_RESPONSE_OUT, h, cell, code, _reason_of(data), None if bi < 0 else data)
     else:
         reason = {408: TIMEOUT_REASON, 487: "Request Terminated"}.get(
             code, "I'm terribly sorry, server error occurred (1/TM)")
