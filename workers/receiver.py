@@ -27,7 +27,7 @@ import signal
 import traceback
 
 from asyncd.cfg.pvcore import fmt
-from asyncd.core import core_stats, log
+from asyncd.core import log
 from asyncd.core.cfg_groups import updater
 from asyncd.core.net import local_ips, proto_socket
 from asyncd.core.route_types import CORE_ONREPLY_ROUTE, EVENT_ROUTE, REQUEST_ROUTE
@@ -69,7 +69,7 @@ class Receiver:
         # this process's statistics row (a respawned receiver takes over its slot's row)
         self.cnt = proc.cnt
         self.log_prefix = self.script.log_prefix       # parsed core param, or None
-        self.cs = self.script.core_stats or core_stats.register(self.script)
+        self.cs = self.script.core_stats            # registered by init_modules (before the fork)
 
     # -- loop -------------------------------------------------------------
     def on_term(self, signum, frame):
