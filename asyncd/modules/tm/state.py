@@ -51,6 +51,15 @@ TMCB_RESPONSE_OUT, TMCB_ON_FAILURE = "response_out", "on_failure"
 # the issue 12 soak).
 FR_PROBE = 1.0
 
+# Wait timers and fr probes need no millisecond: an entry due on a TICK
+# boundary (rounded up) lets the timer process wake once per boundary for a
+# batch instead of once per transaction (at 3,000/s the wait entries alone
+# fell due every 0.33 ms and woke it 1,500 times a second:
+# docs/benchmarks.md, "Issue 16"). A transaction stays in wait state up to
+# TICK longer than wt_timer; Kamailio's own wait timer is a tick list too
+# (src/modules/tm/timer.c, wait_handler on the 'fast' timer).
+TICK = 0.05
+
 # Claims: one u64 per process-table slot, (tindex << 32) | tlabel of the
 # transaction the process is working on (a request route that created it, a
 # resumed route), 0 when none. A process that dies leaves its claim behind;
@@ -150,6 +159,11 @@ def now():
     return time.monotonic()
 
 
+def coarse(t):
+    """t rounded up to the next TICK boundary (wait timers and fr probes)."""
+    return -(-t // TICK) * TICK
+
+
 def claim(index, label):
     """This process now works on transaction (index, label)."""
     if S.mine > 0:
@@ -227,7 +241,7 @@ def arm_fr(h, cell, bno, deadline):
     on_timer re-arms it at the deadline if the branch still waits)."""
     cell.branches[bno][BR_FR] = deadline    # the fr timer this entry stands for
     h.dirty = True
-    h.timers.append([K_FR, min(deadline, now() + FR_PROBE), h.index, h.label, bno, 0])
+    h.timers.append([K_FR, min(deadline, coarse(now() + FR_PROBE)), h.index, h.label, bno, 0])
 
 
 def arm_rpl_retr(h, cell):
@@ -241,4 +255,4 @@ def arm_wait(h, cell):
     S.cnt[S.st.waiting] += 1          # t_funcs.c put_on_wait: t_stats_wait()
     cell.flags |= F_WAIT
     h.dirty = True
-    h.timers.append([K_WAIT, now() + S.wt_ms / 1000.0, h.index, h.label, 0, 0])
+    h.timers.append([K_WAIT, coarse(now() + S.wt_ms / 1000.0), h.index, h.label, 0, 0])
