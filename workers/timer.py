@@ -33,7 +33,10 @@ that sleeps out the rest, so the ZeroMQ hop to a sleeping worker, 0.2-0.3 ms
 and now and then a few ms, is no longer late; refused, the entry fires at
 due as usual). A handler that answers RETRY (e.g. the task group it hands
 to is full) is tried again RETRY_DELAY later: delay, never drop, the choice
-Kamailio's author made for its ms timer (GH #2006). Periodic jobs (tm's
+Kamailio's author made for its ms timer (GH #2006). Entries that all wait
+one delay (tm's wait timer and fr probes) come through delay rings
+(asyncd/ipc/delay_ring.py) instead of the feed: due in ring order, they are
+run from the ring on each loop turn (drain_rings). Periodic jobs (tm's
 table sweep, htable expiry) run from the same loop. A handler that raises
 is logged; the loop never dies of it.
 """
@@ -64,6 +67,7 @@ class TimerLoop:
         self.early = handlers.early
         self.lead = max((lead for lead, _ in handlers.early.values()), default=0.0)
         self.feed = handlers.feed
+        self.rings = handlers.rings
         self.idx = idx
         self.heap = []
         self.seq = 0
@@ -159,6 +163,18 @@ class TimerLoop:
         else:
             heapq.heappush(self.heap, (due, s, e, slot, j))     # nobody took it: at due, as usual
 
+    def drain_rings(self):
+        """Run the ring entries that are due (asyncd/ipc/delay_ring.py)."""
+        for ring in self.rings:
+            if ring.next_due() is not None:
+                ring.pop_due(time.monotonic(), self._ring_entry)
+
+    def _ring_entry(self, e):
+        """One due ring entry; True when skipped. A handler that answers
+        RETRY gets it again from the heap (not journaled: the ring had it)."""
+        r = self._run(e, time.monotonic(), 0, -1, 0)
+        return r is SKIPPED
+
     def _run(self, e, now, s, slot, j):
         fn = self.on_due.get(e[0])
         if fn is None:
@@ -173,7 +189,8 @@ class TimerLoop:
         if r is RETRY:
             heapq.heappush(self.heap, (now + RETRY_DELAY, s, e, slot, j))     # still journaled
             return RETRY
-        self.feed.done(self.idx, slot, j, skipped=r is SKIPPED)
+        if slot >= 0:       # a feed entry (slot -1: a ring's, accounted for by its ring)
+            self.feed.done(self.idx, slot, j, skipped=r is SKIPPED)
         return r
 
     def run_jobs(self, now):
@@ -191,6 +208,10 @@ class TimerLoop:
         wake = now + POLL
         if self.heap:
             wake = min(wake, self.heap[0][0])
+        for ring in self.rings:
+            due = ring.next_due()
+            if due is not None and due < wake:
+                wake = due
         for at, _ in self.jobs:
             wake = min(wake, at)
         return wake
@@ -212,6 +233,8 @@ def run(proc, row, idx):
             if sock is not None:
                 loop.drain(sock)
                 loop.fire()
+            if loop.rings:
+                loop.drain_rings()
             loop.run_jobs(mono())
             wake = loop.next_wake(mono())
             # an entry due before wake + lead must wake us to be offered early

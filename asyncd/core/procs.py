@@ -79,11 +79,14 @@ class TimerHandlers:
     early[kind] = (lead, fn): fn(proc, entry) is offered the entry `lead` s
     before it is due; True means it took it, False means fire at due as usual.
     every: Periodic jobs.
+    rings: asyncd.ipc.delay_ring.DelayRing objects this process drains (entries
+    of one kind with one delay, due in ring order), run by on_due[ring.kind].
     """
     feed: Optional[Any] = None
     on_due: dict = field(default_factory=dict)
     early: dict = field(default_factory=dict)
     every: tuple = ()
+    rings: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 
 from asyncd.core import log
+from asyncd.ipc.delay_ring import DelayRing
 from asyncd.ipc.timers import TimerFeed
 from asyncd.modules.tm.cell import BR_FR, F_WAIT
 from shm.tm_table import TmTable
@@ -59,6 +60,7 @@ FR_PROBE = 1.0
 # TICK longer than wt_timer; Kamailio's own wait timer is a tick list too
 # (src/modules/tm/timer.c, wait_handler on the 'fast' timer).
 TICK = 0.05
+PROBE = -1          # a K_FR entry's last field: a probe (its delay ring), not the deadline
 
 # Claims: one u64 per process-table slot, (tindex << 32) | tlabel of the
 # transaction the process is working on (a request route that created it, a
@@ -88,13 +90,14 @@ class TmCounts:
 
 class TmState:
     """Filled in main by tm's mod_init; every child inherits it by fork."""
-    __slots__ = ("script", "table", "timers", "secret", "fr_ms", "fr_inv_ms", "wt_ms", "t1", "t2",
+    __slots__ = ("script", "table", "timers", "rings", "secret", "fr_ms", "fr_inv_ms", "wt_ms", "t1", "t2",
                  "max_inv_ms", "max_noninv_ms", "auto_inv_100", "auto_inv_100_reason",
                  "failure_reply_mode", "proc", "addrs", "claims", "claim0", "mine", "reliable",
                  "cnt", "st", "cbs")
 
     def __init__(self):
         self.script = self.table = self.timers = self.proc = self.claims = None
+        self.rings = {}
         self.addrs = {}
         self.mine = -1
         self.claim0 = 0
@@ -121,6 +124,11 @@ class TmState:
         self.table = TmTable(script.shm)
         self.timers = TimerFeed("tm", 1, TIMER_PER_CELL * self.table.nslots, slots=TIMER_SLOTS,
                                 rundir=lambda: script.rundir)
+        # the entries every transaction arms with one delay: wait timers and fr
+        # probes (asyncd/ipc/delay_ring.py); each cell has at most one of each
+        # pending per branch, so a ring of nslots overflows (into the feed) rarely
+        self.rings = {K_WAIT: DelayRing("tm wait", K_WAIT, self.table.nslots),
+                      K_FR: DelayRing("tm fr probe", K_FR, self.table.nslots)}
         self.proc = None
         self.addrs = {}
         # sockets on a reliable transport: no retransmission timers there (RFC 3261
@@ -225,6 +233,16 @@ def flush(h, locked=False):
 
 
 def arm(entries):
+    """Wait entries and fr probes go to their delay ring (one short lock, no
+    frame), the rest, and what a full ring refuses, to the timer feed."""
+    rings = S.rings
+    if rings:
+        rest = [e for e in entries
+                if not ((e[0] == K_WAIT or e[0] == K_FR and e[5] == PROBE)
+                        and rings[e[0]].put(e[1], e[2], e[3], e[4]))]
+        if not rest:
+            return
+        entries = rest
     if S.timers.arm(entries) < 0:
         log.err(MOD, f"cannot arm {len(entries)} tm timer(s): the timer feed refused them "
                      f"({S.timers.cap} pending, or its mailbox full)")
@@ -241,7 +259,11 @@ def arm_fr(h, cell, bno, deadline):
     on_timer re-arms it at the deadline if the branch still waits)."""
     cell.branches[bno][BR_FR] = deadline    # the fr timer this entry stands for
     h.dirty = True
-    h.timers.append([K_FR, min(deadline, coarse(now() + FR_PROBE)), h.index, h.label, bno, 0])
+    probe = coarse(now() + FR_PROBE)
+    if probe < deadline:
+        h.timers.append([K_FR, probe, h.index, h.label, bno, PROBE])
+    else:
+        h.timers.append([K_FR, deadline, h.index, h.label, bno, 0])
 
 
 def arm_rpl_retr(h, cell):

@@ -31,7 +31,7 @@ def proc_row():
     """The `timer` process (Kamailio's tm timer, rank PROC_TIMER)."""
     handlers = TimerHandlers(feed=S.timers,
                              on_due={K_RETR: on_timer, K_FR: on_timer, K_RPL: on_timer, K_WAIT: on_wait},
-                             every=(Periodic(SWEEP_EVERY, sweep),))
+                             every=(Periodic(SWEEP_EVERY, sweep),), rings=tuple(S.rings.values()))
     return ProcRow(ROLE_TIMER, "timer", PROC_TIMER, 1, handlers)
 
 
@@ -59,7 +59,8 @@ def on_timer(proc, e):
         elif kind == K_FR:
             br = cell.branches[arg] if arg < len(cell.branches) else None
             if br is not None and br[BR_STATUS] < 200:
-                if abs(br[BR_FR] - due) < 1e-6:
+                if abs(br[BR_FR] - due) < 1e-6 or due > br[BR_FR]:
+                    # the deadline (a probe kept in ring order may come after it)
                     on_reply(proc, h, cell, arg, None, 408)
                 elif due < br[BR_FR]:
                     # a probe (tm/state.py FR_PROBE) and the branch still waits: fire at the deadline

@@ -115,11 +115,18 @@ class Net:
                 assert tm_mod.reply_in(ctx), "reply not taken by tm"
         # the timer process's turn: take what was armed, fire what is due
         self.timer.take()
-        before = tm_state.timers.stats()["run"] + tm_state.timers.stats()["skipped"]
+        before = self.fired()
         self.timer.fire()
+        self.timer.drain_rings()
         self.timer.run_jobs(time.monotonic())
-        after = tm_state.timers.stats()["run"] + tm_state.timers.stats()["skipped"]
+        after = self.fired()
         return moved or after > before
+
+    @staticmethod
+    def fired():
+        """Timer entries run or skipped so far: the feed's and the delay rings'."""
+        stats = [tm_state.timers.stats()] + [r.stats() for r in tm_state.rings.values()]
+        return sum(st["run"] + st["skipped"] for st in stats)
 
     def drain(self, sock):
         out = self.got.setdefault(sock, [])
