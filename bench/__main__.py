@@ -49,10 +49,18 @@ def cmd_list(args) -> int:
     for name, c in cases.items():
         servers = ", ".join(c.servers)
         print(f"  {name:<{w}} {c.title}{' (opt-in: not in all)' if c.opt_in else ''}")
-        print(f"  {'':<{w}} cfg {c.cfg.name}; servers: {servers}; {c.describe_load()}")
+        print(f"  {'':<{w}} cfg {c.cfg.name}; servers: {servers}; -m {describe_mem(c)}; "
+              f"{c.describe_load()}")
         if c.note:
             print(f"  {'':<{w}} note: {c.note}")
     return 0
+
+
+def describe_mem(c) -> str:
+    """A case's -m: "256" for both servers, or "64 (asyncd), 1024 (kamailio)"."""
+    if not isinstance(c.mem_mb, dict):
+        return str(c.mem_mb)
+    return ", ".join(f"{c.mem_mb[s]} ({s})" for s in c.servers)
 
 
 def soak_overrides(args) -> dict:

@@ -11,7 +11,8 @@ load to apply, and which servers can run it. Two ways to declare one:
        cfg = "stateless.cfg"
        servers = ["asyncd", "kamailio"]   # who can run the cfg at all
        note = "..."                       # shown for a server left out
-       mem_mb = 256                       # -m for both servers
+       mem_mb = 256                       # -m for both servers, or per server:
+       # mem_mb = {asyncd = 64, kamailio = 1024}   (each server the case runs needs its own)
        transport = "tcp"                  # "udp" (default) or "tcp": how the load reaches the cfg
        args = ["-l", "udp:127.0.0.1:{port}"]   # extra options for both servers ({port}, {run_dir})
        [sipp]        # clean-rate search with SIPp
@@ -92,7 +93,7 @@ class Case:
     cfg: Path
     servers: tuple
     note: str = ""
-    mem_mb: int = 256
+    mem_mb: object = 256        # int: -m for both servers; dict: server -> -m (mem_for)
     sipp: Optional[dict] = None
     latency: Optional[dict] = None
     throughput: Optional[dict] = None
@@ -102,6 +103,10 @@ class Case:
     opt_in: bool = False        # left out of "all": runs only when named (a suite or itself)
     transport: str = "udp"      # "tcp": the cfg listens on TCP, the latency run and SIPp use TCP
     args: tuple = ()            # extra server options for both servers ("{port}", "{run_dir}")
+
+    def mem_for(self, kind: str) -> int:
+        """The -m (MB) server `kind` runs this case at."""
+        return per_server(self.mem_mb, kind)
 
     def for_mode(self, quick: bool) -> "Case":
         """The case with its --quick overrides applied (defaults, then its own)."""
@@ -164,6 +169,22 @@ class Case:
         return "; ".join(bits)
 
 
+def per_server(value, kind: str):
+    """A case value given for both servers (a number) or per server (a table)."""
+    return value[kind] if isinstance(value, dict) else value
+
+
+def _mem_mb(name: str, value, servers: tuple):
+    """`mem_mb`: an int for both servers, or a table with an int for each server that runs."""
+    if not isinstance(value, dict):
+        return int(value)
+    unknown = [k for k in value if k not in SERVERS]
+    missing = [s for s in servers if s not in value]
+    if unknown or missing:
+        raise ValueError(f"case {name}: mem_mb table: unknown servers {unknown}, missing {missing}")
+    return {k: int(v) for k, v in value.items()}
+
+
 def latency_rates(lat: dict) -> list:
     """The rates of a latency phase: its `rates`, or its one `rate`."""
     return list(lat.get("rates") or [lat["rate"]])
@@ -200,7 +221,7 @@ def _from_dict(name: str, d: dict, cfg_default: Optional[Path] = None) -> Case:
         if sipp:
             sipp.setdefault("tcp_mode", "t1")
     return Case(name=name, title=d.get("title", name), cfg=cfg, servers=servers,
-                note=d.get("note", ""), mem_mb=int(d.get("mem_mb", 256)), sipp=sipp,
+                note=d.get("note", ""), mem_mb=_mem_mb(name, d.get("mem_mb", 256), servers), sipp=sipp,
                 latency=latency, throughput=throughput, soak=soak, quick=d.get("quick", {}), kind=kind,
                 opt_in=bool(d.get("opt_in", False)), transport=transport,
                 args=tuple(str(a) for a in d.get("args", ())))

@@ -175,6 +175,12 @@ def _thr_cell(r: dict) -> str:
     return cell
 
 
+def server_cell(r: dict) -> str:
+    """The server and the shared memory it ran at: "asyncd (-m 64)" (results recorded before
+    the per-server -m existed: the name alone)."""
+    return f"{r['server']} (-m {r['mem_mb']})" if r.get("mem_mb") else r["server"]
+
+
 def _status_cell(r: dict) -> str:
     if r["status"] == "ok":
         return "ok" + (" (cut short)" if r.get("cut_short") else "")
@@ -201,7 +207,7 @@ def markdown(doc: dict) -> str:
     for r in doc["results"]:
         sipp_cpu = ((r.get("sipp") or {}).get("at_best") or {}).get("sipp_cpu_s")
         drops = _drops(r)
-        lines.append(f"| {r['case']} | {r['server']} | {_status_cell(r)} | {_rate_cell(r)} | {_lat_cell(r)} "
+        lines.append(f"| {r['case']} | {server_cell(r)} | {_status_cell(r)} | {_rate_cell(r)} | {_lat_cell(r)} "
                      f"| {_thr_cell(r)} | {_fmt(cpu_per_req(r), 3)} | {_fmt(sipp_cpu)} "
                      f"| {_fmt(r.get('pss_max_mb'), 1)} | {_fmt(drops)} |")
     if any(((r.get(part) or {}).get("at_best") or {}).get("repeat_of_marginal_failure")
@@ -237,7 +243,7 @@ def fixed_rate_markdown(results: list) -> list:
              "|---|---|---|---|---|---|---|"]
     for r in results:
         for x in r.get("latency_at") or ():
-            lines.append(f"| {r['case']} | {r['server']} | {_fmt(x['rate'])} "
+            lines.append(f"| {r['case']} | {server_cell(r)} | {_fmt(x['rate'])} "
                          f"| {_fmt(x['answered'])}/{_fmt(x['sent'])} | {_lat_text(x)} "
                          f"| {_fmt(x['server_cpu_ms_per_req'], 3)} | {_fmt(x['pss_mb'], 1)} |")
     return lines
@@ -249,7 +255,7 @@ def soak_markdown(r: dict) -> list:
     uas = f" to a SIPp UAS ({s['uas']})" if s.get("uas") else ""
     source = f" (rate: {s['rate_source']})" if s.get("rate_source") else ""
     unit = sample_unit(s["sample_s"])
-    lines = [f"Soak `{r['case']}` on {r['server']}: SIPp {s['scenario']}{uas} at {_fmt(s['rate'])}/s "
+    lines = [f"Soak `{r['case']}` on {server_cell(r)}: SIPp {s['scenario']}{uas} at {_fmt(s['rate'])}/s "
              f"for {_fmt(s['duration_s'])} s{source}; achieved {_fmt(s['achieved_rate'])}/s, "
              f"{_fmt(s['calls'])} calls, SIPp exit {s['sipp_rc']}; a sample every {_fmt(s['sample_s'])} s "
              "(0: idle, before the load; end: after SIPp exited).", "",

@@ -309,7 +309,8 @@ def run_sipp(srv: Server, tree: ProcessTree, cfg: dict, opts: RunOptions, tag: s
 
 
 def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
-    out = {"case": case.name, "server": kind, "status": "ok", "reason": ""}
+    out = {"case": case.name, "server": kind, "status": "ok", "reason": "",
+           "mem_mb": case.mem_for(kind) if kind in case.servers else None}
     if kind not in case.servers:
         out.update(status="unsupported", reason=case.note or f"the case does not run on {kind}")
         return out
@@ -319,7 +320,8 @@ def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
     if opts.budget.exceeded():
         out.update(status="skipped", reason="time budget")
         return out
-    srv = Server(kind=kind, cfg=str(case.cfg), port=free_port(case.transport), mem_mb=case.mem_mb,
+    srv = Server(kind=kind, cfg=str(case.cfg), port=free_port(case.transport),
+                 mem_mb=case.mem_for(kind),
                  workdir=opts.workdir, transport=case.transport, args=tuple(case.args))
     opts.log(f"  {case.name} on {kind} (port {srv.port})")
     try:
