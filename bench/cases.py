@@ -84,7 +84,7 @@ DEFAULT_QUICK = {"sipp": {"rates": [200, 400], "step_s": 1, "refine": 0, "cooldo
 DEFAULT_OVERLOAD = {"scenario": "options_answers_uac.xml", "service": "bench", "factor": 2.0,
                     "duration_s": 30, "rate": None, "base_rate": None, "recv_timeout_ms": 34000,
                     "sample_s": 2.0, "cooldown_s": 6.0, "goodput_target": 0.9,
-                    "pss_growth_limit_pct": 10.0}
+                    "pss_growth_limit_pct": 10.0, "pss_settle_s": 10.0}
 PARTS = ("sipp", "latency", "throughput", "soak", "overload")
 
 

@@ -271,6 +271,8 @@ def _overload_row(r: dict, o: dict) -> str:
     source = o["base_source"]
     given = " (given)" if not source.startswith("the search") else " (floor)" if "floor" in source else ""
     growth = "–" if o.get("pss_growth_pct") is None else f"{o['pss_growth_pct']:+.1f} %"
+    if not o.get("pss_judged", True):
+        growth += ", too short to judge"
     cpu = f"{_fmt(o['server_cpu_s'])} ({_fmt(o['server_cpu_ms_per_req'], 3)})"
     pss = f"{_fmt(o['pss_idle_mb'], 1)} / {_fmt(o['pss_max_mb'], 1)} / {_fmt(o['pss_end_mb'], 1)} ({growth})"
     drops = (o.get("udp_drops") or {}).get("RcvbufErrors")

@@ -89,6 +89,7 @@ def _res(ratio=0.95, unanswered=0, growth=2.0, open_=0):
     (_res(open_=3), False, ["all_answered"]),
     (_res(growth=12.0), False, ["pss_bounded"]),
     (_res(growth=None), None, []),
+    ({**_res(growth=30.0), "pss_judged": False}, None, []),    # a 5 s run: still filling the table
     ({**_res(), "calls": 100, "created": 0}, False, ["all_answered"]),     # SIPp never ran
     (_res(ratio=0.5, growth=None), False, ["goodput"]),
 ])
@@ -199,6 +200,8 @@ def test_report_has_one_overload_row_per_server_with_every_answer():
     assert cells[6] == "138.2% ✓"
     assert cells[7:13] == ["210", "15", "30", "30", "15", "45"]
     assert cells[14] == "60 / 70 / 65 (+1.5 %)" and cells[15] == "7"
+    short = _result("asyncd", 64, pss_judged=False)
+    assert "(+1.5 %, too short to judge)" in "\n".join(report.overload_markdown([short]))
     assert cells[16] == "FAIL (all_answered)"
     [k] = [ln for ln in md.splitlines() if ln.startswith("| overload | kamailio (-m 1024)")]
     assert "no clean step" in k and k.count("|") == a.count("|")
