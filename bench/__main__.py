@@ -7,6 +7,8 @@ Runs in: the bench harness process.
     python -m bench run quick --server asyncd --quick # seconds: the CI smoke run
     python -m bench run soak --server asyncd          # opt-in: 2 x 30 min at half the max clean rate
     python -m bench run tcp --server both             # the TCP cases (SIPp -t t1) beside Kamailio
+    python -m bench run overload --server both        # 2x each server's max clean rate for 30 s
+    python -m bench run overload --server asyncd --overload-base 2000 --duration 5   # a quick look
     python -m bench run stateless --fixed-rates 1000,3000  # latency runs at these rates, no search
     python -m bench report bench/results/<run>/results.json
 
@@ -49,10 +51,18 @@ def cmd_list(args) -> int:
     for name, c in cases.items():
         servers = ", ".join(c.servers)
         print(f"  {name:<{w}} {c.title}{' (opt-in: not in all)' if c.opt_in else ''}")
-        print(f"  {'':<{w}} cfg {c.cfg.name}; servers: {servers}; {c.describe_load()}")
+        print(f"  {'':<{w}} cfg {c.cfg.name}; servers: {servers}; -m {describe_mem(c)}; "
+              f"{c.describe_load()}")
         if c.note:
             print(f"  {'':<{w}} note: {c.note}")
     return 0
+
+
+def describe_mem(c) -> str:
+    """A case's -m: "256" for both servers, or "64 (asyncd), 1024 (kamailio)"."""
+    if not isinstance(c.mem_mb, dict):
+        return str(c.mem_mb)
+    return ", ".join(f"{c.mem_mb[s]} ({s})" for s in c.servers)
 
 
 def soak_overrides(args) -> dict:
@@ -63,12 +73,26 @@ def soak_overrides(args) -> dict:
     return {k: v for k, v in over.items() if v is not None}
 
 
+def overload_overrides(args) -> dict:
+    """The overload settings given on the command line: --rate, --duration, --sample-s as for
+    soaks, and --overload-base (the base rate instead of a search)."""
+    over = {"rate": args.rate, "duration_s": args.duration, "sample_s": args.sample_s,
+            "base_rate": args.overload_base}
+    return {k: v for k, v in over.items() if v is not None}
+
+
 def default_budget(cases: list, servers: list) -> float:
-    """840 s (a run stays under 15 minutes), plus the length of every soak it will run: a
-    soak is one long step, and the budget must not skip the second soak case of a suite."""
-    soaks = sum(float(c.soak["duration_s"]) * len(set(servers) & set(c.servers))
-                for c in cases if c.soak)
-    return DEFAULT_BUDGET_S + soaks
+    """840 s (a run stays under 15 minutes), plus the length of every soak and overload run it
+    will make: each is one long step, and the budget must not skip the second server's."""
+    long_runs = 0.0
+    for c in cases:
+        n = len(set(servers) & set(c.servers))
+        if c.soak:
+            long_runs += float(c.soak["duration_s"]) * n
+        if c.overload:
+            o = c.overload
+            long_runs += (float(o["duration_s"]) + o["recv_timeout_ms"] / 1000 + o["cooldown_s"]) * n
+    return DEFAULT_BUDGET_S + long_runs
 
 
 def rate_list(text: str) -> list:
@@ -95,17 +119,19 @@ def cmd_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     work.mkdir(exist_ok=True)
-    needs_sipp = any(c.sipp or c.soak for c in selected)
+    needs_sipp = any(c.sipp or c.soak or c.overload for c in selected)
     if needs_sipp and not sipp_binary():
-        print("note: sipp not found: SIPp clean-rate searches and soaks are skipped", file=sys.stderr)
+        print("note: sipp not found: SIPp clean-rate searches, soaks and overload runs are skipped",
+              file=sys.stderr)
         for c in selected:
-            c.sipp = c.soak = None
-    over = soak_overrides(args)
-    effective = [c.for_mode(args.quick).with_soak(over).with_fixed_rates(args.fixed_rates)
-                 for c in selected]
+            c.sipp = c.soak = c.overload = None
+    over, over_load = soak_overrides(args), overload_overrides(args)
+    effective = [c.for_mode(args.quick).with_soak(over).with_overload(over_load)
+                 .with_fixed_rates(args.fixed_rates) for c in selected]
     budget_s = args.budget if args.budget is not None else default_budget(effective, servers)
     opts = runner.RunOptions(servers=servers, quick=args.quick, workdir=work.resolve(),
                              budget=runner.Budget(budget_s), step_s=args.step_s, soak=over,
+                             overload=over_load,
                              fixed_rates=args.fixed_rates)
     opts.log(f"bench: suite {args.suite} ({len(selected)} cases) on {', '.join(servers)}"
              f"{' (quick)' if args.quick else ''}; results in {out}")
@@ -167,12 +193,17 @@ def main(argv=None) -> int:
                         "step in progress, a run stays under 15 minutes; plus the soak durations)")
     r.add_argument("--step-s", type=float, default=None, help="override the SIPp step length (s)")
     r.add_argument("--rate", type=int, default=None,
-                   help="soak cases: calls/s (default: each case's own, half its recorded max clean rate)")
+                   help="soak cases: calls/s (default: each case's own, half its recorded max clean "
+                        "rate); overload cases: the rate offered (default: factor x the base rate)")
     r.add_argument("--duration", type=float, default=None,
-                   help="soak cases: seconds of load per case (default 1800)")
+                   help="soak cases: seconds of load per case (default 1800); overload cases: "
+                        "seconds of overload (default 30)")
     r.add_argument("--sample-s", type=float, default=None,
                    help="soak cases: seconds between samples (default 60; the verdict starts at "
-                        "the second sample)")
+                        "the second sample); overload cases: between PSS samples (default 2)")
+    r.add_argument("--overload-base", type=int, default=None, metavar="R",
+                   help="overload cases: take R calls/s as the max clean rate (both servers) "
+                        "instead of searching for it")
     r.add_argument("--fixed-rates", type=rate_list, default=None, metavar="R1,R2,...",
                    help="run each case's latency phase (built-in sender, as long as its own) once "
                         "at each of these rates, and no SIPp clean-rate search: a same-run "

@@ -11,7 +11,8 @@ load to apply, and which servers can run it. Two ways to declare one:
        cfg = "stateless.cfg"
        servers = ["asyncd", "kamailio"]   # who can run the cfg at all
        note = "..."                       # shown for a server left out
-       mem_mb = 256                       # -m for both servers
+       mem_mb = 256                       # -m for both servers, or per server:
+       # mem_mb = {asyncd = 64, kamailio = 1024}   (each server the case runs needs its own)
        transport = "tcp"                  # "udp" (default) or "tcp": how the load reaches the cfg
        args = ["-l", "udp:127.0.0.1:{port}"]   # extra options for both servers ({port}, {run_dir})
        [sipp]        # clean-rate search with SIPp
@@ -26,6 +27,8 @@ load to apply, and which servers can run it. Two ways to declare one:
        rates = [2000, 4000, 8000]; step_s = 3; timeout_s = 5   # like the SIPp search
        [soak]        # one SIPp load at a fixed rate for a long time, sampled (bench/soak.py)
        scenario = "options_uac.xml"; rate = 4250; duration_s = 1800; sample_s = 60
+       [overload]    # after the search (or base_rate): factor x the max clean rate for a while
+       factor = 2.0; duration_s = 30; base_rate = 6000   # base_rate: skip the search (bench/overload.py)
        [quick]       # overrides for --quick, same shape as above
        sipp = {rates = [200, 500], step_s = 1}
 
@@ -71,8 +74,18 @@ DEFAULT_SOAK = {"scenario": "options_uac.xml", "uas": None, "service": "bench", 
 DEFAULT_QUICK = {"sipp": {"rates": [200, 400], "step_s": 1, "refine": 0, "cooldown_s": 0.2},
                  "latency": {"count": 100, "drain_s": 1.5, "warmup": 5},
                  "throughput": {"rates": [500, 1000], "step_s": 0.5, "timeout_s": 3.0},
-                 "soak": {"duration_s": 60, "sample_s": 15}}
-PARTS = ("sipp", "latency", "throughput", "soak")
+                 "soak": {"duration_s": 60, "sample_s": 15},
+                 "overload": {"duration_s": 3, "recv_timeout_ms": 4000, "sample_s": 0.5,
+                              "cooldown_s": 1.0}}
+# Issue 16's overload: `rate` (None: factor x the base) and `base_rate` (None: the search's
+# maximum; a number, or a table per server) are set by --rate and --overload-base.
+# recv_timeout_ms past SIPp's last retransmission (timer E to T2, 9 times: ~31.5 s), so a
+# call without an answer ends as SIPp's retransmission timeout, about timer F (32 s).
+DEFAULT_OVERLOAD = {"scenario": "options_answers_uac.xml", "service": "bench", "factor": 2.0,
+                    "duration_s": 30, "rate": None, "base_rate": None, "recv_timeout_ms": 34000,
+                    "sample_s": 2.0, "cooldown_s": 6.0, "goodput_target": 0.9,
+                    "pss_growth_limit_pct": 10.0, "pss_settle_s": 10.0}
+PARTS = ("sipp", "latency", "throughput", "soak", "overload")
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -92,16 +105,21 @@ class Case:
     cfg: Path
     servers: tuple
     note: str = ""
-    mem_mb: int = 256
+    mem_mb: object = 256        # int: -m for both servers; dict: server -> -m (mem_for)
     sipp: Optional[dict] = None
     latency: Optional[dict] = None
     throughput: Optional[dict] = None
     soak: Optional[dict] = None
+    overload: Optional[dict] = None
     quick: dict = field(default_factory=dict)
     kind: str = "load"          # "timer" when the latency run measures a nominal delay
     opt_in: bool = False        # left out of "all": runs only when named (a suite or itself)
     transport: str = "udp"      # "tcp": the cfg listens on TCP, the latency run and SIPp use TCP
     args: tuple = ()            # extra server options for both servers ("{port}", "{run_dir}")
+
+    def mem_for(self, kind: str) -> int:
+        """The -m (MB) server `kind` runs this case at."""
+        return per_server(self.mem_mb, kind)
 
     def for_mode(self, quick: bool) -> "Case":
         """The case with its --quick overrides applied (defaults, then its own)."""
@@ -122,6 +140,20 @@ class Case:
         c = copy.copy(self)
         c.soak = {**self.soak, **over}
         return c
+
+    def with_overload(self, over: dict) -> "Case":
+        """The case with the command line's overload settings (--rate, --duration, --sample-s,
+        --overload-base)."""
+        if not self.overload or not over:
+            return self
+        c = copy.copy(self)
+        c.overload = {**self.overload, **over}
+        return c
+
+    def overload_base(self, kind: str) -> Optional[int]:
+        """The overload's base rate for server `kind` when given (no search), else None."""
+        base = per_server((self.overload or {}).get("base_rate"), kind)
+        return int(base) if base else None
 
     def with_fixed_rates(self, rates) -> "Case":
         """The case for --fixed-rates: its latency run at each rate, no clean-rate search."""
@@ -159,9 +191,30 @@ class Case:
             uas = f" to a SIPp UAS ({s['uas']})" if s.get("uas") else ""
             bits.append(f"soak: SIPp {s['scenario']}{uas} at {s['rate']}/s for {s['duration_s']:g} s, "
                         f"sampled every {s['sample_s']:g} s")
+        if self.overload:
+            o = self.overload
+            rate = f"{o['rate']}/s" if o.get("rate") else f"{o['factor']:g} x the max clean rate"
+            base = f" (base {o['base_rate']}/s)" if o.get("base_rate") else ""
+            bits.append(f"overload: SIPp {o['scenario']} at {rate}{base} for {o['duration_s']:g} s")
         if self.transport == "tcp" and self.latency:
             bits[0] += " over one TCP connection"
         return "; ".join(bits)
+
+
+def per_server(value, kind: str):
+    """A case value given for both servers (a number) or per server (a table)."""
+    return value[kind] if isinstance(value, dict) else value
+
+
+def _mem_mb(name: str, value, servers: tuple):
+    """`mem_mb`: an int for both servers, or a table with an int for each server that runs."""
+    if not isinstance(value, dict):
+        return int(value)
+    unknown = [k for k in value if k not in SERVERS]
+    missing = [s for s in servers if s not in value]
+    if unknown or missing:
+        raise ValueError(f"case {name}: mem_mb table: unknown servers {unknown}, missing {missing}")
+    return {k: int(v) for k, v in value.items()}
 
 
 def latency_rates(lat: dict) -> list:
@@ -188,20 +241,24 @@ def _from_dict(name: str, d: dict, cfg_default: Optional[Path] = None) -> Case:
     latency = deep_merge(DEFAULT_LATENCY, d["latency"]) if "latency" in d else None
     throughput = deep_merge(DEFAULT_THROUGHPUT, d["throughput"]) if "throughput" in d else None
     soak = deep_merge(DEFAULT_SOAK, d["soak"]) if "soak" in d else None
-    if not (sipp or latency or throughput or soak):
+    overload = deep_merge(DEFAULT_OVERLOAD, d["overload"]) if "overload" in d else None
+    if overload and not (sipp or overload.get("base_rate")):
+        raise ValueError(f"case {name}: [overload] needs a [sipp] ladder or a base_rate")
+    if not (sipp or latency or throughput or soak or overload):
         latency = dict(DEFAULT_LATENCY)
     kind = "timer" if latency and latency.get("nominal_ms") else "load"
     transport = d.get("transport", "udp")
     if transport not in TRANSPORTS:
         raise ValueError(f"case {name}: unknown transport {transport!r}")
     if transport == "tcp":
-        if throughput or soak or (sipp and sipp.get("uas")):
+        if throughput or soak or overload or (sipp and sipp.get("uas")):
             raise ValueError(f"case {name}: over TCP only [latency] and [sipp] without a UAS run")
         if sipp:
             sipp.setdefault("tcp_mode", "t1")
     return Case(name=name, title=d.get("title", name), cfg=cfg, servers=servers,
-                note=d.get("note", ""), mem_mb=int(d.get("mem_mb", 256)), sipp=sipp,
-                latency=latency, throughput=throughput, soak=soak, quick=d.get("quick", {}), kind=kind,
+                note=d.get("note", ""), mem_mb=_mem_mb(name, d.get("mem_mb", 256), servers), sipp=sipp,
+                latency=latency, throughput=throughput, soak=soak, overload=overload,
+                quick=d.get("quick", {}), kind=kind,
                 opt_in=bool(d.get("opt_in", False)), transport=transport,
                 args=tuple(str(a) for a in d.get("args", ())))
 

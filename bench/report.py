@@ -175,6 +175,12 @@ def _thr_cell(r: dict) -> str:
     return cell
 
 
+def server_cell(r: dict) -> str:
+    """The server and the shared memory it ran at: "asyncd (-m 64)" (results recorded before
+    the per-server -m existed: the name alone)."""
+    return f"{r['server']} (-m {r['mem_mb']})" if r.get("mem_mb") else r["server"]
+
+
 def _status_cell(r: dict) -> str:
     if r["status"] == "ok":
         return "ok" + (" (cut short)" if r.get("cut_short") else "")
@@ -201,7 +207,8 @@ def markdown(doc: dict) -> str:
     for r in doc["results"]:
         sipp_cpu = ((r.get("sipp") or {}).get("at_best") or {}).get("sipp_cpu_s")
         drops = _drops(r)
-        lines.append(f"| {r['case']} | {r['server']} | {_status_cell(r)} | {_rate_cell(r)} | {_lat_cell(r)} "
+        lines.append(f"| {r['case']} | {server_cell(r)} | {_status_cell(r)} | {_rate_cell(r)} "
+                     f"| {_lat_cell(r)} "
                      f"| {_thr_cell(r)} | {_fmt(cpu_per_req(r), 3)} | {_fmt(sipp_cpu)} "
                      f"| {_fmt(r.get('pss_max_mb'), 1)} | {_fmt(drops)} |")
     if any(((r.get(part) or {}).get("at_best") or {}).get("repeat_of_marginal_failure")
@@ -225,7 +232,55 @@ def markdown(doc: dict) -> str:
     for r in doc["results"]:
         if r.get("soak"):
             lines += [""] + soak_markdown(r)
+    if any(r.get("overload") for r in doc["results"]):
+        lines += [""] + overload_markdown(doc["results"])
     return "\n".join(lines) + "\n"
+
+
+def overload_markdown(results: list) -> list:
+    """One row per overload run (bench/overload.py): offer, goodput, every answer, PSS, verdict."""
+    lines = ["Overload (SIPp OPTIONS at a multiple of the server's max clean rate; goodput: 200s "
+             "received while the load was offered, per second; unanswered: no final answer after "
+             "SIPp's retransmissions; PSS: before the load / max during it / after SIPp ended, and "
+             "the 2nd half's max against the 1st half's):", "",
+             "| case | server | max clean rate /s (base) | offered /s | sent /s | goodput /s "
+             "| goodput / max clean | 200 | 500 | 503 | other | unanswered | retrans "
+             "| server CPU s (ms/req) | PSS MB | UDP drops | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        o = r.get("overload")
+        if not o:
+            continue
+        if "error" in o:
+            lines.append(f"| {r['case']} | {server_cell(r)} | {o['error']} |" + " – |" * 14)
+            continue
+        lines.append(_overload_row(r, o))
+    return lines
+
+
+def _overload_row(r: dict, o: dict) -> str:
+    v = o["verdict"]
+    checks = v["checks"]
+    word = {True: "PASS", False: "FAIL", None: "not judged"}[v["pass"]]
+    failed = [k for k, ok in checks.items() if ok is False]
+    verdict = word + (f" ({', '.join(failed)})" if failed else "")
+    ratio = "–" if o["goodput_ratio"] is None else f"{o['goodput_ratio']:.1%}"
+    ratio += " ✓" if checks["goodput"] else " ✗"
+    unanswered = _fmt(o["unanswered"]) + "".join(
+        f" (+{_fmt(o[k])} {k.replace('_other', '')})" for k in ("failed_other", "open") if o[k])
+    source = o["base_source"]
+    given = " (given)" if not source.startswith("the search") else " (floor)" if "floor" in source else ""
+    growth = "–" if o.get("pss_growth_pct") is None else f"{o['pss_growth_pct']:+.1f} %"
+    if not o.get("pss_judged", True):
+        growth += ", too short to judge"
+    cpu = f"{_fmt(o['server_cpu_s'])} ({_fmt(o['server_cpu_ms_per_req'], 3)})"
+    pss = f"{_fmt(o['pss_idle_mb'], 1)} / {_fmt(o['pss_max_mb'], 1)} / {_fmt(o['pss_end_mb'], 1)} ({growth})"
+    drops = (o.get("udp_drops") or {}).get("RcvbufErrors")
+    return (f"| {r['case']} | {server_cell(r)} | {_fmt(o['base_rate'])}{given} | {_fmt(o['offered_rate'])} "
+            f"| {_fmt(o['achieved_send_rate'])} | {_fmt(o['goodput'])} | {ratio} "
+            f"| {_fmt(o['answer_200'])} | {_fmt(o['answer_500'])} | {_fmt(o['answer_503'])} "
+            f"| {_fmt(o['answer_other'])} | {unanswered} | {_fmt(o['retransmissions'])} | {cpu} "
+            f"| {pss} | {_fmt(drops)} | {verdict} |")
 
 
 def fixed_rate_markdown(results: list) -> list:
@@ -237,7 +292,7 @@ def fixed_rate_markdown(results: list) -> list:
              "|---|---|---|---|---|---|---|"]
     for r in results:
         for x in r.get("latency_at") or ():
-            lines.append(f"| {r['case']} | {r['server']} | {_fmt(x['rate'])} "
+            lines.append(f"| {r['case']} | {server_cell(r)} | {_fmt(x['rate'])} "
                          f"| {_fmt(x['answered'])}/{_fmt(x['sent'])} | {_lat_text(x)} "
                          f"| {_fmt(x['server_cpu_ms_per_req'], 3)} | {_fmt(x['pss_mb'], 1)} |")
     return lines
@@ -249,7 +304,7 @@ def soak_markdown(r: dict) -> list:
     uas = f" to a SIPp UAS ({s['uas']})" if s.get("uas") else ""
     source = f" (rate: {s['rate_source']})" if s.get("rate_source") else ""
     unit = sample_unit(s["sample_s"])
-    lines = [f"Soak `{r['case']}` on {r['server']}: SIPp {s['scenario']}{uas} at {_fmt(s['rate'])}/s "
+    lines = [f"Soak `{r['case']}` on {server_cell(r)}: SIPp {s['scenario']}{uas} at {_fmt(s['rate'])}/s "
              f"for {_fmt(s['duration_s'])} s{source}; achieved {_fmt(s['achieved_rate'])}/s, "
              f"{_fmt(s['calls'])} calls, SIPp exit {s['sipp_rc']}; a sample every {_fmt(s['sample_s'])} s "
              "(0: idle, before the load; end: after SIPp exited).", "",

@@ -12,6 +12,8 @@ For each (case, server): start the server on the case's cfg, then
    failed calls, zero retransmissions, and the target rate reached),
 4. a soak (one SIPp load at a fixed rate for a long time, sampled every
    minute: bench/soak.py),
+5. an overload run (a multiple of the search's maximum clean rate, or of a
+   given base rate, every answer counted: bench/overload.py),
 then stop it by pid. PSS of the tree is sampled after each phase and the
 maximum kept; UDP drops are /proc/net/snmp deltas around each phase.
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from bench import sender, sender_tcp, sipp, soak, stats
+from bench import overload, sender, sender_tcp, sipp, soak, stats
 from bench.cases import Case, at_rate, latency_rates
 from bench.servers import Server, ServerStartError, free_port, free_udp_port, kamailio_binary
 from bench.sysstats import ProcessTree, read_udp_counters, udp_drops_delta
@@ -55,6 +57,7 @@ class RunOptions:
     budget: Budget
     step_s: Optional[float] = None
     soak: dict = field(default_factory=dict)    # --rate / --duration / --sample-s for soak cases
+    overload: dict = field(default_factory=dict)   # the same and --overload-base, overload cases
     fixed_rates: Optional[list] = None          # --fixed-rates: latency runs at these, no search
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
@@ -309,7 +312,8 @@ def run_sipp(srv: Server, tree: ProcessTree, cfg: dict, opts: RunOptions, tag: s
 
 
 def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
-    out = {"case": case.name, "server": kind, "status": "ok", "reason": ""}
+    out = {"case": case.name, "server": kind, "status": "ok", "reason": "",
+           "mem_mb": case.mem_for(kind) if kind in case.servers else None}
     if kind not in case.servers:
         out.update(status="unsupported", reason=case.note or f"the case does not run on {kind}")
         return out
@@ -319,7 +323,8 @@ def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
     if opts.budget.exceeded():
         out.update(status="skipped", reason="time budget")
         return out
-    srv = Server(kind=kind, cfg=str(case.cfg), port=free_port(case.transport), mem_mb=case.mem_mb,
+    srv = Server(kind=kind, cfg=str(case.cfg), port=free_port(case.transport),
+                 mem_mb=case.mem_for(kind),
                  workdir=opts.workdir, transport=case.transport, args=tuple(case.args))
     opts.log(f"  {case.name} on {kind} (port {srv.port})")
     try:
@@ -347,12 +352,16 @@ def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
             pss.append(out[phase].get("pss_mb", 0))
             if phase == "latency" or "error" in out[phase]:
                 _log_phase(opts, phase, out[phase])
-        if case.sipp and not opts.budget.exceeded() and srv.proc.poll() is None:
+        if (case.sipp and not case.overload_base(kind) and not opts.budget.exceeded()
+                and srv.proc.poll() is None):
             out["sipp"] = run_sipp(srv, tree, case.sipp, opts, f"{case.name}-{kind}")
             pss += [s["pss_mb"] for s in out["sipp"]["steps"]]
         if case.soak and not opts.budget.exceeded() and srv.proc.poll() is None:
             out["soak"] = soak.run_soak(srv, tree, case.soak, opts, f"{case.name}-{kind}")
             pss.append(out["soak"]["pss_mb"])
+        if case.overload and not opts.budget.exceeded() and srv.proc.poll() is None:
+            out["overload"] = run_overload_phase(srv, tree, case, kind, out.get("sipp"), opts)
+            pss.append(out["overload"].get("pss_max_mb") or 0)
         out["server_cpu_s"] = round(tree.cpu_seconds() - cpu0, 3)
     except Exception as e:  # a harness bug must not lose the other cases' results
         out.update(status="error", reason=f"{type(e).__name__}: {e}",
@@ -369,6 +378,28 @@ def run_case(case: Case, kind: str, opts: RunOptions) -> dict:
     return out
 
 
+def overload_base(case: Case, kind: str, search: Optional[dict]) -> tuple:
+    """(base rate, where it comes from) for the overload phase; (None, why) when there is none."""
+    given = case.overload_base(kind)
+    if given:
+        return given, "a given base rate (--overload-base or the case's base_rate)"
+    best = (search or {}).get("max_clean_rate")
+    if not best:
+        return None, "the clean-rate search found no clean step" if search else "no clean-rate search ran"
+    if (search or {}).get("ceiling") is None:
+        return best, "the search's max clean rate (every step clean: a floor)"
+    return best, "the search's max clean rate"
+
+
+def run_overload_phase(srv: Server, tree: ProcessTree, case: Case, kind: str,
+                       search: Optional[dict], opts: RunOptions) -> dict:
+    base, source = overload_base(case, kind, search)
+    if base is None:
+        opts.log(f"    overload: not run: {source}")
+        return {"error": f"no base rate: {source}"}
+    return overload.run_overload(srv, tree, case.overload, opts, f"{case.name}-{kind}", base, source)
+
+
 def _log_phase(opts: RunOptions, phase: str, d: dict) -> None:
     if "error" in d:
         opts.log(f"    {phase}: {d['error']}")
@@ -382,7 +413,8 @@ def _log_phase(opts: RunOptions, phase: str, d: dict) -> None:
 def run_cases(cases: list, opts: RunOptions) -> list:
     results = []
     for case in cases:
-        c = case.for_mode(opts.quick).with_soak(opts.soak).with_fixed_rates(opts.fixed_rates)
+        c = (case.for_mode(opts.quick).with_soak(opts.soak).with_overload(opts.overload)
+             .with_fixed_rates(opts.fixed_rates))
         for kind in opts.servers:
             results.append(run_case(c, kind, opts))
     return results

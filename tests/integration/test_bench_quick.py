@@ -5,8 +5,9 @@ Runs `python -m bench run quick --quick` as a user would: against asyncd
 `stateless_tcp` the same way (one TCP connection for the latency run, SIPp
 `-t t1` for 1 s at 200/s); and the suite `registrar` against asyncd (REGISTER from
 distinct users to save("location"); the stock kamailio.cfg registering 1,000 users
-and calling them through a SIPp UAS). Skips cleanly, with the reason, when SIPp is
-missing.
+and calling them through a SIPp UAS); and the case `overload` (twice the quick search's
+maximum for 3 s on asyncd; a given base rate, no search, on Kamailio). Skips cleanly,
+with the reason, when SIPp is missing.
 """
 import json
 import shutil
@@ -23,9 +24,9 @@ pytestmark = [pytest.mark.skipif(shutil.which("sipp") is None,
               pytest.mark.sipp]
 
 
-def run_quick(server, out, suite="quick"):
+def run_quick(server, out, suite="quick", extra=()):
     r = subprocess.run([sys.executable, "-m", "bench", "run", suite, "--server", server, "--quick",
-                        "--out", str(out), "--no-plots", "--budget", "90"],
+                        "--out", str(out), "--no-plots", "--budget", "90", *extra],
                        cwd=str(REPO), capture_output=True, text=True, timeout=150)
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads((out / "results.json").read_text())
@@ -100,3 +101,39 @@ def test_quick_registrar_run_against_asyncd(tmp_path):
     reg = res["stock_call"]["sipp"]["registration"]
     assert reg["successful"] == reg["calls"] == 1000 and reg["failed"] == 0
     assert [s["rate"] for s in res["stock_call"]["sipp"]["steps"]][:1] == [50]
+
+
+def check_overload(doc, server, mem_mb, stderr):
+    [res] = doc["results"]
+    assert res["status"] == "ok", (res.get("reason"), res.get("log_tail"), stderr[-2000:])
+    assert res["mem_mb"] == mem_mb
+    o = res["overload"]
+    assert o["offered_rate"] == 2 * o["base_rate"] and o["calls"] == o["offered_rate"] * 3
+    # every call SIPp made has exactly one outcome: an answer by code, none, or another failure
+    outcomes = (o["answer_200"] + o["answer_500"] + o["answer_503"] + o["answer_other"]
+                + o["unanswered"] + o["failed_other"] + o["open"])
+    assert o["created"] == o["calls"] == outcomes, o
+    assert o["answer_200"] > 0 and 0 < o["goodput"] <= o["achieved_send_rate"] * 1.01
+    assert 0 < o["window_s"] < 5 and o["pss_max_mb"] >= o["pss_idle_mb"] > 0 and o["samples"]
+    assert o["verdict"]["pass"] in (True, False, None) and o["server_cpu_s"] is not None
+    return res, o
+
+
+def test_quick_overload_run_against_asyncd(tmp_path):
+    """The search first (200, 400/s x 1 s), then twice its maximum for 3 s."""
+    doc, r = run_quick("asyncd", tmp_path, suite="overload")
+    res, o = check_overload(doc, "asyncd", 64, r.stderr)
+    assert o["base_rate"] == res["sipp"]["max_clean_rate"] > 0
+    assert o["base_source"].startswith("the search")
+    assert f"| overload | asyncd (-m 64) | {o['base_rate']:,}" in r.stdout     # the overload row
+
+
+@pytest.mark.skipif(shutil.which("kamailio") is None and not Path("/usr/sbin/kamailio").exists(),
+                    reason="kamailio not installed")
+@pytest.mark.kamailio
+def test_quick_overload_run_against_kamailio_with_a_given_base(tmp_path):
+    """--overload-base: no search; Kamailio at its -m 1024."""
+    doc, r = run_quick("kamailio", tmp_path, suite="overload", extra=("--overload-base", "300"))
+    res, o = check_overload(doc, "kamailio", 1024, r.stderr)
+    assert "sipp" not in res and o["base_rate"] == 300 and o["offered_rate"] == 600
+    assert "| overload | kamailio (-m 1024) | 300 (given) | 600 |" in r.stdout

@@ -220,3 +220,31 @@ def test_registrar_cases_describe_their_users():
     assert ALL["stock_call"].describe_load() == (
         "SIPp invite_registered_uac.xml to 10000 users registered first at 1000/s "
         "steps [100, 250, 500, 1000, 1500, 2000] x 10 s")
+
+
+def test_mem_mb_is_one_size_or_one_per_server(tmp_path):
+    c = ALL["task_route_default"]
+    assert c.mem_mb == {"asyncd": 64, "kamailio": 1024}
+    assert (c.mem_for("asyncd"), c.mem_for("kamailio")) == (64, 1024)
+    assert c.cfg.name == "task_route.cfg" and "-m 64" in c.title and "-m 1024" in c.title
+    assert c.latency["rates"] == [1000, 3000, 6000]
+    assert c.sipp == ALL["task_route"].sipp                 # the same SIPp ladder
+    assert ALL["task_route"].mem_for("asyncd") == ALL["task_route"].mem_for("kamailio") == 1024
+    assert "task_route_default" not in cm.load_suites(cases=ALL)["full"]["cases"]
+    # the `# bench:` header form takes the same table
+    (tmp_path / "x.cfg").write_text("# bench: mem_mb = {asyncd = 64, kamailio = 512}\n"
+                                    "request_route { exit; }\n")
+    assert cm.load_cases(tmp_path)["x"].mem_for("kamailio") == 512
+
+
+@pytest.mark.parametrize("table", ['{asyncd = 64}', '{asyncd = 64, kamailio = 1024, sems = 1}'])
+def test_a_mem_mb_table_names_each_server_and_only_servers(tmp_path, table):
+    (tmp_path / "x.cfg").write_text(f"# bench: mem_mb = {table}\nrequest_route {{ exit; }}\n")
+    with pytest.raises(ValueError, match="mem_mb"):
+        cm.load_cases(tmp_path)
+
+
+def test_list_shows_each_servers_memory(capsys):
+    from bench.__main__ import main
+    assert main(["list"]) == 0
+    assert "-m 64 (asyncd), 1024 (kamailio)" in capsys.readouterr().out

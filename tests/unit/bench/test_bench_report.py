@@ -154,3 +154,16 @@ def test_a_search_stopped_before_its_first_step_says_why():
     err = "registration: 3/1000 users registered, 0 failed"
     assert report._rate_cell({"sipp": {"error": err, "steps": []}}) == err
     assert report._rate_cell({"sipp": {"steps": []}}) == "not run"
+
+
+def test_each_row_says_which_memory_its_server_ran_at():
+    res = [dict(_res("t", "asyncd", rate=6000, p50=0.2), mem_mb=64),
+           dict(_res("t", "kamailio", rate=6000, p50=0.2), mem_mb=1024),
+           _res("old", "asyncd", rate=100)]       # a results.json from before: the name alone
+    doc = {"meta": {"started": "t", "mode": "full", "suite": "s", "duration_s": 1.0,
+                    "machine": {"cpu_count": 2, "cpu_model": "cpu", "memory_gib": 1, "kernel": "k",
+                                "python": "3.11", "commit": "abc"}},
+           "results": res, "ratios": report.compute_ratios(res)}
+    md = report.markdown(doc)
+    assert "| t | asyncd (-m 64) | ok |" in md and "| t | kamailio (-m 1024) | ok |" in md
+    assert "| old | asyncd | ok |" in md

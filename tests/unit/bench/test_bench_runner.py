@@ -62,3 +62,22 @@ def test_registration_runs_once_before_the_search_and_a_short_one_stops_it(tmp_p
     out = runner.run_sipp(_Srv(), None, cfg, o, "t")
     assert len(calls) == 1 and out["steps"] == [] and out["max_clean_rate"] == 0
     assert out["error"] == "registration: 3/1000 users registered, 0 failed"
+
+
+def test_each_server_starts_at_its_own_memory(tmp_path, monkeypatch):
+    """task_route_default: asyncd at -m 64, Kamailio at -m 1024; each result says which."""
+    started = []
+
+    class Fake(runner.Server):
+        def start(self):
+            started.append((self.kind, self.command()))
+            raise runner.ServerStartError("not started in a unit test")
+
+    monkeypatch.setattr(runner, "Server", Fake)
+    monkeypatch.setattr(runner, "kamailio_binary", lambda: "/usr/sbin/kamailio")
+    case = cm.load_cases()["task_route_default"]
+    o, _ = opts(tmp_path, servers=("asyncd", "kamailio"))
+    res = [runner.run_case(case, kind, o) for kind in ("asyncd", "kamailio")]
+    assert [r["mem_mb"] for r in res] == [64, 1024]
+    # "-m MB" follows "-E" in both command lines (asyncd's starts with "python -m asyncd")
+    assert [cmd[cmd.index("-E") + 2] for _, cmd in started] == ["64", "1024"]
