@@ -62,6 +62,7 @@ import time
 
 from asyncd.core import log
 from shm.locks import LockSet, pid_alive
+from shm.slots import CLASS_OF, SLOT_SIZES
 
 _HDR = struct.Struct("<IIqQiId")          # one slot header, 40 bytes
 _I32 = struct.Struct("<i")
@@ -287,9 +288,12 @@ class TmTable:
                 return data
         return None
 
-    def put(self, index, label, payload, deadline=None, done=False):
+    def put(self, index, label, payload, deadline=None, done=False, fit=False):
         """Replace the payload (lock(index) held). False if gone. Raises TableFull.
-        done: set the header's "done" bit (never cleared)."""
+        done: set the header's "done" bit (never cleared). fit: move the record
+        to the smallest size class that holds it (tm's wait-state record, kept
+        for wt_timer: its slot is what the table costs per transaction); else
+        it moves only when it outgrew its slot or uses a third of it."""
         hoff = self.o_slots + index * 40
         lab, used, kh, off, nxt, blen, dl = _HDR.unpack_from(self.buf, hoff)
         if not used or lab != label:
@@ -298,7 +302,7 @@ class TmTable:
         n = 2 + klen + len(payload)
         cap = self.arena.slot_size(off)
         old = 0
-        if n > cap or n <= cap // 3:
+        if n > cap or n <= cap // 3 or fit and SLOT_SIZES[CLASS_OF[(n + 15) >> 4]] < cap:
             noff = self.arena.alloc(n)
             if not noff:
                 raise TableFull("no shm for a %d byte transaction; raise -m" % n)

@@ -95,8 +95,11 @@ def t_newtran(ctx, suspend=False):
         if suspend:
             bno, fr, saved = suspend_cell(ctx, cell)
         try:
-            created, index, label = S.table.insert(key, cell.encode(), hard_deadline(cell),
-                                                   reply_estimate(msg))
+            # room for the reply only where it is stored in place: a non-INVITE's
+            # final reply moves it to its compact wait-state form (cell.py COMPACT_WHEN)
+            created, index, label = S.table.insert(
+                key, cell.encode(), hard_deadline(cell),
+                reply_estimate(msg) if cell.flags & F_INVITE else 0)
         except TableFull as e:
             log.err(MOD, str(e))
             return -2

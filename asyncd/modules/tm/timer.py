@@ -25,6 +25,8 @@ from asyncd.modules.tm.reply import on_reply
 from asyncd.modules.tm.state import K_FR, K_RETR, K_RPL, K_WAIT, MOD, S, arm_retr, arm_wait, flush
 
 SWEEP_EVERY = 1.0
+_NFIELDS = len(Cell.__slots__)
+_ALIASES = Cell.__slots__.index("aliases")
 
 
 def proc_row():
@@ -118,16 +120,19 @@ def free(index, label):
     raw = table.get(index, label)
     if raw is None:
         return
+    cell = False
     try:
         obj = msgpack.unpackb(raw)
-        if len(obj) == len(Cell.__slots__):      # not an ACK alias ([index, label])
-            for a in Cell.decode(raw).aliases:
+        cell = len(obj) == _NFIELDS              # not an ACK alias ([index, label])
+        if cell:
+            # one decode, the aliases read in place (a completed non-INVITE's
+            # compact record has none: cell.py COMPACT_WHEN)
+            for a in obj[_ALIASES]:
                 if a and a[0] >= 0:
                     table.delete(a[0], a[1])
     except Exception as e:
         log.err(MOD, f"freeing {index}:{label}: {e!r}")
-        obj = None
-    if table.delete(index, label) and obj is not None and len(obj) == len(Cell.__slots__):
+    if table.delete(index, label) and cell:
         cnt, st = S.cnt, S.st         # h_table.h remove_from_hash_table: t_stats_deleted
         cnt[st.deleted] += 1
         cnt[st.t_freed] += 1

@@ -99,3 +99,20 @@ def test_concurrent_processes_keep_the_table_consistent(table):
     codes = [os.waitpid(p, 0)[1] for p in pids]
     assert codes == [0, 0, 0]
     assert table.count() == 0
+
+
+def test_put_fit_moves_to_the_smallest_class(table):
+    """tm's wait-state record (fit=True) leaves a slot one class too big; a
+    plain put keeps it unless it uses a third or less."""
+    a = table.arena
+    created, i, l = table.insert(b"k", b"x" * 700, 1e18)          # a 768-byte slot
+    off = lambda: table.w64[(table.o_slots + i * 40 + 16) >> 3]   # noqa: E731 (the header's offset)
+    table.lock(i)
+    try:
+        assert table.put(i, l, b"y" * 400) and a.slot_size(off()) == 768
+        assert table.put(i, l, b"z" * 400, fit=True) and a.slot_size(off()) == 512
+        assert table.put(i, l, b"w" * 300, fit=True) and a.slot_size(off()) == 384
+    finally:
+        table.unlock(i)
+    assert table.get(i, l) == b"w" * 300 and table.find(b"k") == (i, l)
+
