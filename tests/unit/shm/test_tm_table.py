@@ -116,3 +116,29 @@ def test_put_fit_moves_to_the_smallest_class(table):
         table.unlock(i)
     assert table.get(i, l) == b"w" * 300 and table.find(b"k") == (i, l)
 
+
+def test_sweep_skips_free_slots_and_finds_the_expired(table):
+    """A free slot's deadline is +inf (the sweep's quick min() test); a
+    deleted transaction's slot is free again and never reported."""
+    _, i, l = table.insert(b"old", b"1", 100.0)
+    _, j, m = table.insert(b"new", b"2", 1e18)
+    assert table.expired(now=200.0) == [(i, l)]
+    table.delete(i, l)
+    assert table.expired(now=200.0) == []
+    assert table.expired(now=2e18) == [(j, m)]
+
+
+def test_default_size_at_m64_holds_five_seconds_of_14000_per_second():
+    """The default -m 64: slots for 70,000+ completed non-INVITE transactions
+    (14,000/s x wt_timer 5 s), with shm pages for their compact records (512
+    bytes each) and static room left for the other fixed structures."""
+    from shm.arena import DEFAULT_MB
+    arena = ShmArena.create(DEFAULT_MB << 20)
+    try:
+        t = TmTable(arena)
+        assert t.nslots >= 70000
+        st = arena.stats()
+        assert st["static_size"] - st["static_used"] > 2 << 20
+        assert st["pages"] * 65536 > t.nslots * 512 * 3 // 2
+    finally:
+        arena.destroy()
