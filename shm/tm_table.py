@@ -25,7 +25,9 @@ Byte layout (little endian), all in one anonymous MAP_SHARED mapping:
                        the two counters change under the allocator lock
   slot headers         nslots x 40 bytes:
       0 label u32 | 4 used u32 (bit 0 in use, bit 1 "done": tm's final reply
-      sent, lets timers skip it lock-free) | 8 keyhash i64 | 16 blob offset u64
+      sent, lets timers skip it lock-free; bit 2 "plain": the record names no
+      other slot (tm: a compact wait-state cell, no ACK aliases), so its end is
+      a delete with no read) | 8 keyhash i64 | 16 blob offset u64
       | 24 next i32 (bucket chain, -1 end) | 28 blen u32 | 32 deadline f64 (monotonic;
       +inf while the slot is free)
   bucket heads         nbuckets x i32 (-1 empty)
@@ -71,6 +73,7 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _H_MARK, _H_REFUSED, _H_BUSY = 12, 16, 24     # header offsets (see the layout above)
+_DONE, _PLAIN = 2, 4         # bits of a slot's `used` word (bit 0: in use)
 _NEVER = float("inf")       # a free slot's deadline: the sweep's min() skips it
 _PID_MAX = 1 << 22          # Linux's pid_max ceiling: a larger keyhash is a key's hash, not a pid
 
@@ -297,9 +300,10 @@ class TmTable:
                 return data
         return None
 
-    def put(self, index, label, payload, deadline=None, done=False, fit=False):
+    def put(self, index, label, payload, deadline=None, done=False, fit=False, plain=False):
         """Replace the payload (lock(index) held). False if gone. Raises TableFull.
-        done: set the header's "done" bit (never cleared). fit: move the record
+        done: set the header's "done" bit, plain its "plain" bit (never
+        cleared). fit: move the record
         to the smallest size class that holds it (tm's wait-state record, kept
         for wt_timer: its slot is what the table costs per transaction); else
         it moves only when it outgrew its slot or uses a third of it."""
@@ -323,8 +327,9 @@ class TmTable:
         self.w32[(hoff + 28) >> 2] = n
         if deadline is not None:
             self.f64[(hoff + 32) >> 3] = deadline
-        if done and used == 1:
-            self.w32[(hoff + 4) >> 2] = 3
+        bits = used | (_DONE if done else 0) | (_PLAIN if plain else 0)
+        if bits != used:
+            self.w32[(hoff + 4) >> 2] = bits
         if old:
             self.arena.free(old)
         return True
@@ -378,7 +383,13 @@ class TmTable:
     def is_done(self, index, label):
         """Lock-free: the slot still holds (index, label) and its done bit is set."""
         lab, used = struct.unpack_from("<II", self.buf, self.o_slots + index * 40)
-        return lab == label and used == 3
+        return lab == label and used & _DONE
+
+    def is_plain(self, index, label):
+        """Lock-free: the slot still holds (index, label) and its plain bit is
+        set (its owner may delete it without reading it)."""
+        lab, used = struct.unpack_from("<II", self.buf, self.o_slots + index * 40)
+        return lab == label and used & _PLAIN
 
     def count(self):
         """Transactions (and ACK aliases) currently held."""

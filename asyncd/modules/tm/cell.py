@@ -214,7 +214,8 @@ class Handle:
                 if c.flags & COMPACT_MASK == COMPACT_WHEN:
                     # wait state: stored compact, in the smallest size class that
                     # fits, in the same write that stores the final reply
-                    self.table.put(self.index, self.label, compact_encode(c), done=True, fit=True)
+                    self.table.put(self.index, self.label, compact_encode(c), done=True, fit=True,
+                                   plain=True)
                 else:
                     self.table.put(self.index, self.label, c.encode(), done=bool(c.flags & F_FINAL))
             if self.out and send is not None:

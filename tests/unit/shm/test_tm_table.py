@@ -115,6 +115,15 @@ def test_put_fit_moves_to_the_smallest_class(table):
     finally:
         table.unlock(i)
     assert table.get(i, l) == b"w" * 300 and table.find(b"k") == (i, l)
+    assert not table.is_done(i, l) and not table.is_plain(i, l)
+    table.lock(i)
+    assert table.put(i, l, b"v", plain=True)
+    table.unlock(i)
+    assert table.is_plain(i, l) and not table.is_done(i, l) and not table.is_plain(i, l + 1)
+    table.lock(i)
+    assert table.put(i, l, b"u", done=True)
+    table.unlock(i)
+    assert table.is_plain(i, l) and table.is_done(i, l), "bits are only ever added"
 
 
 def test_sweep_skips_free_slots_and_finds_the_expired(table):

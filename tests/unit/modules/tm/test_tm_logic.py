@@ -667,6 +667,7 @@ def test_completed_non_invite_is_stored_compact(net_factory):
     assert cell.uas_status == 200 and cell.uas_reply == _rpls(net, net.uac, 200)[0].raw
     assert state["full"] > 1800 and size < 600, (state["full"], size)     # the request was in it
     assert state["T_req"] == "compact"
+    assert tm_state.table.is_plain(*state["id"]), "its end is a delete with no read"
     net.send(net.uac, data)                 # a retransmission: the same final, from the compact record
     assert net.run(1, lambda: len(_rpls(net, net.uac, 200)) == 2)
     first, again = _rpls(net, net.uac, 200)
@@ -715,6 +716,7 @@ def test_invite_keeps_its_whole_cell_in_wait_state(net_factory):
     assert net.run(1, lambda: _rpls(net, net.uac, 200))
     cell, _ = _stored(_ids(req))
     assert cell.flags & F_WAIT and not cell.flags & F_COMPACT and cell.req == data
+    assert not tm_state.table.is_plain(*_ids(req))
 
 
 def test_compact_form_keeps_pending_branches_status_and_flags():
