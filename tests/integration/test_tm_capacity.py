@@ -16,11 +16,10 @@ import time
 
 import pytest
 
+from bench.servers import kamailio_binary
 from tests.helpers import run_server
-from tests.helpers.kamailio import KAMCMD, SKIP_KAMCMD, kamcmd
+from tests.helpers.kamailio import KAMCMD, SKIP_KAMAILIO, SKIP_KAMCMD, kamcmd, run_kamailio
 from tests.helpers.sipclient import build_request
-
-pytestmark = pytest.mark.skipif(KAMCMD is None, reason=SKIP_KAMCMD)
 
 N = 3000
 CFG = """
@@ -34,6 +33,7 @@ loadmodule "pv.so"
 loadmodule "async.so"
 loadmodule "ctl.so"
 modparam("ctl", "binrpc", "unix:{sock}")
+modparam("tm", "wt_timer", 30000)   # all of them still waiting when counted, however slow the box
 request_route {{
     if ($rm == "ACK") {{ t_check_trans(); exit; }}
     t_check_trans();
@@ -71,6 +71,7 @@ def _blast(sock, addr, reqs, window=200, timeout=10.0):
     return got
 
 
+@pytest.mark.skipif(KAMCMD is None, reason=SKIP_KAMCMD)
 def test_many_wait_state_transactions_stay_small_and_absorb_retransmissions():
     d = tempfile.mkdtemp(prefix="tmcap-")
     ctl_path = os.path.join(d, "ctl")
@@ -91,7 +92,6 @@ def test_many_wait_state_transactions_stay_small_and_absorb_retransmissions():
         after = _rpc(ctl, "core.shmmem")
         tm = _rpc(ctl, "tm.stats")
         assert len(got) == N, f"{len(got)} of {N} answered 200 in {took:.1f} s"
-        assert took < 4.5, f"{took:.1f} s: the first ones may have left the wait state already"
         assert tm["waiting"] >= N and tm["current"] >= N, tm
         per_cell = (after["used"] - before["used"]) / N
         assert 300 < per_cell < 640, f"{per_cell:.0f} bytes of shm per waiting transaction"
@@ -104,3 +104,85 @@ def test_many_wait_state_transactions_stay_small_and_absorb_retransmissions():
                 again = data
         assert again == got[cid], "the same 200, byte for byte"
     os.rmdir(d)
+
+
+RELAY = """
+listen=udp:127.0.0.1:LPORT
+children=1
+{head}
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+request_route {{
+    if ($rm == "ACK") {{ t_check_trans(); exit; }}
+    t_check_trans();
+    $du = "sip:127.0.0.1:{uas}";
+    t_relay();
+    exit;
+}}
+"""
+KAM_HEAD = ('#!KAMAILIO\ndisable_tcp=yes\nmpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"\n'
+            'loadmodule "ctl.so"')
+
+
+def _udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(0.05)
+    return s
+
+
+def _recv_all(sock, secs, until=None):
+    out, end = [], time.monotonic() + secs
+    while time.monotonic() < end and len(out) != until:
+        try:
+            out.append(sock.recvfrom(65536)[0])
+        except socket.timeout:
+            pass
+    return out
+
+
+def _answer(req, status, reason):
+    """A UAS's reply to the request bytes it received (its Vias, From, To with a tag)."""
+    head = req.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+    keep = [h for h in head if h.split(b":")[0].lower() in (b"via", b"from", b"call-id", b"cseq")]
+    to = next(h for h in head if h.lower().startswith(b"to:"))
+    return b"\r\n".join([b"SIP/2.0 %d %s" % (status, reason)] + keep
+                         + [to + b";tag=uas1", b"Content-Length: 0", b"", b""])
+
+
+def _late_replies(port, uac, uas):
+    """MESSAGE relayed, answered 200; the UAS sends its 200 again and a 202;
+    the UAC retransmits. -> what each side saw."""
+    data, _, _ = build_request("MESSAGE", "sip:bob@127.0.0.1", uac.getsockname(), body="hi")
+    uac.sendto(data, ("127.0.0.1", port))
+    req = _recv_all(uas, 2.0, until=1)[0]     # answered at once: before timer E's first retransmission
+    uas.sendto(_answer(req, 200, b"OK"), ("127.0.0.1", port))
+    first = _recv_all(uac, 0.4)
+    uas.sendto(_answer(req, 200, b"OK"), ("127.0.0.1", port))
+    uas.sendto(_answer(req, 202, b"Accepted"), ("127.0.0.1", port))
+    late = _recv_all(uac, 0.4)
+    _recv_all(uas, 0.05)
+    uac.sendto(data, ("127.0.0.1", port))
+    again = _recv_all(uac, 0.4)
+    return {"first": [r.split(b"\r\n")[0] for r in first], "late": late,
+            "again_same": again == first[:1], "relayed_again": _recv_all(uas, 0.05)}
+
+
+@pytest.mark.kamailio
+def test_late_replies_to_a_completed_message_as_kamailio():
+    """A completed non-INVITE (here in asyncd's compact record) absorbs a
+    retransmitted and a different late final from downstream and answers a
+    retransmitted request with the very reply it relayed: as Kamailio 5.6.3
+    does with its whole cell."""
+    if not kamailio_binary():
+        pytest.skip(SKIP_KAMAILIO)
+    seen = {}
+    for name in ("asyncd", "kamailio"):
+        with _udp() as uac, _udp() as uas:
+            cfg = RELAY.format(head=KAM_HEAD if name == "kamailio" else "", uas=uas.getsockname()[1])
+            with (run_kamailio(cfg) if name == "kamailio" else run_server(cfg)) as srv:
+                seen[name] = _late_replies(srv.port, uac, uas)
+    assert seen["asyncd"] == seen["kamailio"], seen
+    assert seen["asyncd"] == {"first": [b"SIP/2.0 200 OK"], "late": [], "again_same": True,
+                              "relayed_again": []}
