@@ -82,7 +82,7 @@ class Cell:
         self.lumps = None
         self.eol = 0.0
         self.rpl_retr_ms = 0
-        self.key = b""
+        self.key = b""         # unused (kept for the layout): the key heads the table record
         self.tm_error = None
 
     # encode/decode are generated below: one tuple pack/unpack, no setattr loop

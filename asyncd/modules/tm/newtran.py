@@ -91,7 +91,6 @@ def t_newtran(ctx, suspend=False):
     try:
         key = getattr(msg, "_tmkey", None) or request_key(msg)
         cell = new_cell(ctx)
-        cell.key = key
         if suspend:
             bno, fr, saved = suspend_cell(ctx, cell)
         try:
