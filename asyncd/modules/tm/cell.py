@@ -30,8 +30,9 @@ F_COMPACT = 1 << 17        # the stored record is the wait-state form (compact_e
 
 # A completed non-INVITE transaction in wait state is stored in a compact form
 # (docs/kamailio-tm.md §8): when these flags are exactly F_FINAL | F_WAIT.
-# Kamailio keeps the whole cell until its wait timer frees it (t_funcs.c
-# put_on_wait); only absorbing retransmissions and late replies is left, and
+# Kamailio keeps the whole cell until its wait timer frees it
+# (src/modules/tm/t_funcs.c put_on_wait, src/modules/tm/h_table.c
+# free_cell_helper); only absorbing retransmissions and late replies is left, and
 # a table that holds 5 s of the top rate at -m 64 needs the room.
 COMPACT_MASK = F_INVITE | F_FINAL | F_WAIT | F_SUSPENDED | F_CONTINUE | F_IN_FAILURE
 COMPACT_WHEN = F_FINAL | F_WAIT
@@ -130,8 +131,9 @@ def _gen_codec():
 # retransmission (resend_last: the reply, its address and socket), a late
 # reply (reply_in: the flags, the branches' status and flags, on_reply), the
 # wait timer (aliases), t_continue ("not found") and the $T_*/t_* readers
-# (uas_status, the t_on_* names) read; the To-tag is in the reply. Same field list, same codec:
-# every reader decodes it as a Cell, one with no request, AVPs or lumps.
+# (uas_status, the t_on_* names) read; the To-tag is in the reply. Same
+# field list, same codec: every reader decodes it as a Cell, one with no
+# request, AVPs or lumps.
 _COMPACT = {
     "flags": "c.flags | _F", "req": "b''", "src": "('', 0)", "dst": "('', 0)",
     "fr_ms": "0", "fr_inv_ms": "0", "branches": "_stubs(c.branches)", "to_tag": "''",
@@ -215,7 +217,7 @@ class Handle:
                     # wait state: stored compact, in the smallest size class that
                     # fits, in the same write that stores the final reply
                     self.table.put(self.index, self.label, compact_encode(c), done=True, fit=True,
-                                   plain=True)
+                                   plain=not c.aliases)
                 else:
                     self.table.put(self.index, self.label, c.encode(), done=bool(c.flags & F_FINAL))
             if self.out and send is not None:
