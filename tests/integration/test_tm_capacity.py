@@ -147,8 +147,8 @@ def _answer(req, status, reason):
     head = req.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]
     keep = [h for h in head if h.split(b":")[0].lower() in (b"via", b"from", b"call-id", b"cseq")]
     to = next(h for h in head if h.lower().startswith(b"to:"))
-    return b"\r\n".join([b"SIP/2.0 %d %s" % (status, reason)] + keep
-                         + [to + b";tag=uas1", b"Content-Length: 0", b"", b""])
+    lines = [b"SIP/2.0 %d %s" % (status, reason)] + keep + [to + b";tag=uas1", b"Content-Length: 0"]
+    return b"\r\n".join(lines + [b"", b""])
 
 
 def _late_replies(port, uac, uas):
