@@ -13,9 +13,11 @@ Rules that keep it alive across fork (Python 3.11):
   segments whose main pid is dead (killed runs).
 
 Sizing: `-m MB` (default `DEFAULT_MB` = 64, like Kamailio's default).  A tm
-transaction with its request, last reply and AVPs takes ~2-6 KB, so 64 MB
-holds ~10k live transactions next to a few htables; give `-m 256` or more for
-sustained high rates (50k live transactions need ~300 MB).
+transaction with its request, last reply and AVPs takes ~1-6 KB while it is
+active; a completed non-INVITE one waits its 5 s in a compact record of
+~500 bytes (docs/kamailio-tm.md §8), so 64 MB holds ~75k of those next to a
+few htables. The static area (static_default) is 1/16 of -m for the fixed
+structures plus 1/32 (at most 4 MiB) for tm's table slots.
 
 Segment layout (all little endian):
 
@@ -126,6 +128,14 @@ def cleanup_stale(verbose=True):
     return removed
 
 
+def static_default(size_bytes):
+    """The static area for `-m` of size_bytes: 1/16 of it (>= 1 MiB) for the
+    fixed structures, plus 1/32 (at most 4 MiB) for tm's transaction table,
+    whose slots grow with -m (shm/tm_table.py default_nslots: one 48-byte slot
+    per 896 bytes of -m; 6 MiB at the default -m 64, 3.6 MiB of it tm's)."""
+    return max(1 << 20, size_bytes // 16) + min(size_bytes // 32, 4 << 20)
+
+
 class ShmArena:
     """Create with `ShmArena.create(size_bytes)` in main, before fork."""
 
@@ -167,9 +177,9 @@ class ShmArena:
 
     @classmethod
     def create(cls, size_bytes=DEFAULT_MB << 20, static_bytes=None):
-        """static_bytes: room for fixed structures (default: 1/16 of size, >= 1 MiB)."""
+        """static_bytes: room for fixed structures (default: static_default)."""
         if static_bytes is None:
-            static_bytes = max(1 << 20, size_bytes // 16)
+            static_bytes = static_default(size_bytes)
         static_bytes = (static_bytes + 4095) & ~4095
         size = max(size_bytes, HDR + static_bytes + PAGE + 8192)
         _counter[0] += 1

@@ -25,8 +25,11 @@ Byte layout (little endian), all in one anonymous MAP_SHARED mapping:
                        the two counters change under the allocator lock
   slot headers         nslots x 40 bytes:
       0 label u32 | 4 used u32 (bit 0 in use, bit 1 "done": tm's final reply
-      sent, lets timers skip it lock-free) | 8 keyhash i64 | 16 blob offset u64
-      | 24 next i32 (bucket chain, -1 end) | 28 blen u32 | 32 deadline f64 (monotonic)
+      sent, lets timers skip it lock-free; bit 2 "plain": the record names no
+      other slot (tm: a compact wait-state cell, no ACK aliases), so its end is
+      a delete with no read) | 8 keyhash i64 | 16 blob offset u64
+      | 24 next i32 (bucket chain, -1 end) | 28 blen u32 | 32 deadline f64 (monotonic;
+      +inf while the slot is free)
   bucket heads         nbuckets x i32 (-1 empty)
   free slot stack      top i32, then nslots x i32
   blob (arena slot)    keylen u16 | key | payload (tm cell msgpack)
@@ -62,6 +65,7 @@ import time
 
 from asyncd.core import log
 from shm.locks import LockSet, pid_alive
+from shm.slots import CLASS_OF, SLOT_SIZES
 
 _HDR = struct.Struct("<IIqQiId")          # one slot header, 40 bytes
 _I32 = struct.Struct("<i")
@@ -69,6 +73,8 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _H_MARK, _H_REFUSED, _H_BUSY = 12, 16, 24     # header offsets (see the layout above)
+_DONE, _PLAIN = 2, 4         # bits of a slot's `used` word (bit 0: in use)
+_NEVER = float("inf")       # a free slot's deadline: the sweep's min() skips it
 _PID_MAX = 1 << 22          # Linux's pid_max ceiling: a larger keyhash is a key's hash, not a pid
 
 N_BUCKET_LOCKS = 64
@@ -79,17 +85,24 @@ class TableFull(Exception):
     """No free slot or no shm for the blob: the request gets a 500, never a hang."""
 
 
-def default_nslots(arena):
-    """As many slots as 55% of the free static area holds (48 bytes each), a
-    multiple of 1024 between 1024 and 65536 (nothing needs a power of two).
+NSLOTS_MAX = 131072
+BYTES_PER_SLOT = 896        # of -m: a wait-state cell's compact record (512) and its slot (48), with room
 
-    Why that much: a non-INVITE transaction stays wt_timer (5 s) after its
-    reply, so 7,000 requests/s keep ~35,000 cells alive; with the default
-    -m 64 (4 MiB static area) this gives ~47,000 slots, ~2.2 MiB, and leaves
-    ~1.9 MiB to the other fixed structures (locks, htable buckets)."""
+
+def default_nslots(arena):
+    """One slot per BYTES_PER_SLOT of the arena (-m), a multiple of 1024
+    between 1024 and NSLOTS_MAX, and at most what 65% of the free static area
+    holds (48 bytes a slot: header, bucket head, free-stack entry).
+
+    Why that many: a non-INVITE transaction stays wt_timer (5 s) after its
+    reply, so 14,000 requests/s keep 70,000 cells alive; stored in their
+    compact wait-state form (asyncd/modules/tm/cell.py COMPACT_WHEN, ~400-500
+    bytes: a 512-byte slot), the default -m 64 holds 74,752 of them (3.6 MiB
+    of slots in the 6 MiB static area, shm/arena.py static_default; 37 MiB of
+    records in the 58 MiB of pages). Nothing needs a power of two."""
     free = arena.static_end - _U64top(arena)
-    n = (free * 55 // 100) // 48 // 1024 * 1024
-    return max(1024, min(65536, n))
+    n = min(arena.size // BYTES_PER_SLOT, (free * 65 // 100) // 48) // 1024 * 1024
+    return max(1024, min(NSLOTS_MAX, n))
 
 
 def _U64top(arena):
@@ -120,7 +133,7 @@ class TmTable:
     def _format(self):
         b = self.buf
         b[self.o_hdr:self.o_hdr + 64] = bytes(64)
-        empty = _HDR.pack(0, 0, 0, 0, -1, 0, 0.0)
+        empty = _HDR.pack(0, 0, 0, 0, -1, 0, _NEVER)
         b[self.o_slots:self.o_slots + self.nslots * 40] = empty * self.nslots
         b[self.o_buckets:self.o_buckets + self.nbuckets * 4] = b"\xff" * (self.nbuckets * 4)
         # the free stack pops slot 0 first
@@ -287,9 +300,13 @@ class TmTable:
                 return data
         return None
 
-    def put(self, index, label, payload, deadline=None, done=False):
+    def put(self, index, label, payload, deadline=None, done=False, fit=False, plain=False):
         """Replace the payload (lock(index) held). False if gone. Raises TableFull.
-        done: set the header's "done" bit (never cleared)."""
+        done: set the header's "done" bit, plain its "plain" bit (never
+        cleared). fit: move the record
+        to the smallest size class that holds it (tm's wait-state record, kept
+        for wt_timer: its slot is what the table costs per transaction); else
+        it moves only when it outgrew its slot or uses a third of it."""
         hoff = self.o_slots + index * 40
         lab, used, kh, off, nxt, blen, dl = _HDR.unpack_from(self.buf, hoff)
         if not used or lab != label:
@@ -298,7 +315,7 @@ class TmTable:
         n = 2 + klen + len(payload)
         cap = self.arena.slot_size(off)
         old = 0
-        if n > cap or n <= cap // 3:
+        if n > cap or n <= cap // 3 or fit and SLOT_SIZES[CLASS_OF[(n + 15) >> 4]] < cap:
             noff = self.arena.alloc(n)
             if not noff:
                 raise TableFull("no shm for a %d byte transaction; raise -m" % n)
@@ -310,8 +327,9 @@ class TmTable:
         self.w32[(hoff + 28) >> 2] = n
         if deadline is not None:
             self.f64[(hoff + 32) >> 3] = deadline
-        if done and used == 1:
-            self.w32[(hoff + 4) >> 2] = 3
+        bits = used | (_DONE if done else 0) | (_PLAIN if plain else 0)
+        if bits != used:
+            self.w32[(hoff + 4) >> 2] = bits
         if old:
             self.arena.free(old)
         return True
@@ -352,7 +370,7 @@ class TmTable:
             pid = os.getpid()
             self.w64[(hoff + 8) >> 3] = pid
             self.w32[(hoff + 4) >> 2] = 0          # used = 0 first: lock-free readers stop here
-            _HDR.pack_into(buf, hoff, lab, 0, pid, 0, -1, 0, 0.0)
+            _HDR.pack_into(buf, hoff, lab, 0, pid, 0, -1, 0, _NEVER)
             self.arena.free(off)
             self.alloc_lock.acquire(0)
             self._push_slot(index)
@@ -365,7 +383,13 @@ class TmTable:
     def is_done(self, index, label):
         """Lock-free: the slot still holds (index, label) and its done bit is set."""
         lab, used = struct.unpack_from("<II", self.buf, self.o_slots + index * 40)
-        return lab == label and used == 3
+        return lab == label and used & _DONE
+
+    def is_plain(self, index, label):
+        """Lock-free: the slot still holds (index, label) and its plain bit is
+        set (its owner may delete it without reading it)."""
+        lab, used = struct.unpack_from("<II", self.buf, self.o_slots + index * 40)
+        return lab == label and used & _PLAIN
 
     def count(self):
         """Transactions (and ACK aliases) currently held."""
@@ -405,6 +429,8 @@ class TmTable:
         n = self.nslots
         region = self.buf[self.o_slots:self.o_slots + n * 40]
         dls = region.cast("d")[4::5].tolist()
+        if min(dls) >= now:
+            return []       # the usual answer, at C speed: a free slot's deadline is _NEVER
         used = region.cast("I")[1::10].tolist()
         labels = region.cast("I")[0::10]
         return [(i, labels[i]) for i, (u, dl) in enumerate(zip(used, dls)) if u and dl < now]

@@ -7,7 +7,9 @@ module timers (anywhere a transaction is created, matched or resumed).
 Kamailio: src/modules/tm/h_table.h (struct cell, the T_* flags). The cell
 lives in shm/tm_table.py as one msgpack list (encode/decode below); a
 process loads it under the slot lock, changes it and writes it back. Field
-order is the wire layout, so only ever append fields.
+order is the wire layout, so only ever append fields. A completed non-INVITE
+is written back in a compact form of the same layout (compact_encode:
+docs/kamailio-tm.md §8).
 """
 import msgpack
 
@@ -24,6 +26,16 @@ F_NOISY = 1 << 6           # T_NOISY_CTIMER: a timeout must produce a reply
 F_CONTINUE = 1 << 12       # T_ASYNC_CONTINUE
 F_SUSPENDED = 1 << 15      # T_ASYNC_SUSPENDED
 F_IN_FAILURE = 1 << 16     # a failure route runs now: its relays do not end it
+F_COMPACT = 1 << 17        # the stored record is the wait-state form (compact_encode below)
+
+# A completed non-INVITE transaction in wait state is stored in a compact form
+# (docs/kamailio-tm.md §8): when these flags are exactly F_FINAL | F_WAIT.
+# Kamailio keeps the whole cell until its wait timer frees it
+# (src/modules/tm/t_funcs.c put_on_wait, src/modules/tm/h_table.c
+# free_cell_helper); only absorbing retransmissions and late replies is left, and
+# a table that holds 5 s of the top rate at -m 64 needs the room.
+COMPACT_MASK = F_INVITE | F_FINAL | F_WAIT | F_SUSPENDED | F_CONTINUE | F_IN_FAILURE
+COMPACT_WHEN = F_FINAL | F_WAIT
 
 # branch flags
 B_BLIND = 1                # TM_UAC_FLAG_BLIND: a suspension, no request sent
@@ -71,7 +83,7 @@ class Cell:
         self.lumps = None
         self.eol = 0.0
         self.rpl_retr_ms = 0
-        self.key = b""
+        self.key = b""         # unused (kept for the layout): the key heads the table record
         self.tm_error = None
 
     # encode/decode are generated below: one tuple pack/unpack, no setattr loop
@@ -104,13 +116,45 @@ def _gen_codec():
     src = ("def encode(c, _p=msgpack.packb):\n    return _p([%s])\n"
            "def decode(raw, _u=msgpack.unpackb, _new=Cell.__new__, _C=Cell):\n"
            "    c = _new(_C)\n    %s, = _u(raw)\n    return c\n") % (fields, fields)
-    ns = {"msgpack": msgpack, "Cell": Cell}
+    ns = {"msgpack": msgpack, "Cell": Cell, "F_COMPACT": F_COMPACT, "_stubs": _stubs}
     exec(compile(src, "<tm_cell codec>", "exec"), ns)
     Cell.encode = ns["encode"]
     Cell.decode = staticmethod(ns["decode"])
+    kept = ", ".join(_COMPACT.get(f, "c.%s" % f) for f in Cell.__slots__)
+    src = ("def compact_encode(c, _p=msgpack.packb, _F=F_COMPACT, _stubs=_stubs):\n"
+           "    return _p([%s])\n") % kept
+    exec(compile(src, "<tm_cell compact codec>", "exec"), ns)
+    return ns["compact_encode"]
 
 
-_gen_codec()
+# the compact form's fields (the others are kept): what a request
+# retransmission (resend_last: the reply, its address and socket), a late
+# reply (reply_in: the flags, the branches' status and flags, on_reply), the
+# wait timer (aliases), t_continue ("not found") and the $T_*/t_* readers
+# (uas_status, the t_on_* names) read; the To-tag is in the reply. Same
+# field list, same codec: every reader decodes it as a Cell, one with no
+# request, AVPs or lumps.
+_COMPACT = {
+    "flags": "c.flags | _F", "req": "b''", "src": "('', 0)", "dst": "('', 0)",
+    "fr_ms": "0", "fr_inv_ms": "0", "branches": "_stubs(c.branches)", "to_tag": "''",
+    "avps": "None", "xavps": "None", "created": "0", "new_uri": "None", "dst_uri": "None",
+    "susp_route_type": "0", "lumps": "None", "eol": "0", "key": "b''", "tm_error": "None",
+}
+
+
+def _stubs(branches):
+    """The branches in the compact form: none when all are final (a late reply
+    to one finds no branch and is absorbed, as it is on a final branch);
+    else each by its socket, status and flags only (a late reply on a
+    pending one still runs its onreply_route)."""
+    for b in branches:
+        if b[BR_STATUS] < 200:
+            return [("", ("", 0), b[BR_SOCK], "", b"", b[BR_STATUS], b"", b[BR_FLAGS], 0)
+                    for b in branches]
+    return []
+
+
+compact_encode = _gen_codec()
 
 
 class Handle:
@@ -167,9 +211,15 @@ class Handle:
         if self.depth:
             return
         try:
-            if self.dirty and self.cell is not None:
-                self.table.put(self.index, self.label, self.cell.encode(),
-                               done=bool(self.cell.flags & F_FINAL))
+            c = self.cell
+            if self.dirty and c is not None:
+                if c.flags & COMPACT_MASK == COMPACT_WHEN:
+                    # wait state: stored compact, in the smallest size class that
+                    # fits, in the same write that stores the final reply
+                    self.table.put(self.index, self.label, compact_encode(c), done=True, fit=True,
+                                   plain=not c.aliases)
+                else:
+                    self.table.put(self.index, self.label, c.encode(), done=bool(c.flags & F_FINAL))
             if self.out and send is not None:
                 # replies go out before the lock is dropped, as Kamailio relays
                 # under REPLY_LOCK: two receivers relaying a back-to-back

@@ -335,7 +335,6 @@ def _relay_new(ctx, ruri, dst, sock):
     except Exception as e:
         log.err(MOD, f"cannot create transaction: {e!r}")
         return -1
-    cell.key = key
     ip, p = sock_addr(ctx.proc, sock)
     out = []
     if cell.flags & F_INVITE and S.auto_inv_100:

@@ -13,7 +13,7 @@ names the cell directly: `z9hG4bKtm<tindex hex>.<tlabel hex>.<branch>.<check>`,
 so any process finds it with no search (tm/reply.py). Kamailio: t_lookup.c
 (t_lookup_request, matching_3261), t_funcs.h (the branch).
 """
-from asyncd.modules.tm.cell import Handle
+from asyncd.modules.tm.cell import F_COMPACT, Handle
 from asyncd.modules.tm.state import S, sock_proto
 from asyncd.sip import parse_msg
 
@@ -83,7 +83,10 @@ def rebuild_request(cell, proc):
     """A private message from the stored request (Kamailio fake_req): R-URI and
     $du as at creation, message flags and saved lumps restored, and the
     transport it came on ($proto), as fake_req copies msg->rcv
-    (src/modules/tm/t_reply.c)."""
+    (src/modules/tm/t_reply.c). A compact wait-state cell (cell.py F_COMPACT)
+    has no request left: ValueError, which every caller already handles."""
+    if cell.flags & F_COMPACT:
+        raise ValueError("the transaction is completed: its request is no longer kept")
     msg = parse_msg(cell.req, tuple(cell.src), tuple(cell.dst), cell.sock, sock_proto(cell.sock))
     msg.new_uri = cell.new_uri
     msg.dst_uri = cell.dst_uri

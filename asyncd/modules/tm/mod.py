@@ -17,7 +17,7 @@ from asyncd.core.rpc import RpcExport
 from asyncd.modules.tm import api, fwd, newtran, reply, suspend
 from asyncd.modules.tm import stats as tm_stats
 from asyncd.modules.tm import timer as tm_timer
-from asyncd.modules.tm.cell import F_CANCELED, F_FINAL, F_SUSPENDED, Cell, Handle
+from asyncd.modules.tm.cell import F_CANCELED, F_COMPACT, F_FINAL, F_SUSPENDED, Cell, Handle
 from asyncd.modules.tm.lookup import lookup_request, rebuild_request, request_key, ack2xx_key
 from asyncd.modules.tm.state import MOD, S, arm_wait, flush, left_claim, sock_proto, unclaim
 from asyncd.sip import build_reply, parse_msg, reply_addr
@@ -274,7 +274,14 @@ def _inner_get(ctx, spec, make_msg, name):
 
 def _get_T_req(ctx, spec, index):
     c = _cell(ctx)
-    return None if c is None else _inner_get(ctx, spec, lambda: rebuild_request(c, ctx.proc), "T_req")
+    if c is None:
+        return None
+    if c.flags & F_COMPACT:
+        # a completed non-INVITE keeps no request (docs/kamailio-tm.md §8): in the
+        # request route that answered it, the request is the message at hand
+        msg = ctx.msg if getattr(ctx.msg, "is_request", False) else None
+        return _inner_get(ctx, spec, lambda: msg, "T_req")
+    return _inner_get(ctx, spec, lambda: rebuild_request(c, ctx.proc), "T_req")
 
 
 def _get_T_rpl(ctx, spec, index):
@@ -377,7 +384,7 @@ def request_done(ctx):
     if cell is None:
         return
     try:
-        if cur != h.saved:
+        if cur != h.saved and not cell.flags & F_COMPACT:     # nobody reads a completed one's
             if cur[0] is not None:
                 cell.avps = cur[0]
             if cur[1] is not None:

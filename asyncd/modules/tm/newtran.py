@@ -91,12 +91,14 @@ def t_newtran(ctx, suspend=False):
     try:
         key = getattr(msg, "_tmkey", None) or request_key(msg)
         cell = new_cell(ctx)
-        cell.key = key
         if suspend:
             bno, fr, saved = suspend_cell(ctx, cell)
         try:
-            created, index, label = S.table.insert(key, cell.encode(), hard_deadline(cell),
-                                                   reply_estimate(msg))
+            # room for the reply only where it is stored in place: a non-INVITE's
+            # final reply moves it to its compact wait-state form (cell.py COMPACT_WHEN)
+            created, index, label = S.table.insert(
+                key, cell.encode(), hard_deadline(cell),
+                reply_estimate(msg) if cell.flags & F_INVITE else 0)
         except TableFull as e:
             log.err(MOD, str(e))
             return -2

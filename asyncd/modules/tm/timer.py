@@ -25,6 +25,8 @@ from asyncd.modules.tm.reply import on_reply
 from asyncd.modules.tm.state import K_FR, K_RETR, K_RPL, K_WAIT, MOD, S, arm_retr, arm_wait, flush
 
 SWEEP_EVERY = 1.0
+_NFIELDS = len(Cell.__slots__)
+_ALIASES = Cell.__slots__.index("aliases")
 
 
 def proc_row():
@@ -114,24 +116,35 @@ def _retr_reply(h, cell, started_ms, interval):
 
 
 def free(index, label):
-    """End of the wait state: the transaction and its ACK aliases go."""
+    """End of the wait state: the transaction and its ACK aliases go. A
+    compact wait-state cell (its slot's "plain" bit) names no alias: it is
+    deleted without being read."""
     table = S.table
-    raw = table.get(index, label)
-    if raw is None:
-        return
-    try:
-        obj = msgpack.unpackb(raw)
-        if len(obj) == len(Cell.__slots__):      # not an ACK alias ([index, label])
-            for a in Cell.decode(raw).aliases:
-                if a and a[0] >= 0:
-                    table.delete(a[0], a[1])
-    except Exception as e:
-        log.err(MOD, f"freeing {index}:{label}: {e!r}")
-        obj = None
-    if table.delete(index, label) and obj is not None and len(obj) == len(Cell.__slots__):
+    cell = table.is_plain(index, label)
+    if not cell:
+        raw = table.get(index, label)
+        if raw is None:
+            return
+        try:
+            cell = _drop_aliases(table, raw)
+        except Exception as e:
+            log.err(MOD, f"freeing {index}:{label}: {e!r}")
+    if table.delete(index, label) and cell:
         cnt, st = S.cnt, S.st         # h_table.h remove_from_hash_table: t_stats_deleted
         cnt[st.deleted] += 1
         cnt[st.t_freed] += 1
+
+
+def _drop_aliases(table, raw):
+    """Delete the ACK aliases a cell names (one decode, read in place). False
+    when raw is an ACK alias itself ([index, label]), not a cell."""
+    obj = msgpack.unpackb(raw)
+    if len(obj) != _NFIELDS:
+        return False
+    for a in obj[_ALIASES]:
+        if a and a[0] >= 0:
+            table.delete(a[0], a[1])
+    return True
 
 
 def sweep(proc):

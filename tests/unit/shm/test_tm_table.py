@@ -99,3 +99,55 @@ def test_concurrent_processes_keep_the_table_consistent(table):
     codes = [os.waitpid(p, 0)[1] for p in pids]
     assert codes == [0, 0, 0]
     assert table.count() == 0
+
+
+def test_put_fit_moves_to_the_smallest_class(table):
+    """tm's wait-state record (fit=True) leaves a slot one class too big; a
+    plain put keeps it unless it uses a third or less."""
+    a = table.arena
+    created, i, lab = table.insert(b"k", b"x" * 700, 1e18)          # a 768-byte slot
+    off = lambda: table.w64[(table.o_slots + i * 40 + 16) >> 3]   # noqa: E731 (the header's offset)
+    table.lock(i)
+    try:
+        assert table.put(i, lab, b"y" * 400) and a.slot_size(off()) == 768
+        assert table.put(i, lab, b"z" * 400, fit=True) and a.slot_size(off()) == 512
+        assert table.put(i, lab, b"w" * 300, fit=True) and a.slot_size(off()) == 384
+    finally:
+        table.unlock(i)
+    assert table.get(i, lab) == b"w" * 300 and table.find(b"k") == (i, lab)
+    assert not table.is_done(i, lab) and not table.is_plain(i, lab)
+    table.lock(i)
+    assert table.put(i, lab, b"v", plain=True)
+    table.unlock(i)
+    assert table.is_plain(i, lab) and not table.is_done(i, lab) and not table.is_plain(i, lab + 1)
+    table.lock(i)
+    assert table.put(i, lab, b"u", done=True)
+    table.unlock(i)
+    assert table.is_plain(i, lab) and table.is_done(i, lab), "bits are only ever added"
+
+
+def test_sweep_skips_free_slots_and_finds_the_expired(table):
+    """A free slot's deadline is +inf (the sweep's quick min() test); a
+    deleted transaction's slot is free again and never reported."""
+    _, i, lab = table.insert(b"old", b"1", 100.0)
+    _, j, m = table.insert(b"new", b"2", 1e18)
+    assert table.expired(now=200.0) == [(i, lab)]
+    table.delete(i, lab)
+    assert table.expired(now=200.0) == []
+    assert table.expired(now=2e18) == [(j, m)]
+
+
+def test_default_size_at_m64_holds_five_seconds_of_14000_per_second():
+    """The default -m 64: slots for 70,000+ completed non-INVITE transactions
+    (14,000/s x wt_timer 5 s), with shm pages for their compact records (512
+    bytes each) and static room left for the other fixed structures."""
+    from shm.arena import DEFAULT_MB
+    arena = ShmArena.create(DEFAULT_MB << 20)
+    try:
+        t = TmTable(arena)
+        assert t.nslots >= 70000
+        st = arena.stats()
+        assert st["static_size"] - st["static_used"] > 2 << 20
+        assert st["pages"] * 65536 > t.nslots * 512 * 3 // 2
+    finally:
+        arena.destroy()

@@ -20,7 +20,8 @@ from asyncd.core.route_types import FAILURE_ROUTE, REQUEST_ROUTE
 from asyncd.modules import tm
 from asyncd.modules.tm import api as tm_api
 from asyncd.modules.tm import mod as tm_mod
-from asyncd.modules.tm.cell import Handle
+from asyncd.modules.tm.cell import (B_PROV, BR_FLAGS, BR_REQ, BR_SOCK, BR_STATUS, F_COMPACT, F_FINAL,
+                                    F_WAIT, Cell, Handle, compact_encode)
 from asyncd.modules.tm.state import S as tm_state
 from asyncd.sip import parse_msg
 from shm.arena import ShmArena
@@ -636,3 +637,106 @@ def test_unacked_local_final_ends_at_timer_h_not_at_the_next_g_tick(net_factory)
     assert net.run(3, lambda: tm_api.table_count() == 0), "never freed"
     took = time.monotonic() - t0
     assert 1.28 + 0.1 <= took < 1.28 + 0.1 + 0.4, took
+
+
+# ---- the compact wait-state record (docs/kamailio-tm.md §8) -------------------------
+def _stored(tid):
+    raw = tm_state.table.get(*tid)
+    return None if raw is None else (Cell.decode(raw), len(raw))
+
+
+def test_completed_non_invite_is_stored_compact(net_factory):
+    """A non-INVITE answered with t_reply keeps only its reply: the request, its
+    AVPs and lumps go in the write that stores the reply; a retransmission
+    still gets the same bytes, $T_req still reads the request in the route
+    that answered, and the wait timer frees it."""
+    from shm.avp import AvpList
+    state = {}
+
+    def request(ctx):
+        ctx.avps = AvpList()
+        ctx.avps.add("big", "v" * 1000)
+        tm_api.t_newtran(ctx)
+        state["id"] = (ctx.t.index, ctx.t.label)
+        state["full"] = _stored(state["id"])[1]
+        tm_api.t_reply(ctx, 200, "OK")
+        state["T_req"] = tm_mod._get_T_req(ctx, "$hdr(Subject)", None)
+
+    net = net_factory({"request": request}, {"wt_timer": 400})
+    data, br, cid = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(),
+                                  headers=("Subject: compact",), body="x" * 1500)
+    net.send(net.uac, data)
+    assert net.run(1, lambda: _rpls(net, net.uac, 200))
+    t_done = time.monotonic()
+    cell, size = _stored(state["id"])
+    assert cell.flags & (F_COMPACT | F_FINAL | F_WAIT) == F_COMPACT | F_FINAL | F_WAIT
+    assert (cell.req, cell.avps, cell.xavps, cell.lumps, cell.branches) == (b"", None, None, None, [])
+    assert cell.uas_status == 200 and cell.uas_reply == _rpls(net, net.uac, 200)[0].raw
+    assert state["full"] > 1800 and size < 600, (state["full"], size)     # the request was in it
+    assert state["T_req"] == "compact"
+    assert tm_state.table.is_plain(*state["id"]), "its end is a delete with no read"
+    net.send(net.uac, data)                 # a retransmission: the same final, from the compact record
+    assert net.run(1, lambda: len(_rpls(net, net.uac, 200)) == 2)
+    first, again = _rpls(net, net.uac, 200)
+    assert again.raw == first.raw
+    assert tm_api.t_continue(net.proc, *state["id"], lambda ctx: None) == -1, "not found, as before"
+    assert net.run(1.5, lambda: tm_api.table_count() == 0)
+    assert 0.3 < time.monotonic() - t_done < 1.2, "freed at wt_timer"
+
+
+def test_late_reply_to_a_relayed_message_is_absorbed_by_the_compact_record(net_factory):
+    net = net_factory({"request": _relay_to(0)}, {"wt_timer": 400})
+    net.proc._uas = [uas_addr(net)]
+    data, br, cid = build_request("MESSAGE", "sip:bob@127.0.0.1", net.uac.getsockname(), body="hi")
+    net.send(net.uac, data)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "MESSAGE"))
+    req = _reqs(net, net.uas[0], "MESSAGE")[0]
+    net.uas_reply(req, 200, "OK")
+    assert net.run(1, lambda: _rpls(net, net.uac, 200))
+    cell, _ = _stored(_ids(req))
+    assert cell.flags & F_COMPACT and cell.req == b"" and cell.branches == []
+    net.uas_reply(req, 200, "OK")           # the UAS retransmits its 200 (it never saw an ACK)
+    net.uas_reply(req, 202, "Accepted")     # and a late, different final
+    net.run(0.2)
+    assert len(_rpls(net, net.uac)) == 1, "nothing more goes upstream"
+    assert tm_api.table_count() == 1
+    net.send(net.uac, data)
+    assert net.run(1, lambda: len(_rpls(net, net.uac, 200)) == 2), "the relayed 200 is re-sent"
+    assert net.run(1.5, lambda: tm_api.table_count() == 0)
+
+
+def _ids(req):
+    """(index, label) from the Via branch tm put on a request it relayed."""
+    from asyncd.modules.tm.lookup import parse_branch
+    branch = req.hdrs("via")[0].split("branch=")[1].split(";")[0]
+    return parse_branch(branch)[:2]
+
+
+def test_invite_keeps_its_whole_cell_in_wait_state(net_factory):
+    net = net_factory({"request": _relay_to(0)}, {"wt_timer": 300})
+    net.proc._uas = [uas_addr(net)]
+    data, br, cid = build_request("INVITE", "sip:bob@127.0.0.1", net.uac.getsockname())
+    net.send(net.uac, data)
+    assert net.run(1, lambda: _reqs(net, net.uas[0], "INVITE"))
+    req = _reqs(net, net.uas[0], "INVITE")[0]
+    net.uas_reply(req, 200, "OK")
+    assert net.run(1, lambda: _rpls(net, net.uac, 200))
+    cell, _ = _stored(_ids(req))
+    assert cell.flags & F_WAIT and not cell.flags & F_COMPACT and cell.req == data
+    assert not tm_state.table.is_plain(*_ids(req))
+
+
+def test_compact_form_keeps_pending_branches_status_and_flags():
+    """A forked non-INVITE answered by one branch: the others keep their
+    status and flags (a late reply on one still runs its onreply_route),
+    without their URI, Via or bytes."""
+    c = Cell()
+    c.flags = F_FINAL | F_WAIT
+    c.req, c.uas_status, c.uas_reply, c.on_reply = b"MESSAGE ...", 200, b"SIP/2.0 200 OK\r\n\r\n", "R"
+    c.branches = [["sip:a@x", ["10.0.0.1", 5060], 0, "z9hG4bKtm1", b"req-a", 200, b"", 0, 1.0],
+                  ["sip:b@y", ["10.0.0.2", 5060], 1, "z9hG4bKtm2", b"req-b", 180, b"", B_PROV, 2.0]]
+    d = Cell.decode(compact_encode(c))
+    assert d.flags == F_FINAL | F_WAIT | F_COMPACT and d.req == b"" and d.on_reply == "R"
+    assert [(b[BR_STATUS], b[BR_FLAGS], b[BR_SOCK], b[BR_REQ]) for b in d.branches] == \
+        [(200, 0, 0, b""), (180, B_PROV, 1, b"")]
+    assert d.uas_reply == c.uas_reply and d.pending_branches() == [1]
