@@ -22,8 +22,11 @@ core runs `reply_route` and forwards the reply statelessly to the second
 Via after removing ours, or drops it if the top Via is not ours (RFC 3261
 18.1.2 / 16.7 step 3).
 """
+import fcntl
 import re
 import signal
+import struct
+import time
 import traceback
 
 from asyncd.cfg.pvcore import fmt
@@ -36,10 +39,64 @@ from asyncd.sip.build import strip_top_via, via_dest
 
 MOD = "core"
 BUFSIZE = 65536
+_SIOCGSTAMP = 0x8906                # linux/sockios.h: receive time of the last datagram read
+_TIMEVAL = struct.Struct("@ll")
 
 
 class _Stop(Exception):
     """Raised by the SIGTERM handler only while we sit idle in recvfrom."""
+
+
+class Backlog:
+    """How late the shared UDP socket's queue is, per datagram: the kernel's
+    arrival stamp of the datagram just read (SIOCGSTAMP, enabled by a first
+    call at start, ~0.7 µs) against now. While the queue is short it looks
+    at every 8th datagram; once one waited more than half of `delay_ms` it
+    looks at every one. A datagram that waited more than `delay_ms` marks
+    the process overloaded while it is handled (proc.overloaded, read by
+    tm's request_in: a new request gets 503 before the script runs,
+    docs/kamailio-tm.md §7). So the queue settles near `delay_ms` of wait:
+    what exceeds the rate the server can serve is answered at a fraction of
+    the cost of serving it, and nothing is left to the kernel's drops.
+    Kamailio has no such signal: a request it cannot serve waits in the
+    queue or is dropped by the kernel, and its client retransmits into the
+    same queue."""
+
+    EVERY = 8
+
+    def __init__(self, proc, sock, delay_ms):
+        self.proc = proc
+        self.high = delay_ms / 1000.0
+        self.low = self.high / 2
+        self.n = 0
+        self.hot = False            # the last look found the queue over `low`
+        self.fd = sock.fileno() if delay_ms > 0 else -1
+        self.on = self.fd >= 0          # a stand-in socket without a descriptor: never late
+        if self.on:
+            try:
+                fcntl.ioctl(self.fd, _SIOCGSTAMP, bytes(16))
+            except OSError:
+                pass                # ENOENT: nothing read yet; stamping is on from now
+
+    def look(self):
+        """After a datagram was read: is it late?"""
+        self.n += 1
+        if not self.hot and self.n % self.EVERY:
+            return
+        try:
+            sec, usec = _TIMEVAL.unpack(fcntl.ioctl(self.fd, _SIOCGSTAMP, bytes(16)))
+        except OSError:
+            return
+        late = time.time() - sec - usec / 1e6
+        self.proc.overloaded = late > self.high
+        hot = late > self.low
+        if hot != self.hot:
+            self.hot = hot
+            if hot:
+                log.notice(MOD, f"receive queue: a request waited {late * 1000:.0f} ms; requests that "
+                                f"waited over {self.high * 1000:.0f} ms get 503 (overload_delay_ms)")
+            else:
+                log.notice(MOD, f"receive queue: back under {self.low * 1000:.0f} ms")
 
 
 class Receiver:
@@ -70,6 +127,8 @@ class Receiver:
         self.cnt = proc.cnt
         self.log_prefix = self.script.log_prefix       # parsed core param, or None
         self.cs = self.script.core_stats            # registered by init_modules (before the fork)
+        self.backlog = Backlog(proc, self.sock, int(self.script.core.get("overload_delay_ms", 0))
+                               if self.proto == "udp" else 0)
 
     # -- loop -------------------------------------------------------------
     def on_term(self, signum, frame):
@@ -79,7 +138,10 @@ class Receiver:
 
     def read(self):
         """The next (data, src) to handle, or None for nothing: here a datagram."""
-        return self.sock.recvfrom(BUFSIZE)
+        got = self.sock.recvfrom(BUFSIZE)
+        if self.backlog.on:
+            self.backlog.look()
+        return got
 
     def loop(self):
         signal.signal(signal.SIGTERM, self.on_term)

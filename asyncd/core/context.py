@@ -18,6 +18,9 @@ class ProcState:
         self.sockets = []         # bound UDP sockets inherited from main, index = socket id
         self.async_gname = None   # $async(gname) in core async workers
         self.stopping = False
+        # the receive queue is late (workers/receiver.py Backlog): tm answers new
+        # requests 503 before the script runs (docs/kamailio-tm.md §7)
+        self.overloaded = False
         self.extra = {}           # per-module private state, keyed by module name
         # this process's statistics row (asyncd.core.counters.Stats.row): cnt[handle] += n;
         # a private dict until the supervisor binds the shm row after fork

@@ -82,6 +82,9 @@ TABLE = {
     "run_dir": ("str", "/run/kamailio"),
     # asyncd's own (docs/architecture.md, "Respawn"): Kamailio has no respawn
     "respawn": ("bool", 1), "respawn_max": ("int", 5), "respawn_window": ("int", 10),
+    # asyncd's own (docs/kamailio-tm.md §7): a UDP request that waited longer than
+    # this in the kernel's receive queue means overload: new requests get 503 (0: off)
+    "overload_delay_ms": ("int", 250),
 }
 # other spellings Kamailio's cfg lexer accepts for the same parameter (src/core/cfg.lex)
 SPELLINGS = {"rundir": "run_dir"}

@@ -337,7 +337,7 @@ def request_in(ctx):
             return True
         if newtran.match_request(ctx):
             return True
-        if S.table.is_full() and ctx.msg.method != "ACK":
+        if (getattr(ctx.proc, "overloaded", False) or S.table.is_full()) and ctx.msg.method != "ACK":
             return _busy(ctx)
     except Exception as e:
         log.err(MOD, f"request matching failed: {e!r}")
@@ -345,7 +345,8 @@ def request_in(ctx):
 
 
 def _busy(ctx):
-    """The table is full before the script runs: answer 503 with Retry-After
+    """The table is full, or the receive queue late (proc.overloaded,
+    workers/receiver.py Backlog), before the script runs: answer 503 with Retry-After
     (RFC 3261 §21.5.4) at once rather than let the request's transaction fail
     later or be dropped (docs/kamailio-tm.md §7). True: absorbed."""
     msg = ctx.msg
