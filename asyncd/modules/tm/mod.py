@@ -67,6 +67,11 @@ def w_t_check_trans(ctx, site):
     msg = ctx.msg
     if msg.method == "CANCEL":
         return 1 if S.table.find(request_key(msg, "INVITE")) else -1
+    if getattr(msg, "_tm_miss", False) and msg.method != "ACK":
+        # request_in looked for it a moment ago (newtran.match_request): a
+        # retransmission that created it since, on another receiver, is still
+        # caught by t_newtran's insert, which matches under the bucket lock
+        return -1
     h = lookup_request(ctx)
     if h is None:
         if msg.method == "ACK" and msg.to_tag:

@@ -131,6 +131,7 @@ def match_request(ctx):
     msg = ctx.msg
     key = msg._tmkey = request_key(msg)
     found = S.table.find(key)
+    msg._tm_miss = not found       # t_check_trans in the script need not look again
     if found:
         h = Handle(S.table, *found)
         if msg.method == "ACK":
