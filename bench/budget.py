@@ -134,7 +134,8 @@ def measure(srv, scenario, rate, seconds, spy, tmp):
 
 def render(kind, res):
     out = [f"\n{kind} at {res['rate']:,}/s ({res['requests']:,} requests, SIPp rc {res['sipp_rc']}):", "",
-           "| process | user µs/req | sys µs/req | voluntary cs/req | involuntary cs/req | where (py-spy share of CPU) |",
+           "| process | user µs/req | sys µs/req | voluntary cs/req | involuntary cs/req "
+           "| where (py-spy share of CPU) |",
            "|---|---|---|---|---|---|"]
     tu = ts = 0.0
     for r in res["rows"]:
@@ -158,15 +159,16 @@ def main(argv=None):
     ap.add_argument("--spy", action="store_true", help="split each process's CPU by stage (py-spy, asyncd)")
     a = ap.parse_args(argv)
     case = load_cases()[a.case]
-    mem = a.mem or case.mem_mb
+    mem = a.mem or case.mem_for(a.server)
     if a.spy and not shutil.which("py-spy"):
         sys.exit("--spy needs py-spy (pip install py-spy)")
     with tempfile.TemporaryDirectory(prefix="asyncd-budget-") as tmp:
         srv = Server(kind=a.server, cfg=str(case.cfg), port=free_udp_port(), mem_mb=mem, workdir=Path(tmp))
         srv.start()
         try:
-            print(f"# {a.case} ({case.cfg.name}), {a.server} at -m {mem}, commit "
-                  f"{subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=os.path.dirname(__file__)).stdout.strip()}")
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=os.path.dirname(__file__)).stdout.strip()
+            print(f"# {a.case} ({case.cfg.name}), {a.server} at -m {mem}, commit {commit}")
             for rate in [int(r) for r in a.rates.split(",")]:
                 print(render(a.server, measure(srv, case.sipp["scenario"], rate, a.seconds,
                                                a.spy and a.server == "asyncd", tmp)), flush=True)
