@@ -234,7 +234,12 @@ def _delay(site, v, rng, unit):
     return d
 
 
+_ROUTES_OK = set()       # names that passed: the compiled script's routes never change
+
+
 def _route_ok(ctx, site, name):
+    if name in _ROUTES_OK:
+        return True
     if name is None or name == "":
         _err(site, "empty route name")
         return False
@@ -251,6 +256,8 @@ def _route_ok(ctx, site, name):
         # refused before any transaction exists (docs/kamailio-async.md §2.1)
         _err(site, f"empty action lists in route block [{name}]")
         return False
+    if len(_ROUTES_OK) < 1024:      # names come from variables too: keep it bounded
+        _ROUTES_OK.add(name)
     return True
 
 
