@@ -186,11 +186,19 @@ def _via_fast(s):
         if port > 65535:
             return None
     v.port = port
-    if rest[:8] == ";branch=" and rest.find(";", 8) < 0:  # a UA's usual Via
-        v.params = {"branch": rest[8:]}
-        v.branch = rest[8:]
-        v.rport = v.received = v.maddr = None
-        return v
+    if rest[:8] == ";branch=":  # a UA's usual Via: ;branch=x, or ;branch=x;rport (SIPp's)
+        semi = rest.find(";", 8)
+        if semi < 0:
+            v.params = {"branch": rest[8:]}
+            v.branch = rest[8:]
+            v.rport = v.received = v.maddr = None
+            return v
+        if rest[semi:] == ";rport":
+            b = v.branch = rest[8:semi]
+            v.params = {"branch": b, "rport": ""}
+            v.rport = ""
+            v.received = v.maddr = None
+            return v
     params = v.params = {}
     if rest:
         for p in rest[1:].split(";"):
