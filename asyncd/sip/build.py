@@ -54,19 +54,29 @@ def top_via_received(msg):
     if not rport and v.received is None and _unbracket(v.host) == ip:
         return line
     text = v.raw
+    if v.rport == "" and v.received is None and len(v.params) == 2 and text.endswith(";rport") \
+            and text.count(";") == 2:
+        # ';x=y;rport' (SIPp's Via): the only rport is the last parameter, so the
+        # substitution below would give exactly this; one format instead of a regex
+        text = "%s=%d;received=%s" % (text, port, ip)
+    else:
+        text = _mark_via(v, text, rport, ip, port)
+        if text == v.raw:
+            return line
+    parts = split_commas(line) if "," in line else [line]
+    parts[0] = text
+    return ",".join(parts)
+
+
+def _mark_via(v, text, rport, ip, port):
+    """The via-parm text with rport filled in / added and received set (RFC 3581 §4)."""
     if v.rport is not None:
         text = _RPORT_RE.sub(";rport=%d" % port, text, count=1)
     elif rport:
         text += ";rport=%d" % port
     if v.received is not None:
-        text = _RECEIVED_RE.sub(";received=" + ip, text, count=1)
-    else:
-        text += ";received=" + ip
-    if text == v.raw:
-        return line
-    parts = split_commas(line) if "," in line else [line]
-    parts[0] = text
-    return ",".join(parts)
+        return _RECEIVED_RE.sub(";received=" + ip, text, count=1)
+    return text + ";received=" + ip
 
 
 def reply_addr(msg):
