@@ -364,13 +364,22 @@ def parse_nameaddr_list(value, what="header"):
 _CSEQ_FAST_RE = re.compile(r"([0-9]{1,10}+)[ \t]++([A-Za-z0-9\-.!%*_+`'~]++)\Z")
 
 
+_cseq_cache = {}  # CSeq value -> (number, method): "1 OPTIONS", "1 INVITE" come back all the time
+
+
 def parse_cseq(value):
     """-> (number, method); number is 32-bit (RFC 3261 8.1.1.5, RFC 4475 3.1.2.4)."""
+    r = _cseq_cache.get(value)
+    if r is not None:
+        return r
     m = _CSEQ_FAST_RE.match(value)
     if m is not None:  # the common shape; anything else gets the checks below
         num = int(m.group(1))
         if num <= 0xFFFFFFFF:
-            return num, m.group(2)
+            if len(_cseq_cache) >= 512:  # bounded: the wire must not grow it forever
+                _cseq_cache.clear()
+            r = _cseq_cache[value] = (num, m.group(2))
+            return r
     parts = value.split()
     if len(parts) != 2:
         raise SipParseError("Bad CSeq header")
