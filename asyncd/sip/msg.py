@@ -454,7 +454,14 @@ def _index_slow(m, lines):
     return err
 
 
+_reqlines = {}  # well-formed SIP/2.0 Request-Line -> (method, R-URI); bounded below
+
+
 def _first_line(m, line):
+    hit = _reqlines.get(line)
+    if hit is not None:  # the same Request-Line as an earlier request: checked then
+        m.method, m.ruri = hit
+        return
     if line[:4].upper() == "SIP/":
         m.is_request = False
         parts = line.split(" ", 2)
@@ -476,6 +483,10 @@ def _first_line(m, line):
             and ruri.find("?", ruri.rfind("@") + 1) >= 0:
         raise SipParseError("Bad Request-URI: headers not allowed")
     m.ruri = ruri
+    if rl is not None:
+        if len(_reqlines) >= 1024:  # the wire must not grow it forever
+            _reqlines.clear()
+        _reqlines[line] = (m.method, ruri)
 
 
 def _bad_request_line(m, line):
