@@ -537,6 +537,9 @@ def _checks(m, buf, start):
     if v is None:
         m.body = buf[start:]  # UDP without Content-Length: the rest (RFC 3261 18.3)
         return
+    if v == "Content-Length: 0":  # a request without body, written the usual way
+        m._cl = 0             # (what the general code below gives for it, body b"")
+        return
     v = v[v.find(":") + 1:].strip(" \t")
     blen = len(buf) - start
     if not (v.isascii() and v.isdigit()) or len(v) > 10:
