@@ -166,12 +166,33 @@ _VIA_RE = re.compile(
 
 
 # the common, compact form: SIP/2.0/UDP host[:port];p[=v]... (no LWS, no quotes)
+_VIA_PARAMS = r"(?:;[A-Za-z0-9\-.!%*_+`'~]++(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]++)?)*+"
 _VIA_FAST_RE = re.compile(
     r"SIP/2\.0/([A-Za-z]++) (\[[0-9A-Fa-f:.]++\]|[A-Za-z0-9_.\-]++)(?::([0-9]{1,5}+))?"
-    r"((?:;[A-Za-z0-9\-.!%*_+`'~]++(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]++)?)*+)\Z")
+    r"(%s)\Z" % _VIA_PARAMS)
+_VIA_PARAMS_RE = re.compile(_VIA_PARAMS + r"\Z")
+# "SIP/2.0/UDP host:port" (what precedes the first ';') of Vias _VIA_FAST_RE
+# accepted -> (transport, host, port): a UA's Vias differ in the branch only
+_sentby = {}
 
 
 def _via_fast(s):
+    semi = s.find(";")
+    hit = _sentby.get(s[:semi]) if semi > 0 else None
+    if hit is None:
+        return _via_fast_re(s)
+    # the part before ';' matched _VIA_FAST_RE before, so the whole matches it
+    # exactly when the parameters do
+    if _VIA_PARAMS_RE.match(s, semi) is None:
+        return None
+    v = Via()
+    v.raw = s
+    v.protocol = "SIP/2.0"
+    v.transport, v.host, v.port = hit
+    return _via_params(v, s[semi:])
+
+
+def _via_fast_re(s):
     m = _VIA_FAST_RE.match(s)
     if m is None:
         return None
@@ -186,6 +207,15 @@ def _via_fast(s):
         if port > 65535:
             return None
     v.port = port
+    if rest:
+        if len(_sentby) >= 256:  # bounded: the wire must not grow it forever
+            _sentby.clear()
+        _sentby[s[:len(s) - len(rest)]] = (v.transport, host, port)
+    return _via_params(v, rest)
+
+
+def _via_params(v, rest):
+    """The parameters of a Via _VIA_FAST_RE accepts (rest: '' or ';a=b;c...')."""
     if rest[:8] == ";branch=":  # a UA's usual Via: ;branch=x, or ;branch=x;rport (SIPp's)
         semi = rest.find(";", 8)
         if semi < 0:

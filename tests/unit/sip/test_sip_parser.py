@@ -125,6 +125,20 @@ def test_bad_top_via_rejected_without_reply(via):
     assert "Via" in ei.value.reason and ei.value.can_reply is False and ei.value.msg is None
 
 
+@pytest.mark.parametrize("via", [
+    "SIP/2.0/UDP 10.9.9.9:5062;;branch=z9hG4bK1", "SIP/2.0/UDP 10.9.9.9:5062;branch=a b",
+    "SIP/2.0/UDP 10.9.9.9:5062;branch=", "SIP/2.0/UDP 10.9.9.9:5062;branch=z9hG4bK1,"])
+def test_bad_via_after_a_good_one_from_the_same_sent_by(via):
+    """A sent-by seen before (the fast path remembers it) still has its parameters checked."""
+    m = parse_msg(req(replace={"Via": "Via: SIP/2.0/udp 10.9.9.9:5062;branch=z9hG4bK0;rport"}))
+    assert (m.via1.transport, m.via1.host, m.via1.port, m.via1.rport) == ("UDP", "10.9.9.9", 5062, "")
+    m = parse_msg(req(replace={"Via": "Via: SIP/2.0/udp 10.9.9.9:5062;Branch=z9hG4bK2;RPORT=7"}))
+    assert (m.via1.transport, m.via1.params) == ("UDP", {"branch": "z9hG4bK2", "rport": "7"})
+    with pytest.raises(SipParseError) as ei:
+        parse_msg(req(replace={"Via": "Via: " + via.replace("UDP", "udp")}))
+    assert "Via" in ei.value.reason and ei.value.can_reply is False
+
+
 def test_bad_second_via_is_lazy():
     m = parse_msg(req(add=["Via: SIP/2.0/UDP ;;"]))
     assert m.via1.branch == "z9hG4bK776asdhds"
