@@ -314,7 +314,20 @@ _NA_FAST_RE = re.compile(
     r'((?:[ \t]*+;[ \t]*+%s++(?:[ \t]*+=[ \t]*+[^;"\s]++)?)*+)[ \t]*+\Z' % (_T, _T, _T), re.S)
 
 
+# name-addr values without header parameters the fast shape accepted ->
+# (display, uri): a To without tag, a Route, a Contact come back unchanged
+_na_plain = {}
+
+
 def parse_nameaddr(s, what="header"):
+    hit = _na_plain.get(s)
+    if hit is not None:  # a fresh object each time: callers may change theirs
+        na = NameAddr()
+        na.raw = s
+        na.display, na.uri = hit
+        na.params = {}
+        na.tag = None
+        return na
     m = _NA_FAST_RE.match(s)
     if m is None or ":" not in m.group(3):
         return _parse_nameaddr(s, what)
@@ -323,6 +336,10 @@ def parse_nameaddr(s, what="header"):
     na.raw = s
     na.display = quoted or tokens or ""
     na.uri = uri
+    if not tail:
+        if len(_na_plain) >= 512:  # bounded: the wire must not grow it forever
+            _na_plain.clear()
+        _na_plain[s] = (na.display, uri)
     # the usual From/To tail (the regex lets LWS follow '=', that takes the loop)
     if tail[:5] == ";tag=" and tail.find(";", 5) < 0 and tail[5] not in " \t":
         na.params = {"tag": tail[5:]}

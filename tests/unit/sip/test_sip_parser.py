@@ -312,3 +312,17 @@ def test_faked_request():
     assert f.src == ("127.0.0.1", 5060) and f.from_tag == "123" and f.body == b""
     f.hdr_adds.append("X: 1\r\n")
     assert faked_request().hdr_adds == []  # a fresh message each time
+
+
+def test_name_addr_without_params_is_a_fresh_object_each_time():
+    """parse_nameaddr remembers plain values (a To without tag); callers still own what they get."""
+    from asyncd.sip.hdrs import parse_nameaddr
+    a = parse_nameaddr("Bob <sip:bob@biloxi.example.com>", "To")
+    a.params["tag"] = "x"
+    a.tag = "x"
+    b = parse_nameaddr("Bob <sip:bob@biloxi.example.com>", "To")
+    assert b is not a
+    assert (b.display, b.uri, b.params, b.tag) == ("Bob", "sip:bob@biloxi.example.com", {}, None)
+    m = parse_msg(req())
+    assert m.to_tag is None and m.to.uri == "sip:bob@biloxi.example.com"
+    assert m.to.raw == "Bob <sip:bob@biloxi.example.com>"
