@@ -128,8 +128,9 @@ def _has_tag(msg, value):
         return _TAG_RE.search(value.rpartition(">")[2] if ">" in value else value) is not None
 
 
-_REPLY = "SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n"
+_REPLY = "SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n%s"
 _tails = {}  # (server line, body length) -> the encoded "Server: ...\r\nContent-Length: n\r\n\r\n"
+_tails_s = {}  # the same as text
 
 
 # Kamailio's "Server: kamailio (5.6.3 (x86_64/linux))" shape; core parameters
@@ -160,6 +161,17 @@ def _tail(server, blen):
     return t
 
 
+def _tail_str(server, blen):
+    """_tail as text, for the common reply's single format (kept apart: _tails holds bytes)."""
+    line = _server_line[0] if server is None else ("Server: %s" % server if server else "")
+    t = _tails_s.get((line, blen))
+    if t is None:
+        t = (line + "\r\n" if line else "") + "Content-Length: %d\r\n\r\n" % blen
+        if len(_tails_s) < 256:
+            _tails_s[(line, blen)] = t
+    return t
+
+
 def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", server=None):
     """A reply to request msg (RFC 3261 8.2.6): Vias, From, To (+tag), Call-ID,
     CSeq copied; Record-Route copied into 1xx/2xx (RFC 3261 12.1.1);
@@ -181,9 +193,12 @@ def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", serv
             t = t[t.find(":") + 1:].strip(" \t")
             if code > 100 and not _has_tag(msg, t):
                 t = "%s;tag=%s" % (t, to_tag or stable_to_tag(msg))
-            return (_REPLY % (code, reason, top_via_received(msg), f[f.find(":") + 1:].strip(" \t"), t,
-                              c[c.find(":") + 1:].strip(" \t"), msg._cseq_v or _value(q))
-                    ).encode("utf-8", "surrogateescape") + _tail(server, len(body)) + body
+            cid = msg._callid  # cut already when stable_to_tag or the cfg read it
+            s = _REPLY % (code, reason, top_via_received(msg), f[f.find(":") + 1:].strip(" \t"), t,
+                          c[c.find(":") + 1:].strip(" \t") if cid is None else cid,
+                          msg._cseq_v or _value(q), _tail_str(server, len(body)))
+            s = s.encode("utf-8", "surrogateescape")
+            return s + body if body else s
     out = ["SIP/2.0 %d %s\r\n" % (code, reason)]
     app = out.append
     line = first.get("via")
