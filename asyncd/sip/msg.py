@@ -28,7 +28,7 @@ import itertools
 import re
 from time import time as _time
 
-from .hdrs import (SINGLE, SipParseError, canon, canon_checked, parse_cseq,
+from .hdrs import (SINGLE, SipParseError, _via_fast, canon, canon_checked, parse_cseq,
                    parse_nameaddr, parse_nameaddr_list, parse_via_line)
 from .uri import parse_uri
 
@@ -528,7 +528,8 @@ def _checks(m, buf, start):
             if key not in first:
                 raise SipParseError("Missing %s header" % name)
     via = m._via_v = via[via.find(":") + 1:].strip(" \t")
-    m._vias1 = parse_via_line(via)
+    v = _via_fast(via) if "," not in via else None  # parse_via_line's first step, called direct
+    m._vias1 = [v] if v is not None else parse_via_line(via)
     cseq = m._cseq_v = cseq[cseq.find(":") + 1:].strip(" \t")
     cseq = m._cseq = parse_cseq(cseq)
     if cseq[1] != m.method and m.is_request:
