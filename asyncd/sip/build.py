@@ -190,12 +190,12 @@ def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", serv
         except KeyError:
             pass
         else:
-            t = t[t.find(":") + 1:].strip(" \t")
+            t = t.partition(":")[2].strip(" \t")
             if code > 100 and not _has_tag(msg, t):
                 t = "%s;tag=%s" % (t, to_tag or stable_to_tag(msg))
             cid = msg._callid  # cut already when stable_to_tag or the cfg read it
-            s = _REPLY % (code, reason, top_via_received(msg), f[f.find(":") + 1:].strip(" \t"), t,
-                          c[c.find(":") + 1:].strip(" \t") if cid is None else cid,
+            s = _REPLY % (code, reason, top_via_received(msg), f.partition(":")[2].strip(" \t"), t,
+                          c.partition(":")[2].strip(" \t") if cid is None else cid,
                           msg._cseq_v or _value(q), _tail_str(server, len(body)))
             s = s.encode("utf-8", "surrogateescape")
             return s + body if body else s

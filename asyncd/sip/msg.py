@@ -104,7 +104,7 @@ class SipMsg:
         line = self._first.get(key)
         if line is None:
             return None
-        return line[line.find(":") + 1:].strip(" \t")
+        return line.partition(":")[2].strip(" \t")
 
     def _vall(self, key):
         """All values of header `key` (one per header line), in order."""
@@ -116,7 +116,7 @@ class SipMsg:
         line = self._first.get(key)
         if line is None:
             return []
-        return [line[line.find(":") + 1:].strip(" \t")]
+        return [line.partition(":")[2].strip(" \t")]
 
     def _count(self, key):
         multi = self._multi
@@ -385,7 +385,7 @@ def _name_key(name):
 
 
 def _value(line):
-    return line[line.find(":") + 1:].strip(" \t")
+    return line.partition(":")[2].strip(" \t")
 
 
 def _index_headers(m, lines):
@@ -527,10 +527,10 @@ def _checks(m, buf, start):
         for key, name in _REQUIRED:
             if key not in first:
                 raise SipParseError("Missing %s header" % name)
-    via = m._via_v = via[via.find(":") + 1:].strip(" \t")
+    via = m._via_v = via.partition(":")[2].strip(" \t")
     v = _via_fast(via) if "," not in via else None  # parse_via_line's first step, called direct
     m._vias1 = [v] if v is not None else parse_via_line(via)
-    cseq = m._cseq_v = cseq[cseq.find(":") + 1:].strip(" \t")
+    cseq = m._cseq_v = cseq.partition(":")[2].strip(" \t")
     cseq = m._cseq = parse_cseq(cseq)
     if cseq[1] != m.method and m.is_request:
         raise SipParseError("CSeq method does not match request method")
@@ -541,7 +541,7 @@ def _checks(m, buf, start):
     if v == "Content-Length: 0":  # a request without body, written the usual way
         m._cl = 0             # (what the general code below gives for it, body b"")
         return
-    v = v[v.find(":") + 1:].strip(" \t")
+    v = v.partition(":")[2].strip(" \t")
     blen = len(buf) - start
     if not (v.isascii() and v.isdigit()) or len(v) > 10:
         raise SipParseError("Bad Content-Length")
