@@ -63,7 +63,9 @@ def top_via_received(msg):
         text = _mark_via(v, text, rport, ip, port)
         if text == v.raw:
             return line
-    parts = split_commas(line) if "," in line else [line]
+    if "," not in line:  # one via-parm: the marked text is the whole value
+        return text
+    parts = split_commas(line)
     parts[0] = text
     return ",".join(parts)
 
