@@ -54,11 +54,15 @@ def top_via_received(msg):
     if not rport and v.received is None and _unbracket(v.host) == ip:
         return line
     text = v.raw
-    if v.rport == "" and v.received is None and len(v.params) == 2 and text.endswith(";rport") \
-            and text.count(";") == 2:
-        # ';x=y;rport' (SIPp's Via): the only rport is the last parameter, so the
-        # substitution below would give exactly this; one format instead of a regex
-        text = "%s=%d;received=%s" % (text, port, ip)
+    if v.rport == "" and v.received is None and len(v.params) == 2 and text.count(";") == 2:
+        # ';x=y;rport' (SIPp's Via) or ';rport;x=y' (most UAs'): one bare rport and
+        # one other parameter, so the substitution in _mark_via would give this
+        if text.endswith(";rport"):
+            text = "%s=%d;received=%s" % (text, port, ip)
+        else:
+            i = text.find(";rport;") + 6
+            text = _mark_via(v, text, rport, ip, port) if i < 6 else \
+                "%s=%d%s;received=%s" % (text[:i], port, text[i:], ip)
     else:
         text = _mark_via(v, text, rport, ip, port)
         if text == v.raw:

@@ -216,7 +216,7 @@ def _via_fast_re(s):
 
 def _via_params(v, rest):
     """The parameters of a Via _VIA_FAST_RE accepts (rest: '' or ';a=b;c...')."""
-    if rest[:8] == ";branch=":  # a UA's usual Via: ;branch=x, or ;branch=x;rport (SIPp's)
+    if rest[:8] == ";branch=":  # a UA's usual Via: ;branch=x, ;branch=x;rport (SIPp's), ;rport;branch=x
         semi = rest.find(";", 8)
         if semi < 0:
             v.params = {"branch": rest[8:]}
@@ -229,6 +229,12 @@ def _via_params(v, rest):
             v.rport = ""
             v.received = v.maddr = None
             return v
+    elif rest[:14] == ";rport;branch=" and rest.find(";", 14) < 0:  # the other usual order
+        b = v.branch = rest[14:]
+        v.params = {"rport": "", "branch": b}
+        v.rport = ""
+        v.received = v.maddr = None
+        return v
     params = v.params = {}
     if rest:
         for p in rest[1:].split(";"):
