@@ -121,8 +121,10 @@ def stable_to_tag(msg):
     for byte), which spares parsing it for its tag: ~1.6 µs per reply."""
     v = msg.via1
     tx = (v.branch or v.raw) if v is not None else ""
-    cseq = msg._cseq                # msg.hdr("from") and msg.cseq_num, without the name lookup
-    key = "%s|%s|%s|%s|%s" % (msg.callid, msg._v1("from") or "", cseq[0] if cseq else None, tx, msg.src[0])
+    f = msg._first.get("from")      # msg.hdr("from") and msg.cseq_num, without the name lookup
+    cseq = msg._cseq
+    key = "%s|%s|%s|%s|%s" % (msg.callid, f.partition(":")[2].strip(" \t") if f is not None else "",
+                              cseq[0] if cseq else None, tx, msg.src[0])
     return _md5(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 

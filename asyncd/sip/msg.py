@@ -211,7 +211,9 @@ class SipMsg:
     def callid(self):
         v = self._callid
         if v is None:
-            v = self._callid = self._v1("call-id")
+            line = self._first.get("call-id")  # self._v1("call-id"), inlined: every reply reads it
+            if line is not None:
+                v = self._callid = line.partition(":")[2].strip(" \t")
         return v
 
     @property
