@@ -207,8 +207,8 @@ def _via_fast_re(s):
         if port > 65535:
             return None
     v.port = port
-    if rest:
-        if len(_sentby) >= 256:  # bounded: the wire must not grow it forever
+    if rest and len(s) - len(rest) <= 128:  # bounded in count and size: the wire
+        if len(_sentby) >= 256:              # must not grow it forever
             _sentby.clear()
         _sentby[s[:len(s) - len(rest)]] = (v.transport, host, port)
     return _via_params(v, rest)
@@ -342,8 +342,8 @@ def parse_nameaddr(s, what="header"):
     na.raw = s
     na.display = quoted or tokens or ""
     na.uri = uri
-    if not tail:
-        if len(_na_plain) >= 512:  # bounded: the wire must not grow it forever
+    if not tail and len(s) <= 256:  # bounded in count and size: the wire
+        if len(_na_plain) >= 512:   # must not grow it forever
             _na_plain.clear()
         _na_plain[s] = (na.display, uri)
     # the usual From/To tail (the regex lets LWS follow '=', that takes the loop)
@@ -429,9 +429,11 @@ def parse_cseq(value):
     if m is not None:  # the common shape; anything else gets the checks below
         num = int(m.group(1))
         if num <= 0xFFFFFFFF:
-            if len(_cseq_cache) >= 512:  # bounded: the wire must not grow it forever
-                _cseq_cache.clear()
-            r = _cseq_cache[value] = (num, m.group(2))
+            r = (num, m.group(2))
+            if len(value) <= 64:  # bounded in count and size: the wire must not grow it forever
+                if len(_cseq_cache) >= 512:
+                    _cseq_cache.clear()
+                _cseq_cache[value] = r
             return r
     parts = value.split()
     if len(parts) != 2:

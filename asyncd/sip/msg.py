@@ -489,8 +489,8 @@ def _first_line(m, line):
             and ruri.find("?", ruri.rfind("@") + 1) >= 0:
         raise SipParseError("Bad Request-URI: headers not allowed")
     m.ruri = ruri
-    if rl is not None:
-        if len(_reqlines) >= 1024:  # the wire must not grow it forever
+    if rl is not None and len(line) <= 256:  # bounded in count and size: the wire
+        if len(_reqlines) >= 1024:            # must not grow it forever
             _reqlines.clear()
         _reqlines[line] = (m.method, ruri)
 

@@ -326,3 +326,19 @@ def test_name_addr_without_params_is_a_fresh_object_each_time():
     m = parse_msg(req())
     assert m.to_tag is None and m.to.uri == "sip:bob@biloxi.example.com"
     assert m.to.raw == "Bob <sip:bob@biloxi.example.com>"
+
+
+def test_hot_path_caches_stay_small():
+    """What the wire repeats is remembered, but never more than a few hundred short entries."""
+    from asyncd.sip import hdrs, msg
+    long_user = "u" * 2000
+    for i in range(1500):
+        user = "%d%s" % (i, long_user if i % 2 else "")
+        via = "Via: SIP/2.0/UDP h%d%s:5060;branch=z9hG4bK%d" % (i, "x" * (i % 300), i)
+        parse_msg(req(first="INVITE sip:%s@biloxi.example.com SIP/2.0" % user,
+                      replace={"CSeq": "CSeq: %d INVITE" % (i + 1), "Via": via,
+                               "To": "To: <sip:%s@b>" % user})).to
+    caches = ((msg._reqlines, 1024, 256), (hdrs._cseq_cache, 512, 64), (hdrs._sentby, 256, 128),
+              (hdrs._na_plain, 512, 256))
+    for cache, count, size in caches:
+        assert 0 < len(cache) <= count and max(map(len, cache)) <= size
