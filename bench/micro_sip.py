@@ -5,7 +5,9 @@ Runs in: a developer's shell (`python -m bench.micro_sip [--json FILE] [--n N]`)
 Cases are what a receiver does per datagram: the eager parse_msg alone, then
 parse plus the first access to the fields tm and sl always read (top Via
 branch, CSeq, Call-ID, From tag), then a stateless reply built on top, then
-the receiver's whole handle() for the bench's stateless cfg (syscalls aside).
+the receiver's whole handle() for the bench's stateless cfg (syscalls aside);
+and, for the async task path, SIPp's own OPTIONS parsed and what a task worker
+does to answer it (parse again, To-tag, build_reply: tm's reply_cell).
 Best of several repeats (the least disturbed run), as timeit advises, timed
 with this process's CPU clock so other load on a shared machine inflates the
 figures less than wall time would.
@@ -21,7 +23,7 @@ import time
 import timeit
 
 from asyncd.cfg.compiler import compile_cfg
-from asyncd.sip import build_reply, parse_msg, reply_addr
+from asyncd.sip import build_reply, parse_msg, reply_addr, stable_to_tag
 from workers.receiver import Receiver
 
 INVITE = (
@@ -55,6 +57,19 @@ OPTIONS = (
     b"Subject: Performance Test\r\n"
     b"Content-Length: 0\r\n\r\n")
 
+# what the bench's SIPp sends (bench/scenarios/options_uac.xml): rport, no display names
+SIPP_OPTIONS = (
+    b"OPTIONS sip:service@127.0.0.1:5060 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-4242-1-0;rport\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"From: <sip:sipp@127.0.0.1:5061>;tag=4242SIPpTag001\r\n"
+    b"To: <sip:service@127.0.0.1:5060>\r\n"
+    b"Call-ID: 1-4242@127.0.0.1\r\n"
+    b"CSeq: 1 OPTIONS\r\n"
+    b"Contact: <sip:sipp@127.0.0.1:5061>\r\n"
+    b"Accept: application/sdp\r\n"
+    b"Content-Length: 0\r\n\r\n")
+
 REPLY = (
     b"SIP/2.0 180 Ringing\r\n"
     b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKp1\r\n"
@@ -79,6 +94,13 @@ def sl_reply(buf):
     m = first_access(buf)
     build_reply(m, 200, "OK")
     reply_addr(m)
+
+
+def task_reply(buf):
+    """What an async task worker does to answer a stored request (tm reply_cell after
+    rebuild_request): parse it again, the To-tag, the 200."""
+    m = parse_msg(buf, SIPP, ("127.0.0.1", 5060), 0, "udp")
+    build_reply(m, 200, "OK", to_tag=m.to_tag or stable_to_tag(m))
 
 
 def sl_only(buf):
@@ -126,6 +148,8 @@ CASES = [
     ("parse_msg INVITE + Via/CSeq/Call-ID/From-tag", lambda: first_access(INVITE)),
     ("parse_msg OPTIONS + Via/CSeq/Call-ID/From-tag", lambda: first_access(OPTIONS)),
     ("parse_msg 180 reply + Via/CSeq/Call-ID/From-tag", lambda: first_access(REPLY)),
+    ("SIPp OPTIONS (options_uac.xml): parse_msg", lambda: parse_msg(SIPP_OPTIONS, SIPP)),
+    ("SIPp OPTIONS: task worker parse + To-tag + build_reply 200", lambda: task_reply(SIPP_OPTIONS)),
     ("OPTIONS: parse + fields + build_reply 200 + reply_addr", lambda: sl_reply(OPTIONS)),
     ("OPTIONS: parse + build_reply 200 + reply_addr (sl only)", lambda: sl_only(OPTIONS)),
     ("OPTIONS: receiver handle(), stateless cfg, send stubbed", None),

@@ -54,19 +54,35 @@ def top_via_received(msg):
     if not rport and v.received is None and _unbracket(v.host) == ip:
         return line
     text = v.raw
+    if v.rport == "" and v.received is None and len(v.params) == 2 and text.count(";") == 2:
+        # ';x=y;rport' (SIPp's Via) or ';rport;x=y' (most UAs'): one bare rport and
+        # one other parameter, so the substitution in _mark_via would give this
+        if text.endswith(";rport"):
+            text = "%s=%d;received=%s" % (text, port, ip)
+        else:
+            i = text.find(";rport;") + 6
+            text = _mark_via(v, text, rport, ip, port) if i < 6 else \
+                "%s=%d%s;received=%s" % (text[:i], port, text[i:], ip)
+    else:
+        text = _mark_via(v, text, rport, ip, port)
+        if text == v.raw:
+            return line
+    if "," not in line:  # one via-parm: the marked text is the whole value
+        return text
+    parts = split_commas(line)
+    parts[0] = text
+    return ",".join(parts)
+
+
+def _mark_via(v, text, rport, ip, port):
+    """The via-parm text with rport filled in / added and received set (RFC 3581 §4)."""
     if v.rport is not None:
         text = _RPORT_RE.sub(";rport=%d" % port, text, count=1)
     elif rport:
         text += ";rport=%d" % port
     if v.received is not None:
-        text = _RECEIVED_RE.sub(";received=" + ip, text, count=1)
-    else:
-        text += ";received=" + ip
-    if text == v.raw:
-        return line
-    parts = split_commas(line) if "," in line else [line]
-    parts[0] = text
-    return ",".join(parts)
+        return _RECEIVED_RE.sub(";received=" + ip, text, count=1)
+    return text + ";received=" + ip
 
 
 def reply_addr(msg):
@@ -105,7 +121,10 @@ def stable_to_tag(msg):
     for byte), which spares parsing it for its tag: ~1.6 µs per reply."""
     v = msg.via1
     tx = (v.branch or v.raw) if v is not None else ""
-    key = "%s|%s|%s|%s|%s" % (msg.callid, msg.hdr("from") or "", msg.cseq_num, tx, msg.src[0])
+    f = msg._first.get("from")      # msg.hdr("from") and msg.cseq_num, without the name lookup
+    cseq = msg._cseq
+    key = "%s|%s|%s|%s|%s" % (msg.callid, f.partition(":")[2].strip(" \t") if f is not None else "",
+                              cseq[0] if cseq else None, tx, msg.src[0])
     return _md5(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -118,8 +137,9 @@ def _has_tag(msg, value):
         return _TAG_RE.search(value.rpartition(">")[2] if ">" in value else value) is not None
 
 
-_REPLY = "SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n"
+_REPLY = "SIP/2.0 %d %s\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n%s"
 _tails = {}  # (server line, body length) -> the encoded "Server: ...\r\nContent-Length: n\r\n\r\n"
+_tails_s = {}  # the same as text
 
 
 # Kamailio's "Server: kamailio (5.6.3 (x86_64/linux))" shape; core parameters
@@ -150,6 +170,17 @@ def _tail(server, blen):
     return t
 
 
+def _tail_str(server, blen):
+    """_tail as text, for the common reply's single format (kept apart: _tails holds bytes)."""
+    line = _server_line[0] if server is None else ("Server: %s" % server if server else "")
+    t = _tails_s.get((line, blen))
+    if t is None:
+        t = (line + "\r\n" if line else "") + "Content-Length: %d\r\n\r\n" % blen
+        if len(_tails_s) < 256:
+            _tails_s[(line, blen)] = t
+    return t
+
+
 def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", server=None):
     """A reply to request msg (RFC 3261 8.2.6): Vias, From, To (+tag), Call-ID,
     CSeq copied; Record-Route copied into 1xx/2xx (RFC 3261 12.1.1);
@@ -168,12 +199,15 @@ def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", serv
         except KeyError:
             pass
         else:
-            t = t[t.find(":") + 1:].strip(" \t")
+            t = t.partition(":")[2].strip(" \t")
             if code > 100 and not _has_tag(msg, t):
                 t = "%s;tag=%s" % (t, to_tag or stable_to_tag(msg))
-            return (_REPLY % (code, reason, top_via_received(msg), f[f.find(":") + 1:].strip(" \t"), t,
-                              c[c.find(":") + 1:].strip(" \t"), msg._cseq_v or _value(q))
-                    ).encode("utf-8", "surrogateescape") + _tail(server, len(body)) + body
+            cid = msg._callid  # cut already when stable_to_tag or the cfg read it
+            s = _REPLY % (code, reason, top_via_received(msg), f.partition(":")[2].strip(" \t"), t,
+                          c.partition(":")[2].strip(" \t") if cid is None else cid,
+                          msg._cseq_v or _value(q), _tail_str(server, len(body)))
+            s = s.encode("utf-8", "surrogateescape")
+            return s + body if body else s
     out = ["SIP/2.0 %d %s\r\n" % (code, reason)]
     app = out.append
     line = first.get("via")

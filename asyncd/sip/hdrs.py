@@ -166,12 +166,33 @@ _VIA_RE = re.compile(
 
 
 # the common, compact form: SIP/2.0/UDP host[:port];p[=v]... (no LWS, no quotes)
+_VIA_PARAMS = r"(?:;[A-Za-z0-9\-.!%*_+`'~]++(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]++)?)*+"
 _VIA_FAST_RE = re.compile(
     r"SIP/2\.0/([A-Za-z]++) (\[[0-9A-Fa-f:.]++\]|[A-Za-z0-9_.\-]++)(?::([0-9]{1,5}+))?"
-    r"((?:;[A-Za-z0-9\-.!%*_+`'~]++(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]++)?)*+)\Z")
+    r"(%s)\Z" % _VIA_PARAMS)
+_VIA_PARAMS_RE = re.compile(_VIA_PARAMS + r"\Z")
+# "SIP/2.0/UDP host:port" (what precedes the first ';') of Vias _VIA_FAST_RE
+# accepted -> (transport, host, port): a UA's Vias differ in the branch only
+_sentby = {}
 
 
 def _via_fast(s):
+    semi = s.find(";")
+    hit = _sentby.get(s[:semi]) if semi > 0 else None
+    if hit is None:
+        return _via_fast_re(s)
+    # the part before ';' matched _VIA_FAST_RE before, so the whole matches it
+    # exactly when the parameters do
+    if _VIA_PARAMS_RE.match(s, semi) is None:
+        return None
+    v = Via()
+    v.raw = s
+    v.protocol = "SIP/2.0"
+    v.transport, v.host, v.port = hit
+    return _via_params(v, s[semi:])
+
+
+def _via_fast_re(s):
     m = _VIA_FAST_RE.match(s)
     if m is None:
         return None
@@ -186,10 +207,33 @@ def _via_fast(s):
         if port > 65535:
             return None
     v.port = port
-    if rest[:8] == ";branch=" and rest.find(";", 8) < 0:  # a UA's usual Via
-        v.params = {"branch": rest[8:]}
-        v.branch = rest[8:]
-        v.rport = v.received = v.maddr = None
+    if rest and len(s) - len(rest) <= 128:  # bounded in count and size: the wire
+        if len(_sentby) >= 256:              # must not grow it forever
+            _sentby.clear()
+        _sentby[s[:len(s) - len(rest)]] = (v.transport, host, port)
+    return _via_params(v, rest)
+
+
+def _via_params(v, rest):
+    """The parameters of a Via _VIA_FAST_RE accepts (rest: '' or ';a=b;c...')."""
+    if rest[:8] == ";branch=":  # a UA's usual Via: ;branch=x, ;branch=x;rport (SIPp's), ;rport;branch=x
+        semi = rest.find(";", 8)
+        if semi < 0:
+            v.params = {"branch": rest[8:]}
+            v.branch = rest[8:]
+            v.rport = v.received = v.maddr = None
+            return v
+        if rest[semi:] == ";rport":
+            b = v.branch = rest[8:semi]
+            v.params = {"branch": b, "rport": ""}
+            v.rport = ""
+            v.received = v.maddr = None
+            return v
+    elif rest[:14] == ";rport;branch=" and rest.find(";", 14) < 0:  # the other usual order
+        b = v.branch = rest[14:]
+        v.params = {"rport": "", "branch": b}
+        v.rport = ""
+        v.received = v.maddr = None
         return v
     params = v.params = {}
     if rest:
@@ -276,7 +320,20 @@ _NA_FAST_RE = re.compile(
     r'((?:[ \t]*+;[ \t]*+%s++(?:[ \t]*+=[ \t]*+[^;"\s]++)?)*+)[ \t]*+\Z' % (_T, _T, _T), re.S)
 
 
+# name-addr values without header parameters the fast shape accepted ->
+# (display, uri): a To without tag, a Route, a Contact come back unchanged
+_na_plain = {}
+
+
 def parse_nameaddr(s, what="header"):
+    hit = _na_plain.get(s)
+    if hit is not None:  # a fresh object each time: callers may change theirs
+        na = NameAddr()
+        na.raw = s
+        na.display, na.uri = hit
+        na.params = {}
+        na.tag = None
+        return na
     m = _NA_FAST_RE.match(s)
     if m is None or ":" not in m.group(3):
         return _parse_nameaddr(s, what)
@@ -285,6 +342,10 @@ def parse_nameaddr(s, what="header"):
     na.raw = s
     na.display = quoted or tokens or ""
     na.uri = uri
+    if not tail and len(s) <= 256:  # bounded in count and size: the wire
+        if len(_na_plain) >= 512:   # must not grow it forever
+            _na_plain.clear()
+        _na_plain[s] = (na.display, uri)
     # the usual From/To tail (the regex lets LWS follow '=', that takes the loop)
     if tail[:5] == ";tag=" and tail.find(";", 5) < 0 and tail[5] not in " \t":
         na.params = {"tag": tail[5:]}
@@ -356,13 +417,24 @@ def parse_nameaddr_list(value, what="header"):
 _CSEQ_FAST_RE = re.compile(r"([0-9]{1,10}+)[ \t]++([A-Za-z0-9\-.!%*_+`'~]++)\Z")
 
 
+_cseq_cache = {}  # CSeq value -> (number, method): "1 OPTIONS", "1 INVITE" come back all the time
+
+
 def parse_cseq(value):
     """-> (number, method); number is 32-bit (RFC 3261 8.1.1.5, RFC 4475 3.1.2.4)."""
+    r = _cseq_cache.get(value)
+    if r is not None:
+        return r
     m = _CSEQ_FAST_RE.match(value)
     if m is not None:  # the common shape; anything else gets the checks below
         num = int(m.group(1))
         if num <= 0xFFFFFFFF:
-            return num, m.group(2)
+            r = (num, m.group(2))
+            if len(value) <= 64:  # bounded in count and size: the wire must not grow it forever
+                if len(_cseq_cache) >= 512:
+                    _cseq_cache.clear()
+                _cseq_cache[value] = r
+            return r
     parts = value.split()
     if len(parts) != 2:
         raise SipParseError("Bad CSeq header")

@@ -22,13 +22,17 @@ Hot path (docs/benchmarks.md "SIP hot path"): the common datagram (CRLF
 framing, no folding, header names this process has seen) takes one
 partition() and one dict lookup per header line and keeps each line whole;
 a value is cut out of its line only when something reads it. Anything else
-starts over on the slow path, which finds and names what is wrong.
+starts over on the slow path, which finds and names what is wrong. What a
+UA repeats request after request is remembered per process, in small bounded
+dicts keyed by the exact text and filled only with what passed every check:
+the Request-Line, the CSeq value, the top Via's sent-by part (hdrs.py), a
+name-addr without parameters (a To without tag); a miss costs one dict lookup.
 """
 import itertools
 import re
 from time import time as _time
 
-from .hdrs import (SINGLE, SipParseError, canon, canon_checked, parse_cseq,
+from .hdrs import (SINGLE, SipParseError, _via_fast, canon, canon_checked, parse_cseq,
                    parse_nameaddr, parse_nameaddr_list, parse_via_line)
 from .uri import parse_uri
 
@@ -104,7 +108,7 @@ class SipMsg:
         line = self._first.get(key)
         if line is None:
             return None
-        return line[line.find(":") + 1:].strip(" \t")
+        return line.partition(":")[2].strip(" \t")
 
     def _vall(self, key):
         """All values of header `key` (one per header line), in order."""
@@ -116,7 +120,7 @@ class SipMsg:
         line = self._first.get(key)
         if line is None:
             return []
-        return [line[line.find(":") + 1:].strip(" \t")]
+        return [line.partition(":")[2].strip(" \t")]
 
     def _count(self, key):
         multi = self._multi
@@ -211,7 +215,9 @@ class SipMsg:
     def callid(self):
         v = self._callid
         if v is None:
-            v = self._callid = self._v1("call-id")
+            line = self._first.get("call-id")  # self._v1("call-id"), inlined: every reply reads it
+            if line is not None:
+                v = self._callid = line.partition(":")[2].strip(" \t")
         return v
 
     @property
@@ -385,7 +391,7 @@ def _name_key(name):
 
 
 def _value(line):
-    return line[line.find(":") + 1:].strip(" \t")
+    return line.partition(":")[2].strip(" \t")
 
 
 def _index_headers(m, lines):
@@ -454,7 +460,14 @@ def _index_slow(m, lines):
     return err
 
 
+_reqlines = {}  # well-formed SIP/2.0 Request-Line -> (method, R-URI); bounded below
+
+
 def _first_line(m, line):
+    hit = _reqlines.get(line)
+    if hit is not None:  # the same Request-Line as an earlier request: checked then
+        m.method, m.ruri = hit
+        return
     if line[:4].upper() == "SIP/":
         m.is_request = False
         parts = line.split(" ", 2)
@@ -476,6 +489,10 @@ def _first_line(m, line):
             and ruri.find("?", ruri.rfind("@") + 1) >= 0:
         raise SipParseError("Bad Request-URI: headers not allowed")
     m.ruri = ruri
+    if rl is not None and len(line) <= 256:  # bounded in count and size: the wire
+        if len(_reqlines) >= 1024:            # must not grow it forever
+            _reqlines.clear()
+        _reqlines[line] = (m.method, ruri)
 
 
 def _bad_request_line(m, line):
@@ -516,9 +533,10 @@ def _checks(m, buf, start):
         for key, name in _REQUIRED:
             if key not in first:
                 raise SipParseError("Missing %s header" % name)
-    via = m._via_v = via[via.find(":") + 1:].strip(" \t")
-    m._vias1 = parse_via_line(via)
-    cseq = m._cseq_v = cseq[cseq.find(":") + 1:].strip(" \t")
+    via = m._via_v = via.partition(":")[2].strip(" \t")
+    v = _via_fast(via) if "," not in via else None  # parse_via_line's first step, called direct
+    m._vias1 = [v] if v is not None else parse_via_line(via)
+    cseq = m._cseq_v = cseq.partition(":")[2].strip(" \t")
     cseq = m._cseq = parse_cseq(cseq)
     if cseq[1] != m.method and m.is_request:
         raise SipParseError("CSeq method does not match request method")
@@ -526,7 +544,10 @@ def _checks(m, buf, start):
     if v is None:
         m.body = buf[start:]  # UDP without Content-Length: the rest (RFC 3261 18.3)
         return
-    v = v[v.find(":") + 1:].strip(" \t")
+    if v == "Content-Length: 0":  # a request without body, written the usual way
+        m._cl = 0             # (what the general code below gives for it, body b"")
+        return
+    v = v.partition(":")[2].strip(" \t")
     blen = len(buf) - start
     if not (v.isascii() and v.isdigit()) or len(v) > 10:
         raise SipParseError("Bad Content-Length")

@@ -125,6 +125,20 @@ def test_bad_top_via_rejected_without_reply(via):
     assert "Via" in ei.value.reason and ei.value.can_reply is False and ei.value.msg is None
 
 
+@pytest.mark.parametrize("via", [
+    "SIP/2.0/UDP 10.9.9.9:5062;;branch=z9hG4bK1", "SIP/2.0/UDP 10.9.9.9:5062;branch=a b",
+    "SIP/2.0/UDP 10.9.9.9:5062;branch=", "SIP/2.0/UDP 10.9.9.9:5062;branch=z9hG4bK1,"])
+def test_bad_via_after_a_good_one_from_the_same_sent_by(via):
+    """A sent-by seen before (the fast path remembers it) still has its parameters checked."""
+    m = parse_msg(req(replace={"Via": "Via: SIP/2.0/udp 10.9.9.9:5062;branch=z9hG4bK0;rport"}))
+    assert (m.via1.transport, m.via1.host, m.via1.port, m.via1.rport) == ("UDP", "10.9.9.9", 5062, "")
+    m = parse_msg(req(replace={"Via": "Via: SIP/2.0/udp 10.9.9.9:5062;Branch=z9hG4bK2;RPORT=7"}))
+    assert (m.via1.transport, m.via1.params) == ("UDP", {"branch": "z9hG4bK2", "rport": "7"})
+    with pytest.raises(SipParseError) as ei:
+        parse_msg(req(replace={"Via": "Via: " + via.replace("UDP", "udp")}))
+    assert "Via" in ei.value.reason and ei.value.can_reply is False
+
+
 def test_bad_second_via_is_lazy():
     m = parse_msg(req(add=["Via: SIP/2.0/UDP ;;"]))
     assert m.via1.branch == "z9hG4bK776asdhds"
@@ -298,3 +312,33 @@ def test_faked_request():
     assert f.src == ("127.0.0.1", 5060) and f.from_tag == "123" and f.body == b""
     f.hdr_adds.append("X: 1\r\n")
     assert faked_request().hdr_adds == []  # a fresh message each time
+
+
+def test_name_addr_without_params_is_a_fresh_object_each_time():
+    """parse_nameaddr remembers plain values (a To without tag); callers still own what they get."""
+    from asyncd.sip.hdrs import parse_nameaddr
+    a = parse_nameaddr("Bob <sip:bob@biloxi.example.com>", "To")
+    a.params["tag"] = "x"
+    a.tag = "x"
+    b = parse_nameaddr("Bob <sip:bob@biloxi.example.com>", "To")
+    assert b is not a
+    assert (b.display, b.uri, b.params, b.tag) == ("Bob", "sip:bob@biloxi.example.com", {}, None)
+    m = parse_msg(req())
+    assert m.to_tag is None and m.to.uri == "sip:bob@biloxi.example.com"
+    assert m.to.raw == "Bob <sip:bob@biloxi.example.com>"
+
+
+def test_hot_path_caches_stay_small():
+    """What the wire repeats is remembered, but never more than a few hundred short entries."""
+    from asyncd.sip import hdrs, msg
+    long_user = "u" * 2000
+    for i in range(1500):
+        user = "%d%s" % (i, long_user if i % 2 else "")
+        via = "Via: SIP/2.0/UDP h%d%s:5060;branch=z9hG4bK%d" % (i, "x" * (i % 300), i)
+        parse_msg(req(first="INVITE sip:%s@biloxi.example.com SIP/2.0" % user,
+                      replace={"CSeq": "CSeq: %d INVITE" % (i + 1), "Via": via,
+                               "To": "To: <sip:%s@b>" % user})).to
+    caches = ((msg._reqlines, 1024, 256), (hdrs._cseq_cache, 512, 64), (hdrs._sentby, 256, 128),
+              (hdrs._na_plain, 512, 256))
+    for cache, count, size in caches:
+        assert 0 < len(cache) <= count and max(map(len, cache)) <= size
