@@ -19,10 +19,8 @@ Byte layout (little endian), all in one anonymous MAP_SHARED mapping:
 
   [0:64)               table header: used u32, _ (8 bytes), full mark u32 (the
                        `used` count at which an insert last found no shm; 0: none),
-                       refused u64 (no
-                       slot or no shm: insert raised TableFull), busy u64 (requests
-                       tm answered 503 because the table was full, tm/mod.py);
-                       the two counters change under the allocator lock
+                       refused u64 (no slot or no shm: insert raised
+                       TableFull; changed under the allocator lock), 8 spare
   slot headers         nslots x 40 bytes:
       0 label u32 | 4 used u32 (bit 0 in use, bit 1 "done": tm's final reply
       sent, lets timers skip it lock-free; bit 2 "plain": the record names no
@@ -72,7 +70,7 @@ _I32 = struct.Struct("<i")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_H_MARK, _H_REFUSED, _H_BUSY = 12, 16, 24     # header offsets (see the layout above)
+_H_MARK, _H_REFUSED = 12, 16     # header offsets (see the layout above)
 _DONE, _PLAIN = 2, 4         # bits of a slot's `used` word (bit 0: in use)
 _NEVER = float("inf")       # a free slot's deadline: the sweep's min() skips it
 _PID_MAX = 1 << 22          # Linux's pid_max ceiling: a larger keyhash is a key's hash, not a pid
@@ -408,16 +406,9 @@ class TmTable:
         o = self.o_hdr + off
         _U64.pack_into(self.buf, o, _U64.unpack_from(self.buf, o)[0] + 1)
 
-    def note_busy(self):
-        """Count a request answered 503 because the table was full."""
-        self.alloc_lock.acquire(0)
-        self._bump(_H_BUSY)
-        self.alloc_lock.release(0)
-
     def overload(self):
-        """{"refused": inserts that found the table full, "busy": 503s sent for it}."""
-        return {"refused": _U64.unpack_from(self.buf, self.o_hdr + _H_REFUSED)[0],
-                "busy": _U64.unpack_from(self.buf, self.o_hdr + _H_BUSY)[0]}
+        """{"refused": inserts that found the table full} (tm counts its 503s itself)."""
+        return {"refused": _U64.unpack_from(self.buf, self.o_hdr + _H_REFUSED)[0]}
 
     def expired(self, now=None):
         """(index, label) of every slot whose deadline has passed: the sweep's

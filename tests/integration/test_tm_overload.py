@@ -51,5 +51,5 @@ def test_full_table_function_fails_then_503_with_retry_after():
         again = c.collect(1.0)
         assert [r.status for r in again] == [180], again
     log = srv.log()
-    assert "transaction table full: 1 transaction(s) refused (the function returned its error " \
-           "code), 2 request(s) answered 503 before the script ran" in log, log[-3000:]
+    assert "transaction table full or overloaded: 1 transaction(s) refused (the function returned " \
+           "its error code), 2 request(s) answered 503 before the script ran" in log, log[-3000:]

@@ -362,7 +362,7 @@ def _busy(ctx):
         log.dbg(MOD, f"no 503 possible: {e!r}")
         return False
     ctx.proc.send(data, reply_addr(msg), msg.sock)
-    S.table.note_busy()
+    S.cnt[S.st.busy] += 1       # this process's row: no shared lock on the overload path
     return True
 
 
@@ -460,10 +460,10 @@ def mod_destroy(script):
     """Say what is left: after the wait timer a quiet server holds nothing."""
     if S.table is not None:
         log.notice(MOD, f"transaction table: {S.table.count()} entries at exit")
-        o = S.table.overload()
-        if o["refused"] or o["busy"]:
-            log.notice(MOD, f"transaction table full: {o['refused']} transaction(s) refused "
-                       f"(the function returned its error code), {o['busy']} request(s) "
+        refused, busy = S.table.overload()["refused"], script.stats.get(S.st.busy)
+        if refused or busy:
+            log.notice(MOD, f"transaction table full or overloaded: {refused} transaction(s) refused "
+                       f"(the function returned its error code), {busy} request(s) "
                        f"answered 503 before the script ran")
 
 

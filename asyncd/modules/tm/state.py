@@ -75,7 +75,8 @@ CLAIM_SLOTS = 1024
 # (asyncd/modules/tm/stats.py). A process bumps `S.cnt[S.st.<name>] += 1`.
 COUNTS = ("waiting", "transactions", "client_transactions", "completed_2xx", "completed_3xx",
           "completed_4xx", "completed_5xx", "completed_6xx", "rpl_received", "rpl_generated",
-          "rpl_sent", "deleted", "t_created", "t_freed", "delayed_free")
+          "rpl_sent", "deleted", "t_created", "t_freed", "delayed_free",
+          "busy")     # asyncd's: requests tm answered 503 itself (mod.py _busy), for the exit summary
 
 
 class TmCounts:
