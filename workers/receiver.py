@@ -70,6 +70,7 @@ class Backlog:
         self.low = self.high / 2
         self.n = 0
         self.hot = False            # the last look found the queue over `low`
+        self.said = 0.0             # when the last NOTICE about it was logged
         self.fd = sock.fileno() if delay_ms > 0 else -1
         self.on = self.fd >= 0          # a stand-in socket without a descriptor: never late
         if self.on:
@@ -92,6 +93,9 @@ class Backlog:
         hot = late > self.low
         if hot != self.hot:
             self.hot = hot
+            if self.said > time.monotonic() - 1.0:
+                return              # one line a second at most, however the queue hovers
+            self.said = time.monotonic()
             if hot:
                 log.notice(MOD, f"receive queue: a request waited {late * 1000:.0f} ms; requests that "
                                 f"waited over {self.high * 1000:.0f} ms get 503 (overload_delay_ms)")
