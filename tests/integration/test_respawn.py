@@ -182,6 +182,23 @@ def test_killed_tm_timer_fr_timers_still_fire():
         hole.close()
 
 
+def test_killed_tm_timer_its_successor_frees_what_waits_in_the_delay_rings():
+    """Wait entries and fr probes live in shm rings (asyncd/ipc/delay_ring.py),
+    not in the timer's heap: its replacement drains them, and every
+    transaction is freed after wt_timer."""
+    text = CFG.replace('modparam("tm", "fr_timer", 2000)',
+                       'modparam("tm", "fr_timer", 2000)\nmodparam("tm", "wt_timer", 500)')
+    with run_server(text) as srv, SipClient(srv.addr) as c:
+        n = 30
+        for i in range(n):
+            c.send("OPTIONS", headers=["X-Path: task"], callid=f"ring-{i}")
+        rs = c.collect(3.0, until=lambda rs: sum(1 for r in rs if r.status == 200) >= n)
+        assert sum(1 for r in rs if r.status == 200) == n, rs
+        os.kill(min(_pids(srv, "timer")), signal.SIGKILL)      # their wait entries are pending
+        time.sleep(2.0)                 # respawn, then wt_timer (0.5 s) and the 1 s probes are past
+    assert "transaction table: 0 entries at exit" in srv.log(), srv.log()[-2000:]
+
+
 def test_respawn_no_keeps_kamailio_policy():
     text = CFG.replace("async_workers=2", "async_workers=2\nrespawn=no")
     with run_server(text, check_clean=True) as srv:
