@@ -106,7 +106,7 @@ class Rig:
         self.sup.cleanup()
 
     def drain_timer(self):
-        """Play the tm timer: empty its mailbox and say "looking now" (steady
+        """Play the tm timer: empty its mailbox and rings and say "looking now" (steady
         state: new fr/wait timers are due after the timer's next wake-up, so
         arming one is a mailbox write and no ZeroMQ send). The entries are
         retired as skipped at once, so the journal never fills."""
@@ -115,6 +115,8 @@ class Rig:
             for j in range(mask.bit_length()):
                 feed.done(0, slot, j, skipped=True)
         feed.awake(0)
+        for ring in tm_state.rings.values():     # wait entries and fr probes (delay rings)
+            ring.pop_due(float("inf"), lambda e: True)
 
     def receive(self, data):
         self.disp.aw[0] = 1         # worker 0 is awake: the frame goes to the ring

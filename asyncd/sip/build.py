@@ -191,9 +191,10 @@ def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", serv
         body = body.encode("utf-8", "surrogateescape")
     first = msg._first
     multi = msg._multi
-    if multi is None and msg._vias1 and not extra_headers and not msg.reply_lumps \
+    if multi is None and msg._vias1 and not msg.reply_lumps \
             and (code < 101 or code > 299 or "record-route" not in first):
-        # the common case (one Via line, nothing to append): one format, one encode
+        # the common case (one Via line, no lumps; extra headers, e.g. tm's
+        # Retry-After on a 503, go before the tail): one format, one encode
         try:
             f, t, c, q = first["from"], first["to"], first["call-id"], first["cseq"]
         except KeyError:
@@ -203,9 +204,12 @@ def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", serv
             if code > 100 and not _has_tag(msg, t):
                 t = "%s;tag=%s" % (t, to_tag or stable_to_tag(msg))
             cid = msg._callid  # cut already when stable_to_tag or the cfg read it
+            tail = _tail_str(server, len(body))
+            if extra_headers:
+                tail = "".join([_line(h) for h in extra_headers]) + tail
             s = _REPLY % (code, reason, top_via_received(msg), f.partition(":")[2].strip(" \t"), t,
                           c.partition(":")[2].strip(" \t") if cid is None else cid,
-                          msg._cseq_v or _value(q), _tail_str(server, len(body)))
+                          msg._cseq_v or _value(q), tail)
             s = s.encode("utf-8", "surrogateescape")
             return s + body if body else s
     out = ["SIP/2.0 %d %s\r\n" % (code, reason)]

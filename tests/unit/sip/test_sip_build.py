@@ -189,3 +189,15 @@ def test_str_bodies_are_encoded():
     m.body = "v=1"
     f = parse_msg(build_request_fwd(m, m.ruri, via_line("h", 5060, "z9hG4bK9")))
     assert f.body == b"v=1" and f.content_length == 3
+
+
+def test_extra_headers_on_the_one_format_path_give_the_general_paths_bytes():
+    buf = ("OPTIONS sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bKone\r\n"
+           "From: <sip:a@x>;tag=ft\r\nTo: <sip:b@x>\r\nCall-ID: c1@x\r\nCSeq: 1 OPTIONS\r\n"
+           "Content-Length: 0\r\n\r\n").encode()
+    fast = build_reply(parse_msg(buf, src=("192.0.2.9", 5070)), 503, "Service Unavailable", to_tag="t1",
+                       extra_headers=("Retry-After: 5",))
+    m = parse_msg(buf, src=("192.0.2.9", 5070))
+    m._vias1 = None                      # the general path (it copies the Via line as received)
+    assert fast == build_reply(m, 503, "Service Unavailable", to_tag="t1", extra_headers=("Retry-After: 5",))
+    assert b"\r\nCSeq: 1 OPTIONS\r\nRetry-After: 5\r\nServer: " in fast
