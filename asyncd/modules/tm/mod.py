@@ -327,7 +327,7 @@ def _get_snd(ctx, spec, index):
 
 
 # ---- hooks --------------------------------------------------------------------------
-BUSY_RETRY_AFTER = 5     # seconds (Retry-After of the 503 a full table gets)
+BUSY_RETRY_AFTER = 5     # seconds (Retry-After of the 503 a full table or a late receive queue gets)
 
 
 def request_in(ctx):
