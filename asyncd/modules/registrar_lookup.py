@@ -14,11 +14,11 @@ Branch). tm's t_relay sends one branch per entry (parallel forking).
 """
 import time
 
-from asyncd.core import log
-from asyncd.modules.registrar_save import METHOD_BITS, RegError, extract_aor
+from asyncd.modules.registrar_save import METHOD_BITS, RegError, domain_aor, extract_aor
 from asyncd.sip.uri import parse_cur_uri
 from shm.usrloc import (C_CFLAGS, C_INSTANCE, C_METHODS, C_PATH, C_Q, C_RECEIVED, C_RUID,
                         C_SOCK, C_URI, FULL, valid)
+
 
 class Branch:
     """One entry of the destination set (Kamailio's struct branch, dset.c)."""
@@ -150,14 +150,10 @@ def registered(ctx, cfg, ul, table, uri=None, match_option=0, match_action=0):
 def unregister(ctx, cfg, ul, table, uri, ruid=None):
     """unregister("location", uri[, ruid]): drop the AOR's contacts (or the one
     with that ruid). 1 done, -1 nothing to remove or error."""
-    d = ul.domain(table)
-    if d is None:
+    found = domain_aor(cfg, ul, table, uri, "unregister")
+    if found is None:
         return -1
-    try:
-        aor = extract_aor(uri, ul.use_domain, cfg.case_sensitive)
-    except RegError:
-        log.err("registrar", f"unregister(): bad AOR URI {uri!r}")
-        return -1
+    d, aor = found
     if not ruid:
         return 1 if d.delete(aor) else -1
 
@@ -167,5 +163,3 @@ def unregister(ctx, cfg, ul, table, uri, ruid=None):
 
     r = d.update(aor, drop)
     return 1 if r is not FULL and r else -1
-
-

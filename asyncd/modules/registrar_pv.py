@@ -11,8 +11,7 @@ All of the record's contacts are copied, expired ones too; `expires` and
 """
 import zlib
 
-from asyncd.core import log
-from asyncd.modules.registrar_save import RegError, extract_aor
+from asyncd.modules.registrar_save import domain_aor
 from shm.usrloc import (C_CALLID, C_CFLAGS, C_CONID, C_CSEQ, C_EXPIRES, C_FLAGS, C_INSTANCE,
                         C_LASTMOD, C_METHODS, C_PATH, C_Q, C_RECEIVED, C_REGID, C_RUID, C_SOCK,
                         C_UA, C_URI)
@@ -30,14 +29,10 @@ _profiles = {}      # profile name -> (aor, table, [contact tuples]); per proces
 def fetch_contacts(cfg, ul, table, uri, profile):
     """reg_fetch_contacts(table, uri, profile): 1 when the AOR has a record."""
     _profiles.pop(profile, None)
-    d = ul.domain(table)
-    if d is None:
+    found = domain_aor(cfg, ul, table, uri, "reg_fetch_contacts")
+    if found is None:
         return -1
-    try:
-        aor = extract_aor(uri, ul.use_domain, cfg.case_sensitive)
-    except RegError:
-        log.err("registrar", f"reg_fetch_contacts(): bad AOR URI {uri!r}")
-        return -1
+    d, aor = found
     contacts = d.get(aor)
     if not contacts:
         return -1

@@ -99,6 +99,19 @@ def extract_aor(uri_text, use_domain, case_sensitive=1):
     return aor if case_sensitive else aor.lower()
 
 
+def domain_aor(cfg, ul, table, uri, fname):
+    """(usrloc domain `table`, the AOR of `uri`), or None: no such table, or
+    an unparsable URI (logged as `fname(): bad AOR URI`)."""
+    d = ul.domain(table)
+    if d is None:
+        return None
+    try:
+        return d, extract_aor(uri, ul.use_domain, cfg.case_sensitive)
+    except RegError:
+        log.err("registrar", f"{fname}(): bad AOR URI {uri!r}")
+        return None
+
+
 def _q_of(params):
     """calc_contact_q: the q param (0..1) as an int of thousandths; default_q when absent."""
     q = params.get("q")

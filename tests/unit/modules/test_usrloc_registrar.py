@@ -126,3 +126,21 @@ def test_get_all_ucontacts_by_cflags(script):
     _run(script, _register("n2", "<sip:n2@10.0.0.6>"))
     assert [c[0] for c in usrloc.get_all_ucontacts(1 << 6)] == ["sip:n1@10.0.0.5"]
     assert sorted(c[0] for c in usrloc.get_all_ucontacts()) == ["sip:n1@10.0.0.5", "sip:n2@10.0.0.6"]
+
+
+def test_domain_aor_names_the_table_and_aor_or_logs_a_bad_uri(monkeypatch):
+    import io
+    from types import SimpleNamespace
+
+    from asyncd.core import log
+    from asyncd.modules.registrar_save import domain_aor
+    out = io.StringIO()
+    monkeypatch.setattr(log.state, "out", out)
+    monkeypatch.setattr(log.state, "stderr", True)
+    monkeypatch.setattr(log.state, "level", log.L_ERR)
+    ul = SimpleNamespace(use_domain=1, domain=lambda t: "D" if t == "location" else None)
+    cfg = SimpleNamespace(case_sensitive=0)
+    assert domain_aor(cfg, ul, "location", "sip:Alice@Example.COM", "f") == ("D", "alice@example.com")
+    assert domain_aor(cfg, ul, "other", "sip:a@x", "f") is None
+    assert domain_aor(cfg, ul, "location", "not a uri", "unregister") is None
+    assert "unregister(): bad AOR URI 'not a uri'" in out.getvalue()
