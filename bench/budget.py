@@ -30,7 +30,7 @@ import psutil
 
 from bench.cases import load_cases
 from bench.servers import Server, free_udp_port
-from bench.sipp import SCENARIO_DIR, sipp_binary
+from bench.sipp import uac_command
 
 # (stage, substrings of a frame): the first stage whose pattern appears in a
 # stack, scanning from the innermost frame outwards, gets the sample
@@ -69,12 +69,11 @@ def _snap(procs):
     return out
 
 
-def _sipp(port, scenario, rate, n):
-    cmd = [sipp_binary() or "sipp", "-sf", str(SCENARIO_DIR / scenario), f"127.0.0.1:{port}",
-           "-i", "127.0.0.1", "-p", str(free_udp_port(exclude=(port,))), "-r", str(rate),
-           "-rp", "1000", "-m", str(n), "-nostdin", "-timeout", "120s", "-timeout_error",
-           "-max_recv_loops", "10000", "-max_sched_loops", "10000"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _sipp(port, scenario, rate, n, tmp):
+    """SIPp as the bench runs it (bench/sipp.py uac_command), its trace files in tmp."""
+    cmd = uac_command(scenario, f"127.0.0.1:{port}", free_udp_port(exclude=(port,)), rate, n,
+                      str(Path(tmp) / f"stat-{rate}-{n}.csv"), global_timeout_s=int(n / rate) + 120)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
 
 
 def _stage_of(frames):
@@ -102,10 +101,10 @@ def spy_stages(path):
 
 def measure(srv, scenario, rate, seconds, spy, tmp):
     procs = [psutil.Process(srv.pid)] + psutil.Process(srv.pid).children(recursive=True)
-    _sipp(srv.port, scenario, rate, rate).wait()          # warm-up: one second at the rate
+    _sipp(srv.port, scenario, rate, rate, tmp).wait()     # warm-up: one second at the rate
     n = int(rate * seconds)
     a = _snap(procs)
-    sp = _sipp(srv.port, scenario, rate, n)
+    sp = _sipp(srv.port, scenario, rate, n, tmp)
     spies = []
     if spy:
         time.sleep(0.5)
