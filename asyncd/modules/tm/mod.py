@@ -342,7 +342,7 @@ def request_in(ctx):
             return True
         if newtran.match_request(ctx):
             return True
-        if (getattr(ctx.proc, "overloaded", False) or S.table.is_full()) and ctx.msg.method != "ACK":
+        if (ctx.proc.overloaded or S.table.is_full()) and ctx.msg.method != "ACK":
             return _busy(ctx)
     except Exception as e:
         log.err(MOD, f"request matching failed: {e!r}")
