@@ -9,6 +9,8 @@ is short enough to be a reply reason phrase.
 """
 import re
 
+from .memo import remember
+
 __all__ = ["SipParseError", "Via", "NameAddr", "canon", "COMPACT", "SINGLE",
            "parse_via_line", "parse_nameaddr", "parse_nameaddr_list", "parse_cseq",
            "split_commas", "is_token"]
@@ -208,9 +210,7 @@ def _via_fast_re(s):
             return None
     v.port = port
     if rest and len(s) - len(rest) <= 128:  # bounded in count and size: the wire
-        if len(_sentby) >= 256:              # must not grow it forever
-            _sentby.clear()
-        _sentby[s[:len(s) - len(rest)]] = (v.transport, host, port)
+        remember(_sentby, s[:len(s) - len(rest)], (v.transport, host, port), 256)
     return _via_params(v, rest)
 
 
@@ -343,9 +343,7 @@ def parse_nameaddr(s, what="header"):
     na.display = quoted or tokens or ""
     na.uri = uri
     if not tail and len(s) <= 256:  # bounded in count and size: the wire
-        if len(_na_plain) >= 512:   # must not grow it forever
-            _na_plain.clear()
-        _na_plain[s] = (na.display, uri)
+        remember(_na_plain, s, (na.display, uri), 512)
     # the usual From/To tail (the regex lets LWS follow '=', that takes the loop)
     if tail[:5] == ";tag=" and tail.find(";", 5) < 0 and tail[5] not in " \t":
         na.params = {"tag": tail[5:]}
@@ -431,9 +429,7 @@ def parse_cseq(value):
         if num <= 0xFFFFFFFF:
             r = (num, m.group(2))
             if len(value) <= 64:  # bounded in count and size: the wire must not grow it forever
-                if len(_cseq_cache) >= 512:
-                    _cseq_cache.clear()
-                _cseq_cache[value] = r
+                remember(_cseq_cache, value, r, 512)
             return r
     parts = value.split()
     if len(parts) != 2:

@@ -24,7 +24,7 @@ partition() and one dict lookup per header line and keeps each line whole;
 a value is cut out of its line only when something reads it. Anything else
 starts over on the slow path, which finds and names what is wrong. What a
 UA repeats request after request is remembered per process, in small bounded
-dicts keyed by the exact text and filled only with what passed every check:
+dicts (memo.py) keyed by the exact text and filled only with what passed every check:
 the Request-Line, the CSeq value, the top Via's sent-by part (hdrs.py), a
 name-addr without parameters (a To without tag); a miss costs one dict lookup.
 """
@@ -34,6 +34,7 @@ from time import time as _time
 
 from .hdrs import (SINGLE, SipParseError, _via_fast, canon, canon_checked, parse_cseq,
                    parse_nameaddr, parse_nameaddr_list, parse_via_line)
+from .memo import remember
 from .uri import parse_uri
 
 __all__ = ["SipMsg", "parse_msg", "faked_request"]
@@ -490,9 +491,7 @@ def _first_line(m, line):
         raise SipParseError("Bad Request-URI: headers not allowed")
     m.ruri = ruri
     if rl is not None and len(line) <= 256:  # bounded in count and size: the wire
-        if len(_reqlines) >= 1024:            # must not grow it forever
-            _reqlines.clear()
-        _reqlines[line] = (m.method, ruri)
+        remember(_reqlines, line, (m.method, ruri), 1024)
 
 
 def _bad_request_line(m, line):

@@ -9,6 +9,7 @@ comparison uses (RFC 3261 19.1.4, RFC 4475 3.1.1.3: %2541 decodes to %41).
 import re
 
 from .hdrs import SipParseError
+from .memo import remember
 
 __all__ = ["SipUri", "parse_uri", "parse_uri_cached", "parse_cur_uri", "unescape"]
 
@@ -178,9 +179,7 @@ def parse_uri_cached(s):
         u = parse_uri(s)
     except Exception:
         return None
-    if len(_uri_cache) >= _URI_CACHE_MAX:
-        _uri_cache.clear()
-    _uri_cache[s] = u
+    remember(_uri_cache, s, u, _URI_CACHE_MAX)
     return u
 
 
