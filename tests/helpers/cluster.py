@@ -99,7 +99,8 @@ class Node:
             if self.proc.poll() is not None or time.monotonic() > end:
                 rc = self.proc.poll()
                 self.stop()
-                raise NodeFailed(f"{self.kind} {self.name} did not start (rc {rc}); log:\n{self.log()[-3000:]}")
+                raise NodeFailed(f"{self.kind} {self.name} did not start (rc {rc}); "
+                                 f"log:\n{self.log()[-3000:]}")
             time.sleep(0.05)
         time.sleep(0.3)             # Kamailio's ctl handler forks after the socket exists
 
