@@ -170,8 +170,8 @@ def main(argv=None):
         for topology in ("one", "three"):
             results.append(run_topology(kind, topology, rates, step_s, 0.5 if opts.quick else 2.0,
                                         lambda m: print(m, file=sys.stderr, flush=True)))
-    out = Path(opts.out or REPO / "bench" / "results" / (time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-                                                       + "-cluster"))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out = Path(opts.out or REPO / "bench" / "results" / f"{stamp}-cluster")
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(results)
     (out / "results.json").write_text(json.dumps({"machine": machine_info(REPO), "command": sys.argv,
