@@ -9,10 +9,12 @@ Runs in: the pytest process; Redis, the nodes and SIPp are subprocesses.
   on A and on B (round-robin; the proxy adds `X-Node: <its port>`) and all reach it.
 - Proxy node A killed under load: probing marks it down (dispatcher.list, the
   dst-down event route's log line) within ping interval + fr_timer, calls go to B
-  with 0 failed; restarted: probing marks it up and it takes calls again.
+  with 0 failed (a call A carried when it died loses its BYE: A record-routed it);
+  restarted: probing marks it up and it takes calls again.
 - Redis stopped and restarted under load: calls fail (error replies from the
-  cfg) only while it is down, every INVITE is answered (SIPp: no timeout, no
-  unexpected message), and after Redis is back the nodes serve again with no restart.
+  cfg: REGISTER 500, INVITE 404, both at once) only while it is down, every
+  INVITE is answered (SIPp: no timeout, no unexpected message), and after Redis
+  is back the nodes serve again with no restart.
 
 The asyncd runs skip while asyncd has no dispatcher.so / db_redis.so (they land on
 main from their own branches); the Kamailio runs are the reference.
@@ -30,6 +32,7 @@ from bench.servers import kamailio_binary
 from tests.helpers.cluster import asyncd_missing_modules, run_cluster
 from tests.helpers.kamailio import KAMCMD, SKIP_KAMCMD, kamcmd
 from tests.helpers.redis_server import REDIS_SERVER, SKIP_REDIS
+from tests.helpers.sipclient import SipClient
 from tests.helpers.sipp import SippUas, run_sipp, sipp_path
 
 KAMAILIO_DB_REDIS = "/usr/lib/x86_64-linux-gnu/kamailio/modules/db_redis.so"
@@ -134,6 +137,15 @@ def wait_flags(cluster, name, first, timeout):
     return time.monotonic() - t0
 
 
+def down_replies(cluster, proxy):
+    """(final reply to a REGISTER sent to `proxy`, to an INVITE through the dispatcher)."""
+    with SipClient(proxy.addr) as sc:
+        reg = sc.final("REGISTER", f"sip:{USER}@127.0.0.1:{proxy.port}", headers=["Expires: 300"])
+    with SipClient(cluster.dispatcher.addr) as sc:
+        inv = sc.final("INVITE", f"sip:{USER}@127.0.0.1:{cluster.dispatcher.port}")
+    return reg, inv
+
+
 def test_register_on_a_call_through_dispatcher_reaches_ua(cluster, uas):
     a, b = cluster.proxies
     r = register(a, uas)
@@ -200,7 +212,12 @@ def test_redis_restarted_under_load_errors_only_while_down(cluster, uas):
     time.sleep(2.0)
     t_down = time.monotonic() - t0
     cluster.redis.stop()
-    time.sleep(2.0)
+    # while it is down: save() fails -> the cfg's sl_reply_error 500; lookup() finds
+    # nothing -> 404 (registrar lookup returns -1 when usrloc's DB query fails); at once
+    reg, inv = down_replies(cluster, a)
+    assert (reg.status, inv.status) == (500, 404), (reg, inv)
+    assert max(reg.elapsed, inv.elapsed) < 1.0, (reg.elapsed, inv.elapsed)
+    time.sleep(max(0.0, 2.0 - (time.monotonic() - t0 - t_down)))
     cluster.redis.start()
     # Redis came back empty (no persistence): the UA's next refresh puts the binding back
     deadline = time.monotonic() + 3
