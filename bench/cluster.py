@@ -53,14 +53,17 @@ def register(node, uas, cseq):
 
 
 def calls(front, n, rate, log_file):
-    """n calls to USER through `front` at `rate`; (SippResult, ok count, error-reply count)."""
+    """n calls to USER through `front` at `rate`; (SippResult, ok count, {error code: count})."""
     r = run_sipp(front.addr, scenario="cluster_uac", service=USER, calls=n, rate=rate,
                  timeout=n / rate + 30, max_outstanding=max(200, rate * 3),
                  extra=["-trace_logs", "-log_file", log_file])
     text = Path(log_file).read_text() if os.path.exists(log_file) else ""
     if os.path.exists(log_file):
         os.unlink(log_file)
-    return r, len(re.findall(r"^ok ", text, re.M)), len(re.findall(r"^fail ", text, re.M))
+    codes = {}
+    for c in re.findall(r"^fail \d+ (\d+)", text, re.M):
+        codes[c] = codes.get(c, 0) + 1
+    return r, len(re.findall(r"^ok ", text, re.M)), codes
 
 
 def commandstats(client):
@@ -97,7 +100,7 @@ def step(front, nodes, redis_pid, rate, step_s, workdir):
     r, ok, err = calls(front, n, rate, os.path.join(workdir, f"step-{rate}.log"))
     wall = time.monotonic() - t0
     cpu = {k: round(100 * (t.cpu_seconds() - cpu0[k]) / wall, 1) for k, t in trees.items()}
-    clean = (ok == n and err == 0 and r.failed == 0 and (r.retransmissions or 0) == 0)
+    clean = (ok == n and not err and r.failed == 0 and (r.retransmissions or 0) == 0)
     return {"rate": rate, "calls": n, "ok": ok, "error_replies": err, "sipp_failed": r.failed,
             "retransmissions": r.retransmissions, "clean": clean, "wall_s": round(wall, 2),
             "cpu_pct": cpu}
@@ -121,7 +124,9 @@ def run_topology(kind, topology, rates, step_s, cooldown_s, log):
                 s = step(front, nodes, redis.pid, rate, step_s, workdir)
                 out["steps"].append(s)
                 log(f"  {kind} {topology}: {rate}/s -> {s['ok']}/{s['calls']} ok, "
-                    f"cpu {s['cpu_pct']}{'' if s['clean'] else '  (not clean)'}")
+                    f"cpu {s['cpu_pct']}" + ("" if s["clean"] else
+                                             f"  (not clean: {s['error_replies']} error replies, SIPp "
+                                             f"{s['sipp_failed']} failed, {s['retransmissions']} retrans)"))
                 if not s["clean"]:
                     break
                 time.sleep(cooldown_s)
@@ -136,12 +141,15 @@ def run_topology(kind, topology, rates, step_s, cooldown_s, log):
 
 
 def markdown(results):
-    lines = ["| server | nodes | max clean calls/s | CPU % at that rate (each node, redis) |",
-             "|---|---|---:|---|"]
+    lines = ["| server | nodes | max clean calls/s | CPU % at that rate (each node, redis) "
+             "| CPU ms per call offered |", "|---|---|---:|---|---|"]
     for r in results:
         clean = [s for s in r["steps"] if s["clean"]]
-        cpu = ", ".join(f"{k} {v}" for k, v in clean[-1]["cpu_pct"].items()) if clean else "-"
-        lines.append(f"| {r['server']} | {r['topology']} | {r['max_clean_rate']} | {cpu} |")
+        top = clean[-1] if clean else None
+        cpu = ", ".join(f"{k} {v}" for k, v in top["cpu_pct"].items()) if top else "-"
+        # % of a core at R calls/s -> ms of CPU per call: pct * 10 / R
+        ms = ", ".join(f"{k} {v * 10 / top['rate']:.2f}" for k, v in top["cpu_pct"].items()) if top else "-"
+        lines.append(f"| {r['server']} | {r['topology']} | {r['max_clean_rate']} | {cpu} | {ms} |")
     lines += ["", "| server | nodes | Redis commands: new REGISTER / refresh / "
               f"{OPS_CALLS} calls |", "|---|---|---|"]
     for r in results:

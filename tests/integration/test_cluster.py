@@ -86,7 +86,7 @@ def register(node, uas, expires=300, cseq=1):
 
 class Calls:
     """Calls to USER through the dispatcher (tests/sipp/scenarios/cluster_uac.xml), with
-    each call's outcome read from SIPp's log ("ok N" / "fail N")."""
+    each call's outcome read from SIPp's log ("ok N" / "fail N CODE")."""
 
     def __init__(self, cluster, calls, rate):
         self.log_file = tempfile.mktemp(prefix="cluster-uac-", suffix=".log")
@@ -97,7 +97,9 @@ class Calls:
         text = Path(self.log_file).read_text() if os.path.exists(self.log_file) else ""
         os.unlink(self.log_file) if os.path.exists(self.log_file) else None
         self.ok = sorted(int(n) for n in re.findall(r"^ok (\d+)", text, re.M))
-        self.failed = sorted(int(n) for n in re.findall(r"^fail (\d+)", text, re.M))
+        fails = re.findall(r"^fail (\d+) (\d+)", text, re.M)
+        self.failed = sorted(int(n) for n, _ in fails)
+        self.codes = sorted({int(c) for _, c in fails})        # the error replies' codes
 
     def assert_all_answered(self):
         """Every call finished its scenario: a 200 (then ACK/BYE) or an error reply; no
@@ -228,6 +230,7 @@ def test_redis_restarted_under_load_errors_only_while_down(cluster, uas):
     res = out["r"]
     res.assert_all_answered()
     assert res.failed, "no call failed while Redis was down"
+    assert res.codes == [404], res.codes        # lookup() found nothing: the cfg's 404
     # call N starts (N-1)/rate s after SIPp's start; 1 s of slack for SIPp's start and the host
     first_fail, last_fail = (n / rate for n in (res.failed[0], res.failed[-1]))
     assert first_fail > t_down - 1.0, (t_down, res.failed)

@@ -32,8 +32,9 @@ def result(topology, clean_rate, nodes):
 def test_markdown_shows_cpu_at_the_max_clean_rate_and_the_redis_commands():
     md = cluster.markdown([result("one", 300, ["proxya", "redis"]),
                            result("three", 400, ["dispatcher", "proxya", "proxyb", "redis"])])
-    assert "| kamailio | one | 300 | proxya 20.0, redis 20.0 |" in md
-    assert "| kamailio | three | 400 | dispatcher 20.0, proxya 20.0, proxyb 20.0, redis 20.0 |" in md
+    assert "| kamailio | one | 300 | proxya 20.0, redis 20.0 | proxya 0.67, redis 0.67 |" in md
+    assert ("| kamailio | three | 400 | dispatcher 20.0, proxya 20.0, proxyb 20.0, redis 20.0 "
+            "| dispatcher 0.50, proxya 0.50, proxyb 0.50, redis 0.50 |") in md
     assert "| kamailio | one | hmset 1, sadd 4 / - / smembers 10 |" in md
 
 
