@@ -162,33 +162,37 @@ def ds_list(proxies, setid=1):
     return "".join(f"{setid} sip:127.0.0.1:{p.port} 0 0 duid={p.name}\n" for p in proxies)
 
 
-def make_nodes(kind, redis_url, workdir, proxies=2, mem_mb=64, db=0):
-    """The proxy Nodes and the dispatcher Node (not started); the list file is written."""
+def make_nodes(kind, redis_url, workdir, proxies=2, mem_mb=64, db=0, kinds=None):
+    """The proxy Nodes ("proxya", "proxyb", ...) and the dispatcher Node (not started);
+    the list file is written. `kinds` ({node name: kind}) overrides `kind` per node: a
+    mixed cluster of asyncd and Kamailio nodes on the same cfgs and Redis."""
+    kinds = kinds or {}
     nodes = []
     for i in range(proxies):
         name = f"proxy{chr(ord('a') + i)}"
         d = os.path.join(workdir, name)
         os.makedirs(d)
-        nodes.append(Node(kind, name, PROXY_CFG, free_udp_port([n.port for n in nodes]),
+        nodes.append(Node(kinds.get(name, kind), name, PROXY_CFG, free_udp_port([n.port for n in nodes]),
                           {"DBURL": f'"{redis_url}/{db}"'}, d, mem_mb))
     dslist = os.path.join(workdir, "dispatcher.list")
     Path(dslist).write_text(ds_list(nodes))
     d = os.path.join(workdir, "dispatcher")
     os.makedirs(d)
-    disp = Node(kind, "dispatcher", DISPATCHER_CFG, free_udp_port([n.port for n in nodes]),
-                {"DSLIST": f'"{dslist}"'}, d, mem_mb)
+    disp = Node(kinds.get("dispatcher", kind), "dispatcher", DISPATCHER_CFG,
+                free_udp_port([n.port for n in nodes]), {"DSLIST": f'"{dslist}"'}, d, mem_mb)
     return disp, nodes
 
 
 @contextlib.contextmanager
-def run_cluster(kind, proxies=2, mem_mb=64, redis=None):
+def run_cluster(kind, proxies=2, mem_mb=64, redis=None, kinds=None):
     """Redis (or the RedisServer given), `proxies` proxy nodes, then the dispatcher node
-    in front of them; yields a Cluster; stops every node and Redis by pid on exit."""
+    in front of them (each of `kind`, or as `kinds` says: make_nodes); yields a Cluster;
+    stops every node and Redis by pid on exit."""
     workdir = tempfile.mkdtemp(prefix=f"cluster-{kind}-")
     with contextlib.ExitStack() as stack:
         if redis is None:
             redis = stack.enter_context(run_redis())
-        disp, nodes = make_nodes(kind, redis.url, workdir, proxies, mem_mb)
+        disp, nodes = make_nodes(kind, redis.url, workdir, proxies, mem_mb, kinds=kinds)
         cluster = Cluster(kind, redis, disp, nodes, workdir)
         stack.callback(shutil.rmtree, workdir, True)
         stack.callback(cluster.stop)
