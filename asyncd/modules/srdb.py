@@ -214,14 +214,17 @@ class Driver:
     module: str                 # the cfg module that provides it: "db_redis"
     connect: Any                # connect(DbUrl) -> Connection (no I/O until the first call)
     caps: tuple = ()
+    prepare: Any = None         # prepare(script): read the driver's modparams (once, at bind)
 
 
 _drivers = {}
 
 
-def register_driver(scheme, module, connect, caps=()):
-    """A driver module's import: URLs `scheme://...` are served by `connect`."""
-    _drivers[scheme.lower()] = Driver(scheme.lower(), module, connect, tuple(caps))
+def register_driver(scheme, module, connect, caps=(), prepare=None):
+    """A driver module's import: URLs `scheme://...` are served by `connect`;
+    `prepare(script)` runs at the first bind (its modparams are set by then,
+    whatever the order of the mod_inits)."""
+    _drivers[scheme.lower()] = Driver(scheme.lower(), module, connect, tuple(caps), prepare)
 
 
 class Binding:
@@ -267,6 +270,8 @@ def bind(script, url_text, user):
     if driver is None or wanted not in loaded:
         raise CfgError(f'{user}: no DB driver module loaded for "{url.text}" (module {wanted} '
                        f'not found. Missing loadmodule "{wanted}.so"?)')
+    if driver.prepare is not None:
+        driver.prepare(script)
     return Binding(url, driver, user)
 
 
