@@ -52,7 +52,7 @@ class RedisConnection(srdb.Connection):
             host=url.host or "127.0.0.1", port=url.port or 6379, db=_db_number(url),
             username=url.username or None, password=url.password or None,
             socket_connect_timeout=connect_timeout, socket_timeout=cmd_timeout,
-            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=True,
+            retry=Retry(NoBackoff(), 0), decode_responses=True,
             encoding_errors="surrogateescape", health_check_interval=0)
         self.srem = self.r.register_script(SREM_KEY_LUA)
         self.down = False
