@@ -85,7 +85,7 @@ class RedisConnection(srdb.Connection):
             log.info(MOD, f"redis at {self.url.host}:{self.url.port or 6379} is reachable again")
         return out
 
-    def _row_keys(self, t, keys, ops, vals):
+    def _row_keys(self, what, t, keys, ops, vals):
         """(entry keys to read, scanned): by entry key, one type key, or a scan."""
         ek = find_key(t, "entry", t.entry, keys, ops, vals) if keys else None
         if ek is not None:
@@ -94,8 +94,9 @@ class RedisConnection(srdb.Connection):
             tk = find_key(t, kind, cols, keys, ops, vals)
             if tk is not None:
                 return sorted(self.r.smembers(tk))
-        if keys:
-            log.dbg(MOD, f"performing full table scan on table '{t.name}' (keys {list(keys)})")
+        if keys:        # redis_dbase.c warns the same way (db_redis_perform_query & co.)
+            log.warn(MOD, f"performing full table scan on table '{t.name}' while doing the {what} "
+                          f"(scan keys: {', '.join(keys)})")
         pattern = f"{t.key_prefix('entry')}::*"
         return list(self.r.scan_iter(match=pattern, count=1000))
 
@@ -114,9 +115,9 @@ class RedisConnection(srdb.Connection):
                     out.append((k, dict(zip(fields, replies[2 * j + 1]))))
         return out
 
-    def _matching(self, t, keys, ops, vals, fields):
+    def _matching(self, what, t, keys, ops, vals, fields):
         wanted = list(dict.fromkeys(list(keys) + list(fields)))
-        rows = self._rows(self._row_keys(t, keys, ops, vals), wanted)
+        rows = self._rows(self._row_keys(what, t, keys, ops, vals), wanted)
         return [(k, raw) for k, raw in rows
                 if all(matches(v, ops[i] if ops else srdb.OP_EQ, raw.get(keys[i]))
                        for i, v in enumerate(vals))]
@@ -134,7 +135,7 @@ class RedisConnection(srdb.Connection):
         columns = columns or list(t.columns)
         types = [t.columns.get(c, srdb.STRING) for c in columns]
         res = srdb.Result(columns, types)
-        for _k, raw in self._matching(t, keys, ops, vals, columns):
+        for _k, raw in self._matching("query", t, keys, ops, vals, columns):
             res.rows.append([str2val(ct, raw.get(c)) for c, ct in zip(columns, types)])
         return res
 
@@ -161,7 +162,7 @@ class RedisConnection(srdb.Connection):
 
     def _delete(self, keys, ops, vals):
         t = self._table()
-        rows = self._matching(t, keys, ops, vals, t.type_columns())
+        rows = self._matching("delete", t, keys, ops, vals, t.type_columns())
         for ek, raw in rows:
             p = self.r.pipeline(transaction=False)
             p.delete(ek)
@@ -178,7 +179,7 @@ class RedisConnection(srdb.Connection):
         t = self._table()
         new = dict(type_keys(t, ukeys, uvals))
         values = {k: val2str(v) or "" for k, v in zip(ukeys, uvals)}
-        rows = self._matching(t, keys, ops, vals, t.type_columns())
+        rows = self._matching("update", t, keys, ops, vals, t.type_columns())
         for ek, raw in rows:
             p = self.r.pipeline(transaction=False)
             p.hset(ek, mapping=values)

@@ -197,7 +197,8 @@ class UlRpc:
             RpcExport("ul.db_users", self.db_unsupported,
                       "Tell number of different unexpired users (AoRs) in database"),
             RpcExport("ul.db_contacts", self.db_unsupported, "Tell number of unexpired contacts in database"),
-            RpcExport("ul.db_expired_contacts", self.db_unsupported, "Tell number of expired contacts in database"),
+            RpcExport("ul.db_expired_contacts", self.db_unsupported,
+                      "Tell number of expired contacts in database"),
         ]
 
 
