@@ -24,8 +24,9 @@ db_load_urecord), update() gives FULL (save answers 500 Server Internal
 Error), delete() False; the driver logged the cause.
 Differences, on purpose (docs/kamailio-registrar.md): a REGISTER whose
 record cannot be read answers 500 (Kamailio takes the record for empty);
-two REGISTERs for one AOR at the same moment are not serialised (Kamailio's
-slot lock is per node only, too).
+save()'s memory-only flag (0x01) is not honoured (Kamailio writes no row).
+As Kamailio's, two REGISTERs for one AOR at the same moment are not
+serialised (udomain.c lock_udomain takes no lock in DB_ONLY).
 """
 import time
 import zlib
