@@ -36,7 +36,8 @@ loadmodule "db_redis.so"
 loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "kex.so"
-modparam("db_redis", "keys", "location=entry:ruid&usrdom:username&timer:partition,keepalive")
+modparam("db_redis", "keys", "location=entry:ruid&usrdom:USRDOM&timer:partition,keepalive")
+modparam("usrloc", "use_domain", USE_DOMAIN)
 modparam("usrloc", "db_url", "redis://127.0.0.1:RPORT/0")
 modparam("usrloc", "db_mode", 3)
 modparam("usrloc", "timer_interval", 60)
@@ -77,7 +78,7 @@ def _shape(rc, user):
             members = rc.smembers(k)
             hits = sorted("ENTRY" for m in members if m in rows)
             if hits:
-                sets[re.sub(r"::" + user + r"$", "::USER", k)] = hits
+                sets[k.replace("::" + user, "::USER")] = hits
     idx = {k: sorted(m.replace(user, "USER") for m in rc.smembers(k) if user in m or m.endswith("::0:0"))
            for k in rc.scan_iter("location::index::*")}
     return masked, sets, idx
@@ -104,11 +105,13 @@ def _lookup(ctl, user):
                   r"\1: *", out)
 
 
-def test_shared_bindings_and_same_keys_as_kamailio(tmp_path):
+@pytest.mark.parametrize("use_domain, usrdom", [(0, "username"), (1, "username,domain")])
+def test_shared_bindings_and_same_keys_as_kamailio(tmp_path, use_domain, usrdom):
     if kamailio_binary() is None:
         pytest.skip("Kamailio is not installed")
     with run_redis() as r:
-        cfg = CFG.replace("RPORT", str(r.port))
+        cfg = CFG.replace("RPORT", str(r.port)).replace("USE_DOMAIN", str(use_domain))
+        cfg = cfg.replace("USRDOM", usrdom)
         with run_kamailio(cfg) as k, run_server(cfg, args=("-Y", str(tmp_path))) as s, \
                 SipClient(("127.0.0.1", k.port)) as p1, SipClient(("127.0.0.1", s.port)) as p2, \
                 SipClient(("127.0.0.1", s.port)) as caller:
@@ -118,12 +121,14 @@ def test_shared_bindings_and_same_keys_as_kamailio(tmp_path):
             assert _register(s.port, p2, "asy").status == 200
             theirs, ours = _shape(rc, "kam"), _shape(rc, "asy")
             assert ours == theirs, (_rows(rc, "kam"), _rows(rc, "asy"))
+            assert rc.exists("location:usrdom::asy:127.0.0.1" if use_domain else "location:usrdom::asy")
             # each finds the other's binding
             assert _rings(caller, s.port, "kam", p1)
             caller.server = ("127.0.0.1", k.port)
             assert _rings(caller, k.port, "asy", p2)
-            assert _lookup(ctl, "kam") == _lookup(k.ctl, "kam")
-            assert _lookup(ctl, "asy") == _lookup(k.ctl, "asy")
+            for aor in (("kam@127.0.0.1", "asy@127.0.0.1") if use_domain else ("kam", "asy")):
+                assert "AoR: " + aor in _lookup(ctl, aor)
+                assert _lookup(ctl, aor) == _lookup(k.ctl, aor)
             # a refresh (db_update_ucontact_ruid) writes the same fields, the row keeps its key
             before = set(_rows(rc, "kam")) | set(_rows(rc, "asy"))
             assert _register(k.port, p1, "kam", cseq=2).status == 200
@@ -136,4 +141,4 @@ def test_shared_bindings_and_same_keys_as_kamailio(tmp_path):
             rep = p1.final("REGISTER", f"sip:kam@127.0.0.1:{s.port}", cseq=4, callid="reg-kam",
                            headers=[f"Contact: <sip:kam@127.0.0.1:{p1.local[1]}>", "Expires: 0"])
             assert rep.status == 200 and not _rows(rc, "kam")
-            assert not rc.exists("location:usrdom::kam")
+            assert not [k for k in rc.scan_iter("location:usrdom::kam*")]
