@@ -3,7 +3,8 @@ redis-server: a binding saved by Kamailio is found by asyncd and the reverse
 (an INVITE through either reaches the phone registered through the other),
 and the Redis keys, hash fields and values each writes for the same REGISTER
 (and for its refresh, db_update_ucontact's path) are the same, apart from
-what differs per node (ruid, last_modified, socket, Call-ID, ...).
+what differs per node (ruid, last_modified, socket, Call-ID, ...), and
+Kamailio's expiry timer deletes a binding asyncd saved.
 
 Runs in: the pytest process (Kamailio, asyncd and redis-server are real processes).
 """
@@ -40,7 +41,7 @@ modparam("db_redis", "keys", "location=entry:ruid&usrdom:USRDOM&timer:partition,
 modparam("usrloc", "use_domain", USE_DOMAIN)
 modparam("usrloc", "db_url", "redis://127.0.0.1:RPORT/0")
 modparam("usrloc", "db_mode", 3)
-modparam("usrloc", "timer_interval", 60)
+modparam("usrloc", "timer_interval", TIMER)
 modparam("registrar", "min_expires", 1)
 request_route {
   if (method=="REGISTER") { save("location"); exit; }
@@ -112,7 +113,9 @@ def test_shared_bindings_and_same_keys_as_kamailio(tmp_path, use_domain, usrdom)
     with run_redis() as r:
         cfg = CFG.replace("RPORT", str(r.port)).replace("USE_DOMAIN", str(use_domain))
         cfg = cfg.replace("USRDOM", usrdom)
-        with run_kamailio(cfg) as k, run_server(cfg, args=("-Y", str(tmp_path))) as s, \
+        # Kamailio's expiry timer runs every second, asyncd's not within the test
+        with run_kamailio(cfg.replace("TIMER", "1")) as k, \
+                run_server(cfg.replace("TIMER", "60"), args=("-Y", str(tmp_path))) as s, \
                 SipClient(("127.0.0.1", k.port)) as p1, SipClient(("127.0.0.1", s.port)) as p2, \
                 SipClient(("127.0.0.1", s.port)) as caller:
             ctl = f"unix:{tmp_path}/kamailio_ctl"
@@ -142,3 +145,10 @@ def test_shared_bindings_and_same_keys_as_kamailio(tmp_path, use_domain, usrdom)
                            headers=[f"Contact: <sip:kam@127.0.0.1:{p1.local[1]}>", "Expires: 0"])
             assert rep.status == 200 and not _rows(rc, "kam")
             assert not [k for k in rc.scan_iter("location:usrdom::kam*")]
+            # a binding saved by asyncd expires through Kamailio's timer (db_timer_udomain)
+            rep = p2.final("REGISTER", f"sip:short@127.0.0.1:{s.port}", headers=["Expires: 1"])
+            assert rep.status == 200 and _rows(rc, "short")
+            end = time.monotonic() + 6
+            while _rows(rc, "short") and time.monotonic() < end:
+                time.sleep(0.2)
+            assert not _rows(rc, "short") and not [k for k in rc.scan_iter("location:usrdom::short*")]
