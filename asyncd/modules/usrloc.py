@@ -95,7 +95,7 @@ class UsrlocState:
                 try:
                     srdb.check_table_version(con, name, UL_TABLE_VERSION)
                 except srdb.DbError as e:
-                    raise CfgError(f"usrloc: error during table version check for {name}: {e}")
+                    raise CfgError(f"usrloc: error during table version check for {name}: {e}") from None
             self.db.close()
         return {name: DbDomain(self.db, name, size, self.use_domain, self.desc_time_order)
                 for name in self.wanted}
@@ -221,7 +221,6 @@ EXPORTS = ModuleExports(
         ParamExport("db_update_as_insert", int, 0),
         ParamExport("db_check_update", int, 0),
         ParamExport("server_id_filter", int, 0),
-        ParamExport("rm_expired_delay", int, 0),
     ],
     mod_init=mod_init,
     procs=procs,
