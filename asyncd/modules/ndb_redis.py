@@ -36,7 +36,7 @@ from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
 from asyncd.core.procs import PROC_MAIN, PROC_TCP_MAIN
 from asyncd.modules.ndb_redis_client import (ErrorReply, FormatError, Limits, RedisServer, Status,
-                                             format_command, parse_server_spec)
+                                             encode_args, format_command, parse_server_spec)
 
 MOD = "ndb_redis"
 # hiredis.h reply types, as $redis(r=>type) and $redisd show them
@@ -103,7 +103,7 @@ def _argv(cmd, values):
     if not argv:
         log.err(MOD, f"invalid redis command {cmd!r}: no arguments")
         return None
-    return argv
+    return encode_args(argv)
 
 
 def _flush_pipeline(rsrv):

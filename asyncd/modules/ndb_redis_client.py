@@ -294,6 +294,9 @@ class RedisServer:
             if not self.connect(True):
                 return self._fail(f"unable to reconnect to redis server: {self.name}")
             return self._send(argv, retry=False)
+        except rexc.RedisError as e:       # a reply redis-py cannot read: the stream is lost
+            self.close()
+            return self._fail(f"redis server [{self.name}] ({self.where}): {_why(e)}")
         if type(reply) is not ErrorReply:
             self.errors = 0
         return 0, reply
@@ -347,16 +350,27 @@ class RedisServer:
                 return self._pipe_first(cmds, retry=False)
             self._fail(f"Unable to read reply ({self.name}: {_why(e)})")
             return None
+        except rexc.RedisError as e:
+            self.close()
+            self._fail(f"Unable to read reply ({self.name}: {_why(e)})")
+            return None
 
     def _pipe_next(self, argv):
         if not self.up:
             return None
         try:
             return self.conn.read_response()
-        except NET_ERRORS as e:
+        except (rexc.RedisError, OSError) as e:
             self.close()
-            log.err(MOD, f"Unable to read reply for {' '.join(map(str, argv))[:80]} ({_why(e)})")
+            cmd = b" ".join(encode_args(argv))[:80].decode("utf-8", "replace")
+            log.err(MOD, f"Unable to read reply for {cmd} ({_why(e)})")
             return None
+
+
+def encode_args(argv):
+    """str arguments -> bytes, undoing the utf-8/surrogateescape decoding of
+    SIP text, so any byte of a header reaches Redis unchanged."""
+    return [a.encode("utf-8", "surrogateescape") if type(a) is str else a for a in argv]
 
 
 def _why(e):

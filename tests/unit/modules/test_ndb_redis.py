@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import pytest
+import redis
 
 from asyncd.core.errors import CfgError
 from asyncd.modules import ndb_redis as nr
@@ -181,6 +182,19 @@ def test_commands_and_reply_types(redis_srv):
         assert (_v("r=>size"), _v("r=>value[0]=>size"), _v("r=>value[0]=>value[1]")) == (1, 2, "2")
         assert nr.w_redis_free(None, None, "r") == 1 and _v("r=>type") is None
         assert nr.w_redis_free(None, None, "never") == -1
+    finally:
+        nr.mod_destroy(None)
+
+
+@needs_redis
+def test_bytes_of_sip_text_reach_redis_unchanged(redis_srv):
+    _use(f"name=srv;addr=127.0.0.1;port={redis_srv.port}")
+    raw = b"caf\xe9 \xff"                       # not UTF-8, as a SIP header may carry
+    text = raw.decode("utf-8", "surrogateescape")  # how asyncd decodes SIP text
+    try:
+        assert nr.w_redis_cmd5(None, None, "srv", "SET %s %s", "k", text, "r") == 1
+        assert redis.Redis(port=redis_srv.port).get("k") == raw
+        assert nr.w_redis_cmd3(None, None, "srv", "GET k", "r") == 1 and _v("r=>value") == text
     finally:
         nr.mod_destroy(None)
 
