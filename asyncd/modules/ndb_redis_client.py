@@ -219,9 +219,9 @@ class RedisServer:
         self.conn = self._new_conn()
         try:
             self.conn.connect()
-            self._roundtrip(("PING",))
+            self._must("PING")
             if reconnect and self.limits.flush_on_reconnect:
-                self._roundtrip(("FLUSHALL",))
+                self._must("FLUSHALL")
         except (rexc.RedisError, OSError) as e:
             log.err(MOD, f"error communicating with redis server [{self.name}] ({self.where}): {_why(e)}")
             log.err(MOD, f"failed to connect to redis server [{self.name}] ({self.where})")
@@ -240,10 +240,13 @@ class RedisServer:
 
     def _roundtrip(self, argv):
         self.conn.send_command(*argv)
-        reply = self.conn.read_response()
-        if type(reply) is ErrorReply and argv[0] in ("PING", "FLUSHALL"):
+        return self.conn.read_response()
+
+    def _must(self, cmd):
+        """A command of the connect sequence: an error reply fails the connect."""
+        reply = self._roundtrip((cmd,))
+        if type(reply) is ErrorReply:
             raise rexc.ResponseError(reply.decode("utf-8", "replace"))
-        return reply
 
     # -- disable after allowed_timeouts (redis_check_server, redis_count_err_and_disable) --
     def check_disabled(self):
