@@ -7,7 +7,9 @@ and an index taken from a variable.
 
 Runs in: the pytest process; redis-server, Kamailio and asyncd run as real
 processes on loopback. Kamailio goes first on an empty Redis; the store is
-flushed and asyncd replays the same requests.
+flushed and asyncd replays the same requests. Then Redis is stopped (both
+fail the call and empty the reply) and started again (both use it again at
+once, without a restart).
 """
 import os
 
@@ -115,28 +117,36 @@ CASES = [
 ]
 
 
-def _run(addr):
-    out = []
-    with SipClient(addr) as c:
-        for case in CASES:
-            r = c.final("OPTIONS", headers=[f"{k}: {v}" for k, v in case.items()], timeout=5)
-            assert r is not None, case
-            got = {h: r.hdr(h) for h in ("X-RC", "X-Sts", "X-P2", "X-F")}
-            got.update({k: r.hdr(f"X-K{i}") for i, k in enumerate(KEYS)})
-            out.append((case, got))
-    return out
+def _ask(c, case):
+    r = c.final("OPTIONS", headers=[f"{k}: {v}" for k, v in case.items()], timeout=5)
+    assert r is not None, case
+    got = {h: r.hdr(h) for h in ("X-RC", "X-Sts", "X-P2", "X-F")}
+    got.update({k: r.hdr(f"X-K{i}") for i, k in enumerate(KEYS)})
+    return got
+
+
+def _same(want, got):
+    for (case, w), (_, g) in zip(want, got):
+        assert g == w, f"{case}: asyncd {g} != Kamailio {w}"
 
 
 def test_same_redis_values_as_kamailio(tmp_path):
     with run_redis() as redis_srv:
         cfg = CFG.replace("RPORT", str(redis_srv.port))
-        with run_kamailio(cfg) as kam:
-            want = _run(("127.0.0.1", kam.port))
-        redis_srv.client().flushall()
-        with run_server(cfg, args=("-Y", str(tmp_path / "run"))) as srv:
-            got = _run(srv.addr)
-    for (case, w), (_, g) in zip(want, got):
-        assert g == w, f"{case}: asyncd {g} != Kamailio {w}"
+        with run_kamailio(cfg) as kam, run_server(cfg, args=("-Y", str(tmp_path / "run"))) as srv, \
+                SipClient(("127.0.0.1", kam.port)) as k, SipClient(srv.addr) as a:
+            want = [(case, _ask(k, case)) for case in CASES]
+            redis_srv.client().flushall()
+            _same(want, [(case, _ask(a, case)) for case in CASES])
+            # Redis stopped: the call fails and the reply is emptied; back: used again, no restart
+            redis_srv.stop()
+            down = [({"X-C": "GET foo"}, _ask(k, {"X-C": "GET foo"}))]
+            _same(down, [({"X-C": "GET foo"}, _ask(a, {"X-C": "GET foo"}))])
+            redis_srv.start()
+            up = [({"X-C": "PING"}, _ask(k, {"X-C": "PING"}))]
+            _same(up, [({"X-C": "PING"}, _ask(a, {"X-C": "PING"}))])
+    assert down[0][1]["X-RC"] == "-1" and down[0][1]["type"] == "<null>"
+    assert up[0][1]["X-RC"] == "1" and up[0][1]["info"] == "PONG"
     # the cases do reach every reply type
     types = {w["type"] for _, w in want}
     assert {"1", "2", "3", "4", "5", "6"} <= types, types
