@@ -137,6 +137,8 @@ def _load(value):
 class ULStore:
     """One location table: AOR (str) -> list of contact tuples."""
 
+    in_memory = True            # usrloc_db.DbDomain (db_mode 3) has the same interface, False
+
     def __init__(self, arena, name, nbuckets=1024):
         self.name = name
         self.t = ShmHashTable(arena, max(16, nbuckets), min(max(16, nbuckets), 64),

@@ -1,4 +1,4 @@
-"""usrloc: the user location tables (Kamailio's usrloc module, db_mode 0).
+"""usrloc: the user location tables (Kamailio's usrloc module, db_mode 0 and 3).
 
 Runs in: main process (modparams; tables created in mod_init before fork),
 every process that runs a route (registrar's save/lookup through `domain()`),
@@ -12,8 +12,10 @@ function names it (Kamailio's register_udomain from the fixups); here the
 registrar's fixups call `want_domain(name)` and mod_init creates each table in
 shared memory (shm/usrloc.py). Storage only: the SIP rules are registrar's.
 Differences, on purpose (docs/kamailio-registrar.md):
-- db_mode 0 only: no database backend exists; other values, and `preload`,
-  are startup errors.
+- db_mode 0 (shm tables, shm/usrloc.py) and 3 (DB only, usrloc_db.py, on
+  any DB API driver: db_redis) only; 1 and 2 are startup errors. With
+  db_mode 3 the usrloc:* counters stay 0 and ul.dump lists no AoRs, as
+  Kamailio's (they count memory); db_url's driver module must be loaded.
 - expiry runs in one "USRLOC Timer" process every timer_interval seconds whatever
   timer_procs says (Kamailio: the core timer when timer_procs is 0).
 - the AoR's HashID in ul.dump is the crc32 asyncd hashes records with, not
@@ -26,11 +28,17 @@ from asyncd.core import log
 from asyncd.core.errors import CfgError
 from asyncd.core.exports import ModuleExports, ParamExport
 from asyncd.core.procs import PROC_TIMER, ROLE_TIMER, Periodic, ProcRow, TimerHandlers
+from asyncd.modules import srdb
+from asyncd.modules.usrloc_db import UL_TABLE_VERSION, DbDomain
 from asyncd.modules.usrloc_rpc import UlRpc
 from shm.usrloc import (C_CFLAGS, C_PATH, C_RECEIVED, C_RUID, C_SOCK, C_URI, ULStore,
                         valid)
 
 MOD = "usrloc"
+DEFAULT_DB_URL = "mysql://kamailio:kamailiorw@localhost/kamailio"     # Kamailio's DEFAULT_DB_URL
+# db_mode 3 modparams asyncd takes only at their default (docs/kamailio-registrar.md)
+_DB_DEFAULTS_ONLY = {"expires_type": 0, "db_insert_null": 0, "db_ops_ruid": 1, "server_id_filter": 0,
+                     "db_update_as_insert": 0, "db_insert_update": 0}
 
 
 class UsrlocState:
@@ -46,15 +54,16 @@ class UsrlocState:
         self.nat_bflag = -1
         self.cseq_delay = 20
         self.expires_stat = None    # handle of usrloc:location_expires
+        self.db_mode = 0
+        self.db = None              # srdb.Binding with db_mode 3
 
     def configure(self, script, mp):
         mode = int(mp.get("db_mode") or 0)
-        if mode != 0:
-            raise CfgError(f"usrloc: db_mode {mode} needs a database backend; asyncd has none "
-                           "(only db_mode 0, memory only, is supported)")
-        if mp.get("preload"):
-            raise CfgError("usrloc: preload loads tables from a database; asyncd has no database "
-                           "backend (db_mode 0 only)")
+        if mode not in (0, 3):
+            raise CfgError(f"usrloc: db_mode {mode} is not supported by asyncd (0: memory only, "
+                           "3: DB only are)")
+        if mp.get("preload") and mode != 3:
+            raise CfgError("usrloc: preload needs a database (db_mode 3 and a db_url)")
         if not 0 <= int(mp["matching_mode"]) <= 3:
             raise CfgError(f"usrloc: invalid matching_mode {mp['matching_mode']} (0..3)")
         self.use_domain = int(mp["use_domain"])
@@ -63,7 +72,33 @@ class UsrlocState:
         self.nat_bflag = int(mp["nat_bflag"])
         self.cseq_delay = int(mp["cseq_delay"])
         size = 1 << max(1, min(int(mp["hash_size"]), 20))
-        self.domains = {name: ULStore(script.shm, name, size) for name in self.wanted}
+        self.db_mode = mode
+        if mode == 3:
+            self.domains = self._db_domains(script, mp, size)
+        else:
+            self.domains = {name: ULStore(script.shm, name, size) for name in self.wanted}
+
+    def _db_domains(self, script, mp, size):
+        """db_mode 3 (usrloc_mod.c mod_init, udomain.c register_udomain): bind
+        db_url, check each table's version (version_table), one DbDomain per
+        table; preload only names tables (the DB is read on every lookup)."""
+        url = str(mp.get("db_url") or DEFAULT_DB_URL)
+        for name, default in _DB_DEFAULTS_ONLY.items():
+            if int(mp[name]) != default:
+                raise CfgError(f"usrloc: {name} {mp[name]} is not supported by asyncd (only {default})")
+        self.db = srdb.bind(script, url, MOD)
+        for name in mp.get("preload") or []:
+            want_domain(str(name))
+        if int(mp["version_table"]):
+            con = self.db.connection()
+            for name in self.wanted:
+                try:
+                    srdb.check_table_version(con, name, UL_TABLE_VERSION)
+                except srdb.DbError as e:
+                    raise CfgError(f"usrloc: error during table version check for {name}: {e}") from None
+            self.db.close()
+        return {name: DbDomain(self.db, name, size, self.use_domain, self.desc_time_order)
+                for name in self.wanted}
 
     def domain(self, name):
         """-> the ULStore, or None (logged) when no table has that name."""
@@ -136,7 +171,11 @@ def _expire_tick(proc):
     now = int(time.time())
     for d in S.domains.values():
         try:
-            count_expired(proc, d.expire(now))
+            n = d.expire(now)
+            if d.in_memory:         # db_timer_udomain counts nothing (usrloc:*_expires stays 0)
+                count_expired(proc, n)
+        except srdb.DbError:
+            log.err(MOD, f"failed to delete expired contacts from table {d.name}")
         except Exception as e:      # one bad table never stops the others' expiry
             log.err(MOD, f"expiry of table {d.name} failed: {e!r}")
 
@@ -151,13 +190,16 @@ def procs(script):
 
 def mod_destroy(script):
     S.domains.clear()
+    if S.db is not None:
+        S.db.close()
+        S.db = None
 
 
 EXPORTS = ModuleExports(
     name=MOD,
     params=[
         ParamExport("db_mode", int, 0),
-        ParamExport("db_url", str, ""),
+        ParamExport("db_url", str, DEFAULT_DB_URL),
         ParamExport("use_domain", int, 0),
         ParamExport("nat_bflag", int, -1),
         ParamExport("desc_time_order", int, 0),
@@ -171,6 +213,14 @@ EXPORTS = ModuleExports(
         ParamExport("close_expired_tcp", int, 0),
         ParamExport("db_load", int, 1),
         ParamExport("db_insert_update", int, 0),
+        ParamExport("version_table", int, 1),
+        ParamExport("db_ops_ruid", int, 1),
+        ParamExport("expires_type", int, 0),
+        ParamExport("db_insert_null", int, 0),
+        ParamExport("db_timer_clean", int, 0),
+        ParamExport("db_update_as_insert", int, 0),
+        ParamExport("db_check_update", int, 0),
+        ParamExport("server_id_filter", int, 0),
     ],
     mod_init=mod_init,
     procs=procs,

@@ -7,8 +7,11 @@ ul.add stores is what the next lookup() in any process finds.
 
 Kamailio: src/modules/usrloc/ul_rpc.c (names, parameters, faults and reply
 shapes are 5.6's). The ul.db_* methods answer, as Kamailio does with db_mode
-0, "Command is not supported in db_mode=0"; ul.flush has no database to
-write to and succeeds.
+0, "Command is not supported in db_mode=0", and with db_mode 3 on db_redis
+(no raw queries) "Database does not support raw queries"; ul.flush has
+nothing to write and succeeds. With db_mode 3, as Kamailio's DB_ONLY, ul.dump
+lists each table with no AoRs (nothing is kept in memory) while ul.lookup,
+ul.rm, ul.rm_contact and ul.add read and write the database.
 """
 import time
 import zlib
@@ -32,8 +35,9 @@ def q_float(q):
     return -1.0 if q == Q_UNSPECIFIED else q / 1000.0
 
 
-def contact_struct(c, now):
-    """rpc_dump_contact: one contact's fields, in Kamailio's order."""
+def contact_struct(c, now, state="CS_NEW"):
+    """rpc_dump_contact: one contact's fields, in Kamailio's order; `state`
+    CS_SYNC for a contact read from the DB (db_mode 3, udomain.c db_load_urecord)."""
     ex = c[C_EXPIRES]
     return {
         "Address": c[C_URI],
@@ -44,7 +48,7 @@ def contact_struct(c, now):
         "User-Agent": c[C_UA] or NOT_SET,
         "Received": c[C_RECEIVED] or NOT_SET,
         "Path": c[C_PATH] or NOT_SET,
-        "State": "CS_NEW",
+        "State": state,
         "Flags": c[C_FLAGS],
         "CFlags": c[C_CFLAGS],
         "Socket": c[C_SOCK] or NOT_SET,
@@ -98,7 +102,7 @@ class UlRpc:
         domains = Struct()
         for name, d in self.st.domains.items():
             aors, per_slot = Struct(), {}
-            for slot, aor, contacts in d.records():
+            for slot, aor, contacts in (d.records() if d.in_memory else ()):
                 per_slot[slot] = per_slot.get(slot, 0) + 1
                 if summary:
                     aors.append(("AoR", aor))
@@ -117,7 +121,8 @@ class UlRpc:
         if not contacts:
             raise RpcFault(500, "AOR not found in location table")
         now = int(time.time())
-        live = Struct(("Contact", contact_struct(c, now)) for c in contacts if valid(c, now))
+        state = "CS_NEW" if d.in_memory else "CS_SYNC"
+        live = Struct(("Contact", contact_struct(c, now, state)) for c in contacts if valid(c, now))
         if not live:
             raise RpcFault(500, "AOR has no contacts")
         call.add({"AoR": aor, "Contacts": live})
@@ -149,7 +154,8 @@ class UlRpc:
             raise RpcFault(500, "Internal error (can't delete contact)")
 
     def flush(self, call):
-        """Nothing to write: db_mode 0 has no database (synchronize_all_udomains)."""
+        """Nothing to write: db_mode 0 has no database, db_mode 3 keeps nothing in
+        memory (synchronize_all_udomains)."""
 
     def add(self, call):
         p = call.scan("SSSdfSuuu*SS", fault=(500, "Not enough parameters or wrong format"))
@@ -175,7 +181,10 @@ class UlRpc:
             raise RpcFault(500, "Can't insert contact")
 
     def db_unsupported(self, call):
-        raise RpcFault(500, "Command is not supported in db_mode=0")
+        """ul_rpc_db_users & co.: a raw SQL count; no driver of asyncd has raw queries."""
+        if not self.st.db_mode:
+            raise RpcFault(500, "Command is not supported in db_mode=0")
+        raise RpcFault(500, "Database does not support raw queries")
 
     def exports(self):
         return [
@@ -188,7 +197,8 @@ class UlRpc:
             RpcExport("ul.db_users", self.db_unsupported,
                       "Tell number of different unexpired users (AoRs) in database"),
             RpcExport("ul.db_contacts", self.db_unsupported, "Tell number of unexpired contacts in database"),
-            RpcExport("ul.db_expired_contacts", self.db_unsupported, "Tell number of expired contacts in database"),
+            RpcExport("ul.db_expired_contacts", self.db_unsupported,
+                      "Tell number of expired contacts in database"),
         ]
 
 

@@ -66,8 +66,8 @@ def _run(s, data):
     return ctx, proc
 
 
-@pytest.mark.parametrize("param, text", [('"db_mode", 2', "db_mode 2 needs a database backend"),
-                                         ('"preload", "location"', "no database")])
+@pytest.mark.parametrize("param, text", [('"db_mode", 2', "db_mode 2 is not supported"),
+                                         ('"preload", "location"', "preload needs a database")])
 def test_database_features_are_startup_errors(param, text):
     s = compile_cfg(text=HEAD + f'modparam("usrloc", {param})\n' + ROUTE)
     s.shm = ShmArena.create(4 << 20)
