@@ -91,7 +91,8 @@ class Calls:
     each call's outcome read from SIPp's log ("ok N" / "fail N CODE")."""
 
     def __init__(self, cluster, calls, rate):
-        self.log_file = tempfile.mktemp(prefix="cluster-uac-", suffix=".log")
+        fd, self.log_file = tempfile.mkstemp(prefix="cluster-uac-", suffix=".log")
+        os.close(fd)
         self.calls, self.rate = calls, rate
         self.result = run_sipp(cluster.dispatcher.addr, scenario="cluster_uac", service=USER,
                                calls=calls, rate=rate, timeout=calls / rate + 20,
