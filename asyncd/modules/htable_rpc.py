@@ -8,7 +8,8 @@ value set here is what the next $sht read in any process sees.
 Kamailio: src/modules/htable/htable.c, the htable_rpc_* functions (names,
 parameters, faults and reply shapes are 5.6's). Kamailio's table has
 2^size slots; asyncd's has at least 1024 buckets (asyncd/modules/htable.py)
-but reports Kamailio's geometry: a key's slot is its hash & (2^size - 1),
+but reports Kamailio's geometry: a key's slot is its Kamailio hash
+(core_case_hash) & (2^size - 1),
 so `entry` in htable.dump stays below `size` in htable.listTables and
 `slots` in htable.stats. htable.reload and htable.store (htable.c
 htable_rpc_reload, htable_rpc_store) read and write the table's dbtable on
@@ -25,10 +26,33 @@ from asyncd.core import log
 from asyncd.core.rpc import RET_ARRAY, RpcExport, RpcFault
 from asyncd.modules.htable_db import HtDbFailed, delete_records, read_table, save_table, unreachable
 from asyncd.modules.srdb import DbError
-from shm.htable import TICKS, key_hash, now_ticks
+from shm.htable import TICKS, now_ticks
 
 F_NO_TABLE = "No such htable"
 AVP_VAL_STR = 2         # Kamailio's usr_avp.h flag, reported by htable.get as `flags`
+
+
+def _icase(b):
+    """hashes.h ch_icase on a C (signed) char."""
+    c = b | 0x20 if 65 <= b <= 90 else b
+    return c - 256 if c > 127 else c
+
+
+def core_case_hash(key):
+    """hashes.h core_case_hash(s, 0, 0): the hash Kamailio's htable takes a
+    key's slot from (ht_api.h ht_compute_hash), so htable.dump numbers the
+    slots as Kamailio does."""
+    b = str(key).encode("utf-8", "surrogateescape")
+    m, h, n = 0xFFFFFFFF, 0, len(b) - len(b) % 4
+    for i in range(0, n, 4):
+        v = ((_icase(b[i]) << 24) + (_icase(b[i + 1]) << 16) + (_icase(b[i + 2]) << 8)
+             + _icase(b[i + 3])) & m
+        h = (h + (v ^ (v >> 3))) & m
+    v = 0
+    for c in b[n:]:
+        v = ((v << 8) + _icase(c)) & m
+    h = (h + (v ^ (v >> 3))) & m
+    return ((h + (h >> 11)) + ((h >> 13) + (h >> 23))) & m
 
 
 class HtableRpc:
@@ -56,7 +80,7 @@ class HtableRpc:
         mask = self.slots(ht) - 1
         by_slot = {}
         for key, value in ht.items():
-            by_slot.setdefault(key_hash(key) & mask, []).append((key, value))
+            by_slot.setdefault(core_case_hash(key) & mask, []).append((key, value))
         for i in sorted(by_slot):
             items = [{"name": k, "value": v, "type": "int" if type(v) is int else "str"}
                      for k, v in by_slot[i]]
@@ -146,7 +170,7 @@ class HtableRpc:
             n = self.slots(ht)
             per = [0] * n
             for key, _v in ht.items():
-                per[key_hash(key) & (n - 1)] += 1
+                per[core_case_hash(key) & (n - 1)] += 1
             call.add({"name": ht.name, "slots": n, "all": sum(per), "min": min(per), "max": max(per)})
 
     def _db_table(self, call):
