@@ -1,6 +1,7 @@
 """The htable module: shared hash tables for the cfg ($sht and friends).
 
-Runs in: main process (modparams, tables created in mod_init before fork),
+Runs in: main process (modparams, tables created and loaded from their DB in
+mod_init before fork, written back to it in mod_destroy),
 udp receivers and async workers ($sht reads/writes, sht_* functions), the
 "HTable Timer" process (autoexpire: `_expire_tick`, a periodic job of its
 timer row, run by workers/timer.py).
@@ -21,7 +22,11 @@ Differences, on purpose:
 - event_route[htable:expired:NAME] runs in the HTable Timer process after
   the entry is gone and no lock is held ($shtrecord(key), $shtrecord(value));
   Kamailio runs it with the slot locked.
-- no database loading or DMQ replication.
+- no DMQ replication. A table with `dbtable` is loaded from db_url in
+  mod_init and, with dbmode=1, written back in mod_destroy, as Kamailio does
+  (asyncd/modules/htable_db.py). dbmode=2 is asyncd's own: the table lives
+  in its DB table, so every node on that db_url shares it
+  (asyncd/modules/htable_dbt.py; Kamailio reads 2 as 1). docs/kamailio-htable.md.
 RPC methods (htable.dump, htable.get, ...) are in asyncd/modules/htable_rpc.py.
 """
 import re
