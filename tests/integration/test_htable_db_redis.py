@@ -10,6 +10,7 @@ Runs in: the pytest process (the servers and redis-server are real processes).
 """
 import os
 import shutil
+import signal
 import time
 
 import pytest
@@ -224,6 +225,14 @@ def test_dbmode2_redis_down_and_back(tmp_path):
         d, _ctlp = _ctl(tmp_path, "a")
         with run_server(_cfg(r, tmp_path), args=("-Y", str(d))) as s, SipClient(("127.0.0.1", s.port)) as c:
             _req(c, s.port, "set", "k", "v1")
+            os.kill(r.pid, signal.SIGSTOP)          # hung: each call gives up after cmd_timeout (500 ms)
+            try:
+                t0 = time.monotonic()
+                assert _req(c, s.port, "get", "k").status == 404
+                assert 0.4 < time.monotonic() - t0 < 2.5
+            finally:
+                os.kill(r.pid, signal.SIGCONT)
+            assert _req(c, s.port, "get", "k").reason == "v=v1"
             r.stop()
             t0 = time.monotonic()
             assert _req(c, s.port, "get", "k").status == 404            # $null
@@ -233,3 +242,16 @@ def test_dbmode2_redis_down_and_back(tmp_path):
             r.start()
             _req(c, s.port, "set", "k", "v3")
             assert _req(c, s.port, "get", "k").reason == "v=v3"
+
+
+def test_dbmode2_only_starts_without_redis(tmp_path):
+    """Nothing to load at startup for a dbmode=2 table: a Redis that is down
+    does not stop asyncd, the table works once Redis is up."""
+    with run_redis() as r:
+        cfg = _cfg(r, tmp_path).replace(';dbtable=htable;dbmode=1"', '"')
+        r.stop()
+        with run_server(cfg, args=("-Y", str(tmp_path))) as s, SipClient(("127.0.0.1", s.port)) as c:
+            assert _req(c, s.port, "get", "k").status == 404
+            r.start()
+            _req(c, s.port, "set", "k", "v")
+            assert _req(c, s.port, "get", "k").reason == "v=v"
