@@ -155,6 +155,8 @@ def parse_table_spec(spec):
         if not eq or k not in _SPEC_KEYS:
             raise ValueError(f"invalid htable parameter {part!r} in {spec!r}")
         v = v.strip()
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+            v = v[1:-1]         # a quoted value, as parse_params reads it (cols='k,v')
         if k in ("size", "autoexpire", "updateexpire", "initval", "dbmode", "dmqreplicate", "reloadat"):
             try:
                 out[k] = int(v)

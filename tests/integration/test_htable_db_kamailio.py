@@ -108,3 +108,34 @@ def test_same_load_same_store_each_loads_the_other(tmp_path):
         # asyncd loads what Kamailio wrote back at its shutdown
         with run_server(cfg, args=("-Y", str(d))):
             assert _dump(ctl) == kam_stored
+
+
+def test_kamailio_node_reads_and_writes_a_dbmode2_table(tmp_path):
+    """asyncd's dbmode=2 rows are Kamailio's: a Kamailio node with the same
+    table (dbmode 0) gets asyncd's value and expiry with htable.reload, and
+    what it stores with htable.store is what asyncd reads next."""
+    if kamailio_binary() is None:
+        pytest.skip("Kamailio is not installed")
+    with run_redis() as r:
+        base = CFG.replace("RPORT", str(r.port))
+        kcfg = base.replace("dbtable=htable;dbmode=1", "dbtable=htable")
+        acfg = base.replace("dbtable=htable;dbmode=1", "dbtable=htable;dbmode=2")
+        d = tmp_path / "run"
+        d.mkdir()
+        ctl = f"unix:{d}/kamailio_ctl"
+        with run_server(acfg, args=("-Y", str(d))), run_kamailio(kcfg) as k:
+            assert "Ok" in kamcmd(ctl, "htable.sets", "a", "k", "from asyncd").stdout
+            assert "Ok" in kamcmd(ctl, "htable.seti", "a", "n", "41").stdout
+            assert kamcmd(k.ctl, "htable.reload", "a").stdout.strip() == "Ok. Htable reloaded."
+            out = kamcmd(k.ctl, "htable.get", "a", "k").stdout
+            assert "value: from asyncd" in out and "flags: 2" in out
+            left = time.mktime(time.strptime(out.split("expire: ")[1].split("\n")[0].strip(),
+                                             "%Y-%m-%d %H:%M:%S")) - time.time()
+            assert 290 <= left <= 301
+            assert "value: 41" in kamcmd(k.ctl, "htable.get", "a", "n").stdout
+            kamcmd(k.ctl, "htable.seti", "a", "n", "42")
+            kamcmd(k.ctl, "htable.sets", "a", "kam", "from kamailio")
+            assert "Ok" in kamcmd(k.ctl, "htable.store", "a").stdout
+            assert "value: 42" in kamcmd(ctl, "htable.get", "a", "n").stdout
+            assert "value: from kamailio" in kamcmd(ctl, "htable.get", "a", "kam").stdout
+            assert _dump(ctl) == _dump(k.ctl)

@@ -99,6 +99,11 @@ def test_cols_packed_with_coldelim_and_colnull():
     assert out == [("j", "||b", 0), ("k", "v|3|", 0)]
 
 
+def test_quoted_cols_in_the_spec():
+    name, p = htable.parse_table_spec("t=>dbtable=htable;cols='key_name,key_value';size=2")
+    assert (name, p["cols"], p["size"], p["dbmode"]) == ("t", "key_name,key_value", 2, 0)
+
+
 def test_core_case_hash_matches_kamailio():
     # slots Kamailio 5.6.3's htable.dump gives these keys in a size=4 table (16 slots)
     assert {k: core_case_hash(k) & 15 for k in ("n", "s", "neg", "arr::size", "arr[0]")} == \
