@@ -3,8 +3,10 @@ redis-server: a binding saved by Kamailio is found by asyncd and the reverse
 (an INVITE through either reaches the phone registered through the other),
 and the Redis keys, hash fields and values each writes for the same REGISTER
 (and for its refresh, db_update_ucontact's path) are the same, apart from
-what differs per node (ruid, last_modified, socket, Call-ID, ...), and
-Kamailio's expiry timer deletes a binding asyncd saved.
+what differs per node (ruid, last_modified, socket, Call-ID, ...);
+Kamailio's expiry timer deletes a binding asyncd saved; the usrloc
+statistics, ul.dump and ul.db_users answer the same; with Redis stopped both
+answer a REGISTER 500 and an INVITE 404, and both work again once it is back.
 
 Runs in: the pytest process (Kamailio, asyncd and redis-server are real processes).
 """
@@ -100,6 +102,14 @@ def _rings(caller, port, user, phone):
     return None not in reqs and rs and rs[-1].status == 486
 
 
+def _down_answers(port, ctl):
+    with SipClient(("127.0.0.1", port)) as c:
+        reg = c.final("REGISTER", f"sip:down@127.0.0.1:{port}", timeout=5)
+        inv = c.final("INVITE", f"sip:down@127.0.0.1:{port}", timeout=5)
+        lk = kamcmd(ctl, "ul.lookup", "location", "down")
+        return reg.status, reg.hdr("P-Registrar-Error"), inv.status, lk.stdout + lk.stderr
+
+
 def _lookup(ctl, user):
     out = kamcmd(ctl, "ul.lookup", "location", user).stdout
     return re.sub(r"(Address|Expires|Call-ID|Socket|Ruid|Last-Keepalive|Last-Modified): .*",
@@ -152,3 +162,15 @@ def test_shared_bindings_and_same_keys_as_kamailio(tmp_path, use_domain, usrdom)
             while _rows(rc, "short") and time.monotonic() < end:
                 time.sleep(0.2)
             assert not _rows(rc, "short") and not [k for k in rc.scan_iter("location:usrdom::short*")]
+            # the RPCs that show memory show nothing in DB_ONLY, on both
+            for cmd in (("stats.get_statistics", "usrloc:"), ("ul.dump",), ("ul.db_users", "location")):
+                ours_out, theirs_out = kamcmd(ctl, *cmd), kamcmd(k.ctl, *cmd)
+                assert (ours_out.stdout, ours_out.stderr) == (theirs_out.stdout, theirs_out.stderr), cmd
+            # Redis down: the same answers (500 usrloc_contact_insert failed, lookup 404, ul.lookup)
+            r.stop()
+            try:
+                assert _down_answers(s.port, ctl) == _down_answers(k.port, k.ctl)
+            finally:
+                r.start()
+            assert _register(k.port, p1, "kam", cseq=9).status == 200
+            assert _register(s.port, p2, "asy", cseq=9).status == 200

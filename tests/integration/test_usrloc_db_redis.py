@@ -10,10 +10,14 @@ Runs in: the pytest process (the servers and redis-server are real processes).
 import os
 import signal
 import time
+from types import SimpleNamespace
 
 import pytest
 
+from asyncd.modules import db_redis, srdb
 from asyncd.modules.db_redis import DEFAULT_SCHEMA_PATH
+from asyncd.modules.usrloc_db import DbDomain
+from shm.usrloc import C_RUID, C_URI, new_contact, new_ruid
 from tests.helpers.kamailio import KAMCMD, kamcmd
 from tests.helpers.redis_server import REDIS_SERVER, SKIP_REDIS, run_redis
 from tests.helpers.server import run_server
@@ -166,3 +170,27 @@ def test_redis_hung_is_bounded_by_cmd_timeout(cluster):
         assert phone.final("REGISTER", f"sip:gina@127.0.0.1:{a.port}", cseq=3).status == 200
         caller.send("INVITE", f"sip:gina@127.0.0.1:{b.port}")
         assert _answer(phone, 486) is not None
+
+
+def test_records_for_the_pinger_read_every_row(tmp_path):
+    """DbDomain.records (nathelper's get_all_ucontacts in db_mode 3) groups
+    the table's rows by AOR; a partition keeps only its slots."""
+    mp = {"keys": ["location=entry:ruid&usrdom:username,domain"], "schema_path": DEFAULT_SCHEMA_PATH,
+          "connect_timeout": 500, "cmd_timeout": 500}
+    script = SimpleNamespace(modules=[SimpleNamespace(name="db_redis")], modparams={"db_redis": mp})
+    db_redis.S.tables = None
+    with run_redis() as r:
+        d = DbDomain(srdb.bind(script, r.url + "/0", "usrloc"), "location", 16, use_domain=1)
+        now = int(time.time())
+        for aor in ("a@x", "b@x", "b@y"):
+            for n in range(2):
+                c = new_contact(f"sip:{aor}:{5060 + n}", now + 60, ruid=new_ruid(), now=now)
+                assert d.update(aor, lambda cs, c=c: (cs + [c], 1)) == 1
+        recs = {aor: sorted(c[C_URI] for c in cs) for _slot, aor, cs in d.records()}
+        assert recs == {a: [f"sip:{a}:5060", f"sip:{a}:5061"] for a in ("a@x", "b@x", "b@y")}
+        parts = [{aor for _s, aor, _c in d.records((i, 2))} for i in (0, 1)]
+        assert parts[0] | parts[1] == set(recs) and not parts[0] & parts[1]
+        ruid = d.get("b@y")[0][C_RUID]
+        assert r.client().hget(f"location:entry::{ruid}", "domain") == "y"
+        assert d.delete("b@x") and not d.get("b@x") and len(d.get("b@y")) == 2
+    db_redis.S.tables = None
