@@ -76,6 +76,13 @@ def str2sint(text):
     return max(_INT_MIN, min(_INT_MAX, n))
 
 
+def as_int(v):
+    """A column read as an int (Kamailio's val.int_val): NULL or a non-number is 0."""
+    if type(v) is int:
+        return v
+    return str2sint(_text(v)) if v is not None else 0
+
+
 def _text(v):
     return v.decode("utf-8", "surrogateescape") if isinstance(v, (bytes, bytearray)) else str(v)
 
@@ -99,7 +106,7 @@ def _row_key(row, types, i, name):
 def _type_col(v, t, col):
     if t not in (INT, BIGINT):
         raise HtDbFailed(f"Wrong db type [{t}] for {col} column")
-    return int(v or 0)
+    return as_int(v)
 
 
 def _value(v, t, vtype, i):
@@ -139,7 +146,7 @@ def _typed_rows(conf, spec, items, types, name, now):
     exp = conf.with_expires(spec)
     for i, row in enumerate(items):
         key = _row_key(row, types, i, name)
-        expires = int(row[4] or 0) if exp else 0
+        expires = as_int(row[4]) if exp else 0
         if 0 < expires < now:
             continue                # "skipping expired entry"
         ktype = _type_col(row[1], types[1], "key_type")

@@ -26,7 +26,7 @@ import time
 
 from asyncd.core import log
 from asyncd.modules import srdb
-from asyncd.modules.htable_db import str2sint
+from asyncd.modules.htable_db import as_int
 from asyncd.modules.srdb import OP_EQ, DbError, int_val, str_val
 from shm.htable import TICKS, HTable, now_ticks
 
@@ -64,7 +64,7 @@ class DbTable:
         if not res.rows:
             return None
         vtype, value, expires = res.rows[0]
-        return _decode(vtype, value), int(expires or 0)
+        return _decode(vtype, value), as_int(expires)
 
     def _write(self, con, key, value, expires):
         is_int = type(value) is int
@@ -178,7 +178,7 @@ class DbTable:
         """[(key, value, expires)] of every row, expired ones included."""
         c = self.conf
         res = self._con().query((), None, (), [c.name_col, c.vtype_col, c.value_col, c.expires_col])
-        return [(str(k), _decode(vt, v), int(ex or 0)) for k, vt, v, ex in res.rows if k is not None]
+        return [(str(k), _decode(vt, v), as_int(ex)) for k, vt, v, ex in res.rows if k is not None]
 
     def items(self):
         now = int(time.time())
@@ -242,4 +242,6 @@ def _gone(expires, now):
 def _decode(vtype, value):
     if value is None:
         return None
-    return str2sint(value) if vtype else str(value)
+    if as_int(vtype):
+        return value if type(value) is int else as_int(value)
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
