@@ -255,3 +255,18 @@ def test_dbmode2_only_starts_without_redis(tmp_path):
             r.start()
             _req(c, s.port, "set", "k", "v")
             assert _req(c, s.port, "get", "k").reason == "v=v"
+
+
+def test_write_back_with_redis_down_does_not_hang_the_shutdown(tmp_path):
+    with run_redis() as r:
+        _row(r.client(), "htable", "x", 0, 0, "one")
+        d, ctl = _ctl(tmp_path, "one")
+        with run_server(_cfg(r, tmp_path), args=("-Y", str(d))) as s:
+            assert "value: one" in _get(ctl, "a", "x")
+            r.stop()
+            t0 = time.monotonic()
+            assert s.stop(timeout=5) == 0
+            assert time.monotonic() - t0 < 4
+        assert "failed syncing hash table [a] to db" in s.final_log
+        r.start()
+        assert r.client().hget("htable:entry::x", "key_value") is None     # Redis restarted empty
