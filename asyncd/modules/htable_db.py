@@ -22,7 +22,7 @@ import time
 
 from asyncd.core import log
 from asyncd.modules import srdb
-from asyncd.modules.srdb import BIGINT, BLOB, INT, STR, STRING, DbError, int_val, str_val
+from asyncd.modules.srdb import BIGINT, BLOB, INT, STR, STRING, DbError, DbUnreachable, int_val, str_val
 from shm.htable import TICKS, now_ticks
 
 MOD = "htable"
@@ -218,9 +218,8 @@ def delete_records(con, dbtable):
 
 def unreachable(err):
     """The DB call failed because the server did not answer (not because it
-    refused the command): the driver's error names the connection failure."""
-    return err is not None and any(w in str(err) for w in ("ConnectionError", "TimeoutError",
-                                                           "Connection refused"))
+    refused the command)."""
+    return isinstance(err, DbUnreachable)
 
 
 def _wall_expire(ht, key, now):
