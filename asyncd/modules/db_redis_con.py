@@ -32,7 +32,7 @@ from asyncd.core import log
 from asyncd.modules import srdb
 from asyncd.modules.db_redis_schema import (find_key, matches, row_type_keys, str2val, type_keys,
                                             val2str)
-from asyncd.modules.srdb import DbError
+from asyncd.modules.srdb import DbError, DbUnreachable
 
 MOD = "db_redis"
 # redis_dbase.h SREM_KEY_LUA: KEYS = type key, index set, entry key
@@ -40,6 +40,7 @@ SREM_KEY_LUA = ("redis.call('SREM', KEYS[1], KEYS[3]); if redis.call('SCARD', KE
                 "then redis.call('SREM', KEYS[2], KEYS[1]) end")
 BATCH = 1000            # rows fetched per pipeline (redis_dbase.c: 1000 per round trip)
 _REDIS_ERRORS = (redis.RedisError, OSError)
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)   # no answer
 
 
 class RedisConnection(srdb.Connection):
@@ -75,11 +76,12 @@ class RedisConnection(srdb.Connection):
             log.err(MOD, f"failed to do the {what} on table '{self.table}': {e}")
             raise
         except _REDIS_ERRORS as e:
-            self.down = True
+            gone = isinstance(e, _UNREACHABLE)
+            self.down = self.down or gone
             msg = f"redis at {self.url.host}:{self.url.port or 6379} failed during {what} on " \
                   f"table '{self.table}': {type(e).__name__}: {e}"
             log.err(MOD, msg)
-            raise DbError(msg) from None
+            raise (DbUnreachable if gone else DbError)(msg) from None
         if self.down:
             self.down = False
             log.info(MOD, f"redis at {self.url.host}:{self.url.port or 6379} is reachable again")

@@ -1,6 +1,7 @@
 """The htable module: shared hash tables for the cfg ($sht and friends).
 
-Runs in: main process (modparams, tables created in mod_init before fork),
+Runs in: main process (modparams, tables created and loaded from their DB in
+mod_init before fork, written back to it in mod_destroy),
 udp receivers and async workers ($sht reads/writes, sht_* functions), the
 "HTable Timer" process (autoexpire: `_expire_tick`, a periodic job of its
 timer row, run by workers/timer.py).
@@ -21,7 +22,11 @@ Differences, on purpose:
 - event_route[htable:expired:NAME] runs in the HTable Timer process after
   the entry is gone and no lock is held ($shtrecord(key), $shtrecord(value));
   Kamailio runs it with the slot locked.
-- no database loading or DMQ replication.
+- no DMQ replication. A table with `dbtable` is loaded from db_url in
+  mod_init and, with dbmode=1, written back in mod_destroy, as Kamailio does
+  (asyncd/modules/htable_db.py). dbmode=2 is asyncd's own: the table lives
+  in its DB table, so every node on that db_url shares it
+  (asyncd/modules/htable_dbt.py; Kamailio reads 2 as 1). docs/kamailio-htable.md.
 RPC methods (htable.dump, htable.get, ...) are in asyncd/modules/htable_rpc.py.
 """
 import re
@@ -33,35 +38,46 @@ from asyncd.core.context import ProcState
 from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
 from asyncd.core.procs import PROC_TIMER, ROLE_TIMER, Periodic, ProcRow, TimerHandlers
+from asyncd.modules.htable_db import HtDbConf, HtDbFailed, delete_records, fill, read_table, save_table
+from asyncd.modules.htable_dbt import DbTable
 from asyncd.modules.htable_rpc import HtableRpc
+from asyncd.modules.srdb import DbError
 from asyncd.sip import faked_request
 from shm.htable import HTable
 
 MOD = "htable"
+DBMODE_SHARED = 2          # asyncd's own dbmode: the table lives in the DB (htable_dbt.py)
 
 
 class HtableState:
     """htable's state, in one object. `tables` (the shm tables, so every
-    child shares their contents) is made in main by mod_init, before fork.
-    `iters` and `record` are per process by design: each process walks its
-    own iterator snapshots, and the HTable Timer sets `record` while an
-    expired entry's event route runs. `pv_table` caches the pv classes
-    $sht keys are parsed with (startup)."""
-    __slots__ = ("tables", "missing_logged", "iters", "record", "pv_table", "specs", "db_url")
+    child shares their contents; DbTable for dbmode=2) is made in main by
+    mod_init, before fork. `iters` and `record` are per process by design:
+    each process walks its own iterator snapshots, and the HTable Timer sets
+    `record` while an expired entry's event route runs. `pv_table` caches the
+    pv classes $sht keys are parsed with (startup). `dbload` holds, per table
+    with a dbtable, the shm offset of Kamailio's ht->dbload flag (set by a
+    load that found rows, or by htable.reload; read by the write-back)."""
+    __slots__ = ("tables", "missing_logged", "iters", "record", "pv_table", "specs", "db_url",
+                 "conf", "dbload", "shm")
 
     def __init__(self):
-        self.tables = {}                # name -> shm.htable.HTable
+        self.tables = {}                # name -> shm.htable.HTable or htable_dbt.DbTable
         self.missing_logged = set()     # undefined tables already logged (once each)
         self.iters = {}                 # iterator name -> [table, items, position]
         self.record = None              # (key, value) of the expired entry
         self.pv_table = None            # made on the first key with variables
         self.specs = {}                 # name -> the table's parsed definition (htable.listTables)
         self.db_url = ""                # modparam db_url (htable.reload / htable.store)
+        self.conf = None                # htable_db.HtDbConf when db_url is set
+        self.dbload = {}                # name -> shm offset of the dbload byte
+        self.shm = None
 
     def configure(self, script, mp):
-        """mod_init: one HTable in shm per `htable` modparam."""
+        """mod_init: one HTable in shm per `htable` modparam (a DbTable for dbmode=2)."""
         self.tables, self.missing_logged, self.iters, self.record = {}, set(), {}, None
-        self.specs, self.db_url = {}, str(mp.get("db_url") or "")
+        self.specs, self.db_url, self.dbload = {}, str(mp.get("db_url") or ""), {}
+        self.shm, self.conf = script.shm, None
         for spec in mp["htable"]:
             try:
                 name, p = parse_table_spec(spec)
@@ -72,6 +88,47 @@ class HtableState:
             self.specs[name] = p
             self.tables[name] = HTable(script.shm, name, p["size"], p["autoexpire"], p["initval"],
                                        p["updateexpire"])
+        if self.db_url:
+            self._configure_db(script, mp)
+        else:
+            _no_db_checks(self.specs)
+
+    def _configure_db(self, script, mp):
+        """htable.c mod_init: bind db_url (the driver module must be loaded);
+        dbmode=2 tables become DbTables on it."""
+        self.conf = HtDbConf(mp)
+        try:
+            self.conf.bind(script)
+        except DbError as e:
+            raise CfgError(f"htable: {e}") from None
+        for name, p in self.specs.items():
+            if not p.get("dbtable"):
+                if p["dbmode"] == DBMODE_SHARED:
+                    raise CfgError(f"htable {name}: dbmode=2 needs a dbtable")
+                continue
+            self.dbload[name] = script.shm.static_alloc(8)
+            if p["dbmode"] == DBMODE_SHARED:
+                if p.get("cols"):
+                    raise CfgError(f"htable {name}: dbmode=2 (asyncd: the table lives in the DB) "
+                                   "cannot be used with cols")
+                self.tables[name] = DbTable(self.conf, p, name, self.tables[name],
+                                            int(mp["timer_interval"]))
+
+    def loaded(self, name):
+        off = self.dbload.get(name)
+        return off is not None and self.shm.buf[off] != 0
+
+    def set_loaded(self, name, on=True):
+        off = self.dbload.get(name)
+        if off is not None:
+            self.shm.buf[off] = 1 if on else 0
+
+
+def _no_db_checks(specs):
+    for name, p in specs.items():
+        if p["dbmode"] == DBMODE_SHARED:
+            raise CfgError(f"htable {name}: dbmode=2 needs a dbtable and "
+                           "modparam(\"htable\", \"db_url\", ...)")
 
 
 S = HtableState()
@@ -88,7 +145,7 @@ def parse_table_spec(spec):
     name = name.strip()
     if not sep or not name:
         raise ValueError(f"invalid htable definition {spec!r} (expected name=>attr=value;...)")
-    out = {"size": 4, "autoexpire": 0, "initval": None, "updateexpire": 1}
+    out = {"size": 4, "autoexpire": 0, "initval": None, "updateexpire": 1, "dbmode": 0}
     for part in rest.split(";"):
         part = part.strip()
         if not part:
@@ -98,11 +155,17 @@ def parse_table_spec(spec):
         if not eq or k not in _SPEC_KEYS:
             raise ValueError(f"invalid htable parameter {part!r} in {spec!r}")
         v = v.strip()
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+            v = v[1:-1]         # a quoted value, as parse_params reads it (cols='k,v')
         if k in ("size", "autoexpire", "updateexpire", "initval", "dbmode", "dmqreplicate", "reloadat"):
             try:
                 out[k] = int(v)
             except ValueError:
                 raise ValueError(f"htable {name}: {k} must be an integer, not {v!r}") from None
+        elif k in ("coldelim", "colnull"):
+            if len(v) > 1:          # later Kamailio's ht_table_spec: one character
+                raise ValueError(f"htable {name}: {k} must be one character, not {v!r}")
+            out[k] = v
         else:
             out[k] = v
     if out["size"] < 1:
@@ -391,6 +454,8 @@ def mod_init(script):
     if script.shm is None:
         raise RuntimeError("htable: shared memory is not initialised")
     S.configure(script, script.modparams[MOD])
+    if S.conf is not None:
+        _load_tables()
     if "htable:mod-init" in getattr(script, "event_routes", ()):
         _run_mod_init(script)
 
@@ -461,7 +526,42 @@ def procs(script):
     return [ProcRow(ROLE_TIMER, "HTable Timer", PROC_TIMER, 1, tick)]
 
 
+def _load_tables():
+    """ht_db_load_tables in mod_init, before fork: every table with a dbtable
+    (but dbmode=2's, which is read from the DB as it is used). A DB that
+    cannot be read stops the startup, as in Kamailio."""
+    try:
+        for name, p in S.specs.items():
+            if p.get("dbtable") and p["dbmode"] != DBMODE_SHARED:
+                entries = read_table(S.conf, p, name)
+                fill(S.tables[name], entries)
+                S.set_loaded(name, bool(entries))   # Kamailio: no rows, no dbload (no write-back)
+    except HtDbFailed as e:
+        raise CfgError(f"htable: failed to load the htables from {S.db_url}: {e}") from None
+    finally:
+        S.conf.binding.close()
+
+
+def _sync_tables():
+    """ht_db_sync_tables at shutdown: dbmode 1 tables that were loaded, without cols."""
+    for name, p in S.specs.items():
+        if not (p.get("dbtable") and p["dbmode"] and p["dbmode"] != DBMODE_SHARED
+                and S.loaded(name) and not p.get("cols")):
+            continue
+        con = S.conf.connection()
+        delete_records(con, p["dbtable"])
+        try:
+            save_table(S.conf, p, S.tables[name], con)
+        except HtDbFailed:
+            log.err(MOD, f"failed syncing hash table [{name}] to db")
+
+
 def mod_destroy(script):
+    if S.conf is not None and S.tables:
+        try:
+            _sync_tables()
+        finally:
+            S.conf.binding.close()
     S.tables.clear()
 
 
@@ -492,8 +592,18 @@ EXPORTS = ModuleExports(
         ParamExport("timer_interval", int, 20),
         ParamExport("timer_procs", int, 0),
         ParamExport("db_url", str, ""),
+        ParamExport("key_name_column", str, "key_name"),
+        ParamExport("key_type_column", str, "key_type"),
+        ParamExport("value_type_column", str, "value_type"),
+        ParamExport("key_value_column", str, "key_value"),
+        ParamExport("expires_column", str, "expires"),
+        ParamExport("array_size_suffix", str, "::size"),
+        ParamExport("fetch_rows", int, 100),
+        ParamExport("db_expires", int, 0),
         ParamExport("enable_dmq", int, 0),
+        ParamExport("dmq_init_sync", int, 0),
         ParamExport("event_callback", str, ""),
+        ParamExport("event_callback_mode", int, 0),
     ],
     pvs=[
         _pv("sht", _sht_get, _sht_set),

@@ -64,6 +64,12 @@ class DbError(Exception):
     """A DB call failed; str() says what (the driver logged it too)."""
 
 
+class DbUnreachable(DbError):
+    """The server did not answer (refused, timed out, connection lost), as
+    opposed to a server that answered and refused the command: the same call
+    may succeed once it is back."""
+
+
 @dataclass(frozen=True)
 class Val:
     """A typed value (db_val_t): `value` None is NULL."""

@@ -77,13 +77,14 @@ def test_errors_and_reconnect(db):
     with pytest.raises(srdb.DbError, match="no matching key definition"):
         con.insert(["code"], [int_val(1)])
     con.use_table("nosuch")
-    with pytest.raises(srdb.DbError, match="undefined table 'nosuch'"):
+    with pytest.raises(srdb.DbError, match="undefined table 'nosuch'") as refused:
         con.query(["a"], None, [int_val(1)], ["b"])
+    assert not isinstance(refused.value, srdb.DbUnreachable)
     con.use_table("acc")
     con.insert(*_row("y", 200))
     r.stop()
     t0 = time.monotonic()
-    with pytest.raises(srdb.DbError, match="failed during query"):
+    with pytest.raises(srdb.DbUnreachable, match="failed during query"):     # a DbError too
         con.query(["callid"], None, [str_val("y")], ["code"])
     assert time.monotonic() - t0 < 1.0
     r.start()
