@@ -42,6 +42,7 @@ is logged; the loop never dies of it.
 """
 import gc
 import heapq
+import math
 import time
 
 import zmq
@@ -56,6 +57,18 @@ MOD = "core"
 POLL = 0.2          # the longest sleep: how often an idle timer looks at proc.stopping
 FINE_WAIT = 0.002   # below this, sleep precisely instead of polling (ms resolution)
 RETRY_DELAY = 0.001
+
+
+def next_run(last, p, now):
+    """When a Periodic job that was due at `last` runs next: `interval` s
+    later; an aligned job on a whole second (the next one at or after that);
+    a job that fell behind runs at once (unaligned) or on the next whole
+    second (aligned), never in a burst of catch-up runs."""
+    nxt = last + p.interval
+    if not p.aligned:
+        return max(nxt, now)
+    nxt = float(math.ceil(nxt))
+    return nxt if nxt > now else float(int(now) + 1)
 
 
 class TimerLoop:
@@ -202,7 +215,7 @@ class TimerLoop:
                 except Exception as ex:
                     log.err(MOD, f"timer: periodic {getattr(p.fn, '__name__', p.fn)} failed: {ex!r}")
                 now = time.monotonic()
-                job[0] = max(job[0] + p.interval, now) if not p.aligned else float(int(now) + 1)
+                job[0] = next_run(job[0], p, now)
 
     def next_wake(self, now):
         wake = now + POLL

@@ -242,3 +242,19 @@ def test_periodic_jobs_run_on_time_without_a_feed(rundir):
         if p.is_alive():
             p.kill()
         p.join()
+
+
+def test_next_run_keeps_the_interval_of_aligned_jobs():
+    """An aligned job every 60 s (usrloc's timer_interval) runs 60 s later on a
+    whole second, not on the next second; one that fell behind runs on the next
+    whole second once, not in a burst; unaligned jobs keep their phase."""
+    every60 = Periodic(60.0, None, aligned=True)
+    assert timer_loop.next_run(100.0, every60, 100.3) == 160.0
+    assert timer_loop.next_run(100.0, every60, 175.4) == 176.0
+    half = Periodic(1.5, None, aligned=True)
+    assert timer_loop.next_run(10.0, half, 10.2) == 12.0
+    tick = Periodic(1.0, None, aligned=True)
+    assert timer_loop.next_run(7.0, tick, 7.01) == 8.0
+    plain = Periodic(0.25, None)
+    assert timer_loop.next_run(3.0, plain, 3.1) == 3.25
+    assert timer_loop.next_run(3.0, plain, 9.0) == 9.0
