@@ -17,7 +17,9 @@ auth, usrloc db_mode 0), started as tests/acceptance/test_stock_flows.py does:
 - alice hangs up: the BYE's 200 comes back through the proxy, both phones
   report CALL_CLOSED ("Connection reset by user" / "... by peer");
 - alice dials a user with no binding: CALL_CLOSED "404 Not Found" (the stock
-  route LOCATION), and the 404 is ACKed to the proxy.
+  route LOCATION), and the 404 is ACKed to the proxy;
+- alice dials `sip:bob@127.0.0.1` (no port: 5060, which the server does not
+  listen on, so not `myself`): "403 Not relaying" (route AUTH).
 
 The same flow runs against Kamailio 5.6.3 and the two transcripts (event
 sequences, status lines, Record-Route and Route with the port masked) must be
@@ -113,13 +115,15 @@ def call_flow(proxy, transport):
         nf = a.wait_event("CALL_CLOSED", EV_TIMEOUT)
         a.wait_trace(lambda ms: sum(1 for m in ms if m.method == "ACK" and m.header("Call-ID") == nf["id"]))
         a.wait_trace(lambda ms: any(a.incoming(m) and m.cseq_method() == "BYE" and m.status for m in ms))
+        a.dial("sip:bob@127.0.0.1")                     # no port: 5060, not `myself`
+        nr = a.wait_event("CALL_CLOSED", EV_TIMEOUT)
         nf_out = [m for m in a.sent() if m.header("Call-ID") == nf["id"]]
         nf_in = [m for m in a.received() if m.header("Call-ID") == nf["id"]]
         return {
             "ids": (ea["id"], eb["id"], ca["id"], cb["id"]),
             "a_events": [t for t in a.types() if t in CALL_EVENTS],
             "b_events": [t for t in b.types() if t in CALL_EVENTS],
-            "closed": (ca["param"], cb["param"], nf["param"]),
+            "closed": (ca["param"], cb["param"], nf["param"], nr["param"]),
             "call": invite_transcript(a, b, ea["id"], proxy),
             "not_found": ([m.status for m in nf_in], [m.method for m in nf_out]),
         }
@@ -140,9 +144,10 @@ def check_flow(t):
     ea, eb, ca, cb = t["ids"]
     assert ea == eb == ca == cb, t["ids"]                 # one dialog, seen by both phones
     assert t["a_events"] == ["REGISTER_OK", "CALL_RINGING", "CALL_ESTABLISHED", "CALL_CLOSED",
-                             "CALL_CLOSED"], t
+                             "CALL_CLOSED", "CALL_CLOSED"], t
     assert t["b_events"] == ["REGISTER_OK", "CALL_INCOMING", "CALL_ESTABLISHED", "CALL_CLOSED"], t
-    assert t["closed"] == ("Connection reset by user", "Connection reset by peer", "404 Not Found"), t
+    assert t["closed"] == ("Connection reset by user", "Connection reset by peer", "404 Not Found",
+                           "403 Not relaying"), t
     call = t["call"]
     assert [s.split(" ", 1)[0] for s in call["a_invite_replies"]] == ["100", "180", "200"], call
     assert re.fullmatch(r"<sip:127\.0\.0\.1:PORT(;transport=tcp)?;lr>", call["record_route"]), call
