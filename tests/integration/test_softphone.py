@@ -172,6 +172,7 @@ def test_call_through_stock_cfg_on_kamailio(kamailio_stock, transport):
 
 
 @pytest.mark.kamailio
+@pytest.mark.server
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_same_transcript_as_kamailio(asyncd_stock, kamailio_stock, transport):
     ours = dict(transcript("asyncd", asyncd_stock, transport))

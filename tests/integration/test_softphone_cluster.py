@@ -127,12 +127,14 @@ def test_call_across_nodes(redis, two_nodes):
 
 
 @pytest.mark.kamailio
+@pytest.mark.server
 def test_call_from_asyncd_to_a_phone_on_kamailio(redis, two_nodes, kamailio_node):
     """Mixed cluster: the callee registered through Kamailio 5.6.3 (its own db_redis)."""
     call_across(redis, two_nodes[0], kamailio_node, "carol", "dave")
 
 
 @pytest.mark.kamailio
+@pytest.mark.server
 def test_call_from_kamailio_to_a_phone_on_asyncd(redis, two_nodes, kamailio_node):
     """Mixed cluster: Kamailio 5.6.3 finds the binding asyncd wrote."""
     call_across(redis, kamailio_node, two_nodes[1], "erin", "frank")
