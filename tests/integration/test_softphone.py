@@ -19,7 +19,10 @@ auth, usrloc db_mode 0), started as tests/acceptance/test_stock_flows.py does:
 - alice dials a user with no binding: CALL_CLOSED "404 Not Found" (the stock
   route LOCATION), and the 404 is ACKed to the proxy;
 - alice dials `sip:bob@127.0.0.1` (no port: 5060, which the server does not
-  listen on, so not `myself`): "403 Not relaying" (route AUTH).
+  listen on, so not `myself`): "403 Not relaying" (route AUTH);
+- alice dials bob and hangs up while it rings: her CANCEL reaches bob through
+  the proxy, she gets 200 for the CANCEL and 487 for the INVITE, both phones
+  report the call closed.
 
 The same flow runs against Kamailio 5.6.3 and the two transcripts (event
 sequences, status lines, Record-Route and Route with the port masked) must be
@@ -104,6 +107,23 @@ def invite_transcript(a, b, call_id, proxy):
     }
 
 
+def cancelled_call(a, b):
+    """alice dials bob and hangs up while it rings: her CANCEL goes through the proxy."""
+    a.dial(a.uri("bob"))
+    cid = b.wait_event("CALL_INCOMING", EV_TIMEOUT)["id"]
+    a.wait_event("CALL_RINGING", EV_TIMEOUT)
+    a.hangup()
+    ca, cb = a.wait_event("CALL_CLOSED", EV_TIMEOUT), b.wait_event("CALL_CLOSED", EV_TIMEOUT)
+    for phone in (a, b):        # alice ACKs the 487; the proxy ACKs bob's (hop by hop, 17.1.1.3)
+        phone.wait_trace(lambda ms: any(m.method == "ACK" and m.header("Call-ID") == cid for m in ms))
+    return {
+        "closed": (ca["param"], cb["param"]),
+        "a_got": [(m.status, m.cseq_method()) for m in a.received() if m.header("Call-ID") == cid],
+        "a_sent": [m.method for m in a.sent() if m.header("Call-ID") == cid],
+        "b_got": [m.method for m in b.received() if m.header("Call-ID") == cid and m.method],
+    }
+
+
 def call_flow(proxy, transport):
     """The whole flow on one server -> its transcript (see the module docstring)."""
     with run_baresip("alice", proxy, transport=transport) as a, \
@@ -117,6 +137,7 @@ def call_flow(proxy, transport):
         a.wait_trace(lambda ms: any(a.incoming(m) and m.cseq_method() == "BYE" and m.status for m in ms))
         a.dial("sip:bob@127.0.0.1")                     # no port: 5060, not `myself`
         nr = a.wait_event("CALL_CLOSED", EV_TIMEOUT)
+        cancelled = cancelled_call(a, b)
         nf_out = [m for m in a.sent() if m.header("Call-ID") == nf["id"]]
         nf_in = [m for m in a.received() if m.header("Call-ID") == nf["id"]]
         return {
@@ -126,6 +147,7 @@ def call_flow(proxy, transport):
             "closed": (ca["param"], cb["param"], nf["param"], nr["param"]),
             "call": invite_transcript(a, b, ea["id"], proxy),
             "not_found": ([m.status for m in nf_in], [m.method for m in nf_out]),
+            "cancelled": cancelled,
         }
 
 
@@ -144,8 +166,9 @@ def check_flow(t):
     ea, eb, ca, cb = t["ids"]
     assert ea == eb == ca == cb, t["ids"]                 # one dialog, seen by both phones
     assert t["a_events"] == ["REGISTER_OK", "CALL_RINGING", "CALL_ESTABLISHED", "CALL_CLOSED",
-                             "CALL_CLOSED", "CALL_CLOSED"], t
-    assert t["b_events"] == ["REGISTER_OK", "CALL_INCOMING", "CALL_ESTABLISHED", "CALL_CLOSED"], t
+                             "CALL_CLOSED", "CALL_CLOSED", "CALL_RINGING", "CALL_CLOSED"], t
+    assert t["b_events"] == ["REGISTER_OK", "CALL_INCOMING", "CALL_ESTABLISHED", "CALL_CLOSED",
+                             "CALL_INCOMING", "CALL_CLOSED"], t
     assert t["closed"] == ("Connection reset by user", "Connection reset by peer", "404 Not Found",
                            "403 Not relaying"), t
     call = t["call"]
@@ -158,6 +181,10 @@ def check_flow(t):
     assert all(v.endswith(" 127.0.0.1:PORT") for _, v in call["b_got"]), call
     assert call["bye_reply"] == ["200 OK"], call
     assert t["not_found"][0][-1] == "404 Not Found" and t["not_found"][1] == ["INVITE", "ACK"], t
+    c = t["cancelled"]
+    assert c["a_sent"] == c["b_got"] == ["INVITE", "CANCEL", "ACK"], c
+    assert [(code.split(" ", 1)[0], m) for code, m in c["a_got"]] == [
+        ("100", "INVITE"), ("180", "INVITE"), ("200", "CANCEL"), ("487", "INVITE")], c
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
