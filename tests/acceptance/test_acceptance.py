@@ -293,7 +293,9 @@ def test_kamailio_stock_cfg_runs(tmp_path, sip_client, define):
         r = c.final("OPTIONS", f"sip:{host}")
         assert (r.status, r.reason) == (200, "Keepalive")            # REQINIT: uri==myself
         mine, final, _, _ = _invite(c, f"sip:bob@{host}")
-        assert [x.status for x in mine] == [100, 404] and final.reason == "Not Found"   # LOCATION
+        # LOCATION: t_newtran() then send_reply(404): no 100 first, as on Kamailio 5.6.3
+        # (tm/reply.py auto_100; compared in tests/integration/test_softphone.py)
+        assert [x.status for x in mine] == [404] and final.reason == "Not Found"
         r = c.final("REGISTER", f"sip:alice@{host}", headers=["Expires: 7200"])          # REGISTRAR
         assert r.status == 200 and r.hdr("Contact").endswith(";expires=3600")          # max_expires
         r = c.final("MESSAGE", "sip:bob@example.com", body="x")

@@ -32,7 +32,7 @@ def t_newtran_suspend(ctx):
 
 def t_suspend(ctx):
     """-> (rc, tindex, tlabel). rc 0: suspended (request, AVP/XAVP bytes, flags
-    and lumps stored; the INVITE's 100 went out at t_newtran); 1: the
+    and lumps stored; an INVITE's 100 sent if nothing was yet); 1: the
     transaction was CANCELed (487 sent, nothing to resume); -1: no transaction;
     -3: a final reply was already sent (docs/kamailio-tm.md §2)."""
     return suspend.t_suspend(ctx)

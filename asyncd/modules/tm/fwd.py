@@ -18,7 +18,7 @@ from asyncd.modules.tm.cell import (B_BLIND, B_CANCEL, B_PROV, BR_FLAGS, BR_STAT
                                     F_CONTINUE, F_FINAL, F_IN_FAILURE, F_INVITE, Handle)
 from asyncd.modules.tm.lookup import make_branch, request_key
 from asyncd.modules.tm.newtran import new_cell, t_newtran
-from asyncd.modules.tm.reply import reply_cell, resend_last
+from asyncd.modules.tm.reply import auto_100, reply_cell, resend_last
 from asyncd.modules.tm.state import (K_FR, K_RETR, MOD, S, arm, arm_fr, arm_retr, claim, flush,
                                      hard_deadline, now, sock_addr, sock_proto)
 from asyncd.sip import parse_uri
@@ -146,6 +146,7 @@ def _relay_set(ctx, dset, proto):
         return -1
     added = 0
     try:
+        auto_100(h, cell, ctx.msg)          # Kamailio t_relay_to: before forwarding
         if cell.flags & F_FINAL:
             log.warn(MOD, "a final reply was already sent")
             return -1
@@ -206,6 +207,7 @@ def _relay_one(ctx, host=None, port=None, proto=None):
         return -1
     send_dropped = False
     try:
+        auto_100(h, cell, ctx.msg)          # Kamailio t_relay_to: before forwarding
         if cell.flags & F_FINAL:
             log.warn(MOD, "a final reply was already sent")
             return -1
@@ -321,8 +323,23 @@ def relay_error(ctx, err):
         rc = t_newtran(ctx)
         if rc <= 0:
             return 0 if rc == 0 else -1
+    _relay_100(ctx)
     ctx.extra["tm_delayed"] = err
     return -1
+
+
+def _relay_100(ctx):
+    """t_relay_to sends an INVITE's 100 before t_forward_nonack, so a relay that
+    fails still has it out ahead of the delayed error reply. Not h.done: the
+    100 answers nothing, request_done still sends the delayed reply."""
+    h = ctx.t
+    cell = h.acquire()
+    if cell is None:
+        return
+    try:
+        auto_100(h, cell, ctx.msg)
+    finally:
+        h.release(flush)
 
 
 def _relay_new(ctx, ruri, dst, sock):

@@ -119,8 +119,8 @@ def t_newtran(ctx, suspend=False):
         h.saved = saved
         arm_fr(h, cell, bno, fr)       # queues the fr timer; flush() hands it over
         flush(h)
-    if cell.flags & F_INVITE and S.auto_inv_100:
-        local_reply(ctx, 100, S.auto_inv_100_reason)
+    if suspend and cell.flags & F_INVITE and S.auto_inv_100:
+        local_reply(ctx, 100, S.auto_inv_100_reason)     # t_suspend's (tm/reply.py auto_100)
     h.done = suspend            # the automatic 100 answers nothing (t_unref still checks)
     return 1
 

@@ -44,6 +44,16 @@ def local_reply(ctx, code, reason, extra_headers=()):
         h.release(flush)
 
 
+def auto_100(h, cell, msg):
+    """An INVITE to which nothing was sent yet gets the automatic 100 (modparams
+    auto_inv_100, auto_inv_100_reason), on a held cell. Kamailio sends it when the
+    request is relayed (t_funcs.c t_relay_to) or suspended (t_suspend.c t_suspend),
+    not when t_newtran creates the transaction: a script that answers a new
+    transaction itself (`t_newtran(); send_reply("404", ...)`) sends the 404 alone."""
+    if cell.flags & F_INVITE and S.auto_inv_100 and cell.uas_status < 100:
+        reply_cell(h, cell, msg, 100, S.auto_inv_100_reason)
+
+
 def reply_cell(h, cell, msg, code, reason, extra_headers=()):
     """Build and queue a local reply on a held cell. 1 ok, -1 refused."""
     if cell.flags & F_FINAL:

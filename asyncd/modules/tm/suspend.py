@@ -18,7 +18,7 @@ from asyncd.core.route_types import FAILURE_ROUTE
 from asyncd.modules.tm.cell import (B_BLIND, BR_FLAGS, BR_REQ, BR_STATUS, F_CANCELED, F_CONTINUE, F_FINAL,
                                     F_NOISY, F_SUSPENDED, F_WAIT, Handle)
 from asyncd.modules.tm.lookup import rebuild_request
-from asyncd.modules.tm.reply import fake_ctx, reply_cell, save_ctx_state
+from asyncd.modules.tm.reply import auto_100, fake_ctx, reply_cell, save_ctx_state
 from asyncd.modules.tm.state import MOD, S, arm_fr, arm_retr, claim, flush, now, unclaim
 
 AUTO_500 = "I'm terribly sorry, server error occurred (1/TM)"
@@ -38,6 +38,7 @@ def t_suspend(ctx):
             return 1, h.index, h.label
         if cell.flags & F_FINAL:
             return -3, h.index, h.label
+        auto_100(h, cell, ctx.msg)          # t_suspend.c t_suspend, step 2 (docs/kamailio-tm.md §2)
         bno, fr, h.saved = suspend_cell(ctx, cell)
         arm_fr(h, cell, bno, fr)
         h.done = True
