@@ -43,6 +43,8 @@ B_PROV = 2                 # a provisional reply was received
 B_CANCEL = 4               # CANCEL sent (or due once a provisional arrives)
 B_CANCEL_SENT = 8
 B_DISCARD = 16             # left out of best-reply selection (failure_reply_mode)
+B_TIMEOUT = 32             # ended by its fr timer, no final reply (Kamailio: F_RB_TIMEOUT)
+B_REPLIED = 64             # a reply was processed on it (Kamailio: F_RB_REPLIED, set after the reply)
 
 # branch list fields
 BR_RURI, BR_DST, BR_SOCK, BR_VIA, BR_REQ, BR_STATUS, BR_REPLY, BR_FLAGS, BR_FR = range(9)

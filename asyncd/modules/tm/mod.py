@@ -17,7 +17,8 @@ from asyncd.core.rpc import RpcExport
 from asyncd.modules.tm import api, fwd, newtran, reply, suspend
 from asyncd.modules.tm import stats as tm_stats
 from asyncd.modules.tm import timer as tm_timer
-from asyncd.modules.tm.cell import F_CANCELED, F_COMPACT, F_FINAL, F_SUSPENDED, Cell, Handle
+from asyncd.modules.tm.cell import (B_REPLIED, B_TIMEOUT, BR_FLAGS, F_CANCELED, F_COMPACT, F_FINAL,
+                                    F_SUSPENDED, Cell, Handle)
 from asyncd.modules.tm.lookup import lookup_request, rebuild_request, request_key, ack2xx_key
 from asyncd.modules.tm.state import MOD, S, arm_wait, flush, left_claim, sock_proto, unclaim
 from asyncd.sip import build_reply, parse_msg, reply_addr
@@ -168,6 +169,41 @@ def w_t_set_fr(ctx, site, fr_inv, fr=0):
 def w_t_is_canceled(ctx, site):
     c = _cell(ctx)
     return 1 if c is not None and c.flags & F_CANCELED else -1
+
+
+def _failed_branch(ctx):
+    """The branch whose failure runs this failure route (Kamailio's
+    get_t_branch()), or None."""
+    h = ctx.t
+    c = _cell(ctx)
+    if c is None or not 0 <= h.branch < len(c.branches):
+        return None
+    return c.branches[h.branch]
+
+
+def _branch_has(flag):
+    def w(ctx, site):
+        br = _failed_branch(ctx)
+        return 1 if br is not None and br[BR_FLAGS] & flag else -1
+    return w
+
+
+def _any_branch_has(flag):
+    def w(ctx, site):
+        c = _cell(ctx)
+        if c is None:
+            log.err(MOD, "cannot check a message for which no T-state has been established")
+            return -1
+        return 1 if any(b[BR_FLAGS] & flag for b in c.branches) else -1
+    return w
+
+
+# tm.c t_branch_timeout / t_branch_replied (the failed branch) and t_any_timeout /
+# t_any_replied (any branch): ended by its fr timer (F_RB_TIMEOUT); received a
+# reply that has been handled (F_RB_REPLIED: in the failure route a branch's own
+# final reply does not count yet, only what came before it, e.g. a 180)
+w_t_branch_timeout, w_t_branch_replied = _branch_has(B_TIMEOUT), _branch_has(B_REPLIED)
+w_t_any_timeout, w_t_any_replied = _any_branch_has(B_TIMEOUT), _any_branch_has(B_REPLIED)
 
 
 def w_t_check_status(ctx, site, regex):
@@ -515,6 +551,10 @@ EXPORTS = ModuleExports(
         FuncExport("t_set_fr", (P.INT,), w_t_set_fr, RFB),
         FuncExport("t_set_fr", (P.INT, P.INT), w_t_set_fr, RFB),
         FuncExport("t_is_canceled", (), w_t_is_canceled, ANY_ROUTE),
+        FuncExport("t_branch_timeout", (), w_t_branch_timeout, FAILURE_ROUTE),
+        FuncExport("t_branch_replied", (), w_t_branch_replied, FAILURE_ROUTE),
+        FuncExport("t_any_timeout", (), w_t_any_timeout, RF | ONREPLY_ROUTE | BRANCH_ROUTE),
+        FuncExport("t_any_replied", (), w_t_any_replied, RF | ONREPLY_ROUTE | BRANCH_ROUTE),
         FuncExport("t_check_status", (P.REGEX,), w_t_check_status, ANY_ROUTE),
     ],
     params=[

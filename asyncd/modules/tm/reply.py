@@ -16,9 +16,9 @@ from asyncd.core import log
 from asyncd.core.errors import ScriptExit
 from asyncd.core.route_types import FAILURE_ROUTE, TM_ONREPLY_ROUTE
 from asyncd.modules.tm.cancel import cancel_pending, send_ack, send_cancel
-from asyncd.modules.tm.cell import (B_BLIND, B_CANCEL, B_CANCEL_SENT, B_DISCARD, B_PROV, BR_FLAGS,
-                                    BR_REPLY, BR_REQ, BR_STATUS, F_CANCELED, F_FINAL, F_IN_FAILURE,
-                                    F_INVITE, F_LOCAL, F_SUSPENDED, Cell, Handle)
+from asyncd.modules.tm.cell import (B_BLIND, B_CANCEL, B_CANCEL_SENT, B_DISCARD, B_PROV, B_REPLIED,
+                                    B_TIMEOUT, BR_FLAGS, BR_REPLY, BR_REQ, BR_STATUS, F_CANCELED, F_FINAL,
+                                    F_IN_FAILURE, F_INVITE, F_LOCAL, F_SUSPENDED, Cell, Handle)
 from asyncd.modules.tm.lookup import ack2xx_key, parse_branch, rebuild_request
 from asyncd.modules.tm.state import (MOD, TMCB_ON_FAILURE, TMCB_RESPONSE_OUT, S, arm_fr,
                                      arm_rpl_retr, arm_wait, flush, hard_deadline, now, run_tmcb)
@@ -135,9 +135,20 @@ def reply_in(ctx):
 
 
 def on_reply(proc, h, cell, bno, msg, status):
-    """One reply (or a timeout: msg None, status 408) on branch bno, cell held."""
+    """One reply (or a timeout: msg None, status 408) on branch bno, cell held.
+    A received reply marks its branch B_REPLIED once it has been handled, so
+    the failure route it leads to does not see it yet (Kamailio t_reply.c
+    reply_received sets F_RB_REPLIED after relay_reply)."""
     if bno >= len(cell.branches):
         return
+    _on_reply(proc, h, cell, bno, msg, status)
+    if msg is not None:
+        c = h.cell if h.cell is not None else cell
+        if bno < len(c.branches):
+            c.branches[bno][BR_FLAGS] |= B_REPLIED
+
+
+def _on_reply(proc, h, cell, bno, msg, status):
     br = cell.branches[bno]
     h.dirty = True
     if br[BR_STATUS] >= 200:
@@ -169,8 +180,10 @@ def on_reply(proc, h, cell, bno, msg, status):
             h.out.append((data, tuple(cell.reply_to), cell.sock))
             run_tmcb(TMCB_RESPONSE_OUT, h, cell, status, msg.reason, msg.buf)
         return
-    if msg is None and cell.flags & F_INVITE and br[BR_FLAGS] & B_PROV and not br[BR_FLAGS] & B_BLIND:
-        send_cancel(h, cell, br)               # fr_inv_timer hit a ringing branch
+    if msg is None:
+        br[BR_FLAGS] |= B_TIMEOUT              # t_branch_timeout() in the failure route
+        if cell.flags & F_INVITE and br[BR_FLAGS] & B_PROV and not br[BR_FLAGS] & B_BLIND:
+            send_cancel(h, cell, br)           # fr_inv_timer hit a ringing branch
     br[BR_STATUS] = status
     if 200 <= status < 300:
         br[BR_REQ] = b""
