@@ -1,0 +1,301 @@
+"""dispatcher's probing: OPTIONS (ds_ping_method) to the destinations every
+ds_ping_interval seconds, their replies and time-outs turned into states.
+
+Runs in: main process (`configure` from dispatcher's mod_init, the process
+row), the "DISPATCHER PING" timer process (`tick`: the rounds, the
+retransmissions, the time-outs) and every udp receiver (`reply_in`: a
+reply to a ping is taken there, as Kamailio's ds_options_callback runs in
+the process that receives it, event routes included).
+
+Kamailio: src/modules/dispatcher/dispatch.c ds_check_timer / ds_ping_set
+(which destinations are probed: ds_ping_result_helper; disabled ones never),
+ds_options_callback (a 2xx or a ds_ping_reply_codes code makes the
+destination active, anything else -- a 408 on time-out included -- counts
+toward ds_probing_threshold); the request is tm's t_request (src/modules/tm/
+uac.c): CSeq 10, Max-Forwards 70, From with a tag, To without, a User-Agent
+header; retransmitted every T1 doubling up to T2 (retr_timer1/retr_timer2)
+and given up after tm's fr_timer, which is a 408.
+Differences, on purpose (docs/kamailio-dispatcher.md "Probing"):
+- asyncd has no tm UAC: this process builds, sends and retransmits the
+  pings itself, from the listen socket Kamailio would use, so the wire is
+  the same; Via branch, Call-ID and From tag have asyncd's own shape.
+- UDP destinations only: a destination with another transport is not
+  pinged (a warning at startup), its state only changes by ds_mark_dst or RPC.
+- at most 4 pings per destination wait at once (Kamailio: one per round,
+  however many fr_timer allows); a round skips a destination that has 4.
+- outbound_proxy / obproxy, ds_ping_latency_stats are not implemented.
+"""
+import os
+import random
+import socket
+import time
+
+from asyncd.core import log
+from asyncd.core.errors import CfgError
+from asyncd.core.net import proto_socket
+from asyncd.core.params import split_socket
+from asyncd.core.procs import PROC_TIMER, ROLE_TIMER, Periodic, ProcRow, TimerHandlers
+from asyncd.modules.dispatcher_list import (DS_DISABLED_DST, DS_INACTIVE_DST, DS_PROBING_DST,
+                                            DS_TRYING_DST)
+from asyncd.modules.dispatcher_state import Rctx, flags_of, ping_reply_ok, update_state
+from asyncd.sip import parse_uri
+from asyncd.sip.build import DEFAULT_SERVER_LINE
+
+MOD = "dispatcher"
+BRANCH = "z9hG4bKdsp."
+PROBE_NONE, PROBE_ALL, PROBE_INACTIVE, PROBE_ONLYFLAGGED = 0, 1, 2, 3
+TICK = 0.05
+
+
+class Pending:
+    """One ping in flight (Kamailio: one tm transaction)."""
+    __slots__ = ("gen", "half", "idx", "slot", "seq", "data", "addr", "sock", "due", "step", "deadline")
+
+    def __init__(self, gen, half, idx, slot, seq, data, addr, sock, now):
+        self.gen, self.half, self.idx, self.slot, self.seq = gen, half, idx, slot, seq
+        self.data, self.addr, self.sock = data, addr, sock
+        self.step = P.t1
+        self.due = now + self.step
+        self.deadline = now + P.fr
+
+
+class PingState:
+    __slots__ = ("st", "interval", "mode", "method", "from_", "t1", "t2", "fr", "next_round",
+                 "pending", "seq", "cid", "tag", "ua", "default_socket", "warned")
+
+    def __init__(self):
+        self.st = None
+        self.interval = 0
+        self.pending = []
+        self.warned = set()
+
+    def configure(self, st, script, mp):
+        """dispatcher.c mod_init's probing part (the tm timers are read once)."""
+        self.st = st
+        self.interval = int(mp["ds_ping_interval"])
+        self.mode = int(mp["ds_probing_mode"])
+        self.method = str(mp["ds_ping_method"] or "OPTIONS")
+        self.from_ = str(mp["ds_ping_from"] or "sip:dispatcher@localhost")
+        self.default_socket = str(mp["ds_default_socket"] or "")
+        if self.interval <= 0:
+            return
+        if script.module("tm") is None:
+            raise CfgError("dispatcher: could not load the TM-functions - disable DS ping "
+                           "(ds_ping_interval needs loadmodule \"tm.so\")")
+        tm = script.modparams["tm"]
+        self.t1 = int(tm.get("retr_timer1", 500)) / 1000.0
+        self.t2 = int(tm.get("retr_timer2", 4000)) / 1000.0
+        self.fr = int(tm.get("fr_timer", 30000)) / 1000.0
+        self.seq = random.randrange(1, 1 << 30)
+        self.cid = random.getrandbits(63)
+        self.tag = "%032x" % random.getrandbits(128)
+        ua = str(script.core.get("user_agent_header") or "")
+        self.ua = ua or "User-Agent: " + DEFAULT_SERVER_LINE.partition(": ")[2]
+        self.next_round = 0.0
+
+
+P = PingState()
+
+
+def configure(st, script, mp):
+    P.configure(st, script, mp)
+
+
+def procs(script):
+    """Kamailio runs ds_check_timer on the core timer; asyncd gives the pings a
+    timer process of their own."""
+    if P.interval <= 0:
+        return []
+    return [ProcRow(ROLE_TIMER, "DISPATCHER PING", PROC_TIMER, 1,
+                    TimerHandlers(every=(Periodic(TICK, tick),)))]
+
+
+# -- the timer process -----------------------------------------------------------------------
+def tick(proc):
+    now = time.monotonic()
+    if now >= P.next_round:
+        P.next_round = now + P.interval
+        if P.st.store.ping_active():
+            try:
+                ping_round(proc, now)
+            except Exception as e:      # one bad destination never stops the probing
+                log.err(MOD, f"ping round failed: {e!r}")
+    keep = []
+    for p in P.pending:
+        if _advance(proc, p, now):
+            keep.append(p)
+    P.pending = keep
+
+
+def wants_ping(flags):
+    """ds_ping_result_helper (disabled destinations are skipped before)."""
+    if P.mode == PROBE_ALL:
+        return True
+    if P.mode != PROBE_INACTIVE and flags & DS_PROBING_DST:
+        return True
+    return P.mode == PROBE_INACTIVE and flags & DS_PROBING_DST and flags & DS_INACTIVE_DST
+
+
+def ping_round(proc, now):
+    """ds_ping_set over every set, in the tree's order."""
+    half, lst = P.st.current()
+    gen = P.st.cache[0]
+    for s in lst.order:
+        for j, d in enumerate(s.dests):
+            flags = flags_of(half, s, j)
+            if flags & DS_DISABLED_DST or not wants_ping(flags):
+                continue
+            _ping_one(proc, gen, half, s, j, d, now)
+
+
+def _ping_one(proc, gen, half, s, j, d, now):
+    target = _target(d)
+    if target is None:
+        return
+    index = _send_socket(proc, d, target)
+    if index is None:
+        _failed(proc, half, s, j, "can't get sending socket")
+        return
+    idx = s.base + j
+    P.seq = P.seq % 0x7FFFFFFF + 1
+    slot = P.st.store.ping_take(half, idx, P.seq)
+    if slot < 0:
+        return
+    data = build_ping(proc, index, d, f"{BRANCH}{gen:x}.{idx:x}.{slot}.{P.seq:x}")
+    if not proc.send(data, target, index):
+        P.st.store.ping_claim(half, idx, slot, P.seq)
+        _failed(proc, half, s, j, "send failed")
+        return
+    P.pending.append(Pending(gen, half, idx, slot, P.seq, data, target, index, now))
+
+
+def _failed(proc, half, s, j, why):
+    """ds_ping_set when tm's t_request fails: a failure with code 500."""
+    d = s.dests[j]
+    log.err(MOD, f"unable to ping [{d.uri}] in group [{s.id}] ({why})")
+    state = DS_TRYING_DST | (DS_PROBING_DST if P.mode != PROBE_NONE else 0)
+    if not flags_of(half, s, j) & DS_DISABLED_DST:
+        update_state(proc, None, s.id, d.uri, state, Rctx(500, "Sending keepalive failed"))
+
+
+def _advance(proc, p, now):
+    """Retransmit, or time out (408) a ping still unanswered. -> keep it?"""
+    st = P.st.store
+    if p.gen != P.st.cache[0] or not st.ping_pending(p.half, p.idx, p.slot, p.seq):
+        return False
+    if now >= p.deadline:
+        if st.ping_claim(p.half, p.idx, p.slot, p.seq):
+            outcome(proc, p.half, p.idx, 408, None, 0)
+        return False
+    if now >= p.due:
+        proc.send(p.data, p.addr, p.sock)
+        p.step = min(p.step * 2, P.t2)
+        p.due = now + p.step
+    return True
+
+
+def _target(d):
+    """(ip, port) the ping goes to: the URI's host and port, UDP only."""
+    try:
+        u = parse_uri(d.uri)
+    except Exception:
+        return None
+    if (u.transport or "udp") != "udp":
+        if d.uri not in P.warned:
+            P.warned.add(d.uri)
+            log.warn(MOD, f"{d.uri}: asyncd pings UDP destinations only; not probed")
+        return None
+    ip = d.ip
+    if ip is None:
+        try:
+            ip = socket.getaddrinfo(u.host.strip("[]"), None, 0, socket.SOCK_DGRAM)[0][4][0]
+        except (OSError, UnicodeError):
+            return None
+    return ip, u.port or (5061 if u.scheme == "sips" else 5060)
+
+
+def _send_socket(proc, d, target):
+    addrs = getattr(proc.script, "sock_addrs", None) or ()
+    for spec in (d.socket, P.default_socket):
+        parts = split_socket(spec) if spec else None
+        if parts is None:
+            continue
+        proto, host, port = parts
+        for i, (pr, ip, pt) in enumerate(addrs):
+            if pr == (proto or "udp") == "udp" and ip == host.strip("[]") and (not port or int(port) == pt):
+                return i
+    return proto_socket(addrs, "udp", -1, ":" in target[0])
+
+
+def _angle(uri):
+    return uri if "<" in uri else f"<{uri}>"
+
+
+def build_ping(proc, index, d, branch):
+    """tm's t_request for ds_ping_set, header for header (src/modules/tm/t_msgbuilder.c)."""
+    _proto, ip, port = proc.script.sock_addrs[index]
+    host = f"[{ip}]" if ":" in ip else ip
+    P.cid = (P.cid + 1) & 0xFFFFFFFFFFFFFFFF
+    from_ = d.ping_from or P.from_
+    lines = [f"{P.method} {d.uri} SIP/2.0",
+             f"Via: SIP/2.0/UDP {host}:{port};branch={branch}",
+             f"To: {_angle(d.uri)}",
+             f"From: {_angle(from_)};tag={P.tag}-{random.getrandbits(32):08x}",
+             f"CSeq: 10 {P.method}",
+             f"Call-ID: {P.cid:016x}-{os.getpid()}@{ip}",
+             "Max-Forwards: 70",
+             "Content-Length: 0"]
+    if P.ua:
+        lines.append(P.ua)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+# -- outcomes ------------------------------------------------------------------------------------
+def outcome(proc, half, idx, code, reason, rflags):
+    """ds_options_callback for the destination with state index idx."""
+    _h, lst = P.st.current()
+    for s in lst.order:
+        if s.base <= idx < s.base + len(s.dests):
+            break
+    else:
+        return
+    j = idx - s.base
+    d = s.dests[j]
+    flags = flags_of(half, s, j)
+    if P.mode == PROBE_ONLYFLAGGED and not flags & DS_PROBING_DST:
+        return
+    if ping_reply_ok(code):
+        state = DS_PROBING_DST if P.mode == PROBE_ALL or (
+            P.mode == PROBE_ONLYFLAGGED and flags & DS_PROBING_DST) else 0
+    else:
+        state = DS_TRYING_DST | (DS_PROBING_DST if P.mode != PROBE_NONE else 0)
+    if not flags & DS_DISABLED_DST:
+        if update_state(proc, None, s.id, d.uri, state, Rctx(code, reason, rflags)) != 0:
+            log.err(MOD, f"Setting the state failed ({d.uri}, group {s.id})")
+
+
+def reply_in(ctx):
+    """A reply whose top Via carries our branch is a ping's: absorbed (True);
+    a final one decides the destination's state, here, in this receiver."""
+    if P.interval <= 0:
+        return False
+    try:
+        v1 = ctx.msg.via1
+        branch = v1.branch if v1 is not None else None
+    except Exception:
+        return False
+    if not branch or not branch.startswith(BRANCH):
+        return False
+    code = int(ctx.msg.status or 0)
+    if code < 200:
+        return True
+    try:
+        gen, idx, slot, seq = (int(x, 16) for x in branch[len(BRANCH):].split("."))
+    except ValueError:
+        return True
+    half, _lst = P.st.current()
+    if gen != P.st.cache[0]:
+        return True
+    if P.st.store.ping_claim(half, idx, slot, seq):
+        outcome(ctx.proc, half, idx, code, ctx.msg.reason, 1)
+    return True

@@ -1,0 +1,141 @@
+"""dispatcher on asyncd picks what Kamailio 5.6.3 picks: the same cfg and list
+file, the same requests (30 Call-IDs, From, To and R-URI users) -> the same
+$du for the hash algorithms 0-3, round-robin (4) and priority (8), the same
+failover list ($xavp(_dsdst_), $xavp(_dsctx_=>cnt)), the same R-URI from
+ds_select_domain, and `kamcmd dispatcher.list` prints the same thing.
+
+Runs in: the pytest process; Kamailio and asyncd run as subprocesses.
+"""
+import os
+import re
+import tempfile
+
+import pytest
+
+from tests.helpers import run_server
+from tests.helpers.kamailio import KAMCMD, SKIP_KAMAILIO, SKIP_KAMCMD, kamcmd, run_kamailio
+from tests.helpers.sipclient import SipClient, build_request
+from bench.servers import kamailio_binary
+
+pytestmark = [pytest.mark.kamailio,
+              pytest.mark.skipif(KAMCMD is None, reason=SKIP_KAMCMD)]
+
+LIST = """\
+# set 1: priorities, attributes, a bare host:port, equal priorities
+1 sip:127.0.0.1:5071 0 5 weight=50;duid=a
+1 sip:127.0.0.1:5072 0 5
+1 sip:127.0.0.1:5073;transport=udp 0 10 duid=c;maxload=5
+1 127.0.0.1:5074
+1 sip:127.0.0.2:5075 0 1
+# set 7: one disabled by its file flags
+7 sip:127.0.0.1:5081 4
+7 sip:127.0.0.1:5082
+7 sip:127.0.0.1:5083 0 2
+3 sip:127.0.0.3 16 0 duid=nodns
+2 sip:127.0.0.1:5091   # a comment after the URI
+"""
+
+CFG = """
+debug=2
+listen=udp:127.0.0.1:LPORT
+children=1
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "textops.so"
+loadmodule "ctl.so"
+loadmodule "dispatcher.so"
+modparam("dispatcher", "list_file", "LISTFILE")
+modparam("dispatcher", "flags", 2)
+request_route {
+    $var(set) = $(hdr(X-Set){s.int});
+    $var(alg) = $(hdr(X-Alg){s.int});
+    if ($hdr(X-Mode) == "domain") {
+        if (!ds_select_domain("$var(set)", "$var(alg)")) { sl_send_reply("503", "none"); exit; }
+    } else {
+        if (!ds_select_dst("$var(set)", "$var(alg)")) { sl_send_reply("503", "none"); exit; }
+    }
+    append_to_reply("X-Du: $du\\r\\nX-Ru: $ru\\r\\nX-Cnt: $xavp(_dsctx_=>cnt)\\r\\n");
+    append_to_reply("X-L: $xavp(_dsdst_[0]=>uri) $xavp(_dsdst_[1]=>uri) $xavp(_dsdst_[2]=>uri)");
+    append_to_reply(" $xavp(_dsdst_[3]=>uri) $xavp(_dsdst_[4]=>uri)\\r\\n");
+    append_to_reply("X-A: $xavp(_dsdst_[0]=>grp) $xavp(_dsdst_[0]=>attrs)\\r\\n");
+    if (ds_next_dst()) { append_to_reply("X-Next: $du\\r\\n"); }
+    sl_send_reply("200", "OK");
+}
+"""
+
+
+def _cfg(listfile):
+    return CFG.replace("LISTFILE", listfile)
+
+
+def _requests():
+    """(alg, set, mode, ruri, headers, callid) for each request, the same for both servers."""
+    out = []
+    for alg in (0, 1, 2, 3):
+        for n in range(30):
+            out.append((alg, 1, "dst", f"sip:u{n * 7}x@example{n % 3}.net:50{n % 2}{n % 10}",
+                        [f"From: <sip:caller{n}@host{n % 4}.org>;tag=f{n}"], f"cid-{alg}-{n * 13}-\xe9x"))
+    for n in range(12):
+        out.append((4, 1 + 6 * (n % 2), "dst", f"sip:rr{n}@example.net", [], f"rr-{n}"))
+    for alg in (8, 0):
+        out.append((alg, 7, "dst", "sip:p@example.net", [], "prio"))
+    for n in range(6):
+        out.append((0, 1, "domain", f"sip:dom{n}@example.net;user=phone", [], f"dom-{n}"))
+    out.append((0, 3, "dst", "sip:x@example.net", [], "sock"))
+    out.append((0, 9, "dst", "sip:x@example.net", [], "noset"))
+    return out
+
+
+def _ask(port):
+    seen = []
+    with SipClient(("127.0.0.1", port)) as c:
+        for alg, sid, mode, ruri, hdrs, cid in _requests():
+            extra = [f"X-Set: {sid}", f"X-Alg: {alg}", f"X-Mode: {mode}"]
+            data, _b, _c = build_request("OPTIONS", ruri, c.local, callid=cid, headers=extra)
+            for h in hdrs:      # the From user varies (algorithm 1)
+                data = re.sub(rb"\r\nFrom: [^\r]*", b"\r\n" + h.encode(), data, count=1)
+            r = None
+            for _ in range(3):
+                c.send_raw(data)
+                rs = c.collect(2.0, until=lambda rs: rs[-1].status is not None and rs[-1].status >= 200)
+                r = rs[-1] if rs and rs[-1].status and rs[-1].status >= 200 else None
+                if r is not None:
+                    break
+            assert r is not None, (alg, sid, cid)
+            seen.append((alg, sid, mode, cid, r.status, r.hdr("X-Du"), r.hdr("X-Ru"), r.hdr("X-Cnt"),
+                         r.hdr("X-L"), r.hdr("X-A"), r.hdr("X-Next")))
+    return seen
+
+
+@pytest.fixture(scope="module")
+def servers():
+    if kamailio_binary() is None:
+        pytest.skip(SKIP_KAMAILIO)
+    if not os.path.exists("/usr/lib/x86_64-linux-gnu/kamailio/modules/dispatcher.so"):
+        pytest.skip("Kamailio's dispatcher module is not installed")
+    work = tempfile.mkdtemp(prefix="ds-vs-")
+    listfile = os.path.join(work, "dispatcher.list")
+    with open(listfile, "w") as f:
+        f.write(LIST)
+    with run_kamailio(_cfg(listfile)) as kam:
+        with run_server(_cfg(listfile), args=("-Y", os.path.join(work, "run"))) as srv:
+            yield kam, srv, f"unix:{work}/run/kamailio_ctl"
+
+
+def test_same_destinations_as_kamailio(servers):
+    kam, srv, _ctl = servers
+    theirs = _ask(kam.port)
+    ours = _ask(srv.port)
+    assert [r[4] for r in theirs].count(200) > 100
+    for t, o in zip(theirs, ours):
+        assert o == t
+
+
+def test_dispatcher_list_prints_the_same(servers):
+    kam, _srv, ctl = servers
+    for args in ((), ("short",)):
+        theirs = kamcmd(kam.ctl, "dispatcher.list", *args)
+        ours = kamcmd(ctl, "dispatcher.list", *args)
+        assert theirs.returncode == 0, theirs.stderr
+        assert ours.stdout == theirs.stdout
