@@ -47,9 +47,21 @@ loadmodule "ctl.so"
 loadmodule "dispatcher.so"
 modparam("dispatcher", "list_file", "LISTFILE")
 modparam("dispatcher", "flags", 2)
+modparam("dispatcher", "setid_pvname", "$avp(dsset)")
+modparam("dispatcher", "attrs_pvname", "$avp(dsattrs)")
 request_route {
     $var(set) = $(hdr(X-Set){s.int});
     $var(alg) = $(hdr(X-Alg){s.int});
+    if ($hdr(X-Mode) == "from") {
+        if ($hdr(X-Uri) == $null) {
+            $var(rc) = ds_is_from_list("$var(set)", "$var(alg)");
+        } else {
+            $var(rc) = ds_is_from_list("$var(set)", "$var(alg)", "$hdr(X-Uri)");
+        }
+        append_to_reply("X-From: $var(rc) $avp(dsset) $avp(dsattrs)\r\n");
+        sl_send_reply("200", "OK");
+        exit;
+    }
     if ($hdr(X-Mode) == "domain") {
         if (!ds_select_domain("$var(set)", "$var(alg)")) { sl_send_reply("503", "none"); exit; }
     } else {
@@ -83,6 +95,12 @@ def _requests():
     for n in range(6):
         out.append((0, 1, "domain", f"sip:dom{n}@example.net;user=phone", [], f"dom-{n}"))
     out.append((0, 3, "dst", "sip:x@example.net", [], "sock"))
+    for sid in (-1, 1, 2, 7):
+        for mode in range(8):
+            out.append((mode, sid, "from", "sip:f@example.net", [], f"from-{sid}-{mode}"))
+            for uri in ("sip:127.0.0.1:5072", "sip:127.0.0.1:5073;transport=udp",
+                        "sip:127.0.0.2:5075;transport=tcp", "sip:127.0.0.1"):
+                out.append((mode, sid, "from", "sip:f@example.net", [f"X-Uri: {uri}"], f"fu-{sid}-{mode}"))
     out.append((0, 9, "dst", "sip:x@example.net", [], "noset"))
     return out
 
@@ -93,8 +111,11 @@ def _ask(port):
         for alg, sid, mode, ruri, hdrs, cid in _requests():
             extra = [f"X-Set: {sid}", f"X-Alg: {alg}", f"X-Mode: {mode}"]
             data, _b, _c = build_request("OPTIONS", ruri, c.local, callid=cid, headers=extra)
-            for h in hdrs:      # the From user varies (algorithm 1)
-                data = re.sub(rb"\r\nFrom: [^\r]*", b"\r\n" + h.encode(), data, count=1)
+            for h in hdrs:      # the From user varies (algorithm 1); X-Uri for ds_is_from_list
+                if h.startswith("From"):
+                    data = re.sub(rb"\r\nFrom: [^\r]*", b"\r\n" + h.encode(), data, count=1)
+                else:
+                    data = data.replace(b"\r\nContent-Length", b"\r\n" + h.encode() + b"\r\nContent-Length")
             r = None
             for _ in range(3):
                 c.send_raw(data)
@@ -104,7 +125,7 @@ def _ask(port):
                     break
             assert r is not None, (alg, sid, cid)
             seen.append((alg, sid, mode, cid, r.status, r.hdr("X-Du"), r.hdr("X-Ru"), r.hdr("X-Cnt"),
-                         r.hdr("X-L"), r.hdr("X-A"), r.hdr("X-Next")))
+                         r.hdr("X-L"), r.hdr("X-A"), r.hdr("X-Next"), r.hdr("X-From")))
     return seen
 
 
