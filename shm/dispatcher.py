@@ -157,6 +157,17 @@ class DsStore:
         finally:
             self.lock.release(0)
 
+    def ping_reset(self, half, n):
+        """Every ping slot of the first n destinations free again."""
+        self.lock.acquire(0)
+        try:
+            for i in range(min(n, self.dest_cap)):
+                k = self._dbase(half) + i * DEST_WORDS + F_PING
+                for j in range(PING_SLOTS):
+                    self.w[k + j] = 0
+        finally:
+            self.lock.release(0)
+
     def ping_pending(self, half, i, slot, seq):
         return self.w[self._dbase(half) + i * DEST_WORDS + F_PING + slot] == seq
 

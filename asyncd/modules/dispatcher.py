@@ -140,7 +140,7 @@ def select(ctx, setid, alg, limit, mode):
     if i < 0:
         return -1
     d = s.dests[i]
-    if mode != SETOP_XAVP and push_dst(ctx, d.uri, d.socket, mode) != 0:
+    if mode != SETOP_XAVP and push_dst(ctx, d.uri, d.socket or S.mp["ds_default_socket"], mode) != 0:
         log.err(MOD, f"cannot set next hop address with: {d.uri}")
         return -1
     if vlast is not None:
@@ -160,9 +160,10 @@ def _record(s, i):
     rec = {"uri": [d.uri], "grp": [s.id]}
     if not S.mp["xavp_dst_mode"] & 1 and d.body:
         rec["attrs"] = [d.body]
-    if d.socket:
-        rec["sock"] = [d.socket]
-        if S.mp["xavp_dst_mode"] & 2:
+    sock = d.socket or S.mp["ds_default_socket"]
+    if sock:
+        rec["sock"] = [sock]
+        if S.mp["xavp_dst_mode"] & 2 and d.socket:
             rec["socket"] = [d.socket]
     return rec
 

@@ -20,6 +20,7 @@ import random
 import socket
 
 from asyncd.core import log
+from asyncd.core.params import split_socket
 from asyncd.sip import parse_uri
 
 MOD = "dispatcher"
@@ -165,8 +166,19 @@ def resolve(host):
     return None
 
 
-def pack_dest(uri, flags, priority, body, attrs_none=False):
-    """pack_dest -> Dest; ValueError (the log line) when Kamailio skips it."""
+def is_local_socket(spec, sockets):
+    """grep_sock_info: `proto:host:port` names one of our listen sockets."""
+    parts = split_socket(spec)
+    if parts is None:
+        return False
+    proto, host, port = parts
+    return any((not proto or p == proto) and ip == host.strip("[]") and (not port or int(port) == pt)
+               for p, ip, pt in sockets)
+
+
+def pack_dest(uri, flags, priority, body, attrs_none=False, sockets=None):
+    """pack_dest -> Dest; ValueError (the log line) when Kamailio skips it.
+    `sockets`: our listen sockets (proto, ip, port), to refuse a foreign socket=."""
     try:
         u = parse_uri(uri)
     except Exception:
@@ -186,12 +198,14 @@ def pack_dest(uri, flags, priority, body, attrs_none=False):
     if not body and attrs_none:
         body = "none=yes"
     proto = PROTOS.get(u.transport or "", 0)
-    ip = None
+    d = Dest(uri, flags, priority, body or None, u.host, u.port or 0, proto, None)
+    if d.socket and sockets is not None and not is_local_socket(d.socket, sockets):
+        raise ValueError(f"non-local socket <{d.socket}>")
     if not flags & DS_NODNSARES_DST:
-        ip = resolve(u.host)
-        if ip is None:
+        d.ip = resolve(u.host)
+        if d.ip is None:
             raise ValueError(f"could not resolve {u.host} (missing no-probing flag?!?)")
-    return Dest(uri, flags, priority, body or None, u.host, u.port or 0, proto, ip)
+    return d
 
 
 # -- the file ------------------------------------------------------------------------------
@@ -240,7 +254,7 @@ def parse_line(line):
     return sid, uri, fields[0], fields[1], line[i:j]
 
 
-def load_file(path, load_mode=0, attrs_none=False):
+def load_file(path, load_mode=0, attrs_none=False, sockets=None):
     """ds_load_list -> DsList; ListError when Kamailio's load fails."""
     if not path:
         raise ListError("bad list file")
@@ -254,16 +268,16 @@ def load_file(path, load_mode=0, attrs_none=False):
         e = parse_line(line)
         if e is not None:
             entries.append(e)
-    return build(entries, load_mode, attrs_none)
+    return build(entries, load_mode, attrs_none, sockets)
 
 
-def build(entries, load_mode=0, attrs_none=False):
+def build(entries, load_mode=0, attrs_none=False, sockets=None):
     """(setid, uri, flags, priority, attrs) in file order -> DsList."""
     tree = AvlOrder()
     by_set = {}
     for sid, uri, flags, prio, attrs in entries:
         try:
-            d = pack_dest(uri, flags, prio, attrs, attrs_none)
+            d = pack_dest(uri, flags, prio, attrs, attrs_none, sockets)
         except ValueError as e:
             log.warn(MOD, f"{e}; unable to add destination {uri} to set {sid} -- skipping")
             if load_mode == 1:

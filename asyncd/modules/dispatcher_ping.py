@@ -113,6 +113,11 @@ def procs(script):
 # -- the timer process -----------------------------------------------------------------------
 def tick(proc):
     now = time.monotonic()
+    if P.next_round == 0.0:
+        # a respawned pinger: the pings its predecessor left in flight are never
+        # answered to it, so their slots are freed (they would block probing)
+        half, lst = P.st.current()
+        P.st.store.ping_reset(half, lst.ndests)
     if now >= P.next_round:
         P.next_round = now + P.interval
         if P.st.store.ping_active():

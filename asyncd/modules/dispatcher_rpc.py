@@ -133,7 +133,10 @@ class DispatcherRpc:
         v2 = vals[2] if len(vals) > 2 else None
         h = ds_get_hash(v1.encode("utf-8", "surrogateescape"),
                         v2.encode("utf-8", "surrogateescape") if v2 is not None else None)
-        call.add({"hashid": h, "slot": h % nslots if nslots > 0 else 0})
+        slot = h % nslots if nslots > 0 else 0
+        if call.transport == "binrpc":      # BINRPC integers are signed 32-bit: kamcmd prints so
+            h = (h ^ 0x80000000) - 0x80000000
+        call.add({"hashid": h, "slot": slot})
 
     def exports(self):
         return [

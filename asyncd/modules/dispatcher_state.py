@@ -18,7 +18,7 @@ from asyncd.core import log
 from asyncd.core.errors import CfgError
 from asyncd.modules.dispatcher_list import (DS_DISABLED_DST, DS_INACTIVE_DST, DS_PROBING_DST,
                                             DS_STATES_ALL, DS_TRYING_DST, DsList, ListError,
-                                            load_file, skip_dst)
+                                            is_local_socket, load_file, skip_dst)
 from asyncd.sip import faked_request
 from shm.dispatcher import F_FLAGS
 
@@ -47,6 +47,7 @@ class DispatcherState:
         self.setid_pv = self.attrs_pv = None
         self.reply_codes = ()
         self.list_file = ""
+        self.sockets = None             # our listen sockets, for the socket= check at load
 
     def configure(self, script, mp):
         self.mp = {k: mp[k] for k in mp}
@@ -57,6 +58,11 @@ class DispatcherState:
         if mp["db_url"]:
             raise CfgError("dispatcher: db_url is not supported by asyncd (load the sets with list_file)")
         self.list_file = str(mp["list_file"] or "")
+        self.sockets = tuple(getattr(script, "sock_addrs", None) or ()) or None
+        dflt = str(mp["ds_default_socket"] or "")
+        if dflt and self.sockets is not None and not is_local_socket(dflt, self.sockets):
+            raise CfgError(f"dispatcher: non-local socket <{dflt}>")
+        self.mp["ds_default_socket"] = dflt
         table = PvTable()
         self.hash_model = (parse_format(str(mp["hash_pvar"]), Loc("<hash_pvar>", 0, 0), table)
                            if mp["hash_pvar"] else None)
@@ -119,7 +125,7 @@ def ping_reply_ok(code):
 # -- loading ------------------------------------------------------------------------------
 def load_list():
     """ds_load_list -> DsList (ListError when it fails)."""
-    return load_file(S.list_file, S.mp["ds_load_mode"], bool(S.mp["ds_attrs_none"]))
+    return load_file(S.list_file, S.mp["ds_load_mode"], bool(S.mp["ds_attrs_none"]), S.sockets)
 
 
 def publish(lst):

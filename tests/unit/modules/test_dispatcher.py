@@ -73,6 +73,11 @@ def test_bad_destinations_are_skipped_or_fail_the_load():
     assert lst.sets[3].dests[0].ip is None            # flag 16: no DNS lookup
     with pytest.raises(ListError):
         build(entries, load_mode=1)
+    # a socket= that is not one of ours: skipped (pack_dest "non-local socket")
+    ours = (("udp", "127.0.0.1", 5060),)
+    lst = build([(1, "sip:127.0.0.1:1", 0, 0, "socket=udp:127.0.0.1:5060"),
+                 (1, "sip:127.0.0.1:2", 0, 0, "socket=udp:10.9.9.9:5060")], sockets=ours)
+    assert [d.uri for d in lst.sets[1].dests] == ["sip:127.0.0.1:1"]
 
 
 def test_attrs_and_weights():
