@@ -6,8 +6,11 @@ ds_select_domain, and `kamcmd dispatcher.list` prints the same thing.
 
 Runs in: the pytest process; Kamailio and asyncd run as subprocesses.
 """
+import contextlib
+import json
 import os
 import re
+import socket
 import tempfile
 
 import pytest
@@ -44,6 +47,7 @@ loadmodule "sl.so"
 loadmodule "pv.so"
 loadmodule "textops.so"
 loadmodule "ctl.so"
+loadmodule "jsonrpcs.so"
 loadmodule "dispatcher.so"
 modparam("dispatcher", "list_file", "LISTFILE")
 modparam("dispatcher", "flags", 2)
@@ -141,6 +145,7 @@ def servers():
         f.write(LIST)
     with run_kamailio(_cfg(listfile)) as kam:
         with run_server(_cfg(listfile), args=("-Y", os.path.join(work, "run"))) as srv:
+            srv.rundir = os.path.join(work, "run")
             yield kam, srv, f"unix:{work}/run/kamailio_ctl"
 
 
@@ -160,3 +165,34 @@ def test_dispatcher_list_prints_the_same(servers):
         ours = kamcmd(ctl, "dispatcher.list", *args)
         assert theirs.returncode == 0, theirs.stderr
         assert ours.stdout == theirs.stdout
+
+
+def _jsonrpc(rundir, method, *params):
+    """One JSON-RPC datagram to jsonrpcs' kamailio_rpc.sock -> the decoded reply."""
+    d = tempfile.mkdtemp(prefix="ds-jrpc-")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.bind(os.path.join(d, "c"))
+        s.settimeout(3.0)
+        req = {"jsonrpc": "2.0", "method": method, "id": 1, "params": list(params)}
+        s.sendto(json.dumps(req).encode(), os.path.join(rundir, "kamailio_rpc.sock"))
+        return json.loads(s.recv(70000))
+    finally:
+        s.close()
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(d, "c"))
+        os.rmdir(d)
+
+
+def test_dispatcher_list_over_jsonrpc_is_kamailios(servers):
+    kam, srv, _ctl = servers
+    for params in ((), ("short",)):
+        theirs = _jsonrpc(kam.rundir, "dispatcher.list", *params)
+        ours = _jsonrpc(srv.rundir, "dispatcher.list", *params)
+        assert ours == theirs
+    for vals in ((5, "a", "b"), (7, "abcdefghi")):
+        ours = _jsonrpc(srv.rundir, "dispatcher.hash", *vals)
+        assert ours == _jsonrpc(kam.rundir, "dispatcher.hash", *vals)
+    for vals in (("5", "a", "b"), ("7", "abcdefghi")):
+        ours = kamcmd(_ctl, "dispatcher.hash", *vals).stdout
+        assert ours == kamcmd(kam.ctl, "dispatcher.hash", *vals).stdout
