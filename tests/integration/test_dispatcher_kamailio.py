@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 
 import pytest
 
@@ -196,3 +197,94 @@ def test_dispatcher_list_over_jsonrpc_is_kamailios(servers):
     for vals in (("5", "a", "b"), ("7", "abcdefghi")):
         ours = kamcmd(_ctl, "dispatcher.hash", *vals).stdout
         assert ours == kamcmd(kam.ctl, "dispatcher.hash", *vals).stdout
+
+
+PING_CFG = """
+debug=2
+listen=udp:127.0.0.1:LPORT
+children=1
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "ctl.so"
+loadmodule "dispatcher.so"
+modparam("tm", "fr_timer", 1000)
+modparam("dispatcher", "list_file", "LISTFILE")
+modparam("dispatcher", "ds_ping_interval", 1)
+modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_ping_from", "sip:prober@cluster.example")
+request_route { sl_send_reply("404", "Not here"); }
+event_route[dispatcher:dst-down] {
+    xlog("L_NOTICE", "DOWN ru=$ru du=$du code=$dsv(code) reason=$dsv(reason) flags=$dsv(flags)\\n");
+}
+event_route[dispatcher:dst-up] {
+    xlog("L_NOTICE", "UP ru=$ru du=$du code=$dsv(code) reason=$dsv(reason) flags=$dsv(flags)\\n");
+}
+"""
+
+
+def _probe(start):
+    """One server pinging a destination we play: silent for the first pings
+    (they time out: 408, dst-down), then answering 200 (dst-up). -> (the pings
+    as received with their arrival times, the event lines of the log)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    work = tempfile.mkdtemp(prefix="ds-ping-")
+    listfile = os.path.join(work, "dispatcher.list")
+    with open(listfile, "w") as f:
+        f.write(f"1 sip:127.0.0.1:{port}\n")
+    got = []
+    with start(PING_CFG.replace("LISTFILE", listfile), work) as srv:
+        sock.settimeout(0.2)
+        t0 = None
+        end = time.monotonic() + 4.5
+        while time.monotonic() < end:
+            try:
+                data, src = sock.recvfrom(65535)
+            except socket.timeout:
+                continue
+            now = time.monotonic()
+            t0 = t0 or now
+            got.append((now - t0, data.replace(str(port).encode(), b"PORT")))
+            if now - t0 > 2.5:        # answer from now on
+                head = data.split(b"\r\n\r\n")[0].split(b"\r\n")
+                names = (b"Via", b"From", b"To", b"Call-ID", b"CSeq")
+                keep = [h for h in head[1:] if h.split(b":")[0] in names]
+                sock.sendto(b"\r\n".join([b"SIP/2.0 200 OK"] + keep + [b"Content-Length: 0", b"", b""]), src)
+        log = srv.log()
+    sock.close()
+    return got, [ln.split("NOTICE: ")[-1].split(": ", 1)[-1].replace(str(port), "PORT")
+                 for ln in log.splitlines() if " DOWN ru=" in ln or " UP ru=" in ln]
+
+
+def _headers(data):
+    lines = data.decode().split("\r\n\r\n")[0].split("\r\n")
+    return lines[0], [ln.split(":", 1)[0] for ln in lines[1:]], dict(ln.split(": ", 1) for ln in lines[1:])
+
+
+def test_probing_pings_and_events_are_kamailios():
+    if kamailio_binary() is None:
+        pytest.skip(SKIP_KAMAILIO)
+
+    def kam(cfg, work):
+        return run_kamailio(cfg)
+
+    def ours(cfg, work):
+        return run_server(cfg, args=("-Y", os.path.join(work, "run")))
+    theirs_pings, theirs_events = _probe(kam)
+    our_pings, our_events = _probe(ours)
+    t_first, t_head, t_hdr = _headers(theirs_pings[0][1])
+    o_first, o_head, o_hdr = _headers(our_pings[0][1])
+    assert o_first == t_first and o_head == t_head
+    for name in ("To", "CSeq", "Max-Forwards", "Content-Length"):
+        assert o_hdr[name] == t_hdr[name]
+    assert o_hdr["From"].split(";tag=")[0] == "<sip:prober@cluster.example>"
+    assert t_hdr["From"].split(";tag=")[0] == "<sip:prober@cluster.example>"
+    # the first ping is retransmitted once, T1 (0.5 s) later, before fr_timer (1 s) ends it
+    for pings in (theirs_pings, our_pings):
+        assert pings[1][1] == pings[0][1] and 0.35 < pings[1][0] < 0.8
+    assert our_events == theirs_events
+    assert our_events[:2] == ["DOWN ru=sip:127.0.0.1:PORT du=<null> code=408 reason=<null> flags=0",
+                              "UP ru=sip:127.0.0.1:PORT du=<null> code=200 reason=OK flags=1"]
