@@ -439,9 +439,22 @@ def _dsv_get(ctx, spec, idx):
 
 
 # -- lifecycle -------------------------------------------------------------------------------
+_UNBUILT = ("ds_ping_latency_stats", "ds_hash_size", "ds_default_sockname", "event_callback",
+            "ds_dns_mode", "outbound_proxy")
+
+
+def _warn_unbuilt(mp):
+    for name in _UNBUILT:
+        default = next(p.default for p in EXPORTS.params if p.name == name)
+        if mp[name] not in (default, str(default)):
+            log.warn(MOD, f"modparam {name} is not implemented by asyncd and is ignored "
+                          f"(docs/kamailio-dispatcher.md)")
+
+
 def mod_init(script):
     mp = script.modparams[MOD]
     S.configure(script, mp)
+    _warn_unbuilt(mp)
     try:
         lst = load_list()
     except ListError as e:
@@ -519,6 +532,24 @@ EXPORTS = ModuleExports(
         ParamExport("reload_delta", int, 5),
         ParamExport("ds_timer_mode", int, 0),
         ParamExport("ds_hash_size", int, 0),
+        # accepted so that a Kamailio cfg loads; what they drive is not built
+        # (docs/kamailio-dispatcher.md): a non-default value logs a warning
+        ParamExport("setid_col", str, "setid"),
+        ParamExport("destination_col", str, "destination"),
+        ParamExport("flags_col", str, "flags"),
+        ParamExport("priority_col", str, "priority"),
+        ParamExport("attrs_col", str, "attrs"),
+        ParamExport("ds_ping_latency_stats", int, 0),
+        ParamExport("ds_latency_estimator_alpha", int, 900),
+        ParamExport("ds_hash_expire", int, 7200),
+        ParamExport("ds_hash_initexpire", int, 7200),
+        ParamExport("ds_hash_check_interval", int, 30),
+        ParamExport("ds_default_sockname", str, ""),
+        ParamExport("event_callback", str, ""),
+        ParamExport("ds_db_extra_attrs", str, ""),
+        ParamExport("ds_dns_mode", int, 1),
+        ParamExport("ds_dns_interval", int, 600),
+        ParamExport("ds_dns_ttl", int, 0),
     ],
     pvs=[PvExport("dsv", _dsv_get, None, _dsv_parse, True)],
     mod_init=mod_init,
