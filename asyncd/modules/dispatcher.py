@@ -15,7 +15,7 @@ them at once. The failover list is kept as Kamailio 5.6 keeps it: one
 $xavp(_dsdst_) item per destination (uri, grp, attrs), the chosen one first,
 and $xavp(_dsctx_=>cnt); both names are modparams (xavp_dst, xavp_ctx).
 Differences, on purpose (docs/kamailio-dispatcher.md):
-- algorithms 0-4 and 6-9 are built; 5 (auth username), 10 (call load),
+- algorithms 0-9 are built; 10 (call load),
   11 (relative weight), 12 (parallel) and 13 (latency) log Kamailio's
   "algo N not implemented - using first entry..." warning and use the first
   entry; ds_load_update/ds_load_unset, ds_select_routes and the
@@ -28,6 +28,7 @@ Differences, on purpose (docs/kamailio-dispatcher.md):
 """
 import ipaddress
 import random
+import re
 
 from asyncd.cfg.pvcore import fmt
 from asyncd.core import log
@@ -73,6 +74,11 @@ def _hash(ctx, s, alg):
     if alg == 3:
         return hash_uri(msg.cur_uri, uflags), None
     half = S.cache[1]
+    if alg == 5:
+        user = auth_user(msg)
+        if user:
+            return hash_str(user), None
+        alg = 4         # no credentials: round-robin (ds_manage_routes)
     if alg == 4:
         v = S.store.cursor_step(half, _setno(s), S_LAST, len(s.dests))
         return v, (v + 1) % len(s.dests)
@@ -91,6 +97,20 @@ def _hash(ctx, s, alg):
         return s.wlist[S.store.cursor_step(half, _setno(s), S_WLAST, 100)], None
     log.warn(MOD, f"algo {alg} not implemented - using first entry...")
     return 0, None
+
+
+_USERNAME = re.compile(r'(?:^|[\s,])username\s*=\s*(?:"([^"]*)"|([^\s,]+))', re.I)
+
+
+def auth_user(msg):
+    """ds_hash_authusername: the user part of the digest username of the
+    Proxy-Authorization header, else of the Authorization one; None without."""
+    for name in ("Proxy-Authorization", "Authorization"):
+        value = msg.hdr(name)
+        m = _USERNAME.search(value or "")
+        if m:
+            return (m.group(1) if m.group(1) is not None else m.group(2)).partition("@")[0]
+    return None
 
 
 def _setno(s):

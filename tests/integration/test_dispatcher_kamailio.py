@@ -95,6 +95,11 @@ def _requests():
                         [f"From: <sip:caller{n}@host{n % 4}.org>;tag=f{n}"], f"cid-{alg}-{n * 13}-\xe9x"))
     for n in range(12):
         out.append((4, 1 + 6 * (n % 2), "dst", f"sip:rr{n}@example.net", [], f"rr-{n}"))
+    for n in range(10):      # 5: digest username, round-robin without credentials
+        hdr = ("Proxy-Authorization", "Authorization")[n % 2]
+        cred = ([f'{hdr}: Digest username="user{n * 3}@realm.org", '
+                 f'realm="realm.org", nonce="x", uri="sip:a@b", response="00"'] if n % 3 else [])
+        out.append((5, 1, "dst", "sip:auth@example.net", cred, f"auth-{n}"))
     for alg in (8, 0):
         out.append((alg, 7, "dst", "sip:p@example.net", [], "prio"))
     for n in range(6):
