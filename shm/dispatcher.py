@@ -26,7 +26,8 @@ Destination state, per half, `dest_cap` records of 8 u32:
     0 flags (Kamailio's DS_*_DST bits)   1 message_count (probing/inactive
     thresholds)   2-5 the sequence numbers of the pings in flight (0 = free
     slot; Kamailio starts one tm transaction per ping and interval, so with
-    fr_timer > ds_ping_interval several wait at once)   6-7 -
+    fr_timer > ds_ping_interval several wait at once)   6 calls counted by
+    algorithm 10 (Kamailio's `dload`)   7 -
 Set cursors, per half, `set_cap` records of 4 u32:
     0 last (round-robin)   1 wlast (weights)   2 -   3 -
 One robust lock guards every read-modify-write of these words (state
@@ -40,7 +41,7 @@ HDR_WORDS = 8
 DEST_WORDS = 8
 PING_SLOTS = 4
 SET_WORDS = 4
-F_FLAGS, F_COUNT, F_PING = 0, 1, 2
+F_FLAGS, F_COUNT, F_PING, F_LOAD = 0, 1, 2, 6
 S_LAST, S_WLAST = 0, 1
 
 
@@ -94,7 +95,7 @@ class DsStore:
             d = self._dbase(half)
             for i, flags in enumerate(states):
                 k = d + i * DEST_WORDS
-                self.w[k], self.w[k + 1] = flags, 0
+                self.w[k], self.w[k + 1], self.w[k + F_LOAD] = flags, 0, 0
                 for j in range(PING_SLOTS):
                     self.w[k + F_PING + j] = 0
             s = self._sbase(half)
@@ -170,6 +171,16 @@ class DsStore:
 
     def ping_pending(self, half, i, slot, seq):
         return self.w[self._dbase(half) + i * DEST_WORDS + F_PING + slot] == seq
+
+    def update_word(self, half, i, field, fn):
+        """Under the lock: word = fn(word); -> the new value."""
+        k = self._dbase(half) + i * DEST_WORDS + field
+        self.lock.acquire(0)
+        try:
+            v = self.w[k] = fn(self.w[k]) & 0xFFFFFFFF
+        finally:
+            self.lock.release(0)
+        return v
 
     # -- set cursors -----------------------------------------------------------------------
     def cursor_step(self, half, setno, field, modulo):

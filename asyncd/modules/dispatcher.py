@@ -15,10 +15,10 @@ them at once. The failover list is kept as Kamailio 5.6 keeps it: one
 $xavp(_dsdst_) item per destination (uri, grp, attrs), the chosen one first,
 and $xavp(_dsctx_=>cnt); both names are modparams (xavp_dst, xavp_ctx).
 Differences, on purpose (docs/kamailio-dispatcher.md):
-- algorithms 0-9 are built; 10 (call load),
+- algorithms 0-10 are built (10 with ds_load_update/ds_load_unset);
   11 (relative weight), 12 (parallel) and 13 (latency) log Kamailio's
   "algo N not implemented - using first entry..." warning and use the first
-  entry; ds_load_update/ds_load_unset, ds_select_routes and the
+  entry; ds_select_routes and the
   dispatcher.add/remove RPCs do not exist.
 - the list comes from list_file only: db_url is refused at startup.
 - the `sock` field of a _dsdst_ item is the socket's text (Kamailio: a
@@ -35,8 +35,9 @@ from asyncd.core import log
 from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
 from asyncd.core.params import split_socket
+from asyncd.core.procs import PROC_TIMER, ROLE_TIMER, Periodic, ProcRow, TimerHandlers
 from asyncd.core.route_types import ANY_ROUTE, BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE, REQUEST_ROUTE
-from asyncd.modules import dispatcher_ping
+from asyncd.modules import dispatcher_load, dispatcher_ping
 from asyncd.modules.dispatcher_list import (DS_FAILOVER_ON, DS_HASH_USER_ONLY, DS_INACTIVE_DST,
                                             DS_PROBING_DST, DS_STATES_ALL, DS_DISABLED_DST,
                                             DS_TRYING_DST, PROTOS, ListError, hash_str, hash_uri,
@@ -57,46 +58,68 @@ RR_ROUTES = REQUEST_ROUTE | FAILURE_ROUTE
 
 
 # -- selection ------------------------------------------------------------------------------
+class NoDestination(Exception):
+    """Algorithm 10 finds no destination below its maxload: -1, no log (Kamailio's)."""
+
+
 def _hash(ctx, s, alg):
-    """-> (hash, round-robin cursor value or None); ValueError when the
-    request lacks what the algorithm hashes."""
+    """-> (hash, round-robin cursor value or None, the algorithm in effect);
+    ValueError when the request lacks what the algorithm hashes."""
     msg = ctx.msg
     uflags = S.mp["flags"] & DS_HASH_USER_ONLY
     if alg == 0:
         if msg.callid is None:
             raise ValueError("can't get callid hash")
-        return hash_str(msg.callid), None
+        return hash_str(msg.callid), None, alg
     if alg in (1, 2):
         na = msg.from_ if alg == 1 else msg.to
         if na is None:
             raise ValueError("can't get From uri hash" if alg == 1 else "can't get To uri hash")
-        return hash_uri(na.uri, uflags), None
+        return hash_uri(na.uri, uflags), None, alg
     if alg == 3:
-        return hash_uri(msg.cur_uri, uflags), None
+        return hash_uri(msg.cur_uri, uflags), None, alg
     half = S.cache[1]
     if alg == 5:
         user = auth_user(msg)
         if user:
-            return hash_str(user), None
+            return hash_str(user), None, alg
         alg = 4         # no credentials: round-robin (ds_manage_routes)
     if alg == 4:
         v = S.store.cursor_step(half, _setno(s), S_LAST, len(s.dests))
-        return v, (v + 1) % len(s.dests)
+        return v, (v + 1) % len(s.dests), alg
     if alg == 6:
-        return random.getrandbits(31), None
+        return random.getrandbits(31), None, alg
     if alg == 7:
         if S.hash_model is None:
             raise ValueError("can't get PV hash")
         text = fmt(ctx, S.hash_model).strip(" \t\r\n")
         if not text:
             raise ValueError("can't get PV hash")
-        return hash_str(text), None
+        return hash_str(text), None, alg
     if alg == 8:
-        return 0, None
+        return 0, None, alg
     if alg == 9:
-        return s.wlist[S.store.cursor_step(half, _setno(s), S_WLAST, 100)], None
+        return s.wlist[S.store.cursor_step(half, _setno(s), S_WLAST, 100)], None, alg
+    if alg == 10:
+        return _call_load(ctx.msg, half, s)
     log.warn(MOD, f"algo {alg} not implemented - using first entry...")
-    return 0, None
+    return 0, None, alg
+
+
+def _call_load(msg, half, s):
+    """Algorithm 10 in ds_manage_routes: INVITEs go to the least loaded."""
+    if msg.method != "INVITE":
+        return 0, None, 0
+    if not S.mp["xavp_dst"]:
+        log.err(MOD, "no dst xavp for load distribution - using first entry...")
+        return 0, None, 0
+    i = dispatcher_load.least_loaded(half, s)
+    if i < 0:
+        raise NoDestination()
+    if msg.callid is None or dispatcher_load.load_add(msg.callid, half, s, i) < 0:
+        log.err(MOD, "unable to update destination load - classic dispatching")
+        return i, None, 0
+    return i, None, 10
 
 
 _USERNAME = re.compile(r'(?:^|[\s,])username\s*=\s*(?:"([^"]*)"|([^\s,]+))', re.I)
@@ -152,7 +175,9 @@ def select(ctx, setid, alg, limit, mode):
         log.err(MOD, f"destination set [{setid}] not found")
         return -1
     try:
-        h, vlast = _hash(ctx, s, alg)
+        h, vlast, alg = _hash(ctx, s, alg)
+    except NoDestination:
+        return -1
     except Exception as e:
         log.err(MOD, str(e) if isinstance(e, ValueError) else f"can't get hash: {e!r}")
         return -1
@@ -165,7 +190,11 @@ def select(ctx, setid, alg, limit, mode):
         return -1
     if vlast is not None:
         S.store.cursor_cas(half, lst.order.index(s), S_LAST, vlast, (i + 1) % len(s.dests))
-    cnt = _fill_xavp(ctx, half, s, i, alg, limit) if _failover() else 0
+    try:
+        cnt = _fill_xavp(ctx, half, s, i, alg, limit) if _failover() else 0
+    except ValueError as e:
+        log.err(MOD, str(e))
+        return -1
     if not S.mp["xavp_ctx_mode"] & 1 and S.mp["xavp_ctx"]:
         _ctx_cnt(ctx, cnt)
     return 1
@@ -175,9 +204,13 @@ def _failover():
     return S.mp["flags"] & DS_FAILOVER_ON and S.mp["xavp_dst"]
 
 
-def _record(s, i):
+def _record(s, i, alg):
     d = s.dests[i]
     rec = {"uri": [d.uri], "grp": [s.id]}
+    if alg == 10:
+        if not d.duid:
+            raise ValueError(f"no uid for destination: {s.id} {d.uri}")
+        rec["dstid"] = [d.duid]
     if not S.mp["xavp_dst_mode"] & 1 and d.body:
         rec["attrs"] = [d.body]
     sock = d.socket or S.mp["ds_default_socket"]
@@ -198,11 +231,12 @@ def _fill_xavp(ctx, half, s, first, alg, limit):
     for j in order:
         if len(recs) >= limit:
             break
-        if j != first and (skip_dst(flags_of(half, s, j)) or (use_default and j == nr - 1)):
+        if j != first and (skip_dst(flags_of(half, s, j)) or (use_default and j == nr - 1)
+                           or (alg == 10 and dispatcher_load.over_maxload(half, s, j))):
             continue
-        recs.append(_record(s, j))
+        recs.append(_record(s, j, alg))
     if use_default and first != nr - 1 and len(recs) < limit:
-        recs.append(_record(s, nr - 1))
+        recs.append(_record(s, nr - 1, alg))
     if ctx.xavps is None:
         ctx.xavps = XavpList()
     ctx.xavps.xavp.setdefault(S.mp["xavp_dst"], [])[0:0] = recs
@@ -267,13 +301,21 @@ def update_dst(ctx, upos, mode):
     items = xl.xavp.get(S.mp["xavp_dst"]) if xl is not None and S.mp["xavp_dst"] else None
     if not items or type(items[0]) is not dict:
         return -1
-    if upos == USE_NEXT:
-        del items[0]
-        if not items or type(items[0]) is not dict:
-            if not items:
-                del xl.xavp[S.mp["xavp_dst"]]
-            return -1
-    rec = items[0]
+    while True:
+        if upos == USE_NEXT:
+            del items[0]
+            if not items or type(items[0]) is not dict:
+                if not items:
+                    del xl.xavp[S.mp["xavp_dst"]]
+                return -1
+        rc = _use_record(ctx, items[0], upos, mode)
+        if rc != -2:
+            return rc
+
+
+def _use_record(ctx, rec, upos, mode):
+    """The rest of ds_update_dst for one record: -> 1, -1, or -2 (its call-load
+    destination is gone: the caller moves on to the next record)."""
     uri = (rec.get("uri") or [None])[0]
     if type(uri) is not str:
         log.warn(MOD, "no xavp uri field in next destination record")
@@ -281,6 +323,18 @@ def update_dst(ctx, upos, mode):
     sock = (rec.get("sock") or [None])[0]
     if push_dst(ctx, uri, sock if type(sock) is str else None, mode) != 0:
         log.err(MOD, f"cannot set dst addr: {uri}")
+        return -1
+    dstid = (rec.get("dstid") or [None])[0]
+    if type(dstid) is not str or upos != USE_NEXT:
+        return 1
+    if ctx.msg.callid is None:
+        return -1
+    ret = dispatcher_load.load_replace(ctx.msg.callid, dstid)
+    if ret == -2:
+        log.err(MOD, f"cannot update load with {dstid}, skipping dst.")
+        return -2
+    if ret < 0:
+        log.err(MOD, "cannot update load distribution")
         return -1
     return 1
 
@@ -431,6 +485,14 @@ def w_ds_is_active(ctx, site, setid, uri=None):
     return -1
 
 
+def w_ds_load_update(ctx, site):
+    return -1 if dispatcher_load.load_update(ctx.msg) < 0 else 1
+
+
+def w_ds_load_unset(ctx, site):
+    return -1 if dispatcher_load.load_unset(ctx, S.mp["xavp_dst"]) < 0 else 1
+
+
 def w_ds_reload(ctx, site):
     return 1 if reload() is None else -1
 
@@ -459,7 +521,7 @@ def _dsv_get(ctx, spec, idx):
 
 
 # -- lifecycle -------------------------------------------------------------------------------
-_UNBUILT = ("ds_ping_latency_stats", "ds_hash_size", "ds_default_sockname", "event_callback",
+_UNBUILT = ("ds_ping_latency_stats", "ds_default_sockname", "event_callback",
             "ds_dns_mode", "outbound_proxy")
 
 
@@ -485,6 +547,18 @@ def mod_init(script):
     publish(lst)
     S.current()
     dispatcher_ping.configure(S, script, mp)
+    dispatcher_load.L.configure(script, mp)
+
+
+def procs(script):
+    """Kamailio runs ds_check_timer (pings) and ds_ht_timer (call-load expiry)
+    on the core timer; asyncd gives them one timer process of their own."""
+    jobs = dispatcher_ping.periodic_jobs()
+    if dispatcher_load.L.table is not None:
+        jobs.append(Periodic(float(dispatcher_load.L.interval), dispatcher_load.expire_tick))
+    if not jobs:
+        return []
+    return [ProcRow(ROLE_TIMER, "DISPATCHER TIMER", PROC_TIMER, 1, TimerHandlers(every=tuple(jobs)))]
 
 
 _SEL_DST, _SEL_DST3 = _sel(SETOP_DSTURI)
@@ -522,6 +596,8 @@ EXPORTS = ModuleExports(
         FuncExport("ds_list_exists", (P.INT,), w_ds_list_exist, ANY_ROUTE),
         FuncExport("ds_is_active", (P.INT,), w_ds_is_active, ANY_ROUTE),
         FuncExport("ds_is_active", (P.INT, P.STR), w_ds_is_active, ANY_ROUTE),
+        FuncExport("ds_load_update", (), w_ds_load_update, ANY_ROUTE),
+        FuncExport("ds_load_unset", (), w_ds_load_unset, ANY_ROUTE),
         FuncExport("ds_reload", (), w_ds_reload, ANY_ROUTE),
     ],
     params=[
@@ -573,7 +649,7 @@ EXPORTS = ModuleExports(
     ],
     pvs=[PvExport("dsv", _dsv_get, None, _dsv_parse, True)],
     mod_init=mod_init,
-    procs=dispatcher_ping.procs,
+    procs=procs,
     hooks={"reply_in": dispatcher_ping.reply_in},
     depends=(),
     rpc=DispatcherRpc(S).exports(),

@@ -2,7 +2,7 @@
 ds_ping_interval seconds, their replies and time-outs turned into states.
 
 Runs in: main process (`configure` from dispatcher's mod_init, the process
-row), the "DISPATCHER PING" timer process (`tick`: the rounds, the
+row), the "DISPATCHER TIMER" timer process (`tick`: the rounds, the
 retransmissions, the time-outs) and every udp receiver (`reply_in`: a
 reply to a ping is taken there, as Kamailio's ds_options_callback runs in
 the process that receives it, event routes included).
@@ -34,7 +34,7 @@ from asyncd.core import log
 from asyncd.core.errors import CfgError
 from asyncd.core.net import proto_socket
 from asyncd.core.params import split_socket
-from asyncd.core.procs import PROC_TIMER, ROLE_TIMER, Periodic, ProcRow, TimerHandlers
+from asyncd.core.procs import Periodic
 from asyncd.modules.dispatcher_list import (DS_DISABLED_DST, DS_INACTIVE_DST, DS_PROBING_DST,
                                             DS_TRYING_DST)
 from asyncd.modules.dispatcher_state import Rctx, flags_of, ping_reply_ok, update_state
@@ -101,13 +101,9 @@ def configure(st, script, mp):
     P.configure(st, script, mp)
 
 
-def procs(script):
-    """Kamailio runs ds_check_timer on the core timer; asyncd gives the pings a
-    timer process of their own."""
-    if P.interval <= 0:
-        return []
-    return [ProcRow(ROLE_TIMER, "DISPATCHER PING", PROC_TIMER, 1,
-                    TimerHandlers(every=(Periodic(TICK, tick),)))]
+def periodic_jobs():
+    """The pinger's job for the "DISPATCHER TIMER" process (dispatcher.py procs)."""
+    return [Periodic(TICK, tick)] if P.interval > 0 else []
 
 
 # -- the timer process -----------------------------------------------------------------------

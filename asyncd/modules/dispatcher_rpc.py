@@ -15,6 +15,7 @@ and DNSTIME_SEC/USEC (0: asyncd resolves once, at load).
 from asyncd.core.rpc import RpcExport, RpcFault, Struct
 from asyncd.modules.dispatcher_list import (DS_DISABLED_DST, DS_INACTIVE_DST, DS_PROBING_DST,
                                             DS_TRYING_DST, ds_get_hash)
+from asyncd.modules.dispatcher_load import dload
 from asyncd.modules.dispatcher_state import flags_of, reinit_state, reload
 
 PRINT_NORMAL, PRINT_SHORT, PRINT_FULL = 1, 2, 3
@@ -75,6 +76,8 @@ class DispatcherRpc:
             out["ATTRS"] = {"BODY": d.body, "DUID": d.duid or "", "MAXLOAD": d.maxload,
                             "WEIGHT": d.weight, "RWEIGHT": d.rweight, "SOCKET": d.socket,
                             "SOCKNAME": d.sockname, "OBPROXY": d.obproxy}
+        if self.st.mp.get("ds_hash_size", 0) > 0:
+            out["RUNTIME"] = {"DLGLOAD": dload(half, s, j)}
         return out
 
     def _targets(self, named, half, s, mode):

@@ -53,7 +53,7 @@ class DispatcherState:
         self.mp = {k: mp[k] for k in mp}
         for k in ("flags", "use_default", "force_dst", "xavp_dst_mode", "xavp_ctx_mode",
                   "ds_probing_threshold", "ds_inactive_threshold", "ds_probing_mode",
-                  "ds_ping_interval", "ds_load_mode", "ds_attrs_none", "reload_delta"):
+                  "ds_ping_interval", "ds_load_mode", "ds_attrs_none", "reload_delta", "ds_hash_size"):
             self.mp[k] = int(mp[k])
         if mp["db_url"]:
             raise CfgError("dispatcher: db_url is not supported by asyncd (load the sets with list_file)")
