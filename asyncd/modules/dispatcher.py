@@ -544,6 +544,7 @@ def mod_init(script):
     data = lst.dumps()
     S.store = DsStore(script.shm, max(64 << 10, 4 * len(data)), max(256, 4 * lst.ndests),
                       max(64, 4 * len(lst.order)))
+    S.cache = (None, 0, lst)
     publish(lst)
     S.current()
     dispatcher_ping.configure(S, script, mp)

@@ -37,6 +37,10 @@ LIST = """\
 7 sip:127.0.0.1:5083 0 2
 3 sip:127.0.0.3 16 0 duid=nodns
 2 sip:127.0.0.1:5091   # a comment after the URI
+# set 4: call load (algorithm 10)
+4 sip:127.0.0.1:6001 0 0 duid=d1;maxload=2
+4 sip:127.0.0.1:6002 0 0 duid=d2
+4 sip:127.0.0.1:6003 0 0 duid=d3;maxload=1
 """
 
 CFG = """
@@ -54,7 +58,14 @@ modparam("dispatcher", "list_file", "LISTFILE")
 modparam("dispatcher", "flags", 2)
 modparam("dispatcher", "setid_pvname", "$avp(dsset)")
 modparam("dispatcher", "attrs_pvname", "$avp(dsattrs)")
+modparam("dispatcher", "ds_hash_size", 4)
 request_route {
+    if ($hdr(X-Mode) == "unload") {
+        $var(rc) = ds_load_update();
+        append_to_reply("X-From: $var(rc)\r\n");
+        sl_send_reply("200", "OK");
+        exit;
+    }
     $var(set) = $(hdr(X-Set){s.int});
     $var(alg) = $(hdr(X-Alg){s.int});
     if ($hdr(X-Mode) == "from") {
@@ -76,7 +87,9 @@ request_route {
     append_to_reply("X-L: $xavp(_dsdst_[0]=>uri) $xavp(_dsdst_[1]=>uri) $xavp(_dsdst_[2]=>uri)");
     append_to_reply(" $xavp(_dsdst_[3]=>uri) $xavp(_dsdst_[4]=>uri)\\r\\n");
     append_to_reply("X-A: $xavp(_dsdst_[0]=>grp) $xavp(_dsdst_[0]=>attrs)\\r\\n");
-    if (ds_next_dst()) { append_to_reply("X-Next: $du\\r\\n"); }
+    if ($hdr(X-Mode) != "load" || $hdr(X-Move) == "1") {
+        if (ds_next_dst()) { append_to_reply("X-Next: $du\\r\\n"); }
+    }
     sl_send_reply("200", "OK");
 }
 """
@@ -105,6 +118,15 @@ def _requests():
     for n in range(6):
         out.append((0, 1, "domain", f"sip:dom{n}@example.net;user=phone", [], f"dom-{n}"))
     out.append((0, 3, "dst", "sip:x@example.net", [], "sock"))
+    # algorithm 10: INVITEs to the least loaded below maxload; ds_next_dst moves the
+    # call; a BYE (ds_load_update) ends one; a Call-ID counted already falls back to 0
+    for n in range(7):
+        out.append((10, 4, "load", "sip:call@example.net", ["X-Move: 1"] if n == 4 else [], f"load-{n}"))
+    out.append((10, 4, "load", "sip:call@example.net", [], "load-3"))
+    for n in (0, 2, 9):
+        out.append((10, 4, "unload", "sip:call@example.net", [], f"load-{n}"))
+    for n in range(7, 10):
+        out.append((10, 4, "load", "sip:call@example.net", [], f"load-{n}"))
     for sid in (-1, 1, 2, 7):
         for mode in range(8):
             out.append((mode, sid, "from", "sip:f@example.net", [], f"from-{sid}-{mode}"))
@@ -120,7 +142,8 @@ def _ask(port):
     with SipClient(("127.0.0.1", port)) as c:
         for alg, sid, mode, ruri, hdrs, cid in _requests():
             extra = [f"X-Set: {sid}", f"X-Alg: {alg}", f"X-Mode: {mode}"]
-            data, _b, _c = build_request("OPTIONS", ruri, c.local, callid=cid, headers=extra)
+            method = {"load": "INVITE", "unload": "BYE"}.get(mode, "OPTIONS")
+            data, _b, _c = build_request(method, ruri, c.local, callid=cid, headers=extra)
             for h in hdrs:      # the From user varies (algorithm 1); X-Uri for ds_is_from_list
                 if h.startswith("From"):
                     data = re.sub(rb"\r\nFrom: [^\r]*", b"\r\n" + h.encode(), data, count=1)

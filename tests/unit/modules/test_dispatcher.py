@@ -12,7 +12,7 @@ import pytest
 from asyncd.cfg.compiler import compile_cfg
 from asyncd.core.context import ProcState
 from asyncd.core.rpc import Registry, RpcFault
-from asyncd.modules import dispatcher_state
+from asyncd.modules import dispatcher_load, dispatcher_state
 from asyncd.modules.dispatcher import EXPORTS
 from asyncd.modules.dispatcher_list import (DS_DISABLED_DST, DS_INACTIVE_DST, DS_PROBING_DST,
                                             DS_TRYING_DST, AvlOrder, ListError, build, ds_get_hash,
@@ -286,3 +286,50 @@ def test_rpc_list_and_faults(script):
     assert out["RECORDS"][1]["SET"]["TARGETS"][0]["DEST"]["FLAGS"] == "DX"
     h = reg.call(script, proc, "dispatcher.hash", [5, "a", "b"]).values[0]
     assert h == {"hashid": 219, "slot": 4}
+
+
+LOAD_CFG = r'''
+loadmodule "pv.so"
+loadmodule "dispatcher.so"
+modparam("dispatcher", "list_file", "LISTFILE")
+modparam("dispatcher", "flags", 2)
+modparam("dispatcher", "ds_hash_size", 2)
+request_route {
+    if ($rm == "INVITE") { $var(r) = ds_select_dst("1", "10"); } else { $var(r) = ds_load_update(); }
+    $var(du) = $du;
+}
+'''
+
+
+def test_call_load_counts_and_expires(tmp_path):
+    f = tmp_path / "ds.list"
+    f.write_text("1 sip:127.0.0.1:6001 0 0 duid=a;maxload=1\n1 sip:127.0.0.1:6002 0 0 duid=b;maxload=1\n")
+    s = compile_cfg(text=LOAD_CFG.replace("LISTFILE", str(f)))
+    s.shm = ShmArena.create(16 << 20)
+    try:
+        s.init_modules()
+        proc = ProcState(s, 1, "test", "receiver")
+
+        def send(method, cid):
+            text = REQ.format(cid=cid, hdrs="").replace("OPTIONS", method)
+            s.run_request_route(s.new_ctx(parse_msg(text.encode(), ("192.0.2.1", 5060),
+                                                    ("127.0.0.1", 5060)), proc))
+            return proc.vars["r"], proc.vars.get("du")
+        assert send("INVITE", "c1") == (1, "sip:127.0.0.1:6002")
+        assert send("INVITE", "c2") == (1, "sip:127.0.0.1:6001")
+        assert send("INVITE", "c3")[0] == -1            # both at maxload
+        assert send("BYE", "c1")[0] == 1
+        assert send("INVITE", "c3") == (1, "sip:127.0.0.1:6002")
+        half, lst = dispatcher_state.S.current()
+        assert [dispatcher_load.dload(half, lst.sets[1], j) for j in (0, 1)] == [1, 1]
+        # unconfirmed calls end after ds_hash_initexpire: the timer gives the load back
+        dispatcher_load.L.initexpire = -5
+        assert send("INVITE", "c4")[0] == -1
+        dispatcher_load.L.table.delete("c2")
+        dispatcher_load.L.table.set("c3", "1\t0\t0\t1\tb")   # initexpire long past
+        dispatcher_load.expire_tick(proc)
+        assert dispatcher_load.dload(half, lst.sets[1], 0) == 0
+    finally:
+        dispatcher_state.S.store = None
+        dispatcher_load.L.table = None
+        s.shm.destroy()
