@@ -2,7 +2,7 @@
 
 Runs in: main process (modparams, the list loaded and put in shm by
 mod_init before fork), every process that routes (udp/tcp receivers, async
-task workers: ds_* functions, $dsv), the "DISPATCHER PING" timer process
+task workers: ds_* functions, $dsv), the "DISPATCHER TIMER" process
 and the receivers that take its replies (asyncd/modules/dispatcher_ping.py),
 the RPC processes (dispatcher.*: asyncd/modules/dispatcher_rpc.py).
 

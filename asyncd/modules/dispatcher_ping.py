@@ -110,10 +110,12 @@ def periodic_jobs():
 def tick(proc):
     now = time.monotonic()
     if P.next_round == 0.0:
-        # a respawned pinger: the pings its predecessor left in flight are never
-        # answered to it, so their slots are freed (they would block probing)
+        # the first round comes one interval after start, as Kamailio's timer's;
+        # a respawned pinger frees the ping slots its predecessor left in flight
+        # (their answers are never matched to it: they would block probing)
         half, lst = P.st.current()
         P.st.store.ping_reset(half, lst.ndests)
+        P.next_round = now + P.interval
     if now >= P.next_round:
         P.next_round = now + P.interval
         if P.st.store.ping_active():
