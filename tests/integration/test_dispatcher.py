@@ -11,6 +11,7 @@ import re
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ from tests.helpers import run_server
 from tests.helpers.kamailio import KAMCMD, SKIP_KAMCMD, kamcmd
 from tests.helpers.net import free_udp_port
 from tests.helpers.sipclient import SipClient
-from tests.helpers.sipp import SCENARIOS, SippUas, sipp_path
+from tests.helpers.sipp import SCENARIOS, SippUas, run_sipp, sipp_path
 
 pytestmark = [pytest.mark.sipp,
               pytest.mark.skipif(sipp_path() is None, reason="SIPp is not installed"),
@@ -34,6 +35,7 @@ loadmodule "pv.so"
 loadmodule "xlog.so"
 loadmodule "textops.so"
 loadmodule "ctl.so"
+loadmodule "siputils.so"
 loadmodule "dispatcher.so"
 modparam("tm", "fr_timer", 1000)
 modparam("dispatcher", "list_file", "LISTFILE")
@@ -43,8 +45,9 @@ modparam("dispatcher", "ds_probing_mode", 1)
 modparam("dispatcher", "ds_probing_threshold", 2)
 modparam("dispatcher", "ds_inactive_threshold", 2)
 request_route {
+    if (has_totag()) { t_relay(); exit; }       # in-dialog: to the Contact in the R-URI
     if (!ds_select_dst("1", "4")) { sl_send_reply("503", "No destination"); exit; }
-    xlog("L_NOTICE", "SELECTED $du for $ci\\n");
+    xlog("L_NOTICE", "SELECTED $du for $ci $rm\\n");
     t_on_failure("DSFAIL");
     t_relay();
 }
@@ -178,3 +181,19 @@ def test_a_killed_pinger_is_respawned_and_probing_goes_on():
         srv.wait_log(r"respawned DISPATCHER TIMER", timeout=5.0)
         srv.wait_log(rf"DST-DOWN ru=sip:127.0.0.1:{dead} du=<null> code=408", timeout=8.0)
         assert _states(f"unix:{work}/run/kamailio_ctl")[f"sip:127.0.0.1:{dead}"] == "IP"
+
+
+def test_sipp_calls_are_spread_over_the_destinations():
+    bench = Path(__file__).resolve().parents[2] / "bench" / "scenarios"
+    uases = [SippUas(scenario=str(bench / "uas.xml")) for _ in range(2)]
+    try:
+        _work, _lf, server = _start([u.port for u in uases])
+        with server as srv:
+            res = run_sipp(srv.addr, scenario=str(bench / "invite_uac.xml"), calls=20, rate=20)
+            assert res.successful == 20 and res.failed == 0, res.summary()
+            for u in uases:
+                assert len(re.findall(rf"SELECTED sip:127.0.0.1:{u.port} for \S+ INVITE", srv.log())) == 10
+            assert "FAILOVER" not in srv.log()
+    finally:
+        for u in uases:
+            u.stop()
