@@ -79,9 +79,10 @@ class DsStore:
             if self.w[self.h] == gen:
                 return gen, half, data
 
-    def publish(self, data, states, nsets):
-        """Write a new list (blob, one initial flags word per destination) into
-        the idle half and make it current. StoreFull when it does not fit."""
+    def publish(self, data, states, nsets, loads=None):
+        """Write a new list (blob, one initial flags word per destination, the
+        call loads or 0) into the idle half and make it current. StoreFull
+        when it does not fit."""
         if len(data) > self.blob_cap or len(states) > self.dest_cap or nsets > self.set_cap:
             raise StoreFull(f"the new list needs {len(data)} bytes, {len(states)} destinations and "
                             f"{nsets} sets; room was made at startup for {self.blob_cap}, "
@@ -95,7 +96,8 @@ class DsStore:
             d = self._dbase(half)
             for i, flags in enumerate(states):
                 k = d + i * DEST_WORDS
-                self.w[k], self.w[k + 1], self.w[k + F_LOAD] = flags, 0, 0
+                self.w[k], self.w[k + 1] = flags, 0
+                self.w[k + F_LOAD] = loads[i] if loads else 0
                 for j in range(PING_SLOTS):
                     self.w[k + F_PING + j] = 0
             s = self._sbase(half)

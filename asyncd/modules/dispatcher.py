@@ -18,8 +18,7 @@ Differences, on purpose (docs/kamailio-dispatcher.md):
 - algorithms 0-10 are built (10 with ds_load_update/ds_load_unset);
   11 (relative weight), 12 (parallel) and 13 (latency) log Kamailio's
   "algo N not implemented - using first entry..." warning and use the first
-  entry; ds_select_routes and the
-  dispatcher.add/remove RPCs do not exist.
+  entry; ds_select_routes does not exist.
 - the list comes from list_file only: db_url is refused at startup.
 - the `sock` field of a _dsdst_ item is the socket's text (Kamailio: a
   pointer that reads as $null), and only when the destination has a socket.

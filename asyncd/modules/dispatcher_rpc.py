@@ -1,5 +1,5 @@
 """dispatcher's RPC methods: dispatcher.list, reload, set_state,
-set_duid_state, ping_active, hash.
+set_duid_state, ping_active, hash, add, remove.
 
 Runs in: the processes that serve RPC (ctl handler, JSONRPCS FIFO/DATAGRAM).
 The list and the states are the shm ones (shm/dispatcher.py): a state set
@@ -8,15 +8,19 @@ here is what the next ds_select_dst() in any process sees.
 Kamailio: src/modules/dispatcher/dispatcher.c, dispatcher_rpc_list
 (ds_rpc_print_set: the reply shape, the one-letter state names),
 dispatcher_rpc_reload, dispatcher_rpc_set_state_helper,
-dispatcher_rpc_ping_active, dispatcher_rpc_hash (names, parameters,
+dispatcher_rpc_ping_active, dispatcher_rpc_hash, dispatcher_rpc_add and
+dispatcher_rpc_remove (dispatch.c ds_add_dst / ds_remove_dst) (names, parameters,
 faults and reply shapes are 5.6's). `full` adds HOST, IPADDR, PORT, PROTOID
 and DNSTIME_SEC/USEC (0: asyncd resolves once, at load).
 """
+from asyncd.core import log
 from asyncd.core.rpc import RpcExport, RpcFault, Struct
-from asyncd.modules.dispatcher_list import (DS_DISABLED_DST, DS_INACTIVE_DST, DS_PROBING_DST,
-                                            DS_TRYING_DST, ds_get_hash)
+from asyncd.modules.dispatcher_list import (DS_DISABLED_DST, DS_INACTIVE_DST, DS_NODNSARES_DST,
+                                            DS_PROBING_DST, DS_TRYING_DST, ds_get_hash, pack_dest)
 from asyncd.modules.dispatcher_load import dload
-from asyncd.modules.dispatcher_state import flags_of, reinit_state, reload
+from asyncd.modules.dispatcher_state import flags_of, rebuild, reinit_state, reload, reload_guard
+
+MOD = "dispatcher"
 
 PRINT_NORMAL, PRINT_SHORT, PRINT_FULL = 1, 2, 3
 
@@ -141,6 +145,37 @@ class DispatcherRpc:
             h = (h ^ 0x80000000) - 0x80000000
         call.add({"hashid": h, "slot": slot})
 
+    def add(self, call):
+        """dispatcher.add group uri [flags [priority [attrs]]]."""
+        busy = reload_guard()
+        if busy:
+            raise RpcFault(500, busy)
+        vals = call.scan("dS*ddS", fault=(500, "Invalid Parameters"))
+        group, dest = vals[0], vals[1]
+        flags = vals[2] if len(vals) > 2 else 0
+        prio = vals[3] if len(vals) > 3 else 0
+        attrs = vals[4] if len(vals) > 4 else ""
+        err = rebuild(add=(group, dest, flags, prio, attrs))
+        if err is not None:
+            raise RpcFault(500, "Adding dispatcher dst failed")
+        call.add("Ok. Dispatcher destination added.")
+
+    def remove(self, call):
+        """dispatcher.remove group uri."""
+        busy = reload_guard()
+        if busy:
+            raise RpcFault(500, busy)
+        group, dest = call.scan("dS", fault=(500, "Invalid Parameters"))
+        try:
+            uri = pack_dest(dest, DS_NODNSARES_DST, 0, "").uri
+        except ValueError:
+            log.err(MOD, f"failed to pack address: {group} {dest}")
+            raise RpcFault(500, "Removing dispatcher dst failed") from None
+        err = rebuild(drop=(group, uri))
+        if err is not None:
+            raise RpcFault(500, "Removing dispatcher dst failed")
+        call.add("Ok. Dispatcher destination removed.")
+
     def exports(self):
         return [
             RpcExport("dispatcher.reload", self.reload, "Reload dispatcher destination sets"),
@@ -151,4 +186,6 @@ class DispatcherRpc:
             RpcExport("dispatcher.ping_active", self.ping_active,
                       "Manage setting on/off the pinging (keepalive) of destinations"),
             RpcExport("dispatcher.hash", self.hash, "Compute the hash if the values"),
+            RpcExport("dispatcher.add", self.add, "Add a destination address in memory"),
+            RpcExport("dispatcher.remove", self.remove, "Remove a destination address from memory"),
         ]

@@ -18,9 +18,9 @@ from asyncd.core import log
 from asyncd.core.errors import CfgError
 from asyncd.modules.dispatcher_list import (DS_DISABLED_DST, DS_INACTIVE_DST, DS_PROBING_DST,
                                             DS_STATES_ALL, DS_TRYING_DST, DsList, ListError,
-                                            is_local_socket, load_file, skip_dst)
+                                            build, is_local_socket, load_file, skip_dst)
 from asyncd.sip import faked_request
-from shm.dispatcher import F_FLAGS
+from shm.dispatcher import F_FLAGS, F_LOAD
 
 MOD = "dispatcher"
 
@@ -128,8 +128,10 @@ def load_list():
     return load_file(S.list_file, S.mp["ds_load_mode"], bool(S.mp["ds_attrs_none"]), S.sockets)
 
 
-def publish(lst):
-    S.store.publish(lst.dumps(), [d.flags for s in lst.order for d in s.dests], len(lst.order))
+def publish(lst, loads=None):
+    """The list in shm for every process; states from each destination's
+    flags, call loads from `loads` (per destination, in list order) or 0."""
+    S.store.publish(lst.dumps(), [d.flags for s in lst.order for d in s.dests], len(lst.order), loads)
     log_sets(lst)
 
 
@@ -141,19 +143,53 @@ def log_sets(lst):
                 log.dbg(MOD, f"dst>> {s.id} {d.uri} {d.flags} {d.priority}")
 
 
-def reload():
-    """ds_reload: -> None, or the error text (reload_delta, load failure)."""
+def reload_guard():
+    """reload_delta: -> "Ongoing reload" within it, else None (and the time noted)."""
     st = S.store
     now = int(time.time())
     if st.reload_time() and st.reload_time() > now - S.mp["reload_delta"]:
         log.err(MOD, "ongoing reload")
         return "Ongoing reload"
     st.mark_reload()
+    return None
+
+
+def reload():
+    """ds_reload: -> None, or the error text (reload_delta, load failure)."""
+    busy = reload_guard()
+    if busy:
+        return busy
     try:
         publish(load_list())
     except (ListError, ValueError) as e:
         log.err(MOD, f"Error reloading from list: {e}")
         return "Reload Failed"
+    return None
+
+
+def rebuild(add=None, drop=None):
+    """ds_add_dst / ds_remove_dst: the list rebuilt from the current one as
+    Kamailio does (every destination added again in walk order, with its
+    live state bits and call load, then `add`; `drop` = (group, uri) left
+    out), so the new one is ordered as a fresh load would order it. The
+    caller has passed reload_guard(). -> None, or the error text."""
+    half, lst = S.current()
+    entries, loads = [], {}
+    for s in lst.order:
+        for j, d in enumerate(s.dests):
+            if drop is not None and s.id == drop[0] and d.uri == drop[1]:
+                continue
+            flags = S.store.dword(half, s.base + j, F_FLAGS)
+            entries.append((s.id, d.uri, flags, d.priority, d.body or ""))
+            loads[(s.id, d.uri)] = S.store.dword(half, s.base + j, F_LOAD)
+    if add is not None:
+        entries.append(add)
+    try:
+        new = build(entries, S.mp["ds_load_mode"], bool(S.mp["ds_attrs_none"]), S.sockets)
+        publish(new, [loads.get((s.id, d.uri), 0) for s in new.order for d in s.dests])
+    except (ListError, ValueError) as e:
+        log.err(MOD, f"cannot rebuild the destination list: {e}")
+        return "failed"
     return None
 
 

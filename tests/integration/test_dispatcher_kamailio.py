@@ -59,6 +59,7 @@ modparam("dispatcher", "flags", 2)
 modparam("dispatcher", "setid_pvname", "$avp(dsset)")
 modparam("dispatcher", "attrs_pvname", "$avp(dsattrs)")
 modparam("dispatcher", "ds_hash_size", 4)
+modparam("dispatcher", "reload_delta", 1)
 request_route {
     if ($hdr(X-Mode) == "unload") {
         $var(rc) = ds_load_update();
@@ -225,6 +226,33 @@ def test_dispatcher_list_over_jsonrpc_is_kamailios(servers):
     for vals in (("5", "a", "b"), ("7", "abcdefghi")):
         ours = kamcmd(_ctl, "dispatcher.hash", *vals).stdout
         assert ours == kamcmd(kam.ctl, "dispatcher.hash", *vals).stdout
+
+
+def test_add_remove_and_state_rpcs_are_kamailios(servers):
+    """After the routing tests: the same RPC steps on both, the same replies and lists."""
+    kam, _srv, ctl = servers
+    steps = [("dispatcher.set_state", "ip", "1", "sip:127.0.0.1:5072"),
+             ("dispatcher.set_state", "d", "7", "all"),
+             ("dispatcher.set_duid_state", "tp", "1", "a"),
+             ("dispatcher.set_state", "i", "1", "sip:nowhere"),
+             ("dispatcher.set_state", "q", "1", "all"),
+             ("dispatcher.add", "1", "sip:127.0.0.1:5099", "0", "5", "duid=new"),
+             ("dispatcher.remove", "2", "sip:127.0.0.1:5091"),        # within reload_delta
+             ("sleep",),
+             ("dispatcher.remove", "2", "sip:127.0.0.1:5091"),
+             ("sleep",),
+             ("dispatcher.add", "6", "127.0.0.1:5098"),
+             ("dispatcher.ping_active",), ("dispatcher.ping_active", "0"), ("dispatcher.ping_active",)]
+    for step in steps:
+        if step[0] == "sleep":
+            time.sleep(1.2)
+            continue
+        theirs = kamcmd(kam.ctl, *step)
+        ours = kamcmd(ctl, *step)
+        assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr), step
+        for args in ((), ("short",)):
+            theirs = kamcmd(kam.ctl, "dispatcher.list", *args)
+            assert kamcmd(ctl, "dispatcher.list", *args).stdout == theirs.stdout, step
 
 
 PING_CFG = """
