@@ -15,8 +15,8 @@ them at once. The failover list is kept as Kamailio 5.6 keeps it: one
 $xavp(_dsdst_) item per destination (uri, grp, attrs), the chosen one first,
 and $xavp(_dsctx_=>cnt); both names are modparams (xavp_dst, xavp_ctx).
 Differences, on purpose (docs/kamailio-dispatcher.md):
-- algorithms 0-10 are built (10 with ds_load_update/ds_load_unset);
-  11 (relative weight), 12 (parallel) and 13 (latency) log Kamailio's
+- algorithms 0-10 and 12 are built (10 with ds_load_update/ds_load_unset);
+  11 (relative weight) and 13 (latency) log Kamailio's
   "algo N not implemented - using first entry..." warning and use the first
   entry; ds_select_routes does not exist.
 - the list comes from list_file only: db_url is refused at startup.
@@ -42,6 +42,7 @@ from asyncd.modules.dispatcher_list import (DS_FAILOVER_ON, DS_HASH_USER_ONLY, D
                                             DS_TRYING_DST, PROTOS, ListError, hash_str, hash_uri,
                                             resolve, skip_dst)
 from asyncd.modules.dispatcher_rpc import DispatcherRpc
+from asyncd.modules.registrar_lookup import Branch
 from asyncd.modules.dispatcher_state import (S, Rctx, flags_of, load_list, publish, reload,
                                              update_state)
 from asyncd.sip import parse_uri
@@ -101,6 +102,8 @@ def _hash(ctx, s, alg):
         return s.wlist[S.store.cursor_step(half, _setno(s), S_WLAST, 100)], None, alg
     if alg == 10:
         return _call_load(ctx.msg, half, s)
+    if alg == 12:
+        return 0, None, alg
     log.warn(MOD, f"algo {alg} not implemented - using first entry...")
     return 0, None, alg
 
@@ -189,6 +192,11 @@ def select(ctx, setid, alg, limit, mode):
         return -1
     if vlast is not None:
         S.store.cursor_cas(half, lst.order.index(s), S_LAST, vlast, (i + 1) % len(s.dests))
+    if alg == 12:
+        rc = add_branches(ctx, s, i, mode)
+        if not S.mp["xavp_ctx_mode"] & 1 and S.mp["xavp_ctx"]:
+            _ctx_cnt(ctx, 0)
+        return rc
     try:
         cnt = _fill_xavp(ctx, half, s, i, alg, limit) if _failover() else 0
     except ValueError as e:
@@ -196,6 +204,36 @@ def select(ctx, setid, alg, limit, mode):
         return -1
     if not S.mp["xavp_ctx_mode"] & 1 and S.mp["xavp_ctx"]:
         _ctx_cnt(ctx, cnt)
+    return 1
+
+
+def add_branches(ctx, s, first, mode):
+    """ds_add_branches (algorithm 12): a branch for every destination after the
+    chosen one (from it with ds_select()), whatever its state, as Kamailio
+    adds them; t_relay() forks to them. -> 1, or 2 when one cannot be added."""
+    nr = len(s.dests)
+    if mode != SETOP_XAVP and first + 1 >= nr:
+        return 1
+    msg = ctx.msg
+    try:
+        user = parse_uri(msg.cur_uri).user if mode == SETOP_RURI else None
+    except Exception:
+        log.err(MOD, "failed to parse sip msg uri")
+        return 2
+    dset = list(msg.dset or ())
+    for i in range(first + 1 if mode != SETOP_XAVP else first, nr):
+        uri = s.dests[i].uri
+        if mode != SETOP_RURI:
+            dset.append(Branch(msg.cur_uri, uri))
+        elif not user:
+            dset.append(Branch(uri))
+        elif len(uri) < 6 or not uri.lower().startswith(("sip:", "sips:")):
+            log.warn(MOD, f"invalid dispatcher uri - skipping ({i})" if len(uri) < 6 else
+                     "unsupported protocol schema - ignoring")
+        else:
+            scheme, _, rest = uri.partition(":")
+            dset.append(Branch(f"{scheme}:{user}@{rest}"))
+    msg.dset = dset
     return 1
 
 

@@ -70,12 +70,13 @@ event_route[dispatcher:dst-up] {
 """
 
 
-def _start(dests, ping=0):
+def _start(dests, ping=0, alg=4):
     work = tempfile.mkdtemp(prefix="ds-")
     listfile = os.path.join(work, "dispatcher.list")
     with open(listfile, "w") as f:
         f.write("".join(f"1 sip:127.0.0.1:{p}\n" for p in dests))
     cfg = CFG.replace("LISTFILE", listfile).replace("PING", str(ping))
+    cfg = cfg.replace('ds_select_dst("1", "4")', f'ds_select_dst("1", "{alg}")')
     return work, listfile, run_server(cfg, args=("-Y", os.path.join(work, "run")))
 
 
@@ -194,6 +195,22 @@ def test_sipp_calls_are_spread_over_the_destinations():
             for u in uases:
                 assert len(re.findall(rf"SELECTED sip:127.0.0.1:{u.port} for \S+ INVITE", srv.log())) == 10
             assert "FAILOVER" not in srv.log()
+    finally:
+        for u in uases:
+            u.stop()
+
+
+def test_parallel_forking_reaches_every_destination():
+    """Algorithm 12: the chosen one as $du, a branch for each of the others."""
+    uases = [SippUas(scenario="tm_uas_options.xml", trace_msg=True) for _ in range(3)]
+    try:
+        _work, _lf, server = _start([u.port for u in uases], alg=12)
+        with server as srv, SipClient(srv.addr) as c:
+            r = c.final("OPTIONS", "sip:svc@example.net", timeout=3.0)
+            assert r is not None and r.status == 200
+            time.sleep(0.3)
+            for u in uases:
+                assert "OPTIONS sip:svc@example.net SIP/2.0" in u.messages()
     finally:
         for u in uases:
             u.stop()
