@@ -29,7 +29,11 @@ Destination state, per half, `dest_cap` records of 8 u32:
     fr_timer > ds_ping_interval several wait at once)   6 calls counted by
     algorithm 10 (Kamailio's `dload`)   7 -
 Set cursors, per half, `set_cap` records of 4 u32:
-    0 last (round-robin)   1 wlast (weights)   2 -   3 -
+    0 last (round-robin)   1 wlast (weights)   2 rwlast (relative weights)   3 -
+Relative-weight tables (algorithm 11), per half, `set_cap` records of 100
+u32: the destination index for each of the 100 slots (dispatch.c
+dp_init_relative_weights), rewritten when a destination with rweight
+changes between usable and not.
 One robust lock guards every read-modify-write of these words (state
 changes, cursors, publish): each is a few word operations.
 """
@@ -42,7 +46,8 @@ DEST_WORDS = 8
 PING_SLOTS = 4
 SET_WORDS = 4
 F_FLAGS, F_COUNT, F_PING, F_LOAD = 0, 1, 2, 6
-S_LAST, S_WLAST = 0, 1
+S_LAST, S_WLAST, S_RWLAST = 0, 1, 2
+RW_SLOTS = 100
 
 
 class StoreFull(ValueError):
@@ -58,6 +63,7 @@ class DsStore:
         self.boff = arena.static_alloc(2 * blob_cap)
         self.doff = arena.static_alloc(2 * dest_cap * DEST_WORDS * 4)
         self.soff = arena.static_alloc(2 * set_cap * SET_WORDS * 4)
+        self.rwoff = arena.static_alloc(2 * set_cap * RW_SLOTS * 4)
         self.lock = LockSet(arena, 1, "dispatcher")
         self.h = self.hoff >> 2
         for i in range(HDR_WORDS):
@@ -205,6 +211,22 @@ class DsStore:
                 self.w[k] = value
         finally:
             self.lock.release(0)
+
+    # -- relative weights ------------------------------------------------------------------
+    def _rwbase(self, half, setno):
+        return (self.rwoff >> 2) + (half * self.set_cap + setno) * RW_SLOTS
+
+    def set_rwlist(self, half, setno, table):
+        k = self._rwbase(half, setno)
+        self.lock.acquire(0)
+        try:
+            for j in range(RW_SLOTS):
+                self.w[k + j] = table[j] if j < len(table) else 0
+        finally:
+            self.lock.release(0)
+
+    def rw_slot(self, half, setno, j):
+        return self.w[self._rwbase(half, setno) + j]
 
     # -- header words ---------------------------------------------------------------------
     def ping_active(self):

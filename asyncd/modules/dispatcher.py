@@ -15,8 +15,8 @@ them at once. The failover list is kept as Kamailio 5.6 keeps it: one
 $xavp(_dsdst_) item per destination (uri, grp, attrs), the chosen one first,
 and $xavp(_dsctx_=>cnt); both names are modparams (xavp_dst, xavp_ctx).
 Differences, on purpose (docs/kamailio-dispatcher.md):
-- algorithms 0-10 and 12 are built (10 with ds_load_update/ds_load_unset);
-  11 (relative weight) and 13 (latency) log Kamailio's
+- algorithms 0-12 are built (10 with ds_load_update/ds_load_unset);
+  13 (latency) logs Kamailio's
   "algo N not implemented - using first entry..." warning and use the first
   entry; ds_select_routes does not exist.
 - the list comes from list_file only: db_url is refused at startup.
@@ -47,7 +47,7 @@ from asyncd.modules.dispatcher_state import (S, Rctx, flags_of, load_list, publi
                                              update_state)
 from asyncd.sip import parse_uri
 from shm.avp import XavpList
-from shm.dispatcher import S_LAST, S_WLAST, DsStore
+from shm.dispatcher import S_LAST, S_RWLAST, S_WLAST, DsStore
 
 MOD = "dispatcher"
 SETOP_DSTURI, SETOP_RURI, SETOP_XAVP = 0, 1, 2
@@ -102,6 +102,9 @@ def _hash(ctx, s, alg):
         return s.wlist[S.store.cursor_step(half, _setno(s), S_WLAST, 100)], None, alg
     if alg == 10:
         return _call_load(ctx.msg, half, s)
+    if alg == 11:
+        setno = _setno(s)
+        return S.store.rw_slot(half, setno, S.store.cursor_step(half, setno, S_RWLAST, 100)), None, alg
     if alg == 12:
         return 0, None, alg
     log.warn(MOD, f"algo {alg} not implemented - using first entry...")

@@ -10,6 +10,7 @@ machine with ds_probing_threshold / ds_inactive_threshold), ds_reinit_state,
 ds_run_route (event_route[dispatcher:dst-down] / [dispatcher:dst-up] and
 $dsv), ds_load_list / ds_reload; dispatcher.c ds_parse_reply_codes.
 """
+import random
 import time
 
 from asyncd.cfg.fixups import Loc
@@ -132,7 +133,31 @@ def publish(lst, loads=None):
     """The list in shm for every process; states from each destination's
     flags, call loads from `loads` (per destination, in list order) or 0."""
     S.store.publish(lst.dumps(), [d.flags for s in lst.order for d in s.dests], len(lst.order), loads)
+    half, cur = S.current()
+    for s in cur.order:
+        init_rweights(half, cur, s)
     log_sets(lst)
+
+
+def init_rweights(half, lst, s):
+    """dp_init_relative_weights: each usable destination gets rweight * 100 /
+    (sum of the usable ones' rweight) of the 100 slots, the rest the last one
+    given slots, shuffled. Nothing for a set of one or without rweights."""
+    if len(s.dests) < 2:
+        return
+    usable = [(j, d.rweight) for j, d in enumerate(s.dests) if not skip_dst(flags_of(half, s, j))]
+    total = sum(w for _j, w in usable)
+    if total == 0:
+        return
+    table = []
+    for j, w in usable:
+        table.extend([j] * (w * 100 // total))
+    last = table[-1] if table else len(s.dests) - 1
+    if len(table) < 100:
+        log.info(MOD, f"extra rweight {100 - len(table)} for last active destination in group {s.id}")
+    table.extend([last] * (100 - len(table)))
+    random.shuffle(table)
+    S.store.set_rwlist(half, lst.order.index(s), table)
 
 
 def log_sets(lst):
@@ -238,6 +263,7 @@ def update_state(proc, msg, group, uri, state, rctx):
         new, count = next_state(old, count, state, pt, it)
         return new, count, (old, new)
     old, new = S.store.update(half, s.base + i, change)
+    _rweights_follow(half, lst, s, i, old, new)
     if not skip_dst(old) and skip_dst(new):
         run_event(proc, msg, uri, "dispatcher:dst-down", rctx)
     elif skip_dst(old) and not skip_dst(new):
@@ -266,10 +292,21 @@ def reinit_state(group, uri, state, by_duid=False):
             what = "duid" if by_duid else "address"
             log.err(MOD, f"destination {what} [{group} : {uri}] not found")
             return -1
+
+    def replace(old, count):
+        new = (old & ~DS_STATES_ALL) | state
+        return new, count, (old, new)
     for i in idx:
-        S.store.update(half, s.base + i,
-                       lambda old, count: ((old & ~DS_STATES_ALL) | state, count, None))
+        old, new = S.store.update(half, s.base + i, replace)
+        _rweights_follow(half, lst, s, i, old, new)
     return 0
+
+
+def _rweights_follow(half, lst, s, i, old, new):
+    """ds_reinit_rweight_on_state_change: a destination with rweight that
+    becomes usable or unusable redistributes its set's slots."""
+    if s.dests[i].rweight > 0 and bool(skip_dst(old)) != bool(skip_dst(new)):
+        init_rweights(half, lst, s)
 
 
 def run_event(proc, msg, uri, route, rctx):

@@ -333,3 +333,22 @@ def test_call_load_counts_and_expires(tmp_path):
         dispatcher_state.S.store = None
         dispatcher_load.L.table = None
         s.shm.destroy()
+
+
+def test_relative_weights_follow_the_states(tmp_path):
+    f = tmp_path / "ds.list"
+    f.write_text("1 sip:127.0.0.1:7001 0 0 rweight=50\n1 sip:127.0.0.1:7002 0 0 rweight=25\n"
+                 "1 sip:127.0.0.1:7003 0 0 rweight=25\n")
+    s = compile_cfg(text=CFG.replace("LISTFILE", str(f)).replace("USEDEF", "0"))
+    s.shm = ShmArena.create(16 << 20)
+    try:
+        s.init_modules()
+        picks = [run(s, op="select", set=1, alg=11)[0]["du"] for _ in range(100)]
+        assert [picks.count(f"sip:127.0.0.1:700{n}") for n in (1, 2, 3)] == [50, 25, 25]
+        # 7001 down: its share goes to the others (25 / 50 of the slots each)
+        dispatcher_state.reinit_state(1, "sip:127.0.0.1:7001", DS_INACTIVE_DST)
+        picks = [run(s, op="select", set=1, alg=11)[0]["du"] for _ in range(100)]
+        assert [picks.count(f"sip:127.0.0.1:700{n}") for n in (1, 2, 3)] == [0, 50, 50]
+    finally:
+        dispatcher_state.S.store = None
+        s.shm.destroy()
