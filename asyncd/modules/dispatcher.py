@@ -22,8 +22,6 @@ Differences, on purpose (docs/kamailio-dispatcher.md):
 - the list comes from list_file only: db_url is refused at startup.
 - the `sock` field of a _dsdst_ item is the socket's text (Kamailio: a
   pointer that reads as $null), and only when the destination has a socket.
-- the thresholds are read from the modparams only (Kamailio also lets
-  cfg.seti change them at run time).
 """
 import ipaddress
 import random
@@ -31,6 +29,7 @@ import re
 
 from asyncd.cfg.pvcore import fmt
 from asyncd.core import log
+from asyncd.core.cfg_groups import CfgVar
 from asyncd.core.errors import CfgError
 from asyncd.core.exports import FuncExport, ModuleExports, P, ParamExport, PvExport
 from asyncd.core.params import split_socket
@@ -43,8 +42,8 @@ from asyncd.modules.dispatcher_list import (DS_FAILOVER_ON, DS_HASH_USER_ONLY, D
                                             resolve, skip_dst)
 from asyncd.modules.dispatcher_rpc import DispatcherRpc
 from asyncd.modules.registrar_lookup import Branch
-from asyncd.modules.dispatcher_state import (S, Rctx, flags_of, load_list, publish, reload,
-                                             update_state)
+from asyncd.modules.dispatcher_state import (S, Rctx, flags_of, load_list, parse_reply_codes, publish,
+                                             reload, update_state)
 from asyncd.sip import parse_uri
 from shm.avp import XavpList
 from shm.dispatcher import S_LAST, S_RWLAST, S_WLAST, DsStore
@@ -573,9 +572,30 @@ def _warn_unbuilt(mp):
                           f"(docs/kamailio-dispatcher.md)")
 
 
+def _cfg_vars():
+    """Kamailio's runtime cfg group "dispatcher" (src/modules/dispatcher/config.c):
+    `cfg.seti dispatcher probing_threshold 3` reaches every process."""
+    def setter(name):
+        def apply(value):
+            S.mp[name] = int(value)
+        return apply
+
+    def codes(value):
+        S.reply_codes = parse_reply_codes(str(value or ""))
+    return [CfgVar("probing_threshold", int, "Number of failed requests, before a destination is set "
+                   "to probing.", S.mp["ds_probing_threshold"], on_change=setter("ds_probing_threshold")),
+            CfgVar("inactive_threshold", int, "Number of successful requests, before a destination "
+                   "is set to active.", S.mp["ds_inactive_threshold"],
+                   on_change=setter("ds_inactive_threshold")),
+            CfgVar("ping_reply_codes", str, "Additional, valid reply codes for the OPTIONS Pinger. "
+                   "Default is \"\"", str(S.mp["ds_ping_reply_codes"] or ""), on_change=codes)]
+
+
 def mod_init(script):
     mp = script.modparams[MOD]
     S.configure(script, mp)
+    if script.cfg.buf is None:
+        script.cfg.declare(MOD, _cfg_vars())
     _warn_unbuilt(mp)
     try:
         lst = load_list()

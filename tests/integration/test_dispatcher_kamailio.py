@@ -53,6 +53,7 @@ loadmodule "pv.so"
 loadmodule "textops.so"
 loadmodule "ctl.so"
 loadmodule "jsonrpcs.so"
+loadmodule "cfg_rpc.so"
 loadmodule "dispatcher.so"
 modparam("dispatcher", "list_file", "LISTFILE")
 modparam("dispatcher", "flags", 2)
@@ -242,7 +243,12 @@ def test_add_remove_and_state_rpcs_are_kamailios(servers):
              ("dispatcher.remove", "2", "sip:127.0.0.1:5091"),
              ("sleep",),
              ("dispatcher.add", "6", "127.0.0.1:5098"),
-             ("dispatcher.ping_active",), ("dispatcher.ping_active", "0"), ("dispatcher.ping_active",)]
+             ("dispatcher.ping_active",), ("dispatcher.ping_active", "0"), ("dispatcher.ping_active",),
+             ("cfg.get", "dispatcher", "probing_threshold"),
+             ("cfg.seti", "dispatcher", "inactive_threshold", "3"),
+             ("cfg.get", "dispatcher", "inactive_threshold"),
+             ("cfg.sets", "dispatcher", "ping_reply_codes", "class=4"),
+             ("cfg.get", "dispatcher", "ping_reply_codes"), ("cfg.help", "dispatcher", "probing_threshold")]
     for step in steps:
         if step[0] == "sleep":
             time.sleep(1.2)
