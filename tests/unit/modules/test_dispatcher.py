@@ -12,7 +12,7 @@ import pytest
 from asyncd.cfg.compiler import compile_cfg
 from asyncd.core.context import ProcState
 from asyncd.core.rpc import Registry, RpcFault
-from asyncd.modules import dispatcher_load, dispatcher_state
+from asyncd.modules import dispatcher_load, dispatcher_ping, dispatcher_state
 from asyncd.modules.dispatcher import EXPORTS
 from asyncd.modules.dispatcher_list import (DS_DISABLED_DST, DS_INACTIVE_DST, DS_PROBING_DST,
                                             DS_TRYING_DST, AvlOrder, ListError, build, ds_get_hash,
@@ -352,3 +352,32 @@ def test_relative_weights_follow_the_states(tmp_path):
     finally:
         dispatcher_state.S.store = None
         s.shm.destroy()
+
+
+def test_ping_outcomes_and_which_destinations_are_pinged(script):
+    P = dispatcher_ping.P
+    INA, PR = DS_INACTIVE_DST, DS_PROBING_DST
+    P.mode = 0
+    assert not dispatcher_ping.wants_ping(0) and dispatcher_ping.wants_ping(PR)
+    P.mode = 2
+    assert not dispatcher_ping.wants_ping(PR) and dispatcher_ping.wants_ping(PR | INA)
+    P.mode = 1
+    assert dispatcher_ping.wants_ping(0)
+    proc = ProcState(script, 1, "test", "receiver")
+    half, lst = dispatcher_state.S.current()
+    s = lst.sets[1]
+    # mode 1: a time-out (408) takes it down (threshold 1), a 200 brings it back, probing kept
+    dispatcher_ping.outcome(proc, half, s.base, 408, None, 0)
+    assert dispatcher_state.flags_of(half, s, 0) == INA | PR
+    dispatcher_ping.outcome(proc, half, s.base, 200, "OK", 1)
+    assert dispatcher_state.flags_of(half, s, 0) == PR
+    # a code ds_ping_reply_codes accepts is a success; a disabled one is left alone
+    dispatcher_state.S.reply_codes = dispatcher_state.parse_reply_codes("code=404;class=3")
+    dispatcher_ping.outcome(proc, half, s.base, 404, "Not Found", 1)
+    dispatcher_ping.outcome(proc, half, s.base, 302, "Moved", 1)
+    assert dispatcher_state.flags_of(half, s, 0) == PR
+    dispatcher_state.reinit_state(1, s.dests[0].uri, DS_DISABLED_DST)
+    dispatcher_ping.outcome(proc, half, s.base, 500, "Error", 1)
+    assert dispatcher_state.flags_of(half, s, 0) == DS_DISABLED_DST
+    dispatcher_state.S.reply_codes = ()
+    P.mode = 0
