@@ -82,6 +82,8 @@ request_route {
     }
     if ($hdr(X-Mode) == "domain") {
         if (!ds_select_domain("$var(set)", "$var(alg)")) { sl_send_reply("503", "none"); exit; }
+    } else if ($hdr(X-Limit) != $null) {
+        if (!ds_select_dst("$var(set)", "$var(alg)", "$hdr(X-Limit)")) { sl_send_reply("503", "none"); exit; }
     } else {
         if (!ds_select_dst("$var(set)", "$var(alg)")) { sl_send_reply("503", "none"); exit; }
     }
@@ -115,6 +117,8 @@ def _requests():
         cred = ([f'{hdr}: Digest username="user{n * 3}@realm.org", '
                  f'realm="realm.org", nonce="x", uri="sip:a@b", response="00"'] if n % 3 else [])
         out.append((5, 1, "dst", "sip:auth@example.net", cred, f"auth-{n}"))
+    for lim in (0, 1, 2, 9):
+        out.append((0, 1, "dst", "sip:lim@example.net", [f"X-Limit: {lim}"], f"limit-{lim}"))
     for alg in (8, 0):
         out.append((alg, 7, "dst", "sip:p@example.net", [], "prio"))
     for n in range(6):
