@@ -19,8 +19,8 @@ Differences, on purpose (docs/kamailio-dispatcher.md "Probing"):
 - asyncd has no tm UAC: this process builds, sends and retransmits the
   pings itself, from the listen socket Kamailio would use, so the wire is
   the same; Via branch, Call-ID and From tag have asyncd's own shape.
-- UDP destinations only: a destination with another transport is not
-  pinged (a warning at startup), its state only changes by ds_mark_dst or RPC.
+- UDP and TCP destinations only: one over TLS, SCTP or WebSocket is not
+  pinged (a warning), its state only changes by ds_mark_dst or RPC.
 - at most 4 pings per destination wait at once (Kamailio: one per round,
   however many fr_timer allows); a round skips a destination that has 4.
 - outbound_proxy / obproxy, ds_ping_latency_stats are not implemented.
@@ -45,17 +45,19 @@ MOD = "dispatcher"
 BRANCH = "z9hG4bKdsp."
 PROBE_NONE, PROBE_ALL, PROBE_INACTIVE, PROBE_ONLYFLAGGED = 0, 1, 2, 3
 TICK = 0.05
+LOCAL_477 = "Unfortunately error on sending to next hop occurred ("   # workers/tcp_main.py unsent
 
 
 class Pending:
     """One ping in flight (Kamailio: one tm transaction)."""
     __slots__ = ("gen", "half", "idx", "slot", "seq", "data", "addr", "sock", "due", "step", "deadline")
 
-    def __init__(self, gen, half, idx, slot, seq, data, addr, sock, now):
+    def __init__(self, gen, half, idx, slot, seq, data, addr, sock, now, reliable=False):
         self.gen, self.half, self.idx, self.slot, self.seq = gen, half, idx, slot, seq
         self.data, self.addr, self.sock = data, addr, sock
         self.step = P.t1
-        self.due = now + self.step
+        # RFC 3261 17.1.2.2: timer E retransmits over unreliable transports only
+        self.due = float("inf") if reliable else now + self.step
         self.deadline = now + P.fr
 
 
@@ -155,7 +157,8 @@ def _ping_one(proc, gen, half, s, j, d, now):
     target = _target(d)
     if target is None:
         return
-    index = _send_socket(proc, d, target)
+    target, proto = target
+    index = _send_socket(proc, d, target, proto)
     if index is None:
         _failed(proc, half, s, j, "can't get sending socket")
         return
@@ -164,12 +167,12 @@ def _ping_one(proc, gen, half, s, j, d, now):
     slot = P.st.store.ping_take(half, idx, P.seq)
     if slot < 0:
         return
-    data = build_ping(proc, index, d, f"{BRANCH}{gen:x}.{idx:x}.{slot}.{P.seq:x}")
+    data = build_ping(proc, index, d, f"{BRANCH}{gen:x}.{idx:x}.{slot}.{P.seq:x}", proto)
     if not proc.send(data, target, index):
         P.st.store.ping_claim(half, idx, slot, P.seq)
         _failed(proc, half, s, j, "send failed")
         return
-    P.pending.append(Pending(gen, half, idx, slot, P.seq, data, target, index, now))
+    P.pending.append(Pending(gen, half, idx, slot, P.seq, data, target, index, now, proto == "tcp"))
 
 
 def _failed(proc, half, s, j, why):
@@ -198,15 +201,17 @@ def _advance(proc, p, now):
 
 
 def _target(d):
-    """(ip, port) the ping goes to: the URI's host and port, UDP only."""
+    """((ip, port), proto) the ping goes to: the URI's host, port and transport
+    (UDP or TCP); None when it cannot be pinged."""
     try:
         u = parse_uri(d.uri)
     except Exception:
         return None
-    if (u.transport or "udp") != "udp":
+    proto = u.transport or ("tls" if u.scheme == "sips" else "udp")
+    if proto not in ("udp", "tcp"):
         if d.uri not in P.warned:
             P.warned.add(d.uri)
-            log.warn(MOD, f"{d.uri}: asyncd pings UDP destinations only; not probed")
+            log.warn(MOD, f"{d.uri}: asyncd pings over UDP and TCP only; not probed")
         return None
     ip = d.ip
     if ip is None:
@@ -214,34 +219,36 @@ def _target(d):
             ip = socket.getaddrinfo(u.host.strip("[]"), None, 0, socket.SOCK_DGRAM)[0][4][0]
         except (OSError, UnicodeError):
             return None
-    return ip, u.port or (5061 if u.scheme == "sips" else 5060)
+    return (ip, u.port or 5060), proto
 
 
-def _send_socket(proc, d, target):
+def _send_socket(proc, d, target, proto):
+    """The destination's socket=, else ds_default_socket, when it speaks
+    proto; else the first listen socket of that protocol and family."""
     addrs = getattr(proc.script, "sock_addrs", None) or ()
     for spec in (d.socket, P.default_socket):
         parts = split_socket(spec) if spec else None
         if parts is None:
             continue
-        proto, host, port = parts
+        sproto, host, port = parts
         for i, (pr, ip, pt) in enumerate(addrs):
-            if pr == (proto or "udp") == "udp" and ip == host.strip("[]") and (not port or int(port) == pt):
+            if pr == (sproto or proto) == proto and ip == host.strip("[]") and (not port or int(port) == pt):
                 return i
-    return proto_socket(addrs, "udp", -1, ":" in target[0])
+    return proto_socket(addrs, proto, -1, ":" in target[0])
 
 
 def _angle(uri):
     return uri if "<" in uri else f"<{uri}>"
 
 
-def build_ping(proc, index, d, branch):
+def build_ping(proc, index, d, branch, proto="udp"):
     """tm's t_request for ds_ping_set, header for header (src/modules/tm/t_msgbuilder.c)."""
     _proto, ip, port = proc.script.sock_addrs[index]
     host = f"[{ip}]" if ":" in ip else ip
     P.cid = (P.cid + 1) & 0xFFFFFFFFFFFFFFFF
     from_ = d.ping_from or P.from_
     lines = [f"{P.method} {d.uri} SIP/2.0",
-             f"Via: SIP/2.0/UDP {host}:{port};branch={branch}",
+             f"Via: SIP/2.0/{proto.upper()} {host}:{port};branch={branch}",
              f"To: {_angle(d.uri)}",
              f"From: {_angle(from_)};tag={P.tag}-{random.getrandbits(32):08x}",
              f"CSeq: 10 {P.method}",
@@ -290,7 +297,9 @@ def reply_in(ctx):
     if not branch or not branch.startswith(BRANCH):
         return False
     code = int(ctx.msg.status or 0)
-    if code < 200:
+    if code < 200 or (code == 477 and (ctx.msg.reason or "").startswith(LOCAL_477)):
+        # asyncd's tcp main answers a refused connect with a local 477 at once;
+        # Kamailio's ping transaction waits for fr_timer and ends as a 408
         return True
     try:
         gen, idx, slot, seq = (int(x, 16) for x in branch[len(BRANCH):].split("."))

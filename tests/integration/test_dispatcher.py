@@ -70,13 +70,17 @@ event_route[dispatcher:dst-up] {
 """
 
 
-def _start(dests, ping=0, alg=4):
+def _start(dests, ping=0, alg=4, tcp=False):
     work = tempfile.mkdtemp(prefix="ds-")
     listfile = os.path.join(work, "dispatcher.list")
     with open(listfile, "w") as f:
-        f.write("".join(f"1 sip:127.0.0.1:{p}\n" for p in dests))
+        f.write("".join(f"1 {p}\n" if isinstance(p, str) else f"1 sip:127.0.0.1:{p}\n"
+                        for p in dests))
     cfg = CFG.replace("LISTFILE", listfile).replace("PING", str(ping))
     cfg = cfg.replace('ds_select_dst("1", "4")', f'ds_select_dst("1", "{alg}")')
+    if tcp:
+        cfg = cfg.replace("listen=udp:127.0.0.1:LPORT",
+                          "listen=udp:127.0.0.1:LPORT\nlisten=tcp:127.0.0.1:LPORT")
     return work, listfile, run_server(cfg, args=("-Y", os.path.join(work, "run")))
 
 
@@ -214,3 +218,20 @@ def test_parallel_forking_reaches_every_destination():
     finally:
         for u in uases:
             u.stop()
+
+
+def test_tcp_destinations_are_pinged_over_tcp():
+    uas = SippUas(scenario="tm_uas_options.xml", transport="t1", trace_msg=True)
+    dead = free_udp_port()
+    try:
+        alive = f"sip:127.0.0.1:{uas.port};transport=tcp"
+        gone = f"sip:127.0.0.1:{dead};transport=tcp"
+        work, _lf, server = _start([alive, gone], ping=1, tcp=True)
+        with server as srv:
+            # a refused connect still ends as Kamailio's ping does: a 408 after fr_timer
+            srv.wait_log(rf"DST-DOWN ru=sip:127.0.0.1:{dead};transport=tcp du=<null> code=408", timeout=8.0)
+            st = _states(f"unix:{work}/run/kamailio_ctl")
+            assert st == {alive: "AP", gone: "IP"}
+            assert "Via: SIP/2.0/TCP 127.0.0.1:" in uas.messages()
+    finally:
+        uas.stop()
