@@ -8,6 +8,8 @@ ds_mark_dst, ds_is_from_list modes, the RPC replies.
 Runs in: the pytest process.
 """
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asyncd.cfg.compiler import compile_cfg
 from asyncd.core.context import ProcState
@@ -381,3 +383,23 @@ def test_ping_outcomes_and_which_destinations_are_pinged(script):
     assert dispatcher_state.flags_of(half, s, 0) == DS_DISABLED_DST
     dispatcher_state.S.reply_codes = ()
     P.mode = 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("0123456789 \t#;=:@.sipSIP<>[]xyzé\r")), max_size=60))
+def test_any_list_line_parses_or_is_refused_cleanly(line):
+    try:
+        e = parse_line(line)
+    except ListError:
+        return
+    if e is not None:
+        sid, uri, flags, prio, attrs = e
+        assert isinstance(sid, int) and uri and " " not in uri
+        build([(sid, uri, flags | 16, prio, attrs)])       # flag 16: no DNS lookups
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=40), st.one_of(st.none(), st.binary(max_size=40)))
+def test_ds_get_hash_is_a_u32_never_zero(x, y):
+    h = ds_get_hash(x, y)
+    assert 1 <= h <= M
