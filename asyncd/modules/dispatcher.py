@@ -18,7 +18,7 @@ Differences, on purpose (docs/kamailio-dispatcher.md):
 - algorithms 0-12 are built (10 with ds_load_update/ds_load_unset);
   13 (latency) logs Kamailio's
   "algo N not implemented - using first entry..." warning and use the first
-  entry; ds_select_routes does not exist.
+  entry.
 - the list comes from list_file only: db_url is refused at startup.
 - the `sock` field of a _dsdst_ item is the socket's text (Kamailio: a
   pointer that reads as $null), and only when the destination has a socket.
@@ -160,26 +160,49 @@ def _pick(half, s, h):
     return i
 
 
+class Sel:
+    """ds_select_state_t: one selection (or the rules of ds_select_routes),
+    its update mode, the failover records added so far and where the next go."""
+    __slots__ = ("setid", "alg", "umode", "limit", "cnt", "pos", "emode")
+
+    def __init__(self, limit, umode):
+        self.limit = 0xFFFFFFFF if limit is None or limit <= 0 else limit
+        self.umode, self.cnt, self.pos, self.emode = umode, 0, 0, False
+        self.setid = self.alg = 0
+
+
 def select(ctx, setid, alg, limit, mode):
-    """ds_select_dst_limit -> 1 or -1."""
+    """ds_select_dst_limit -> 1, 2 (parallel, a branch failed) or -1."""
     if setid is None or alg is None:
         log.err(MOD, "unable to get destination set" if setid is None else "unable to get algorithm")
         return -1
-    limit = 0xFFFFFFFF if limit is None or limit <= 0 else limit
+    st = Sel(limit, mode)
+    st.setid, st.alg = setid, alg
+    ret = manage_routes(ctx, st)
+    if ret < 0:
+        return ret
+    if not S.mp["xavp_ctx_mode"] & 1 and S.mp["xavp_ctx"]:
+        _ctx_cnt(ctx, st.cnt)
+    return ret
+
+
+def manage_routes(ctx, st):
+    """ds_manage_routes: pick from set st.setid with st.alg, set $du / the
+    R-URI host (st.umode), add the failover records. -> 1, 2 or -1."""
     half, lst = S.current()
     msg = ctx.msg
     if not lst.order:
         log.err(MOD, "no destination sets")
         return -1
-    if mode == SETOP_DSTURI and not S.mp["force_dst"] and msg.dst_uri:
+    if st.umode == SETOP_DSTURI and not S.mp["force_dst"] and msg.dst_uri:
         log.err(MOD, f"destination already set [{msg.dst_uri}]")
         return -1
-    s = lst.sets.get(setid)
+    s = lst.sets.get(st.setid)
     if s is None:
-        log.err(MOD, f"destination set [{setid}] not found")
+        log.err(MOD, f"destination set [{st.setid}] not found")
         return -1
     try:
-        h, vlast, alg = _hash(ctx, s, alg)
+        h, vlast, st.alg = _hash(ctx, s, st.alg)
     except NoDestination:
         return -1
     except Exception as e:
@@ -189,24 +212,70 @@ def select(ctx, setid, alg, limit, mode):
     if i < 0:
         return -1
     d = s.dests[i]
-    if mode != SETOP_XAVP and push_dst(ctx, d.uri, d.socket or S.mp["ds_default_socket"], mode) != 0:
-        log.err(MOD, f"cannot set next hop address with: {d.uri}")
-        return -1
+    if st.umode != SETOP_XAVP:
+        if push_dst(ctx, d.uri, d.socket or S.mp["ds_default_socket"], st.umode) != 0:
+            log.err(MOD, f"cannot set next hop address with: {d.uri}")
+            return -1
+        st.emode = True
     if vlast is not None:
         S.store.cursor_cas(half, lst.order.index(s), S_LAST, vlast, (i + 1) % len(s.dests))
-    if alg == 12:
-        rc = add_branches(ctx, s, i, mode)
-        if not S.mp["xavp_ctx_mode"] & 1 and S.mp["xavp_ctx"]:
-            _ctx_cnt(ctx, 0)
-        return rc
-    try:
-        cnt = _fill_xavp(ctx, half, s, i, alg, limit) if _failover() else 0
-    except ValueError as e:
-        log.err(MOD, str(e))
-        return -1
-    if not S.mp["xavp_ctx_mode"] & 1 and S.mp["xavp_ctx"]:
-        _ctx_cnt(ctx, cnt)
+    if st.alg == 12:
+        return add_branches(ctx, s, i, st.umode)
+    if _failover():
+        try:
+            _fill_xavp(ctx, half, s, i, st)
+        except ValueError as e:
+            log.err(MOD, str(e))
+            return -1
     return 1
+
+
+def select_routes(ctx, rules, mode, limit=0):
+    """ds_select_routes("1=4;2=8", mode[, limit]): each set=alg rule in turn;
+    the first that selects sets $du (mode 0/d) or the R-URI (1/r), the rest
+    only add failover records (mode 2/x: records only), one shared limit.
+    -> the last success code, else the last failure."""
+    if limit is None:
+        log.err(MOD, "unable to get dst number limit")
+        return -1
+    st = Sel(limit, SETOP_XAVP)
+    vret = gret = -1
+    i, n = 0, len(rules)
+    while i < n:
+        st.setid, i = _rule_number(rules, i, "=")
+        st.alg, i = _rule_number(rules, i, ";")
+        if st.setid is None or st.alg is None:
+            log.err(MOD, f"invalid character in [{rules}] at [{i}]")
+            return -1
+        st.umode = SETOP_XAVP
+        if not st.emode:
+            st.umode = {"0": SETOP_DSTURI, "d": SETOP_DSTURI, "1": SETOP_RURI, "r": SETOP_RURI,
+                        "2": SETOP_XAVP, "x": SETOP_XAVP}.get((mode or " ")[0].lower(), -1)
+            if st.umode < 0:
+                log.err(MOD, f"invalid routing mode parameter: {mode}")
+                return -1
+        vret = manage_routes(ctx, st)
+        if vret > 0:
+            gret = vret
+    if gret < 0:
+        return vret
+    if not S.mp["xavp_ctx_mode"] & 1 and S.mp["xavp_ctx"]:
+        _ctx_cnt(ctx, st.cnt)
+    return gret
+
+
+def _rule_number(rules, i, stop):
+    """Digits up to `stop` (or the end) -> (number, index after), (None, i) on junk."""
+    v = 0
+    while i < len(rules):
+        c = rules[i]
+        if c == stop:
+            return v, i + 1
+        if not c.isdigit():
+            return None, i
+        v = v * 10 + ord(c) - 48
+        i += 1
+    return v, i
 
 
 def add_branches(ctx, s, first, mode):
@@ -260,26 +329,28 @@ def _record(s, i, alg):
     return rec
 
 
-def _fill_xavp(ctx, half, s, first, alg, limit):
-    """ds_manage_routes_fill_xavp + the default entry: the chosen destination,
-    then those after it, then those before it, the usable ones, up to limit."""
+def _fill_xavp(ctx, half, s, first, st):
+    """ds_manage_routes_fill_xavp + the default entry: the chosen destination
+    (always), then the usable ones after it, then those before it, while the
+    selection's count is under its limit; placed after the records this
+    selection added before (xavp_add_value_after)."""
     nr = len(s.dests)
     use_default = S.mp["use_default"]
-    order = [first] + list(range(first + 1, nr)) + list(range(first))
-    recs = []
-    for j in order:
-        if len(recs) >= limit:
+    recs = [_record(s, first, st.alg)]
+    for j in list(range(first + 1, nr)) + list(range(first)):
+        if st.cnt + len(recs) >= st.limit:
             break
-        if j != first and (skip_dst(flags_of(half, s, j)) or (use_default and j == nr - 1)
-                           or (alg == 10 and dispatcher_load.over_maxload(half, s, j))):
+        if skip_dst(flags_of(half, s, j)) or (use_default and j == nr - 1) \
+                or (st.alg == 10 and dispatcher_load.over_maxload(half, s, j)):
             continue
-        recs.append(_record(s, j, alg))
-    if use_default and first != nr - 1 and len(recs) < limit:
-        recs.append(_record(s, nr - 1, alg))
+        recs.append(_record(s, j, st.alg))
+    if use_default and first != nr - 1 and st.cnt + len(recs) < st.limit:
+        recs.append(_record(s, nr - 1, st.alg))
     if ctx.xavps is None:
         ctx.xavps = XavpList()
-    ctx.xavps.xavp.setdefault(S.mp["xavp_dst"], [])[0:0] = recs
-    return len(recs)
+    ctx.xavps.xavp.setdefault(S.mp["xavp_dst"], [])[st.pos:st.pos] = recs
+    st.pos += len(recs)
+    st.cnt += len(recs)
 
 
 def _ctx_cnt(ctx, cnt):
@@ -636,6 +707,10 @@ EXPORTS = ModuleExports(
         FuncExport("ds_select_dst", (P.INT, P.INT, P.INT), _SEL_DST3, RR_ROUTES),
         FuncExport("ds_select_domain", (P.INT, P.INT), _SEL_DOM, RR_ROUTES),
         FuncExport("ds_select_domain", (P.INT, P.INT, P.INT), _SEL_DOM3, RR_ROUTES),
+        FuncExport("ds_select_routes", (P.STR, P.STR), lambda ctx, site, r, m: select_routes(ctx, r, m),
+                   RR_ROUTES),
+        FuncExport("ds_select_routes", (P.STR, P.STR, P.INT),
+                   lambda ctx, site, r, m, n: select_routes(ctx, r, m, n), RR_ROUTES),
         FuncExport("ds_next_dst", (), lambda ctx, site: update_dst(ctx, USE_NEXT, SETOP_DSTURI),
                    RR_ROUTES, fixup=_warn_fixup),
         FuncExport("ds_next_domain", (), lambda ctx, site: update_dst(ctx, USE_NEXT, SETOP_RURI),

@@ -82,6 +82,13 @@ request_route {
     }
     if ($hdr(X-Mode) == "domain") {
         if (!ds_select_domain("$var(set)", "$var(alg)")) { sl_send_reply("503", "none"); exit; }
+    } else if ($hdr(X-Mode) == "routes" && $hdr(X-Limit) != $null) {
+        $var(lim) = $(hdr(X-Limit){s.int});     # Kamailio's igp fixup wants an int pv here
+        $var(rc) = ds_select_routes("$hdr(X-Rules)", "$hdr(X-Rmode)", "$var(lim)");
+        if ($var(rc) < 0) { sl_send_reply("503", "none $var(rc)"); exit; }
+    } else if ($hdr(X-Mode) == "routes") {
+        $var(rc) = ds_select_routes("$hdr(X-Rules)", "$hdr(X-Rmode)");
+        if ($var(rc) < 0) { sl_send_reply("503", "none $var(rc)"); exit; }
     } else if ($hdr(X-Limit) != $null) {
         if (!ds_select_dst("$var(set)", "$var(alg)", "$hdr(X-Limit)")) { sl_send_reply("503", "none"); exit; }
     } else {
@@ -117,6 +124,12 @@ def _requests():
         cred = ([f'{hdr}: Digest username="user{n * 3}@realm.org", '
                  f'realm="realm.org", nonce="x", uri="sip:a@b", response="00"'] if n % 3 else [])
         out.append((5, 1, "dst", "sip:auth@example.net", cred, f"auth-{n}"))
+    rules = (("1=0;7=8", "d", None), ("7=4;1=0;2=0", "0", None), ("9=0;1=8", "r", None),
+             ("1=0;7=8", "x", None), ("1=0;7=8", "d", "3"), ("7=8;1=3", "1", "1"),
+             ("1=a", "d", None), ("1=0", "q", None), ("9=0", "d", None))
+    for n, (rules, rmode, lim) in enumerate(rules):
+        hdrs = [f"X-Rules: {rules}", f"X-Rmode: {rmode}"] + ([f"X-Limit: {lim}"] if lim else [])
+        out.append((0, 1, "routes", f"sip:r{n}@example.net", hdrs, f"routes-{n}"))
     for lim in (0, 1, 2, 9):
         out.append((0, 1, "dst", "sip:lim@example.net", [f"X-Limit: {lim}"], f"limit-{lim}"))
     for alg in (8, 0):
@@ -163,7 +176,8 @@ def _ask(port):
                 if r is not None:
                     break
             assert r is not None, (alg, sid, cid)
-            seen.append((alg, sid, mode, cid, r.status, r.hdr("X-Du"), r.hdr("X-Ru"), r.hdr("X-Cnt"),
+            seen.append((alg, sid, mode, cid, r.status, r.first_line, r.hdr("X-Du"), r.hdr("X-Ru"),
+                         r.hdr("X-Cnt"),
                          r.hdr("X-L"), r.hdr("X-A"), r.hdr("X-Next"), r.hdr("X-From")))
     return seen
 
