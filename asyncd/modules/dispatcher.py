@@ -632,7 +632,7 @@ def _dsv_get(ctx, spec, idx):
 
 # -- lifecycle -------------------------------------------------------------------------------
 _UNBUILT = ("ds_ping_latency_stats", "ds_default_sockname", "event_callback",
-            "ds_dns_mode", "outbound_proxy")
+            "ds_dns_mode")
 
 
 def _warn_unbuilt(mp):

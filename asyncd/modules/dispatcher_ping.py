@@ -23,7 +23,7 @@ Differences, on purpose (docs/kamailio-dispatcher.md "Probing"):
   pinged (a warning), its state only changes by ds_mark_dst or RPC.
 - at most 4 pings per destination wait at once (Kamailio: one per round,
   however many fr_timer allows); a round skips a destination that has 4.
-- outbound_proxy / obproxy, ds_ping_latency_stats are not implemented.
+- ds_ping_latency_stats is not implemented.
 """
 import os
 import random
@@ -63,13 +63,14 @@ class Pending:
 
 class PingState:
     __slots__ = ("st", "interval", "mode", "method", "from_", "t1", "t2", "fr", "next_round",
-                 "pending", "seq", "cid", "tag", "ua", "default_socket", "warned")
+                 "pending", "seq", "cid", "tag", "ua", "default_socket", "obproxy", "warned")
 
     def __init__(self):
         self.st = None
         self.interval = 0
         self.pending = []
         self.warned = set()
+        self.obproxy = self.default_socket = ""
 
     def configure(self, st, script, mp):
         """dispatcher.c mod_init's probing part (the tm timers are read once)."""
@@ -79,6 +80,7 @@ class PingState:
         self.method = str(mp["ds_ping_method"] or "OPTIONS")
         self.from_ = str(mp["ds_ping_from"] or "sip:dispatcher@localhost")
         self.default_socket = str(mp["ds_default_socket"] or "")
+        self.obproxy = str(mp["outbound_proxy"] or "")
         if self.interval <= 0:
             return
         if script.module("tm") is None:
@@ -201,11 +203,16 @@ def _advance(proc, p, now):
 
 
 def _target(d):
-    """((ip, port), proto) the ping goes to: the URI's host, port and transport
-    (UDP or TCP); None when it cannot be pinged."""
+    """((ip, port), proto) the ping goes to: the host, port and transport
+    (UDP or TCP) of the destination's obproxy attr, else of outbound_proxy,
+    else of its URI (tm's t_request next hop); None when it cannot be pinged."""
+    hop = d.obproxy or P.obproxy
     try:
-        u = parse_uri(d.uri)
+        u = parse_uri(hop or d.uri)
     except Exception:
+        if hop and hop not in P.warned:
+            P.warned.add(hop)
+            log.err(MOD, f"bad outbound proxy [{hop}]")
         return None
     proto = u.transport or ("tls" if u.scheme == "sips" else "udp")
     if proto not in ("udp", "tcp"):
@@ -213,7 +220,7 @@ def _target(d):
             P.warned.add(d.uri)
             log.warn(MOD, f"{d.uri}: asyncd pings over UDP and TCP only; not probed")
         return None
-    ip = d.ip
+    ip = None if hop else d.ip
     if ip is None:
         try:
             ip = socket.getaddrinfo(u.host.strip("[]"), None, 0, socket.SOCK_DGRAM)[0][4][0]

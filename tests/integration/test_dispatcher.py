@@ -8,6 +8,7 @@ Runs in: the pytest process; asyncd and SIPp run as subprocesses.
 """
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -235,3 +236,18 @@ def test_tcp_destinations_are_pinged_over_tcp():
             assert "Via: SIP/2.0/TCP 127.0.0.1:" in uas.messages()
     finally:
         uas.stop()
+
+
+def test_pings_go_through_the_outbound_proxy_attr():
+    px = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    px.bind(("127.0.0.1", 0))
+    px.settimeout(4.0)
+    try:
+        dest = f"sip:10.99.99.99:5060 0 0 obproxy=sip:127.0.0.1:{px.getsockname()[1]}"
+        _work, _lf, server = _start([dest], ping=1)
+        with server:
+            data, _src = px.recvfrom(65535)
+            assert data.startswith(b"OPTIONS sip:10.99.99.99:5060 SIP/2.0\r\n")
+            assert b"\r\nTo: <sip:10.99.99.99:5060>\r\n" in data
+    finally:
+        px.close()
