@@ -15,13 +15,14 @@ them at once. The failover list is kept as Kamailio 5.6 keeps it: one
 $xavp(_dsdst_) item per destination (uri, grp, attrs), the chosen one first,
 and $xavp(_dsctx_=>cnt); both names are modparams (xavp_dst, xavp_ctx).
 Differences, on purpose (docs/kamailio-dispatcher.md):
-- algorithms 0-12 are built (10 with ds_load_update/ds_load_unset);
-  13 (latency) logs Kamailio's
-  "algo N not implemented - using first entry..." warning and use the first
-  entry.
+- algorithms 0-12 are built (10 with ds_load_update/ds_load_unset); 13
+  (latency) logs Kamailio's "algo N not implemented - using first
+  entry..." warning and uses the first entry.
 - the list comes from list_file only: db_url is refused at startup.
 - the `sock` field of a _dsdst_ item is the socket's text (Kamailio: a
   pointer that reads as $null), and only when the destination has a socket.
+- hosts are resolved once, at load (ds_dns_mode's timer and per-call
+  lookups are not built); event_callback (KEMI) is not built.
 """
 import ipaddress
 import random

@@ -18,7 +18,9 @@ and given up after tm's fr_timer, which is a 408.
 Differences, on purpose (docs/kamailio-dispatcher.md "Probing"):
 - asyncd has no tm UAC: this process builds, sends and retransmits the
   pings itself, from the listen socket Kamailio would use, so the wire is
-  the same; Via branch, Call-ID and From tag have asyncd's own shape.
+  the same; Via branch, Call-ID and From tag have asyncd's own shape. The
+  local 477 asyncd's tcp main gives a request whose connection is refused
+  is ignored: as in Kamailio the ping ends as a 408 at fr_timer.
 - UDP and TCP destinations only: one over TLS, SCTP or WebSocket is not
   pinged (a warning), its state only changes by ds_mark_dst or RPC.
 - at most 4 pings per destination wait at once (Kamailio: one per round,
