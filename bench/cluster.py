@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from bench.sysstats import ProcessTree, machine_info
-from tests.helpers.cluster import KINDS, asyncd_missing_modules, make_nodes
+from tests.helpers.cluster import KINDS, make_nodes
 from tests.helpers.redis_server import run_redis
 from tests.helpers.sipp import SippUas, run_sipp
 
@@ -178,9 +178,6 @@ def main(argv=None):
     kinds = KINDS if opts.server == "both" else (opts.server,)
     results = []
     for kind in kinds:
-        if kind == "asyncd" and asyncd_missing_modules("dispatcher", "db_redis"):
-            print(f"asyncd: not run: {asyncd_missing_modules('dispatcher', 'db_redis')}", file=sys.stderr)
-            continue
         for topology in (("one", "three") if opts.topology == "both" else (opts.topology,)):
             results.append(run_topology(kind, topology, rates, step_s, 0.5 if opts.quick else 2.0,
                                         lambda m: print(m, file=sys.stderr, flush=True), opts.mem_mb))

@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from asyncd.core.registry import UnknownModule, load_module
 from bench.servers import free_udp_port, kamailio_binary
 from tests.helpers.redis_server import run_redis
 
@@ -200,15 +199,3 @@ def run_cluster(kind, proxies=2, mem_mb=64, redis=None, kinds=None):
             node.start()
         disp.start()
         yield cluster
-
-
-def asyncd_missing_modules(*names):
-    """'' when asyncd can load every module in `names` (e.g. "dispatcher", "db_redis"),
-    else a skip reason naming the missing ones (asyncd/core/registry.py load_module)."""
-    missing = []
-    for name in names:
-        try:
-            load_module(name)
-        except UnknownModule:
-            missing.append(name)
-    return f"asyncd has no {', '.join(m + '.so' for m in missing)} yet" if missing else ""
