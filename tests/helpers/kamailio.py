@@ -22,6 +22,14 @@ KAMCMD = shutil.which("kamcmd") or ("/usr/sbin/kamcmd" if os.access("/usr/sbin/k
 KAMCTL = shutil.which("kamctl") or ("/usr/sbin/kamctl" if os.access("/usr/sbin/kamctl", os.X_OK) else None)
 SKIP_KAMAILIO = "Kamailio is not installed (./run_tests.sh installs the Debian package kamailio)"
 SKIP_KAMCMD = "kamcmd is not installed (./run_tests.sh installs the Debian package kamailio)"
+KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
+SKIP_KAMAILIO_REDIS = "kamailio-redis-modules is not installed (./run_tests.sh installs it)"
+
+
+def kamailio_has_module(name):
+    """True when Kamailio's module `name`.so is installed (db_redis and ndb_redis come
+    with the Debian package kamailio-redis-modules)."""
+    return os.path.exists(os.path.join(KAMAILIO_MODULES, f"{name}.so"))
 
 
 def kamcmd(sock, *args, timeout=10.0):

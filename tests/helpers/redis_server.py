@@ -5,7 +5,8 @@ persistence, no protected mode), waits until it answers PING and yields a
 RedisServer; on exit it stops it by pid. `stop()` / `start()` stop and start
 the same server again on the same port (Redis restarted under load), and
 `client()` is a redis-py client on it. Tests skip with `SKIP_REDIS` when the
-binary is missing (./run_tests.sh installs it).
+binary is missing, with `SKIP_SCHEMAS` when db_redis's schema files are
+(./run_tests.sh installs both).
 """
 import contextlib
 import os
@@ -17,11 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from asyncd.modules.db_redis import DEFAULT_SCHEMA_PATH
 from bench.servers import free_tcp_port
 
 REDIS_SERVER = shutil.which("redis-server") or (
     "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None)
 SKIP_REDIS = "redis-server is not installed (./run_tests.sh installs the Debian package redis-server)"
+# db_redis's table schemas (asyncd reads Kamailio's, as Kamailio does: schema_path)
+HAVE_SCHEMAS = os.path.isdir(DEFAULT_SCHEMA_PATH)
+SKIP_SCHEMAS = "db_redis's schema files are not installed (Debian package kamailio-redis-modules)"
 
 
 def _pings(port, timeout=0.2):
@@ -59,7 +64,8 @@ class RedisServer:
         end = time.monotonic() + ready_timeout
         while not _pings(self.port):
             if self.proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"redis-server did not start (rc {self.proc.poll()}):\n{self.log()[-2000:]}")
+                raise RuntimeError(f"redis-server did not start (rc {self.proc.poll()}):\n"
+                                   f"{self.log()[-2000:]}")
             time.sleep(0.02)
         return self
 

@@ -32,12 +32,11 @@ import pytest
 
 from bench.servers import kamailio_binary
 from tests.helpers.cluster import run_cluster
-from tests.helpers.kamailio import KAMCMD, SKIP_KAMCMD, kamcmd
+from tests.helpers.kamailio import KAMCMD, SKIP_KAMAILIO_REDIS, SKIP_KAMCMD, kamailio_has_module, kamcmd
 from tests.helpers.redis_server import REDIS_SERVER, SKIP_REDIS
 from tests.helpers.sipclient import SipClient
 from tests.helpers.sipp import SippUas, run_sipp, sipp_path
 
-KAMAILIO_DB_REDIS = "/usr/lib/x86_64-linux-gnu/kamailio/modules/db_redis.so"
 PING_INTERVAL = 1.0         # dispatcher.cfg ds_ping_interval
 FR_TIMER = 1.0              # dispatcher.cfg tm fr_timer: a probe of a dead node fails after it
 USER = "alice"
@@ -51,8 +50,8 @@ pytestmark = [pytest.mark.sipp,
 def _kamailio_skip():
     if kamailio_binary() is None:
         return "Kamailio is not installed"
-    if not os.path.exists(KAMAILIO_DB_REDIS):
-        return "kamailio-redis-modules is not installed (./run_tests.sh installs it)"
+    if not kamailio_has_module("db_redis"):
+        return SKIP_KAMAILIO_REDIS
     return ""
 
 

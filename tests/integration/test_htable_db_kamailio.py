@@ -5,23 +5,20 @@ the same Redis hashes from each, and each loads what the other stored.
 
 Runs in: the pytest process (Kamailio, asyncd and redis-server are real processes).
 """
-import os
 import re
 import time
 
 import pytest
 
-from asyncd.modules.db_redis import DEFAULT_SCHEMA_PATH
-from tests.helpers.kamailio import KAMCMD, SKIP_KAMCMD, kamailio_binary, kamcmd, run_kamailio
+from tests.helpers.kamailio import (KAMCMD, SKIP_KAMAILIO_REDIS, SKIP_KAMCMD, kamailio_binary,
+                                    kamailio_has_module, kamcmd, run_kamailio)
 from tests.helpers.redis_server import REDIS_SERVER, SKIP_REDIS, run_redis
 from tests.helpers.server import run_server
 
-KAM_DB_REDIS = "/usr/lib/x86_64-linux-gnu/kamailio/modules/db_redis.so"
 pytestmark = [pytest.mark.kamailio,
               pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REDIS),
               pytest.mark.skipif(KAMCMD is None, reason=SKIP_KAMCMD),
-              pytest.mark.skipif(not (os.path.exists(KAM_DB_REDIS) and os.path.isdir(DEFAULT_SCHEMA_PATH)),
-                                 reason="kamailio-redis-modules is not installed")]
+              pytest.mark.skipif(not kamailio_has_module("db_redis"), reason=SKIP_KAMAILIO_REDIS)]
 
 CFG = """#!KAMAILIO
 listen=udp:127.0.0.1:LPORT

@@ -11,26 +11,22 @@ flushed and asyncd replays the same requests. Then Redis is stopped (both
 fail the call and empty the reply) and started again (both use it again at
 once, without a restart).
 """
-import os
 
 import pytest
 
 from tests.helpers import SipClient
-from tests.helpers.kamailio import SKIP_KAMAILIO, run_kamailio
+from tests.helpers.kamailio import SKIP_KAMAILIO, SKIP_KAMAILIO_REDIS, kamailio_has_module, run_kamailio
 from tests.helpers.redis_server import REDIS_SERVER, SKIP_REDIS, run_redis
 from tests.helpers.server import run_server
 
 from bench.servers import kamailio_binary
-
-KAM_NDB = "/usr/lib/x86_64-linux-gnu/kamailio/modules/ndb_redis.so"
 
 pytestmark = [
     pytest.mark.kamailio,
     pytest.mark.server,
     pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REDIS),
     pytest.mark.skipif(kamailio_binary() is None, reason=SKIP_KAMAILIO),
-    pytest.mark.skipif(not os.path.exists(KAM_NDB),
-                       reason="kamailio-redis-modules is not installed (./run_tests.sh installs it)"),
+    pytest.mark.skipif(not kamailio_has_module("ndb_redis"), reason=SKIP_KAMAILIO_REDIS),
 ]
 
 KEYS = ["type", "value", "info", "size", "type[0]", "type[1]", "value[0]", "value[1]", "value[2]",

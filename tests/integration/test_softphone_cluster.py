@@ -13,24 +13,20 @@ established, alice hangs up and both report it closed. The dialog stays on
 node 1 (its Record-Route): ACK and BYE go through node 1 only.
 Media is not checked (RTP flows phone to phone).
 """
-import os
 
 import pytest
 
-from asyncd.modules.db_redis import DEFAULT_SCHEMA_PATH
 from bench.servers import kamailio_binary
 from tests.helpers.baresip import BARESIP, SKIP_BARESIP, run_baresip
-from tests.helpers.kamailio import SKIP_KAMAILIO, run_kamailio
-from tests.helpers.redis_server import REDIS_SERVER, SKIP_REDIS, run_redis
+from tests.helpers.kamailio import SKIP_KAMAILIO, SKIP_KAMAILIO_REDIS, kamailio_has_module, run_kamailio
+from tests.helpers.redis_server import HAVE_SCHEMAS, REDIS_SERVER, SKIP_REDIS, SKIP_SCHEMAS, run_redis
 from tests.helpers.server import run_server
 
 EV_TIMEOUT = 8.0
-KAM_DB_REDIS = "/usr/lib/x86_64-linux-gnu/kamailio/modules/db_redis.so"
 
 pytestmark = [pytest.mark.skipif(BARESIP is None, reason=SKIP_BARESIP),
               pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REDIS),
-              pytest.mark.skipif(not os.path.isdir(DEFAULT_SCHEMA_PATH),
-                                 reason="kamailio-redis-modules' schema files are not installed")]
+              pytest.mark.skipif(not HAVE_SCHEMAS, reason=SKIP_SCHEMAS)]
 
 CFG = """#!KAMAILIO
 listen=udp:127.0.0.1:LPORT
@@ -83,8 +79,8 @@ def two_nodes(redis, tmp_path_factory):
 def kamailio_node(redis):
     if kamailio_binary() is None:
         pytest.skip(SKIP_KAMAILIO)
-    if not os.path.exists(KAM_DB_REDIS):
-        pytest.skip("kamailio-redis-modules is not installed")
+    if not kamailio_has_module("db_redis"):
+        pytest.skip(SKIP_KAMAILIO_REDIS)
     with run_kamailio(CFG.replace("RPORT", str(redis.port))) as k:
         yield ("127.0.0.1", k.port)
 
