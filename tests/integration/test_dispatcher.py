@@ -187,10 +187,10 @@ def test_a_killed_pinger_is_respawned_and_probing_goes_on():
     dead = free_udp_port()
     work, _lf, server = _start([dead], ping=1)
     with server as srv:
-        timer = srv.find("DISPATCHER TIMER")
+        timer = srv.find("secondary timer")
         assert len(timer) == 1
         timer[0].kill()
-        srv.wait_log(r"respawned DISPATCHER TIMER", timeout=5.0)
+        srv.wait_log(r"respawned secondary timer", timeout=5.0)
         srv.wait_log(rf"DST-DOWN ru=sip:127.0.0.1:{dead} du=<null> code=408", timeout=8.0)
         assert _states(f"unix:{work}/run/kamailio_ctl")[f"sip:127.0.0.1:{dead}"] == "IP"
 
