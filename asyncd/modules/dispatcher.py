@@ -2,7 +2,7 @@
 
 Runs in: main process (modparams, the list loaded and put in shm by
 mod_init before fork), every process that routes (udp/tcp receivers, async
-task workers: ds_* functions, $dsv), the "DISPATCHER TIMER" process
+task workers: ds_* functions, $dsv), the "secondary timer" process
 and the receivers that take its replies (asyncd/modules/dispatcher_ping.py),
 the RPC processes (dispatcher.*: asyncd/modules/dispatcher_rpc.py).
 
@@ -685,13 +685,15 @@ def mod_init(script):
 
 def procs(script):
     """Kamailio runs ds_check_timer (pings) and ds_ht_timer (call-load expiry)
-    on the core timer; asyncd gives them one timer process of their own."""
+    on the core timer, or with ds_timer_mode=1 on the "secondary timer"
+    (sr_wtimer); asyncd's "timer" is tm's, so they get a process titled as
+    Kamailio's secondary timer."""
     jobs = dispatcher_ping.periodic_jobs()
     if dispatcher_load.L.table is not None:
         jobs.append(Periodic(float(dispatcher_load.L.interval), dispatcher_load.expire_tick))
     if not jobs:
         return []
-    return [ProcRow(ROLE_TIMER, "DISPATCHER TIMER", PROC_TIMER, 1, TimerHandlers(every=tuple(jobs)))]
+    return [ProcRow(ROLE_TIMER, "secondary timer", PROC_TIMER, 1, TimerHandlers(every=tuple(jobs)))]
 
 
 _SEL_DST, _SEL_DST3 = _sel(SETOP_DSTURI)

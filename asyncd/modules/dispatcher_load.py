@@ -3,7 +3,7 @@ ds_load_update(), ds_load_unset() and their expiry.
 
 Runs in: main process (the table made by `configure` from mod_init, before
 fork, when ds_hash_size > 0), every process that routes (selection,
-ds_load_*), the "DISPATCHER TIMER" process (`expire_tick`, every
+ds_load_*), the "secondary timer" process (`expire_tick`, every
 ds_hash_check_interval seconds).
 
 Kamailio: src/modules/dispatcher/dispatch.c ds_get_leastloaded,

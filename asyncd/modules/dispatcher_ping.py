@@ -2,7 +2,7 @@
 ds_ping_interval seconds, their replies and time-outs turned into states.
 
 Runs in: main process (`configure` from dispatcher's mod_init, the process
-row), the "DISPATCHER TIMER" timer process (`tick`: the rounds, the
+row), the "secondary timer" timer process (`tick`: the rounds, the
 retransmissions, the time-outs) and every udp receiver (`reply_in`: a
 reply to a ping is taken there, as Kamailio's ds_options_callback runs in
 the process that receives it, event routes included).
@@ -108,7 +108,7 @@ def configure(st, script, mp):
 
 
 def periodic_jobs():
-    """The pinger's job for the "DISPATCHER TIMER" process (dispatcher.py procs)."""
+    """The pinger's job for the "secondary timer" process (dispatcher.py procs)."""
     return [Periodic(TICK, tick)] if P.interval > 0 else []
 
 

@@ -2,7 +2,7 @@
 destination state changes and the event routes they run, reloads.
 
 Runs in: every process that loads dispatcher (see asyncd/modules/dispatcher.py):
-the routing processes, the "DISPATCHER TIMER" process, the receivers that
+the routing processes, the "secondary timer" process, the receivers that
 take ping replies, the RPC processes.
 
 Kamailio: src/modules/dispatcher/dispatch.c ds_update_state (the state
