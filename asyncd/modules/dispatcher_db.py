@@ -59,8 +59,11 @@ def _str(v):
 
 
 def parse_extra_attrs(text):
-    """mod_init: ds_db_extra_attrs `name=column;...` -> [(name, column)];
-    CfgError when an item has no column."""
+    """mod_init: ds_db_extra_attrs `name=column;...` -> [(name, column)], last
+    first: Kamailio's parse_params (parser/parse_param.c) puts each parameter
+    at the head of its list, so ds_load_db reads the columns, and appends the
+    attributes, in the reverse order of the modparam; CfgError when an item
+    has no column."""
     text = str(text or "")
     if len(text) <= 2:
         return []
@@ -71,7 +74,7 @@ def parse_extra_attrs(text):
         if not column:
             log.err(MOD, "invalid db extra attrs parameter")
             raise CfgError(f"dispatcher: invalid db extra attrs parameter [{text}]")
-    return pairs
+    return pairs[::-1]
 
 
 class DsDb:

@@ -104,17 +104,18 @@ def test_custom_column_names():
 
 
 def test_extra_attrs_are_appended_as_name_value():
-    assert parse_extra_attrs("socket=sock;duid=uid;") == [("socket", "sock"), ("duid", "uid")]
+    # last first, as Kamailio's parse_params lists them
+    assert parse_extra_attrs("socket=sock;duid=uid;") == [("duid", "uid"), ("socket", "sock")]
     assert parse_extra_attrs("ab") == []
     with pytest.raises(CfgError, match="invalid db extra attrs"):
         parse_extra_attrs("a=;b=c")
-    rows = [{"setid": 1, "destination": "sip:127.0.0.1:5071", "attrs": "weight=10", "uid": "u1", "mx": ""},
+    rows = [{"setid": 1, "destination": "sip:127.0.0.1:5071", "attrs": "weight=10", "uid": "u1", "mx": "2"},
             {"setid": 1, "destination": "sip:127.0.0.1:5072", "attrs": None, "uid": None, "mx": "5"}]
     db = db_on(rows, ds_db_extra_attrs="duid=uid;maxload=mx")
     lst = db.init_load()
-    assert db.binding.con.queries[-1][1][5:] == ["uid", "mx"]
+    assert db.binding.con.queries[-1][1][5:] == ["mx", "uid"]
     bodies = {d.uri: (d.body, d.duid, d.maxload) for d in lst.sets[1].dests}
-    assert bodies == {"sip:127.0.0.1:5071": ("weight=10;duid=u1", "u1", 0),
+    assert bodies == {"sip:127.0.0.1:5071": ("weight=10;maxload=2;duid=u1", "u1", 2),
                       "sip:127.0.0.1:5072": ("maxload=5", None, 5)}
 
 
