@@ -81,6 +81,7 @@ def _run(ctl, r, rc):
     """-> what the node shows: the list, the reload after ADDED, the list then,
     and with Redis stopped the reload and the list."""
     first = kamcmd(ctl, "dispatcher.list").stdout
+    kamcmd(ctl, "dispatcher.set_state", "ip", "1", "sip:127.0.0.1:5071")     # a reload resets it
     _put(rc, ADDED)
     p = kamcmd(ctl, "dispatcher.reload")
     reload1 = (p.stdout + p.stderr).strip()
@@ -112,5 +113,6 @@ def test_same_rows_same_list_same_reloads(tmp_path):
     assert "NRSETS: 3" in kam[0] and "sip:127.0.0.1:5073" in kam[0] and "nonexistent" not in kam[0]
     assert kam[1] == "error: 500 - Reload Failed"
     assert sorted(kam[2]) == ["1", "2", "3", "4"] and "unknown.invalid" not in kam[2]["4"]
+    assert re.search(r"URI: sip:127.0.0.1:5071\s+FLAGS: AX", kam[2]["1"])
     assert kam[3] == "error: 500 - Reload Failed" and kam[4] == kam[2]
     assert ours == kam

@@ -5,15 +5,18 @@ added is there after dispatcher.reload and after ds_reload(); rows that
 cannot be added are skipped (the reload publishes and reports "Reload
 Failed", as Kamailio 5.6); Redis stopped: the reload fails fast and the list
 in use stays, Redis back: the reload works again; Redis down at startup
-stops the startup with Kamailio's log text.
+stops the startup with Kamailio's log text, and so does a table version
+other than 1-4.
 
 Runs in: the pytest process (asyncd and redis-server are real processes).
 """
 import re
+import shutil
 import time
 
 import pytest
 
+from asyncd.modules.db_redis import DEFAULT_SCHEMA_PATH
 from tests.helpers.kamailio import KAMCMD, SKIP_KAMCMD, kamcmd
 from tests.helpers.redis_server import HAVE_SCHEMAS, REDIS_SERVER, SKIP_REDIS, SKIP_SCHEMAS, run_redis
 from tests.helpers.server import ServerFailed, run_server
@@ -166,3 +169,21 @@ def test_redis_down_at_startup_stops_it(tmp_path):
     text = str(e.value)
     assert "unable to connect to the database" in text
     assert "could not initiate a connect to the database" in text
+
+
+def test_table_version_not_1_to_4_stops_startup(tmp_path):
+    """ds_init_db: db_redis answers the version from its schema files."""
+    schema = tmp_path / "schema"
+    shutil.copytree(DEFAULT_SCHEMA_PATH, schema)
+    text = (schema / "dispatcher").read_text().splitlines()[0]
+    (schema / "dispatcher").write_text(f"{text}\n5\n")
+    cmd = 'modparam("db_redis", "cmd_timeout", 500)'
+    cfg = CFG.replace(cmd, f'{cmd}\nmodparam("db_redis", "schema_path", "{schema}")')
+    d = tmp_path / "run"
+    d.mkdir()
+    with run_redis() as r:
+        seed(r.client())
+        with pytest.raises(ServerFailed) as e:
+            with run_server(cfg.replace("RPORT", str(r.port)), args=("-Y", str(d)), ready_timeout=15):
+                pass
+    assert "invalid table version (found 5 , required 1, 2, 3 or 4)" in str(e.value)
