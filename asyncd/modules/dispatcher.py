@@ -18,7 +18,8 @@ Differences, on purpose (docs/kamailio-dispatcher.md):
 - algorithms 0-12 are built (10 with ds_load_update/ds_load_unset); 13
   (latency) logs Kamailio's "algo N not implemented - using first
   entry..." warning and uses the first entry.
-- the list comes from list_file only: db_url is refused at startup.
+- with db_url the list is read through asyncd's DB API (db_redis):
+  asyncd/modules/dispatcher_db.py; its rows come in the driver's order.
 - the `sock` field of a _dsdst_ item is the socket's text (Kamailio: a
   pointer that reads as $null), and only when the destination has a socket.
 - hosts are resolved once, at load (ds_dns_mode's timer and per-call
@@ -37,6 +38,7 @@ from asyncd.core.params import split_socket
 from asyncd.core.procs import PROC_TIMER, ROLE_TIMER, Periodic, ProcRow, TimerHandlers
 from asyncd.core.route_types import ANY_ROUTE, BRANCH_ROUTE, FAILURE_ROUTE, ONREPLY_ROUTE, REQUEST_ROUTE
 from asyncd.modules import dispatcher_load, dispatcher_ping
+from asyncd.modules.dispatcher_db import DsDbFailed
 from asyncd.modules.dispatcher_list import (DS_FAILOVER_ON, DS_HASH_USER_ONLY, DS_INACTIVE_DST,
                                             DS_PROBING_DST, DS_STATES_ALL, DS_DISABLED_DST,
                                             DS_TRYING_DST, PROTOS, ListError, hash_str, hash_uri,
@@ -669,18 +671,33 @@ def mod_init(script):
     if script.cfg.buf is None:
         script.cfg.declare(MOD, _cfg_vars())
     _warn_unbuilt(mp)
-    try:
-        lst = load_list()
-    except ListError as e:
-        raise CfgError(f"dispatcher: {e}; no dispatching list loaded from file") from None
+    lst = _first_load(script)
     data = lst.dumps()
-    S.store = DsStore(script.shm, max(64 << 10, 4 * len(data)), max(256, 4 * lst.ndests),
-                      max(64, 4 * len(lst.order)))
+    # a DB's list is expected to grow by reloads: more room from the start
+    blob, dests, sets = (256 << 10, 1024, 256) if S.db is not None else (64 << 10, 256, 64)
+    S.store = DsStore(script.shm, max(blob, 4 * len(data)), max(dests, 4 * lst.ndests),
+                      max(sets, 4 * len(lst.order)))
     S.cache = (None, 0, lst)
     publish(lst)
     S.current()
     dispatcher_ping.configure(S, script, mp)
     dispatcher_load.L.configure(script, mp)
+
+
+def _first_load(script):
+    """dispatcher.c mod_init: the list from list_file, or with db_url from the
+    DB (ds_init_db; list_file is then ignored). A failure stops the startup."""
+    if S.db is None:
+        try:
+            return load_list()
+        except ListError as e:
+            raise CfgError(f"dispatcher: {e}; no dispatching list loaded from file") from None
+    S.db.bind(script)
+    try:
+        return load_list()
+    except DsDbFailed as e:
+        raise CfgError(f"dispatcher: could not initiate a connect to the database "
+                       f"{S.db.url}: {e}") from None
 
 
 def procs(script):
@@ -743,6 +760,11 @@ EXPORTS = ModuleExports(
         ParamExport("list_file", str, "/etc/kamailio/dispatcher.list"),
         ParamExport("db_url", str, ""),
         ParamExport("table_name", str, "dispatcher"),
+        ParamExport("setid_col", str, "setid"),
+        ParamExport("destination_col", str, "destination"),
+        ParamExport("flags_col", str, "flags"),
+        ParamExport("priority_col", str, "priority"),
+        ParamExport("attrs_col", str, "attrs"),
         ParamExport("force_dst", int, 1),
         ParamExport("flags", int, 0),
         ParamExport("use_default", int, 0),
@@ -767,13 +789,9 @@ EXPORTS = ModuleExports(
         ParamExport("reload_delta", int, 5),
         ParamExport("ds_timer_mode", int, 0),
         ParamExport("ds_hash_size", int, 0),
+        ParamExport("ds_db_extra_attrs", str, ""),
         # accepted so that a Kamailio cfg loads; what they drive is not built
         # (docs/kamailio-dispatcher.md): a non-default value logs a warning
-        ParamExport("setid_col", str, "setid"),
-        ParamExport("destination_col", str, "destination"),
-        ParamExport("flags_col", str, "flags"),
-        ParamExport("priority_col", str, "priority"),
-        ParamExport("attrs_col", str, "attrs"),
         ParamExport("ds_ping_latency_stats", int, 0),
         ParamExport("ds_latency_estimator_alpha", int, 900),
         ParamExport("ds_hash_expire", int, 7200),
@@ -781,7 +799,6 @@ EXPORTS = ModuleExports(
         ParamExport("ds_hash_check_interval", int, 30),
         ParamExport("ds_default_sockname", str, ""),
         ParamExport("event_callback", str, ""),
-        ParamExport("ds_db_extra_attrs", str, ""),
         ParamExport("ds_dns_mode", int, 1),
         ParamExport("ds_dns_interval", int, 600),
         ParamExport("ds_dns_ttl", int, 0),

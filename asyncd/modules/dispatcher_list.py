@@ -271,8 +271,10 @@ def load_file(path, load_mode=0, attrs_none=False, sockets=None):
     return build(entries, load_mode, attrs_none, sockets)
 
 
-def build(entries, load_mode=0, attrs_none=False, sockets=None):
-    """(setid, uri, flags, priority, attrs) in file order -> DsList."""
+def build(entries, load_mode=0, attrs_none=False, sockets=None, skipped=None):
+    """(setid, uri, flags, priority, attrs) in file order -> DsList. A line
+    that cannot be added is skipped (its URI appended to `skipped` when
+    given: ds_load_db counts them), or fails the load with ds_load_mode=1."""
     tree = AvlOrder()
     by_set = {}
     for sid, uri, flags, prio, attrs in entries:
@@ -280,6 +282,8 @@ def build(entries, load_mode=0, attrs_none=False, sockets=None):
             d = pack_dest(uri, flags, prio, attrs, attrs_none, sockets)
         except ValueError as e:
             log.warn(MOD, f"{e}; unable to add destination {uri} to set {sid} -- skipping")
+            if skipped is not None:
+                skipped.append(uri)
             if load_mode == 1:
                 raise ListError(f"unable to add destination {uri} to set {sid}") from None
             continue

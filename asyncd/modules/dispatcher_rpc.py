@@ -77,7 +77,7 @@ class DispatcherRpc:
             out.update({"HOST": d.host, "IPADDR": d.ip or "", "PORT": d.port, "PROTOID": d.proto,
                         "DNSTIME_SEC": 0, "DNSTIME_USEC": 0})
         if mode != PRINT_SHORT and d.body is not None:
-            out["ATTRS"] = {"BODY": d.body, "DUID": d.duid or "", "MAXLOAD": d.maxload,
+            out["ATTRS"] = {"BODY": d.body, "DUID": d.duid, "MAXLOAD": d.maxload,
                             "WEIGHT": d.weight, "RWEIGHT": d.rweight, "SOCKET": d.socket,
                             "SOCKNAME": d.sockname, "OBPROXY": d.obproxy}
         if self.st.mp.get("ds_hash_size", 0) > 0:

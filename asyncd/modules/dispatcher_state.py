@@ -17,6 +17,7 @@ from asyncd.cfg.fixups import Loc
 from asyncd.cfg.pvcore import PvTable, parse_format, parse_pv
 from asyncd.core import log
 from asyncd.core.errors import CfgError
+from asyncd.modules.dispatcher_db import DsDb, DsDbFailed
 from asyncd.modules.dispatcher_list import (DS_DISABLED_DST, DS_INACTIVE_DST, DS_PROBING_DST,
                                             DS_STATES_ALL, DS_TRYING_DST, DsList, ListError,
                                             build, is_local_socket, load_file, skip_dst)
@@ -49,6 +50,7 @@ class DispatcherState:
         self.reply_codes = ()
         self.list_file = ""
         self.sockets = None             # our listen sockets, for the socket= check at load
+        self.db = None                  # DsDb when db_url is set (the list is read from the DB)
 
     def configure(self, script, mp):
         self.mp = {k: mp[k] for k in mp}
@@ -56,10 +58,9 @@ class DispatcherState:
                   "ds_probing_threshold", "ds_inactive_threshold", "ds_probing_mode",
                   "ds_ping_interval", "ds_load_mode", "ds_attrs_none", "reload_delta", "ds_hash_size"):
             self.mp[k] = int(mp[k])
-        if mp["db_url"]:
-            raise CfgError("dispatcher: db_url is not supported by asyncd (load the sets with list_file)")
         self.list_file = str(mp["list_file"] or "")
         self.sockets = tuple(getattr(script, "sock_addrs", None) or ()) or None
+        self.db = DsDb(mp, self.sockets) if mp["db_url"] else None
         dflt = str(mp["ds_default_socket"] or "")
         if dflt and self.sockets is not None and not is_local_socket(dflt, self.sockets):
             raise CfgError(f"dispatcher: non-local socket <{dflt}>")
@@ -125,7 +126,10 @@ def ping_reply_ok(code):
 
 # -- loading ------------------------------------------------------------------------------
 def load_list():
-    """ds_load_list -> DsList (ListError when it fails)."""
+    """ds_load_list (list_file) -> DsList (ListError when it fails). With
+    db_url, ds_init_db (DsDbFailed when it fails; asyncd/modules/dispatcher_db.py)."""
+    if S.db is not None:
+        return S.db.init_load()
     return load_file(S.list_file, S.mp["ds_load_mode"], bool(S.mp["ds_attrs_none"]), S.sockets)
 
 
@@ -184,10 +188,27 @@ def reload():
     busy = reload_guard()
     if busy:
         return busy
+    if S.db is not None:
+        return _reload_db()
     try:
-        publish(load_list())
+        publish(load_file(S.list_file, S.mp["ds_load_mode"], bool(S.mp["ds_attrs_none"]), S.sockets))
     except (ListError, ValueError) as e:
         log.err(MOD, f"Error reloading from list: {e}")
+        return "Reload Failed"
+    return None
+
+
+def _reload_db():
+    """ds_reload_db: a reload whose rows were partly skipped publishes the
+    list it built but fails, as Kamailio's (ds_load_db returns -2)."""
+    try:
+        lst, skipped = S.db.reload()
+        publish(lst)
+    except (DsDbFailed, ValueError) as e:
+        log.err(MOD, f"Error reloading from db: {e}")
+        return "Reload Failed"
+    if skipped:
+        log.err(MOD, f"Error reloading from db: {skipped} destination(s) skipped")
         return "Reload Failed"
     return None
 
