@@ -97,8 +97,9 @@ def _states(ctl):
 
 
 def _uas_on(port):
-    """A real SIPp answering OPTIONS with 200, on the port we choose."""
-    return subprocess.Popen([sipp_path(), "-i", "127.0.0.1", "-p", str(port), "-nostdin", "-bg",
+    """A real SIPp answering OPTIONS with 200, on the port we choose (in the
+    foreground: the test stops it by this pid; -bg would fork a child it cannot)."""
+    return subprocess.Popen([sipp_path(), "-i", "127.0.0.1", "-p", str(port), "-nostdin",
                              "-sf", str(SCENARIOS / "tm_uas_options.xml")],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd="/tmp")
