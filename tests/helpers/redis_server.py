@@ -18,8 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from asyncd.modules.db_redis import DEFAULT_SCHEMA_PATH
 from bench.servers import free_tcp_port
+from tests.helpers.kamailio import KAMCMD, SKIP_KAMAILIO_REDIS, SKIP_KAMCMD, kamailio_has_module
 
 REDIS_SERVER = shutil.which("redis-server") or (
     "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None)
@@ -27,6 +30,22 @@ SKIP_REDIS = "redis-server is not installed (./run_tests.sh installs the Debian 
 # db_redis's table schemas (asyncd reads Kamailio's, as Kamailio does: schema_path)
 HAVE_SCHEMAS = os.path.isdir(DEFAULT_SCHEMA_PATH)
 SKIP_SCHEMAS = "db_redis's schema files are not installed (Debian package kamailio-redis-modules)"
+
+
+def redis_marks(kamcmd=False, schemas=False, kamailio_module=None):
+    """A test module's pytestmark when it runs redis-server: skip without it, and as
+    asked without kamcmd, without db_redis's schema files, or without Kamailio's
+    module `kamailio_module` ("db_redis", "ndb_redis"; the module is then marked
+    `kamailio` too)."""
+    marks = [pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REDIS)]
+    if kamcmd:
+        marks.append(pytest.mark.skipif(KAMCMD is None, reason=SKIP_KAMCMD))
+    if schemas:
+        marks.append(pytest.mark.skipif(not HAVE_SCHEMAS, reason=SKIP_SCHEMAS))
+    if kamailio_module:
+        marks += [pytest.mark.kamailio, pytest.mark.skipif(not kamailio_has_module(kamailio_module),
+                                                           reason=SKIP_KAMAILIO_REDIS)]
+    return marks
 
 
 def _pings(port, timeout=0.2):

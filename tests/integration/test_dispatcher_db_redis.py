@@ -17,14 +17,12 @@ import time
 import pytest
 
 from asyncd.modules.db_redis import DEFAULT_SCHEMA_PATH
-from tests.helpers.kamailio import KAMCMD, SKIP_KAMCMD, kamcmd
-from tests.helpers.redis_server import HAVE_SCHEMAS, REDIS_SERVER, SKIP_REDIS, SKIP_SCHEMAS, run_redis
+from tests.helpers.kamailio import kamcmd
+from tests.helpers.redis_server import redis_marks, run_redis
 from tests.helpers.server import ServerFailed, run_server
 from tests.helpers.sipclient import SipClient
 
-pytestmark = [pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REDIS),
-              pytest.mark.skipif(KAMCMD is None, reason=SKIP_KAMCMD),
-              pytest.mark.skipif(not HAVE_SCHEMAS, reason=SKIP_SCHEMAS)]
+pytestmark = redis_marks(kamcmd=True, schemas=True)
 
 CFG = """#!KAMAILIO
 listen=udp:127.0.0.1:LPORT

@@ -10,15 +10,11 @@ import time
 
 import pytest
 
-from tests.helpers.kamailio import (KAMCMD, SKIP_KAMAILIO_REDIS, SKIP_KAMCMD, kamailio_binary,
-                                    kamailio_has_module, kamcmd, run_kamailio)
-from tests.helpers.redis_server import REDIS_SERVER, SKIP_REDIS, run_redis
+from tests.helpers.kamailio import kamailio_binary, kamcmd, run_kamailio
+from tests.helpers.redis_server import redis_marks, run_redis
 from tests.helpers.server import run_server
 
-pytestmark = [pytest.mark.kamailio,
-              pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REDIS),
-              pytest.mark.skipif(KAMCMD is None, reason=SKIP_KAMCMD),
-              pytest.mark.skipif(not kamailio_has_module("db_redis"), reason=SKIP_KAMAILIO_REDIS)]
+pytestmark = redis_marks(kamcmd=True, kamailio_module="db_redis")
 
 CFG = """#!KAMAILIO
 listen=udp:127.0.0.1:LPORT

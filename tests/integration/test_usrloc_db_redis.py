@@ -19,12 +19,11 @@ from asyncd.modules.db_redis import DEFAULT_SCHEMA_PATH
 from asyncd.modules.usrloc_db import DbDomain
 from shm.usrloc import C_RUID, C_URI, new_contact, new_ruid
 from tests.helpers.kamailio import KAMCMD, kamcmd
-from tests.helpers.redis_server import HAVE_SCHEMAS, REDIS_SERVER, SKIP_REDIS, SKIP_SCHEMAS, run_redis
+from tests.helpers.redis_server import redis_marks, run_redis
 from tests.helpers.server import run_server
 from tests.helpers.sipclient import SipClient
 
-pytestmark = [pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REDIS),
-              pytest.mark.skipif(not HAVE_SCHEMAS, reason=SKIP_SCHEMAS)]
+pytestmark = redis_marks(schemas=True)
 
 CFG = """#!KAMAILIO
 listen=udp:127.0.0.1:LPORT
