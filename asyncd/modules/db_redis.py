@@ -67,7 +67,8 @@ srdb.register_driver("redis", MOD, S.connect, RedisConnection.caps, S.prepare)
 def mod_init(script):
     path = str(script.modparams[MOD].get("schema_path") or DEFAULT_SCHEMA_PATH)
     if not os.path.isdir(path):
-        raise CfgError(f"db_redis: Failed to open schema directory '{path}'")
+        raise CfgError(f"db_redis: Failed to open schema directory '{path}' (Kamailio's table "
+                       "schemas: the Debian package kamailio-redis-modules, or set schema_path)")
 
 
 def mod_destroy(script):

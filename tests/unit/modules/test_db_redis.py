@@ -6,10 +6,12 @@ Runs in: the pytest process.
 """
 import os
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from asyncd.modules import srdb
+from asyncd.core.errors import CfgError
+from asyncd.modules import db_redis, srdb
 from asyncd.modules.db_redis import DEFAULT_SCHEMA_PATH
 from asyncd.modules.db_redis_schema import (find_key, load_schema, matches, parse_keys,
                                             parse_schema_file, row_type_keys, str2val, type_keys,
@@ -98,3 +100,11 @@ def test_entry_and_type_keys():
     assert find_key(t, "entry", [], [], None, []) == "location:entry"
     assert find_key(t, "timer", ["expires"], ["expires"], [OP_LT], [datetime_val(1)]) is None
     assert find_key(t, "entry", t.entry, ["ruid"], [OP_EQ], [str_val("a:b")]) == "location:entry::a:b"
+
+
+def test_missing_schema_directory_is_a_startup_error_that_says_where_they_come_from(tmp_path):
+    """db_redis_mod.c mod_init refuses a schema_path it cannot open; asyncd's message
+    also names where Kamailio's schema files come from."""
+    script = SimpleNamespace(modparams={"db_redis": {"schema_path": str(tmp_path / "none")}})
+    with pytest.raises(CfgError, match="Failed to open schema directory .*kamailio-redis-modules"):
+        db_redis.mod_init(script)
