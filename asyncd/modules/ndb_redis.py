@@ -146,18 +146,6 @@ def w_redis_cmd3(ctx, site, srv, cmd, res):
     return redis_exec(srv, cmd, (), res)
 
 
-def w_redis_cmd4(ctx, site, srv, cmd, a1, res):
-    return redis_exec(srv, cmd, (a1,), res)
-
-
-def w_redis_cmd5(ctx, site, srv, cmd, a1, a2, res):
-    return redis_exec(srv, cmd, (a1, a2), res)
-
-
-def w_redis_cmd6(ctx, site, srv, cmd, a1, a2, a3, res):
-    return redis_exec(srv, cmd, (a1, a2, a3), res)
-
-
 def redis_append(srv, cmd, values, res):
     """redisc_append_cmd: queue a command for redis_execute; 1 or -1."""
     rsrv = _server(srv, res, cmd)
@@ -170,20 +158,16 @@ def redis_append(srv, cmd, values, res):
     return 1
 
 
-def w_redis_pipe_cmd3(ctx, site, srv, cmd, res):
-    return redis_append(srv, cmd, (), res)
+def _values_then_res(fn):
+    """The wrapper of redis_cmd / redis_pipe_cmd with 0-3 values between the
+    command and the reply name: fn(srv, cmd, values, res)."""
+    def w(ctx, site, srv, cmd, *rest):
+        return fn(srv, cmd, rest[:-1], rest[-1])
+    return w
 
 
-def w_redis_pipe_cmd4(ctx, site, srv, cmd, a1, res):
-    return redis_append(srv, cmd, (a1,), res)
-
-
-def w_redis_pipe_cmd5(ctx, site, srv, cmd, a1, a2, res):
-    return redis_append(srv, cmd, (a1, a2), res)
-
-
-def w_redis_pipe_cmd6(ctx, site, srv, cmd, a1, a2, a3, res):
-    return redis_append(srv, cmd, (a1, a2, a3), res)
+w_redis_cmd_values = _values_then_res(redis_exec)     # redis_cmd with 1-3 values
+w_redis_pipe_cmd = _values_then_res(redis_append)
 
 
 def w_redis_execute(ctx, site, srv):
@@ -390,9 +374,8 @@ def _cmds(name, base, impls):
 EXPORTS = ModuleExports(
     name=MOD,
     functions=[
-        *_cmds("redis_cmd", 3, (w_redis_cmd3, w_redis_cmd4, w_redis_cmd5, w_redis_cmd6)),
-        *_cmds("redis_pipe_cmd", 3, (w_redis_pipe_cmd3, w_redis_pipe_cmd4, w_redis_pipe_cmd5,
-                                     w_redis_pipe_cmd6)),
+        *_cmds("redis_cmd", 3, (w_redis_cmd3,) + (w_redis_cmd_values,) * 3),
+        *_cmds("redis_pipe_cmd", 3, (w_redis_pipe_cmd,) * 4),
         FuncExport("redis_execute", (P.STR,), w_redis_execute),
         FuncExport("redis_free", (P.STR,), w_redis_free),
     ],

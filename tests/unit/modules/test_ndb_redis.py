@@ -164,9 +164,9 @@ def _v(inner):
 def test_commands_and_reply_types(redis_srv):
     _use(f"name=srv;addr=127.0.0.1;port={redis_srv.port};db=2")
     try:
-        assert nr.w_redis_cmd5(None, None, "srv", "SET %s %s", "k sp", "v with space", "r") == 1
+        assert nr.w_redis_cmd_values(None, None, "srv", "SET %s %s", "k sp", "v with space", "r") == 1
         assert (_v("r=>type"), _v("r=>info")) == (5, "OK")
-        assert nr.w_redis_cmd4(None, None, "srv", "GET %s", "k sp", "r") == 1
+        assert nr.w_redis_cmd_values(None, None, "srv", "GET %s", "k sp", "r") == 1
         assert (_v("r=>type"), _v("r=>value")) == (1, "v with space")
         assert redis_srv.client(db=2).get("k sp") == "v with space"         # db=2 selected
         assert nr.w_redis_cmd3(None, None, "srv", "GET %s", "r") == -1      # %s without a value
@@ -192,7 +192,7 @@ def test_bytes_of_sip_text_reach_redis_unchanged(redis_srv):
     raw = b"caf\xe9 \xff"                       # not UTF-8, as a SIP header may carry
     text = raw.decode("utf-8", "surrogateescape")  # how asyncd decodes SIP text
     try:
-        assert nr.w_redis_cmd5(None, None, "srv", "SET %s %s", "k", text, "r") == 1
+        assert nr.w_redis_cmd_values(None, None, "srv", "SET %s %s", "k", text, "r") == 1
         assert redis.Redis(port=redis_srv.port).get("k") == raw
         assert nr.w_redis_cmd3(None, None, "srv", "GET k", "r") == 1 and _v("r=>value") == text
     finally:
@@ -204,19 +204,19 @@ def test_pipeline(redis_srv):
     _use(f"name=srv;addr=127.0.0.1;port={redis_srv.port}")
     try:
         assert nr.w_redis_execute(None, None, "srv") == -1                  # nothing queued
-        assert nr.w_redis_pipe_cmd5(None, None, "srv", "SET %s %s", "p", "1", "r1") == 1
-        assert nr.w_redis_pipe_cmd3(None, None, "srv", "INCR p", "r2") == 1
-        assert nr.w_redis_pipe_cmd3(None, None, "srv", "GET p q", "r3") == 1
+        assert nr.w_redis_pipe_cmd(None, None, "srv", "SET %s %s", "p", "1", "r1") == 1
+        assert nr.w_redis_pipe_cmd(None, None, "srv", "INCR p", "r2") == 1
+        assert nr.w_redis_pipe_cmd(None, None, "srv", "GET p q", "r3") == 1
         assert _v("r2=>type") is None                                         # not sent yet
         assert nr.w_redis_execute(None, None, "srv") == 1                   # an error reply inside is fine
         assert (_v("r1=>info"), _v("r2=>value"), _v("r3=>type")) == ("OK", 2, 6)
         # a redis_cmd with commands still queued runs them first
-        nr.w_redis_pipe_cmd3(None, None, "srv", "INCR p", "r4")
+        nr.w_redis_pipe_cmd(None, None, "srv", "INCR p", "r4")
         assert nr.w_redis_cmd3(None, None, "srv", "GET p", "r5") == 1
         assert (_v("r4=>value"), _v("r5=>value")) == (3, "3")
         srv = nr.S.servers["srv"]
         srv.pending = [(["PING"], "x")] * 1000
-        assert nr.w_redis_pipe_cmd3(None, None, "srv", "PING", "x") == -1   # MAXIMUM_PIPELINED_COMMANDS
+        assert nr.w_redis_pipe_cmd(None, None, "srv", "PING", "x") == -1   # MAXIMUM_PIPELINED_COMMANDS
         srv.pending = []
     finally:
         nr.mod_destroy(None)
@@ -233,7 +233,7 @@ def test_redis_stopped_then_back_reconnects_by_itself(redis_srv):
         assert nr.w_redis_cmd3(None, None, "srv", "GET a", "r") == -1
         assert time.monotonic() - t < 1.0                    # refused: no wait at all
         assert _v("r=>type") is None
-        nr.w_redis_pipe_cmd3(None, None, "srv", "PING", "p")
+        nr.w_redis_pipe_cmd(None, None, "srv", "PING", "p")
         assert nr.w_redis_execute(None, None, "srv") == -1
         redis_srv.start()
         assert nr.w_redis_cmd3(None, None, "srv", "SET a 2", "r") == 1
@@ -274,7 +274,7 @@ def test_allowed_timeouts_disable_then_restore(redis_srv):
         assert nr.w_redis_cmd3(None, None, "srv", "PING", "r") == -1      # error 2: disabled
         assert nr.S.servers["srv"].disabled
         redis_srv.start()
-        nr.w_redis_pipe_cmd3(None, None, "srv", "PING", "p")
+        nr.w_redis_pipe_cmd(None, None, "srv", "PING", "p")
         assert nr.w_redis_execute(None, None, "srv") == -2                # disabled: -2, queue dropped
         assert nr.S.servers["srv"].pending == []
         assert nr.w_redis_cmd3(None, None, "srv", "PING", "r") == -1
