@@ -200,9 +200,8 @@ def manage_routes(ctx, st):
     if st.umode == SETOP_DSTURI and not S.mp["force_dst"] and msg.dst_uri:
         log.err(MOD, f"destination already set [{msg.dst_uri}]")
         return -1
-    s = lst.sets.get(st.setid)
+    s = lst.set_or_log(st.setid)
     if s is None:
-        log.err(MOD, f"destination set [{st.setid}] not found")
         return -1
     try:
         h, vlast, st.alg = _hash(ctx, s, st.alg)

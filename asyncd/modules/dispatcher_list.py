@@ -92,6 +92,14 @@ class DsList:
             sets.append(s)
         return cls(sets)
 
+    def set_or_log(self, sid):
+        """The set `sid`, or None after Kamailio's error line (dispatch.c
+        ds_get_index's callers: "destination set [N] not found")."""
+        s = self.sets.get(sid)
+        if s is None:
+            log.err(MOD, f"destination set [{sid}] not found")
+        return s
+
     def find(self, sid, uri):
         """(set, index) of the destination with this URI (case-insensitive, as
         ds_update_state compares), or (set, -1); (None, -1) without the set."""

@@ -136,9 +136,8 @@ def load_remove(callid):
 
 def remove_by_id(setid, duid):
     half, lst = S.current()
-    s = lst.sets.get(setid)
+    s = lst.set_or_log(setid)
     if s is None:
-        log.err(MOD, f"destination set [{setid}] not found")
         return -1
     j = _by_duid(s, duid)
     if j < 0:
@@ -151,14 +150,14 @@ def remove_by_id(setid, duid):
 def load_replace(callid, duid):
     """ds_load_replace (ds_next_dst): the call moves to destination duid.
     -> 0, -2 (the new destination is gone: try the next), -1."""
-    if L.table is None or L.table.get(callid) is None:
+    v = L.table.get(callid) if L.table is not None else None
+    if v is None:
         log.err(MOD, f"cannot find load for ({callid})")
         return -1
-    setid, _st, _e, _i, old = _cell(L.table.get(callid))
+    setid, _st, _e, _i, old = _cell(v)
     half, lst = S.current()
-    s = lst.sets.get(setid)
+    s = lst.set_or_log(setid)
     if s is None:
-        log.err(MOD, f"destination set [{setid}] not found")
         return -1
     new = _by_duid(s, duid)
     if new < 0:

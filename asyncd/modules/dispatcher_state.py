@@ -299,9 +299,8 @@ def reinit_state(group, uri, state, by_duid=False):
     if not lst.order:
         log.err(MOD, "the list is null")
         return -1
-    s = lst.sets.get(group)
+    s = lst.set_or_log(group)
     if s is None:
-        log.err(MOD, f"destination set [{group}] not found")
         return -1
     if uri == "all":
         idx = range(len(s.dests))
