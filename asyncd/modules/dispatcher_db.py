@@ -24,7 +24,7 @@ from asyncd.core import log
 from asyncd.core.errors import CfgError
 from asyncd.modules import srdb
 from asyncd.modules.dispatcher_list import ListError, build, split_params
-from asyncd.modules.srdb import DbError, DbUnreachable, str_val
+from asyncd.modules.srdb import DbError, DbUnreachable
 
 MOD = "dispatcher"
 VERSIONS = (1, 2, 3, 4)                 # dispatch.c DS_TABLE_VERSION .. DS_TABLE_VERSION4
@@ -116,20 +116,19 @@ class DsDb:
     # -- the table version (ds_init_db, lib/srdb1/db.c db_table_version) ---------------------
     def read_version(self, con):
         """-> the `version` table's table_version for our table; 0 when it has no row."""
-        con.use_table("version")
         try:
-            res = con.query(["table_name"], None, [str_val(self.table)], ["table_version"])
+            found = srdb.table_versions(con, self.table)
         except DbUnreachable:
             raise
         except DbError as e:
             log.err(MOD, "failed to query table version")
             raise DsDbFailed(f"failed to query table version: {e}") from None
-        if not res.rows:
+        if not found:
             return 0
-        if len(res.rows) != 1 or res.rows[0][0] is None:
+        if len(found) != 1 or found[0] is None:
             log.err(MOD, "failed to query table version")
             raise DsDbFailed("failed to query table version")
-        return _int(res.rows[0][0])
+        return _int(found[0])
 
     def check_version(self, con):
         v = self.read_version(con)

@@ -41,7 +41,7 @@ looks the module `db_<scheme>` up among the loaded ones.
 """
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import unquote
 
 from asyncd.core.errors import CfgError
@@ -281,13 +281,21 @@ def bind(script, url_text, user):
     return Binding(url, driver, user)
 
 
+def table_versions(con, table, version_table="version"):
+    """The query of db_table_version (db.c): the table_version values the
+    `version` table holds for `table` (normally one; none when it has no row,
+    None for a NULL), for the caller to judge. DbError when the query fails."""
+    con.use_table(version_table)
+    res = con.query(["table_name"], None, [str_val(table)], ["table_version"])
+    return [row[0] for row in res.rows]
+
+
 def check_table_version(con, table, version, version_table="version"):
     """db_check_table_version (db.c): the `version` table's table_version for
     `table` must equal `version`. -> None; DbError with Kamailio's meaning
     ("invalid table version") otherwise."""
-    con.use_table(version_table)
-    res = con.query(["table_name"], None, [str_val(table)], ["table_version"])
-    found: Optional[int] = res.rows[0][0] if res.rows else None
+    versions = table_versions(con, table, version_table)
+    found = versions[0] if versions else None
     if found is None:
         raise DbError(f"no version for table {table} in {version_table}")
     if int(found) != int(version):
