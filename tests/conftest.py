@@ -10,10 +10,13 @@ Runs in: the pytest process.
 - `sip_client`: factory `sip_client(addr) -> SipClient`, closed after the test.
 - `compile_cfg_text`: `compile_cfg_text(text, defines=None) -> Script` in-process.
 - `sipp`: tests.helpers.run_sipp, skipping the test when SIPp is not installed.
+- `silent_udp_port` (module scope): a bound loopback UDP port that never answers (a next hop
+  whose branches end by tm's fr timer).
 
 Markers (registered in pyproject.toml) are applied here, by folder, in
 `pytest_collection_modifyitems`; see its docstring.
 """
+import socket
 from pathlib import Path
 
 import pytest
@@ -61,6 +64,14 @@ def sipp():
     if sipp_path() is None:
         pytest.skip("sipp not installed (the README test command installs sip-tester)")
     return run_sipp
+
+
+@pytest.fixture(scope="module")
+def silent_udp_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    yield s.getsockname()[1]
+    s.close()
 
 
 TESTS_DIR = Path(__file__).resolve().parent

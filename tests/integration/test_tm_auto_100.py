@@ -9,8 +9,6 @@ same cfg on asyncd and on Kamailio 5.6.3; each case's replies must be equal.
 
 Runs in: the pytest process (asyncd and Kamailio are real processes on loopback).
 """
-import socket
-
 import pytest
 
 from bench.servers import kamailio_binary
@@ -40,26 +38,17 @@ CASES = {"newtran": [404], "newtran_relay": [100, 408], "relay": [100, 408], "su
 
 
 @pytest.fixture(scope="module")
-def hole():
-    """A bound UDP socket that never answers (the relays' destination)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    yield s.getsockname()[1]
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def asyncd(hole, tmp_path_factory):
+def asyncd(silent_udp_port, tmp_path_factory):
     run = str(tmp_path_factory.mktemp("run"))
-    with run_server(CFG.replace("HOLE", str(hole)), args=("-Y", run)) as srv:
+    with run_server(CFG.replace("HOLE", str(silent_udp_port)), args=("-Y", run)) as srv:
         yield srv.addr
 
 
 @pytest.fixture(scope="module")
-def kamailio(hole):
+def kamailio(silent_udp_port):
     if kamailio_binary() is None:
         pytest.skip(SKIP_KAMAILIO)
-    with run_kamailio(CFG.replace("HOLE", str(hole))) as k:
+    with run_kamailio(CFG.replace("HOLE", str(silent_udp_port))) as k:
         yield ("127.0.0.1", k.port)
 
 

@@ -11,8 +11,6 @@ t_any_timeout() / t_any_replied() in the same failure route agree here (one bran
 
 Runs in: the pytest process (asyncd and Kamailio are real processes on loopback).
 """
-import socket
-
 import pytest
 
 from bench.servers import kamailio_binary
@@ -55,18 +53,10 @@ CASES = {"hole": [(100, ""), (504, "Branch Timeout")], "486": [(100, ""), (500, 
 
 
 @pytest.fixture(scope="module")
-def hole():
-    """A bound UDP socket that never answers."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    yield s.getsockname()[1]
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def cfg(hole):
+def cfg(silent_udp_port):
     uas, ring = EchoUas(), EchoUas(ring=True)
-    yield CFG.replace("HOLE", str(hole)).replace("UAS", str(uas.port)).replace("RING", str(ring.port))
+    yield (CFG.replace("HOLE", str(silent_udp_port)).replace("UAS", str(uas.port))
+           .replace("RING", str(ring.port)))
     uas.close()
     ring.close()
 
