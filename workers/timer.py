@@ -34,7 +34,7 @@ and now and then a few ms, is no longer late; refused, the entry fires at
 due as usual). A handler that answers RETRY (e.g. the task group it hands
 to is full) is tried again RETRY_DELAY later: delay, never drop, the choice
 Kamailio's author made for its ms timer (GH #2006). Entries that all wait
-one delay (tm's wait timer and fr probes) come through delay rings
+one delay (tm's wait timer, fr probes, first retransmissions) come through delay rings
 (asyncd/ipc/delay_ring.py) instead of the feed: due in ring order, they are
 run from the ring on each loop turn (drain_rings). Periodic jobs (tm's
 table sweep, htable expiry) run from the same loop. A handler that raises
@@ -139,7 +139,9 @@ class TimerLoop:
         feed = self.feed
         feed.awake(self.idx)
         self.take()
-        while True:
+        events, pollin = sock.getsockopt, zmq.POLLIN
+        # looked at first: a recv() on an empty socket raises, which costs more
+        while events(zmq.EVENTS) & pollin:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -217,14 +219,22 @@ class TimerLoop:
                 now = time.monotonic()
                 job[0] = next_run(job[0], p, now)
 
+    def ring_due_before(self, wake):
+        """A ring's oldest entry wants us before `wake` (no lock)."""
+        for ring in self.rings:
+            due = ring.next_due()
+            if due is not None and due + ring.slack < wake:
+                return True
+        return False
+
     def next_wake(self, now):
         wake = now + POLL
         if self.heap:
             wake = min(wake, self.heap[0][0])
         for ring in self.rings:
             due = ring.next_due()
-            if due is not None and due < wake:
-                wake = due
+            if due is not None and due + ring.slack < wake:
+                wake = due + ring.slack
         for at, _ in self.jobs:
             wake = min(wake, at)
         return wake
@@ -253,6 +263,8 @@ def run(proc, row, idx):
             # an entry due before wake + lead must wake us to be offered early
             if sock is not None and feed.publish(idx, wake + loop.lead):
                 continue            # frames arrived while we were busy
+            if sock is not None and loop.rings and loop.ring_due_before(wake):
+                continue            # a ring entry put before it could see our wake time (TimerFeed.nudge)
             wait = wake - mono()
             if wait <= 0:
                 continue

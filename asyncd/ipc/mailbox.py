@@ -176,6 +176,11 @@ class Mailbox:
         us (a single aligned store, no lock)."""
         _WAKE.pack_into(self._mm, 8 * H_WAKE, 0.0)
 
+    def sleeps_past(self, due):
+        """The consumer sleeps (or is about to) beyond `due`: an entry due then
+        that it cannot see in this mailbox needs a wake-up. One load, no lock."""
+        return due < _WAKE.unpack_from(self._mm, 8 * H_WAKE)[0]
+
     def publish(self, wake):
         """We will sleep until `wake` (monotonic). True when frames arrived
         meanwhile (drain again instead of sleeping)."""

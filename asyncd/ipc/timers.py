@@ -84,6 +84,12 @@ class TimerFeed:
             self._wake(i)
         return 0
 
+    def nudge(self, due, i=0):
+        """An entry due at `due` went to a delay ring consumer `i` drains
+        (delay_ring.py): wake it when it sleeps past that."""
+        if 0 <= i < self.n and self.boxes[i].sleeps_past(due):
+            self._wake(i)
+
     def _pick(self):
         boxes = self.boxes
         if len(boxes) == 1:

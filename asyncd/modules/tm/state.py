@@ -60,6 +60,11 @@ FR_PROBE = 1.0
 # TICK longer than wt_timer; Kamailio's own wait timer is a tick list too
 # (src/modules/tm/timer.c, wait_handler on the 'fast' timer).
 TICK = 0.05
+# a first retransmission (Timer A/E at T1) may go out this much late: the timer
+# process then wakes once per RETR_SLACK for the whole relay rate, not once per
+# request (asyncd/ipc/delay_ring.py "Slack"; Kamailio counts its timers in 62.5 ms
+# ticks: src/core/timer_ticks.h TIMER_TICKS_HZ)
+RETR_SLACK = 0.005
 PROBE = -1          # a K_FR entry's last field: a probe (its delay ring), not the deadline
 
 # Claims: one u64 per process-table slot, (tindex << 32) | tlabel of the
@@ -125,11 +130,14 @@ class TmState:
         self.table = TmTable(script.shm)
         self.timers = TimerFeed("tm", 1, TIMER_PER_CELL * self.table.nslots, slots=TIMER_SLOTS,
                                 rundir=lambda: script.rundir)
-        # the entries every transaction arms with one delay: wait timers and fr
-        # probes (asyncd/ipc/delay_ring.py); each cell has at most one of each
-        # pending per branch, so a ring of nslots overflows (into the feed) rarely
+        # the entries every transaction arms with one delay: wait timers, fr
+        # probes and the first retransmission of a relayed request (T1), which
+        # every relay arms and its reply makes moot (asyncd/ipc/delay_ring.py);
+        # each cell has at most one of each pending per branch, so a ring of
+        # nslots overflows (into the feed) rarely
         self.rings = {K_WAIT: DelayRing("tm wait", K_WAIT, self.table.nslots),
-                      K_FR: DelayRing("tm fr probe", K_FR, self.table.nslots)}
+                      K_FR: DelayRing("tm fr probe", K_FR, self.table.nslots),
+                      K_RETR: DelayRing("tm retr", K_RETR, self.table.nslots, slack=RETR_SLACK)}
         self.proc = None
         self.addrs = {}
         # sockets on a reliable transport: no retransmission timers there (RFC 3261
@@ -234,13 +242,20 @@ def flush(h, locked=False):
 
 
 def arm(entries):
-    """Wait entries and fr probes go to their delay ring (one short lock, no
-    frame), the rest, and what a full ring refuses, to the timer feed."""
+    """Wait entries, fr probes and first retransmissions (interval T1) go to
+    their delay ring (one short lock, no frame), the rest, and what a full
+    ring refuses, to the timer feed. An entry due before the timer process
+    means to wake (a T1 below its poll interval) nudges it."""
     rings = S.rings
     if rings:
-        rest = [e for e in entries
-                if not ((e[0] == K_WAIT or e[0] == K_FR and e[5] == PROBE)
-                        and rings[e[0]].put(e[1], e[2], e[3], e[4]))]
+        t1, rest = S.t1, []
+        for e in entries:
+            k = e[0]
+            if ((k == K_WAIT or k == K_FR and e[5] == PROBE or k == K_RETR and e[5] == t1)
+                    and rings[k].put(e[1], e[2], e[3], e[4], e[5])):
+                S.timers.nudge(e[1])
+            else:
+                rest.append(e)
         if not rest:
             return
         entries = rest

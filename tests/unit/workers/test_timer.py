@@ -13,6 +13,7 @@ import pytest
 
 from asyncd.core.context import ProcState
 from asyncd.core.procs import PROC_TIMER, RETRY, ROLE_TIMER, SKIPPED, Periodic, ProcRow, TimerHandlers
+from asyncd.ipc.delay_ring import DelayRing
 from asyncd.ipc.timers import TimerFeed
 from workers import timer as timer_loop
 
@@ -175,6 +176,57 @@ def test_later_items_need_no_wakeup_but_earlier_ones_do(timer):
     got = [q.get(timeout=3) for _ in range(3)]
     assert [g[0] for g in got] == ["early", "late", "later"]
     assert all(0 <= g[1] < 0.02 for g in got), got
+
+
+def _ring_timer_proc(feed, rings, q):
+    proc = ProcState(role=ROLE_TIMER)
+    signal.signal(signal.SIGTERM, lambda *a: setattr(proc, "stopping", True))
+    turns = [0]
+
+    def on_due(p, item):
+        q.put((item[0], item[4], time.monotonic() - item[1], turns[0], item[5]))
+        return True
+
+    real_drain = timer_loop.TimerLoop.drain_rings
+
+    def counted(loop):
+        turns[0] += 1
+        return real_drain(loop)
+
+    timer_loop.TimerLoop.drain_rings = counted        # in the forked child only
+    timer_loop.run(proc, _row(TimerHandlers(feed, {r.kind: on_due for r in rings}, rings=rings)), 0)
+
+
+def test_ring_entries_before_the_sleep_nudge_it_and_a_slack_ring_batches(rundir):
+    """A ring entry due before the sleeping timer's wake time (a delay under its
+    poll interval) is on time because the producer nudges it; a ring with a
+    slack runs its entries at most that late, never early, several in one turn."""
+    feed = TimerFeed("tr", 1, 1000, rundir=rundir)
+    exact, slack = DelayRing("exact", "ex", 64), DelayRing("slack", "sl", 64, slack=0.03)
+    q = FORK.Queue()
+    p = FORK.Process(target=_ring_timer_proc, args=(feed, (exact, slack), q))
+    p.start()
+    try:
+        time.sleep(0.3)                   # idle: it sleeps its whole poll interval (0.2 s)
+        due = time.monotonic() + 0.05
+        assert exact.put(due, 1, 1, 7, 500)
+        feed.nudge(due)
+        kind, arg, late, _turn, extra = q.get(timeout=3)
+        assert (kind, arg, extra) == ("ex", 7, 500)
+        assert 0 <= late < 0.02, late
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        for k in range(5):                # due 0, 4, ... 16 ms apart
+            d = t0 + 0.05 + 0.004 * k
+            assert slack.put(d, 2, 2, k)
+            feed.nudge(d)
+        got = [q.get(timeout=3) for _ in range(5)]
+        assert [g[1] for g in got] == [0, 1, 2, 3, 4]
+        assert all(0 <= g[2] < 0.03 + 0.015 for g in got), got
+        assert len({g[3] for g in got}) <= 2, got          # one turn (two if it straddled one)
+    finally:
+        p.kill()
+        p.join()
 
 
 @pytest.mark.parametrize("accept", [True, False])
