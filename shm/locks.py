@@ -67,6 +67,11 @@ def _refresh_pid():
 os.register_at_fork(after_in_child=_refresh_pid)
 
 
+def current_pid():
+    """os.getpid() without the system call (refreshed in every forked child)."""
+    return _pid
+
+
 def pid_alive(pid):
     if pid <= 0:
         return False
@@ -139,6 +144,11 @@ class LockSet:
 
     def owner(self, i):
         return self._w[self._k + 2 * i]
+
+    def held_here(self, i):
+        """This process holds lock i (its pid in the owner word; the pid is
+        cached per process, os.getpid() is a system call)."""
+        return self._w[self._k + 2 * i] == _pid
 
     def seq_off(self, i):
         """Offset of lock i's sequence word (for optimistic readers)."""

@@ -57,12 +57,11 @@ Order: bucket -> slot -> alloc; never the reverse. None is held across I/O by
 this module; tm holds a slot stripe only while updating its cell (and while
 a failure/resumed route runs, as Kamailio holds the reply lock, docs/kamailio-tm.md §3).
 """
-import os
 import struct
 import time
 
 from asyncd.core import log
-from shm.locks import LockSet, pid_alive
+from shm.locks import LockSet, current_pid, pid_alive
 from shm.slots import CLASS_OF, SLOT_SIZES
 
 _HDR = struct.Struct("<IIqQiId")          # one slot header, 40 bytes
@@ -146,7 +145,7 @@ class TmTable:
             return -1
         top -= 1
         idx = _I32.unpack_from(self.buf, self.o_free + 4 + top * 4)[0]
-        self.w64[(self.o_slots + idx * 40 + 8) >> 3] = os.getpid()    # before it leaves the stack
+        self.w64[(self.o_slots + idx * 40 + 8) >> 3] = current_pid()    # before it leaves the stack
         _I32.pack_into(self.buf, self.o_free, top)
         used = _U32.unpack_from(self.buf, self.o_hdr)[0]
         _U32.pack_into(self.buf, self.o_hdr, used + 1)
@@ -197,7 +196,7 @@ class TmTable:
     def held_here(self, index):
         """This process already holds the stripe of `index` (a second take
         would deadlock: LockSet is not re-entrant)."""
-        return self.slot_locks.owner(index % N_SLOT_LOCKS) == os.getpid()
+        return self.slot_locks.held_here(index % N_SLOT_LOCKS)
 
     def unlock(self, index):
         self.slot_locks.release(index % N_SLOT_LOCKS)
@@ -365,7 +364,7 @@ class TmTable:
             # who frees it, before it stops being live (it is out of its chain
             # already: a second delete() that takes this pid for the keyhash
             # looks in another bucket, unlinks nothing and finishes the job)
-            pid = os.getpid()
+            pid = current_pid()
             self.w64[(hoff + 8) >> 3] = pid
             self.w32[(hoff + 4) >> 2] = 0          # used = 0 first: lock-free readers stop here
             _HDR.pack_into(buf, hoff, lab, 0, pid, 0, -1, 0, _NEVER)
