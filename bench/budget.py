@@ -48,7 +48,7 @@ STAGES = (
 )
 # innermost frames that are a wait, not work
 BLOCKED = ("Receiver.read (workers/receiver.py", "_slow_acquire", "Poller.poll", "Socket.poll",
-           "time.sleep", "Dispatcher.spin (", "run (workers/timer.py")
+           "time.sleep", "Dispatcher.stay_awake (", "run (workers/timer.py")
 
 
 def _title(p):

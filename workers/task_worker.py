@@ -28,8 +28,8 @@ from asyncd.ipc import async_task, codec
 from asyncd.ipc.dispatch import HANDED, IDLE
 
 POLL_MS = 200       # how often a quiet worker looks at proc.stopping
-SPIN = 0.0005       # stay awake this long after a task (asyncd.ipc.dispatch "awake")
-SPIN_GAP = 0.0005   # ... but only while the group's tasks arrive closer than this
+AWAKE_FOR = 0.005   # stay awake this long after a task (asyncd.ipc.dispatch "Awake consumers")
+AWAKE_GAP = 0.005   # ... but only while the group's tasks arrive closer than this
 RATE_WINDOW = 0.02  # the group's arrival rate is re-estimated over this much time
 
 
@@ -74,13 +74,13 @@ def run(proc, row, widx):
     disp = group.disp
     sock = disp.bind(widx)
     usleep = group.usleep / 1e6 if group.usleep > 0 else 0.0
-    spin = disp.spin if not usleep else None
+    stay_awake = disp.stay_awake if not usleep else None
     mono = time.monotonic
     cfg_update = updater(proc.script)     # Kamailio's cfg_update() per task
-    # Spinning pays off only when the group's next task is likely to arrive
-    # within SPIN: at 1,000/s (gap 1 ms) a spinning worker catches little and
-    # burns half a core that the receivers need (p99 0.8 -> 1.2 ms measured).
-    # The group's mean gap comes from its shared "accepted" counter.
+    # A worker stays awake (waiting on its semaphore, no CPU) only while its
+    # group is busy, so that the next task is likely to come within AWAKE_FOR;
+    # a quiet group's workers sleep on ZeroMQ. The group's mean gap between
+    # tasks comes from its shared "accepted" counter.
     counts = disp.c
     win_t, win_n, gap = mono(), counts[0], 1.0
     try:
@@ -113,10 +113,10 @@ def run(proc, row, widx):
                 n = counts[0]
                 gap = (t0 - win_t) / max(1, n - win_n)
                 win_t, win_n = t0, n
-            if frame is None and spin is not None and gap < SPIN_GAP:
-                # under load the next task is a few hundred µs away: wait for it
-                # in shm rather than make its producer pay a ZeroMQ send
-                frame = spin(widx, SPIN)
+            if frame is None and stay_awake is not None and gap < AWAKE_GAP:
+                # the next task is likely a few ms away at most: wait for it on
+                # the semaphore rather than make its producer pay a ZeroMQ wake-up
+                frame = stay_awake(widx, AWAKE_FOR)
             if frame is not None and usleep:
                 time.sleep(usleep)
     finally:

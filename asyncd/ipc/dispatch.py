@@ -33,17 +33,30 @@ transaction gets its final reply at once). A lost wake-up costs at most one
 poll interval: an idle consumer also claims on every poll timeout, and then
 takes a ring frame an awake consumer left behind (one that died awake).
 
-Awake consumers: a ZeroMQ send to an idle worker costs the producer
-0.1-0.3 ms wall on a loaded 2-core box (three context switches: producer ->
-its I/O thread -> the worker's I/O thread -> worker). Under load a worker
-that just finished is about to get the next item anyway, so it stays
-*awake* for a short while (spin(): it looks at the ring every ~70 µs, napping
-in between; a sched_yield loop here cost a core at 3,000/s) and publishes that
-in a shared flag; a producer that sees an idle awake consumer appends the
-frame to the ring instead of waking anyone, and the awake consumer claims it
-from there (through its inbox, like every frame it runs). A consumer that
-goes back to sleep clears its flag and re-checks the ring under the lock
-(_doze()), so no frame is stranded.
+Awake consumers: a ZeroMQ wake-up of an idle worker costs 0.1-0.3 ms wall
+on a loaded 2-core box and ~55 µs of CPU (three context switches: producer
+-> its I/O thread -> the worker's I/O thread -> worker; measured with two
+processes and nothing else: producer 17 µs, consumer 39 µs per wake-up,
+against 1 µs and 11 µs for a semaphore post). While its group is busy a
+worker that just finished is about to get the next item anyway, so it stays
+*awake* for a while (stay_awake()): it publishes that in a shared flag and
+waits on its own semaphore (a futex: no CPU while it waits). A producer that
+sees an idle awake consumer appends the frame to the ring instead of waking
+anyone through ZeroMQ, marks that consumer *posted* and posts its semaphore
+once the lock is dropped; the consumer claims the frame from the ring
+(through its inbox, like every frame it runs). A consumer that goes back to
+sleep (nothing came within its awake time) clears its flag and re-checks the
+ring under the lock (_doze()), so no frame is stranded; from then on it is
+woken through ZeroMQ again. So ZeroMQ wakes the workers that sleep, and
+shared memory reaches the ones that are awake, as before; what changed
+(issue 16) is that staying awake costs nothing, where the earlier spin
+napped every ~70 µs (a syscall and two context switches per look) and so
+could only afford 0.5 ms. A post that finds its frame already taken (another
+consumer finishing took it from the ring) only wakes the consumer once for
+nothing: it looks, finds the ring empty, and waits again, posted no more.
+A producer killed between marking a consumer posted and posting it leaves
+that frame in the ring until the consumer's awake time ends or another
+consumer finishes: late, not lost.
 
 Bounds: push() checks for room and queues under one lock round trip; -1 at
 once for a non-blocking dispatcher, after at most `block_wait` s for a
@@ -71,6 +84,11 @@ Shared block layout (int64 words, then slots):
   a slot is SLOT bytes: u32 length, f64 push time (CLOCK_MONOTONIC, s),
   frame bytes; the time travels with the frame from ring to inbox
 
+Awake flags (a separate anonymous mapping, one int64 per consumer, read
+and set by producers under the lock, by the consumer with single stores):
+0 asleep (wake it through ZeroMQ), AWAKE (waiting on its semaphore), POSTED
+(a producer has posted it for a ring frame: do not post it again).
+
 Queue-wait histogram (a second anonymous mapping, int64 words, one row per
 consumer, written only by that consumer, so no lock; readers sum the rows):
     row i: WAIT_BOUNDS buckets + the +Inf bucket (counts, not cumulative),
@@ -80,8 +98,10 @@ The wait is push -> the moment the consumer starts the frame
 """
 import bisect
 import mmap
+import os
 import struct
 import time
+from _multiprocessing import SemLock
 from functools import partial
 
 import zmq
@@ -96,8 +116,9 @@ MAX_FRAME = SLOT - _HDR.size     # the largest frame a slot holds
 # queue-wait histogram bounds (s): 0.5 ms .. 1 s, then +Inf
 WAIT_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _HROW = len(WAIT_BOUNDS) + 3     # buckets + Inf, count, sum_ns
-NAP = 0.00002            # spin(): sleep between looks at the ring
 IDLE, HANDED, RUNNING = 0, 1, 2
+AWAKE, POSTED = 1, 2     # awake flags (0: asleep, woken through ZeroMQ)
+_SEMAPHORE = 1           # _multiprocessing.SemLock kind
 
 _ACCEPTED, _REJECTED, _RR, _HEAD, _TAIL, _JLEN, _JOURNAL = 0, 1, 2, 4, 5, 6, 8
 _CONS = 16               # first per-consumer word
@@ -121,6 +142,13 @@ class Dispatcher:
         self.c = memoryview(self._mm).cast("q")
         self._awm = mmap.mmap(-1, 8 * max(self.n, 1))
         self.aw = memoryview(self._awm).cast("q")       # awake flags
+        # one semaphore per consumer, posted for a ring frame while it is awake;
+        # unlink=True: the name goes at once, the handles inherited by fork keep it
+        tag = f"/asyncd-dz-{os.getpid()}-{id(self):x}"
+        sems = [SemLock(_SEMAPHORE, 0, SemLock.SEM_VALUE_MAX, f"{tag}-{i}", True)
+                for i in range(max(self.n, 1))]
+        self._posts = [sm.release for sm in sems]
+        self._waits = [sm.acquire for sm in sems]
         self._hm = mmap.mmap(-1, 8 * _HROW * max(self.n, 1))
         self.hist = memoryview(self._hm).cast("q")      # queue-wait rows
         self._lock = robust_lock(f"dispatch {name}")
@@ -178,12 +206,18 @@ class Dispatcher:
 
     # ---- producer side -------------------------------------------------
 
-    def _idle_awake_locked(self):
+    def _awake_locked(self):
+        """An idle awake consumer not yet posted (its index), -1 when every
+        idle awake one is posted already, -2 when none is awake."""
         c, aw = self.c, self.aw
+        seen = -2
         for k in range(self.n):
-            if aw[k] and c[_CONS + _PER * k] == IDLE:
-                return True
-        return False
+            a = aw[k]
+            if a and c[_CONS + _PER * k] == IDLE:
+                if a == AWAKE:
+                    return k
+                seen = -1
+        return seen
 
     def _pick_locked(self):
         """An idle consumer, round robin from the cursor; -1 when all are busy."""
@@ -197,10 +231,13 @@ class Dispatcher:
 
     def _place_locked(self, frame):
         """Lock held: put `frame` in an idle consumer's inbox (returns its
-        index: the caller wakes it) or, when every consumer is busy or an idle
-        one is awake, in the ring (returns -1). None: the ring is full."""
+        index: the caller wakes it through ZeroMQ) or, when every consumer is
+        busy or an idle one is awake, in the ring: -2 - k when awake consumer
+        k is now posted (the caller posts its semaphore), else -1. None: the
+        ring is full."""
         c = self.c
-        i = -1 if self._idle_awake_locked() else self._pick_locked()
+        awake = self._awake_locked()
+        i = self._pick_locked() if awake == -2 else -1
         if i >= 0:
             st = _CONS + _PER * i
             self._put(self._inbox(i), frame)
@@ -221,6 +258,9 @@ class Dispatcher:
         c[_ACCEPTED] += 1
         c[_TAIL] = tail + 1
         c[_JLEN] = 0
+        if awake >= 0:
+            self.aw[awake] = POSTED
+            return -2 - awake
         return -1
 
     def _wake(self, i):
@@ -254,6 +294,8 @@ class Dispatcher:
             return False
         if i >= 0:
             self._wake(i)
+        elif i < -1:
+            self._posts[-2 - i]()
         return True
 
     def push(self, frame, nonblock=None):
@@ -285,6 +327,8 @@ class Dispatcher:
             delay = min(delay * 2, 0.005)
         if i >= 0:
             self._wake(i)
+        elif i < -1:
+            self._posts[-2 - i]()
         return 0
 
     @staticmethod
@@ -361,23 +405,24 @@ class Dispatcher:
         finally:
             self._release()
 
-    def spin(self, i, limit):
-        """Idle consumer i stays awake up to `limit` s, looking for ring frames
-        between short naps (NAP plus the kernel's timer slack, ~70 µs: each
-        look costs a few µs, where yielding in a loop burned the whole wait).
-        Returns a claimed frame (running in its inbox) or None (asleep again:
-        wait on the ZeroMQ socket)."""
+    def stay_awake(self, i, limit):
+        """Idle consumer i stays awake up to `limit` s, waiting on its
+        semaphore for a producer to post it a ring frame. Returns a claimed
+        frame (running in its inbox) or None (asleep again: wait on the
+        ZeroMQ socket)."""
         c, aw = self.c, self.aw
-        mono, nap = time.monotonic, time.sleep
-        aw[i] = 1
+        mono, wait = time.monotonic, self._waits[i]
+        aw[i] = AWAKE
         end = mono() + limit
         st = _CONS + _PER * i
         while True:
             if c[_TAIL] > c[_HEAD] or c[st] != IDLE:
                 break
-            if mono() >= end:
+            left = end - mono()
+            if left <= 0:
                 break
-            nap(NAP)
+            if wait(True, left) and c[_TAIL] <= c[_HEAD] and c[st] == IDLE:
+                aw[i] = AWAKE       # posted for a frame another consumer took: post us again
         return self._doze(i)
 
     def _doze(self, i):

@@ -209,7 +209,7 @@ def _spinning_consumer(disp, results):
             results.put((item[1], "zmq" if item[2] == "first" else "?"))
             frame = disp.finish(0)
             while frame is None and time.monotonic() < end:
-                frame = disp.spin(0, 0.05)
+                frame = disp.stay_awake(0, 0.05)
                 if frame is None and sock.poll(0):
                     break
             if frame is not None:
@@ -246,6 +246,58 @@ def test_awake_consumer_takes_frames_from_the_ring(rundir):
         if p.is_alive():
             p.terminate()
         p.join(3)
+
+
+def _awake_consumer(disp, idx, results, awake_for):
+    """Consumer idx stays awake (its semaphore) for `awake_for` s at a time and
+    reports (tag, idx, when it got the frame, its ZeroMQ pipe had a wake-up)."""
+    sock = disp.bind(idx)
+    try:
+        while True:
+            frame = disp.stay_awake(idx, awake_for)
+            if frame is None:
+                continue
+            item = codec.unpack(frame)
+            results.put((item[2], idx, time.monotonic(), bool(sock.poll(0))))
+            time.sleep(item[1])
+            assert disp.finish(idx) is None
+    finally:
+        sock.close(0)
+        ipc.close_all()
+
+
+def test_an_awake_consumer_is_posted_at_once_and_each_frame_gets_its_own(rundir):
+    """Awake consumers wait on their semaphores, not in naps: a frame pushed
+    while both are awake (for 2 s) starts within milliseconds, two frames
+    pushed back to back start in two consumers (each posted once), and no
+    ZeroMQ wake-up is sent for any of them."""
+    disp = Dispatcher("ta", 2, ring=16, rundir=rundir)
+    q = FORK.Queue()
+    procs = [FORK.Process(target=_awake_consumer, args=(disp, i, q, 2.0)) for i in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        deadline = time.monotonic() + 3
+        while not (disp.aw[0] and disp.aw[1]) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)                        # both waiting on their semaphores
+        t0 = time.monotonic()
+        assert disp.push(codec.pack(["run", 0.0, "one"])) == 0
+        tag, _idx, t, zmq_woken = q.get(timeout=3)
+        assert tag == "one" and t - t0 < 0.02 and not zmq_woken, (t - t0, zmq_woken)
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        assert disp.push(codec.pack(["run", 0.2, "a"])) == 0
+        assert disp.push(codec.pack(["run", 0.2, "b"])) == 0
+        got = [q.get(timeout=3) for _ in range(2)]
+        assert sorted(g[0] for g in got) == ["a", "b"]
+        assert {g[1] for g in got} == {0, 1}, got           # one each, not both to one
+        assert all(g[2] - t0 < 0.05 and not g[3] for g in got), got
+        time.sleep(0.3)
+        st = disp.stats()
+        assert st["accepted"] == 3 and st["run"] == 3 and st["pending"] == 0
+    finally:
+        _stop(procs)
 
 
 def _die_holding_the_lock(disp, ready_w):
