@@ -284,7 +284,8 @@ def test_an_awake_consumer_is_posted_at_once_and_each_frame_gets_its_own(rundir)
         t0 = time.monotonic()
         assert disp.push(codec.pack(["run", 0.0, "one"])) == 0
         tag, _idx, t, zmq_woken = q.get(timeout=3)
-        assert tag == "one" and t - t0 < 0.02 and not zmq_woken, (t - t0, zmq_woken)
+        # posted: within scheduling latency, far below the 2 s it would otherwise wait
+        assert tag == "one" and t - t0 < 0.1 and not zmq_woken, (t - t0, zmq_woken)
         time.sleep(0.05)
         t0 = time.monotonic()
         assert disp.push(codec.pack(["run", 0.2, "a"])) == 0
@@ -292,7 +293,7 @@ def test_an_awake_consumer_is_posted_at_once_and_each_frame_gets_its_own(rundir)
         got = [q.get(timeout=3) for _ in range(2)]
         assert sorted(g[0] for g in got) == ["a", "b"]
         assert {g[1] for g in got} == {0, 1}, got           # one each, not both to one
-        assert all(g[2] - t0 < 0.05 and not g[3] for g in got), got
+        assert all(g[2] - t0 < 0.15 and not g[3] for g in got), got
         time.sleep(0.3)
         st = disp.stats()
         assert st["accepted"] == 3 and st["run"] == 3 and st["pending"] == 0
