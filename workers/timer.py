@@ -219,22 +219,20 @@ class TimerLoop:
                 now = time.monotonic()
                 job[0] = next_run(job[0], p, now)
 
-    def ring_due_before(self, wake):
-        """A ring's oldest entry wants us before `wake` (no lock)."""
+    def rings_wake(self, wake):
+        """The earlier of `wake` and the time the rings' oldest entries want
+        us (each ring's head due time plus its slack; no lock)."""
         for ring in self.rings:
             due = ring.next_due()
             if due is not None and due + ring.slack < wake:
-                return True
-        return False
+                wake = due + ring.slack
+        return wake
 
     def next_wake(self, now):
         wake = now + POLL
         if self.heap:
             wake = min(wake, self.heap[0][0])
-        for ring in self.rings:
-            due = ring.next_due()
-            if due is not None and due + ring.slack < wake:
-                wake = due + ring.slack
+        wake = self.rings_wake(wake)
         for at, _ in self.jobs:
             wake = min(wake, at)
         return wake
@@ -263,7 +261,7 @@ def run(proc, row, idx):
             # an entry due before wake + lead must wake us to be offered early
             if sock is not None and feed.publish(idx, wake + loop.lead):
                 continue            # frames arrived while we were busy
-            if sock is not None and loop.rings and loop.ring_due_before(wake):
+            if sock is not None and loop.rings and loop.rings_wake(wake) < wake:
                 continue            # a ring entry put before it could see our wake time (TimerFeed.nudge)
             wait = wake - mono()
             if wait <= 0:

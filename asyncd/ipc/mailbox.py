@@ -124,7 +124,7 @@ class Mailbox:
             h[H_TAIL] = tail        # after the frames: a consumer reading without the lock sees them whole
             h[H_ASSIGNED] = assigned
             h[H_PUT_TAIL] = 0
-            return STORED_WAKE if due < _WAKE.unpack_from(mm, 8 * H_WAKE)[0] else STORED
+            return STORED_WAKE if self.sleeps_past(due) else STORED
         finally:
             locks.release(li)
 
