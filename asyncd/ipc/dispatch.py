@@ -271,6 +271,14 @@ class Dispatcher:
         except zmq.ZMQError as e:
             log.err("core", f"dispatch {self.name}: cannot wake consumer {i}: {e}")
 
+    def _tell(self, placed):
+        """After the lock: tell the consumer what _place_locked returned for
+        (a ZeroMQ wake-up, a semaphore post, or nobody)."""
+        if placed >= 0:
+            self._wake(placed)
+        elif placed < -1:
+            self._posts[-2 - placed]()
+
     def _refuse(self):
         self._acquire()
         self.c[_REJECTED] += 1
@@ -292,10 +300,7 @@ class Dispatcher:
             self._release()
         if i is None:
             return False
-        if i >= 0:
-            self._wake(i)
-        elif i < -1:
-            self._posts[-2 - i]()
+        self._tell(i)
         return True
 
     def push(self, frame, nonblock=None):
@@ -325,10 +330,7 @@ class Dispatcher:
                 return self._refuse()
             time.sleep(delay)
             delay = min(delay * 2, 0.005)
-        if i >= 0:
-            self._wake(i)
-        elif i < -1:
-            self._posts[-2 - i]()
+        self._tell(i)
         return 0
 
     @staticmethod
