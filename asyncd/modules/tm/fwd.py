@@ -19,7 +19,7 @@ from asyncd.modules.tm.cell import (B_BLIND, B_CANCEL, B_PROV, BR_FLAGS, BR_STAT
 from asyncd.modules.tm.lookup import make_branch, request_key
 from asyncd.modules.tm.newtran import new_cell, t_newtran
 from asyncd.modules.tm.reply import auto_100, reply_cell, resend_last
-from asyncd.modules.tm.state import (K_FR, K_RETR, MOD, S, arm, arm_fr, arm_retr, claim, flush,
+from asyncd.modules.tm.state import (K_FR, K_RETR, MOD, S, arm, arm_fr, arm_retr, flush, insert_claimed,
                                      hard_deadline, now, sock_addr, sock_proto)
 from asyncd.sip import parse_uri
 from asyncd.sip.build import build_reply, build_request_fwd, reply_addr, via_line
@@ -372,13 +372,11 @@ def _relay_new(ctx, ruri, dst, sock):
         made.append(data)
         return cell.encode()
     try:
-        created, index, label = S.table.insert(key, make, hard_deadline(cell))
+        created, index, label = insert_claimed(key, make, hard_deadline(cell))
     except TableFull as e:
         log.err(MOD, str(e))
         return -1
     h = ctx.t = Handle(S.table, index, label)
-    if created:
-        claim(index, label)
     h.saved = (cell.avps, cell.xavps)
     if not created:
         resend_last(ctx.proc, h)

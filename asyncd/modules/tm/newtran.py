@@ -16,7 +16,7 @@ from asyncd.core import log
 from asyncd.modules.tm.cell import F_ACKED, F_FINAL, F_INVITE, Cell, Handle
 from asyncd.modules.tm.lookup import ack2xx_key, request_key
 from asyncd.modules.tm.reply import local_reply, resend_last
-from asyncd.modules.tm.state import MOD, S, arm_fr, arm_wait, claim, flush, hard_deadline, now
+from asyncd.modules.tm.state import MOD, S, arm_fr, arm_wait, flush, hard_deadline, insert_claimed, now
 from asyncd.modules.tm.suspend import suspend_cell
 from asyncd.sip.build import reply_addr
 from shm.tm_table import TableFull
@@ -96,7 +96,7 @@ def t_newtran(ctx, suspend=False):
         try:
             # room for the reply only where it is stored in place: a non-INVITE's
             # final reply moves it to its compact wait-state form (cell.py COMPACT_WHEN)
-            created, index, label = S.table.insert(
+            created, index, label = insert_claimed(
                 key, cell.encode(), hard_deadline(cell),
                 reply_estimate(msg) if cell.flags & F_INVITE else 0)
         except TableFull as e:
@@ -107,8 +107,7 @@ def t_newtran(ctx, suspend=False):
         return -1
     h = ctx.t = Handle(S.table, index, label)
     h.new = created
-    if created:
-        claim(index, label)       # ours until the route ends (request_done) or hands it over
+    if created:               # claimed: ours until the route ends (request_done) or hands it over
         cnt, st = S.cnt, S.st
         cnt[st.transactions] += 1
         cnt[st.t_created] += 1

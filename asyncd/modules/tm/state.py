@@ -192,6 +192,25 @@ def unclaim():
         S.claims[S.mine] = 0
 
 
+def insert_claimed(key, payload, deadline, headroom=0):
+    """S.table.insert with this process's claim on the new transaction written
+    before its slot is linked (the payload runs under the bucket lock, just
+    before): from the moment another process can see the transaction, a death
+    of ours is answered by our replacement (tm/mod.py child_init). Claimed
+    after insert returned, a receiver killed in between left a suspended
+    INVITE with no owner, no timer and no reply, its retransmissions absorbed
+    with the 100. A claim on a record that was never linked finds nothing to
+    abandon. Raises what insert raises, with the claim undone."""
+    def claimed(index, label):
+        claim(index, label)
+        return payload(index, label) if callable(payload) else payload
+    try:
+        return S.table.insert(key, claimed, deadline, headroom)
+    except BaseException:
+        unclaim()
+        raise
+
+
 def left_claim():
     """What the dead process of this slot was working on: (index, label) or None."""
     if S.mine <= 0 or not S.claims[S.mine]:
