@@ -17,7 +17,7 @@ from asyncd import __version__
 from .hdrs import SipParseError, canon, split_commas
 from .msg import _value
 
-__all__ = ["build_reply", "reply_addr", "stable_to_tag", "build_request_fwd", "via_line",
+__all__ = ["build_reply", "reply_addr", "stable_to_tag", "local_to_tag", "build_request_fwd", "via_line",
            "top_via_received", "strip_top_via", "via_dest", "build_cancel", "build_ack"]
 
 _RPORT_RE = re.compile(r";[ \t]*rport(?:[ \t]*=[ \t]*[^;,\s]*)?(?=[ \t]*(?:;|\Z))", re.I)
@@ -121,11 +121,21 @@ def stable_to_tag(msg):
     for byte), which spares parsing it for its tag: ~1.6 µs per reply."""
     v = msg.via1
     tx = (v.branch or v.raw) if v is not None else ""
-    f = msg._first.get("from")      # msg.hdr("from") and msg.cseq_num, without the name lookup
+    # the whole From line as it came (msg.hdr("from") without the name lookup or the
+    # value cut: a retransmission repeats the line byte for byte) and msg.cseq_num
     cseq = msg._cseq
-    key = "%s|%s|%s|%s|%s" % (msg.callid, f.partition(":")[2].strip(" \t") if f is not None else "",
-                              cseq[0] if cseq else None, tx, msg.src[0])
+    key = "%s|%s|%s|%s|%s" % (msg.callid, msg._first.get("from"), cseq[0] if cseq else None,
+                              tx, msg.src[0])
     return _md5(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def local_to_tag(msg):
+    """The To tag of a local reply to msg: the request's own (in a dialog), else
+    stable_to_tag. A To line without the letters "tag" is not parsed for it."""
+    line = msg._first.get("to")
+    if line is not None and "tag" not in line and "tag" not in line.lower():
+        return stable_to_tag(msg)
+    return msg.to_tag or stable_to_tag(msg)
 
 
 def _has_tag(msg, value):
@@ -181,6 +191,22 @@ def _tail_str(server, blen):
     return t
 
 
+_xtails_s = {}  # (extra headers, server, server line, body length) -> their lines and the tail, as text
+
+
+def _xtail_str(extra, server, blen):
+    """The extra header lines and _tail_str, for the common reply: the same few
+    extra headers come again and again (tm's Retry-After on every 503 it sheds),
+    so the joined text is kept (bounded, like _tails)."""
+    key = (extra, server, _server_line[0], blen) if type(extra) is tuple else None
+    t = _xtails_s.get(key) if key is not None else None
+    if t is None:
+        t = "".join([_line(h) for h in extra]) + _tail_str(server, blen)
+        if key is not None and len(_xtails_s) < 256:
+            _xtails_s[key] = t
+    return t
+
+
 def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", server=None):
     """A reply to request msg (RFC 3261 8.2.6): Vias, From, To (+tag), Call-ID,
     CSeq copied; Record-Route copied into 1xx/2xx (RFC 3261 12.1.1);
@@ -204,9 +230,8 @@ def build_reply(msg, code, reason, to_tag=None, extra_headers=(), body=b"", serv
             if code > 100 and not _has_tag(msg, t):
                 t = "%s;tag=%s" % (t, to_tag or stable_to_tag(msg))
             cid = msg._callid  # cut already when stable_to_tag or the cfg read it
-            tail = _tail_str(server, len(body))
-            if extra_headers:
-                tail = "".join([_line(h) for h in extra_headers]) + tail
+            tail = _tail_str(server, len(body)) if not extra_headers else \
+                _xtail_str(extra_headers, server, len(body))
             s = _REPLY % (code, reason, top_via_received(msg), f.partition(":")[2].strip(" \t"), t,
                           c.partition(":")[2].strip(" \t") if cid is None else cid,
                           msg._cseq_v or _value(q), tail)

@@ -364,6 +364,7 @@ def _get_snd(ctx, spec, index):
 
 # ---- hooks --------------------------------------------------------------------------
 BUSY_RETRY_AFTER = 5     # seconds (Retry-After of the 503 a full table or a late receive queue gets)
+_BUSY_HDRS = (f"Retry-After: {BUSY_RETRY_AFTER}",)     # one tuple: build_reply keeps its text
 
 
 def request_in(ctx):
@@ -392,8 +393,7 @@ def _busy(ctx):
     later or be dropped (docs/kamailio-tm.md §7). True: absorbed."""
     msg = ctx.msg
     try:
-        data = build_reply(msg, 503, "Service Unavailable",
-                           extra_headers=(f"Retry-After: {BUSY_RETRY_AFTER}",))
+        data = build_reply(msg, 503, "Service Unavailable", extra_headers=_BUSY_HDRS)
     except Exception as e:      # too broken to answer: the script gets it as usual
         log.dbg(MOD, f"no 503 possible: {e!r}")
         return False

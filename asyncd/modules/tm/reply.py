@@ -22,7 +22,7 @@ from asyncd.modules.tm.cell import (B_BLIND, B_CANCEL, B_CANCEL_SENT, B_DISCARD,
 from asyncd.modules.tm.lookup import ack2xx_key, parse_branch, rebuild_request
 from asyncd.modules.tm.state import (MOD, TMCB_ON_FAILURE, TMCB_RESPONSE_OUT, S, arm_fr,
                                      arm_rpl_retr, arm_wait, flush, hard_deadline, now, run_tmcb)
-from asyncd.sip.build import build_reply, stable_to_tag, strip_top_via
+from asyncd.sip.build import build_reply, local_to_tag, strip_top_via
 from shm.avp import AvpList, XavpList
 
 TIMEOUT_REASON = "Request Timeout"
@@ -62,7 +62,7 @@ def reply_cell(h, cell, msg, code, reason, extra_headers=()):
     if msg is None:
         msg = rebuild_request(cell, S.proc)
     if code > 100 and not cell.to_tag:
-        cell.to_tag = msg.to_tag or stable_to_tag(msg)
+        cell.to_tag = local_to_tag(msg)
     # build_reply adds msg.reply_lumps itself: once, as Kamailio's
     # build_res_buf_from_sip_req does (src/core/msg_translator.c)
     data = build_reply(msg, code, reason, to_tag=(cell.to_tag if code > 100 else None),

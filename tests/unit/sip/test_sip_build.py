@@ -201,3 +201,30 @@ def test_extra_headers_on_the_one_format_path_give_the_general_paths_bytes():
     m._vias1 = None                      # the general path (it copies the Via line as received)
     assert fast == build_reply(m, 503, "Service Unavailable", to_tag="t1", extra_headers=("Retry-After: 5",))
     assert b"\r\nCSeq: 1 OPTIONS\r\nRetry-After: 5\r\nServer: " in fast
+
+
+def test_kept_extra_header_text_follows_the_server_line_and_takes_lists():
+    from asyncd.sip.build import server_line, set_server_header
+    buf = ("OPTIONS sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bKk\r\n"
+           "From: <sip:a@x>;tag=ft\r\nTo: <sip:b@x>\r\nCall-ID: k1@x\r\nCSeq: 1 OPTIONS\r\n"
+           "Content-Length: 0\r\n\r\n").encode()
+    hdrs = ("Retry-After: 5",)
+    was = server_line()
+    try:
+        first = build_reply(parse_msg(buf, src=("192.0.2.9", 5070)), 503, "Busy", extra_headers=hdrs)
+        set_server_header("Server: other")
+        again = build_reply(parse_msg(buf, src=("192.0.2.9", 5070)), 503, "Busy", extra_headers=hdrs)
+        listed = build_reply(parse_msg(buf, src=("192.0.2.9", 5070)), 503, "Busy",
+                             extra_headers=["Retry-After: 7"])
+    finally:
+        set_server_header(was)
+    assert (was + "\r\n").encode() in first and b"Retry-After: 5\r\n" in first
+    assert b"\r\nRetry-After: 5\r\nServer: other\r\nContent-Length: 0\r\n\r\n" in again
+    assert b"\r\nRetry-After: 7\r\nServer: other\r\n" in listed
+
+
+def test_local_to_tag_keeps_the_requests_tag_and_parses_no_to_without_one():
+    from asyncd.sip.build import local_to_tag
+    assert local_to_tag(make(to="<sip:b@x>;TAG=inv")) == "inv"
+    m = make(to="\"broken <sip:b@x>")     # no tag in it: not parsed, so nothing raises
+    assert local_to_tag(m) == stable_to_tag(m)
