@@ -2,7 +2,8 @@
 system time, context switches, and (with --spy) per stage of the path.
 
 Runs in: a developer's shell (`python -m bench.budget [--case task_route]
-[--rates 1000,3000,6000] [--seconds 10] [--server asyncd|kamailio] [--spy]`).
+[--rates 1000,3000,6000] [--seconds 10] [--server asyncd|kamailio|both]
+[--pairs N] [--spy]`).
 
 The server runs as the bench runs it (bench/servers.py, the case's cfg, -m
 as the case says unless --mem is given); SIPp sends the case's scenario at
@@ -15,11 +16,19 @@ during the run; samples blocked in a wait (recvfrom, poll, sleep, a lock
 wait) are left out and the rest are attributed to the first stage found in
 the stack (STAGES), so a process's CPU is split into parse, script, tm,
 dispatch, timer arming, reply building and sending.
+
+With --server both, both servers run side by side (the idle one costs next
+to nothing) and each rate is measured --pairs times, asyncd then Kamailio,
+back to back: on a shared VM the same server's figure drifts by tens of per
+cent over minutes, and a pair measured seconds apart shares the drift. The
+table gives each run's total, the ratio of the medians and the range of the
+pair-by-pair ratios.
 """
 import argparse
 import collections
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,16 +157,77 @@ def render(kind, res):
     return "\n".join(out)
 
 
+def total_us(res):
+    """The server tree's CPU per request of one measure() run, µs."""
+    return sum(r["user_us"] + r["sys_us"] for r in res["rows"])
+
+
+def render_pairs(runs):
+    """runs: {rate: [(asyncd µs/req, SIPp rc, Kamailio µs/req, SIPp rc), ...]} -> a table."""
+    out = ["", "| rate /s | asyncd µs/req, each run | Kamailio µs/req, each run | ratio of the medians "
+               "| pair by pair (min–max) |",
+           "|---|---|---|---|---|"]
+
+    def cells(vals):
+        return " / ".join(f"{v:.0f}" + ("" if rc == 0 else f" (rc {rc})") for v, rc in vals)
+    for rate, pairs in runs.items():
+        a = [(x[0], x[1]) for x in pairs]
+        k = [(x[2], x[3]) for x in pairs]
+        ratio = statistics.median(v for v, _ in a) / statistics.median(v for v, _ in k)
+        each = [x[0] / x[2] for x in pairs]
+        out.append(f"| {rate:,} | {cells(a)} | {cells(k)} | **{ratio:.2f}×** | "
+                   f"{min(each):.2f}–{max(each):.2f}× |")
+    return "\n".join(out)
+
+
+def compare(case, rates, seconds, pairs, tmp):
+    """Both servers up; per rate, `pairs` runs of asyncd then Kamailio back to back."""
+    servers = []
+    try:
+        for kind in ("asyncd", "kamailio"):
+            d = Path(tmp) / kind
+            d.mkdir()
+            srv = Server(kind=kind, cfg=str(case.cfg), port=free_udp_port(), mem_mb=case.mem_for(kind),
+                         workdir=d)
+            srv.start()
+            servers.append(srv)
+        runs = {}
+        for rate in rates:
+            for i in range(pairs):
+                got = []
+                for srv in servers:
+                    res = measure(srv, case.sipp["scenario"], rate, seconds, False, tmp)
+                    got += [total_us(res), res["sipp_rc"]]
+                runs.setdefault(rate, []).append(tuple(got))
+                print(f"  {rate:,}/s pair {i + 1}: asyncd {got[0]:.0f}, Kamailio {got[2]:.0f} µs/req",
+                      flush=True)
+        return runs
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.budget", description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", default="task_route")
-    ap.add_argument("--server", default="asyncd", choices=("asyncd", "kamailio"))
+    ap.add_argument("--server", default="asyncd", choices=("asyncd", "kamailio", "both"))
+    ap.add_argument("--pairs", type=int, default=3, help="--server both: runs of each server per rate")
     ap.add_argument("--rates", default="1000,3000,6000")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--mem", type=int, default=None, help="-m for the server (default: the case's)")
     ap.add_argument("--spy", action="store_true", help="split each process's CPU by stage (py-spy, asyncd)")
     a = ap.parse_args(argv)
     case = load_cases()[a.case]
+    rates = [int(r) for r in a.rates.split(",")]
+    if a.server == "both":
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(__file__)).stdout.strip()
+        print(f"# {a.case} ({case.cfg.name}), asyncd at -m {case.mem_for('asyncd')} beside Kamailio at "
+              f"-m {case.mem_for('kamailio')}, {a.pairs} pair(s) of {a.seconds:g} s runs per rate, "
+              f"commit {commit}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="asyncd-budget-") as tmp:
+            print(render_pairs(compare(case, rates, a.seconds, max(1, a.pairs), tmp)))
+        return
     mem = a.mem or case.mem_for(a.server)
     if a.spy and not shutil.which("py-spy"):
         sys.exit("--spy needs py-spy (pip install py-spy)")
@@ -168,7 +238,7 @@ def main(argv=None):
             commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                     cwd=os.path.dirname(__file__)).stdout.strip()
             print(f"# {a.case} ({case.cfg.name}), {a.server} at -m {mem}, commit {commit}")
-            for rate in [int(r) for r in a.rates.split(",")]:
+            for rate in rates:
                 print(render(a.server, measure(srv, case.sipp["scenario"], rate, a.seconds,
                                                a.spy and a.server == "asyncd", tmp)), flush=True)
         finally:
