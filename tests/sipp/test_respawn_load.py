@@ -91,6 +91,13 @@ def _kill_in_turn(srv, titles, gap, before):
             time.sleep(0.01)
 
 
+def _said(log_text, limit=80):
+    """The server's warnings and errors (kills, respawns, takeovers, abandoned transactions)."""
+    lines = [ln for ln in log_text.splitlines()
+             if re.search(r"WARNING|ERROR|CRITICAL|ALERT|respawn|took over|abandon|dead process", ln)]
+    return "\n".join(lines[-limit:])
+
+
 def _load_and_kill(srv, sipp_kw, titles, seconds=10, rate=500):
     before = _titles(srv)
     calls = rate * seconds
@@ -103,7 +110,9 @@ def _load_and_kill(srv, sipp_kw, titles, seconds=10, rate=500):
     finally:
         t.join(seconds + 60)
     r = out["r"]
-    assert r.failed == 0 and r.successful == calls, r.summary()
+    # a call lost here happened once in ~40 runs (issue 16's second stop): keep what the
+    # server said about the deaths and takeovers in the failure, to see which kill it follows
+    assert r.failed == 0 and r.successful == calls, r.summary() + "\n" + _said(srv.log())
     assert srv.alive() and _titles(srv) == before
     for title in titles:
         assert re.search(rf"\({re.escape(title)}[^)]*, rank -?\d+\) terminated by signal 9 "
