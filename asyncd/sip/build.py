@@ -129,18 +129,23 @@ def stable_to_tag(msg):
     return _md5(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def _tagless(text):
+    """No tag parameter can be in this To text: no need to parse it for one."""
+    return "tag" not in text and "tag" not in text.lower()
+
+
 def local_to_tag(msg):
     """The To tag of a local reply to msg: the request's own (in a dialog), else
     stable_to_tag. A To line without the letters "tag" is not parsed for it."""
     line = msg._first.get("to")
-    if line is not None and "tag" not in line and "tag" not in line.lower():
+    if line is not None and _tagless(line):
         return stable_to_tag(msg)
     return msg.to_tag or stable_to_tag(msg)
 
 
 def _has_tag(msg, value):
-    if "tag" not in value and "tag" not in value.lower():
-        return False  # no tag parameter can be there: no need to parse To
+    if _tagless(value):
+        return False
     try:
         return msg.to.tag is not None
     except SipParseError:
