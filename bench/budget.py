@@ -219,9 +219,9 @@ def main(argv=None):
     a = ap.parse_args(argv)
     case = load_cases()[a.case]
     rates = [int(r) for r in a.rates.split(",")]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(__file__)).stdout.strip()
     if a.server == "both":
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__)).stdout.strip()
         print(f"# {a.case} ({case.cfg.name}), asyncd at -m {case.mem_for('asyncd')} beside Kamailio at "
               f"-m {case.mem_for('kamailio')}, {a.pairs} pair(s) of {a.seconds:g} s runs per rate, "
               f"commit {commit}", flush=True)
@@ -235,8 +235,6 @@ def main(argv=None):
         srv = Server(kind=a.server, cfg=str(case.cfg), port=free_udp_port(), mem_mb=mem, workdir=Path(tmp))
         srv.start()
         try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=os.path.dirname(__file__)).stdout.strip()
             print(f"# {a.case} ({case.cfg.name}), {a.server} at -m {mem}, commit {commit}")
             for rate in rates:
                 print(render(a.server, measure(srv, case.sipp["scenario"], rate, a.seconds,
