@@ -23,6 +23,17 @@ import psutil
 
 from tests.helpers.net import free_udp_port
 
+
+def _pid_max():
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 22          # Linux's upper bound for pid_max
+
+
+_PID_MAX = _pid_max()
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHM_DIR = "/dev/shm"
 
@@ -81,12 +92,16 @@ class Server:
 
     # -- processes ------------------------------------------------------
     def processes(self):
-        """The main process and all its descendants (psutil.Process), main first."""
+        """The main process and all its descendants (psutil.Process), main first, then
+        in fork order: psutil lists them by pid, and pids wrap at pid_max, so a child
+        forked after the wrap is put back after those forked before it (each is
+        ordered by how far past main's pid it was allocated)."""
         try:
             main = psutil.Process(self.pid)
-            return [main] + main.children(recursive=True)
+            kids = main.children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+        return [main] + sorted(kids, key=lambda p: (p.pid - self.pid) % _PID_MAX)
 
     def titles(self):
         """Process titles as `ps` shows them (setproctitle rewrites the cmdline)."""
